@@ -1,0 +1,72 @@
+//! granary's local tier: a cache directory in cmd/go's own format.
+//!
+//! The layout is exactly that of Go's `GOCACHE`
+//! (`src/cmd/go/internal/cache/cache.go`), so that granary and the native
+//! `go` command can share one directory, in both directions, and
+//! `go clean -cache` keeps working:
+//!
+//! - `<dir>/<xx>/<hex action ID>-a` is an [action entry](ActionEntry): the
+//!   175-byte line `v1 <action> <output> <%20d size> <%20d put time in unix ns>\n`;
+//! - `<dir>/<xx>/<hex output ID>-d` holds the output bytes, whose SHA-256 is the
+//!   output ID (`go run` may instead leave a directory there holding one
+//!   executable, which is read the same way);
+//! - `<xx>` is the first byte of the ID in hex;
+//! - a file's mtime means "last used" and is bumped at most once an hour.
+//!
+//! What granary adds is atomicity: every file is written under a unique
+//! temporary name in `<dir>/granary-tmp/` and renamed into place once complete,
+//! and an object is renamed into place only after its SHA-256 has been checked
+//! against its output ID. Readers therefore never see a partial file written by
+//! granary, and several granary processes and native `go` processes can share
+//! the directory at once.
+//!
+//! Reading is forgiving: an entry that is missing, short, garbled or that
+//! names an object of the wrong size is a [`Miss`](Lookup::Miss), never an
+//! error; the [`MissReason`] says which.
+//!
+//! Architecture invariant: this crate knows nothing about JSON, the `go`
+//! command, threads or the network. It is synchronous file-system code.
+
+mod entry;
+mod store;
+
+pub use entry::{ActionEntry, ENTRY_SIZE, EntryError};
+pub use store::{
+    Clock, Hit, Lookup, MissReason, ObjectWriter, Store, StoreError, Stored, TMP_DIR_NAME,
+};
+
+/// Length in bytes of action and output IDs (SHA-256).
+pub const HASH_SIZE: usize = 32;
+
+/// The key of a cache entry: cmd/go's hash of an action's inputs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ActionId(pub [u8; HASH_SIZE]);
+
+/// The SHA-256 of an output's bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutputId(pub [u8; HASH_SIZE]);
+
+macro_rules! hex_id {
+    ($t:ty) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({})", stringify!($t), self)
+            }
+        }
+    };
+}
+hex_id!(ActionId);
+hex_id!(OutputId);
+
+impl OutputId {
+    /// The output ID of `data`.
+    pub fn of(data: &[u8]) -> OutputId {
+        use sha2::Digest;
+        OutputId(sha2::Sha256::digest(data).into())
+    }
+}

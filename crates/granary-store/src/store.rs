@@ -1,0 +1,616 @@
+//! Looking entries up and publishing new ones.
+
+use std::fs::{self, File, FileTimes};
+use std::io::{self, ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tempfile::NamedTempFile;
+
+use crate::{ActionEntry, ActionId, ENTRY_SIZE, EntryError, HASH_SIZE, OutputId};
+
+/// Name of the directory, inside the cache directory, that holds files
+/// being written. cmd/go neither reads nor cleans it.
+pub const TMP_DIR_NAME: &str = "granary-tmp";
+
+/// How stale a file's mtime must be before a use updates it (cmd/go's
+/// `mtimeInterval`): one write per hour at most, not one per read.
+const MTIME_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The source of "now", replaceable in tests.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// A cache directory in cmd/go's format.
+#[derive(Clone)]
+pub struct Store {
+    dir: PathBuf,
+    tmp: PathBuf,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+/// A failure to write to the store. Reads never fail: they miss.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the body's SHA-256 is {actual}, not its output ID {expected}")]
+    HashMismatch {
+        expected: OutputId,
+        actual: OutputId,
+    },
+    #[error("the body has {actual} bytes, not the {expected} announced")]
+    SizeMismatch { expected: u64, actual: u64 },
+    #[error(
+        "{} is a directory but not a valid executable cache entry; remove it",
+        path.display()
+    )]
+    BadExecutableEntry { path: PathBuf },
+}
+
+fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The result of a lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Hit),
+    Miss(MissReason),
+}
+
+/// A usable entry: its record and the path of a regular file holding exactly
+/// `entry.size` bytes.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub entry: ActionEntry,
+    pub object: PathBuf,
+}
+
+/// Why a lookup missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MissReason {
+    /// No action file: the ordinary miss.
+    NoEntry,
+    /// The action file exists but could not be read.
+    Unreadable(ErrorKind),
+    /// The action file is not a valid entry.
+    CorruptEntry(EntryError),
+    /// The entry names an object that does not exist.
+    NoObject,
+    /// The object exists with another size than its entry says: truncated,
+    /// or being written in place by a native `go` process.
+    ObjectSize { expected: u64, actual: u64 },
+    /// The object path is a directory that is not a valid executable entry.
+    BadExecutableEntry,
+}
+
+impl MissReason {
+    /// Whether the miss reveals damaged cache contents rather than absence.
+    pub fn is_corruption(&self) -> bool {
+        !matches!(self, MissReason::NoEntry | MissReason::NoObject)
+    }
+}
+
+/// The result of a put.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The regular file holding the output.
+    pub object: PathBuf,
+    /// Whether a valid object was already there and was kept as it was.
+    pub reused: bool,
+}
+
+/// A body being written to a temporary file while it is hashed. Hand it to
+/// [`Store::put`] to publish it; dropping it removes the temporary file.
+#[derive(Debug)]
+pub struct ObjectWriter {
+    file: NamedTempFile,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Write for ObjectWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Store {
+    /// Opens the cache directory `dir`, creating it if needed. Cheap: the
+    /// 256 subdirectories are created when first written to.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let dir = dir.into();
+        let tmp = dir.join(TMP_DIR_NAME);
+        fs::create_dir_all(&tmp).map_err(io_error("create", &tmp))?;
+        Ok(Store {
+            dir,
+            tmp,
+            clock: Arc::new(SystemTime::now),
+        })
+    }
+
+    /// Replaces the clock, for tests of time-dependent behaviour.
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of the action file for `action`.
+    pub fn action_path(&self, action: &ActionId) -> PathBuf {
+        self.entry_path(&action.0, "a")
+    }
+
+    /// The path of the object file for `output`.
+    pub fn object_path(&self, output: &OutputId) -> PathBuf {
+        self.entry_path(&output.0, "d")
+    }
+
+    fn entry_path(&self, id: &[u8; HASH_SIZE], suffix: &str) -> PathBuf {
+        let hex = hex::encode(id);
+        let mut path = self.dir.join(&hex[..2]);
+        path.push(format!("{hex}-{suffix}"));
+        path
+    }
+
+    /// Looks up `action`. Marks the entry and its object used.
+    pub fn get(&self, action: &ActionId) -> Lookup {
+        let path = self.action_path(action);
+        let (entry, mtime) = match read_entry(&path, action) {
+            Ok(found) => found,
+            Err(reason) => return Lookup::Miss(reason),
+        };
+        let now = (self.clock)();
+        if needs_touch(mtime, now) {
+            touch(&path, now);
+        }
+        let object = self.object_path(&entry.output_id);
+        let (object, meta) = match fs::metadata(&object) {
+            Ok(meta) if meta.is_dir() => match executable_in(&object) {
+                Some(found) => found,
+                None => return Lookup::Miss(MissReason::BadExecutableEntry),
+            },
+            Ok(meta) => (object, meta),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Lookup::Miss(MissReason::NoObject),
+            Err(e) => return Lookup::Miss(MissReason::Unreadable(e.kind())),
+        };
+        if meta.len() != entry.size {
+            return Lookup::Miss(MissReason::ObjectSize {
+                expected: entry.size,
+                actual: meta.len(),
+            });
+        }
+        if meta.modified().is_ok_and(|m| needs_touch(m, now)) {
+            touch(&object, now);
+        }
+        Lookup::Hit(Hit { entry, object })
+    }
+
+    /// Starts writing a body. Write all of it, then call [`Store::put`].
+    pub fn object_writer(&self) -> Result<ObjectWriter, StoreError> {
+        let file = self
+            .retry_in_missing_dir(&self.tmp.clone(), || self.temp_file())
+            .map_err(io_error("create a temporary file in", &self.tmp))?;
+        Ok(ObjectWriter {
+            file,
+            hasher: Sha256::new(),
+            len: 0,
+        })
+    }
+
+    /// Publishes a complete body as the output of `action`: checks its size
+    /// and hash, renames it into place unless a valid copy is already there,
+    /// then writes the action entry. Nothing is published on error.
+    pub fn put(
+        &self,
+        action: &ActionId,
+        body: ObjectWriter,
+        output_id: OutputId,
+        size: u64,
+    ) -> Result<Stored, StoreError> {
+        if body.len != size {
+            return Err(StoreError::SizeMismatch {
+                expected: size,
+                actual: body.len,
+            });
+        }
+        let actual = OutputId(body.hasher.finalize().into());
+        if actual != output_id {
+            return Err(StoreError::HashMismatch {
+                expected: output_id,
+                actual,
+            });
+        }
+        let stored = self.publish_object(body.file, &output_id, size)?;
+        let entry = ActionEntry {
+            output_id,
+            size,
+            put_time: (self.clock)(),
+        };
+        self.publish_entry(action, &entry)?;
+        Ok(stored)
+    }
+
+    /// Stores `body` as the output of `action`: [`Store::object_writer`] and
+    /// [`Store::put`] in one call, for bodies already in memory.
+    pub fn put_bytes(&self, action: &ActionId, body: &[u8]) -> Result<Stored, StoreError> {
+        let mut writer = self.object_writer()?;
+        writer
+            .write_all(body)
+            .map_err(io_error("write to", writer.file.path()))?;
+        self.put(action, writer, OutputId::of(body), body.len() as u64)
+    }
+
+    fn publish_object(
+        &self,
+        file: NamedTempFile,
+        output_id: &OutputId,
+        size: u64,
+    ) -> Result<Stored, StoreError> {
+        let path = self.object_path(output_id);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                // `go run` caches executables as a directory holding one file;
+                // such an entry can be used but not replaced by a file.
+                return match executable_in(&path) {
+                    Some((inner, meta)) if meta.len() == size && hash_of(&inner)? == *output_id => {
+                        Ok(Stored {
+                            object: inner,
+                            reused: true,
+                        })
+                    }
+                    _ => Err(StoreError::BadExecutableEntry { path }),
+                };
+            }
+            Ok(meta) if meta.len() == size && hash_of(&path)? == *output_id => {
+                let now = (self.clock)();
+                if meta.modified().is_ok_and(|m| needs_touch(m, now)) {
+                    touch(&path, now);
+                }
+                return Ok(Stored {
+                    object: path,
+                    reused: true,
+                });
+            }
+            _ => {}
+        }
+        self.rename_into_place(file, &path)?;
+        Ok(Stored {
+            object: path,
+            reused: false,
+        })
+    }
+
+    fn publish_entry(&self, action: &ActionId, entry: &ActionEntry) -> Result<(), StoreError> {
+        let text = entry.encode(action);
+        debug_assert_eq!(text.len(), ENTRY_SIZE);
+        let mut file = self
+            .retry_in_missing_dir(&self.tmp.clone(), || self.temp_file())
+            .map_err(io_error("create a temporary file in", &self.tmp))?;
+        file.write_all(text.as_bytes())
+            .map_err(io_error("write to", file.path()))?;
+        self.rename_into_place(file, &self.action_path(action))
+    }
+
+    fn temp_file(&self) -> io::Result<NamedTempFile> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".put-");
+        // Entries are shared with cmd/go, which creates them 0666 less umask.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        builder.tempfile_in(&self.tmp)
+    }
+
+    fn rename_into_place(&self, file: NamedTempFile, path: &Path) -> Result<(), StoreError> {
+        let parent = path.parent().unwrap_or(&self.dir).to_owned();
+        let mut file = Some(file);
+        self.retry_in_missing_dir(&parent, || {
+            let temp = file.take().expect("a rename attempt owns the file");
+            temp.persist(path).map(drop).map_err(|e| {
+                let kind = e.error.kind();
+                file = Some(e.file);
+                io::Error::from(kind)
+            })
+        })
+        .map_err(io_error("publish", path))
+    }
+
+    /// Runs `op`; if it fails because `dir` is missing (`go clean -cache`
+    /// removes the subdirectories), creates `dir` and runs `op` once more.
+    fn retry_in_missing_dir<T>(
+        &self,
+        dir: &Path,
+        mut op: impl FnMut() -> io::Result<T>,
+    ) -> io::Result<T> {
+        match op() {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir_all(dir)?;
+                op()
+            }
+            other => other,
+        }
+    }
+}
+
+fn read_entry(path: &Path, action: &ActionId) -> Result<(ActionEntry, SystemTime), MissReason> {
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => MissReason::NoEntry,
+        kind => MissReason::Unreadable(kind),
+    })?;
+    // One byte more than an entry, to tell a long file from a valid one.
+    let mut buf = [0u8; ENTRY_SIZE + 1];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(MissReason::Unreadable(e.kind())),
+        }
+    }
+    let entry = ActionEntry::parse(&buf[..len], action).map_err(MissReason::CorruptEntry)?;
+    let mtime = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_err(|e| MissReason::Unreadable(e.kind()))?;
+    Ok((entry, mtime))
+}
+
+/// The single file inside an executable cache entry, with its metadata.
+fn executable_in(dir: &Path) -> Option<(PathBuf, fs::Metadata)> {
+    let mut entries = fs::read_dir(dir).ok()?;
+    let only = entries.next()?.ok()?;
+    if entries.next().is_some() {
+        return None;
+    }
+    let path = only.path();
+    let meta = fs::metadata(&path).ok().filter(fs::Metadata::is_file)?;
+    Some((path, meta))
+}
+
+fn hash_of(path: &Path) -> Result<OutputId, StoreError> {
+    let mut file = File::open(path).map_err(io_error("open", path))?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut hasher).map_err(io_error("read", path))?;
+    Ok(OutputId(hasher.finalize().into()))
+}
+
+fn needs_touch(mtime: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(mtime)
+        .is_ok_and(|age| age >= MTIME_INTERVAL)
+}
+
+/// Marks a file used. Best effort, as in cmd/go: a file we may read but not
+/// touch (another user's cache) is still usable.
+fn touch(path: &Path, now: SystemTime) {
+    let times = FileTimes::new().set_accessed(now).set_modified(now);
+    let _ = File::options()
+        .write(true)
+        .open(path)
+        .or_else(|_| File::open(path))
+        .and_then(|f| f.set_times(times));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("cache")).unwrap();
+        (dir, store)
+    }
+
+    fn hit(store: &Store, action: &ActionId) -> Hit {
+        match store.get(action) {
+            Lookup::Hit(hit) => hit,
+            Lookup::Miss(reason) => panic!("expected a hit, missed: {reason:?}"),
+        }
+    }
+
+    fn miss(store: &Store, action: &ActionId) -> MissReason {
+        match store.get(action) {
+            Lookup::Hit(hit) => panic!("expected a miss, hit {hit:?}"),
+            Lookup::Miss(reason) => reason,
+        }
+    }
+
+    #[test]
+    fn put_then_get() {
+        let (_tmp, store) = store();
+        let action = ActionId([1; 32]);
+        let stored = store.put_bytes(&action, b"hello").unwrap();
+        assert!(!stored.reused);
+        let hit = hit(&store, &action);
+        assert_eq!(hit.entry.output_id, OutputId::of(b"hello"));
+        assert_eq!(hit.entry.size, 5);
+        assert_eq!(hit.object, stored.object);
+        assert_eq!(fs::read(&hit.object).unwrap(), b"hello");
+        assert!(hit.object.is_absolute() || store.dir().is_relative());
+        assert!(hit.object.extension().is_none());
+    }
+
+    #[test]
+    fn empty_bodies_are_objects_too() {
+        let (_tmp, store) = store();
+        let action = ActionId([2; 32]);
+        store.put_bytes(&action, b"").unwrap();
+        let hit = hit(&store, &action);
+        assert_eq!(hit.entry.size, 0);
+        assert_eq!(fs::read(&hit.object).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_valid_object_is_not_rewritten_but_a_damaged_one_is() {
+        let (_tmp, store) = store();
+        let first = store.put_bytes(&ActionId([1; 32]), b"shared").unwrap();
+        let inode = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(p).unwrap().ino()
+        };
+        let before = inode(&first.object);
+        let again = store.put_bytes(&ActionId([2; 32]), b"shared").unwrap();
+        assert!(again.reused);
+        assert_eq!(inode(&again.object), before);
+
+        // Same size, flipped byte: the object is replaced.
+        fs::write(&first.object, b"sharex").unwrap();
+        let repaired = store.put_bytes(&ActionId([3; 32]), b"shared").unwrap();
+        assert!(!repaired.reused);
+        assert_eq!(fs::read(&repaired.object).unwrap(), b"shared");
+    }
+
+    #[test]
+    fn wrong_hash_or_size_publishes_nothing() {
+        let (_tmp, store) = store();
+        let action = ActionId([4; 32]);
+        let mut w = store.object_writer().unwrap();
+        w.write_all(b"abc").unwrap();
+        let err = store.put(&action, w, OutputId::of(b"abd"), 3).unwrap_err();
+        assert!(matches!(err, StoreError::HashMismatch { .. }), "{err}");
+        let mut w = store.object_writer().unwrap();
+        w.write_all(b"abc").unwrap();
+        let err = store.put(&action, w, OutputId::of(b"abc"), 4).unwrap_err();
+        assert!(matches!(err, StoreError::SizeMismatch { .. }), "{err}");
+        assert_eq!(miss(&store, &action), MissReason::NoEntry);
+        assert!(!store.object_path(&OutputId::of(b"abc")).exists());
+        assert_eq!(
+            fs::read_dir(store.dir().join(TMP_DIR_NAME))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn damaged_entries_are_misses() {
+        let (_tmp, store) = store();
+        let action = ActionId([5; 32]);
+        let stored = store.put_bytes(&action, b"0123456789").unwrap();
+
+        fs::write(&stored.object, b"01234").unwrap();
+        assert_eq!(
+            miss(&store, &action),
+            MissReason::ObjectSize {
+                expected: 10,
+                actual: 5
+            }
+        );
+        fs::remove_file(&stored.object).unwrap();
+        assert_eq!(miss(&store, &action), MissReason::NoObject);
+
+        let entry = store.action_path(&action);
+        fs::write(&entry, b"v1 garbage\n").unwrap();
+        assert_eq!(
+            miss(&store, &action),
+            MissReason::CorruptEntry(EntryError::WrongLength(11))
+        );
+        assert!(miss(&store, &action).is_corruption());
+        fs::write(&entry, vec![b'x'; 4096]).unwrap();
+        assert!(matches!(
+            miss(&store, &action),
+            MissReason::CorruptEntry(EntryError::WrongLength(_))
+        ));
+    }
+
+    #[test]
+    fn survives_go_clean_cache_removing_subdirectories() {
+        let (_tmp, store) = store();
+        store.put_bytes(&ActionId([6; 32]), b"x").unwrap();
+        for dir in fs::read_dir(store.dir()).unwrap() {
+            let dir = dir.unwrap().path();
+            if dir.file_name().unwrap().len() == 2 {
+                fs::remove_dir_all(dir).unwrap();
+            }
+        }
+        assert_eq!(miss(&store, &ActionId([6; 32])), MissReason::NoEntry);
+        store.put_bytes(&ActionId([6; 32]), b"x").unwrap();
+        hit(&store, &ActionId([6; 32]));
+    }
+
+    #[test]
+    fn put_time_survives_and_mtime_moves_at_most_hourly() {
+        let (_tmp, store) = store();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let now = Arc::new(Mutex::new(start));
+        let clock = now.clone();
+        let store = store.with_clock(Arc::new(move || *clock.lock().unwrap()));
+        let action = ActionId([7; 32]);
+        let stored = store.put_bytes(&action, b"data").unwrap();
+        let entry = store.action_path(&action);
+        let set_mtime = |p: &Path, t: SystemTime| {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap()
+        };
+        let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+        set_mtime(&entry, start);
+        set_mtime(&stored.object, start);
+
+        *now.lock().unwrap() = start + Duration::from_secs(59 * 60);
+        assert_eq!(hit(&store, &action).entry.put_time, start);
+        assert_eq!(mtime(&entry), start, "used within the hour: untouched");
+        assert_eq!(mtime(&stored.object), start);
+
+        let later = start + Duration::from_secs(2 * 3600);
+        *now.lock().unwrap() = later;
+        assert_eq!(hit(&store, &action).entry.put_time, start);
+        assert_eq!(mtime(&entry), later);
+        assert_eq!(mtime(&stored.object), later);
+    }
+
+    #[test]
+    fn reads_gos_executable_cache_entries() {
+        let (_tmp, store) = store();
+        let action = ActionId([8; 32]);
+        let body = b"#!fake executable";
+        let output = OutputId::of(body);
+        let dir = store.object_path(&output);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("hello"), body).unwrap();
+        let entry = ActionEntry {
+            output_id: output,
+            size: body.len() as u64,
+            put_time: SystemTime::now(),
+        };
+        let entry_path = store.action_path(&action);
+        fs::create_dir_all(entry_path.parent().unwrap()).unwrap();
+        fs::write(&entry_path, entry.encode(&action)).unwrap();
+        assert_eq!(hit(&store, &action).object, dir.join("hello"));
+        let stored = store.put_bytes(&ActionId([9; 32]), body).unwrap();
+        assert!(stored.reused);
+        assert_eq!(stored.object, dir.join("hello"));
+    }
+}

@@ -1,0 +1,72 @@
+//! granary: a build cache for the Go toolchain. See README.md for use and
+//! ARCHITECTURE.md for the map of the code.
+//!
+//! The binary is thin: it parses the command line, finds the cache directory
+//! and hands over to the command's module.
+
+mod cli;
+mod gocache;
+mod prog;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use cli::{Cli, Command, GlobalArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("granary: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Prog(args) => {
+            let dir = cache_dir(&cli.global)?;
+            let options = prog::Options {
+                stats_file: args.stats_file,
+                verbose: cli.global.verbose,
+            };
+            prog::run(dir, options)
+        }
+    }
+}
+
+/// The cache directory: `--dir`, else the go command's own GOCACHE. Always
+/// absolute, since paths inside it are handed to the go command.
+fn cache_dir(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
+    match &global.dir {
+        Some(dir) => std::path::absolute(dir)
+            .with_context(|| format!("cannot make {} absolute", dir.display())),
+        None => gocache::go_cache_dir(),
+    }
+}
+
+/// Logs go to stderr, which is the user's terminal during a build: warnings
+/// only by default, more with `--verbose`; `GRANARY_LOG=debug` (or `trace`,
+/// `info`, `warn`, `error`) chooses the level outright.
+fn init_logging(verbose: bool) {
+    let level = std::env::var("GRANARY_LOG")
+        .ok()
+        .and_then(|level| level.parse().ok())
+        .unwrap_or(if verbose {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .init();
+}

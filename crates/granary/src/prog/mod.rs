@@ -1,0 +1,402 @@
+//! `granary prog`: the GOCACHEPROG engine.
+//!
+//! The `go` command writes requests to our stdin and waits, goroutine by
+//! goroutine, for their answers on our stdout. cmd/go holds one lock while it
+//! writes a whole request, body included, so a slow reader stalls the build.
+//! Hence the shape:
+//!
+//! - The main thread only reads. It parses requests with
+//!   [`RequestReader`] and turns each into a [`Job`]; it never waits on the
+//!   disk. A put body is decoded by this thread and handed on: whole, when
+//!   small, or in chunks through a bounded channel, so that memory stays
+//!   bounded for any body size while a worker hashes and writes it.
+//! - A few worker threads run jobs against the local tier ([`Store`]) and
+//!   answer through a [`Ticket`], which guarantees one answer per request.
+//! - Whoever finishes a request writes its line to stdout under a lock
+//!   ([`Responder`]); there is no writer thread to hop through.
+//!
+//! `close` (or the end of stdin) stops the reading; the job queue is closed,
+//! the workers drain it and exit, and only then is `close` answered.
+//!
+//! A remote tier will slot in behind [`Engine::get`] and [`Engine::put`]: a
+//! local miss can hand its ticket to the remote side instead of answering.
+
+mod respond;
+mod stats;
+
+use std::io::{self, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender};
+use granary_protocol::{BodyError, FramingError, Hash, Incoming, Request, RequestReader, Response};
+use granary_store::{ActionId, Lookup, ObjectWriter, OutputId, Store};
+
+use respond::{Responder, Ticket};
+use stats::{Stats, add};
+
+/// Options of `granary prog` beyond the cache directory.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub stats_file: Option<PathBuf>,
+    pub verbose: bool,
+}
+
+/// Jobs waiting for a worker. Bounded, so that a stalled disk pushes back on
+/// the reader (and so on the go command) instead of filling memory.
+const JOB_QUEUE: usize = 64;
+/// Put bodies up to this size travel whole with their job; larger ones stream.
+const INLINE_BODY_LIMIT: u64 = 256 * 1024;
+/// Chunks of a streamed body in flight between the reader and its worker.
+const STREAM_DEPTH: usize = 8;
+/// Read size on stdin; a decoded chunk is at most three quarters of it.
+const STDIN_BUFFER: usize = 256 * 1024;
+
+/// Runs the helper until `close` or the end of stdin.
+pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let responder = Responder::stdout();
+    // Before anything slow: cmd/go waits for this message.
+    responder.send(&Response::handshake());
+
+    if dir.to_str().is_none() {
+        anyhow::bail!(
+            "the cache directory {} is not valid UTF-8, so it cannot be sent to the go command; \
+             choose another with --dir or GRANARY_DIR",
+            dir.display()
+        );
+    }
+    let store = Store::open(&dir).with_context(|| {
+        format!(
+            "cannot use {} as the cache directory; choose another with --dir or GRANARY_DIR",
+            dir.display()
+        )
+    })?;
+    let engine = Arc::new(Engine {
+        store,
+        stats: Stats::default(),
+    });
+
+    let (jobs, queue) = crossbeam_channel::bounded(JOB_QUEUE);
+    let workers = (0..worker_count())
+        .map(|i| {
+            let engine = engine.clone();
+            let queue = queue.clone();
+            thread::Builder::new()
+                .name(format!("granary-worker-{i}"))
+                .spawn(move || engine.work(queue))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot start worker threads")?;
+    drop(queue);
+
+    let stdin = io::stdin();
+    let mut reader = RequestReader::new(BufReader::with_capacity(STDIN_BUFFER, stdin.lock()));
+    let outcome = read_requests(&mut reader, &responder, &jobs, &engine.stats);
+
+    drop(jobs);
+    for worker in workers {
+        if worker.join().is_err() {
+            tracing::error!("a worker thread panicked; its requests were answered with errors");
+        }
+    }
+    let (close, framing_error) = match outcome {
+        Ok(close) => (close, None),
+        Err(e) => (None, Some(e)),
+    };
+    let summary = engine.stats.summary(started.elapsed());
+    if let Some(path) = &options.stats_file
+        && let Err(e) = summary.write_to(path)
+    {
+        tracing::warn!("{e:#}");
+    }
+    if options.verbose {
+        eprintln!("{}", summary.line());
+    }
+    if let Some(ticket) = close {
+        let id = ticket.id();
+        ticket.answer(Response::closed(id));
+    }
+    match framing_error {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => {
+            eprintln!("granary: error: {e}; cannot follow the go command's requests any more");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn worker_count() -> usize {
+    let cpus = thread::available_parallelism().map_or(2, |n| n.get());
+    (cpus * 2).clamp(4, 16)
+}
+
+/// Reads requests until `close`, whose ticket it returns, or the end of
+/// input. Returns an error when the request stream can no longer be followed.
+fn read_requests<R: io::BufRead>(
+    reader: &mut RequestReader<R>,
+    responder: &Responder,
+    jobs: &Sender<Job>,
+    stats: &Stats,
+) -> Result<Option<Ticket>, FramingError> {
+    loop {
+        let request = match reader.next_request()? {
+            Incoming::Request(request) => request,
+            Incoming::Rejected { id, error } => {
+                fail(stats, responder.ticket(id), &error);
+                continue;
+            }
+            Incoming::End => return Ok(None),
+        };
+        let ticket = responder.ticket(request.id());
+        match request {
+            Request::Get { action_id, .. } => {
+                // Sending fails only if every worker died; the dropped ticket
+                // then answers with an error.
+                let _ = jobs.send(Job::Get {
+                    ticket,
+                    action: action_id,
+                });
+            }
+            Request::Put {
+                action_id,
+                output_id,
+                body_size,
+                ..
+            } => {
+                let put = |body| {
+                    Job::Put(PutJob {
+                        ticket,
+                        action: action_id,
+                        output: output_id,
+                        size: body_size,
+                        body,
+                    })
+                };
+                read_put(reader, jobs, stats, body_size, put)?;
+            }
+            Request::Close { .. } => return Ok(Some(ticket)),
+        }
+    }
+}
+
+/// Reads a put's body and queues the put. `job` builds the job around the
+/// body; if the body is bad, its ticket is answered here.
+fn read_put<R: io::BufRead>(
+    reader: &mut RequestReader<R>,
+    jobs: &Sender<Job>,
+    stats: &Stats,
+    size: u64,
+    job: impl FnOnce(Body) -> Job,
+) -> Result<(), FramingError> {
+    if size <= INLINE_BODY_LIMIT {
+        let mut body = Vec::with_capacity(size as usize);
+        return match reader.read_body(&mut body) {
+            Ok(_) => {
+                let _ = jobs.send(job(Body::Inline(body)));
+                Ok(())
+            }
+            Err(error) => {
+                let Job::Put(put) = job(Body::Inline(Vec::new())) else {
+                    unreachable!("a put body builds a put job")
+                };
+                fail(stats, put.ticket, &error);
+                match error {
+                    BodyError::Framing(e) => Err(e),
+                    BodyError::Invalid(_) | BodyError::Sink(_) => Ok(()),
+                }
+            }
+        };
+    }
+    let (chunks, stream) = crossbeam_channel::bounded(STREAM_DEPTH);
+    let _ = jobs.send(job(Body::Streamed(stream)));
+    let result = reader.read_body(&mut ChunkSink(&chunks));
+    match result {
+        Ok(_) => {
+            let _ = chunks.send(Chunk::End);
+            Ok(())
+        }
+        Err(error) => {
+            let _ = chunks.send(Chunk::Failed(error.to_string()));
+            match error {
+                BodyError::Framing(e) => Err(e),
+                BodyError::Invalid(_) | BodyError::Sink(_) => Ok(()),
+            }
+        }
+    }
+}
+
+/// Answers a request with an error, counting it.
+fn fail(stats: &Stats, ticket: Ticket, error: &dyn std::fmt::Display) {
+    add(&stats.errors, 1);
+    tracing::debug!("request {} failed: {error}", ticket.id());
+    let id = ticket.id();
+    ticket.answer(Response::error(id, format!("granary: {error}")));
+}
+
+enum Job {
+    Get { ticket: Ticket, action: Hash },
+    Put(PutJob),
+}
+
+struct PutJob {
+    ticket: Ticket,
+    action: Hash,
+    output: Hash,
+    size: u64,
+    body: Body,
+}
+
+enum Body {
+    Inline(Vec<u8>),
+    Streamed(Receiver<Chunk>),
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    /// The body is complete.
+    End,
+    /// The body is bad; the message says why.
+    Failed(String),
+}
+
+/// Passes decoded body bytes to the worker that stores them.
+struct ChunkSink<'a>(&'a Sender<Chunk>);
+
+impl Write for ChunkSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(Chunk::Data(buf.to_vec()))
+            .map_err(|_| io::Error::other("the worker storing the body stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the workers share.
+struct Engine {
+    store: Store,
+    stats: Stats,
+}
+
+impl Engine {
+    fn work(&self, queue: Receiver<Job>) {
+        for job in queue {
+            match job {
+                Job::Get { ticket, action } => self.get(ticket, action),
+                Job::Put(put) => self.put(put),
+            }
+        }
+    }
+
+    fn get(&self, ticket: Ticket, action: Hash) {
+        add(&self.stats.gets, 1);
+        let id = ticket.id();
+        let response = match self.store.get(&ActionId(action)) {
+            Lookup::Hit(hit) => match disk_path(hit.object) {
+                Ok(path) => {
+                    add(&self.stats.hits, 1);
+                    add(&self.stats.hit_bytes, hit.entry.size);
+                    Response::hit(
+                        id,
+                        hit.entry.output_id.0,
+                        hit.entry.size,
+                        hit.entry.put_time,
+                        path,
+                    )
+                }
+                Err(e) => return fail(&self.stats, ticket, &e),
+            },
+            Lookup::Miss(reason) => {
+                add(&self.stats.misses, 1);
+                tracing::debug!("get {id}: miss for action {}: {reason:?}", ActionId(action));
+                if reason.is_corruption() {
+                    add(&self.stats.corrupt_entries, 1);
+                    tracing::info!(
+                        "damaged cache entry for action {} ({reason:?}); treated as a miss",
+                        ActionId(action)
+                    );
+                }
+                Response::miss(id)
+            }
+        };
+        ticket.answer(response);
+    }
+
+    fn put(&self, job: PutJob) {
+        let PutJob {
+            ticket,
+            action,
+            output,
+            size,
+            body,
+        } = job;
+        let written = match body {
+            Body::Inline(bytes) => self.write_inline(&bytes),
+            Body::Streamed(stream) => self.write_streamed(stream),
+        };
+        let stored = written.and_then(|writer| {
+            self.store
+                .put(&ActionId(action), writer, OutputId(output), size)
+                .map_err(|e| e.to_string())
+        });
+        match stored.and_then(|stored| Ok((disk_path(stored.object)?, stored.reused))) {
+            Ok((path, reused)) => {
+                add(&self.stats.puts, 1);
+                add(&self.stats.put_bytes, size);
+                if reused {
+                    add(&self.stats.reused_objects, 1);
+                }
+                let id = ticket.id();
+                tracing::debug!("put {id}: action {} stored {size} bytes", ActionId(action));
+                ticket.answer(Response::stored(id, path));
+            }
+            Err(message) => fail(&self.stats, ticket, &message),
+        }
+    }
+
+    fn write_inline(&self, body: &[u8]) -> Result<ObjectWriter, String> {
+        let mut writer = self.store.object_writer().map_err(|e| e.to_string())?;
+        writer.write_all(body).map_err(write_error)?;
+        Ok(writer)
+    }
+
+    /// Writes chunks as they arrive. Keeps draining the stream after a write
+    /// error, so that the reader never blocks on a dead worker.
+    fn write_streamed(&self, stream: Receiver<Chunk>) -> Result<ObjectWriter, String> {
+        let mut writer = self.store.object_writer().map_err(|e| e.to_string());
+        loop {
+            match stream.recv() {
+                Ok(Chunk::Data(data)) => {
+                    if let Ok(w) = &mut writer
+                        && let Err(e) = w.write_all(&data)
+                    {
+                        writer = Err(write_error(e));
+                    }
+                }
+                Ok(Chunk::End) => return writer,
+                Ok(Chunk::Failed(message)) => return Err(message),
+                Err(_) => return Err("the put body was cut off".to_owned()),
+            }
+        }
+    }
+}
+
+fn write_error(e: io::Error) -> String {
+    format!("cannot write the put body to the cache: {e}")
+}
+
+/// A path as the protocol carries it. The cache directory was checked to be
+/// UTF-8 at start, so this fails only if that check is ever removed.
+fn disk_path(path: PathBuf) -> Result<String, String> {
+    path.into_os_string()
+        .into_string()
+        .map_err(|p| format!("the path {} is not valid UTF-8", p.to_string_lossy()))
+}
