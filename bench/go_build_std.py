@@ -40,7 +40,7 @@ def main():
         parser.error("--cold and --warm must be at least 1 (a warm run needs a cold one first)")
 
     go = common.find_go()
-    granary = args.granary or common.build_granary()
+    granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
     configs = {"native": None, "granary": f"{granary} prog"}
     helper = os.environ.get("GRANARY_BENCH_HELPER")
     if helper:

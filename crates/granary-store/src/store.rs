@@ -360,27 +360,25 @@ impl Store {
 }
 
 fn read_entry(path: &Path, action: &ActionId) -> Result<(ActionEntry, SystemTime), MissReason> {
+    let unreadable = |e: io::Error| MissReason::Unreadable(e.kind());
     let mut file = File::open(path).map_err(|e| match e.kind() {
         ErrorKind::NotFound => MissReason::NoEntry,
         kind => MissReason::Unreadable(kind),
     })?;
-    // One byte more than an entry, to tell a long file from a valid one.
-    let mut buf = [0u8; ENTRY_SIZE + 1];
-    let mut len = 0;
-    while len < buf.len() {
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(MissReason::Unreadable(e.kind())),
-        }
+    let meta = file.metadata().map_err(unreadable)?;
+    let len = meta.len();
+    if len != ENTRY_SIZE as u64 {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        return Err(MissReason::CorruptEntry(EntryError::WrongLength(len)));
     }
-    let entry = ActionEntry::parse(&buf[..len], action).map_err(MissReason::CorruptEntry)?;
-    let mtime = file
-        .metadata()
-        .and_then(|m| m.modified())
-        .map_err(|e| MissReason::Unreadable(e.kind()))?;
-    Ok((entry, mtime))
+    let mut buf = [0u8; ENTRY_SIZE];
+    file.read_exact(&mut buf).map_err(|e| match e.kind() {
+        // Shrunk between the stat and the read.
+        ErrorKind::UnexpectedEof => MissReason::CorruptEntry(EntryError::WrongLength(0)),
+        kind => MissReason::Unreadable(kind),
+    })?;
+    let entry = ActionEntry::parse(&buf, action).map_err(MissReason::CorruptEntry)?;
+    Ok((entry, meta.modified().map_err(unreadable)?))
 }
 
 /// The single file inside an executable cache entry, with its metadata.

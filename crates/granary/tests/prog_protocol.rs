@@ -517,7 +517,7 @@ fn huge_put_streams_in_bounded_memory() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc status");
-    println!(
+    eprintln!(
         "peak RSS of granary during a 300 MB put: {:.1} MB",
         peak_kb as f64 / 1024.0
     );

@@ -5,21 +5,24 @@
 //! writes a whole request, body included, so a slow reader stalls the build.
 //! Hence the shape:
 //!
-//! - The main thread only reads. It parses requests with
-//!   [`RequestReader`] and turns each into a [`Job`]; it never waits on the
-//!   disk. A put body is decoded by this thread and handed on: whole, when
-//!   small, or in chunks through a bounded channel, so that memory stays
-//!   bounded for any body size while a worker hashes and writes it.
-//! - A few worker threads run jobs against the local tier ([`Store`]) and
-//!   answer through a [`Ticket`], which guarantees one answer per request.
-//! - Whoever finishes a request writes its line to stdout under a lock
-//!   ([`Responder`]); there is no writer thread to hop through.
+//! - The main thread reads requests with [`RequestReader`]. It answers gets
+//!   of the local tier itself: a lookup is four small system calls on files
+//!   in the page cache, cheaper than waking another thread, and a warm build
+//!   is a thousand gets in a row (see "Performance" in ARCHITECTURE.md).
+//! - Puts go to a few worker threads, which hash and write bodies. The main
+//!   thread decodes a body and hands it on: whole when small, else in chunks
+//!   through a bounded channel, so memory stays bounded for any body size
+//!   and the reader never waits on a disk write.
+//! - Every request becomes a [`Ticket`], which guarantees exactly one answer;
+//!   whoever finishes a request writes its line to stdout under a lock
+//!   ([`Responder`]), so there is no writer thread to hop through.
 //!
 //! `close` (or the end of stdin) stops the reading; the job queue is closed,
 //! the workers drain it and exit, and only then is `close` answered.
 //!
 //! A remote tier will slot in behind [`Engine::get`] and [`Engine::put`]: a
-//! local miss can hand its ticket to the remote side instead of answering.
+//! local miss hands its ticket to an asynchronous remote lookup instead of
+//! answering at once, so the reader never waits on the network.
 
 mod respond;
 mod stats;
@@ -46,7 +49,7 @@ pub struct Options {
     pub verbose: bool,
 }
 
-/// Jobs waiting for a worker. Bounded, so that a stalled disk pushes back on
+/// Puts waiting for a worker. Bounded, so that a stalled disk pushes back on
 /// the reader (and so on the go command) instead of filling memory.
 const JOB_QUEUE: usize = 64;
 /// Put bodies up to this size travel whole with their job; larger ones stream.
@@ -96,7 +99,7 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
 
     let stdin = io::stdin();
     let mut reader = RequestReader::new(BufReader::with_capacity(STDIN_BUFFER, stdin.lock()));
-    let outcome = read_requests(&mut reader, &responder, &jobs, &engine.stats);
+    let outcome = read_requests(&mut reader, &responder, &jobs, &engine);
 
     drop(jobs);
     for worker in workers {
@@ -140,9 +143,10 @@ fn worker_count() -> usize {
 fn read_requests<R: io::BufRead>(
     reader: &mut RequestReader<R>,
     responder: &Responder,
-    jobs: &Sender<Job>,
-    stats: &Stats,
+    jobs: &Sender<PutJob>,
+    engine: &Engine,
 ) -> Result<Option<Ticket>, FramingError> {
+    let stats = &engine.stats;
     loop {
         let request = match reader.next_request()? {
             Incoming::Request(request) => request,
@@ -154,28 +158,19 @@ fn read_requests<R: io::BufRead>(
         };
         let ticket = responder.ticket(request.id());
         match request {
-            Request::Get { action_id, .. } => {
-                // Sending fails only if every worker died; the dropped ticket
-                // then answers with an error.
-                let _ = jobs.send(Job::Get {
-                    ticket,
-                    action: action_id,
-                });
-            }
+            Request::Get { action_id, .. } => engine.get(ticket, action_id),
             Request::Put {
                 action_id,
                 output_id,
                 body_size,
                 ..
             } => {
-                let put = |body| {
-                    Job::Put(PutJob {
-                        ticket,
-                        action: action_id,
-                        output: output_id,
-                        size: body_size,
-                        body,
-                    })
+                let put = |body| PutJob {
+                    ticket,
+                    action: action_id,
+                    output: output_id,
+                    size: body_size,
+                    body,
                 };
                 read_put(reader, jobs, stats, body_size, put)?;
             }
@@ -188,10 +183,10 @@ fn read_requests<R: io::BufRead>(
 /// body; if the body is bad, its ticket is answered here.
 fn read_put<R: io::BufRead>(
     reader: &mut RequestReader<R>,
-    jobs: &Sender<Job>,
+    jobs: &Sender<PutJob>,
     stats: &Stats,
     size: u64,
-    job: impl FnOnce(Body) -> Job,
+    job: impl FnOnce(Body) -> PutJob,
 ) -> Result<(), FramingError> {
     if size <= INLINE_BODY_LIMIT {
         let mut body = Vec::with_capacity(size as usize);
@@ -201,10 +196,7 @@ fn read_put<R: io::BufRead>(
                 Ok(())
             }
             Err(error) => {
-                let Job::Put(put) = job(Body::Inline(Vec::new())) else {
-                    unreachable!("a put body builds a put job")
-                };
-                fail(stats, put.ticket, &error);
+                fail(stats, job(Body::Inline(Vec::new())).ticket, &error);
                 match error {
                     BodyError::Framing(e) => Err(e),
                     BodyError::Invalid(_) | BodyError::Sink(_) => Ok(()),
@@ -238,11 +230,7 @@ fn fail(stats: &Stats, ticket: Ticket, error: &dyn std::fmt::Display) {
     ticket.answer(Response::error(id, format!("granary: {error}")));
 }
 
-enum Job {
-    Get { ticket: Ticket, action: Hash },
-    Put(PutJob),
-}
-
+/// A put whose body the reader has read (or is streaming).
 struct PutJob {
     ticket: Ticket,
     action: Hash,
@@ -287,12 +275,9 @@ struct Engine {
 }
 
 impl Engine {
-    fn work(&self, queue: Receiver<Job>) {
-        for job in queue {
-            match job {
-                Job::Get { ticket, action } => self.get(ticket, action),
-                Job::Put(put) => self.put(put),
-            }
+    fn work(&self, queue: Receiver<PutJob>) {
+        for put in queue {
+            self.put(put);
         }
     }
 

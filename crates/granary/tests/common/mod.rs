@@ -26,9 +26,9 @@ pub fn go() -> &'static Path {
     static GO: OnceLock<PathBuf> = OnceLock::new();
     GO.get_or_init(|| {
         let venv = repo_root().join(".venv/bin/go");
-        let candidates = std::env::var_os("PATH")
+        let candidates: Vec<PathBuf> = std::env::var_os("PATH")
             .map(|path| std::env::split_paths(&path).map(|d| d.join("go")).collect())
-            .unwrap_or_else(Vec::new);
+            .unwrap_or_default();
         candidates
             .into_iter()
             .chain([venv])

@@ -1,0 +1,3 @@
+module example.com/go-demo
+
+go 1.21
