@@ -174,45 +174,58 @@ fn go_clean_cache_empties_what_granary_stored() {
 
 #[test]
 fn four_concurrent_builds_share_one_directory() {
+    // Four builds through granary, each with its own helper, and one native
+    // build, all at once on one cache directory.
     let sb = Sandbox::new();
     let cache = sb.cache();
     let modules: Vec<_> = (0..4).map(|i| sb.module(&format!("con{i}"), 2)).collect();
+    let native_module = sb.module("connative", 2);
     let build = |round: &str| {
+        let spawn = |cmd: &mut Command| {
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("go starts")
+        };
+        let native = spawn(&mut sb.go(&cache, &native_module, &["build", "-x", "-o", "bin", "."]));
         let children: Vec<_> = modules
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let stats = sb.path(&format!("{round}-{i}"));
-                let child = sb
-                    .go_granary(&cache, m, &stats, &["build", "-o", "bin", "."])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("go starts");
-                (child, stats)
+                let cmd = &mut sb.go_granary(&cache, m, &stats, &["build", "-o", "bin", "."]);
+                (spawn(cmd), stats)
             })
             .collect();
-        children
+        let wait = |child: std::process::Child| {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "a concurrent build failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        };
+        let granary_stats: Vec<_> = children
             .into_iter()
             .map(|(child, stats_path)| {
-                let out = child.wait_with_output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "a concurrent build failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                wait(child);
                 stats(&stats_path)
             })
-            .collect::<Vec<_>>()
+            .collect();
+        (granary_stats, wait(native))
     };
 
-    for s in build("first") {
+    let (first, _) = build("first");
+    for s in first {
         assert_eq!(s.errors, 0, "{s:?}");
     }
-    for s in build("again") {
+    let (again, native) = build("again");
+    for s in again {
         assert_eq!(s.misses, 0, "a rebuild must be all hits: {s:?}");
         assert!(s.hits > 20 && s.errors == 0, "{s:?}");
     }
+    assert_eq!(compiled_packages(&native.stderr), Vec::<String>::new());
     assert!(objects_with_wrong_hash(&cache).is_empty());
 }
 
