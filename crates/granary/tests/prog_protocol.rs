@@ -528,3 +528,43 @@ fn huge_put_streams_in_bounded_memory() {
     assert!(objects_with_wrong_hash(&sb.cache()).is_empty());
     h.close();
 }
+
+/// A write that fails half-way (here: the file size limit, standing in for a
+/// full disk) answers that put with an error, publishes nothing, leaves no
+/// temporary file, and the helper goes on serving.
+#[test]
+fn failing_disk_write_is_an_error_and_publishes_nothing() {
+    let sb = Sandbox::new();
+    let mut cmd = Command::new("sh");
+    // Ignored SIGXFSZ makes writes past the limit fail with EFBIG instead of
+    // killing the process; `ulimit -f` counts blocks of 512 or 1024 bytes.
+    cmd.args([
+        "-c",
+        "trap '' XFSZ; ulimit -f 200; exec \"$0\" \"$@\"",
+        granary().to_str().unwrap(),
+    ]);
+    let mut h = Helper::start_with(&sb, cmd);
+    let big = vec![3u8; 1 << 20];
+    h.request(&put(1, 1, &big), &big);
+    let answer = h.response();
+    let message = answer["Err"].as_str().unwrap_or_else(|| panic!("{answer}"));
+    assert!(message.contains("File too large"), "{message}");
+
+    h.request(&put(2, 2, b"small"), b"small");
+    assert!(h.response()["DiskPath"].is_string());
+    h.request(
+        &Request::Get {
+            id: 3,
+            action_id: [1; 32],
+        },
+        &[],
+    );
+    assert_eq!(h.response(), serde_json::json!({"ID": 3, "Miss": true}));
+    let (status, _) = h.close();
+    assert!(status.success());
+    assert_eq!(objects(&sb.cache()).len(), 1);
+    let leftovers = fs::read_dir(sb.cache().join("granary-tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(leftovers, 0, "the failed put left a temporary file");
+}
