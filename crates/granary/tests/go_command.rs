@@ -70,28 +70,28 @@ fn granary_and_native_go_share_one_cache_both_ways() {
         &cache,
         &module,
         &sb.path("s1"),
-        &["build", "-o", "bin1", "."],
+        &["build", "-o", "../bin1", "."],
     ));
-    let out = run_ok(&mut sb.go(&cache, &module, &["build", "-x", "-o", "bin2", "."]));
+    let out = run_ok(&mut sb.go(&cache, &module, &["build", "-x", "-o", "../bin2", "."]));
     assert_eq!(
         compiled_packages(&out.stderr),
         Vec::<String>::new(),
         "native go must reuse everything granary stored"
     );
     assert_eq!(
-        fs::read(module.join("bin1")).unwrap(),
-        fs::read(module.join("bin2")).unwrap()
+        fs::read(module.join("../bin1")).unwrap(),
+        fs::read(module.join("../bin2")).unwrap()
     );
 
     // Native first, granary second.
     let module = sb.module("fromnative", 2);
     let cache = sb.path("cache-b");
-    run_ok(&mut sb.go(&cache, &module, &["build", "-o", "bin1", "."]));
+    run_ok(&mut sb.go(&cache, &module, &["build", "-o", "../bin1", "."]));
     let out = run_ok(&mut sb.go_granary(
         &cache,
         &module,
         &sb.path("s2"),
-        &["build", "-x", "-o", "bin2", "."],
+        &["build", "-x", "-o", "../bin2", "."],
     ));
     assert_eq!(
         compiled_packages(&out.stderr),
@@ -102,8 +102,8 @@ fn granary_and_native_go_share_one_cache_both_ways() {
     assert!(s.misses <= 1 && s.hits > 20, "{s:?}");
     assert_eq!(s.errors + s.corrupt_entries, 0, "{s:?}");
     assert_eq!(
-        fs::read(module.join("bin1")).unwrap(),
-        fs::read(module.join("bin2")).unwrap()
+        fs::read(module.join("../bin1")).unwrap(),
+        fs::read(module.join("../bin2")).unwrap()
     );
 }
 
@@ -156,7 +156,7 @@ fn go_clean_cache_empties_what_granary_stored() {
         &cache,
         &module,
         &sb.path("s1"),
-        &["build", "-o", "bin", "."],
+        &["build", "-o", "../bin", "."],
     ));
     assert!(!objects(&cache).is_empty());
     run_ok(&mut sb.go(&cache, &module, &["clean", "-cache"]));
@@ -166,7 +166,7 @@ fn go_clean_cache_empties_what_granary_stored() {
         &cache,
         &module,
         &sb.path("s2"),
-        &["build", "-o", "bin", "."],
+        &["build", "-o", "../bin", "."],
     ));
     let s = stats(&sb.path("s2"));
     assert!(s.puts > 0 && s.hits == 0, "{s:?}");
@@ -187,13 +187,18 @@ fn four_concurrent_builds_share_one_directory() {
                 .spawn()
                 .expect("go starts")
         };
-        let native = spawn(&mut sb.go(&cache, &native_module, &["build", "-x", "-o", "bin", "."]));
+        let native = spawn(&mut sb.go(
+            &cache,
+            &native_module,
+            &["build", "-x", "-o", "../native.bin", "."],
+        ));
         let children: Vec<_> = modules
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let stats = sb.path(&format!("{round}-{i}"));
-                let cmd = &mut sb.go_granary(&cache, m, &stats, &["build", "-o", "bin", "."]);
+                let out = format!("../con{i}.bin");
+                let cmd = &mut sb.go_granary(&cache, m, &stats, &["build", "-o", &out, "."]);
                 (spawn(cmd), stats)
             })
             .collect();
@@ -236,7 +241,7 @@ fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
     let cache = sb.cache();
     let marker = sb.path("killed-stats");
     let mut go = sb
-        .go_granary(&cache, &module, &marker, &["build", "-o", "bin", "."])
+        .go_granary(&cache, &module, &marker, &["build", "-o", "../bin", "."])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -268,14 +273,14 @@ fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
         &cache,
         &module,
         &sb.path("s2"),
-        &["build", "-o", "bin", "."],
+        &["build", "-o", "../bin", "."],
     ));
     assert_eq!(stats(&sb.path("s2")).errors, 0);
     assert_eq!(
         objects_with_wrong_hash(&cache),
         Vec::<std::path::PathBuf>::new()
     );
-    let out = run_ok(&mut Command::new(module.join("bin")));
+    let out = run_ok(&mut Command::new(module.join("../bin")));
     assert!(String::from_utf8_lossy(&out.stdout).contains("KILLED-P1"));
 }
 
@@ -299,7 +304,7 @@ fn truncated_object_and_garbled_action_are_rebuilt() {
         &cache,
         &module,
         &sb.path("s1"),
-        &["build", "-o", "bin1", "."],
+        &["build", "-o", "../bin1", "."],
     ));
 
     // Map action files to the objects they name; damage the two actions
@@ -332,7 +337,7 @@ fn truncated_object_and_garbled_action_are_rebuilt() {
         &cache,
         &module,
         &sb.path("s2"),
-        &["build", "-x", "-o", "bin2", "."],
+        &["build", "-x", "-o", "../bin2", "."],
     ));
     let s = stats(&sb.path("s2"));
     assert!(s.corrupt_entries >= 2 && s.errors == 0, "{s:?}");
@@ -348,7 +353,7 @@ fn truncated_object_and_garbled_action_are_rebuilt() {
         "the garbled entry must be rewritten: {text:?}"
     );
     assert_eq!(
-        fs::read(module.join("bin1")).unwrap(),
-        fs::read(module.join("bin2")).unwrap()
+        fs::read(module.join("../bin1")).unwrap(),
+        fs::read(module.join("../bin2")).unwrap()
     );
 }

@@ -103,7 +103,9 @@ impl Sandbox {
     }
 
     /// Writes a module `name` with `packages` library packages, a main
-    /// package that uses them all, and a test.
+    /// package that uses them all, and a test. Build outputs must go outside
+    /// the module directory (`-o ../bin`): a fresh mtime there changes
+    /// cmd/go's module index key, which would make the next build miss it.
     pub fn module(&self, name: &str, packages: usize) -> PathBuf {
         let dir = self.path(name);
         let mut imports = String::new();
