@@ -163,6 +163,27 @@ impl Store {
         &self.dir
     }
 
+    /// Removes temporary files older than `max_age`: what a process killed
+    /// in the middle of a put left behind. Younger ones may belong to a put
+    /// in progress in another process. Returns how many files and bytes were
+    /// removed; files that vanish meanwhile are skipped.
+    pub fn remove_stale_temporaries(&self, max_age: Duration) -> io::Result<(u64, u64)> {
+        let now = (self.clock)();
+        let (mut files, mut bytes) = (0, 0);
+        for entry in fs::read_dir(&self.tmp)? {
+            let Ok(entry) = entry else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            let stale = meta
+                .modified()
+                .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age >= max_age));
+            if meta.is_file() && stale && fs::remove_file(entry.path()).is_ok() {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+        Ok((files, bytes))
+    }
+
     /// The path of the action file for `action`.
     pub fn action_path(&self, action: &ActionId) -> PathBuf {
         self.entry_path(&action.0, "a")
@@ -587,6 +608,48 @@ mod tests {
         assert_eq!(hit(&store, &action).entry.put_time, start);
         assert_eq!(mtime(&entry), later);
         assert_eq!(mtime(&stored.object), later);
+    }
+
+    #[test]
+    fn only_stale_temporaries_are_removed() {
+        let (_tmp, store) = store();
+        let now = Arc::new(Mutex::new(SystemTime::now()));
+        let clock = now.clone();
+        let store = store.with_clock(Arc::new(move || *clock.lock().unwrap()));
+        let tmp = store.dir().join(TMP_DIR_NAME);
+        fs::write(tmp.join(".put-orphan"), b"half a body").unwrap();
+        // A put in progress in this process.
+        let mut in_progress = store.object_writer().unwrap();
+        in_progress.write_all(b"being written").unwrap();
+
+        assert_eq!(
+            store
+                .remove_stale_temporaries(Duration::from_secs(3600))
+                .unwrap(),
+            (0, 0)
+        );
+        *now.lock().unwrap() += Duration::from_secs(2 * 3600);
+        File::options()
+            .write(true)
+            .open(in_progress.file.path())
+            .unwrap()
+            .set_modified(*now.lock().unwrap())
+            .unwrap();
+        assert_eq!(
+            store
+                .remove_stale_temporaries(Duration::from_secs(3600))
+                .unwrap(),
+            (1, 11)
+        );
+        assert!(in_progress.file.path().exists());
+        store
+            .put(
+                &ActionId([1; 32]),
+                in_progress,
+                OutputId::of(b"being written"),
+                13,
+            )
+            .unwrap();
     }
 
     #[test]

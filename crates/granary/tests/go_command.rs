@@ -269,6 +269,21 @@ fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
         objects_with_wrong_hash(&cache),
         Vec::<std::path::PathBuf>::new()
     );
+    // Whatever the killed helper was writing stays in granary-tmp until it is
+    // a day old; age it (and a planted orphan, in case the kill fell between
+    // two puts) so that the next helper removes it.
+    let tmp = cache.join("granary-tmp");
+    fs::write(tmp.join(".put-planted"), b"half a body").unwrap();
+    let orphans: Vec<_> = fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86400);
+    for orphan in &orphans {
+        let file = fs::File::options().write(true).open(orphan).unwrap();
+        file.set_modified(two_days_ago).unwrap();
+    }
     run_ok(&mut sb.go_granary(
         &cache,
         &module,
@@ -280,6 +295,8 @@ fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
         objects_with_wrong_hash(&cache),
         Vec::<std::path::PathBuf>::new()
     );
+    let left: Vec<_> = orphans.iter().filter(|o| o.exists()).collect();
+    assert!(left.is_empty(), "stale temporary files were kept: {left:?}");
     let out = run_ok(&mut Command::new(module.join("../bin")));
     assert!(String::from_utf8_lossy(&out.stdout).contains("KILLED-P1"));
 }

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
@@ -56,6 +56,9 @@ const JOB_QUEUE: usize = 64;
 const INLINE_BODY_LIMIT: u64 = 256 * 1024;
 /// Chunks of a streamed body in flight between the reader and its worker.
 const STREAM_DEPTH: usize = 8;
+/// Temporary files older than this were left by a killed process: no put
+/// takes a day.
+const STALE_TEMPORARY_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Read size on stdin; a decoded chunk is at most three quarters of it.
 const STDIN_BUFFER: usize = 256 * 1024;
 
@@ -91,7 +94,12 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
             let queue = queue.clone();
             thread::Builder::new()
                 .name(format!("granary-worker-{i}"))
-                .spawn(move || engine.work(queue))
+                .spawn(move || {
+                    if i == 0 {
+                        engine.remove_stale_temporaries();
+                    }
+                    engine.work(queue)
+                })
         })
         .collect::<Result<Vec<_>, _>>()
         .context("cannot start worker threads")?;
@@ -275,6 +283,18 @@ struct Engine {
 }
 
 impl Engine {
+    /// Cleans up after killed processes. Runs on a worker, off the
+    /// protocol's path; failures only mean the files stay until next time.
+    fn remove_stale_temporaries(&self) {
+        match self.store.remove_stale_temporaries(STALE_TEMPORARY_AGE) {
+            Ok((0, _)) => {}
+            Ok((files, bytes)) => {
+                tracing::info!("removed {files} stale temporary files ({bytes} bytes)")
+            }
+            Err(e) => tracing::debug!("cannot clean up stale temporary files: {e}"),
+        }
+    }
+
     fn work(&self, queue: Receiver<PutJob>) {
         for put in queue {
             self.put(put);
