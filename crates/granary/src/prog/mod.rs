@@ -6,7 +6,7 @@
 //! Hence the shape:
 //!
 //! - The main thread reads requests with [`RequestReader`]. It answers gets
-//!   of the local tier itself: a lookup is four small system calls on files
+//!   of the local tier itself: a lookup is five small system calls on files
 //!   in the page cache, cheaper than waking another thread, and a warm build
 //!   is a thousand gets in a row (see "Performance" in ARCHITECTURE.md).
 //! - Puts go to a few worker threads, which hash and write bodies. The main
@@ -188,7 +188,8 @@ fn read_requests<R: io::BufRead>(
 }
 
 /// Reads a put's body and queues the put. `job` builds the job around the
-/// body; if the body is bad, its ticket is answered here.
+/// body. A bad body is answered with an error: here when it was to travel
+/// whole, by the worker when it was streaming.
 fn read_put<R: io::BufRead>(
     reader: &mut RequestReader<R>,
     jobs: &Sender<PutJob>,
@@ -196,37 +197,35 @@ fn read_put<R: io::BufRead>(
     size: u64,
     job: impl FnOnce(Body) -> PutJob,
 ) -> Result<(), FramingError> {
-    if size <= INLINE_BODY_LIMIT {
+    let error = if size <= INLINE_BODY_LIMIT {
         let mut body = Vec::with_capacity(size as usize);
-        return match reader.read_body(&mut body) {
+        match reader.read_body(&mut body) {
             Ok(_) => {
                 let _ = jobs.send(job(Body::Inline(body)));
-                Ok(())
+                return Ok(());
             }
             Err(error) => {
                 fail(stats, job(Body::Inline(Vec::new())).ticket, &error);
-                match error {
-                    BodyError::Framing(e) => Err(e),
-                    BodyError::Invalid(_) | BodyError::Sink(_) => Ok(()),
-                }
-            }
-        };
-    }
-    let (chunks, stream) = crossbeam_channel::bounded(STREAM_DEPTH);
-    let _ = jobs.send(job(Body::Streamed(stream)));
-    let result = reader.read_body(&mut ChunkSink(&chunks));
-    match result {
-        Ok(_) => {
-            let _ = chunks.send(Chunk::End);
-            Ok(())
-        }
-        Err(error) => {
-            let _ = chunks.send(Chunk::Failed(error.to_string()));
-            match error {
-                BodyError::Framing(e) => Err(e),
-                BodyError::Invalid(_) | BodyError::Sink(_) => Ok(()),
+                error
             }
         }
+    } else {
+        let (chunks, stream) = crossbeam_channel::bounded(STREAM_DEPTH);
+        let _ = jobs.send(job(Body::Streamed(stream)));
+        match reader.read_body(&mut ChunkSink(&chunks)) {
+            Ok(_) => {
+                let _ = chunks.send(Chunk::End);
+                return Ok(());
+            }
+            Err(error) => {
+                let _ = chunks.send(Chunk::Failed(error.to_string()));
+                error
+            }
+        }
+    };
+    match error {
+        BodyError::Framing(e) => Err(e),
+        BodyError::Invalid(_) | BodyError::Sink(_) => Ok(()),
     }
 }
 
