@@ -467,7 +467,8 @@ fn unusable_cache_directory_is_a_clear_error() {
 }
 
 /// A 300 MB put, streamed: the helper's peak RSS must stay far below the
-/// body's size.
+/// body's size. Reads the peak from /proc.
+#[cfg(target_os = "linux")]
 #[test]
 fn huge_put_streams_in_bounded_memory() {
     const SIZE: usize = 300 << 20;
@@ -532,6 +533,7 @@ fn huge_put_streams_in_bounded_memory() {
 /// A write that fails half-way (here: the file size limit, standing in for a
 /// full disk) answers that put with an error, publishes nothing, leaves no
 /// temporary file, and the helper goes on serving.
+#[cfg(unix)]
 #[test]
 fn failing_disk_write_is_an_error_and_publishes_nothing() {
     let sb = Sandbox::new();
