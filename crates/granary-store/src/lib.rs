@@ -20,6 +20,9 @@
 //! granary, and several granary processes and native `go` processes can share
 //! the directory at once.
 //!
+//! [`Store::entry_files`] and [`Store::check`] verify a whole directory:
+//! every action record's format and every object's hash.
+//!
 //! Reading is forgiving: an entry that is missing, short, garbled or that
 //! names an object of the wrong size is a [`Miss`](Lookup::Miss), never an
 //! error; the [`MissReason`] says which.
@@ -29,11 +32,13 @@
 
 mod entry;
 mod store;
+mod verify;
 
 pub use entry::{ActionEntry, ENTRY_SIZE, EntryError};
 pub use store::{
     Clock, Hit, Lookup, MissReason, ObjectWriter, Store, StoreError, Stored, TMP_DIR_NAME,
 };
+pub use verify::{EntryFile, EntryKind, Problem};
 
 /// Length in bytes of action and output IDs (SHA-256).
 pub const HASH_SIZE: usize = 32;

@@ -380,7 +380,10 @@ impl Store {
     }
 }
 
-fn read_entry(path: &Path, action: &ActionId) -> Result<(ActionEntry, SystemTime), MissReason> {
+pub(crate) fn read_entry(
+    path: &Path,
+    action: &ActionId,
+) -> Result<(ActionEntry, SystemTime), MissReason> {
     let unreadable = |e: io::Error| MissReason::Unreadable(e.kind());
     let mut file = File::open(path).map_err(|e| match e.kind() {
         ErrorKind::NotFound => MissReason::NoEntry,
@@ -403,7 +406,7 @@ fn read_entry(path: &Path, action: &ActionId) -> Result<(ActionEntry, SystemTime
 }
 
 /// The single file inside an executable cache entry, with its metadata.
-fn executable_in(dir: &Path) -> Option<(PathBuf, fs::Metadata)> {
+pub(crate) fn executable_in(dir: &Path) -> Option<(PathBuf, fs::Metadata)> {
     let mut entries = fs::read_dir(dir).ok()?;
     let only = entries.next()?.ok()?;
     if entries.next().is_some() {
@@ -415,9 +418,12 @@ fn executable_in(dir: &Path) -> Option<(PathBuf, fs::Metadata)> {
 }
 
 fn hash_of(path: &Path) -> Result<OutputId, StoreError> {
-    let mut file = File::open(path).map_err(io_error("open", path))?;
+    sha256_of(path).map_err(io_error("read", path))
+}
+
+pub(crate) fn sha256_of(path: &Path) -> io::Result<OutputId> {
     let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).map_err(io_error("read", path))?;
+    io::copy(&mut File::open(path)?, &mut hasher)?;
     Ok(OutputId(hasher.finalize().into()))
 }
 

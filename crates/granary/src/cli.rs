@@ -51,6 +51,13 @@ pub enum Command {
     /// stdout carries the protocol; stderr stays silent unless something fails or
     /// --verbose is set.
     Prog(ProgArgs),
+
+    /// Check every action record's format and every object's hash
+    ///
+    /// Lists the damaged entries and exits with status 1 if there are any, unless
+    /// --repair is given: then it removes exactly those entries (the go command rebuilds
+    /// them as misses) and exits with status 0.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +65,25 @@ pub struct ProgArgs {
     /// At close, write this run's statistics as a JSON object to PATH (see README)
     #[arg(long, env = "GRANARY_STATS_FILE", value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Remove the damaged entries
+    #[arg(
+        long,
+        env = "GRANARY_VERIFY_REPAIR",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub repair: bool,
+
+    /// Print the report as JSON on stdout
+    #[arg(
+        long,
+        env = "GRANARY_JSON",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub json: bool,
 }
 
 #[cfg(test)]

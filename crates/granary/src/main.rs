@@ -7,6 +7,7 @@
 mod cli;
 mod gocache;
 mod prog;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             prog::run(dir, options)
         }
+        Command::Verify(args) => verify::run(&cache_dir(&cli.global)?, &args),
     }
 }
 

@@ -1,0 +1,228 @@
+//! Checking every entry of a cache directory, and removing the damaged ones.
+//!
+//! Checking is split in two so that a caller can show progress: list the
+//! entry files ([`Store::entry_files`]), then check them one by one
+//! ([`Store::check`]).
+
+use std::fmt;
+use std::fs;
+use std::io::{self, ErrorKind};
+use std::path::PathBuf;
+
+use crate::store::{executable_in, read_entry, sha256_of};
+use crate::{ActionId, EntryError, HASH_SIZE, MissReason, OutputId, Store};
+
+/// One file of the cache, as named on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryFile {
+    pub path: PathBuf,
+    pub kind: EntryKind,
+    /// Size on disk, for progress; for an executable entry, its file's size.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Action(ActionId),
+    Object(OutputId),
+}
+
+/// What is wrong with a damaged entry file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The action record is garbled or belongs to another action.
+    BadActionRecord(EntryError),
+    /// The object's SHA-256 is not its name: a flipped byte, a truncation.
+    WrongHash { actual: OutputId },
+    /// An executable entry directory that does not hold exactly one file.
+    BadExecutableEntry,
+    /// The file cannot be read.
+    Unreadable(ErrorKind),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::BadActionRecord(e) => write!(f, "{e}"),
+            Problem::WrongHash { actual } => {
+                write!(f, "its SHA-256 is {actual}, not the ID it is named by")
+            }
+            Problem::BadExecutableEntry => {
+                f.write_str("an executable entry directory that does not hold exactly one file")
+            }
+            Problem::Unreadable(kind) => write!(f, "cannot be read: {kind}"),
+        }
+    }
+}
+
+impl Store {
+    /// Every action and object file of the cache, subdirectory by
+    /// subdirectory. Other files (cmd/go's own, granary's temporary files)
+    /// are not listed.
+    pub fn entry_files(&self) -> io::Result<Vec<EntryFile>> {
+        let mut files = Vec::new();
+        for byte in 0..=255u8 {
+            let subdir = self.dir().join(format!("{byte:02x}"));
+            let entries = match fs::read_dir(&subdir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(kind) = name.to_str().and_then(parse_name) else {
+                    continue;
+                };
+                let path = entry.path();
+                let size = match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => executable_in(&path).map_or(0, |(_, m)| m.len()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                };
+                files.push(EntryFile { path, kind, size });
+            }
+        }
+        Ok(files)
+    }
+
+    /// Checks one entry file: an action record's format and name, an
+    /// object's hash. `Ok(())` also when the file has vanished meanwhile.
+    pub fn check(&self, file: &EntryFile) -> Result<(), Problem> {
+        match file.kind {
+            EntryKind::Action(action) => match read_entry(&file.path, &action) {
+                Ok(_) | Err(MissReason::NoEntry) => Ok(()),
+                Err(MissReason::CorruptEntry(e)) => Err(Problem::BadActionRecord(e)),
+                Err(MissReason::Unreadable(kind)) => Err(Problem::Unreadable(kind)),
+                Err(_) => Ok(()),
+            },
+            EntryKind::Object(output) => {
+                let path = if file.path.is_dir() {
+                    executable_in(&file.path)
+                        .ok_or(Problem::BadExecutableEntry)?
+                        .0
+                } else {
+                    file.path.clone()
+                };
+                match sha256_of(&path) {
+                    Ok(actual) if actual == output => Ok(()),
+                    Ok(actual) => Err(Problem::WrongHash { actual }),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(Problem::Unreadable(e.kind())),
+                }
+            }
+        }
+    }
+
+    /// Removes a damaged entry file, after checking it once more: another
+    /// process may have replaced it with a good one since. Returns whether
+    /// it was removed.
+    pub fn remove_damaged(&self, file: &EntryFile) -> io::Result<bool> {
+        if self.check(file).is_ok() {
+            return Ok(false);
+        }
+        let removed = if file.path.is_dir() {
+            fs::remove_dir_all(&file.path)
+        } else {
+            fs::remove_file(&file.path)
+        };
+        match removed {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `<64 hex>-a` or `<64 hex>-d`.
+fn parse_name(name: &str) -> Option<EntryKind> {
+    let (hex_id, suffix) = name.split_at_checked(HASH_SIZE * 2)?;
+    let mut id = [0; HASH_SIZE];
+    hex::decode_to_slice(hex_id, &mut id).ok()?;
+    match suffix {
+        "-a" => Some(EntryKind::Action(ActionId(id))),
+        "-d" => Some(EntryKind::Object(OutputId(id))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn damaged(store: &Store) -> Vec<(PathBuf, Problem)> {
+        store
+            .entry_files()
+            .unwrap()
+            .into_iter()
+            .filter_map(|f| store.check(&f).err().map(|p| (f.path, p)))
+            .collect()
+    }
+
+    #[test]
+    fn finds_flipped_truncated_and_garbled_entries_and_removes_exactly_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bodies: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        let stored: Vec<_> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| store.put_bytes(&ActionId([i as u8; 32]), b).unwrap())
+            .collect();
+        fs::write(dir.path().join("README"), b"cmd/go's own file").unwrap();
+        assert_eq!(store.entry_files().unwrap().len(), 12);
+        assert!(damaged(&store).is_empty());
+
+        let mut flipped = fs::read(&stored[0].object).unwrap();
+        flipped[500] ^= 1;
+        fs::write(&stored[0].object, flipped).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&stored[1].object)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let garbled = store.action_path(&ActionId([2; 32]));
+        let mut record = fs::read(&garbled).unwrap();
+        record[3] = b'z';
+        fs::write(&garbled, record).unwrap();
+
+        let found = damaged(&store);
+        let paths: Vec<_> = found.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(paths.contains(&stored[0].object) && paths.contains(&stored[1].object));
+        assert!(paths.contains(&garbled));
+        assert!(matches!(
+            found.iter().find(|(p, _)| *p == garbled).unwrap().1,
+            Problem::BadActionRecord(EntryError::BadHex)
+        ));
+
+        for file in store.entry_files().unwrap() {
+            if store.check(&file).is_err() {
+                assert!(store.remove_damaged(&file).unwrap());
+            }
+        }
+        assert!(damaged(&store).is_empty());
+        assert_eq!(store.entry_files().unwrap().len(), 9);
+        assert!(stored[2].object.exists() && !garbled.exists());
+    }
+
+    #[test]
+    fn a_repaired_file_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let stored = store.put_bytes(&ActionId([1; 32]), b"good").unwrap();
+        fs::write(&stored.object, b"bad!").unwrap();
+        let file = store
+            .entry_files()
+            .unwrap()
+            .into_iter()
+            .find(|f| f.path == stored.object)
+            .unwrap();
+        assert!(store.check(&file).is_err());
+        // Another process puts the same output again before the removal.
+        store.put_bytes(&ActionId([2; 32]), b"good").unwrap();
+        assert!(!store.remove_damaged(&file).unwrap());
+        assert_eq!(fs::read(&stored.object).unwrap(), b"good");
+    }
+}
