@@ -20,7 +20,7 @@
 //! granary, and several granary processes and native `go` processes can share
 //! the directory at once.
 //!
-//! [`Store::entry_files`] and [`Store::check`] verify a whole directory:
+//! [`Store::entry_files_in`] and [`Store::check`] verify a whole directory:
 //! every action record's format and every object's hash.
 //!
 //! Reading is forgiving: an entry that is missing, short, garbled or that

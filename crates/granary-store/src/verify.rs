@@ -1,8 +1,8 @@
 //! Checking every entry of a cache directory, and removing the damaged ones.
 //!
 //! Checking is split in two so that a caller can show progress: list the
-//! entry files ([`Store::entry_files`]), then check them one by one
-//! ([`Store::check`]).
+//! entry files of one subdirectory ([`Store::entry_files_in`]), then check
+//! them one by one ([`Store::check`]).
 
 use std::fmt;
 use std::fs;
@@ -56,32 +56,31 @@ impl fmt::Display for Problem {
 }
 
 impl Store {
-    /// Every action and object file of the cache, subdirectory by
-    /// subdirectory. Other files (cmd/go's own, granary's temporary files)
-    /// are not listed.
-    pub fn entry_files(&self) -> io::Result<Vec<EntryFile>> {
+    /// The action and object files in the subdirectory for IDs starting
+    /// with `prefix`. Other files (cmd/go's own, granary's temporary files)
+    /// are not listed. Walking the 256 prefixes one at a time keeps memory
+    /// bounded by one subdirectory, whatever the size of the cache.
+    pub fn entry_files_in(&self, prefix: u8) -> io::Result<Vec<EntryFile>> {
+        let subdir = self.dir().join(format!("{prefix:02x}"));
+        let entries = match fs::read_dir(&subdir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
         let mut files = Vec::new();
-        for byte in 0..=255u8 {
-            let subdir = self.dir().join(format!("{byte:02x}"));
-            let entries = match fs::read_dir(&subdir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(kind) = name.to_str().and_then(parse_name) else {
+                continue;
             };
-            for entry in entries {
-                let entry = entry?;
-                let name = entry.file_name();
-                let Some(kind) = name.to_str().and_then(parse_name) else {
-                    continue;
-                };
-                let path = entry.path();
-                let size = match entry.metadata() {
-                    Ok(meta) if meta.is_dir() => executable_in(&path).map_or(0, |(_, m)| m.len()),
-                    Ok(meta) => meta.len(),
-                    Err(_) => 0,
-                };
-                files.push(EntryFile { path, kind, size });
-            }
+            let path = entry.path();
+            let size = match entry.metadata() {
+                Ok(meta) if meta.is_dir() => executable_in(&path).map_or(0, |(_, m)| m.len()),
+                Ok(meta) => meta.len(),
+                Err(_) => 0,
+            };
+            files.push(EntryFile { path, kind, size });
         }
         Ok(files)
     }
@@ -149,6 +148,16 @@ fn parse_name(name: &str) -> Option<EntryKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Store {
+        fn entry_files(&self) -> io::Result<Vec<EntryFile>> {
+            let mut all = Vec::new();
+            for prefix in 0..=255 {
+                all.extend(self.entry_files_in(prefix)?);
+            }
+            Ok(all)
+        }
+    }
 
     fn damaged(store: &Store) -> Vec<(PathBuf, Problem)> {
         store

@@ -41,21 +41,12 @@ pub fn run(dir: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let store = Store::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
-    let files = store
-        .entry_files()
-        .with_context(|| format!("cannot list the entries of {}", dir.display()))?;
-
-    // Progress in bytes read; shown only on a terminal.
-    let progress = ProgressBar::with_draw_target(
-        Some(files.iter().map(|f| f.size).sum()),
-        ProgressDrawTarget::stderr(),
-    )
-    .with_style(
-        ProgressStyle::with_template(
-            "verifying {bar:40} {binary_bytes}/{binary_total_bytes} {eta}",
-        )
-        .expect("a valid progress template"),
-    );
+    // Progress in subdirectories; shown only on a terminal.
+    let progress = ProgressBar::with_draw_target(Some(256), ProgressDrawTarget::stderr())
+        .with_style(
+            ProgressStyle::with_template("verifying {bar:40} {pos}/{len} subdirectories {eta}")
+                .expect("a valid progress template"),
+        );
     let mut report = Report {
         dir: dir.to_owned(),
         action_records: 0,
@@ -65,29 +56,34 @@ pub fn run(dir: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         removed: 0,
     };
     let mut damaged_files = Vec::new();
-    for file in &files {
-        match file.kind {
-            EntryKind::Action(_) => report.action_records += 1,
-            EntryKind::Object(_) => {
-                report.objects += 1;
-                report.object_bytes += file.size;
+    for prefix in 0..=255 {
+        let files = store
+            .entry_files_in(prefix)
+            .with_context(|| format!("cannot list the entries of {}", dir.display()))?;
+        for file in files {
+            match file.kind {
+                EntryKind::Action(_) => report.action_records += 1,
+                EntryKind::Object(_) => {
+                    report.objects += 1;
+                    report.object_bytes += file.size;
+                }
+            }
+            if let Err(problem) = store.check(&file) {
+                report.damaged.push(Damaged {
+                    path: file.path.clone(),
+                    problem: problem.to_string(),
+                });
+                damaged_files.push(file);
             }
         }
-        if let Err(problem) = store.check(file) {
-            report.damaged.push(Damaged {
-                path: file.path.clone(),
-                problem: problem.to_string(),
-            });
-            damaged_files.push(file);
-        }
-        progress.inc(file.size);
+        progress.inc(1);
     }
     progress.finish_and_clear();
 
     if args.repair {
         for file in damaged_files {
             if store
-                .remove_damaged(file)
+                .remove_damaged(&file)
                 .with_context(|| format!("cannot remove {}", file.path.display()))?
             {
                 report.removed += 1;
