@@ -142,14 +142,20 @@ impl Store {
     /// Opens the cache directory `dir`, creating it if needed. Cheap: the
     /// 256 subdirectories are created when first written to.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let store = Store::at(dir);
+        fs::create_dir_all(&store.tmp).map_err(io_error("create", &store.tmp))?;
+        Ok(store)
+    }
+
+    /// The cache directory `dir`, without touching the file system: for
+    /// commands that must not create anything. Writes create what they need.
+    pub fn at(dir: impl Into<PathBuf>) -> Store {
         let dir = dir.into();
-        let tmp = dir.join(TMP_DIR_NAME);
-        fs::create_dir_all(&tmp).map_err(io_error("create", &tmp))?;
-        Ok(Store {
+        Store {
+            tmp: dir.join(TMP_DIR_NAME),
             dir,
-            tmp,
             clock: Arc::new(SystemTime::now),
-        })
+        }
     }
 
     /// Replaces the clock, for tests of time-dependent behaviour.

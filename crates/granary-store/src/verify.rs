@@ -93,7 +93,12 @@ impl Store {
                 Ok(_) | Err(MissReason::NoEntry) => Ok(()),
                 Err(MissReason::CorruptEntry(e)) => Err(Problem::BadActionRecord(e)),
                 Err(MissReason::Unreadable(kind)) => Err(Problem::Unreadable(kind)),
-                Err(_) => Ok(()),
+                // The object is checked on its own, under its own name.
+                Err(
+                    MissReason::NoObject
+                    | MissReason::ObjectSize { .. }
+                    | MissReason::BadExecutableEntry,
+                ) => Ok(()),
             },
             EntryKind::Object(output) => {
                 let path = if file.path.is_dir() {

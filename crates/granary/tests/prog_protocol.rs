@@ -451,6 +451,28 @@ fn go_env_w_gocache_is_the_default_directory() {
 }
 
 #[test]
+fn unwritable_stats_file_is_a_warning_not_a_failure() {
+    let sb = Sandbox::new();
+    let mut child = Command::new(granary())
+        .args(["prog", "--stats-file"])
+        .arg(sb.path("no-such-dir/stats.json"))
+        .env("GRANARY_DIR", sb.cache())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bytes = Vec::new();
+    write_request(&mut bytes, &Request::Close { id: 1 }, &[]).unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("{\"ID\":1}\n"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot write the stats file"), "{stderr}");
+}
+
+#[test]
 fn unusable_cache_directory_is_a_clear_error() {
     let sb = Sandbox::new();
     let file = sb.path("not-a-dir");

@@ -32,8 +32,13 @@ fn verify_reports_damage_and_repair_removes_exactly_it() {
         .map(|i| store.put_bytes(&ActionId([i; 32]), &vec![i; 4096]).unwrap())
         .collect();
 
+    fs::remove_dir(dir.join("granary-tmp")).unwrap();
     let clean = verify(&dir, &[]);
     assert!(clean.status.success(), "{}", stdout(&clean));
+    assert!(
+        !dir.join("granary-tmp").exists(),
+        "verify must not write to the cache"
+    );
     assert!(stdout(&clean).contains("checked 5 action records and 5 objects"));
     assert!(stdout(&clean).contains("no damaged entries"));
 

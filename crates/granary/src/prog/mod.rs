@@ -173,45 +173,49 @@ fn read_requests<R: io::BufRead>(
                 body_size,
                 ..
             } => {
-                let put = |body| PutJob {
+                let put = Put {
                     ticket,
                     action: action_id,
                     output: output_id,
                     size: body_size,
-                    body,
                 };
-                read_put(reader, jobs, stats, body_size, put)?;
+                read_put(reader, jobs, stats, put)?;
             }
             Request::Close { .. } => return Ok(Some(ticket)),
         }
     }
 }
 
-/// Reads a put's body and queues the put. `job` builds the job around the
-/// body. A bad body is answered with an error: here when it was to travel
-/// whole, by the worker when it was streaming.
+/// Reads a put's body and queues the put. A bad body is answered with an
+/// error: here when it was to travel whole, by the worker when it was
+/// streaming.
 fn read_put<R: io::BufRead>(
     reader: &mut RequestReader<R>,
     jobs: &Sender<PutJob>,
     stats: &Stats,
-    size: u64,
-    job: impl FnOnce(Body) -> PutJob,
+    put: Put,
 ) -> Result<(), FramingError> {
-    let error = if size <= INLINE_BODY_LIMIT {
-        let mut body = Vec::with_capacity(size as usize);
+    let error = if put.size <= INLINE_BODY_LIMIT {
+        let mut body = Vec::with_capacity(put.size as usize);
         match reader.read_body(&mut body) {
             Ok(_) => {
-                let _ = jobs.send(job(Body::Inline(body)));
+                let _ = jobs.send(PutJob {
+                    put,
+                    body: Body::Inline(body),
+                });
                 return Ok(());
             }
             Err(error) => {
-                fail(stats, job(Body::Inline(Vec::new())).ticket, &error);
+                fail(stats, put.ticket, &error);
                 error
             }
         }
     } else {
         let (chunks, stream) = crossbeam_channel::bounded(STREAM_DEPTH);
-        let _ = jobs.send(job(Body::Streamed(stream)));
+        let _ = jobs.send(PutJob {
+            put,
+            body: Body::Streamed(stream),
+        });
         match reader.read_body(&mut ChunkSink(&chunks)) {
             Ok(_) => {
                 let _ = chunks.send(Chunk::End);
@@ -237,12 +241,17 @@ fn fail(stats: &Stats, ticket: Ticket, error: &dyn std::fmt::Display) {
     ticket.answer(Response::error(id, format!("granary: {error}")));
 }
 
-/// A put whose body the reader has read (or is streaming).
-struct PutJob {
+/// A put request, before its body.
+struct Put {
     ticket: Ticket,
     action: Hash,
     output: Hash,
     size: u64,
+}
+
+/// A put whose body the reader has read (or is streaming).
+struct PutJob {
+    put: Put,
     body: Body,
 }
 
@@ -336,10 +345,13 @@ impl Engine {
 
     fn put(&self, job: PutJob) {
         let PutJob {
-            ticket,
-            action,
-            output,
-            size,
+            put:
+                Put {
+                    ticket,
+                    action,
+                    output,
+                    size,
+                },
             body,
         } = job;
         let written = match body {
