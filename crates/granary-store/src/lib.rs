@@ -20,8 +20,12 @@
 //! granary, and several granary processes and native `go` processes can share
 //! the directory at once.
 //!
-//! [`Store::entry_files_in`] and [`Store::check`] verify a whole directory:
-//! every action record's format and every object's hash.
+//! Whole-cache operations walk the 256 subdirectories one at a time
+//! ([`Store::entry_files_in`]), so their memory stays bounded:
+//! [`Store::check`] verifies action records and object hashes, and
+//! [`Store::scan`], [`Usage::plan`] and [`Store::trim`] measure the cache and
+//! trim it by age, size and free space, least recently used first, never
+//! removing what was used within a grace window (see the `trim` module).
 //!
 //! Reading is forgiving: an entry that is missing, short, garbled or that
 //! names an object of the wrong size is a [`Miss`](Lookup::Miss), never an
@@ -32,13 +36,20 @@
 
 mod entry;
 mod store;
+mod trim;
 mod verify;
+mod walk;
 
 pub use entry::{ActionEntry, ENTRY_SIZE, EntryError};
 pub use store::{
     Clock, Hit, Lookup, MissReason, ObjectWriter, Store, StoreError, Stored, TMP_DIR_NAME,
 };
-pub use verify::{EntryFile, EntryKind, Problem};
+pub use trim::{
+    AGE_BRACKETS, DEFAULT_GRACE, DEFAULT_MAX_AGE, Plan, Policy, STALE_TEMPORARY_AGE, TRIM_MARKER,
+    Tally, TrimReport, Usage,
+};
+pub use verify::Problem;
+pub use walk::{EntryFile, EntryKind};
 
 /// Length in bytes of action and output IDs (SHA-256).
 pub const HASH_SIZE: usize = 32;

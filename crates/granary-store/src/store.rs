@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
-use crate::{ActionEntry, ActionId, ENTRY_SIZE, EntryError, HASH_SIZE, OutputId};
+use crate::{ActionEntry, ActionId, ENTRY_SIZE, EntryError, HASH_SIZE, OutputId, Tally};
 
 /// Name of the directory, inside the cache directory, that holds files
 /// being written. cmd/go neither reads nor cleans it.
@@ -169,25 +169,47 @@ impl Store {
         &self.dir
     }
 
+    /// The directory of files being written.
+    pub(crate) fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Now, by the store's clock.
+    pub(crate) fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
+    pub(crate) fn io_error(&self, op: &'static str) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        io_error(op, &self.dir)
+    }
+
     /// Removes temporary files older than `max_age`: what a process killed
     /// in the middle of a put left behind. Younger ones may belong to a put
-    /// in progress in another process. Returns how many files and bytes were
-    /// removed; files that vanish meanwhile are skipped.
-    pub fn remove_stale_temporaries(&self, max_age: Duration) -> io::Result<(u64, u64)> {
+    /// in progress in another process. Returns how many files were removed
+    /// and their length; files that vanish meanwhile are skipped.
+    pub fn remove_stale_temporaries(&self, max_age: Duration) -> io::Result<Tally> {
         let now = (self.clock)();
-        let (mut files, mut bytes) = (0, 0);
-        for entry in fs::read_dir(&self.tmp)? {
+        let mut removed = Tally::default();
+        let entries = match fs::read_dir(&self.tmp) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(removed),
+            other => other?,
+        };
+        for entry in entries {
             let Ok(entry) = entry else { continue };
             let Ok(meta) = entry.metadata() else { continue };
             let stale = meta
                 .modified()
                 .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age >= max_age));
-            if meta.is_file() && stale && fs::remove_file(entry.path()).is_ok() {
-                files += 1;
-                bytes += meta.len();
+            let lock = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".lock"));
+            if meta.is_file() && stale && !lock && fs::remove_file(entry.path()).is_ok() {
+                removed.files += 1;
+                removed.bytes += meta.len();
             }
         }
-        Ok((files, bytes))
+        Ok(removed)
     }
 
     /// The path of the action file for `action`.
@@ -234,17 +256,16 @@ impl Store {
                 actual: meta.len(),
             });
         }
-        if meta.modified().is_ok_and(|m| needs_touch(m, now)) {
-            touch(&object, now);
+        if !self.mark_used(&object, &meta, now) {
+            // A trim removed it just now.
+            return Lookup::Miss(MissReason::NoObject);
         }
         Lookup::Hit(Hit { entry, object })
     }
 
     /// Starts writing a body. Write all of it, then call [`Store::put`].
     pub fn object_writer(&self) -> Result<ObjectWriter, StoreError> {
-        let file = self
-            .retry_in_missing_dir(&self.tmp.clone(), || self.temp_file())
-            .map_err(io_error("create a temporary file in", &self.tmp))?;
+        let file = self.new_temp_file()?;
         Ok(ObjectWriter {
             file,
             hasher: Sha256::new(),
@@ -316,11 +337,11 @@ impl Store {
                     _ => Err(StoreError::BadExecutableEntry { path }),
                 };
             }
-            Ok(meta) if meta.len() == size && hash_of(&path)? == *output_id => {
-                let now = (self.clock)();
-                if meta.modified().is_ok_and(|m| needs_touch(m, now)) {
-                    touch(&path, now);
-                }
+            Ok(meta)
+                if meta.len() == size
+                    && hash_of(&path)? == *output_id
+                    && self.mark_used(&path, &meta, (self.clock)()) =>
+            {
                 return Ok(Stored {
                     object: path,
                     reused: true,
@@ -338,12 +359,39 @@ impl Store {
     fn publish_entry(&self, action: &ActionId, entry: &ActionEntry) -> Result<(), StoreError> {
         let text = entry.encode(action);
         debug_assert_eq!(text.len(), ENTRY_SIZE);
-        let mut file = self
-            .retry_in_missing_dir(&self.tmp.clone(), || self.temp_file())
-            .map_err(io_error("create a temporary file in", &self.tmp))?;
+        let mut file = self.new_temp_file()?;
         file.write_all(text.as_bytes())
             .map_err(io_error("write to", file.path()))?;
         self.rename_into_place(file, &self.action_path(action))
+    }
+
+    /// Records a use of the object at `path` (whose metadata is `meta`)
+    /// before it is handed out, and returns whether it is still there.
+    ///
+    /// A recent mtime keeps the file from being trimmed, but bumping it is
+    /// due only once an hour; a bump and a trim's removal exclude each other
+    /// through the use lock, so that the object is either seen as used by
+    /// the trim, or gone before this check looks (a miss, never a path to a
+    /// file about to vanish).
+    fn mark_used(&self, path: &Path, meta: &fs::Metadata, now: SystemTime) -> bool {
+        if !meta.modified().is_ok_and(|m| needs_touch(m, now)) {
+            return true;
+        }
+        // Without the lock file (a read-only cache) nobody can trim either.
+        let lock = self.use_lock().ok();
+        let locked = lock.as_ref().is_some_and(|l| l.lock_shared().is_ok());
+        touch(path, now);
+        let present = fs::metadata(path).is_ok_and(|m| m.len() == meta.len());
+        if locked && let Some(lock) = lock {
+            let _ = lock.unlock();
+        }
+        present
+    }
+
+    /// A new file in the temporary directory, to be renamed into place.
+    pub(crate) fn new_temp_file(&self) -> Result<NamedTempFile, StoreError> {
+        self.retry_in_missing_dir(&self.tmp, || self.temp_file())
+            .map_err(io_error("create a temporary file in", &self.tmp))
     }
 
     fn temp_file(&self) -> io::Result<NamedTempFile> {
@@ -639,7 +687,7 @@ mod tests {
             store
                 .remove_stale_temporaries(Duration::from_secs(3600))
                 .unwrap(),
-            (0, 0)
+            Tally::default()
         );
         *now.lock().unwrap() += Duration::from_secs(2 * 3600);
         File::options()
@@ -652,7 +700,10 @@ mod tests {
             store
                 .remove_stale_temporaries(Duration::from_secs(3600))
                 .unwrap(),
-            (1, 11)
+            Tally {
+                files: 1,
+                bytes: 11
+            }
         );
         assert!(in_progress.file.path().exists());
         store

@@ -5,27 +5,11 @@
 //! them one by one ([`Store::check`]).
 
 use std::fmt;
-use std::fs;
 use std::io::{self, ErrorKind};
-use std::path::PathBuf;
 
 use crate::store::{executable_in, read_entry, sha256_of};
-use crate::{ActionId, EntryError, HASH_SIZE, MissReason, OutputId, Store};
-
-/// One file of the cache, as named on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryFile {
-    pub path: PathBuf,
-    pub kind: EntryKind,
-    /// Size on disk, for progress; for an executable entry, its file's size.
-    pub size: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
-    Action(ActionId),
-    Object(OutputId),
-}
+use crate::walk::remove_entry_file;
+use crate::{EntryError, EntryFile, EntryKind, MissReason, OutputId, Store};
 
 /// What is wrong with a damaged entry file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,35 +40,6 @@ impl fmt::Display for Problem {
 }
 
 impl Store {
-    /// The action and object files in the subdirectory for IDs starting
-    /// with `prefix`. Other files (cmd/go's own, granary's temporary files)
-    /// are not listed. Walking the 256 prefixes one at a time keeps memory
-    /// bounded by one subdirectory, whatever the size of the cache.
-    pub fn entry_files_in(&self, prefix: u8) -> io::Result<Vec<EntryFile>> {
-        let subdir = self.dir().join(format!("{prefix:02x}"));
-        let entries = match fs::read_dir(&subdir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut files = Vec::new();
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(kind) = name.to_str().and_then(parse_name) else {
-                continue;
-            };
-            let path = entry.path();
-            let size = match entry.metadata() {
-                Ok(meta) if meta.is_dir() => executable_in(&path).map_or(0, |(_, m)| m.len()),
-                Ok(meta) => meta.len(),
-                Err(_) => 0,
-            };
-            files.push(EntryFile { path, kind, size });
-        }
-        Ok(files)
-    }
-
     /// Checks one entry file: an action record's format and name, an
     /// object's hash. `Ok(())` also when the file has vanished meanwhile.
     pub fn check(&self, file: &EntryFile) -> Result<(), Problem> {
@@ -125,34 +80,17 @@ impl Store {
         if self.check(file).is_ok() {
             return Ok(false);
         }
-        let removed = if file.path.is_dir() {
-            fs::remove_dir_all(&file.path)
-        } else {
-            fs::remove_file(&file.path)
-        };
-        match removed {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// `<64 hex>-a` or `<64 hex>-d`.
-fn parse_name(name: &str) -> Option<EntryKind> {
-    let (hex_id, suffix) = name.split_at_checked(HASH_SIZE * 2)?;
-    let mut id = [0; HASH_SIZE];
-    hex::decode_to_slice(hex_id, &mut id).ok()?;
-    match suffix {
-        "-a" => Some(EntryKind::Action(ActionId(id))),
-        "-d" => Some(EntryKind::Object(OutputId(id))),
-        _ => None,
+        remove_entry_file(&file.path)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::ActionId;
 
     impl Store {
         fn entry_files(&self) -> io::Result<Vec<EntryFile>> {

@@ -32,12 +32,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 use granary_protocol::{BodyError, FramingError, Hash, Incoming, Request, RequestReader, Response};
-use granary_store::{ActionId, Lookup, ObjectWriter, OutputId, Store};
+use granary_store::{ActionId, Lookup, ObjectWriter, OutputId, STALE_TEMPORARY_AGE, Store};
 
 use respond::{Responder, Ticket};
 use stats::{Stats, add};
@@ -56,9 +56,6 @@ const JOB_QUEUE: usize = 64;
 const INLINE_BODY_LIMIT: u64 = 256 * 1024;
 /// Chunks of a streamed body in flight between the reader and its worker.
 const STREAM_DEPTH: usize = 8;
-/// Temporary files older than this were left by a killed process: no put
-/// takes a day.
-const STALE_TEMPORARY_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Read size on stdin; a decoded chunk is at most three quarters of it.
 const STDIN_BUFFER: usize = 256 * 1024;
 
@@ -295,10 +292,12 @@ impl Engine {
     /// protocol's path; failures only mean the files stay until next time.
     fn remove_stale_temporaries(&self) {
         match self.store.remove_stale_temporaries(STALE_TEMPORARY_AGE) {
-            Ok((0, _)) => {}
-            Ok((files, bytes)) => {
-                tracing::info!("removed {files} stale temporary files ({bytes} bytes)")
-            }
+            Ok(removed) if removed.files == 0 => {}
+            Ok(removed) => tracing::info!(
+                "removed {} stale temporary files ({} bytes)",
+                removed.files,
+                removed.bytes
+            ),
             Err(e) => tracing::debug!("cannot clean up stale temporary files: {e}"),
         }
     }
