@@ -3,8 +3,11 @@
 //! to be in argv.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+use crate::config::{parse_age_limit, parse_ceiling, parse_duration, parse_floor, parse_interval};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +35,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "GRANARY_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
+    /// Config file [default: granary.toml in the cache directory, if there is one]
+    #[arg(long, global = true, env = "GRANARY_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Report what granary does on stderr; in `prog`, one summary line at close
     #[arg(
         short,
@@ -52,6 +59,26 @@ pub enum Command {
     /// --verbose is set.
     Prog(ProgArgs),
 
+    /// Show the cache's size, its entries by age, and what the trim policy would free
+    ///
+    /// With --verbose, also the largest objects.
+    Du(DuArgs),
+
+    /// Apply the trim policy now: remove entries older than --max-age, then the least
+    /// recently used ones until the cache fits --max-size and --min-free is free
+    ///
+    /// Nothing used within --grace is removed. Safe while builds run.
+    Trim(TrimArgs),
+
+    /// Remove every entry, or those unused for longer than --older-than
+    ///
+    /// Asks for confirmation on a terminal unless --force. Entries used within --grace
+    /// stay, so builds running now are not broken; `--grace 0s` removes them too.
+    Prune(PruneArgs),
+
+    /// Show the statistics of the last `prog` runs: hit rate and bytes, by run and by day
+    Stats(StatsArgs),
+
     /// Check every action record's format and every object's hash
     ///
     /// Lists the damaged entries and exits with status 1 if there are any, unless
@@ -65,6 +92,140 @@ pub struct ProgArgs {
     /// At close, write this run's statistics as a JSON object to PATH (see README)
     #[arg(long, env = "GRANARY_STATS_FILE", value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// The trim policy. Unset flags come from the config file, else the defaults.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Trim policy")]
+pub struct PolicyArgs {
+    /// Remove entries unused for longer than AGE (`none`: no age limit) [default: 5d]
+    #[arg(long, env = "GRANARY_MAX_AGE", value_name = "AGE", value_parser = parse_age_limit)]
+    pub max_age: Option<Duration>,
+
+    /// Ceiling on the cache's disk use, e.g. 20GiB: least recently used entries are removed
+    /// until it fits [default: none]
+    #[arg(long, env = "GRANARY_MAX_SIZE", value_name = "SIZE", value_parser = parse_ceiling)]
+    pub max_size: Option<u64>,
+
+    /// Floor on the space left free on the cache's file system, e.g. 5GiB: least recently
+    /// used entries are removed until it is free [default: none]
+    #[arg(long, env = "GRANARY_MIN_FREE", value_name = "SIZE", value_parser = parse_floor)]
+    pub min_free: Option<u64>,
+
+    /// Never remove an entry used within this window, whatever the limits say; `0s` lifts
+    /// it (only for a cache nobody is using) [default: 4h]
+    #[arg(long, env = "GRANARY_GRACE", value_name = "AGE", value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+
+    /// `prog` trims the cache in the background at most this often (`none`: never)
+    /// [default: 1h]
+    #[arg(
+        long,
+        env = "GRANARY_TRIM_INTERVAL",
+        value_name = "AGE",
+        value_parser = parse_interval
+    )]
+    pub trim_interval: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print the report as JSON on stdout
+    #[arg(
+        long,
+        env = "GRANARY_JSON",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DuArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub output: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct TrimArgs {
+    /// Report what would be removed, remove nothing
+    #[arg(
+        long,
+        env = "GRANARY_DRY_RUN",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dry_run: bool,
+
+    /// Do nothing if the cache was trimmed within --trim-interval or another trim is
+    /// running (what `prog` starts in the background; also fit for cron)
+    #[arg(
+        long,
+        env = "GRANARY_TRIM_IF_DUE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub if_due: bool,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub output: JsonArg,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["all", "older_than"])))]
+pub struct PruneArgs {
+    /// Remove every entry (outside the grace window)
+    #[arg(
+        long,
+        env = "GRANARY_PRUNE_ALL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub all: bool,
+
+    /// Remove the entries unused for longer than AGE, e.g. 2d
+    #[arg(
+        long,
+        env = "GRANARY_PRUNE_OLDER_THAN",
+        value_name = "AGE",
+        value_parser = parse_duration
+    )]
+    pub older_than: Option<Duration>,
+
+    /// Never remove an entry used within this window; `0s` lifts it [default: 4h, or the
+    /// config file's]
+    #[arg(long, env = "GRANARY_GRACE", value_name = "AGE", value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+
+    /// Do not ask for confirmation
+    #[arg(
+        long,
+        short,
+        env = "GRANARY_FORCE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub output: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// How many of the last runs to list
+    #[arg(
+        long,
+        env = "GRANARY_STATS_LAST",
+        value_name = "N",
+        default_value_t = 10
+    )]
+    pub last: usize,
+
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[derive(Debug, Args)]
@@ -77,13 +238,8 @@ pub struct VerifyArgs {
     )]
     pub repair: bool,
 
-    /// Print the report as JSON on stdout
-    #[arg(
-        long,
-        env = "GRANARY_JSON",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[cfg(test)]

@@ -5,8 +5,12 @@
 //! and hands over to the command's module.
 
 mod cli;
+mod config;
 mod gocache;
+mod history;
 mod prog;
+mod progress;
+mod upkeep;
 mod verify;
 
 use std::path::PathBuf;
@@ -30,16 +34,37 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = &cli.global;
+    let dir = cache_dir(global)?;
+    let config = global.config.as_deref();
     match cli.command {
         Command::Prog(args) => {
-            let dir = cache_dir(&cli.global)?;
+            let upkeep = config::upkeep(&dir, config, &args.policy)
+                .inspect_err(|e| {
+                    tracing::warn!("{e:#}; the cache will not be trimmed until this is fixed")
+                })
+                .ok();
             let options = prog::Options {
                 stats_file: args.stats_file,
-                verbose: cli.global.verbose,
+                verbose: global.verbose,
+                upkeep,
             };
             prog::run(dir, options)
         }
-        Command::Verify(args) => verify::run(&cache_dir(&cli.global)?, &args),
+        Command::Du(args) => {
+            let upkeep = config::upkeep(&dir, config, &args.policy)?;
+            upkeep::du(&dir, &upkeep, &args, global.verbose)
+        }
+        Command::Trim(args) => {
+            let upkeep = config::upkeep(&dir, config, &args.policy)?;
+            upkeep::trim(&dir, &upkeep, &args)
+        }
+        Command::Prune(args) => {
+            let upkeep = config::upkeep(&dir, config, &Default::default())?;
+            upkeep::prune(&dir, &upkeep, &args)
+        }
+        Command::Stats(args) => history::run(&dir, &args),
+        Command::Verify(args) => verify::run(&dir, &args),
     }
 }
 

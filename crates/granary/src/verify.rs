@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use granary_store::{EntryKind, Store};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::VerifyArgs;
+use crate::progress;
 
 /// The `--json` report.
 #[derive(Debug, Serialize)]
@@ -42,12 +42,7 @@ pub fn run(dir: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     // Checking must not write to the cache, not even a directory.
     let store = Store::at(dir);
-    // Progress in subdirectories; shown only on a terminal.
-    let progress = ProgressBar::with_draw_target(Some(256), ProgressDrawTarget::stderr())
-        .with_style(
-            ProgressStyle::with_template("verifying {bar:40} {pos}/{len} subdirectories {eta}")
-                .expect("a valid progress template"),
-        );
+    let progress = progress::subdirectories("verifying", 1);
     let mut report = Report {
         dir: dir.to_owned(),
         action_records: 0,
@@ -92,7 +87,7 @@ pub fn run(dir: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    if args.json {
+    if args.output.json {
         let json = serde_json::to_string_pretty(&report).context("encoding the report")?;
         println!("{json}");
     } else {

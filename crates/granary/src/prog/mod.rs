@@ -25,20 +25,22 @@
 //! answering at once, so the reader never waits on the network.
 
 mod respond;
-mod stats;
+pub mod stats;
 
 use std::io::{self, BufReader, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 use granary_protocol::{BodyError, FramingError, Hash, Incoming, Request, RequestReader, Response};
 use granary_store::{ActionId, Lookup, ObjectWriter, OutputId, STALE_TEMPORARY_AGE, Store};
 
+use crate::config::Upkeep;
+use crate::history;
 use respond::{Responder, Ticket};
 use stats::{Stats, add};
 
@@ -47,6 +49,9 @@ use stats::{Stats, add};
 pub struct Options {
     pub stats_file: Option<PathBuf>,
     pub verbose: bool,
+    /// The trim policy, unless the configuration is broken: then nothing
+    /// is trimmed (the build must go on).
+    pub upkeep: Option<Upkeep>,
 }
 
 /// Puts waiting for a worker. Bounded, so that a stalled disk pushes back on
@@ -61,7 +66,7 @@ const STDIN_BUFFER: usize = 256 * 1024;
 
 /// Runs the helper until `close` or the end of stdin.
 pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
+    let started = (SystemTime::now(), Instant::now());
     let responder = Responder::stdout();
     // Before anything slow: cmd/go waits for this message.
     responder.send(&Response::handshake());
@@ -82,6 +87,7 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(Engine {
         store,
         stats: Stats::default(),
+        upkeep: options.upkeep,
     });
 
     let (jobs, queue) = crossbeam_channel::bounded(JOB_QUEUE);
@@ -94,6 +100,7 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
                 .spawn(move || {
                     if i == 0 {
                         engine.remove_stale_temporaries();
+                        engine.trim_if_due();
                     }
                     engine.work(queue)
                 })
@@ -116,7 +123,12 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
         Ok(close) => (close, None),
         Err(e) => (None, Some(e)),
     };
-    let summary = engine.stats.summary(started.elapsed());
+    let summary = engine.stats.summary(started.0, started.1.elapsed());
+    if summary.served()
+        && let Err(e) = history::append(&dir, &summary)
+    {
+        tracing::debug!("cannot record this run in the statistics history: {e:#}");
+    }
     if let Some(path) = &options.stats_file
         && let Err(e) = summary.write_to(path)
     {
@@ -285,6 +297,7 @@ impl Write for ChunkSink<'_> {
 struct Engine {
     store: Store,
     stats: Stats,
+    upkeep: Option<Upkeep>,
 }
 
 impl Engine {
@@ -299,6 +312,35 @@ impl Engine {
                 removed.bytes
             ),
             Err(e) => tracing::debug!("cannot clean up stale temporary files: {e}"),
+        }
+    }
+
+    /// Starts `granary trim --if-due` in the background when the last trim
+    /// is older than the interval. A process of its own, because the go
+    /// command kills this one right after `close`, and a trim of a large
+    /// cache may outlast a short build; it inherits none of our pipes.
+    fn trim_if_due(&self) {
+        let Some(upkeep) = self.upkeep else { return };
+        if upkeep.trim_interval == Duration::MAX || !self.store.trim_due(upkeep.trim_interval) {
+            return;
+        }
+        let spawned = std::env::current_exe().and_then(|exe| {
+            Command::new(exe)
+                .arg("--dir")
+                .arg(self.store.dir())
+                .args(["trim", "--if-due"])
+                .args(policy_args(&upkeep))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        });
+        match spawned {
+            Ok(child) => tracing::info!(
+                "trimming the cache in the background (process {})",
+                child.id()
+            ),
+            Err(e) => tracing::warn!("cannot start a background trim: {e}"),
         }
     }
 
@@ -402,6 +444,32 @@ impl Engine {
             }
         }
     }
+}
+
+/// The flags that give a `granary trim` this upkeep policy.
+fn policy_args(upkeep: &Upkeep) -> Vec<String> {
+    let age = |d: Duration| {
+        if d == Duration::MAX {
+            "none".to_owned()
+        } else {
+            format!("{}ms", d.as_millis())
+        }
+    };
+    let size = |n: u64| {
+        if n == u64::MAX {
+            "none".to_owned()
+        } else {
+            n.to_string()
+        }
+    };
+    let p = &upkeep.policy;
+    vec![
+        format!("--max-age={}", age(p.max_age)),
+        format!("--max-size={}", size(p.max_size)),
+        format!("--min-free={}", p.min_free),
+        format!("--grace={}", age(p.grace)),
+        format!("--trim-interval={}", age(upkeep.trim_interval)),
+    ]
 }
 
 fn write_error(e: io::Error) -> String {

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Live counters, shared by all workers.
 #[derive(Debug, Default)]
@@ -26,12 +26,16 @@ pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Relaxed);
 }
 
-/// The stats file: one JSON object, documented in the README. Fields are
-/// only ever added, so that scripts keep working.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// The stats file: one JSON object, documented in the README, also kept as
+/// one line per run in the history. Fields are only ever added, so that
+/// scripts keep working; missing ones read as zero.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Summary {
     /// granary's version.
-    pub version: &'static str,
+    pub version: String,
+    /// When the run started, RFC 3339 in UTC.
+    pub started: String,
     /// `get` requests answered.
     pub gets: u64,
     /// Gets answered with an output.
@@ -55,9 +59,10 @@ pub struct Summary {
 }
 
 impl Stats {
-    pub fn summary(&self, elapsed: Duration) -> Summary {
+    pub fn summary(&self, started: SystemTime, elapsed: Duration) -> Summary {
         Summary {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started: humantime::format_rfc3339_seconds(started).to_string(),
             gets: self.gets.load(Relaxed),
             hits: self.hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
@@ -89,13 +94,24 @@ impl Summary {
             .with_context(|| format!("cannot write the stats file {}", path.display()))
     }
 
-    /// The one line printed at close with `--verbose`.
-    pub fn line(&self) -> String {
-        let rate = if self.gets == 0 {
+    /// Hits per get, in percent.
+    pub fn hit_rate(&self) -> f64 {
+        if self.gets == 0 {
             0.0
         } else {
             100.0 * self.hits as f64 / self.gets as f64
-        };
+        }
+    }
+
+    /// Whether the run served any request: runs that did not are not
+    /// worth a line in the history.
+    pub fn served(&self) -> bool {
+        self.gets + self.puts + self.errors > 0
+    }
+
+    /// The one line printed at close with `--verbose`.
+    pub fn line(&self) -> String {
+        let rate = self.hit_rate();
         format!(
             "granary: {} gets, {} hits ({rate:.1}%, {}), {} misses, {} puts ({}), {} errors, {} corrupt entries, {} ms",
             self.gets,
