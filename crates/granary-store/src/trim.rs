@@ -598,6 +598,30 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_waits_for_a_removal_in_progress_and_then_misses() {
+        let f = Fixture::new();
+        let (action, object) = f.entry(1, 100, 10 * DAY);
+        // A trim is removing the object: it holds the use lock.
+        let remover = f.store.use_lock().unwrap();
+        remover.lock().unwrap();
+        let store = f.store.clone();
+        let (done, lookup) = std::sync::mpsc::channel();
+        let looker = std::thread::spawn(move || done.send(store.get(&action)).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            lookup.try_recv().is_err(),
+            "the lookup must wait for the removal, not hand out a file about to vanish"
+        );
+        fs::remove_file(&object).unwrap();
+        remover.unlock().unwrap();
+        looker.join().unwrap();
+        assert!(matches!(
+            lookup.recv().unwrap(),
+            Lookup::Miss(crate::MissReason::NoObject)
+        ));
+    }
+
+    #[test]
     fn trims_are_due_once_per_interval_and_bad_markers_make_them_due() {
         let f = Fixture::new();
         assert!(f.store.trim_due(DAY), "never trimmed");

@@ -279,6 +279,7 @@ fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".put-"))
         .collect();
     let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86400);
     for orphan in &orphans {

@@ -5,9 +5,9 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use granary_protocol::{Request, write_request, write_request_header};
@@ -15,93 +15,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use common::*;
-
-/// A running `granary prog` with pipes to its stdin and stdout.
-struct Helper {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    cache: PathBuf,
-    stats: PathBuf,
-}
-
-impl Helper {
-    fn start(sb: &Sandbox) -> Helper {
-        Self::start_with(sb, Command::new(granary()))
-    }
-
-    fn start_with(sb: &Sandbox, mut cmd: Command) -> Helper {
-        let cache = sb.cache();
-        let stats = sb.path("stats.json");
-        cmd.args(["prog", "--stats-file"])
-            .arg(&stats)
-            .env("GRANARY_DIR", &cache)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("granary starts");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut helper = Helper {
-            child,
-            stdin,
-            stdout,
-            cache,
-            stats,
-        };
-        let hello = helper.response();
-        assert_eq!(hello["ID"], 0);
-        assert_eq!(
-            hello["KnownCommands"],
-            serde_json::json!(["get", "put", "close"])
-        );
-        helper
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(bytes).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn request(&mut self, request: &Request, body: &[u8]) {
-        let mut bytes = Vec::new();
-        write_request(&mut bytes, request, body).unwrap();
-        self.send(&bytes);
-    }
-
-    fn response(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self.stdout.read_line(&mut line).unwrap();
-        assert!(n > 0, "granary closed stdout; stderr: {}", self.stderr());
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
-    }
-
-    /// Closes stdin and waits for the exit; returns the status and stderr.
-    fn finish(mut self) -> (ExitStatus, String) {
-        drop(self.stdin.take());
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        assert_eq!(rest, "", "nothing may follow the last answer");
-        let status = self.child.wait().unwrap();
-        (status, self.stderr())
-    }
-
-    fn stderr(&mut self) -> String {
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_string(&mut err).ok();
-        }
-        err
-    }
-
-    fn close(mut self) -> (ExitStatus, String) {
-        self.request(&Request::Close { id: 999 }, &[]);
-        let answer = self.response();
-        assert_eq!(answer, serde_json::json!({"ID": 999}));
-        self.finish()
-    }
-}
 
 fn put(id: i64, action: u8, body: &[u8]) -> Request {
     Request::Put {
@@ -587,8 +500,9 @@ fn failing_disk_write_is_an_error_and_publishes_nothing() {
     let (status, _) = h.close();
     assert!(status.success());
     assert_eq!(objects(&sb.cache()).len(), 1);
-    let leftovers = fs::read_dir(sb.cache().join("granary-tmp"))
-        .unwrap()
-        .count();
-    assert_eq!(leftovers, 0, "the failed put left a temporary file");
+    assert_eq!(
+        temporaries(&sb.cache()),
+        0,
+        "the failed put left a temporary file"
+    );
 }

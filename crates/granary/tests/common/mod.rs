@@ -3,11 +3,14 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use granary_protocol::{Request, write_request};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -99,6 +102,8 @@ impl Sandbox {
                 stats.display()
             ),
         );
+        // No background trims unless the test asks for them.
+        cmd.env("GRANARY_TRIM_INTERVAL", "none");
         cmd
     }
 
@@ -147,20 +152,20 @@ impl Sandbox {
             ),
         )
         .expect("test source");
-        age_tree(&dir);
+        age_tree(&dir, Duration::from_secs(2 * 3600));
         dir
     }
 }
 
-/// Sets the mtime of every file and directory under `dir` two hours back.
-/// cmd/go does not cache its index of a package whose files changed in the
-/// last few seconds, so fresh sources would make a second build miss those
-/// index entries, whatever the cache.
-fn age_tree(dir: &Path) {
-    let past = SystemTime::now() - Duration::from_secs(2 * 3600);
-    for entry in fs::read_dir(dir).expect("module dir").flatten() {
+/// Sets the mtime of every file and directory under `dir` to `age` ago.
+/// Module sources are aged two hours: cmd/go does not cache its index of a
+/// package whose files changed in the last few seconds, so fresh sources
+/// would make a second build miss those index entries, whatever the cache.
+pub fn age_tree(dir: &Path, age: Duration) {
+    let past = SystemTime::now() - age;
+    for entry in fs::read_dir(dir).expect("a directory to age").flatten() {
         if entry.path().is_dir() {
-            age_tree(&entry.path());
+            age_tree(&entry.path(), age);
         } else {
             set_mtime(&entry.path(), past);
         }
@@ -168,10 +173,22 @@ fn age_tree(dir: &Path) {
     set_mtime(dir, past);
 }
 
-fn set_mtime(path: &Path, time: SystemTime) {
+pub fn set_mtime(path: &Path, time: SystemTime) {
     fs::File::open(path)
         .and_then(|f| f.set_times(fs::FileTimes::new().set_modified(time).set_accessed(time)))
         .unwrap_or_else(|e| panic!("cannot age {}: {e}", path.display()));
+}
+
+/// How many files granary is writing, or left behind, in the cache's
+/// temporary directory (its lock files are not counted).
+pub fn temporaries(cache: &Path) -> usize {
+    fs::read_dir(cache.join("granary-tmp"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".put-"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// Runs a command and returns its output, failing the test with its stderr
@@ -267,4 +284,95 @@ pub fn objects_with_wrong_hash(cache: &Path) -> Vec<PathBuf> {
             actual != expected
         })
         .collect()
+}
+
+/// A running `granary prog` with pipes to its stdin and stdout.
+pub struct Helper {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: BufReader<ChildStdout>,
+    pub cache: PathBuf,
+    pub stats: PathBuf,
+}
+
+impl Helper {
+    pub fn start(sb: &Sandbox) -> Helper {
+        Self::start_with(sb, Command::new(granary()))
+    }
+
+    pub fn start_with(sb: &Sandbox, mut cmd: Command) -> Helper {
+        let cache = sb.cache();
+        let stats = sb.path("stats.json");
+        // No background trims unless the test asks for them.
+        if !cmd.get_envs().any(|(k, _)| k == "GRANARY_TRIM_INTERVAL") {
+            cmd.env("GRANARY_TRIM_INTERVAL", "none");
+        }
+        cmd.args(["prog", "--stats-file"])
+            .arg(&stats)
+            .env("GRANARY_DIR", &cache)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("granary starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut helper = Helper {
+            child,
+            stdin,
+            stdout,
+            cache,
+            stats,
+        };
+        let hello = helper.response();
+        assert_eq!(hello["ID"], 0);
+        assert_eq!(
+            hello["KnownCommands"],
+            serde_json::json!(["get", "put", "close"])
+        );
+        helper
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn request(&mut self, request: &Request, body: &[u8]) {
+        let mut bytes = Vec::new();
+        write_request(&mut bytes, request, body).unwrap();
+        self.send(&bytes);
+    }
+
+    pub fn response(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).unwrap();
+        assert!(n > 0, "granary closed stdout; stderr: {}", self.stderr());
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
+    }
+
+    /// Closes stdin and waits for the exit; returns the status and stderr.
+    pub fn finish(mut self) -> (ExitStatus, String) {
+        drop(self.stdin.take());
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "", "nothing may follow the last answer");
+        let status = self.child.wait().unwrap();
+        (status, self.stderr())
+    }
+
+    pub fn stderr(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).ok();
+        }
+        err
+    }
+
+    pub fn close(mut self) -> (ExitStatus, String) {
+        self.request(&Request::Close { id: 999 }, &[]);
+        let answer = self.response();
+        assert_eq!(answer, serde_json::json!({"ID": 999}));
+        self.finish()
+    }
 }
