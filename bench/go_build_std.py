@@ -8,6 +8,7 @@ interleaved so that drift of the machine hits them all alike.
 
     python3 bench/go_build_std.py                 # 3 cold, 7 warm runs
     python3 bench/go_build_std.py --cold 1 --warm 15
+    python3 bench/go_build_std.py --trim-every-run  # adds granary trimming at every run
     GRANARY_BENCH_HELPER='go-cacher --cache-dir {dir}' python3 bench/go_build_std.py
 
 GRANARY_BENCH_HELPER is a GOCACHEPROG command line; {dir} is replaced by the
@@ -35,6 +36,11 @@ def main():
     parser.add_argument("--warm", type=int, default=7, help="warm runs per configuration")
     parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
     parser.add_argument("--out", default=str(common.RESULTS), help="directory for the results")
+    parser.add_argument(
+        "--trim-every-run",
+        action="store_true",
+        help="add granary with --trim-interval=0s: a background trim at every run",
+    )
     args = parser.parse_args()
     if args.cold < 1 or args.warm < 1:
         parser.error("--cold and --warm must be at least 1 (a warm run needs a cold one first)")
@@ -42,6 +48,8 @@ def main():
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
     configs = {"native": None, "granary": f"{granary} prog"}
+    if args.trim_every_run:
+        configs["granary-trim"] = f"{granary} prog --trim-interval=0s"
     helper = os.environ.get("GRANARY_BENCH_HELPER")
     if helper:
         configs[helper.split()[0].rsplit("/", 1)[-1]] = helper
