@@ -262,22 +262,20 @@ mod tests {
         let err = upkeep(dir.path(), Some(&named), &args()).unwrap_err();
         assert!(format!("{err:#}").contains("GRANARY_CONFIG"), "{err:#}");
 
-        std::fs::write(&named, "max-size = \"twenty gigs\"\n").unwrap();
-        let err = format!(
-            "{:#}",
-            upkeep(dir.path(), Some(&named), &args()).unwrap_err()
-        );
+        let error_with = |contents: &str| {
+            std::fs::write(&named, contents).unwrap();
+            format!(
+                "{:#}",
+                upkeep(dir.path(), Some(&named), &args()).unwrap_err()
+            )
+        };
+        let err = error_with("max-size = \"twenty gigs\"\n");
         assert!(
             err.contains("twenty gigs") && err.contains("key max-size"),
             "{err}"
         );
         assert!(err.contains("elsewhere.toml"), "{err}");
-
-        std::fs::write(&named, "max_size = \"1GiB\"\n").unwrap();
-        let err = format!(
-            "{:#}",
-            upkeep(dir.path(), Some(&named), &args()).unwrap_err()
-        );
+        let err = error_with("max_size = \"1GiB\"\n");
         assert!(
             err.contains("unknown field") && err.contains("max-size"),
             "{err}"

@@ -411,26 +411,26 @@ fn prog_trims_in_the_background_when_due_and_only_then() {
     let (used, used_object, _) = entry(&store, 1, 9 * DAY);
     let (_, unused_object, _) = entry(&store, 2, 9 * DAY);
     let (_, fresh_object, _) = entry(&store, 3, Duration::ZERO);
-    let mut id = [0; 32];
-    id.copy_from_slice(&used.0);
 
-    let verbose_prog = || {
+    // A verbose `prog` with background trims due hourly, asked for `used`.
+    let run_using = |action: ActionId| {
         let mut cmd = Command::new(granary());
         cmd.env("GRANARY_TRIM_INTERVAL", "1h")
             .env("GRANARY_VERBOSE", "1");
-        cmd
+        let mut helper = Helper::start_with(&sb, cmd);
+        helper.request(
+            &Request::Get {
+                id: 1,
+                action_id: action.0,
+            },
+            &[],
+        );
+        assert!(helper.response()["DiskPath"].is_string());
+        let (status, stderr) = helper.close();
+        assert!(status.success(), "{stderr}");
+        stderr
     };
-    let mut helper = Helper::start_with(&sb, verbose_prog());
-    helper.request(
-        &Request::Get {
-            id: 1,
-            action_id: id,
-        },
-        &[],
-    );
-    assert!(helper.response()["DiskPath"].is_string());
-    let (status, stderr) = helper.close();
-    assert!(status.success());
+    let stderr = run_using(used);
     assert!(
         stderr.contains("trimming the cache in the background"),
         "{stderr}"
@@ -442,25 +442,14 @@ fn prog_trims_in_the_background_when_due_and_only_then() {
 
     // Trimmed a moment ago: the next run starts no trim.
     let (_, old_object, _) = entry(&store, 4, 9 * DAY);
-    let (status, stderr) = Helper::start_with(&sb, verbose_prog()).close();
-    assert!(status.success());
+    let stderr = run_using(used);
     assert!(!stderr.contains("trimming"), "{stderr}");
     assert!(old_object.exists());
 
     // A broken config file: the run goes on, says why, and trims nothing.
     fs::remove_file(cache.join(TRIM_MARKER)).unwrap();
     fs::write(cache.join("granary.toml"), "max-age = \"ages\"\n").unwrap();
-    let mut helper = Helper::start_with(&sb, verbose_prog());
-    helper.request(
-        &Request::Get {
-            id: 1,
-            action_id: id,
-        },
-        &[],
-    );
-    assert!(helper.response()["DiskPath"].is_string());
-    let (status, stderr) = helper.close();
-    assert!(status.success());
+    let stderr = run_using(used);
     assert!(
         stderr.contains("will not be trimmed until this is fixed"),
         "{stderr}"
