@@ -256,7 +256,7 @@ impl Store {
                 actual: meta.len(),
             });
         }
-        if !self.mark_used(&object, &meta, now) {
+        if !self.mark_used(&object, &entry.output_id, &meta, now) {
             // A trim removed it just now.
             return Lookup::Miss(MissReason::NoObject);
         }
@@ -340,7 +340,7 @@ impl Store {
             Ok(meta)
                 if meta.len() == size
                     && hash_of(&path)? == *output_id
-                    && self.mark_used(&path, &meta, (self.clock)()) =>
+                    && self.mark_used(&path, output_id, &meta, (self.clock)()) =>
             {
                 return Ok(Stored {
                     object: path,
@@ -365,7 +365,7 @@ impl Store {
         self.rename_into_place(file, &self.action_path(action))
     }
 
-    /// Records a use of the object at `path` (whose metadata is `meta`)
+    /// Records a use of the object `output` at `path` (whose metadata is `meta`)
     /// before it is handed out, and returns whether it is still there.
     ///
     /// A recent mtime keeps the file from being trimmed, but bumping it is
@@ -373,12 +373,18 @@ impl Store {
     /// through the use lock, so that the object is either seen as used by
     /// the trim, or gone before this check looks (a miss, never a path to a
     /// file about to vanish).
-    fn mark_used(&self, path: &Path, meta: &fs::Metadata, now: SystemTime) -> bool {
+    fn mark_used(
+        &self,
+        path: &Path,
+        output: &OutputId,
+        meta: &fs::Metadata,
+        now: SystemTime,
+    ) -> bool {
         if !meta.modified().is_ok_and(|m| needs_touch(m, now)) {
             return true;
         }
         // Without the lock file (a read-only cache) nobody can trim either.
-        let lock = self.use_lock().ok();
+        let lock = self.use_lock(output.0[0]).ok();
         let locked = lock.as_ref().is_some_and(|l| l.lock_shared().is_ok());
         touch(path, now);
         let present = fs::metadata(path).is_ok_and(|m| m.len() == meta.len());

@@ -17,7 +17,7 @@
 //! grace window is removed, and since use is recorded at most hourly, the
 //! window should be longer than an hour. And a use that records itself (a
 //! lookup that bumps an mtime) and a removal exclude each other through a
-//! lock file: the remover checks the mtime again under the lock just before
+//! lock file per subdirectory: the remover checks the mtime again under the lock just before
 //! removing, so a file is either seen as used and kept, or removed before
 //! the lookup looks, which then misses.
 
@@ -25,7 +25,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fs::{self, File, TryLockError};
 use std::io::{self, ErrorKind, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::walk::remove_entry_file;
@@ -51,7 +51,8 @@ pub const TRIM_MARKER: &str = "granary-trim.txt";
 /// takes a day.
 pub const STALE_TEMPORARY_AGE: Duration = Duration::from_secs(24 * 3600);
 
-const USE_LOCK: &str = "use.lock";
+/// The directory, in the temporary directory, of the use locks.
+const USE_LOCKS: &str = "locks";
 const TRIMMER_LOCK: &str = "trim.lock";
 
 /// What a trim keeps and removes.
@@ -92,8 +93,10 @@ impl Tally {
         self.files += 1;
         self.bytes += bytes;
     }
+}
 
-    fn add_tally(&mut self, other: Tally) {
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
         self.files += other.files;
         self.bytes += other.bytes;
     }
@@ -109,8 +112,6 @@ pub struct Usage {
     pub objects: Tally,
     /// Entry files by time since last use, in [`AGE_BRACKETS`].
     pub by_age: [Tally; AGE_BRACKETS.len() + 1],
-    /// The largest objects, largest first, as many as the scan was asked for.
-    pub largest: Vec<(u64, PathBuf)>,
     largest_wanted: usize,
     largest_heap: BinaryHeap<Reverse<(u64, PathBuf)>>,
     /// Files outside the grace window, by the second they were last used.
@@ -150,7 +151,6 @@ impl Usage {
             actions: Tally::default(),
             objects: Tally::default(),
             by_age: Default::default(),
-            largest: Vec::new(),
             largest_wanted,
             largest_heap: BinaryHeap::new(),
             removable: BTreeMap::new(),
@@ -160,7 +160,7 @@ impl Usage {
     /// All entry files.
     pub fn total(&self) -> Tally {
         let mut total = self.actions;
-        total.add_tally(self.objects);
+        total += self.objects;
         total
     }
 
@@ -179,12 +179,45 @@ impl Usage {
                 .or_default()
                 .add(file.disk_size);
         }
-        if self.largest_wanted > 0 && matches!(file.kind, EntryKind::Object(_)) {
-            self.largest_heap.push(Reverse((file.size, file.path)));
+        if matches!(file.kind, EntryKind::Object(_)) {
+            self.keep_if_large(file.size, file.path);
+        }
+    }
+
+    fn keep_if_large(&mut self, size: u64, path: PathBuf) {
+        if self.largest_wanted > 0 {
+            self.largest_heap.push(Reverse((size, path)));
             if self.largest_heap.len() > self.largest_wanted {
                 self.largest_heap.pop();
             }
         }
+    }
+
+    /// Adds what another scan of the same cache, under the same policy,
+    /// found in other subdirectories.
+    pub fn merge(&mut self, other: Usage) {
+        self.actions += other.actions;
+        self.objects += other.objects;
+        for (mine, theirs) in self.by_age.iter_mut().zip(other.by_age) {
+            *mine += theirs;
+        }
+        for (second, tally) in other.removable {
+            *self.removable.entry(second).or_default() += tally;
+        }
+        for Reverse((size, path)) in other.largest_heap {
+            self.keep_if_large(size, path);
+        }
+    }
+
+    /// The largest objects, largest first, as many as the scan was asked for.
+    pub fn largest(&self) -> Vec<(u64, PathBuf)> {
+        let mut largest: Vec<_> = self
+            .largest_heap
+            .iter()
+            .map(|Reverse(e)| e.clone())
+            .collect();
+        largest.sort_by(|a, b| b.cmp(a));
+        largest
     }
 
     /// Files last used in this second or later are inside the grace window.
@@ -213,18 +246,11 @@ impl Usage {
             if second >= age_cutoff && plan.remove.bytes >= wanted {
                 break;
             }
-            plan.remove.add_tally(*tally);
+            plan.remove += *tally;
             plan.cutoff = second + 1;
         }
         plan.shortfall = wanted.saturating_sub(plan.remove.bytes);
         plan
-    }
-
-    fn finish(mut self) -> Usage {
-        let mut largest: Vec<_> = self.largest_heap.drain().map(|Reverse(e)| e).collect();
-        largest.sort_by(|a, b| b.cmp(a));
-        self.largest = largest;
-        self
     }
 }
 
@@ -236,62 +262,89 @@ impl Plan {
 }
 
 impl Store {
-    /// Tallies the cache's entry files, under `policy` (whose grace window
-    /// decides what may be removed), keeping the `largest` largest objects.
-    /// `progress` is called once per subdirectory, 256 times in all.
+    /// An empty tally of this cache under `policy` (whose grace window
+    /// decides what may be removed), to keep the `largest` largest objects;
+    /// fill it with [`Store::scan_subdirectory`].
+    pub fn usage(&self, policy: &Policy, largest: usize) -> Usage {
+        Usage::new(*policy, self.now(), largest)
+    }
+
+    /// Tallies the entry files of the subdirectory `prefix` into `usage`.
+    /// Subdirectories can be scanned in parallel into separate tallies, then
+    /// merged ([`Usage::merge`]).
+    pub fn scan_subdirectory(&self, prefix: u8, usage: &mut Usage) -> io::Result<()> {
+        for file in self.entry_files_in(prefix)? {
+            usage.record(file);
+        }
+        Ok(())
+    }
+
+    /// Tallies the whole cache, one subdirectory after the other; `progress`
+    /// is called after each, 256 times in all.
     pub fn scan(
         &self,
         policy: &Policy,
         largest: usize,
         progress: &mut dyn FnMut(),
     ) -> io::Result<Usage> {
-        let mut usage = Usage::new(*policy, self.now(), largest);
+        let mut usage = self.usage(policy, largest);
         for prefix in 0..=255 {
-            for file in self.entry_files_in(prefix)? {
-                usage.record(file);
-            }
+            self.scan_subdirectory(prefix, &mut usage)?;
             progress();
         }
-        Ok(usage.finish())
+        Ok(usage)
     }
 
-    /// Removes the entry files that `plan` removes, checking each once more
-    /// just before: a file used since the scan stays. Returns what this call
-    /// removed. `progress` is called once per subdirectory.
+    /// Removes the entry files of the subdirectory `prefix` that `plan`
+    /// removes, checking each once more just before, under the
+    /// subdirectory's use lock: a file used since the scan stays. Returns
+    /// what this call removed. Subdirectories can be trimmed in parallel.
+    pub fn remove_unused_in(&self, prefix: u8, plan: &Plan) -> Result<Tally, StoreError> {
+        let mut removed = Tally::default();
+        if plan.remove.files == 0 {
+            return Ok(removed);
+        }
+        let files = self
+            .entry_files_in(prefix)
+            .map_err(self.io_error("list the entries of"))?;
+        let mut lock = None;
+        for file in files.iter().filter(|f| plan.removes(f)) {
+            let lock = match &mut lock {
+                Some(lock) => lock,
+                None => lock.insert(
+                    self.use_lock(prefix)
+                        .map_err(self.io_error("open a lock file in"))?,
+                ),
+            };
+            lock.lock().map_err(self.io_error("lock a lock file in"))?;
+            let outcome = match self.restat(file) {
+                Some(now) if plan.removes(&now) => remove_entry_file(&now)
+                    .map(|gone| gone.then_some(now.disk_size))
+                    .map_err(|source| StoreError::Io {
+                        op: "remove",
+                        path: now.path.clone(),
+                        source,
+                    }),
+                _ => Ok(None),
+            };
+            let _ = lock.unlock();
+            if let Some(bytes) = outcome? {
+                removed.add(bytes);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// [`Store::remove_unused_in`] for every subdirectory in turn;
+    /// `progress` is called after each.
     pub fn remove_unused_before(
         &self,
         plan: &Plan,
         progress: &mut dyn FnMut(),
     ) -> Result<Tally, StoreError> {
         let mut removed = Tally::default();
-        if plan.remove.files == 0 {
-            (0..=255).for_each(|_| progress());
-            return Ok(removed);
-        }
-        let lock = self
-            .use_lock()
-            .map_err(self.io_error("open the lock file in"))?;
         for prefix in 0..=255 {
-            let files = self
-                .entry_files_in(prefix)
-                .map_err(self.io_error("list the entries of"))?;
-            for file in files.iter().filter(|f| plan.removes(f)) {
-                lock.lock().map_err(self.io_error("lock"))?;
-                let outcome = match self.restat(file) {
-                    Some(now) if plan.removes(&now) => remove_entry_file(&now.path)
-                        .map(|gone| gone.then_some(now.disk_size))
-                        .map_err(|source| StoreError::Io {
-                            op: "remove",
-                            path: now.path.clone(),
-                            source,
-                        }),
-                    _ => Ok(None),
-                };
-                let _ = lock.unlock();
-                if let Some(bytes) = outcome? {
-                    removed.add(bytes);
-                }
-            }
+            removed += self.remove_unused_in(prefix, plan)?;
             progress();
         }
         Ok(removed)
@@ -385,17 +438,19 @@ impl Store {
         }
     }
 
-    /// The lock file that makes recording a use and removing a file
-    /// exclusive. Each user opens its own: locks belong to open files.
-    pub(crate) fn use_lock(&self) -> io::Result<File> {
-        self.open_lock(&self.tmp_dir().join(USE_LOCK))
+    /// The lock file that makes recording a use of an object and removing a
+    /// file in the subdirectory `prefix` exclusive. One per subdirectory, so
+    /// that subdirectories can be trimmed in parallel. Each user opens its
+    /// own: locks belong to open files.
+    pub(crate) fn use_lock(&self, prefix: u8) -> io::Result<File> {
+        self.open_lock(&self.tmp_dir().join(USE_LOCKS).join(format!("{prefix:02x}")))
     }
 
-    fn open_lock(&self, path: &std::path::Path) -> io::Result<File> {
+    fn open_lock(&self, path: &Path) -> io::Result<File> {
         let open = || File::options().create(true).append(true).open(path);
         match open() {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::create_dir_all(self.tmp_dir())?;
+                fs::create_dir_all(path.parent().unwrap_or(self.tmp_dir()))?;
                 open()
             }
             other => other,
@@ -531,6 +586,30 @@ mod tests {
     }
 
     #[test]
+    fn scans_of_parts_merge_into_the_scan_of_the_whole() {
+        let f = Fixture::new();
+        for i in 0..40 {
+            f.entry(i, 100 * usize::from(i), DAY * u32::from(i % 9) + HOUR);
+        }
+        let policy = policy(3 * DAY, 50_000, DEFAULT_GRACE);
+        let whole = f.store.scan(&policy, 5, &mut || {}).unwrap();
+        let mut merged = f.store.usage(&policy, 5);
+        for part in [0..=99, 100..=255] {
+            let mut usage = f.store.usage(&policy, 5);
+            for prefix in part {
+                f.store.scan_subdirectory(prefix, &mut usage).unwrap();
+            }
+            merged.merge(usage);
+        }
+        assert_eq!(merged.total(), whole.total());
+        assert_eq!(merged.by_age, whole.by_age);
+        assert_eq!(merged.largest(), whole.largest());
+        assert_eq!(merged.largest().len(), 5);
+        assert_eq!(merged.plan(None), whole.plan(None));
+        assert!(whole.plan(None).remove.files > 0);
+    }
+
+    #[test]
     fn nothing_used_within_the_grace_window_is_removed() {
         let f = Fixture::new();
         let recent = f.entry(1, 5000, 3 * HOUR);
@@ -602,7 +681,8 @@ mod tests {
         let f = Fixture::new();
         let (action, object) = f.entry(1, 100, 10 * DAY);
         // A trim is removing the object: it holds the use lock.
-        let remover = f.store.use_lock().unwrap();
+        let prefix = OutputId::of(&[1; 100]).0[0];
+        let remover = f.store.use_lock(prefix).unwrap();
         remover.lock().unwrap();
         let store = f.store.clone();
         let (done, lookup) = std::sync::mpsc::channel();

@@ -80,7 +80,10 @@ impl Store {
         if self.check(file).is_ok() {
             return Ok(false);
         }
-        remove_entry_file(&file.path)
+        match self.restat(file) {
+            Some(now) => remove_entry_file(&now),
+            None => Ok(false),
+        }
     }
 }
 

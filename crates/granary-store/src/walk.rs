@@ -7,7 +7,7 @@
 
 use std::fs::{self, Metadata};
 use std::io::{self, ErrorKind};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use crate::store::executable_in;
@@ -25,6 +25,8 @@ pub struct EntryFile {
     /// The mtime, which cmd/go and granary bump when they use the file; for
     /// an executable entry, the later of the directory's and its file's.
     pub last_used: SystemTime,
+    /// An executable entry: a directory holding one file.
+    pub is_dir: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +72,7 @@ fn entry_file(path: PathBuf, kind: EntryKind, meta: &Metadata) -> EntryFile {
         size: meta.len(),
         disk_size: disk_size(meta),
         last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        is_dir: meta.is_dir(),
         kind,
         path,
     };
@@ -100,13 +103,14 @@ fn disk_size(meta: &Metadata) -> u64 {
     }
 }
 
-/// Removes an entry file, or an executable entry's directory. Returns
-/// whether this call removed it: `false` when it had already gone.
-pub(crate) fn remove_entry_file(path: &Path) -> io::Result<bool> {
-    let removed = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) => Err(e),
+/// Removes an entry file, or an executable entry's directory, as `file`
+/// was found a moment ago. Returns whether this call removed it: `false`
+/// when it had already gone.
+pub(crate) fn remove_entry_file(file: &EntryFile) -> io::Result<bool> {
+    let removed = if file.is_dir {
+        fs::remove_dir_all(&file.path)
+    } else {
+        fs::remove_file(&file.path)
     };
     match removed {
         Ok(()) => Ok(true),
