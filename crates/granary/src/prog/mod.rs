@@ -316,9 +316,10 @@ impl Engine {
     }
 
     /// Starts `granary trim --if-due` in the background when the last trim
-    /// is older than the interval. A process of its own, because the go
-    /// command kills this one right after `close`, and a trim of a large
-    /// cache may outlast a short build; it inherits none of our pipes.
+    /// is older than the interval. A process of its own, because a trim of
+    /// a large cache may outlast a short build, and after `close` the go
+    /// command waits for this one to close its stdout (or kills it); the
+    /// child inherits none of our pipes, so the go command never waits for it.
     fn trim_if_due(&self) {
         let Some(upkeep) = self.upkeep else { return };
         if upkeep.trim_interval == Duration::MAX || !self.store.trim_due(upkeep.trim_interval) {
