@@ -12,14 +12,18 @@
 //!    last used before it goes, and nothing else;
 //! 3. [`Store::remove_unused_before`] walks again and removes those files.
 //!
+//! Both walks also come one subdirectory at a time
+//! ([`Store::scan_subdirectory`] with [`Usage::merge`],
+//! [`Store::remove_unused_in`]), for callers that spread them over threads.
+//!
 //! A file that granary hands to the go command must not vanish before the
 //! go command opens it. Two rules make sure of that. Nothing used within the
 //! grace window is removed, and since use is recorded at most hourly, the
 //! window should be longer than an hour. And a use that records itself (a
 //! lookup that bumps an mtime) and a removal exclude each other through a
-//! lock file per subdirectory: the remover checks the mtime again under the lock just before
-//! removing, so a file is either seen as used and kept, or removed before
-//! the lookup looks, which then misses.
+//! lock file per subdirectory: the remover checks the mtime again under the
+//! lock just before removing, so a file is either seen as used and kept, or
+//! removed before the lookup looks, which then misses.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};

@@ -169,6 +169,15 @@ pub struct TrimArgs {
     )]
     pub if_due: bool,
 
+    /// Start only once stdin is closed: `prog` passes it, with a pipe that closes when
+    /// `prog` exits, so that its background trim runs after the build, not during it
+    #[arg(
+        long,
+        env = "GRANARY_TRIM_AFTER_STDIN",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub after_stdin: bool,
+
     #[command(flatten)]
     pub policy: PolicyArgs,
     #[command(flatten)]

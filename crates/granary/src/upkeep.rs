@@ -6,7 +6,7 @@
 // A command's report goes to stdout; only `prog` must keep stdout for the protocol.
 #![allow(clippy::print_stdout)]
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -115,18 +115,23 @@ pub fn du(dir: &Path, upkeep: &Upkeep, args: &DuArgs, verbose: bool) -> anyhow::
 
 pub fn trim(dir: &Path, upkeep: &Upkeep, args: &TrimArgs) -> anyhow::Result<ExitCode> {
     let store = existing_cache(dir)?;
-    // Held until the end of the trim, when `--if-due`.
-    let mut _trimmer = None;
-    if args.if_due {
-        _trimmer = store.try_lock_trimmer()?;
-        if _trimmer.is_none() || !store.trim_due(upkeep.trim_interval) {
-            tracing::info!("no trim due in {}", dir.display());
-            if args.output.json {
-                print_json(&serde_json::json!({ "dir": dir, "due": false }))?;
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
+    if args.after_stdin {
+        io::copy(&mut io::stdin().lock(), &mut io::sink()).context("cannot read stdin")?;
     }
+    // With `--if-due`, the automatic trimmer's lock, held to the end.
+    let _trimmer = match args.if_due {
+        false => None,
+        true => match store.try_lock_trimmer()? {
+            Some(lock) if store.trim_due(upkeep.trim_interval) => Some(lock),
+            _ => {
+                tracing::info!("no trim due in {}", dir.display());
+                if args.output.json {
+                    print_json(&serde_json::json!({ "dir": dir, "due": false }))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        },
+    };
     let started = Instant::now();
     let bar = progress::subdirectories("trimming", if args.dry_run { 1 } else { 2 });
     let policy = upkeep.policy;
@@ -136,6 +141,7 @@ pub fn trim(dir: &Path, upkeep: &Upkeep, args: &TrimArgs) -> anyhow::Result<Exit
         (Tally::default(), Tally::default())
     } else {
         let removed = remove(&store, &plan, &bar)?;
+        // Best effort: leftovers only cost space until the next trim.
         let temporaries = store
             .remove_stale_temporaries(granary_store::STALE_TEMPORARY_AGE)
             .unwrap_or_default();
@@ -163,7 +169,7 @@ pub fn prune(dir: &Path, upkeep: &Upkeep, args: &PruneArgs) -> anyhow::Result<Ex
     let bar = progress::subdirectories("pruning", 2);
     let usage = scan(&store, &policy, 0, &bar)?;
     let plan = usage.plan(None);
-    let ask = !args.force && std::io::stdin().is_terminal() && plan.remove.files > 0;
+    let ask = !args.force && io::stdin().is_terminal() && plan.remove.files > 0;
     if ask {
         bar.suspend(|| confirm(dir, &plan))?;
     }
@@ -195,9 +201,9 @@ fn confirm(dir: &Path, plan: &Plan) -> anyhow::Result<()> {
         size(plan.remove.bytes),
         dir.display()
     );
-    std::io::stderr().flush().ok();
+    io::stderr().flush().ok();
     let mut answer = String::new();
-    std::io::stdin()
+    io::stdin()
         .lock()
         .read_line(&mut answer)
         .context("cannot read the answer")?;

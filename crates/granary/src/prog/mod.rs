@@ -29,8 +29,8 @@ pub mod stats;
 
 use std::io::{self, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
+use std::process::{ChildStdin, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -88,6 +88,7 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
         store,
         stats: Stats::default(),
         upkeep: options.upkeep,
+        trim_start: Mutex::new(None),
     });
 
     let (jobs, queue) = crossbeam_channel::bounded(JOB_QUEUE);
@@ -298,6 +299,8 @@ struct Engine {
     store: Store,
     stats: Stats,
     upkeep: Option<Upkeep>,
+    /// The background trim's stdin, held open until this process ends.
+    trim_start: Mutex<Option<ChildStdin>>,
 }
 
 impl Engine {
@@ -319,7 +322,9 @@ impl Engine {
     /// is older than the interval. A process of its own, because a trim of
     /// a large cache may outlast a short build, and after `close` the go
     /// command waits for this one to close its stdout (or kills it); the
-    /// child inherits none of our pipes, so the go command never waits for it.
+    /// child inherits none of our pipes, so the go command never waits for
+    /// it. It waits for the end of this process, so as not to take CPU from
+    /// the build.
     fn trim_if_due(&self) {
         let Some(upkeep) = self.upkeep else { return };
         if upkeep.trim_interval == Duration::MAX || !self.store.trim_due(upkeep.trim_interval) {
@@ -329,18 +334,25 @@ impl Engine {
             Command::new(exe)
                 .arg("--dir")
                 .arg(self.store.dir())
-                .args(["trim", "--if-due"])
+                .args(["trim", "--if-due", "--after-stdin"])
                 .args(policy_args(&upkeep))
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
         });
         match spawned {
-            Ok(child) => tracing::info!(
-                "trimming the cache in the background (process {})",
-                child.id()
-            ),
+            Ok(mut child) => {
+                tracing::info!(
+                    "trimming the cache in the background once this run ends (process {})",
+                    child.id()
+                );
+                // Closed when this process ends: the trim starts then.
+                *self
+                    .trim_start
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = child.stdin.take();
+            }
             Err(e) => tracing::warn!("cannot start a background trim: {e}"),
         }
     }
