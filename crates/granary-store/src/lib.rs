@@ -23,7 +23,7 @@
 //! Whole-cache operations walk the 256 subdirectories one at a time
 //! ([`Store::entry_files_in`]), so their memory stays bounded:
 //! [`Store::check`] verifies action records and object hashes, and
-//! [`Store::scan`], [`Usage::plan`] and [`Store::trim`] measure the cache and
+//! [`Store::scan_subdirectory`], [`Usage::plan`] and [`Store::remove_unused_in`] measure the cache and
 //! trim it by age, size and free space, least recently used first, never
 //! removing what was used within a grace window (see the `trim` module).
 //!
@@ -46,7 +46,7 @@ pub use store::{
 };
 pub use trim::{
     AGE_BRACKETS, DEFAULT_GRACE, DEFAULT_MAX_AGE, Plan, Policy, STALE_TEMPORARY_AGE, TRIM_MARKER,
-    Tally, TrimReport, Usage,
+    Tally, Usage,
 };
 pub use verify::Problem;
 pub use walk::{EntryFile, EntryKind};

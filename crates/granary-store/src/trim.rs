@@ -5,16 +5,16 @@
 //! subdirectories, so memory stays bounded by one subdirectory plus one
 //! counter per distinct second of last use, whatever the size of the cache:
 //!
-//! 1. [`Store::scan`] tallies every entry file by kind and age into a
-//!    [`Usage`], and counts the bytes last used in each second, for the files
-//!    outside the grace window;
+//! 1. [`Store::scan_subdirectory`] tallies every entry file by kind and age
+//!    into a [`Usage`], and counts the bytes last used in each second, for
+//!    the files outside the grace window;
 //! 2. [`Usage::plan`] turns the [`Policy`] into a single cutoff: every file
 //!    last used before it goes, and nothing else;
-//! 3. [`Store::remove_unused_before`] walks again and removes those files.
+//! 3. [`Store::remove_unused_in`] walks again and removes those files.
 //!
-//! Both walks also come one subdirectory at a time
-//! ([`Store::scan_subdirectory`] with [`Usage::merge`],
-//! [`Store::remove_unused_in`]), for callers that spread them over threads.
+//! Both walks go one subdirectory at a time, so that callers can spread
+//! them over threads (partial tallies combine with [`Usage::merge`]) and
+//! show progress; the store itself starts no thread.
 //!
 //! A file that granary hands to the go command must not vanish before the
 //! go command opens it. Two rules make sure of that. Nothing used within the
@@ -132,19 +132,6 @@ pub struct Plan {
     /// Bytes the size limits ask for beyond what may go: the grace window
     /// protects them.
     pub shortfall: u64,
-}
-
-/// What [`Store::trim`] did.
-#[derive(Debug, Clone)]
-pub struct TrimReport {
-    /// The cache before the trim.
-    pub usage: Usage,
-    pub plan: Plan,
-    /// Entry files this trim removed (files another process removed
-    /// meanwhile, or used meanwhile, are not counted).
-    pub removed: Tally,
-    /// Temporary files left by killed processes, removed.
-    pub temporaries: Tally,
 }
 
 impl Usage {
@@ -283,22 +270,6 @@ impl Store {
         Ok(())
     }
 
-    /// Tallies the whole cache, one subdirectory after the other; `progress`
-    /// is called after each, 256 times in all.
-    pub fn scan(
-        &self,
-        policy: &Policy,
-        largest: usize,
-        progress: &mut dyn FnMut(),
-    ) -> io::Result<Usage> {
-        let mut usage = self.usage(policy, largest);
-        for prefix in 0..=255 {
-            self.scan_subdirectory(prefix, &mut usage)?;
-            progress();
-        }
-        Ok(usage)
-    }
-
     /// Removes the entry files of the subdirectory `prefix` that `plan`
     /// removes, checking each once more just before, under the
     /// subdirectory's use lock: a file used since the scan stays. Returns
@@ -311,15 +282,14 @@ impl Store {
         let files = self
             .entry_files_in(prefix)
             .map_err(self.io_error("list the entries of"))?;
-        let mut lock = None;
-        for file in files.iter().filter(|f| plan.removes(f)) {
-            let lock = match &mut lock {
-                Some(lock) => lock,
-                None => lock.insert(
-                    self.use_lock(prefix)
-                        .map_err(self.io_error("open a lock file in"))?,
-                ),
-            };
+        let candidates: Vec<_> = files.iter().filter(|f| plan.removes(f)).collect();
+        if candidates.is_empty() {
+            return Ok(removed);
+        }
+        let lock = self
+            .use_lock(prefix)
+            .map_err(self.io_error("open a lock file in"))?;
+        for file in candidates {
             lock.lock().map_err(self.io_error("lock a lock file in"))?;
             let outcome = match self.restat(file) {
                 Some(now) if plan.removes(&now) => remove_entry_file(&now)
@@ -337,46 +307,6 @@ impl Store {
             }
         }
         Ok(removed)
-    }
-
-    /// [`Store::remove_unused_in`] for every subdirectory in turn;
-    /// `progress` is called after each.
-    pub fn remove_unused_before(
-        &self,
-        plan: &Plan,
-        progress: &mut dyn FnMut(),
-    ) -> Result<Tally, StoreError> {
-        let mut removed = Tally::default();
-        for prefix in 0..=255 {
-            removed += self.remove_unused_in(prefix, plan)?;
-            progress();
-        }
-        Ok(removed)
-    }
-
-    /// Applies `policy` now: scans, plans, removes, and removes the stale
-    /// temporary files of killed processes. Concurrent trims are safe: each
-    /// file goes once, and neither removes what a lookup has just used.
-    pub fn trim(
-        &self,
-        policy: &Policy,
-        progress: &mut dyn FnMut(),
-    ) -> Result<TrimReport, StoreError> {
-        let usage = self
-            .scan(policy, 0, progress)
-            .map_err(self.io_error("scan"))?;
-        let available = self.available_space_for(policy)?;
-        let plan = usage.plan(available);
-        let removed = self.remove_unused_before(&plan, progress)?;
-        let temporaries = self
-            .remove_stale_temporaries(STALE_TEMPORARY_AGE)
-            .map_err(self.io_error("clean up the temporary files of"))?;
-        Ok(TrimReport {
-            usage,
-            plan,
-            removed,
-            temporaries,
-        })
     }
 
     /// The space available on the cache's file system, if `policy` has a
@@ -522,8 +452,46 @@ mod tests {
             matches!(self.store.get(action), Lookup::Hit(_))
         }
 
-        fn trim(&self, policy: Policy) -> TrimReport {
-            self.store.trim(&policy, &mut || {}).unwrap()
+        /// Scans, plans and removes, one subdirectory after the other.
+        fn trim(&self, policy: Policy) -> Trimmed {
+            let usage = self.store.scan(&policy);
+            let plan = usage.plan(self.store.available_space_for(&policy).unwrap());
+            Trimmed {
+                plan,
+                removed: self.store.remove_unused(&plan),
+                temporaries: self
+                    .store
+                    .remove_stale_temporaries(STALE_TEMPORARY_AGE)
+                    .unwrap(),
+            }
+        }
+    }
+
+    struct Trimmed {
+        plan: Plan,
+        removed: Tally,
+        temporaries: Tally,
+    }
+
+    impl Store {
+        fn scan(&self, policy: &Policy) -> Usage {
+            self.scan_keeping(policy, 0)
+        }
+
+        fn scan_keeping(&self, policy: &Policy, largest: usize) -> Usage {
+            let mut usage = self.usage(policy, largest);
+            for prefix in 0..=255 {
+                self.scan_subdirectory(prefix, &mut usage).unwrap();
+            }
+            usage
+        }
+
+        fn remove_unused(&self, plan: &Plan) -> Tally {
+            let mut removed = Tally::default();
+            for prefix in 0..=255 {
+                removed += self.remove_unused_in(prefix, plan).unwrap();
+            }
+            removed
         }
     }
 
@@ -544,7 +512,7 @@ mod tests {
             .map(|i| f.entry(i, 100, ages[usize::from(i)]))
             .collect();
 
-        let usage = f.store.scan(&Policy::default(), 0, &mut || {}).unwrap();
+        let usage = f.store.scan(&Policy::default());
         assert_eq!(usage.actions.files, 5);
         assert_eq!(usage.objects.files, 5);
         let by_age: Vec<u64> = usage.by_age.iter().map(|t| t.files).collect();
@@ -567,17 +535,13 @@ mod tests {
         let entries: Vec<_> = (0..10)
             .map(|i| f.entry(i, 10_000, DAY * u32::from(i) + 5 * HOUR))
             .collect();
-        let total = f
-            .store
-            .scan(&Policy::default(), 0, &mut || {})
-            .unwrap()
-            .total();
+        let total = f.store.scan(&Policy::default()).total();
         let max_size = total.bytes / 2;
         let limits = policy(Duration::MAX, max_size, DEFAULT_GRACE);
 
         let report = f.trim(limits);
         assert_eq!(report.plan.shortfall, 0);
-        let after = f.store.scan(&limits, 0, &mut || {}).unwrap().total();
+        let after = f.store.scan(&limits).total();
         assert!(after.bytes <= max_size, "{after:?} > {max_size}");
         assert_eq!(after.bytes + report.removed.bytes, total.bytes);
         let kept: Vec<bool> = entries.iter().map(|(a, _)| f.present(a)).collect();
@@ -596,7 +560,7 @@ mod tests {
             f.entry(i, 100 * usize::from(i), DAY * u32::from(i % 9) + HOUR);
         }
         let policy = policy(3 * DAY, 50_000, DEFAULT_GRACE);
-        let whole = f.store.scan(&policy, 5, &mut || {}).unwrap();
+        let whole = f.store.scan_keeping(&policy, 5);
         let mut merged = f.store.usage(&policy, 5);
         for part in [0..=99, 100..=255] {
             let mut usage = f.store.usage(&policy, 5);
@@ -649,7 +613,7 @@ mod tests {
             min_free: 1_000_000,
             ..Policy::default()
         };
-        let usage = f.store.scan(&floor, 0, &mut || {}).unwrap();
+        let usage = f.store.scan(&floor);
         assert_eq!(usage.plan(Some(2_000_000)).remove.files, 0);
         let plan = usage.plan(Some(1_000_000 - 30_000));
         assert!(
@@ -667,14 +631,14 @@ mod tests {
         let f = Fixture::new();
         let (used, _) = f.entry(1, 100, 10 * DAY);
         let (unused, _) = f.entry(2, 100, 10 * DAY);
-        let usage = f.store.scan(&Policy::default(), 0, &mut || {}).unwrap();
+        let usage = f.store.scan(&Policy::default());
         let plan = usage.plan(None);
         assert_eq!(plan.remove.files, 4);
 
         let Lookup::Hit(Hit { object, .. }) = f.store.get(&used) else {
             panic!("expected a hit")
         };
-        let removed = f.store.remove_unused_before(&plan, &mut || {}).unwrap();
+        let removed = f.store.remove_unused(&plan);
         assert_eq!(removed.files, 2);
         assert!(object.exists() && f.present(&used));
         assert!(!f.present(&unused));

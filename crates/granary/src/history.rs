@@ -242,18 +242,12 @@ mod tests {
         fs::create_dir(dir.path().join(TMP_DIR_NAME)).unwrap();
         append(dir.path(), &run(10, "2026-11-20T10:00:00Z")).unwrap();
         let path = dir.path().join(HISTORY_FILE);
-        // A run killed in the middle of its line.
+        // A run killed in the middle of its line, and the next run's line.
         File::options()
             .append(true)
             .open(&path)
             .unwrap()
-            .write_all(b"{\"gets\": 4")
-            .unwrap();
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"\n")
+            .write_all(b"{\"gets\": 4\n")
             .unwrap();
         append(dir.path(), &run(20, "2026-11-21T10:00:00Z")).unwrap();
         let (runs, unreadable) = read(dir.path()).unwrap();

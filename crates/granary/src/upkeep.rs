@@ -1,6 +1,6 @@
 //! `granary du`, `granary trim` and `granary prune`: how much the cache
 //! holds, and making it hold less. The work is the store's
-//! ([`Store::scan`], [`Usage::plan`], [`Store::remove_unused_before`]); this
+//! ([`Store::scan_subdirectory`], [`Usage::plan`], [`Store::remove_unused_in`]); this
 //! module chooses the policy, spreads the walks over threads, asks, shows
 //! progress and reports.
 // A command's report goes to stdout; only `prog` must keep stdout for the protocol.

@@ -16,21 +16,8 @@ use sha2::{Digest, Sha256};
 
 use common::*;
 
-fn put(id: i64, action: u8, body: &[u8]) -> Request {
-    Request::Put {
-        id,
-        action_id: [action; 32],
-        output_id: Sha256::digest(body).into(),
-        body_size: body.len() as u64,
-    }
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64_simd::STANDARD.encode_to_string(bytes)
-}
-
-fn published(cache: &Path) -> usize {
-    objects(cache).len() + actions(cache).len()
 }
 
 #[test]
@@ -111,7 +98,7 @@ fn rejected_in_step(bytes: &[u8], id: i64, reason: &str) {
     );
     assert_eq!(get, serde_json::json!({"ID": 50, "Miss": true}));
     assert_eq!(
-        published(&h.cache.clone()),
+        entry_files(&h.cache.clone()),
         0,
         "a bad request published something"
     );
@@ -211,7 +198,7 @@ fn malformed_json_loses_framing_and_exits_non_zero() {
     assert!(!status.success());
     assert!(stderr.contains("not a JSON object"), "{stderr}");
     // What was stored before stays stored.
-    assert_eq!(published(&sb.cache()), 2);
+    assert_eq!(entry_files(&sb.cache()), 2);
 }
 
 #[test]
@@ -224,7 +211,7 @@ fn end_of_input_inside_a_body_exits_non_zero() {
     let (status, stderr) = h.finish_expecting_error(1);
     assert!(!status.success());
     assert!(stderr.contains("ended inside a put body"), "{stderr}");
-    assert_eq!(published(&sb.cache()), 0);
+    assert_eq!(entry_files(&sb.cache()), 0);
 }
 
 impl Helper {

@@ -23,12 +23,10 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 /// `granary --dir <cache> <args>`, untouched by the caller's GRANARY_* variables.
 fn granary_in(cache: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(granary());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GRANARY_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.arg("--dir").arg(cache).args(args);
+    without_granary_env(&mut cmd)
+        .arg("--dir")
+        .arg(cache)
+        .args(args);
     cmd
 }
 
@@ -59,10 +57,6 @@ fn entry(store: &Store, n: u32, age: Duration) -> (ActionId, PathBuf, Vec<u8>) {
     set_mtime(&store.action_path(&action), used);
     set_mtime(&stored.object, used);
     (action, stored.object, body)
-}
-
-fn files(cache: &Path) -> usize {
-    objects(cache).len() + actions(cache).len()
 }
 
 #[test]
@@ -144,7 +138,7 @@ fn trim_applies_flags_variables_and_the_config_file() {
     );
     assert_eq!(dry["selected"]["files"], 10);
     assert_eq!(dry["removed"]["files"], 0);
-    assert_eq!(files(&cache), 16, "a dry run removes nothing");
+    assert_eq!(entry_files(&cache), 16, "a dry run removes nothing");
     assert!(!cache.join(TRIM_MARKER).exists());
 
     // The config file sets max-age; a flag overrides it.
@@ -181,7 +175,7 @@ fn trim_applies_flags_variables_and_the_config_file() {
     let human = text(&granary_in(&cache, &["trim"]).output().unwrap());
     assert!(human.contains("removed 4 files"), "{human}");
     assert!(fresh.iter().all(|(_, o, _)| o.exists()));
-    assert_eq!(files(&cache), 6);
+    assert_eq!(entry_files(&cache), 6);
 
     fs::write(cache.join("granary.toml"), "max-size = \"lots\"\n").unwrap();
     let broken = granary_in(&cache, &["trim"]).output().unwrap();
@@ -210,10 +204,10 @@ fn trim_if_due_runs_once_per_interval_and_after_a_bad_marker() {
     assert_eq!(first["removed"]["files"], 2);
     entry(&store, 2, 9 * DAY);
     assert_eq!(due(&cache)["due"], false, "trimmed a moment ago");
-    assert_eq!(files(&cache), 2);
+    assert_eq!(entry_files(&cache), 2);
     fs::write(cache.join(TRIM_MARKER), "not a time\n").unwrap();
     assert_eq!(due(&cache)["removed"]["files"], 2);
-    assert_eq!(files(&cache), 0);
+    assert_eq!(entry_files(&cache), 0);
 }
 
 #[test]
@@ -251,7 +245,7 @@ fn prune_removes_all_or_older_but_keeps_the_grace_window() {
             .unwrap(),
     );
     assert_eq!(everything["removed"]["files"], 4);
-    assert_eq!(files(&cache), 0);
+    assert_eq!(entry_files(&cache), 0);
 
     let neither = granary_in(&cache, &["prune"]).output().unwrap();
     assert_eq!(neither.status.code(), Some(2));
@@ -295,12 +289,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
         .arg("--dir")
         .arg(cache)
         .args(args);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GRANARY_") {
-            cmd.env_remove(key);
-        }
-    }
-    let out = cmd
+    let out = without_granary_env(&mut cmd)
         .output()
         .expect("python3 runs (it is needed to make a terminal)");
     (out.status.code().unwrap_or(-1), text(&out))
@@ -318,12 +307,12 @@ fn prune_asks_on_a_terminal_unless_forced() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("Remove 6 files"), "{out}");
     assert!(out.contains("nothing removed"), "{out}");
-    assert_eq!(files(&cache), 6);
+    assert_eq!(entry_files(&cache), 6);
 
     let (code, out) = on_terminal(&cache, &["prune", "--all"], "y");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("removed 6 files"), "{out}");
-    assert_eq!(files(&cache), 0);
+    assert_eq!(entry_files(&cache), 0);
 }
 
 #[test]
@@ -334,16 +323,16 @@ fn stats_shows_the_runs_prog_recorded() {
 
     let mut helper = Helper::start(&sb);
     for (id, body) in [(1, &b"one"[..]), (2, b"two")] {
-        helper.request(&put_request(id, id as u8, body), body);
+        helper.request(&put(id, id as u8, body), body);
         assert!(helper.response()["DiskPath"].is_string());
     }
     for (id, action) in [(3, 1), (4, 2), (5, 9)] {
-        helper.request(&get_request(id, action), &[]);
+        helper.request(&get(id, action), &[]);
         helper.response();
     }
     assert!(helper.close().0.success());
     let mut helper = Helper::start(&sb);
-    helper.request(&get_request(1, 1), &[]);
+    helper.request(&get(1, 1), &[]);
     helper.response();
     assert!(helper.close().0.success());
     // A run that served nothing is not recorded.
@@ -369,21 +358,31 @@ fn stats_shows_the_runs_prog_recorded() {
     assert!(human.contains("75.0%"), "{human}");
 }
 
-fn put_request(id: i64, action: u8, body: &[u8]) -> Request {
-    use sha2::Digest;
-    Request::Put {
-        id,
-        action_id: [action; 32],
-        output_id: sha2::Sha256::digest(body).into(),
-        body_size: body.len() as u64,
-    }
-}
-
-fn get_request(id: i64, action: u8) -> Request {
-    Request::Get {
-        id,
-        action_id: [action; 32],
-    }
+#[test]
+fn an_unwritable_history_does_not_fail_the_run() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.cache().join("granary-stats.jsonl")).unwrap();
+    let mut helper = Helper::start(&sb);
+    helper.request(&put(1, 1, b"body"), b"body");
+    assert!(helper.response()["DiskPath"].is_string());
+    let stats_file = helper.stats.clone();
+    let (status, stderr) = helper.close();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        stats(&stats_file).puts,
+        1,
+        "the stats file is still written"
+    );
+    let report = granary_in(&sb.cache(), &["stats"]).output().unwrap();
+    assert!(
+        !report.status.success(),
+        "a history that is a directory is an error to read"
+    );
+    assert!(
+        text(&report).contains("granary-stats.jsonl"),
+        "{}",
+        text(&report)
+    );
 }
 
 /// Waits until a background trim has finished: its marker is written and
@@ -513,7 +512,7 @@ fn concurrent_trims_never_remove_a_file_twice_or_what_was_just_used() {
                 path.display()
             );
         }
-        let left = files(&cache) as u64;
+        let left = entry_files(&cache) as u64;
         assert_eq!(
             removed + left,
             2 * u64::from(ENTRIES),
@@ -552,7 +551,7 @@ fn builds_succeed_while_a_trim_loops_with_a_tiny_ceiling() {
     ));
     // Everything in the cache is ten days old now; the next builds use part of it.
     age_tree(&cache, 10 * DAY);
-    let old_files = files(&cache);
+    let old_files = entry_files(&cache);
 
     let stop = Arc::new(AtomicBool::new(false));
     let trimmer = {

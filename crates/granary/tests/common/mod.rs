@@ -376,3 +376,37 @@ impl Helper {
         self.finish()
     }
 }
+
+/// A put request of `body` for the action ID made of the byte `action`.
+pub fn put(id: i64, action: u8, body: &[u8]) -> Request {
+    Request::Put {
+        id,
+        action_id: [action; 32],
+        output_id: Sha256::digest(body).into(),
+        body_size: body.len() as u64,
+    }
+}
+
+/// A get request for the action ID made of the byte `action`.
+pub fn get(id: i64, action: u8) -> Request {
+    Request::Get {
+        id,
+        action_id: [action; 32],
+    }
+}
+
+/// Action records and objects in the cache.
+pub fn entry_files(cache: &Path) -> usize {
+    objects(cache).len() + actions(cache).len()
+}
+
+/// Removes the caller's GRANARY_* variables from `cmd`'s environment, so
+/// that a developer's settings cannot change what a test sees.
+pub fn without_granary_env(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GRANARY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
