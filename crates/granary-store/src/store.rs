@@ -283,6 +283,20 @@ impl Store {
         output_id: OutputId,
         size: u64,
     ) -> Result<Stored, StoreError> {
+        self.put_as_of(action, body, output_id, size, (self.clock)())
+    }
+
+    /// [`Store::put`] for an output first put at `put_time`, such as one
+    /// fetched from another cache: the go command reads the put time to
+    /// expire cached test results, so a copy must keep the original's.
+    pub fn put_as_of(
+        &self,
+        action: &ActionId,
+        body: ObjectWriter,
+        output_id: OutputId,
+        size: u64,
+        put_time: SystemTime,
+    ) -> Result<Stored, StoreError> {
         if body.len != size {
             return Err(StoreError::SizeMismatch {
                 expected: size,
@@ -300,7 +314,7 @@ impl Store {
         let entry = ActionEntry {
             output_id,
             size,
-            put_time: (self.clock)(),
+            put_time,
         };
         self.publish_entry(action, &entry)?;
         Ok(stored)
@@ -675,6 +689,19 @@ mod tests {
         assert_eq!(hit(&store, &action).entry.put_time, start);
         assert_eq!(mtime(&entry), later);
         assert_eq!(mtime(&stored.object), later);
+    }
+
+    #[test]
+    fn a_copy_keeps_the_original_put_time() {
+        let (_tmp, store) = store();
+        let action = ActionId([8; 32]);
+        let original = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        let mut body = store.object_writer().unwrap();
+        body.write_all(b"fetched").unwrap();
+        store
+            .put_as_of(&action, body, OutputId::of(b"fetched"), 7, original)
+            .unwrap();
+        assert_eq!(hit(&store, &action).entry.put_time, original);
     }
 
     #[test]

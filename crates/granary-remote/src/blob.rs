@@ -1,0 +1,27 @@
+//! The transport underneath the remote cache: blobs by key.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use crate::RemoteError;
+
+/// A blob's bytes, as they arrive.
+pub type ByteStream = BoxStream<'static, Result<Bytes, RemoteError>>;
+
+/// A flat store of blobs by key, such as a bucket under a prefix. Keys are
+/// relative paths of ASCII letters, digits, `-` and `/`
+/// (see [`layout`](crate::layout)).
+#[async_trait]
+pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
+    /// The blob under `key`, as a stream, or `None` if there is none.
+    async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError>;
+
+    /// Whether there is a blob under `key`.
+    async fn exists(&self, key: &str) -> Result<bool, RemoteError>;
+
+    /// Stores `body` under `key`, replacing any blob there.
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError>;
+}

@@ -1,0 +1,560 @@
+//! The action cache and the content-addressed store, on a [`BlobStore`].
+
+use std::fmt;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::layout::{action_key, object_key};
+use crate::record::{ActionRecord, Placement};
+use crate::{BlobStore, ByteStream, Digest, RemoteError};
+
+/// Outputs up to this size travel inside their action record. In
+/// `go build std`, 77% of the outputs are this small (DESIGN.md).
+pub const INLINE_LIMIT: u64 = 64 * 1024;
+/// The longest valid record: a header, and an inline body that zstd could
+/// not shrink (it then adds a few bytes per 128 KiB block).
+const MAX_RECORD: usize = INLINE_LIMIT as usize + 1024;
+/// zstd's default level: about 300 MB/s per core, and Go's object files
+/// shrink to a third or a quarter.
+const LEVEL: i32 = 3;
+/// Bodies larger than this are compressed on tokio's blocking pool, so as
+/// not to hold up the runtime's other requests.
+const COMPRESS_IN_PLACE: usize = 256 * 1024;
+
+/// The remote cache: lookups, fetches and uploads, one request each, with
+/// no deadlines of its own (the caller sets them).
+#[derive(Debug, Clone)]
+pub struct RemoteCache {
+    blobs: Arc<dyn BlobStore>,
+}
+
+/// An action record found in the remote, with its inline body.
+#[derive(Debug)]
+pub struct Fetched {
+    pub record: ActionRecord,
+    /// The output, decompressed, when it was inline; else fetch it with
+    /// [`RemoteCache::fetch_object`].
+    pub inline: Option<Vec<u8>>,
+    /// Bytes received.
+    pub transferred: u64,
+}
+
+/// What an upload sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Bytes sent, compressed.
+    pub transferred: u64,
+    /// Whether the output's object was already there, so not sent again.
+    pub object_present: bool,
+}
+
+impl RemoteCache {
+    pub fn new(blobs: Arc<dyn BlobStore>) -> RemoteCache {
+        RemoteCache { blobs }
+    }
+
+    /// Where the cache is, for messages.
+    pub fn location(&self) -> &dyn fmt::Display {
+        &*self.blobs
+    }
+
+    /// The record of `action`, or `None` if the remote has none.
+    pub async fn lookup(&self, action: &Digest) -> Result<Option<Fetched>, RemoteError> {
+        let key = action_key(action);
+        let Some(stream) = self.blobs.get(&key).await? else {
+            return Ok(None);
+        };
+        let bytes = read_whole(stream, MAX_RECORD, &key).await?;
+        let (record, body) =
+            ActionRecord::parse(action, &bytes).map_err(|why| damaged(&key, why))?;
+        let inline = match record.placement {
+            Placement::Object => None,
+            Placement::Inline => {
+                let mut output = Vec::with_capacity(record.size.min(INLINE_LIMIT) as usize);
+                let mut decoder = Decoder::new(&mut output, record.size);
+                decoder.write(body).map_err(|e| e.into_remote(&key))?;
+                decoder.finish().map_err(|e| e.into_remote(&key))?;
+                Some(output)
+            }
+        };
+        Ok(Some(Fetched {
+            record,
+            inline,
+            transferred: bytes.len() as u64,
+        }))
+    }
+
+    /// Streams the output of `record`, decompressed, into `sink`, checking
+    /// its size (not its hash: the sink's owner does that). Returns the bytes
+    /// received. Writes to `sink` happen on the runtime: make it a file.
+    pub async fn fetch_object(
+        &self,
+        record: &ActionRecord,
+        sink: &mut (dyn Write + Send),
+    ) -> Result<u64, RemoteError> {
+        let key = object_key(&record.output);
+        let Some(mut stream) = self.blobs.get(&key).await? else {
+            return Err(damaged(
+                &key,
+                "the object its action record names is missing",
+            ));
+        };
+        let mut decoder = Decoder::new(sink, record.size);
+        let mut transferred = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            transferred += chunk.len() as u64;
+            decoder.write(&chunk).map_err(|e| e.into_remote(&key))?;
+        }
+        decoder.finish().map_err(|e| e.into_remote(&key))?;
+        Ok(transferred)
+    }
+
+    /// Uploads `body` as the output of `action`: its object first, unless
+    /// inline or already there, then the record, so that no reader finds a
+    /// record before its object.
+    pub async fn upload(
+        &self,
+        action: &Digest,
+        output: &Digest,
+        put_time: SystemTime,
+        body: Bytes,
+    ) -> Result<Sent, RemoteError> {
+        let size = body.len() as u64;
+        let placement = if size <= INLINE_LIMIT {
+            Placement::Inline
+        } else {
+            Placement::Object
+        };
+        let mut sent = Sent::default();
+        let record = ActionRecord {
+            action: *action,
+            output: *output,
+            size,
+            put_time,
+            placement,
+        };
+        let mut bytes = record.header().into_bytes();
+        match placement {
+            Placement::Inline => bytes.extend_from_slice(&compress(&body)?),
+            Placement::Object => {
+                let key = object_key(output);
+                if self.blobs.exists(&key).await? {
+                    sent.object_present = true;
+                } else {
+                    let frame = if body.len() <= COMPRESS_IN_PLACE {
+                        compress(&body)?
+                    } else {
+                        tokio::task::spawn_blocking(move || compress(&body))
+                            .await
+                            .map_err(|e| {
+                                RemoteError::Failed(format!("compression failed: {e}"))
+                            })??
+                    };
+                    sent.transferred += frame.len() as u64;
+                    self.blobs.put(&key, frame.into()).await?;
+                }
+            }
+        }
+        sent.transferred += bytes.len() as u64;
+        self.blobs.put(&action_key(action), bytes.into()).await?;
+        Ok(sent)
+    }
+}
+
+fn compress(body: &[u8]) -> Result<Vec<u8>, RemoteError> {
+    zstd::bulk::compress(body, LEVEL)
+        .map_err(|e| RemoteError::Failed(format!("cannot compress an output: {e}")))
+}
+
+fn damaged(key: &str, why: impl Into<String>) -> RemoteError {
+    RemoteError::Damaged {
+        key: key.to_owned(),
+        why: why.into(),
+    }
+}
+
+/// Reads a blob that must be at most `limit` bytes long.
+async fn read_whole(
+    mut stream: ByteStream,
+    limit: usize,
+    key: &str,
+) -> Result<Vec<u8>, RemoteError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(damaged(key, format!("longer than {limit} bytes")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Decompresses one zstd frame into a sink, refusing to write more than the
+/// size the record announced: a hostile record cannot fill the disk.
+struct Decoder<'a> {
+    inner: zstd::stream::write::Decoder<'static, Limited<'a>>,
+}
+
+enum DecodeError {
+    Damaged(String),
+    Sink(io::Error),
+}
+
+impl DecodeError {
+    fn into_remote(self, key: &str) -> RemoteError {
+        match self {
+            DecodeError::Damaged(why) => damaged(key, why),
+            DecodeError::Sink(e) => RemoteError::Sink(e),
+        }
+    }
+}
+
+impl<'a> Decoder<'a> {
+    fn new(sink: &'a mut (dyn Write + Send), size: u64) -> Decoder<'a> {
+        let limited = Limited {
+            sink,
+            left: size,
+            sink_error: None,
+        };
+        let inner = zstd::stream::write::Decoder::new(limited)
+            .expect("a zstd decoder needs no more than memory");
+        Decoder { inner }
+    }
+
+    fn write(&mut self, frame: &[u8]) -> Result<(), DecodeError> {
+        let result = self.inner.write_all(frame);
+        self.check(result)
+    }
+
+    /// Flushes what is left and checks that the whole size arrived.
+    fn finish(mut self) -> Result<(), DecodeError> {
+        let result = self.inner.flush();
+        self.check(result)?;
+        match self.inner.get_ref().left {
+            0 => Ok(()),
+            left => Err(DecodeError::Damaged(format!(
+                "the body is {left} bytes shorter than its record says"
+            ))),
+        }
+    }
+
+    fn check(&mut self, result: io::Result<()>) -> Result<(), DecodeError> {
+        result.map_err(|e| match self.inner.get_mut().sink_error.take() {
+            Some(sink) => DecodeError::Sink(sink),
+            None => DecodeError::Damaged(format!("not a valid body: {e}")),
+        })
+    }
+}
+
+struct Limited<'a> {
+    sink: &'a mut (dyn Write + Send),
+    left: u64,
+    sink_error: Option<io::Error>,
+}
+
+impl Write for Limited<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other("the body is longer than its record says"));
+        }
+        if let Err(e) = self.sink.write_all(buf) {
+            self.sink_error = Some(e);
+            return Err(io::Error::other("the sink failed"));
+        }
+        self.left -= buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fault injection: an in-memory blob store whose contents the tests
+    //! damage at will. Round trips through a real S3 server are in the
+    //! `granary` crate's tests.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use sha2::Digest as _;
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Memory {
+        blobs: Mutex<HashMap<String, Bytes>>,
+        puts: Mutex<Vec<String>>,
+    }
+
+    impl fmt::Display for Memory {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("memory")
+        }
+    }
+
+    #[async_trait]
+    impl BlobStore for Memory {
+        async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError> {
+            let blob = self.blobs.lock().unwrap().get(key).cloned();
+            // In small chunks, as a network delivers them.
+            Ok(blob.map(|blob| {
+                let chunks: Vec<_> = blob
+                    .chunks(1000)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                futures_util::stream::iter(chunks).boxed()
+            }))
+        }
+
+        async fn exists(&self, key: &str) -> Result<bool, RemoteError> {
+            Ok(self.blobs.lock().unwrap().contains_key(key))
+        }
+
+        async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError> {
+            self.puts.lock().unwrap().push(key.to_owned());
+            self.blobs.lock().unwrap().insert(key.to_owned(), body);
+            Ok(())
+        }
+    }
+
+    impl Memory {
+        fn edit(&self, key: &str, edit: impl FnOnce(&mut Vec<u8>)) {
+            let mut blobs = self.blobs.lock().unwrap();
+            let mut blob = blobs[key].to_vec();
+            edit(&mut blob);
+            blobs.insert(key.to_owned(), blob.into());
+        }
+    }
+
+    fn setup() -> (Arc<Memory>, RemoteCache) {
+        let memory = Arc::new(Memory::default());
+        (memory.clone(), RemoteCache::new(memory))
+    }
+
+    fn output(body: &[u8]) -> Digest {
+        sha2::Sha256::digest(body).into()
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Go object files are text-heavy: compressible, but not trivially.
+    fn object_like(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| b"go.buildid TEXT main.main(SB) 0123456789abcdef"[(i * 7 + i / 13) % 46])
+            .collect()
+    }
+
+    async fn fetch(cache: &RemoteCache, action: &Digest) -> Result<Vec<u8>, RemoteError> {
+        let found = cache.lookup(action).await?.expect("a record");
+        match found.inline {
+            Some(body) => Ok(body),
+            None => {
+                let mut body = Vec::new();
+                cache.fetch_object(&found.record, &mut body).await?;
+                Ok(body)
+            }
+        }
+    }
+
+    #[test]
+    fn small_outputs_are_inline_large_ones_objects_sent_once() {
+        let (memory, cache) = setup();
+        let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_750_000_000_000_000_001);
+        block_on(async {
+            let small = object_like(1000);
+            let sent = cache
+                .upload(&[1; 32], &output(&small), time, small.clone().into())
+                .await
+                .unwrap();
+            assert_eq!(memory.puts.lock().unwrap().len(), 1, "one request");
+            assert!(sent.transferred < 1000, "compressed: {sent:?}");
+            let found = cache.lookup(&[1; 32]).await.unwrap().unwrap();
+            assert_eq!(found.record.put_time, time);
+            assert_eq!(found.inline.as_deref(), Some(&small[..]));
+
+            let large = object_like(3 << 20);
+            let sent = cache
+                .upload(&[2; 32], &output(&large), time, large.clone().into())
+                .await
+                .unwrap();
+            assert!(
+                !sent.object_present && sent.transferred < (1 << 20),
+                "{sent:?}"
+            );
+            let puts = memory.puts.lock().unwrap().clone();
+            assert_eq!(
+                puts[1..],
+                [object_key(&output(&large)), action_key(&[2; 32])],
+                "object first"
+            );
+            assert_eq!(fetch(&cache, &[2; 32]).await.unwrap(), large);
+
+            let again = cache
+                .upload(&[3; 32], &output(&large), time, large.clone().into())
+                .await
+                .unwrap();
+            assert!(again.object_present);
+            assert_eq!(
+                memory.puts.lock().unwrap().len(),
+                4,
+                "only the record is sent"
+            );
+            assert_eq!(
+                cache.lookup(&[4; 32]).await.unwrap().map(|f| f.record),
+                None
+            );
+        });
+    }
+
+    #[test]
+    fn incompressible_outputs_stay_near_their_size() {
+        let (_memory, cache) = setup();
+        let noise: Vec<u8> = (0..INLINE_LIMIT as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        block_on(async {
+            let sent = cache
+                .upload(
+                    &[1; 32],
+                    &output(&noise),
+                    SystemTime::now(),
+                    noise.clone().into(),
+                )
+                .await
+                .unwrap();
+            assert!(sent.transferred < INLINE_LIMIT + 300, "{sent:?}");
+            assert_eq!(fetch(&cache, &[1; 32]).await.unwrap(), noise);
+        });
+    }
+
+    #[test]
+    fn damaged_entries_are_refused() {
+        let small = object_like(5000);
+        let large = object_like(200_000);
+        type Edit = fn(&mut Vec<u8>);
+        let edits: [(&str, Edit); 6] = [
+            ("truncated", |b| b.truncate(b.len() - 10)),
+            ("cut to half", |b| b.truncate(b.len() / 2)),
+            ("trailing bytes", |b| b.extend_from_slice(b"junk")),
+            ("bit flip in the frame", |b| {
+                let n = b.len();
+                b[n - 20] ^= 0x40
+            }),
+            ("empty", Vec::clear),
+            ("not zstd", |b| *b = b"plain text".to_vec()),
+        ];
+        for (what, edit) in edits {
+            for (body, on_object) in [(&small, false), (&large, true)] {
+                let (memory, cache) = setup();
+                block_on(async {
+                    cache
+                        .upload(
+                            &[9; 32],
+                            &output(body),
+                            SystemTime::now(),
+                            body.clone().into(),
+                        )
+                        .await
+                        .unwrap();
+                    let key = if on_object {
+                        object_key(&output(body))
+                    } else {
+                        action_key(&[9; 32])
+                    };
+                    memory.edit(&key, edit);
+                    match fetch(&cache, &[9; 32]).await {
+                        // A flipped bit inside a raw or literal block may decode
+                        // to other bytes of the right size: the hash check of
+                        // whoever stores it catches that.
+                        Ok(got) => assert!(got != *body && got.len() == body.len(), "{what}"),
+                        Err(RemoteError::Damaged { .. }) => {}
+                        Err(e) => panic!("{what} on {key}: {e}"),
+                    }
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_cannot_expand_beyond_its_size() {
+        let (memory, cache) = setup();
+        let body = vec![0; 4096];
+        block_on(async {
+            cache
+                .upload(&[5; 32], &output(&body), SystemTime::now(), body.into())
+                .await
+                .unwrap();
+            let bomb = zstd::bulk::compress(&vec![0; 50 << 20], 3).unwrap();
+            memory.edit(&action_key(&[5; 32]), |record| {
+                let header = record.iter().position(|&b| b == b'\n').unwrap() + 1;
+                record.truncate(header);
+                record.extend_from_slice(&bomb);
+            });
+            let e = cache.lookup(&[5; 32]).await.unwrap_err();
+            assert!(e.to_string().contains("longer than its record says"), "{e}");
+        });
+    }
+
+    #[test]
+    fn a_missing_object_or_a_failing_sink_is_not_a_hit() {
+        let (memory, cache) = setup();
+        let body = object_like(100_000);
+        block_on(async {
+            cache
+                .upload(
+                    &[6; 32],
+                    &output(&body),
+                    SystemTime::now(),
+                    body.clone().into(),
+                )
+                .await
+                .unwrap();
+            let found = cache.lookup(&[6; 32]).await.unwrap().unwrap();
+
+            struct Full;
+            impl Write for Full {
+                fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                    Err(io::Error::from(io::ErrorKind::StorageFull))
+                }
+                fn flush(&mut self) -> io::Result<()> {
+                    Ok(())
+                }
+            }
+            let e = cache
+                .fetch_object(&found.record, &mut Full)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, RemoteError::Sink(ref s) if s.kind() == io::ErrorKind::StorageFull),
+                "{e}"
+            );
+
+            memory
+                .blobs
+                .lock()
+                .unwrap()
+                .remove(&object_key(&output(&body)));
+            let e = cache
+                .fetch_object(&found.record, &mut Vec::new())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, RemoteError::Damaged { .. }), "{e}");
+        });
+    }
+}

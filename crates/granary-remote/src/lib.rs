@@ -1,0 +1,66 @@
+//! granary's remote tier: a cache shared across machines.
+//!
+//! The remote is modelled as the Bazel remote-execution API models a cache:
+//! an *action cache* that maps an action ID to an [`ActionRecord`] (output ID,
+//! size, original put time), and a *content-addressed store* that maps an
+//! output ID to the output's bytes. Small outputs travel inside their action
+//! record, so that most remote hits cost one request; larger ones are
+//! separate objects, written before the record that names them, so that a
+//! reader never finds a record whose object is missing because it is still
+//! on its way. Every body is a zstd frame: zstd keeps a block raw where
+//! compressing it does not pay. See [`layout`] for the keys under the prefix.
+//!
+//! [`RemoteCache`] implements that model on any [`BlobStore`], a flat store
+//! of immutable blobs by key. [`S3Blobs`] is the blob store of S3-compatible
+//! object storage (AWS S3, MinIO, R2, SeaweedFS, Ceph, GCS interop), built on
+//! the `object_store` crate; nothing else in granary touches that crate, so
+//! it can be upgraded or replaced in one file.
+//!
+//! Reading is suspicious: a record that does not parse, names another
+//! action, or carries a body of the wrong size is [`RemoteError::Damaged`],
+//! which callers treat as a miss. A body's hash is checked by whoever stores
+//! it (the local tier checks every body against its output ID before
+//! publishing it).
+//!
+//! Architecture invariant: this crate knows nothing about the local tier,
+//! the go command, deadlines or statistics. It is asynchronous (tokio) and
+//! answers one question per call; the `prog` engine decides when to ask,
+//! how long to wait and when to give up on the remote.
+
+mod blob;
+mod cache;
+pub mod layout;
+mod record;
+mod s3;
+
+pub use blob::{BlobStore, ByteStream};
+pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, Sent};
+pub use record::{ActionRecord, Placement};
+pub use s3::{S3Blobs, S3Credentials, S3Settings};
+
+/// Length in bytes of action and output IDs (SHA-256).
+pub const HASH_SIZE: usize = 32;
+
+/// An action or output ID.
+pub type Digest = [u8; HASH_SIZE];
+
+/// Why a remote call did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The remote refused our credentials or our permissions: asking again
+    /// will not help.
+    #[error("access denied: {0}")]
+    Denied(String),
+    /// The request failed or was cut off; another one may succeed.
+    #[error("{0}")]
+    Failed(String),
+    /// What the remote holds under `key` is not a valid entry.
+    #[error("damaged remote entry {key}: {why}")]
+    Damaged { key: String, why: String },
+    /// The remote is fine, but the settings are not.
+    #[error("{0}")]
+    Config(String),
+    /// A fetched body could not be written where it was to go.
+    #[error("cannot write the fetched body: {0}")]
+    Sink(#[source] std::io::Error),
+}

@@ -1,0 +1,196 @@
+//! The action record: what the remote knows about one action.
+//!
+//! A record is one header line, then, for an inline output, its body:
+//!
+//! ```text
+//! granary-ac 1 <hex action ID> <hex output ID> <size> <put time, unix ns> inline|object\n
+//! <the output as one zstd frame, if inline>
+//! ```
+//!
+//! The action ID is repeated so that a record copied or written under the
+//! wrong key is detected, as cmd/go's own entries do.
+
+use std::time::{Duration, SystemTime};
+
+use crate::{Digest, HASH_SIZE};
+
+const MAGIC: &str = "granary-ac";
+const FORMAT: &str = "1";
+/// The longest header line a valid record can have.
+const MAX_HEADER: usize = 200;
+
+/// Where an output's bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// In the record, after the header line.
+    Inline,
+    /// In the content-addressed store, under the output ID.
+    Object,
+}
+
+/// The header of an action record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRecord {
+    pub action: Digest,
+    pub output: Digest,
+    /// The output's size, uncompressed.
+    pub size: u64,
+    /// When the output was first put: the go command expires cached test
+    /// results by it, so copies must keep it.
+    pub put_time: SystemTime,
+    pub placement: Placement,
+}
+
+impl ActionRecord {
+    /// The record's header line, newline included.
+    pub fn header(&self) -> String {
+        let nanos = self
+            .put_time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let placement = match self.placement {
+            Placement::Inline => "inline",
+            Placement::Object => "object",
+        };
+        format!(
+            "{MAGIC} {FORMAT} {} {} {} {nanos} {placement}\n",
+            hex::encode(self.action),
+            hex::encode(self.output),
+            self.size,
+        )
+    }
+
+    /// Splits a record of `action` into its header and what follows it.
+    pub fn parse<'a>(
+        action: &Digest,
+        record: &'a [u8],
+    ) -> Result<(ActionRecord, &'a [u8]), String> {
+        let end = record
+            .iter()
+            .take(MAX_HEADER)
+            .position(|&b| b == b'\n')
+            .ok_or("no header line")?;
+        let line = std::str::from_utf8(&record[..end]).map_err(|_| "header is not text")?;
+        let fields: Vec<&str> = line.split(' ').collect();
+        let [
+            MAGIC,
+            FORMAT,
+            action_hex,
+            output_hex,
+            size,
+            nanos,
+            placement,
+        ] = fields[..]
+        else {
+            return Err(format!("unknown header {line:?}"));
+        };
+        let record_action = digest(action_hex).ok_or("bad action ID")?;
+        if &record_action != action {
+            return Err(format!("the record is for another action, {action_hex}"));
+        }
+        let output = digest(output_hex).ok_or("bad output ID")?;
+        let size = number(size).ok_or("bad size")?;
+        let nanos = number(nanos).ok_or("bad put time")?;
+        let placement = match placement {
+            "inline" => Placement::Inline,
+            "object" => Placement::Object,
+            other => return Err(format!("unknown placement {other:?}")),
+        };
+        let body = &record[end + 1..];
+        if placement == Placement::Object && !body.is_empty() {
+            return Err("an object record with a body".to_owned());
+        }
+        let record = ActionRecord {
+            action: record_action,
+            output,
+            size,
+            put_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos),
+            placement,
+        };
+        Ok((record, body))
+    }
+}
+
+fn digest(text: &str) -> Option<Digest> {
+    let mut id = [0; HASH_SIZE];
+    // Only lower-case hex, as written, so that one record has one spelling.
+    if text.len() != 2 * HASH_SIZE || text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode_to_slice(text, &mut id).ok()?;
+    Some(id)
+}
+
+/// A decimal number without sign or leading zeros.
+fn number(text: &str) -> Option<u64> {
+    let canonical = text == "0" || (!text.starts_with('0') && !text.starts_with('+'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(placement: Placement) -> ActionRecord {
+        ActionRecord {
+            action: [1; 32],
+            output: [2; 32],
+            size: 1234,
+            put_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            placement,
+        }
+    }
+
+    #[test]
+    fn round_trips_with_nanosecond_put_times() {
+        for placement in [Placement::Inline, Placement::Object] {
+            let record = record(placement);
+            let mut bytes = record.header().into_bytes();
+            if placement == Placement::Inline {
+                bytes.extend_from_slice(b"body");
+            }
+            let (parsed, body) = ActionRecord::parse(&[1; 32], &bytes).unwrap();
+            assert_eq!(parsed, record);
+            let expected: &[u8] = if placement == Placement::Inline {
+                b"body"
+            } else {
+                b""
+            };
+            assert_eq!(body, expected);
+        }
+    }
+
+    #[test]
+    fn rejects_anything_else() {
+        let good = record(Placement::Object).header();
+        let action = [1; 32];
+        let swap = |from: &str, to: &str| good.replacen(from, to, 1);
+        let bad = [
+            String::new(),
+            good.trim_end().to_owned(),
+            swap("granary-ac", "granary-ab"),
+            swap(" 1 ", " 2 "),
+            swap(&"01".repeat(32), &"03".repeat(32)),
+            swap(&"02".repeat(32), &"0G".repeat(32)),
+            swap(
+                &"02".repeat(32),
+                &"2".repeat(64).to_uppercase().replace('2', "A"),
+            ),
+            swap(" 1234 ", " -1 "),
+            swap(" 1234 ", " 01234 "),
+            swap(" 1234 ", " 99999999999999999999999 "),
+            swap("object", "elsewhere"),
+            swap(" object", "  object"),
+            format!("{good}trailing"),
+            good.replace('\n', " extra\n"),
+            "x".repeat(1000),
+        ];
+        for text in bad {
+            assert!(
+                ActionRecord::parse(&action, text.as_bytes()).is_err(),
+                "accepted {text:?}"
+            );
+        }
+        assert!(ActionRecord::parse(&action, &[0xff, b'\n']).is_err());
+    }
+}
