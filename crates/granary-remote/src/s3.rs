@@ -97,9 +97,7 @@ impl S3Blobs {
     pub fn new(settings: &S3Settings) -> Result<S3Blobs, RemoteError> {
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
         if let Some(endpoint) = &settings.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
+            builder = builder.with_endpoint(endpoint);
         }
         if let Some(region) = &settings.region {
             builder = builder.with_region(region);
@@ -121,7 +119,12 @@ impl S3Blobs {
             retry_timeout: settings.request_timeout,
             ..RetryConfig::default()
         };
+        let plain_http = settings
+            .endpoint
+            .as_ref()
+            .is_some_and(|e| e.starts_with("http://"));
         let options = ClientOptions::new()
+            .with_allow_http(plain_http)
             .with_timeout(settings.request_timeout)
             .with_connect_timeout(settings.request_timeout.min(Duration::from_secs(5)));
         let store = builder

@@ -95,6 +95,63 @@ pub struct ProgArgs {
 
     #[command(flatten)]
     pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// The remote cache. Unset flags come from the config file, else the defaults.
+/// Credentials come from GRANARY_S3_ACCESS_KEY_ID and GRANARY_S3_SECRET_ACCESS_KEY
+/// (and GRANARY_S3_SESSION_TOKEN), else from the AWS chain (AWS_* variables, web
+/// identity, container and instance credentials); never from flags.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Remote cache")]
+pub struct RemoteArgs {
+    /// Share the cache through this bucket: s3://BUCKET/PREFIX [default: none]
+    #[arg(long, env = "GRANARY_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+
+    /// Endpoint of an S3-compatible store (MinIO, R2, SeaweedFS, Ceph, GCS), e.g.
+    /// http://127.0.0.1:8333 [default: AWS]
+    #[arg(long, env = "GRANARY_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// The bucket's region [default: AWS_REGION, else us-east-1]
+    #[arg(long, env = "GRANARY_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Address the bucket as ENDPOINT/BUCKET (true) or BUCKET.ENDPOINT (false)
+    /// [default: true with --s3-endpoint, false for AWS]
+    #[arg(
+        long,
+        env = "GRANARY_S3_PATH_STYLE",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub s3_path_style: Option<bool>,
+
+    /// Read the remote, never write to it: for builds of code you do not trust
+    #[arg(
+        long,
+        env = "GRANARY_READ_ONLY",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub read_only: bool,
+
+    /// Deadline of each remote lookup or upload [default: 10s]
+    #[arg(long, env = "GRANARY_REMOTE_TIMEOUT", value_name = "AGE", value_parser = parse_duration)]
+    pub remote_timeout: Option<Duration>,
+
+    /// Switch the remote off for the rest of the run once lookups that found nothing
+    /// (misses, errors, timeouts) have kept the build waiting this long in total
+    /// [default: 2m]
+    #[arg(long, env = "GRANARY_REMOTE_BUDGET", value_name = "AGE", value_parser = parse_duration)]
+    pub remote_budget: Option<Duration>,
+
+    /// At close, wait at most this long for queued uploads; the rest are dropped and
+    /// counted [default: 30s]
+    #[arg(long, env = "GRANARY_UPLOAD_DEADLINE", value_name = "AGE", value_parser = parse_duration)]
+    pub upload_deadline: Option<Duration>,
 }
 
 /// The trim policy. Unset flags come from the config file, else the defaults.

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytesize::ByteSize;
+use granary_remote::{S3Credentials, S3Settings};
 use granary_store::Policy;
 use serde::Deserialize;
 
-use crate::cli::PolicyArgs;
+use crate::cli::{PolicyArgs, RemoteArgs};
 
 /// The config file's name in the cache directory.
 pub const CONFIG_FILE: &str = "granary.toml";
@@ -27,6 +28,31 @@ struct File {
     min_free: Option<String>,
     grace: Option<String>,
     trim_interval: Option<String>,
+    remote: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_path_style: Option<bool>,
+    read_only: Option<bool>,
+    remote_timeout: Option<String>,
+    remote_budget: Option<String>,
+    upload_deadline: Option<String>,
+}
+
+/// Deadline of one remote lookup or upload by default.
+pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time remote lookups may waste (misses, errors) in one run by default.
+pub const DEFAULT_REMOTE_BUDGET: Duration = Duration::from_secs(120);
+/// How long `close` waits for uploads by default.
+pub const DEFAULT_UPLOAD_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Settings of the remote tier, resolved.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub s3: S3Settings,
+    pub read_only: bool,
+    pub timeout: Duration,
+    pub budget: Duration,
+    pub upload_deadline: Duration,
 }
 
 /// Settings of the cache's upkeep, resolved.
@@ -37,26 +63,98 @@ pub struct Upkeep {
     pub trim_interval: Duration,
 }
 
+/// A flag's value, else the file's, parsed as the flag's would be.
+fn pick<T>(
+    flag: Option<T>,
+    value: &Option<String>,
+    parse: fn(&str) -> Result<T, String>,
+    key: &str,
+    path: &Path,
+) -> anyhow::Result<Option<T>> {
+    match (flag, value) {
+        (Some(flag), _) => Ok(Some(flag)),
+        (None, Some(value)) => parse(value)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{e} (key {key} of {})", path.display())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Resolves the remote settings from `args` (flags and variables), the
+/// config file, the `GRANARY_S3_*` credential variables and the defaults.
+/// `None`: no remote is set.
+pub fn remote(
+    dir: &Path,
+    config: Option<&Path>,
+    args: &RemoteArgs,
+) -> anyhow::Result<Option<Remote>> {
+    let (file, path) = read_file(dir, config)?;
+    let Some(url) = args.remote.clone().or(file.remote) else {
+        return Ok(None);
+    };
+    let mut s3 = S3Settings::from_url(&url)?;
+    s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
+    s3.region = args.s3_region.clone().or(file.s3_region);
+    s3.path_style = args.s3_path_style.or(file.s3_path_style);
+    s3.credentials = s3_credentials(|name| std::env::var(name).ok())?;
+    let timeout = pick(
+        args.remote_timeout,
+        &file.remote_timeout,
+        parse_duration,
+        "remote-timeout",
+        &path,
+    )?
+    .unwrap_or(DEFAULT_REMOTE_TIMEOUT);
+    s3.request_timeout = timeout;
+    Ok(Some(Remote {
+        s3,
+        read_only: args.read_only || file.read_only.unwrap_or(false),
+        timeout,
+        budget: pick(
+            args.remote_budget,
+            &file.remote_budget,
+            parse_duration,
+            "remote-budget",
+            &path,
+        )?
+        .unwrap_or(DEFAULT_REMOTE_BUDGET),
+        upload_deadline: pick(
+            args.upload_deadline,
+            &file.upload_deadline,
+            parse_duration,
+            "upload-deadline",
+            &path,
+        )?
+        .unwrap_or(DEFAULT_UPLOAD_DEADLINE),
+    }))
+}
+
+/// The key pair in `GRANARY_S3_ACCESS_KEY_ID` and
+/// `GRANARY_S3_SECRET_ACCESS_KEY` (with `GRANARY_S3_SESSION_TOKEN`), if
+/// set; never from argv or the config file. `None`: the AWS chain.
+fn s3_credentials(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<S3Credentials>> {
+    let token = var("GRANARY_S3_SESSION_TOKEN");
+    match (
+        var("GRANARY_S3_ACCESS_KEY_ID"),
+        var("GRANARY_S3_SECRET_ACCESS_KEY"),
+    ) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(S3Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: token,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) | (None, Some(_)) => anyhow::bail!(
+            "set both GRANARY_S3_ACCESS_KEY_ID and GRANARY_S3_SECRET_ACCESS_KEY, or neither \
+             (to use the AWS_* variables and the rest of the AWS chain)"
+        ),
+    }
+}
+
 /// Resolves the upkeep settings of the cache in `dir` from `args` (flags
 /// and variables), the config file and the defaults.
 pub fn upkeep(dir: &Path, config: Option<&Path>, args: &PolicyArgs) -> anyhow::Result<Upkeep> {
     let (file, path) = read_file(dir, config)?;
-    // A flag's value, else the file's, parsed as the flag's would be.
-    fn pick<T>(
-        flag: Option<T>,
-        value: &Option<String>,
-        parse: fn(&str) -> Result<T, String>,
-        key: &str,
-        path: &Path,
-    ) -> anyhow::Result<Option<T>> {
-        match (flag, value) {
-            (Some(flag), _) => Ok(Some(flag)),
-            (None, Some(value)) => parse(value)
-                .map(Some)
-                .map_err(|e| anyhow::anyhow!("{e} (key {key} of {})", path.display())),
-            (None, None) => Ok(None),
-        }
-    }
     let defaults = Policy::default();
     let policy = Policy {
         max_age: pick(

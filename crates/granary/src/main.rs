@@ -44,10 +44,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tracing::warn!("{e:#}; the cache will not be trimmed until this is fixed")
                 })
                 .ok();
+            let remote = config::remote(&dir, config, &args.remote)
+                .and_then(|remote| Ok(remote.map(prog::RemoteOptions::new).transpose()?))
+                .inspect_err(|e| {
+                    tracing::warn!("{e:#}; the build goes on with the local cache only")
+                })
+                .ok()
+                .flatten();
             let options = prog::Options {
                 stats_file: args.stats_file,
                 verbose: global.verbose,
                 upkeep,
+                remote,
             };
             prog::run(dir, options)
         }

@@ -20,10 +20,11 @@
 //! `close` (or the end of stdin) stops the reading; the job queue is closed,
 //! the workers drain it and exit, and only then is `close` answered.
 //!
-//! A remote tier will slot in behind [`Engine::get`] and [`Engine::put`]: a
-//! local miss hands its ticket to an asynchronous remote lookup instead of
-//! answering at once, so the reader never waits on the network.
+//! With a remote tier (see [`remote`]), a local miss hands its ticket to an
+//! asynchronous remote lookup instead of answering at once, so the reader
+//! never waits on the network, and a stored put is queued for upload.
 
+mod remote;
 mod respond;
 pub mod stats;
 
@@ -41,17 +42,21 @@ use granary_store::{ActionId, Lookup, ObjectWriter, OutputId, STALE_TEMPORARY_AG
 
 use crate::config::Upkeep;
 use crate::history;
+use remote::Remote;
+pub use remote::RemoteOptions;
 use respond::{Responder, Ticket};
-use stats::{Stats, add};
+use stats::{RemoteState, Stats, add};
 
 /// Options of `granary prog` beyond the cache directory.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Options {
     pub stats_file: Option<PathBuf>,
     pub verbose: bool,
     /// The trim policy, unless the configuration is broken: then nothing
     /// is trimmed (the build must go on).
     pub upkeep: Option<Upkeep>,
+    /// The remote tier, if one is set and usable.
+    pub remote: Option<RemoteOptions>,
 }
 
 /// Puts waiting for a worker. Bounded, so that a stalled disk pushes back on
@@ -84,11 +89,19 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
             dir.display()
         )
     })?;
+    let remote = match options.remote.map(Remote::start).transpose() {
+        Ok(remote) => remote,
+        Err(e) => {
+            tracing::warn!("cannot start the remote tier ({e}); building with the local cache");
+            None
+        }
+    };
     let engine = Arc::new(Engine {
         store,
         stats: Stats::default(),
         upkeep: options.upkeep,
         trim_start: Mutex::new(None),
+        remote,
     });
 
     let (jobs, queue) = crossbeam_channel::bounded(JOB_QUEUE);
@@ -120,11 +133,20 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
             tracing::error!("a worker thread panicked; its requests were answered with errors");
         }
     }
+    if let Some(remote) = &engine.remote {
+        engine.finish_remote(remote);
+    }
     let (close, framing_error) = match outcome {
         Ok(close) => (close, None),
         Err(e) => (None, Some(e)),
     };
-    let summary = engine.stats.summary(started.0, started.1.elapsed());
+    let remote_state = engine
+        .remote
+        .as_ref()
+        .map_or_else(RemoteState::default, Remote::state);
+    let summary = engine
+        .stats
+        .summary(started.0, started.1.elapsed(), remote_state);
     if summary.served()
         && let Err(e) = history::append(&dir, &summary)
     {
@@ -162,7 +184,7 @@ fn read_requests<R: io::BufRead>(
     reader: &mut RequestReader<R>,
     responder: &Responder,
     jobs: &Sender<PutJob>,
-    engine: &Engine,
+    engine: &Arc<Engine>,
 ) -> Result<Option<Ticket>, FramingError> {
     let stats = &engine.stats;
     loop {
@@ -301,6 +323,7 @@ struct Engine {
     upkeep: Option<Upkeep>,
     /// The background trim's stdin, held open until this process ends.
     trim_start: Mutex<Option<ChildStdin>>,
+    remote: Option<Remote>,
 }
 
 impl Engine {
@@ -357,19 +380,20 @@ impl Engine {
         }
     }
 
-    fn work(&self, queue: Receiver<PutJob>) {
+    fn work(self: &Arc<Self>, queue: Receiver<PutJob>) {
         for put in queue {
             self.put(put);
         }
     }
 
-    fn get(&self, ticket: Ticket, action: Hash) {
+    fn get(self: &Arc<Self>, ticket: Ticket, action: Hash) {
         add(&self.stats.gets, 1);
         let id = ticket.id();
         let response = match self.store.get(&ActionId(action)) {
             Lookup::Hit(hit) => match disk_path(hit.object) {
                 Ok(path) => {
                     add(&self.stats.hits, 1);
+                    add(&self.stats.local_hits, 1);
                     add(&self.stats.hit_bytes, hit.entry.size);
                     Response::hit(
                         id,
@@ -382,7 +406,6 @@ impl Engine {
                 Err(e) => return fail(&self.stats, ticket, &e),
             },
             Lookup::Miss(reason) => {
-                add(&self.stats.misses, 1);
                 tracing::debug!("get {id}: miss for action {}: {reason:?}", ActionId(action));
                 if reason.is_corruption() {
                     add(&self.stats.corrupt_entries, 1);
@@ -391,13 +414,19 @@ impl Engine {
                         ActionId(action)
                     );
                 }
+                if let Some(remote) = &self.remote
+                    && remote.is_on()
+                {
+                    return self.remote_get(remote, ticket, action);
+                }
+                add(&self.stats.misses, 1);
                 Response::miss(id)
             }
         };
         ticket.answer(response);
     }
 
-    fn put(&self, job: PutJob) {
+    fn put(self: &Arc<Self>, job: PutJob) {
         let PutJob {
             put:
                 Put {
@@ -412,21 +441,26 @@ impl Engine {
             Body::Inline(bytes) => self.write_inline(&bytes),
             Body::Streamed(stream) => self.write_streamed(stream),
         };
+        let put_time = SystemTime::now();
         let stored = written.and_then(|writer| {
             self.store
-                .put(&ActionId(action), writer, OutputId(output), size)
+                .put_as_of(&ActionId(action), writer, OutputId(output), size, put_time)
                 .map_err(|e| e.to_string())
         });
-        match stored.and_then(|stored| Ok((disk_path(stored.object)?, stored.reused))) {
-            Ok((path, reused)) => {
+        match stored.and_then(|stored| Ok((disk_path(stored.object.clone())?, stored))) {
+            Ok((path, stored)) => {
                 add(&self.stats.puts, 1);
                 add(&self.stats.put_bytes, size);
-                if reused {
+                if stored.reused {
                     add(&self.stats.reused_objects, 1);
                 }
                 let id = ticket.id();
                 tracing::debug!("put {id}: action {} stored {size} bytes", ActionId(action));
                 ticket.answer(Response::stored(id, path));
+                if let Some(remote) = &self.remote {
+                    let output = OutputId(output);
+                    self.queue_upload(remote, action, output, put_time, stored.object);
+                }
             }
             Err(message) => fail(&self.stats, ticket, &message),
         }

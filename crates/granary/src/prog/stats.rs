@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -20,6 +21,26 @@ pub struct Stats {
     pub errors: AtomicU64,
     pub corrupt_entries: AtomicU64,
     pub reused_objects: AtomicU64,
+    pub local_hits: AtomicU64,
+    pub remote_hits: AtomicU64,
+    pub remote_misses: AtomicU64,
+    pub remote_errors: AtomicU64,
+    pub remote_damaged: AtomicU64,
+    pub remote_bytes_down: AtomicU64,
+    pub remote_bytes_up: AtomicU64,
+    pub uploads: AtomicU64,
+    pub uploads_dropped: AtomicU64,
+    /// How long each remote lookup kept a get waiting, in microseconds.
+    pub remote_waits: Mutex<Vec<u64>>,
+}
+
+/// The remote's side of a run, for the summary.
+#[derive(Debug, Default)]
+pub struct RemoteState {
+    /// Where the remote is.
+    pub location: String,
+    /// Why it was switched off, if it was.
+    pub off: Option<String>,
 }
 
 pub fn add(counter: &AtomicU64, n: u64) {
@@ -56,10 +77,51 @@ pub struct Summary {
     pub reused_objects: u64,
     /// Time from start to close, in milliseconds.
     pub duration_ms: u64,
+    /// The remote cache, if one was set (`s3://bucket/prefix`).
+    pub remote: String,
+    /// Why the remote was switched off for the rest of the run; empty if
+    /// it was not.
+    pub remote_off: String,
+    /// Hits answered from the local tier (`hits` = `local_hits` + `remote_hits`).
+    pub local_hits: u64,
+    /// Hits fetched from the remote after a local miss.
+    pub remote_hits: u64,
+    /// Local misses the remote had no (valid) entry for.
+    pub remote_misses: u64,
+    /// Remote requests that failed or timed out (lookups and uploads).
+    pub remote_errors: u64,
+    /// Remote entries found damaged (bad record, truncated or altered
+    /// body); each was a miss and nothing of it was kept.
+    pub remote_damaged: u64,
+    /// Bytes received from the remote (compressed, as transferred).
+    pub remote_bytes_down: u64,
+    /// Bytes sent to the remote (compressed, as transferred).
+    pub remote_bytes_up: u64,
+    /// Puts uploaded to the remote.
+    pub uploads: u64,
+    /// Puts not uploaded: queue full, remote failing or off, or still
+    /// queued when --upload-deadline ran out.
+    pub uploads_dropped: u64,
+    /// Percentiles of how long a remote lookup kept a get waiting, in
+    /// microseconds.
+    pub remote_p50_us: u64,
+    pub remote_p90_us: u64,
+    pub remote_p99_us: u64,
+    pub remote_max_us: u64,
 }
 
 impl Stats {
-    pub fn summary(&self, started: SystemTime, elapsed: Duration) -> Summary {
+    pub fn summary(&self, started: SystemTime, elapsed: Duration, remote: RemoteState) -> Summary {
+        let mut waits = self
+            .remote_waits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        waits.sort_unstable();
+        let percentile = |p: usize| match waits.len() {
+            0 => 0,
+            n => waits[(n * p).div_ceil(100).clamp(1, n) - 1],
+        };
         Summary {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started: humantime::format_rfc3339_seconds(started).to_string(),
@@ -73,7 +135,30 @@ impl Stats {
             corrupt_entries: self.corrupt_entries.load(Relaxed),
             reused_objects: self.reused_objects.load(Relaxed),
             duration_ms: elapsed.as_millis().try_into().unwrap_or(u64::MAX),
+            remote: remote.location,
+            remote_off: remote.off.unwrap_or_default(),
+            local_hits: self.local_hits.load(Relaxed),
+            remote_hits: self.remote_hits.load(Relaxed),
+            remote_misses: self.remote_misses.load(Relaxed),
+            remote_errors: self.remote_errors.load(Relaxed),
+            remote_damaged: self.remote_damaged.load(Relaxed),
+            remote_bytes_down: self.remote_bytes_down.load(Relaxed),
+            remote_bytes_up: self.remote_bytes_up.load(Relaxed),
+            uploads: self.uploads.load(Relaxed),
+            uploads_dropped: self.uploads_dropped.load(Relaxed),
+            remote_p50_us: percentile(50),
+            remote_p90_us: percentile(90),
+            remote_p99_us: percentile(99),
+            remote_max_us: waits.last().copied().unwrap_or(0),
         }
+    }
+
+    /// Records how long a remote lookup kept a get waiting.
+    pub fn remote_wait(&self, wait: Duration) {
+        self.remote_waits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(wait.as_micros().try_into().unwrap_or(u64::MAX));
     }
 }
 
@@ -112,7 +197,7 @@ impl Summary {
     /// The one line printed at close with `--verbose`.
     pub fn line(&self) -> String {
         let rate = self.hit_rate();
-        format!(
+        let mut line = format!(
             "granary: {} gets, {} hits ({rate:.1}%, {}), {} misses, {} puts ({}), {} errors, {} corrupt entries, {} ms",
             self.gets,
             self.hits,
@@ -123,6 +208,26 @@ impl Summary {
             self.errors,
             self.corrupt_entries,
             self.duration_ms
-        )
+        );
+        if !self.remote.is_empty() {
+            line += &format!(
+                "; remote {}: {} hits, {} misses, {} errors, {} damaged, {} down, {} uploads ({} up), {} dropped, p50 {:.1} ms, p99 {:.1} ms",
+                self.remote,
+                self.remote_hits,
+                self.remote_misses,
+                self.remote_errors,
+                self.remote_damaged,
+                ByteSize(self.remote_bytes_down).display().iec(),
+                self.uploads,
+                ByteSize(self.remote_bytes_up).display().iec(),
+                self.uploads_dropped,
+                self.remote_p50_us as f64 / 1000.0,
+                self.remote_p99_us as f64 / 1000.0,
+            );
+            if !self.remote_off.is_empty() {
+                line += &format!("; switched off: {}", self.remote_off);
+            }
+        }
+        line
     }
 }

@@ -1,0 +1,503 @@
+//! The remote tier inside `prog`: lookups after local misses, uploads after
+//! puts, and what keeps a bad remote from slowing the build by more than a
+//! bounded amount (DESIGN.md invariant 7).
+//!
+//! Remote work runs on a small tokio runtime beside the engine's threads:
+//!
+//! - A local miss hands its ticket to [`Engine::remote_get`], which returns
+//!   at once; the reader never waits on the network. Gets of one action
+//!   while its lookup runs join that lookup (one fetch per key). The lookup
+//!   stores what it fetched in the local tier, which checks size and hash,
+//!   keeping the original put time, and only then answers with a hit.
+//! - A put, once stored locally and answered, is queued for upload
+//!   ([`Engine::queue_upload`]). The queue is bounded: a full queue drops
+//!   the upload (counted) rather than slow the build. Uploads run a few at
+//!   a time, within a bound on the bytes they hold in memory.
+//! - Every lookup has a deadline (--remote-timeout). A refused credential,
+//!   or a few failures in a row, switch the remote off for the rest of the
+//!   run, with one warning; so does lookups' total time passing
+//!   --remote-budget. After that, misses are misses and uploads are dropped.
+//! - At close, lookups finish (each within its deadline), then uploads get
+//!   --upload-deadline to drain; what is left is dropped and counted.
+//!
+//! The local tier's writes happen on the runtime's threads: writes of
+//! fetched bodies into the page cache, as cheap as the reader's lookups.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use granary_protocol::{Hash, Response};
+use granary_remote::{RemoteCache, RemoteError, S3Blobs};
+use granary_store::{ActionId, OutputId, StoreError};
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::respond::Ticket;
+use super::stats::{RemoteState, add};
+use super::{Engine, disk_path};
+use crate::config;
+
+/// How a remote is used, resolved from flags, variables and the config file.
+#[derive(Debug)]
+pub struct RemoteOptions {
+    pub cache: RemoteCache,
+    /// Read the remote, never write to it.
+    pub read_only: bool,
+    /// Deadline of one lookup, fetch included.
+    pub timeout: Duration,
+    /// Total time lookups that found nothing may keep gets waiting before
+    /// the remote is switched off.
+    pub budget: Duration,
+    /// How long `close` waits for queued uploads.
+    pub upload_deadline: Duration,
+}
+
+impl RemoteOptions {
+    /// Sets up the client for `remote`. Sends no request.
+    pub fn new(remote: config::Remote) -> Result<RemoteOptions, RemoteError> {
+        let blobs = S3Blobs::new(&remote.s3)?;
+        Ok(RemoteOptions {
+            cache: RemoteCache::new(Arc::new(blobs)),
+            read_only: remote.read_only,
+            timeout: remote.timeout,
+            budget: remote.budget,
+            upload_deadline: remote.upload_deadline,
+        })
+    }
+}
+
+/// Failed remote requests in a row that switch the remote off.
+const FAILURES_BEFORE_OFF: u32 = 5;
+/// Uploads queued or running at most; more are dropped.
+const UPLOAD_QUEUE: u64 = 4096;
+/// Uploads running at once.
+const UPLOADS_AT_ONCE: usize = 16;
+/// Bodies held in memory by running uploads, in KiB; a larger body waits
+/// until it can run alone.
+const UPLOAD_MEMORY_KIB: u32 = 256 * 1024;
+
+/// The remote tier of one run.
+#[derive(Debug)]
+pub struct Remote {
+    runtime: Runtime,
+    options: RemoteOptions,
+    /// Why the remote was switched off, once it is.
+    off: OnceLock<String>,
+    failures_in_row: AtomicU32,
+    /// Total time lookups that found nothing kept gets waiting, in
+    /// microseconds.
+    wasted_us: AtomicU64,
+    /// The tickets of gets waiting for each running lookup.
+    waiting: Mutex<HashMap<Hash, Vec<Ticket>>>,
+    lookups: TaskTracker,
+    uploads: TaskTracker,
+    queue: Mutex<UploadQueue>,
+    upload_slots: Arc<Semaphore>,
+    upload_memory: Arc<Semaphore>,
+}
+
+/// The count of uploads queued or running. Once `close` gives up on them,
+/// they are `abandoned`: counted as dropped, whatever becomes of them.
+#[derive(Debug, Default)]
+struct UploadQueue {
+    queued: u64,
+    abandoned: bool,
+}
+
+/// A remote output now in the local tier.
+#[derive(Debug, Clone)]
+struct Found {
+    output: OutputId,
+    size: u64,
+    put_time: SystemTime,
+    path: String,
+}
+
+/// Why a lookup gave no hit.
+enum Trouble {
+    Remote(RemoteError),
+    /// The local tier could not take the fetched output.
+    Local(String),
+}
+
+impl From<RemoteError> for Trouble {
+    fn from(e: RemoteError) -> Trouble {
+        Trouble::Remote(e)
+    }
+}
+
+impl Remote {
+    pub fn start(options: RemoteOptions) -> std::io::Result<Remote> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("granary-remote")
+            .enable_all()
+            .build()?;
+        Ok(Remote {
+            runtime,
+            options,
+            off: OnceLock::new(),
+            failures_in_row: AtomicU32::new(0),
+            wasted_us: AtomicU64::new(0),
+            waiting: Mutex::new(HashMap::new()),
+            lookups: TaskTracker::new(),
+            uploads: TaskTracker::new(),
+            queue: Mutex::default(),
+            upload_slots: Arc::new(Semaphore::new(UPLOADS_AT_ONCE)),
+            upload_memory: Arc::new(Semaphore::new(UPLOAD_MEMORY_KIB as usize)),
+        })
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.off.get().is_none()
+    }
+
+    pub fn state(&self) -> RemoteState {
+        RemoteState {
+            location: self.options.cache.location().to_string(),
+            off: self.off.get().cloned(),
+        }
+    }
+
+    /// Switches the remote off for the rest of the run, with one warning.
+    fn switch_off(&self, reason: String) {
+        let reason = reason.replace('\n', " ");
+        if self.off.set(reason.clone()).is_ok() {
+            tracing::warn!(
+                "the remote cache {} is off for the rest of this run: {reason}; \
+                 the build goes on with the local cache",
+                self.options.cache.location()
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        self.failures_in_row.store(0, Relaxed);
+    }
+
+    fn failed(&self, error: &RemoteError) {
+        if let RemoteError::Denied(_) = error {
+            return self.switch_off(format!(
+                "it refused our credentials ({error}); set GRANARY_S3_ACCESS_KEY_ID and \
+                 GRANARY_S3_SECRET_ACCESS_KEY (or the AWS_* variables) to a key that may \
+                 read{} the bucket",
+                if self.options.read_only {
+                    ""
+                } else {
+                    " and write"
+                }
+            ));
+        }
+        let in_row = self.failures_in_row.fetch_add(1, Relaxed) + 1;
+        tracing::debug!("remote request failed ({in_row} in a row): {error}");
+        if in_row >= FAILURES_BEFORE_OFF {
+            self.switch_off(format!(
+                "{in_row} requests failed in a row, the last with: {error}"
+            ));
+        }
+    }
+
+    /// Counts the wait of a lookup that found nothing against the budget.
+    fn wasted(&self, wait: Duration) {
+        let wait = wait.as_micros() as u64;
+        let total = self.wasted_us.fetch_add(wait, Relaxed) + wait;
+        if Duration::from_micros(total) > self.options.budget {
+            self.switch_off(format!(
+                "lookups that found nothing kept the build waiting for {} in total, \
+                 more than --remote-budget ({})",
+                humantime::format_duration(Duration::from_millis(total / 1000)),
+                humantime::format_duration(self.options.budget)
+            ));
+        }
+    }
+}
+
+impl Engine {
+    /// Looks `action` up in the remote after a local miss, answering
+    /// `ticket` when done. Returns at once.
+    pub(super) fn remote_get(self: &Arc<Self>, remote: &Remote, ticket: Ticket, action: Hash) {
+        match remote
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(action)
+        {
+            Entry::Occupied(mut waiting) => return waiting.get_mut().push(ticket),
+            Entry::Vacant(slot) => {
+                slot.insert(vec![ticket]);
+            }
+        }
+        let engine = self.clone();
+        remote.lookups.spawn_on(
+            async move {
+                let remote = engine
+                    .remote
+                    .as_ref()
+                    .expect("a remote lookup needs a remote");
+                let found = engine.lookup(remote, action).await;
+                let tickets = remote
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&action)
+                    .unwrap_or_default();
+                for ticket in tickets {
+                    engine.answer_remote(ticket, found.as_ref());
+                }
+            },
+            remote.runtime.handle(),
+        );
+    }
+
+    fn answer_remote(&self, ticket: Ticket, found: Option<&Found>) {
+        let stats = &self.stats;
+        let id = ticket.id();
+        match found {
+            Some(found) => {
+                add(&stats.hits, 1);
+                add(&stats.remote_hits, 1);
+                add(&stats.hit_bytes, found.size);
+                let path = found.path.clone();
+                ticket.answer(Response::hit(
+                    id,
+                    found.output.0,
+                    found.size,
+                    found.put_time,
+                    path,
+                ));
+            }
+            None => {
+                add(&stats.misses, 1);
+                ticket.answer(Response::miss(id));
+            }
+        }
+    }
+
+    /// One lookup, within its deadline, with its outcome counted.
+    async fn lookup(&self, remote: &Remote, action: Hash) -> Option<Found> {
+        if !remote.is_on() {
+            return None;
+        }
+        let started = Instant::now();
+        let timeout = remote.options.timeout;
+        let outcome = tokio::time::timeout(timeout, self.fetch(remote, action))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Trouble::Remote(RemoteError::Failed(format!(
+                    "no answer within --remote-timeout ({})",
+                    humantime::format_duration(timeout)
+                ))))
+            });
+        let wait = started.elapsed();
+        self.stats.remote_wait(wait);
+        let stats = &self.stats;
+        if !matches!(outcome, Ok(Some(_))) {
+            remote.wasted(wait);
+        }
+        match outcome {
+            Ok(Some(found)) => {
+                remote.succeeded();
+                return Some(found);
+            }
+            Ok(None) => {
+                remote.succeeded();
+                add(&stats.remote_misses, 1);
+            }
+            Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
+                remote.succeeded();
+                add(&stats.remote_misses, 1);
+                add(&stats.remote_damaged, 1);
+                tracing::info!("{e}; treated as a miss");
+            }
+            Err(Trouble::Remote(e)) => {
+                add(&stats.remote_errors, 1);
+                remote.failed(&e);
+            }
+            Err(Trouble::Local(e)) => tracing::warn!("{e}"),
+        }
+        None
+    }
+
+    /// Fetches the output of `action` into the local tier.
+    async fn fetch(&self, remote: &Remote, action: Hash) -> Result<Option<Found>, Trouble> {
+        let cache = &remote.options.cache;
+        let Some(fetched) = cache.lookup(&action).await? else {
+            return Ok(None);
+        };
+        add(&self.stats.remote_bytes_down, fetched.transferred);
+        let record = fetched.record;
+        let local = |e: &dyn std::fmt::Display| {
+            Trouble::Local(format!(
+                "cannot store an output fetched from the remote: {e}"
+            ))
+        };
+        let mut body = self.store.object_writer().map_err(|e| local(&e))?;
+        match fetched.inline {
+            Some(inline) => body.write_all(&inline).map_err(|e| local(&e))?,
+            None => {
+                let transferred = cache.fetch_object(&record, &mut body).await?;
+                add(&self.stats.remote_bytes_down, transferred);
+            }
+        }
+        let output = OutputId(record.output);
+        let stored = self
+            .store
+            .put_as_of(
+                &ActionId(action),
+                body,
+                output,
+                record.size,
+                record.put_time,
+            )
+            .map_err(|e| match e {
+                StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. } => {
+                    Trouble::Remote(RemoteError::Damaged {
+                        key: granary_remote::layout::action_key(&action),
+                        why: e.to_string(),
+                    })
+                }
+                e => local(&e),
+            })?;
+        let path = disk_path(stored.object).map_err(|e| local(&e))?;
+        Ok(Some(Found {
+            output,
+            size: record.size,
+            put_time: record.put_time,
+            path,
+        }))
+    }
+
+    /// Queues the upload of a put just stored locally, unless the remote is
+    /// read-only. Never waits: a full queue drops the upload.
+    pub(super) fn queue_upload(
+        self: &Arc<Self>,
+        remote: &Remote,
+        action: Hash,
+        output: OutputId,
+        put_time: SystemTime,
+        object: PathBuf,
+    ) {
+        if remote.options.read_only {
+            return;
+        }
+        let queued = {
+            let mut queue = remote.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let room = remote.is_on() && !queue.abandoned && queue.queued < UPLOAD_QUEUE;
+            queue.queued += u64::from(room);
+            room
+        };
+        if !queued {
+            tracing::debug!("the remote is off or the upload queue is full; dropped an upload");
+            return add(&self.stats.uploads_dropped, 1);
+        }
+        let engine = self.clone();
+        remote.uploads.spawn_on(
+            async move {
+                let remote = engine.remote.as_ref().expect("an upload needs a remote");
+                let sent = engine
+                    .upload(remote, action, output, put_time, object)
+                    .await;
+                let mut queue = remote.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if !queue.abandoned {
+                    queue.queued -= 1;
+                    match sent {
+                        Some(bytes) => {
+                            add(&engine.stats.uploads, 1);
+                            add(&engine.stats.remote_bytes_up, bytes);
+                        }
+                        None => add(&engine.stats.uploads_dropped, 1),
+                    }
+                }
+            },
+            remote.runtime.handle(),
+        );
+    }
+
+    /// One upload, within its deadline. Returns the bytes sent, or `None`
+    /// if it did not happen.
+    async fn upload(
+        &self,
+        remote: &Remote,
+        action: Hash,
+        output: OutputId,
+        put_time: SystemTime,
+        object: PathBuf,
+    ) -> Option<u64> {
+        let _slot = remote.upload_slots.acquire().await.ok()?;
+        let size = tokio::fs::metadata(&object)
+            .await
+            .inspect_err(|e| tracing::debug!("cannot upload {}: {e}", object.display()))
+            .ok()?
+            .len();
+        let kib = size.div_ceil(1024).clamp(1, UPLOAD_MEMORY_KIB.into()) as u32;
+        let _memory = remote.upload_memory.acquire_many(kib).await.ok()?;
+        if !remote.is_on() {
+            return None;
+        }
+        let body = tokio::fs::read(&object)
+            .await
+            .inspect_err(|e| tracing::debug!("cannot upload {}: {e}", object.display()))
+            .ok()?;
+        if OutputId::of(&body) != output {
+            tracing::debug!("{} changed before its upload", object.display());
+            return None;
+        }
+        let cache = &remote.options.cache;
+        let sent = tokio::time::timeout(
+            remote.options.timeout,
+            cache.upload(&action, &output.0, put_time, body.into()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RemoteError::Failed(format!(
+                "an upload took longer than --remote-timeout ({})",
+                humantime::format_duration(remote.options.timeout)
+            )))
+        });
+        match sent {
+            Ok(sent) => {
+                remote.succeeded();
+                Some(sent.transferred)
+            }
+            Err(e) => {
+                add(&self.stats.remote_errors, 1);
+                remote.failed(&e);
+                None
+            }
+        }
+    }
+
+    /// At close: lets lookups finish, then gives uploads until the deadline;
+    /// what is still queued then is dropped and counted.
+    pub(super) fn finish_remote(&self, remote: &Remote) {
+        remote.lookups.close();
+        remote.uploads.close();
+        let deadline = remote.options.upload_deadline;
+        remote.runtime.block_on(async {
+            remote.lookups.wait().await;
+            if tokio::time::timeout(deadline, remote.uploads.wait())
+                .await
+                .is_err()
+            {
+                let left = {
+                    let mut queue = remote.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    queue.abandoned = true;
+                    queue.queued
+                };
+                add(&self.stats.uploads_dropped, left);
+                tracing::warn!(
+                    "{left} uploads to {} were still queued after --upload-deadline ({}); \
+                     they were dropped",
+                    remote.options.cache.location(),
+                    humantime::format_duration(deadline)
+                );
+            }
+        });
+    }
+}
