@@ -2,6 +2,8 @@
 //! modules, and checks of a cache directory's contents.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod s3;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ pub fn granary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_granary"))
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
@@ -208,6 +210,8 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 /// The statistics granary wrote at close.
 #[derive(Debug, serde::Deserialize)]
 pub struct Stats {
+    #[serde(flatten)]
+    pub remote: Remote,
     pub gets: u64,
     pub hits: u64,
     pub misses: u64,
@@ -217,6 +221,22 @@ pub struct Stats {
     pub errors: u64,
     pub corrupt_entries: u64,
     pub duration_ms: u64,
+}
+
+/// The remote side of the statistics (flattened into the same object).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Remote {
+    pub remote_off: String,
+    pub local_hits: u64,
+    pub remote_hits: u64,
+    pub remote_misses: u64,
+    pub remote_errors: u64,
+    pub remote_damaged: u64,
+    pub remote_bytes_down: u64,
+    pub remote_bytes_up: u64,
+    pub uploads: u64,
+    pub uploads_dropped: u64,
 }
 
 pub fn stats(path: &Path) -> Stats {

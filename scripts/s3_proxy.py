@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""A loopback HTTP proxy in front of an S3 server, for granary's tests and
+benchmarks. It adds a delay to every request, as a real bucket's round trip
+does, and can damage the bodies of successful GET responses, as a faulty
+store or network would:
+
+  flip   one byte of the body changed, length kept
+  short  the body cut to half, with a Content-Length that matches
+  cut    the connection closed halfway through a body whose
+         Content-Length promised all of it
+
+    python3 scripts/s3_proxy.py --upstream http://127.0.0.1:8333 \\
+        [--delay-ms 20] [--fault none|flip|short|cut] [--only /granary-v1/cas/]
+
+Range requests (206) are damaged too, so a client that resumes a cut
+download is cut again. Requests pass through unchanged (the Host header too: S3 signs it), so the
+client signs for the proxy's address and the server checks the same.
+Prints the port it listens on (127.0.0.1, chosen by the kernel), then
+serves until killed.
+"""
+
+import argparse
+import http.client
+import http.server
+import sys
+import threading
+import time
+import urllib.parse
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the S3 server")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every request")
+    parser.add_argument("--fault", choices=["none", "flip", "short", "cut"], default="none")
+    parser.add_argument("--only", default="", help="damage only paths containing this")
+    args = parser.parse_args()
+    upstream = urllib.parse.urlsplit(args.upstream)
+    local = threading.local()
+
+    def forward(method, path, headers, body):
+        for attempt in (1, 2):
+            if getattr(local, "conn", None) is None:
+                local.conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+            try:
+                local.conn.request(method, path, body=body, headers=headers)
+                response = local.conn.getresponse()
+                return response, response.read()
+            except (http.client.HTTPException, OSError):
+                local.conn.close()
+                local.conn = None
+                if attempt == 2:
+                    raise
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_):
+            pass
+
+        def relay(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            time.sleep(args.delay_ms / 1000.0)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+            if body is not None:
+                headers["Content-Length"] = str(len(body))
+            try:
+                response, data = forward(self.command, self.path, headers, body)
+            except (http.client.HTTPException, OSError):
+                self.send_error(502, "upstream unreachable")
+                return
+            fault = args.fault
+            damage = (
+                fault != "none"
+                and self.command == "GET"
+                and response.status in (200, 206)
+                and args.only in self.path
+                and len(data) > 0
+            )
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in HOP_BY_HOP:
+                    self.send_header(key, value)
+            if self.command == "HEAD":
+                self.send_header("Content-Length", response.getheader("Content-Length", "0"))
+                self.end_headers()
+                return
+            if damage and fault == "flip":
+                data = bytearray(data)
+                data[len(data) // 2] ^= 0x20
+                data = bytes(data)
+            elif damage and fault == "short":
+                data = data[: len(data) // 2]
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if damage and fault == "cut":
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = relay
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
