@@ -24,7 +24,7 @@ pub fn weed() -> &'static Path {
     WEED.get_or_init(|| {
         let on_path = std::env::var_os("PATH")
             .map(|path| std::env::split_paths(&path).map(|d| d.join("weed")).collect())
-            .unwrap_or_else(Vec::new);
+            .unwrap_or_default();
         on_path
             .into_iter()
             .chain([repo_root().join(".venv/bin/weed")])
