@@ -22,7 +22,7 @@ pub const SECRET_KEY: &str = "granary-test-secret";
 pub fn weed() -> &'static Path {
     static WEED: OnceLock<PathBuf> = OnceLock::new();
     WEED.get_or_init(|| {
-        let on_path = std::env::var_os("PATH")
+        let on_path: Vec<PathBuf> = std::env::var_os("PATH")
             .map(|path| std::env::split_paths(&path).map(|d| d.join("weed")).collect())
             .unwrap_or_default();
         on_path
