@@ -279,3 +279,162 @@ fn damaged_or_cut_bodies_are_misses_and_nothing_bad_is_kept() {
         assert_eq!(fs::read(bin(&sb, fault)).unwrap(), expected, "{fault}");
     }
 }
+
+/// `granary prog` on `sb`'s cache, with the remote at `endpoint`/`prefix`
+/// and the extra variables `env`.
+fn helper(sb: &Sandbox, endpoint: &str, prefix: &str, env: &[(&str, &str)]) -> Helper {
+    let mut cmd = Command::new(granary());
+    without_granary_env(&mut cmd);
+    configure(&mut cmd, endpoint, prefix);
+    cmd.envs(env.iter().copied());
+    Helper::start_with(sb, cmd)
+}
+
+/// Puts `body` as the output of action `action` into the remote, through
+/// a helper of its own.
+fn seed(s3: &S3Server, prefix: &str, action: u8, body: &[u8]) {
+    let sb = Sandbox::new();
+    let mut writer = helper(&sb, &s3.endpoint, prefix, &[]);
+    writer.request(&put(1, action, body), body);
+    assert!(writer.response()["DiskPath"].is_string());
+    let (status, _) = writer.close();
+    assert!(status.success());
+    assert_eq!(stats(&writer_stats(&sb)).remote.uploads, 1);
+}
+
+fn writer_stats(sb: &Sandbox) -> PathBuf {
+    sb.path("stats.json")
+}
+
+#[test]
+fn concurrent_gets_of_one_action_fetch_it_once() {
+    let s3 = S3Server::start();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    seed(&s3, "flight", 5, &body);
+    // Each request takes 300 ms through the proxy, so the three gets
+    // below all arrive while the first lookup is still running.
+    let proxy = Proxy::start(&s3.endpoint, &["--delay-ms", "300"]);
+
+    let alone = Sandbox::new();
+    let mut one = helper(&alone, &proxy.endpoint, "flight", &[]);
+    one.request(&get(1, 5), &[]);
+    assert!(one.response()["DiskPath"].is_string());
+    one.close();
+    let single = stats(&writer_stats(&alone)).remote.remote_bytes_down;
+    assert!(single > 0);
+
+    let together = Sandbox::new();
+    let mut many = helper(&together, &proxy.endpoint, "flight", &[]);
+    for id in 1..=3 {
+        many.request(&get(id, 5), &[]);
+    }
+    let answers: Vec<_> = (0..3).map(|_| many.response()).collect();
+    many.close();
+    for answer in &answers {
+        assert_eq!(answer["Size"], body.len());
+        assert_eq!(answer["DiskPath"], answers[0]["DiskPath"]);
+    }
+    assert_eq!(
+        fs::read(answers[0]["DiskPath"].as_str().unwrap()).unwrap(),
+        body
+    );
+    let seen = stats(&writer_stats(&together));
+    assert_eq!((seen.hits, seen.remote.remote_hits), (3, 3), "{seen:?}");
+    assert_eq!(seen.remote.remote_bytes_down, single, "one fetch: {seen:?}");
+}
+
+#[test]
+fn uploads_left_at_the_deadline_are_dropped_and_counted() {
+    let s3 = S3Server::start();
+    let proxy = Proxy::start(&s3.endpoint, &["--delay-ms", "3000"]);
+    let sb = Sandbox::new();
+    let mut slow = helper(
+        &sb,
+        &proxy.endpoint,
+        "deadline",
+        &[("GRANARY_UPLOAD_DEADLINE", "300ms")],
+    );
+    for id in 1..=3u8 {
+        let body = vec![id; 1000];
+        slow.request(&put(id.into(), id, &body), &body);
+        assert!(
+            slow.response()["DiskPath"].is_string(),
+            "answered before the upload"
+        );
+    }
+    let (status, stderr) = slow.close();
+    assert!(status.success());
+    let seen = stats(&writer_stats(&sb));
+    assert_eq!(
+        (seen.puts, seen.remote.uploads, seen.remote.uploads_dropped),
+        (3, 0, 3),
+        "{seen:?}"
+    );
+    assert!(
+        stderr.contains("3 uploads") && stderr.contains("--upload-deadline"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn slow_remotes_are_switched_off_by_the_deadline_or_the_budget() {
+    let s3 = S3Server::start();
+    let proxy = Proxy::start(&s3.endpoint, &["--delay-ms", "1000"]);
+    let sequential_misses = |helper: &mut Helper, n: i64| {
+        for id in 1..=n {
+            helper.request(&get(id, id as u8), &[]);
+            assert_eq!(helper.response()["Miss"], true);
+        }
+    };
+
+    // Every lookup outlives its deadline: five in a row switch it off,
+    // and the rest are plain misses.
+    let sb = Sandbox::new();
+    let mut timed = helper(
+        &sb,
+        &proxy.endpoint,
+        "slow",
+        &[("GRANARY_REMOTE_TIMEOUT", "200ms")],
+    );
+    sequential_misses(&mut timed, 7);
+    let (_, stderr) = timed.close();
+    let seen = stats(&writer_stats(&sb));
+    assert_eq!((seen.misses, seen.remote.remote_errors), (7, 5), "{seen:?}");
+    assert!(
+        seen.remote
+            .remote_off
+            .contains("5 requests failed in a row"),
+        "{seen:?}"
+    );
+    let off = &seen.remote.remote_off;
+    assert!(
+        off.contains("timed out") || off.contains("--remote-timeout"),
+        "{off}"
+    );
+    assert_eq!(warnings(stderr.as_bytes()).len(), 1, "{stderr}");
+
+    // Each lookup answers, a miss, but slowly: the budget runs out.
+    let sb = Sandbox::new();
+    let mut budget = helper(
+        &sb,
+        &proxy.endpoint,
+        "slow",
+        &[("GRANARY_REMOTE_BUDGET", "1500ms")],
+    );
+    sequential_misses(&mut budget, 4);
+    budget.close();
+    let seen = stats(&writer_stats(&sb));
+    assert_eq!(
+        (
+            seen.misses,
+            seen.remote.remote_misses,
+            seen.remote.remote_errors
+        ),
+        (4, 2, 0),
+        "{seen:?}"
+    );
+    assert!(
+        seen.remote.remote_off.contains("--remote-budget"),
+        "{seen:?}"
+    );
+}
