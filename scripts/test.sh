@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property and end-to-end tests with the real go
-# command. Installs Go into .venv first if it is missing.
+# command and a real S3 server. Installs Go and SeaweedFS into .venv first if
+# they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

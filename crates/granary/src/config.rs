@@ -381,6 +381,78 @@ mod tests {
     }
 
     #[test]
+    fn remote_settings_come_from_flags_then_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = remote(dir.path(), None, &RemoteArgs::default()).unwrap();
+        assert!(none.is_none(), "no remote unless one is set");
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "remote = \"s3://team-cache/go\"\ns3-endpoint = \"http://127.0.0.1:9000\"\n\
+             s3-path-style = false\nread-only = true\nremote-timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let from_file = remote(dir.path(), None, &RemoteArgs::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(from_file.s3.bucket, "team-cache");
+        assert_eq!(from_file.s3.prefix, "go");
+        assert_eq!(
+            from_file.s3.endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(from_file.s3.path_style, Some(false));
+        assert!(from_file.read_only);
+        assert_eq!(from_file.timeout, Duration::from_secs(3));
+        assert_eq!(from_file.budget, DEFAULT_REMOTE_BUDGET);
+        assert_eq!(from_file.upload_deadline, DEFAULT_UPLOAD_DEADLINE);
+
+        let flags = RemoteArgs {
+            remote: Some("s3://other/prefix/deeper".into()),
+            remote_timeout: Some(Duration::from_millis(500)),
+            ..RemoteArgs::default()
+        };
+        let both = remote(dir.path(), None, &flags).unwrap().unwrap();
+        assert_eq!(
+            (both.s3.bucket.as_str(), both.s3.prefix.as_str()),
+            ("other", "prefix/deeper")
+        );
+        assert_eq!(both.s3.request_timeout, Duration::from_millis(500));
+        assert_eq!(both.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+
+        std::fs::write(dir.path().join(CONFIG_FILE), "remote = \"gs://nope\"\n").unwrap();
+        let err = remote(dir.path(), None, &RemoteArgs::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("s3://BUCKET"), "{err:#}");
+    }
+
+    #[test]
+    fn credentials_come_in_pairs() {
+        let vars = |pairs: &'static [(&str, &str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.to_string())
+            }
+        };
+        assert!(
+            s3_credentials(vars(&[])).unwrap().is_none(),
+            "the AWS chain"
+        );
+        let pair = s3_credentials(vars(&[
+            ("GRANARY_S3_ACCESS_KEY_ID", "id"),
+            ("GRANARY_S3_SECRET_ACCESS_KEY", "secret"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (pair.access_key_id.as_str(), pair.secret_access_key.as_str()),
+            ("id", "secret")
+        );
+        let half = s3_credentials(vars(&[("GRANARY_S3_ACCESS_KEY_ID", "id")])).unwrap_err();
+        assert!(half.to_string().contains("set both"), "{half}");
+    }
+
+    #[test]
     fn limits_read_and_show_alike() {
         assert_eq!(parse_age_limit("none"), Ok(Duration::MAX));
         assert_eq!(parse_ceiling("None"), Ok(u64::MAX));

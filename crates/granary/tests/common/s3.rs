@@ -167,10 +167,12 @@ impl S3Server {
             child.kill().ok();
             child.wait().ok();
         }
-        // weed's gRPC servers leave their Unix sockets behind.
+        // weed's servers leave their Unix sockets behind.
         for port in &self.ports {
             for name in ["master", "volume", "filer", "s3"] {
-                std::fs::remove_file(format!("/tmp/seaweedfs-{name}-grpc-{port}.sock")).ok();
+                for kind in ["", "grpc-"] {
+                    std::fs::remove_file(format!("/tmp/seaweedfs-{name}-{kind}{port}.sock")).ok();
+                }
             }
         }
     }
