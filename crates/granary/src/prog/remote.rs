@@ -74,6 +74,8 @@ impl RemoteOptions {
 
 /// Failed remote requests in a row that switch the remote off.
 const FAILURES_BEFORE_OFF: u32 = 5;
+/// Characters of an error kept in the switch-off warning and the stats.
+const MAX_REASON: usize = 400;
 /// Uploads queued or running at most; more are dropped.
 const UPLOAD_QUEUE: u64 = 4096;
 /// Uploads running at once.
@@ -167,7 +169,12 @@ impl Remote {
 
     /// Switches the remote off for the rest of the run, with one warning.
     fn switch_off(&self, reason: String) {
-        let reason = reason.replace('\n', " ");
+        // One line, and not a whole XML error document.
+        let mut reason = reason.replace('\n', " ");
+        if let Some((cut, _)) = reason.char_indices().nth(MAX_REASON) {
+            reason.truncate(cut);
+            reason.push('…');
+        }
         if self.off.set(reason.clone()).is_ok() {
             tracing::warn!(
                 "the remote cache {} is off for the rest of this run: {reason}; \
@@ -183,10 +190,11 @@ impl Remote {
 
     fn failed(&self, error: &RemoteError) {
         if let RemoteError::Denied(_) = error {
+            // The advice first: the error after it may be cut short.
             return self.switch_off(format!(
-                "it refused our credentials ({error}); set GRANARY_S3_ACCESS_KEY_ID and \
+                "it refused our credentials; set GRANARY_S3_ACCESS_KEY_ID and \
                  GRANARY_S3_SECRET_ACCESS_KEY (or the AWS_* variables) to a key that may \
-                 read{} the bucket",
+                 read{} the bucket ({error})",
                 if self.options.read_only {
                     ""
                 } else {
