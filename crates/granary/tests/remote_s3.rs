@@ -297,13 +297,17 @@ fn seed(s3: &S3Server, prefix: &str, action: u8, body: &[u8]) {
     let mut writer = helper(&sb, &s3.endpoint, prefix, &[]);
     writer.request(&put(1, action, body), body);
     assert!(writer.response()["DiskPath"].is_string());
-    let (status, _) = writer.close();
-    assert!(status.success());
-    assert_eq!(stats(&writer_stats(&sb)).remote.uploads, 1);
+    let (seen, _) = close(writer);
+    assert_eq!(seen.remote.uploads, 1);
 }
 
-fn writer_stats(sb: &Sandbox) -> PathBuf {
-    sb.path("stats.json")
+/// Closes `helper`, which must exit cleanly, and returns the statistics
+/// it wrote and its stderr.
+fn close(helper: Helper) -> (Stats, String) {
+    let path = helper.stats.clone();
+    let (status, stderr) = helper.close();
+    assert!(status.success(), "{stderr}");
+    (stats(&path), stderr)
 }
 
 #[test]
@@ -319,8 +323,7 @@ fn concurrent_gets_of_one_action_fetch_it_once() {
     let mut one = helper(&alone, &proxy.endpoint, "flight", &[]);
     one.request(&get(1, 5), &[]);
     assert!(one.response()["DiskPath"].is_string());
-    one.close();
-    let single = stats(&writer_stats(&alone)).remote.remote_bytes_down;
+    let single = close(one).0.remote.remote_bytes_down;
     assert!(single > 0);
 
     let together = Sandbox::new();
@@ -329,7 +332,7 @@ fn concurrent_gets_of_one_action_fetch_it_once() {
         many.request(&get(id, 5), &[]);
     }
     let answers: Vec<_> = (0..3).map(|_| many.response()).collect();
-    many.close();
+    let (seen, _) = close(many);
     for answer in &answers {
         assert_eq!(answer["Size"], body.len());
         assert_eq!(answer["DiskPath"], answers[0]["DiskPath"]);
@@ -338,7 +341,6 @@ fn concurrent_gets_of_one_action_fetch_it_once() {
         fs::read(answers[0]["DiskPath"].as_str().unwrap()).unwrap(),
         body
     );
-    let seen = stats(&writer_stats(&together));
     assert_eq!((seen.hits, seen.remote.remote_hits), (3, 3), "{seen:?}");
     assert_eq!(seen.remote.remote_bytes_down, single, "one fetch: {seen:?}");
 }
@@ -362,9 +364,7 @@ fn uploads_left_at_the_deadline_are_dropped_and_counted() {
             "answered before the upload"
         );
     }
-    let (status, stderr) = slow.close();
-    assert!(status.success());
-    let seen = stats(&writer_stats(&sb));
+    let (seen, stderr) = close(slow);
     assert_eq!(
         (seen.puts, seen.remote.uploads, seen.remote.uploads_dropped),
         (3, 0, 3),
@@ -397,8 +397,7 @@ fn slow_remotes_are_switched_off_by_the_deadline_or_the_budget() {
         &[("GRANARY_REMOTE_TIMEOUT", "200ms")],
     );
     sequential_misses(&mut timed, 7);
-    let (_, stderr) = timed.close();
-    let seen = stats(&writer_stats(&sb));
+    let (seen, stderr) = close(timed);
     assert_eq!((seen.misses, seen.remote.remote_errors), (7, 5), "{seen:?}");
     assert!(
         seen.remote
@@ -423,8 +422,7 @@ fn slow_remotes_are_switched_off_by_the_deadline_or_the_budget() {
         &[("GRANARY_REMOTE_BUDGET", "1900ms")],
     );
     sequential_misses(&mut budget, 4);
-    budget.close();
-    let seen = stats(&writer_stats(&sb));
+    let (seen, _) = close(budget);
     assert_eq!(
         (
             seen.misses,

@@ -393,7 +393,6 @@ impl Engine {
             Lookup::Hit(hit) => match disk_path(hit.object) {
                 Ok(path) => {
                     add(&self.stats.hits, 1);
-                    add(&self.stats.local_hits, 1);
                     add(&self.stats.hit_bytes, hit.entry.size);
                     Response::hit(
                         id,

@@ -113,7 +113,7 @@ struct UploadQueue {
 }
 
 /// A remote output now in the local tier.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Found {
     output: OutputId,
     size: u64,

@@ -21,7 +21,6 @@ pub struct Stats {
     pub errors: AtomicU64,
     pub corrupt_entries: AtomicU64,
     pub reused_objects: AtomicU64,
-    pub local_hits: AtomicU64,
     pub remote_hits: AtomicU64,
     pub remote_misses: AtomicU64,
     pub remote_errors: AtomicU64,
@@ -122,11 +121,13 @@ impl Stats {
             0 => 0,
             n => waits[(n * p).div_ceil(100).clamp(1, n) - 1],
         };
+        let hits = self.hits.load(Relaxed);
+        let remote_hits = self.remote_hits.load(Relaxed);
         Summary {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started: humantime::format_rfc3339_seconds(started).to_string(),
             gets: self.gets.load(Relaxed),
-            hits: self.hits.load(Relaxed),
+            hits,
             misses: self.misses.load(Relaxed),
             puts: self.puts.load(Relaxed),
             hit_bytes: self.hit_bytes.load(Relaxed),
@@ -137,8 +138,9 @@ impl Stats {
             duration_ms: elapsed.as_millis().try_into().unwrap_or(u64::MAX),
             remote: remote.location,
             remote_off: remote.off.unwrap_or_default(),
-            local_hits: self.local_hits.load(Relaxed),
-            remote_hits: self.remote_hits.load(Relaxed),
+            // Derived, so that a local hit costs no extra counter.
+            local_hits: hits.saturating_sub(remote_hits),
+            remote_hits,
             remote_misses: self.remote_misses.load(Relaxed),
             remote_errors: self.remote_errors.load(Relaxed),
             remote_damaged: self.remote_damaged.load(Relaxed),
