@@ -8,15 +8,16 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::layout::{action_key, object_key};
+use crate::layout::Format;
 use crate::record::{ActionRecord, Placement};
-use crate::{BlobStore, ByteStream, Digest, RemoteError};
+use crate::{BlobStore, ByteStream, Digest, RemoteError, reapi};
 
 /// Outputs up to this size travel inside their action record. In
 /// `go build std`, 77% of the outputs are this small (DESIGN.md).
 pub const INLINE_LIMIT: u64 = 64 * 1024;
 /// The longest valid record: a header, and an inline body that zstd could
-/// not shrink (it then adds a few bytes per 128 KiB block).
+/// not shrink (it then adds a few bytes per 128 KiB block), or an action
+/// result with its contents and a few dozen bytes of fields.
 const MAX_RECORD: usize = INLINE_LIMIT as usize + 1024;
 /// zstd's default level: about 300 MB/s per core, and Go's object files
 /// shrink to a third or a quarter.
@@ -30,6 +31,7 @@ const COMPRESS_IN_PLACE: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct RemoteCache {
     blobs: Arc<dyn BlobStore>,
+    format: Format,
 }
 
 /// An action record found in the remote, with its inline body.
@@ -53,8 +55,8 @@ pub struct Sent {
 }
 
 impl RemoteCache {
-    pub fn new(blobs: Arc<dyn BlobStore>) -> RemoteCache {
-        RemoteCache { blobs }
+    pub fn new(blobs: Arc<dyn BlobStore>, format: Format) -> RemoteCache {
+        RemoteCache { blobs, format }
     }
 
     /// Where the cache is, for messages.
@@ -62,24 +64,35 @@ impl RemoteCache {
         &*self.blobs
     }
 
+    /// The key of the action entry of `action`, for messages.
+    pub fn action_key(&self, action: &Digest) -> String {
+        self.format.action_key(action)
+    }
+
     /// The record of `action`, or `None` if the remote has none.
     pub async fn lookup(&self, action: &Digest) -> Result<Option<Fetched>, RemoteError> {
-        let key = action_key(action);
+        let key = self.format.action_key(action);
         let Some(stream) = self.blobs.get(&key).await? else {
             return Ok(None);
         };
         let bytes = read_whole(stream, MAX_RECORD, &key).await?;
-        let (record, body) =
-            ActionRecord::parse(action, &bytes).map_err(|why| damaged(&key, why))?;
-        let inline = match record.placement {
-            Placement::Object => None,
-            Placement::Inline => {
-                let mut output = Vec::with_capacity(record.size.min(INLINE_LIMIT) as usize);
-                let mut decoder = Decoder::new(&mut output, record.size);
-                decoder.write(body).map_err(|e| e.into_remote(&key))?;
-                decoder.finish().map_err(|e| e.into_remote(&key))?;
-                Some(output)
+        let (record, inline) = match self.format {
+            Format::Granary => {
+                let (record, body) =
+                    ActionRecord::parse(action, &bytes).map_err(|why| damaged(&key, why))?;
+                let inline = match record.placement {
+                    Placement::Object => None,
+                    Placement::Inline => {
+                        let mut output = Vec::with_capacity(record.size.min(INLINE_LIMIT) as usize);
+                        let mut decoder = Decoder::new(&mut output, record.size);
+                        decoder.write(body).map_err(|e| e.into_remote(&key))?;
+                        decoder.finish().map_err(|e| e.into_remote(&key))?;
+                        Some(output)
+                    }
+                };
+                (record, inline)
             }
+            Format::Reapi => reapi::decode(action, &bytes).map_err(|why| damaged(&key, why))?,
         };
         Ok(Some(Fetched {
             record,
@@ -96,21 +109,41 @@ impl RemoteCache {
         record: &ActionRecord,
         sink: &mut (dyn Write + Send),
     ) -> Result<u64, RemoteError> {
-        let key = object_key(&record.output);
+        let key = self.format.object_key(&record.output);
         let Some(mut stream) = self.blobs.get(&key).await? else {
             return Err(damaged(
                 &key,
                 "the object its action record names is missing",
             ));
         };
-        let mut decoder = Decoder::new(sink, record.size);
         let mut transferred = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            transferred += chunk.len() as u64;
-            decoder.write(&chunk).map_err(|e| e.into_remote(&key))?;
+        match self.format {
+            Format::Granary => {
+                let mut decoder = Decoder::new(sink, record.size);
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    transferred += chunk.len() as u64;
+                    decoder.write(&chunk).map_err(|e| e.into_remote(&key))?;
+                }
+                decoder.finish().map_err(|e| e.into_remote(&key))?;
+            }
+            Format::Reapi => {
+                let mut limited = Limited::new(sink, record.size);
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    transferred += chunk.len() as u64;
+                    limited
+                        .write_all(&chunk)
+                        .map_err(|e| match limited.sink_error.take() {
+                            Some(sink) => RemoteError::Sink(sink),
+                            None => damaged(&key, e.to_string()),
+                        })?;
+                }
+                if limited.left > 0 {
+                    return Err(damaged(&key, short_by(limited.left)));
+                }
+            }
         }
-        decoder.finish().map_err(|e| e.into_remote(&key))?;
         Ok(transferred)
     }
 
@@ -138,30 +171,41 @@ impl RemoteCache {
             put_time,
             placement,
         };
-        let mut bytes = record.header().into_bytes();
-        match placement {
-            Placement::Inline => bytes.extend_from_slice(&compress(&body)?),
-            Placement::Object => {
-                let key = object_key(output);
-                if self.blobs.exists(&key).await? {
-                    sent.object_present = true;
-                } else {
-                    let frame = if body.len() <= COMPRESS_IN_PLACE {
-                        compress(&body)?
-                    } else {
+        if placement == Placement::Object {
+            let key = self.format.object_key(output);
+            if self.blobs.exists(&key).await? {
+                sent.object_present = true;
+            } else {
+                let object = match self.format {
+                    Format::Granary if body.len() <= COMPRESS_IN_PLACE => compress(&body)?.into(),
+                    Format::Granary => {
+                        let body = body.clone();
                         tokio::task::spawn_blocking(move || compress(&body))
                             .await
-                            .map_err(|e| {
-                                RemoteError::Failed(format!("compression failed: {e}"))
-                            })??
-                    };
-                    sent.transferred += frame.len() as u64;
-                    self.blobs.put(&key, frame.into()).await?;
-                }
+                            .map_err(|e| RemoteError::Failed(format!("compression failed: {e}")))??
+                            .into()
+                    }
+                    Format::Reapi => body.clone(),
+                };
+                sent.transferred += object.len() as u64;
+                self.blobs.put(&key, object).await?;
             }
         }
+        let inline = (placement == Placement::Inline).then_some(&body[..]);
+        let bytes = match self.format {
+            Format::Granary => {
+                let mut bytes = record.header().into_bytes();
+                if let Some(inline) = inline {
+                    bytes.extend_from_slice(&compress(inline)?);
+                }
+                bytes
+            }
+            Format::Reapi => reapi::encode(&record, inline),
+        };
         sent.transferred += bytes.len() as u64;
-        self.blobs.put(&action_key(action), bytes.into()).await?;
+        self.blobs
+            .put(&self.format.action_key(action), bytes.into())
+            .await?;
         Ok(sent)
     }
 }
@@ -217,12 +261,7 @@ impl DecodeError {
 
 impl<'a> Decoder<'a> {
     fn new(sink: &'a mut (dyn Write + Send), size: u64) -> Decoder<'a> {
-        let limited = Limited {
-            sink,
-            left: size,
-            sink_error: None,
-        };
-        let inner = zstd::stream::write::Decoder::new(limited)
+        let inner = zstd::stream::write::Decoder::new(Limited::new(sink, size))
             .expect("a zstd decoder needs no more than memory");
         Decoder { inner }
     }
@@ -238,9 +277,7 @@ impl<'a> Decoder<'a> {
         self.check(result)?;
         match self.inner.get_ref().left {
             0 => Ok(()),
-            left => Err(DecodeError::Damaged(format!(
-                "the body is {left} bytes shorter than its record says"
-            ))),
+            left => Err(DecodeError::Damaged(short_by(left))),
         }
     }
 
@@ -252,10 +289,25 @@ impl<'a> Decoder<'a> {
     }
 }
 
+fn short_by(left: u64) -> String {
+    format!("the body is {left} bytes shorter than its record says")
+}
+
+/// A sink that takes at most the size a record announced.
 struct Limited<'a> {
     sink: &'a mut (dyn Write + Send),
     left: u64,
     sink_error: Option<io::Error>,
+}
+
+impl<'a> Limited<'a> {
+    fn new(sink: &'a mut (dyn Write + Send), size: u64) -> Limited<'a> {
+        Limited {
+            sink,
+            left: size,
+            sink_error: None,
+        }
+    }
 }
 
 impl Write for Limited<'_> {
@@ -339,7 +391,7 @@ mod tests {
 
     fn setup() -> (Arc<Memory>, RemoteCache) {
         let memory = Arc::new(Memory::default());
-        (memory.clone(), RemoteCache::new(memory))
+        (memory.clone(), RemoteCache::new(memory, Format::Granary))
     }
 
     fn output(body: &[u8]) -> Digest {
@@ -373,6 +425,73 @@ mod tests {
     }
 
     #[test]
+    fn reapi_entries_are_action_results_over_plain_cas_blobs() {
+        let memory = Arc::new(Memory::default());
+        let cache = RemoteCache::new(memory.clone(), Format::Reapi);
+        let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_750_000_000_000_000_001);
+        block_on(async {
+            let small = object_like(1000);
+            cache
+                .upload(&[1; 32], &output(&small), time, small.clone().into())
+                .await
+                .unwrap();
+            let found = cache.lookup(&[1; 32]).await.unwrap().unwrap();
+            assert_eq!(found.record.put_time, time);
+            assert_eq!(found.inline.as_deref(), Some(&small[..]));
+
+            let large = object_like(1 << 20);
+            let sent = cache
+                .upload(&[2; 32], &output(&large), time, large.clone().into())
+                .await
+                .unwrap();
+            assert!(sent.transferred > large.len() as u64, "sent as it is");
+            let object = Format::Reapi.object_key(&output(&large));
+            assert_eq!(object, format!("cas/{}", hex::encode(output(&large))));
+            assert_eq!(
+                memory.blobs.lock().unwrap()[&object],
+                large,
+                "the CAS holds the bytes themselves, as Bazel expects"
+            );
+            assert_eq!(fetch(&cache, &[2; 32]).await.unwrap(), large);
+
+            // A cache that moved the inline contents to its CAS.
+            let stripped = reapi::encode(
+                &ActionRecord {
+                    action: [4; 32],
+                    output: output(&large),
+                    size: large.len() as u64,
+                    put_time: time,
+                    placement: Placement::Object,
+                },
+                None,
+            );
+            memory
+                .put(&Format::Reapi.action_key(&[4; 32]), stripped.into())
+                .await
+                .unwrap();
+            assert_eq!(fetch(&cache, &[4; 32]).await.unwrap(), large);
+
+            memory.edit(&object, |bytes| bytes.truncate(1000));
+            let short = fetch(&cache, &[2; 32]).await.unwrap_err();
+            assert!(matches!(short, RemoteError::Damaged { .. }), "{short}");
+            memory.edit(&Format::Reapi.action_key(&[1; 32]), |bytes| {
+                bytes.truncate(bytes.len() / 2)
+            });
+            let cut = cache.lookup(&[1; 32]).await.unwrap_err();
+            assert!(matches!(cut, RemoteError::Damaged { .. }), "{cut}");
+            memory
+                .put(
+                    &Format::Reapi.action_key(&[5; 32]),
+                    Bytes::from_static(b"\x0a\x00"),
+                )
+                .await
+                .unwrap();
+            let empty = cache.lookup(&[5; 32]).await.unwrap_err().to_string();
+            assert!(empty.contains("one output file"), "{empty}");
+        });
+    }
+
+    #[test]
     fn small_outputs_are_inline_large_ones_objects_sent_once() {
         let (memory, cache) = setup();
         let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_750_000_000_000_000_001);
@@ -400,7 +519,10 @@ mod tests {
             let puts = memory.puts.lock().unwrap().clone();
             assert_eq!(
                 puts[1..],
-                [object_key(&output(&large)), action_key(&[2; 32])],
+                [
+                    Format::Granary.object_key(&output(&large)),
+                    Format::Granary.action_key(&[2; 32])
+                ],
                 "object first"
             );
             assert_eq!(fetch(&cache, &[2; 32]).await.unwrap(), large);
@@ -473,9 +595,9 @@ mod tests {
                         .await
                         .unwrap();
                     let key = if on_object {
-                        object_key(&output(body))
+                        Format::Granary.object_key(&output(body))
                     } else {
-                        action_key(&[9; 32])
+                        Format::Granary.action_key(&[9; 32])
                     };
                     memory.edit(&key, edit);
                     match fetch(&cache, &[9; 32]).await {
@@ -501,7 +623,7 @@ mod tests {
                 .await
                 .unwrap();
             let bomb = zstd::bulk::compress(&vec![0; 50 << 20], 3).unwrap();
-            memory.edit(&action_key(&[5; 32]), |record| {
+            memory.edit(&Format::Granary.action_key(&[5; 32]), |record| {
                 let header = record.iter().position(|&b| b == b'\n').unwrap() + 1;
                 record.truncate(header);
                 record.extend_from_slice(&bomb);
@@ -549,7 +671,7 @@ mod tests {
                 .blobs
                 .lock()
                 .unwrap()
-                .remove(&object_key(&output(&body)));
+                .remove(&Format::Granary.object_key(&output(&body)));
             let e = cache
                 .fetch_object(&found.record, &mut Vec::new())
                 .await

@@ -1,11 +1,16 @@
-//! Where things live under the remote's prefix.
+//! Where things live under the remote's prefix, in each [`Format`].
 //!
 //! ```text
+//! Format::Granary (object storage):
 //! <prefix>/granary-v1/ac/<hex action ID>    an action record (see ActionRecord)
 //! <prefix>/granary-v1/cas/<hex output ID>   an output's bytes as one zstd frame
+//!
+//! Format::Reapi (bazel-remote's HTTP API, granary serve):
+//! <prefix>/ac/<hex action ID>               an ActionResult message (see reapi)
+//! <prefix>/cas/<hex output ID>              an output's bytes, as they are
 //! ```
 //!
-//! The version is part of every key: a future layout gets a new name and
+//! In the granary format, the version is part of every key: a future layout gets a new name and
 //! lives beside this one, so old and new granary versions can share a bucket
 //! without misreading each other. Keys are lower-case hex, so any S3-
 //! compatible store accepts them, and S3 can partition them by their first
@@ -13,17 +18,36 @@
 
 use crate::Digest;
 
-/// The name of this layout under the prefix.
+/// The name of granary's own layout under the prefix.
 pub const VERSION: &str = "granary-v1";
 
-/// The key of the action record of `action`.
-pub fn action_key(action: &Digest) -> String {
-    format!("{VERSION}/ac/{}", hex::encode(action))
+/// How entries are encoded, and where they live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// granary's own action records and zstd objects, versioned: for object
+    /// storage, where nothing else reads them.
+    Granary,
+    /// REAPI action results and plain CAS blobs, as Bazel remote caches
+    /// (bazel-remote, granary serve) store and check them.
+    Reapi,
 }
 
-/// The key of the object holding the output `output`.
-pub fn object_key(output: &Digest) -> String {
-    format!("{VERSION}/cas/{}", hex::encode(output))
+impl Format {
+    /// The key of the action entry of `action`.
+    pub fn action_key(self, action: &Digest) -> String {
+        match self {
+            Format::Granary => format!("{VERSION}/ac/{}", hex::encode(action)),
+            Format::Reapi => format!("ac/{}", hex::encode(action)),
+        }
+    }
+
+    /// The key of the object holding the output `output`.
+    pub fn object_key(self, output: &Digest) -> String {
+        match self {
+            Format::Granary => format!("{VERSION}/cas/{}", hex::encode(output)),
+            Format::Reapi => format!("cas/{}", hex::encode(output)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -33,13 +57,16 @@ mod tests {
     #[test]
     fn keys_are_versioned_hex_paths() {
         let id = [0xab; 32];
+        let hex = "ab".repeat(32);
         assert_eq!(
-            action_key(&id),
-            format!("granary-v1/ac/{}", "ab".repeat(32))
+            Format::Granary.action_key(&id),
+            format!("granary-v1/ac/{hex}")
         );
         assert_eq!(
-            object_key(&id),
-            format!("granary-v1/cas/{}", "ab".repeat(32))
+            Format::Granary.object_key(&id),
+            format!("granary-v1/cas/{hex}")
         );
+        assert_eq!(Format::Reapi.action_key(&id), format!("ac/{hex}"));
+        assert_eq!(Format::Reapi.object_key(&id), format!("cas/{hex}"));
     }
 }

@@ -29,12 +29,16 @@
 
 mod blob;
 mod cache;
+mod http;
 pub mod layout;
+mod reapi;
 mod record;
 mod s3;
 
 pub use blob::{BlobStore, ByteStream};
 pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, Sent};
+pub use http::{HttpBlobs, HttpSettings};
+pub use layout::Format;
 pub use record::{ActionRecord, Placement};
 pub use s3::{S3Blobs, S3Credentials, S3Settings};
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::config::{parse_age_limit, parse_ceiling, parse_duration, parse_floor, parse_interval};
+use crate::config::{
+    parse_age_limit, parse_ceiling, parse_duration, parse_floor, parse_interval, parse_size,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -85,6 +87,109 @@ pub enum Command {
     /// --repair is given: then it removes exactly those entries (the go command rebuilds
     /// them as misses) and exits with status 0.
     Verify(VerifyArgs),
+
+    /// Run a shared cache server for teams and CI: bazel-remote's HTTP cache protocol
+    ///
+    /// Clients: `granary prog --remote http://HOST:PORT`, Bazel (--remote_cache), or any
+    /// other REAPI HTTP client. Blobs live in --dir (required: never the go command's own
+    /// cache), least recently used ones are evicted above --max-size. Settings also come
+    /// from the [serve] table of granary.toml in --dir, or of --config.
+    Serve(ServeArgs),
+
+    /// Make an access token for `granary serve`: prints the token, and the line that
+    /// grants it to add to the server's --tokens file (which keeps only its hash)
+    ServeToken(ServeTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "GRANARY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Evict least recently used blobs once the cache is larger than SIZE [default: 10GiB]
+    #[arg(long, env = "GRANARY_SERVE_MAX_SIZE", value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Evict down to this percentage of --max-size [default: 90]
+    #[arg(long, env = "GRANARY_SERVE_LOW_WATERMARK", value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub low_watermark: Option<u8>,
+
+    /// Refuse writes (HTTP 507) that would take the cache above SIZE
+    /// [default: --max-size plus 10%]
+    #[arg(long, env = "GRANARY_SERVE_HARD_LIMIT", value_name = "SIZE", value_parser = parse_size)]
+    pub hard_limit: Option<u64>,
+
+    /// Refuse blobs larger than SIZE (HTTP 413) [default: 4GiB]
+    #[arg(long, env = "GRANARY_SERVE_MAX_BLOB", value_name = "SIZE", value_parser = parse_size)]
+    pub max_blob: Option<u64>,
+
+    /// Tokens file: lines `read|write <sha256 of the token> [name]`, mode 600
+    /// (see `granary serve-token`) [default: none, anyone may read and write]
+    #[arg(long, env = "GRANARY_TOKENS", value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+
+    /// With --tokens: let requests without a token read
+    #[arg(long, env = "GRANARY_ANONYMOUS_READ",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub anonymous_read: bool,
+
+    /// PEM certificate chain: serve HTTPS (with --tls-key)
+    #[arg(
+        long,
+        env = "GRANARY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert
+    #[arg(
+        long,
+        env = "GRANARY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Close connections that make no progress for this long [default: 60s]
+    #[arg(long, env = "GRANARY_IDLE_TIMEOUT", value_name = "AGE", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// Connections served at once; more wait in the listen queue [default: 4096]
+    #[arg(long, env = "GRANARY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// On SIGTERM, wait this long for requests in flight and for uploads to the
+    /// backing store [default: 30s]
+    #[arg(long, env = "GRANARY_SHUTDOWN_GRACE", value_name = "AGE", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+
+    /// Back the disk with this bucket, s3://BUCKET/PREFIX: misses are fetched from it,
+    /// uploads copied to it in the background, so several servers can share it.
+    /// Endpoint, region and credentials as for `prog --remote` (GRANARY_S3_*)
+    #[arg(long, env = "GRANARY_BACKING", value_name = "URL")]
+    pub backing: Option<String>,
+
+    /// Endpoint of the backing store, e.g. http://127.0.0.1:8333 [default: AWS]
+    #[arg(long, env = "GRANARY_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// The backing bucket's region [default: AWS_REGION, else us-east-1]
+    #[arg(long, env = "GRANARY_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeTokenArgs {
+    /// What the token may do
+    #[arg(long, value_parser = ["read", "write"])]
+    pub scope: String,
+
+    /// A name for the token in the tokens file, e.g. ci-main
+    #[arg(long, default_value = "token")]
+    pub name: String,
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +212,8 @@ pub struct ProgArgs {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Remote cache")]
 pub struct RemoteArgs {
-    /// Share the cache through this bucket: s3://BUCKET/PREFIX [default: none]
+    /// Share the cache through this bucket or cache server: s3://BUCKET/PREFIX, or
+    /// http(s)://HOST:PORT[/PREFIX] for granary serve or bazel-remote [default: none]
     #[arg(long, env = "GRANARY_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
 
@@ -129,6 +235,14 @@ pub struct RemoteArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub s3_path_style: Option<bool>,
+
+    /// File whose first line is the cache server's token [default: GRANARY_TOKEN]
+    #[arg(long, env = "GRANARY_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// PEM certificates to trust for an https cache server, beside the system's
+    #[arg(long, env = "GRANARY_REMOTE_CA", value_name = "FILE")]
+    pub remote_ca: Option<PathBuf>,
 
     /// Read the remote, never write to it: for builds of code you do not trust
     #[arg(

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use granary_remote::{S3Credentials, S3Settings};
+use granary_remote::{HttpSettings, S3Credentials, S3Settings};
 use granary_store::Policy;
 use serde::Deserialize;
 
-use crate::cli::{PolicyArgs, RemoteArgs};
+use crate::cli::{PolicyArgs, RemoteArgs, ServeArgs};
 
 /// The config file's name in the cache directory.
 pub const CONFIG_FILE: &str = "granary.toml";
@@ -36,6 +36,30 @@ struct File {
     remote_timeout: Option<String>,
     remote_budget: Option<String>,
     upload_deadline: Option<String>,
+    token_file: Option<PathBuf>,
+    remote_ca: Option<PathBuf>,
+    serve: Option<ServeFile>,
+}
+
+/// The `[serve]` table: `granary serve`'s settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServeFile {
+    listen: Option<String>,
+    max_size: Option<String>,
+    low_watermark: Option<u8>,
+    hard_limit: Option<String>,
+    max_blob: Option<String>,
+    tokens: Option<PathBuf>,
+    anonymous_read: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    shutdown_grace: Option<String>,
+    backing: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
 }
 
 /// Deadline of one remote lookup or upload by default.
@@ -48,12 +72,22 @@ pub const DEFAULT_UPLOAD_DEADLINE: Duration = Duration::from_secs(30);
 /// Settings of the remote tier, resolved.
 #[derive(Debug, Clone)]
 pub struct Remote {
-    pub s3: S3Settings,
+    pub endpoint: Endpoint,
     pub read_only: bool,
     pub timeout: Duration,
     pub budget: Duration,
     pub upload_deadline: Duration,
 }
+
+/// Where the remote is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    S3(S3Settings),
+    Http(HttpSettings),
+}
+
+/// How long connecting to a cache server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of the cache's upkeep, resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,11 +126,6 @@ pub fn remote(
     let Some(url) = args.remote.clone().or(file.remote) else {
         return Ok(None);
     };
-    let mut s3 = S3Settings::from_url(&url)?;
-    s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
-    s3.region = args.s3_region.clone().or(file.s3_region);
-    s3.path_style = args.s3_path_style.or(file.s3_path_style);
-    s3.credentials = s3_credentials(|name| std::env::var(name).ok())?;
     let timeout = pick(
         args.remote_timeout,
         &file.remote_timeout,
@@ -105,9 +134,25 @@ pub fn remote(
         &path,
     )?
     .unwrap_or(DEFAULT_REMOTE_TIMEOUT);
-    s3.request_timeout = timeout;
+    let endpoint = if url.starts_with("http://") || url.starts_with("https://") {
+        let token_file = args.token_file.clone().or(file.token_file);
+        Endpoint::Http(HttpSettings {
+            url,
+            token: token(std::env::var("GRANARY_TOKEN").ok(), token_file.as_deref())?,
+            ca_file: args.remote_ca.clone().or(file.remote_ca),
+            connect_timeout: CONNECT_TIMEOUT.min(timeout),
+        })
+    } else {
+        let mut s3 = S3Settings::from_url(&url)?;
+        s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
+        s3.region = args.s3_region.clone().or(file.s3_region);
+        s3.path_style = args.s3_path_style.or(file.s3_path_style);
+        s3.credentials = s3_credentials(|name| std::env::var(name).ok())?;
+        s3.request_timeout = timeout;
+        Endpoint::S3(s3)
+    };
     Ok(Some(Remote {
-        s3,
+        endpoint,
         read_only: args.read_only || file.read_only.unwrap_or(false),
         timeout,
         budget: pick(
@@ -128,6 +173,115 @@ pub fn remote(
         .unwrap_or(DEFAULT_UPLOAD_DEADLINE),
     }))
 }
+
+/// The cache server's token: `GRANARY_TOKEN`, else the first line of the
+/// token file; never from argv. `None`: anonymous.
+fn token(variable: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(token) = variable.filter(|t| !t.trim().is_empty()) {
+        return Ok(Some(token.trim().to_owned()));
+    }
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "cannot read the token file {} (set by --token-file or token-file)",
+            file.display()
+        )
+    })?;
+    match text.lines().next().map(str::trim) {
+        Some(token) if !token.is_empty() => Ok(Some(token.to_owned())),
+        _ => anyhow::bail!(
+            "the token file {} is empty; put the token on its first line",
+            file.display()
+        ),
+    }
+}
+
+/// `granary serve`'s settings from `args` (flags and variables), the
+/// `[serve]` table of the config file and the defaults, and the backing
+/// bucket if one is set.
+pub fn serve(
+    dir: &Path,
+    config: Option<&Path>,
+    args: &ServeArgs,
+) -> anyhow::Result<(granary_server::Settings, Option<S3Settings>)> {
+    let (file, path) = read_file(dir, config)?;
+    let file = file.serve.unwrap_or_default();
+    let listen = match (args.listen, &file.listen) {
+        (Some(listen), _) => listen,
+        (None, Some(listen)) => listen.parse().map_err(|e| {
+            anyhow::anyhow!("`{listen}` is not an address such as 127.0.0.1:8080: {e} (key listen of [serve] in {})", path.display())
+        })?,
+        (None, None) => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    let size = |flag, value, key| pick(flag, value, parse_size, key, &path);
+    let max_size =
+        size(args.max_size, &file.max_size, "max-size")?.unwrap_or(DEFAULT_SERVE_MAX_SIZE);
+    let low_watermark = u64::from(
+        args.low_watermark
+            .or(file.low_watermark)
+            .unwrap_or(90)
+            .clamp(1, 100),
+    );
+    let hard_limit = size(args.hard_limit, &file.hard_limit, "hard-limit")?
+        .unwrap_or(max_size.saturating_add(max_size / 10));
+    anyhow::ensure!(
+        hard_limit >= max_size,
+        "the hard limit ({}) is below --max-size ({}); raise --hard-limit",
+        ByteSize(hard_limit),
+        ByteSize(max_size)
+    );
+    let limits = granary_server::Limits {
+        max_size,
+        low_watermark: max_size / 100 * low_watermark,
+        hard_limit,
+        max_blob: size(args.max_blob, &file.max_blob, "max-blob")?.unwrap_or(DEFAULT_MAX_BLOB),
+    };
+    let duration = |flag, value, key| pick(flag, value, parse_duration, key, &path);
+    let tls = match (
+        args.tls_cert.clone().or(file.tls_cert),
+        args.tls_key.clone().or(file.tls_key),
+    ) {
+        (Some(certificate), Some(key)) => Some(granary_server::TlsFiles { certificate, key }),
+        (None, None) => None,
+        _ => anyhow::bail!("HTTPS needs both a certificate (--tls-cert) and its key (--tls-key)"),
+    };
+    let settings = granary_server::Settings {
+        listen,
+        dir: dir.to_owned(),
+        limits,
+        tokens: args.tokens.clone().or(file.tokens),
+        anonymous_read: args.anonymous_read || file.anonymous_read.unwrap_or(false),
+        tls,
+        idle_timeout: duration(args.idle_timeout, &file.idle_timeout, "idle-timeout")?
+            .unwrap_or(Duration::from_secs(60)),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(4096)
+            .max(1),
+        shutdown_grace: duration(args.shutdown_grace, &file.shutdown_grace, "shutdown-grace")?
+            .unwrap_or(Duration::from_secs(30)),
+    };
+    let backing = match args.backing.clone().or(file.backing) {
+        None => None,
+        Some(url) => {
+            let mut s3 = S3Settings::from_url(&url)?;
+            s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
+            s3.region = args.s3_region.clone().or(file.s3_region);
+            s3.credentials = s3_credentials(|name| std::env::var(name).ok())?;
+            s3.request_timeout = DEFAULT_REMOTE_TIMEOUT;
+            Some(s3)
+        }
+    };
+    Ok((settings, backing))
+}
+
+/// `granary serve --max-size` by default.
+const DEFAULT_SERVE_MAX_SIZE: u64 = 10 << 30;
+/// `granary serve --max-blob` by default.
+const DEFAULT_MAX_BLOB: u64 = 4 << 30;
 
 /// The key pair in `GRANARY_S3_ACCESS_KEY_ID` and
 /// `GRANARY_S3_SECRET_ACCESS_KEY` (with `GRANARY_S3_SESSION_TOKEN`), if
@@ -380,6 +534,108 @@ mod tests {
         );
     }
 
+    fn s3(remote: &Remote) -> &S3Settings {
+        match &remote.endpoint {
+            Endpoint::S3(s3) => s3,
+            Endpoint::Http(http) => panic!("an S3 remote, not {http:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_url_makes_an_http_remote_with_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "gry_secret\n").unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            format!(
+                "remote = \"https://cache.example:8443/team\"\ntoken-file = \"{}\"\n\
+                 remote-ca = \"/etc/ca.pem\"\n",
+                token_file.display()
+            ),
+        )
+        .unwrap();
+        let remote = remote(dir.path(), None, &RemoteArgs::default())
+            .unwrap()
+            .unwrap();
+        let Endpoint::Http(http) = &remote.endpoint else {
+            panic!("{remote:?}")
+        };
+        assert_eq!(http.url, "https://cache.example:8443/team");
+        assert_eq!(http.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(
+            token(None, Some(&token_file)).unwrap().as_deref(),
+            Some("gry_secret")
+        );
+        assert!(!format!("{remote:?}").contains("gry_secret"));
+        assert_eq!(
+            token(Some("gry_env".into()), Some(&token_file))
+                .unwrap()
+                .as_deref(),
+            Some("gry_env"),
+            "GRANARY_TOKEN beats the file"
+        );
+        std::fs::write(&token_file, "\n").unwrap();
+        let empty = token(None, Some(&token_file)).unwrap_err().to_string();
+        assert!(empty.contains("empty"), "{empty}");
+        let missing = token(None, Some(&dir.path().join("nope"))).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("--token-file"),
+            "{missing:#}"
+        );
+    }
+
+    #[test]
+    fn serve_settings_come_from_flags_then_the_serve_table() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "max-size = \"1GiB\"\n[serve]\nlisten = \"127.0.0.1:9999\"\nmax-size = \"100MiB\"\n\
+             low-watermark = 50\nidle-timeout = \"5s\"\nbacking = \"s3://bucket/servers\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            listen: None,
+            max_size: None,
+            low_watermark: None,
+            hard_limit: None,
+            max_blob: Some(1 << 20),
+            tokens: None,
+            anonymous_read: false,
+            tls_cert: None,
+            tls_key: None,
+            idle_timeout: None,
+            max_connections: None,
+            shutdown_grace: None,
+            backing: None,
+            s3_endpoint: Some("http://127.0.0.1:8333".into()),
+            s3_region: None,
+        };
+        let (settings, backing) = serve(dir.path(), None, &args).unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(settings.limits.max_size, 100 << 20);
+        assert_eq!(settings.limits.low_watermark, 50 << 20);
+        assert_eq!(settings.limits.hard_limit, (100 << 20) + (10 << 20));
+        assert_eq!(settings.limits.max_blob, 1 << 20);
+        assert_eq!(settings.idle_timeout, Duration::from_secs(5));
+        let backing = backing.unwrap();
+        assert_eq!(
+            (backing.bucket.as_str(), backing.prefix.as_str()),
+            ("bucket", "servers")
+        );
+        assert_eq!(backing.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+
+        let below = ServeArgs {
+            hard_limit: Some(1),
+            ..args
+        };
+        let error = serve(dir.path(), None, &below).unwrap_err().to_string();
+        assert!(error.contains("--hard-limit"), "{error}");
+        std::fs::write(dir.path().join(CONFIG_FILE), "[serve]\nmax_size = 1\n").unwrap();
+        let error = format!("{:#}", serve(dir.path(), None, &below).unwrap_err());
+        assert!(error.contains("unknown field"), "{error}");
+    }
+
     #[test]
     fn remote_settings_come_from_flags_then_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -394,13 +650,13 @@ mod tests {
         let from_file = remote(dir.path(), None, &RemoteArgs::default())
             .unwrap()
             .unwrap();
-        assert_eq!(from_file.s3.bucket, "team-cache");
-        assert_eq!(from_file.s3.prefix, "go");
+        assert_eq!(s3(&from_file).bucket, "team-cache");
+        assert_eq!(s3(&from_file).prefix, "go");
         assert_eq!(
-            from_file.s3.endpoint.as_deref(),
+            s3(&from_file).endpoint.as_deref(),
             Some("http://127.0.0.1:9000")
         );
-        assert_eq!(from_file.s3.path_style, Some(false));
+        assert_eq!(s3(&from_file).path_style, Some(false));
         assert!(from_file.read_only);
         assert_eq!(from_file.timeout, Duration::from_secs(3));
         assert_eq!(from_file.budget, DEFAULT_REMOTE_BUDGET);
@@ -413,11 +669,11 @@ mod tests {
         };
         let both = remote(dir.path(), None, &flags).unwrap().unwrap();
         assert_eq!(
-            (both.s3.bucket.as_str(), both.s3.prefix.as_str()),
+            (s3(&both).bucket.as_str(), s3(&both).prefix.as_str()),
             ("other", "prefix/deeper")
         );
-        assert_eq!(both.s3.request_timeout, Duration::from_millis(500));
-        assert_eq!(both.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3(&both).request_timeout, Duration::from_millis(500));
+        assert_eq!(s3(&both).endpoint.as_deref(), Some("http://127.0.0.1:9000"));
 
         std::fs::write(dir.path().join(CONFIG_FILE), "remote = \"gs://nope\"\n").unwrap();
         let err = remote(dir.path(), None, &RemoteArgs::default()).unwrap_err();

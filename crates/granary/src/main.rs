@@ -10,6 +10,7 @@ mod gocache;
 mod history;
 mod prog;
 mod progress;
+mod serve;
 mod upkeep;
 mod verify;
 
@@ -35,8 +36,23 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = &cli.global;
-    let dir = cache_dir(global)?;
     let config = global.config.as_deref();
+    match &cli.command {
+        Command::Serve(args) => {
+            let Some(dir) = &global.dir else {
+                anyhow::bail!(
+                    "granary serve needs its own directory: set --dir or GRANARY_DIR \
+                     (never the go command's GOCACHE)"
+                );
+            };
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("cannot make {} absolute", dir.display()))?;
+            return serve::run(&dir, config, args);
+        }
+        Command::ServeToken(args) => return serve::token(args),
+        _ => {}
+    }
+    let dir = cache_dir(global)?;
     match cli.command {
         Command::Prog(args) => {
             let upkeep = config::upkeep(&dir, config, &args.policy)
@@ -73,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Stats(args) => history::run(&dir, &args),
         Command::Verify(args) => verify::run(&dir, &args),
+        Command::Serve(_) | Command::ServeToken(_) => unreachable!("handled above"),
     }
 }
 

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use granary_protocol::{Hash, Response};
-use granary_remote::{RemoteCache, RemoteError, S3Blobs};
+use granary_remote::{Format, HttpBlobs, RemoteCache, RemoteError, S3Blobs};
 use granary_store::{ActionId, OutputId, StoreError};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
@@ -61,9 +61,16 @@ pub struct RemoteOptions {
 impl RemoteOptions {
     /// Sets up the client for `remote`. Sends no request.
     pub fn new(remote: config::Remote) -> Result<RemoteOptions, RemoteError> {
-        let blobs = S3Blobs::new(&remote.s3)?;
+        let cache = match &remote.endpoint {
+            config::Endpoint::S3(s3) => {
+                RemoteCache::new(Arc::new(S3Blobs::new(s3)?), Format::Granary)
+            }
+            config::Endpoint::Http(http) => {
+                RemoteCache::new(Arc::new(HttpBlobs::new(http)?), Format::Reapi)
+            }
+        };
         Ok(RemoteOptions {
-            cache: RemoteCache::new(Arc::new(blobs)),
+            cache,
             read_only: remote.read_only,
             timeout: remote.timeout,
             budget: remote.budget,
@@ -366,7 +373,7 @@ impl Engine {
             .map_err(|e| match e {
                 StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. } => {
                     Trouble::Remote(RemoteError::Damaged {
-                        key: granary_remote::layout::action_key(&action),
+                        key: cache.action_key(&action),
                         why: e.to_string(),
                     })
                 }

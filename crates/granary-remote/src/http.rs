@@ -1,0 +1,182 @@
+//! A Bazel HTTP cache server (granary serve, bazel-remote) as a
+//! [`BlobStore`], on `reqwest`. The only file that knows that crate.
+//!
+//! Keys are paths under the server's URL: `ac/<hex>` and `cas/<hex>` (see
+//! [`Format::Reapi`](crate::Format::Reapi)). A path in the URL is kept, so
+//! `http://cache:8080/team` reaches bazel-remote's `/team/ac/...`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use reqwest::{Client, StatusCode};
+
+use crate::{BlobStore, ByteStream, RemoteError};
+
+/// Where the server is and how to reach it.
+#[derive(Clone, Default)]
+pub struct HttpSettings {
+    /// `http://host:port[/prefix]` or `https://...`.
+    pub url: String,
+    /// A bearer token, sent with every request.
+    pub token: Option<String>,
+    /// PEM certificates to trust beside the system's, for a server whose
+    /// certificate a private authority signed.
+    pub ca_file: Option<PathBuf>,
+    /// How long connecting may take; whole requests have the caller's
+    /// deadlines.
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// A Bazel HTTP cache.
+#[derive(Debug)]
+pub struct HttpBlobs {
+    client: Client,
+    /// The URL without a trailing slash.
+    base: String,
+    token: Option<String>,
+}
+
+impl fmt::Display for HttpBlobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+impl HttpBlobs {
+    pub fn new(settings: &HttpSettings) -> Result<HttpBlobs, RemoteError> {
+        let url = settings.url.trim_end_matches('/');
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            RemoteError::Config(format!(
+                "`{url}` is not a URL ({e}); use http://HOST:PORT[/PREFIX] or https://..."
+            ))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(RemoteError::Config(format!(
+                "`{url}` is not a cache server URL; use http://HOST:PORT[/PREFIX] or https://..."
+            )));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(RemoteError::Config(format!(
+                "`{}` carries credentials; put the token in GRANARY_TOKEN or a --token-file instead",
+                parsed.host_str().unwrap_or_default()
+            )));
+        }
+        let mut client = Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(64);
+        if let Some(ca_file) = &settings.ca_file {
+            let pem = std::fs::read(ca_file).map_err(|e| {
+                RemoteError::Config(format!(
+                    "cannot read the CA file {}: {e}",
+                    ca_file.display()
+                ))
+            })?;
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                RemoteError::Config(format!(
+                    "{} holds no PEM certificate: {e}",
+                    ca_file.display()
+                ))
+            })? {
+                client = client.add_root_certificate(certificate);
+            }
+        }
+        let client = client
+            .build()
+            .map_err(|e| RemoteError::Config(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(HttpBlobs {
+            client,
+            base: url.to_owned(),
+            token: settings.token.clone(),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        body: Option<Bytes>,
+    ) -> Result<reqwest::Response, RemoteError> {
+        let mut request = self.client.request(method, format!("{}/{key}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.map_err(|e| failed(&e))?;
+        match response.status() {
+            status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(response),
+            StatusCode::UNAUTHORIZED => Err(RemoteError::Denied(format!(
+                "{} refused the token (HTTP 401); set GRANARY_TOKEN or --token-file to a valid token",
+                self.base
+            ))),
+            StatusCode::FORBIDDEN => Err(RemoteError::Denied(format!(
+                "{} refused the request (HTTP 403): the token may only read; use --read-only or a read-write token",
+                self.base
+            ))),
+            status => {
+                let why = response.text().await.unwrap_or_default();
+                Err(RemoteError::Failed(format!(
+                    "{} answered {status}: {}",
+                    self.base,
+                    why.trim().chars().take(200).collect::<String>()
+                )))
+            }
+        }
+    }
+}
+
+fn failed(error: &reqwest::Error) -> RemoteError {
+    // reqwest's Display stops at the outermost cause; the reason is deeper.
+    let mut why = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        why = format!("{why}: {cause}");
+        source = cause.source();
+    }
+    RemoteError::Failed(why)
+}
+
+#[async_trait]
+impl BlobStore for HttpBlobs {
+    async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError> {
+        let response = self.send(reqwest::Method::GET, key, None).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Ok(Some(
+            response.bytes_stream().map_err(|e| failed(&e)).boxed(),
+        ))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, RemoteError> {
+        let response = self.send(reqwest::Method::HEAD, key, None).await?;
+        Ok(response.status() != StatusCode::NOT_FOUND)
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError> {
+        let response = self.send(reqwest::Method::PUT, key, Some(body)).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(RemoteError::Failed(format!(
+                "{} has no cache at {key} (HTTP 404); check the URL's path",
+                self.base
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! Go action entries as REAPI `ActionResult` messages, the action cache
+//! format of bazel-remote and the other Bazel remote caches.
+//!
+//! One action result per Go action: a single output file whose digest is
+//! the output ID and size, its bytes inline in `contents` when small, and
+//! the original put time as the worker-completed time of the execution
+//! metadata. A cache that moves inline contents to its CAS (some do) leaves
+//! `contents` empty; the output is then fetched from the CAS by digest.
+//! The only file that knows the generated REAPI types, besides the server's.
+
+use std::time::{Duration, SystemTime};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    ActionResult, Digest as ReapiDigest, ExecutedActionMetadata, OutputFile,
+};
+use bazel_remote_apis::google::protobuf::Timestamp;
+use prost::Message;
+
+use crate::record::{ActionRecord, Placement};
+use crate::{Digest, HASH_SIZE};
+
+/// The path of the one output file of a Go action.
+const OUTPUT_PATH: &str = "go-output";
+/// Who wrote the entry, for people reading the cache with Bazel's tools.
+const WORKER: &str = "granary";
+
+/// The action result for `record`, with `inline` as its contents.
+pub fn encode(record: &ActionRecord, inline: Option<&[u8]>) -> Vec<u8> {
+    let since_epoch = record
+        .put_time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let result = ActionResult {
+        output_files: vec![OutputFile {
+            path: OUTPUT_PATH.to_owned(),
+            digest: Some(ReapiDigest {
+                hash: hex::encode(record.output),
+                size_bytes: record.size as i64,
+            }),
+            contents: inline.map(<[u8]>::to_vec).unwrap_or_default(),
+            ..OutputFile::default()
+        }],
+        execution_metadata: Some(ExecutedActionMetadata {
+            worker: WORKER.to_owned(),
+            worker_completed_timestamp: Some(Timestamp {
+                seconds: since_epoch.as_secs() as i64,
+                nanos: since_epoch.subsec_nanos() as i32,
+            }),
+            ..ExecutedActionMetadata::default()
+        }),
+        ..ActionResult::default()
+    };
+    result.encode_to_vec()
+}
+
+/// The record and inline output that an action result of `action` holds.
+pub fn decode(action: &Digest, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec<u8>>), String> {
+    let result =
+        ActionResult::decode(bytes).map_err(|e| format!("not an ActionResult message: {e}"))?;
+    let [file] = <[OutputFile; 1]>::try_from(result.output_files).map_err(|files| {
+        format!(
+            "a Go action has one output file, this result has {}",
+            files.len()
+        )
+    })?;
+    let digest = file.digest.ok_or("the output file has no digest")?;
+    let mut output = [0; HASH_SIZE];
+    hex::decode_to_slice(&digest.hash, &mut output)
+        .map_err(|_| format!("`{}` is not a SHA-256 digest", digest.hash))?;
+    let size = u64::try_from(digest.size_bytes).map_err(|_| "the output size is negative")?;
+    let completed = result
+        .execution_metadata
+        .and_then(|m| m.worker_completed_timestamp)
+        .ok_or("the result has no completion time")?;
+    let (Ok(seconds), Ok(nanos)) = (
+        u64::try_from(completed.seconds),
+        u32::try_from(completed.nanos),
+    ) else {
+        return Err("the completion time is before 1970".into());
+    };
+    if nanos >= 1_000_000_000 {
+        return Err("the completion time is not a valid timestamp".into());
+    }
+    let inline = match file.contents.len() as u64 {
+        0 if size > 0 => None,
+        inline if inline == size => Some(file.contents),
+        inline => {
+            return Err(format!(
+                "{inline} bytes of inline contents for an output of {size}"
+            ));
+        }
+    };
+    let record = ActionRecord {
+        action: *action,
+        output,
+        size,
+        put_time: SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos),
+        placement: if inline.is_some() {
+            Placement::Inline
+        } else {
+            Placement::Object
+        },
+    };
+    Ok((record, inline))
+}

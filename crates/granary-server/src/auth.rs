@@ -1,0 +1,289 @@
+//! Who may read and who may write.
+//!
+//! Tokens live in a file, hashed, one per line:
+//!
+//! ```text
+//! # scope  SHA-256 of the token (hex)                                   name
+//! write    9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 ci-main
+//! read     60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752 pull-requests
+//! ```
+//!
+//! Clients send `Authorization: Bearer <token>`, or HTTP basic auth with
+//! the token as the password (what Bazel sends for `https://user:token@host`).
+//! The server keeps only hashes, so the file gives nothing away, and never
+//! logs a header. `granary serve token` makes a token and its line.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// What a request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    None,
+    Read,
+    Write,
+}
+
+impl Access {
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::None => "none",
+            Access::Read => "read",
+            Access::Write => "write",
+        }
+    }
+}
+
+/// The server's policy.
+pub struct Auth {
+    /// Token hash → scope; `None`: no tokens file, everyone may write.
+    tokens: Option<HashMap<[u8; 32], Access>>,
+    anonymous_read: bool,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("tokens", &self.tokens.as_ref().map(HashMap::len))
+            .field("anonymous_read", &self.anonymous_read)
+            .finish()
+    }
+}
+
+/// A tokens file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("cannot read the tokens file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the tokens file {path} is readable or writable by others (mode {mode:o}); \
+         run `chmod 600 {path}`"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error(
+        "line {line} of the tokens file {path}: {why}; \
+         each line is `read|write <sha256 hex of the token> [name]`"
+    )]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+}
+
+impl Auth {
+    /// Everyone may read and write: for a server on loopback or a trusted
+    /// network.
+    pub fn open() -> Auth {
+        Auth {
+            tokens: None,
+            anonymous_read: true,
+        }
+    }
+
+    /// Tokens from `path`; without a token, reading is allowed if
+    /// `anonymous_read`, nothing else is.
+    pub fn from_file(path: &Path, anonymous_read: bool) -> Result<Auth, TokensError> {
+        let read = |source| TokensError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(read)?;
+        check_permissions(path, &file)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(read)?;
+        let mut tokens = HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let syntax = |why: String| TokensError::Syntax {
+                path: path.to_owned(),
+                line: number + 1,
+                why,
+            };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let (Some(scope), Some(hash)) = (fields.next(), fields.next()) else {
+                return Err(syntax("a scope and a hash are needed".into()));
+            };
+            let scope = match scope {
+                "read" => Access::Read,
+                "write" => Access::Write,
+                other => return Err(syntax(format!("unknown scope `{other}`"))),
+            };
+            let mut digest = [0; 32];
+            hex::decode_to_slice(hash, &mut digest).map_err(|_| {
+                syntax("the hash is not 64 hex digits (store hashes, never tokens)".into())
+            })?;
+            if tokens.insert(digest, scope).is_some() {
+                return Err(syntax("this token is listed twice".into()));
+            }
+        }
+        Ok(Auth {
+            tokens: Some(tokens),
+            anonymous_read,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.tokens {
+            None => "open (no tokens file: anyone may read and write)".to_owned(),
+            Some(tokens) => format!(
+                "{} token(s){}",
+                tokens.len(),
+                if self.anonymous_read {
+                    ", anonymous read"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+
+    /// What a request with this `Authorization` header may do.
+    pub fn access(&self, authorization: Option<&[u8]>) -> Access {
+        let Some(tokens) = &self.tokens else {
+            return Access::Write;
+        };
+        let anonymous = if self.anonymous_read {
+            Access::Read
+        } else {
+            Access::None
+        };
+        let Some(token) = authorization.and_then(presented_token) else {
+            return anonymous;
+        };
+        tokens
+            .get(&hash_token(&token))
+            .copied()
+            .unwrap_or(Access::None)
+    }
+}
+
+/// The SHA-256 of a token, as the tokens file holds it.
+pub fn hash_token(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+/// A new random token, and its line for the tokens file.
+pub fn new_token(scope: Access, name: &str) -> std::io::Result<(String, String)> {
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let token = format!("gry_{}", hex::encode(random));
+    let line = format!(
+        "{} {} {name}",
+        scope.name(),
+        hex::encode(hash_token(token.as_bytes()))
+    );
+    Ok((token, line))
+}
+
+/// The token in `Bearer <token>` or `Basic base64(user:token)`.
+fn presented_token(header: &[u8]) -> Option<Vec<u8>> {
+    let header = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, value) = header.split_once(' ')?;
+    let value = value.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(value.as_bytes().to_vec())
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64_simd::STANDARD.decode_to_vec(value).ok()?;
+        let colon = decoded.iter().position(|&b| b == b':')?;
+        Some(decoded[colon + 1..].to_vec())
+    } else {
+        None
+    }
+}
+
+#[cfg(unix)]
+fn check_permissions(path: &Path, file: &std::fs::File) -> Result<(), TokensError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file
+        .metadata()
+        .map_err(|source| TokensError::Read {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TokensError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_permissions(_: &Path, _: &std::fs::File) -> Result<(), TokensError> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn tokens_file(text: &str, mode: u32) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        file
+    }
+
+    #[test]
+    fn scopes_follow_the_hashed_tokens() {
+        let (writer, write_line) = new_token(Access::Write, "ci").unwrap();
+        let (reader, read_line) = new_token(Access::Read, "pr").unwrap();
+        assert!(!write_line.contains(&writer));
+        let file = tokens_file(&format!("# comment\n\n{write_line}\n{read_line}\n"), 0o600);
+        let auth = Auth::from_file(file.path(), false).unwrap();
+        let bearer = |t: &str| format!("Bearer {t}").into_bytes();
+        assert_eq!(auth.access(Some(&bearer(&writer))), Access::Write);
+        assert_eq!(auth.access(Some(&bearer(&reader))), Access::Read);
+        assert_eq!(auth.access(Some(&bearer("gry_guess"))), Access::None);
+        assert_eq!(auth.access(None), Access::None);
+        let basic = format!(
+            "Basic {}",
+            base64_simd::STANDARD.encode_to_string(format!("bazel:{writer}"))
+        );
+        assert_eq!(auth.access(Some(basic.as_bytes())), Access::Write);
+        assert_eq!(auth.access(Some(b"Digest abc")), Access::None);
+        let anonymous = Auth::from_file(file.path(), true).unwrap();
+        assert_eq!(anonymous.access(None), Access::Read);
+        assert_eq!(anonymous.access(Some(&bearer("wrong"))), Access::None);
+        assert_eq!(Auth::open().access(None), Access::Write);
+    }
+
+    #[test]
+    fn bad_files_say_what_to_fix() {
+        let hash = "ab".repeat(32);
+        let loose = tokens_file(&format!("write {hash}\n"), 0o644);
+        let error = Auth::from_file(loose.path(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+        for (text, says) in [
+            (format!("admin {hash}\n"), "line 1"),
+            ("write\n".to_owned(), "a scope and a hash"),
+            ("# c\nread gry_plaintext_token\n".to_owned(), "line 2"),
+            (format!("read {hash}\nwrite {hash}\n"), "twice"),
+        ] {
+            let file = tokens_file(&text, 0o600);
+            let error = Auth::from_file(file.path(), false).unwrap_err().to_string();
+            assert!(error.contains(says), "{text:?}: {error}");
+        }
+        let missing = Auth::from_file(Path::new("/nonexistent/tokens"), false).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/tokens"));
+    }
+}

@@ -1,0 +1,227 @@
+//! An object store behind the disk tier: read-through, write-behind.
+//!
+//! A miss on disk asks the backing store once, however many clients ask at
+//! the same time: the first starts a fetch into the disk tier, the others
+//! follow it as it arrives, exactly as they would follow a client's upload.
+//! Blobs that clients upload are queued and copied to the backing store in
+//! the background; a full queue drops (counted), never slows a client.
+//! Several servers can share one bucket this way.
+//!
+//! Keys in the backing store: `<prefix>/granary-serve-v1/{ac,cas}/<hex>`,
+//! bodies as the clients sent them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
+use futures_util::StreamExt;
+use granary_remote::BlobStore;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::disk::{Begun, Disk, Refusal, Upload, Writer};
+use crate::http::MAX_ACTION_RESULT;
+use crate::key::{Key, Kind};
+use crate::metrics::Metrics;
+
+/// Blobs waiting to be written behind, at most.
+const QUEUE: usize = 16 * 1024;
+/// Uploads to the backing store at once.
+const UPLOADS_AT_ONCE: usize = 8;
+/// Bytes of blobs held in memory by uploads at once (a larger blob waits
+/// until it is alone).
+const UPLOAD_MEMORY: u32 = 256 * 1024 * 1024;
+
+/// The name of the server's layout in the backing store.
+const LAYOUT: &str = "granary-serve-v1";
+
+/// The backing store and its write-behind queue.
+pub struct Backing {
+    blobs: Arc<dyn BlobStore>,
+    metrics: Arc<Metrics>,
+    queue: mpsc::Sender<Key>,
+}
+
+impl fmt::Debug for Backing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Backing({})", self.blobs)
+    }
+}
+
+impl fmt::Display for Backing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{LAYOUT}", self.blobs)
+    }
+}
+
+fn backing_key(key: &Key) -> String {
+    format!("{LAYOUT}/{key}")
+}
+
+impl Backing {
+    /// Starts the write-behind task. Dropping every [`Backing`] clone's
+    /// sender ends it once the queue is empty.
+    pub fn start(
+        blobs: Arc<dyn BlobStore>,
+        disk: Arc<Disk>,
+        metrics: Arc<Metrics>,
+    ) -> (Backing, JoinHandle<()>) {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(write_behind(blobs.clone(), disk, metrics.clone(), receiver));
+        (
+            Backing {
+                blobs,
+                metrics,
+                queue,
+            },
+            task,
+        )
+    }
+
+    /// Queues `key` to be copied to the backing store.
+    pub fn queue(&self, key: Key) {
+        if self.queue.try_send(key).is_err() {
+            self.metrics.backing_dropped.inc();
+        }
+    }
+
+    pub async fn exists(&self, key: &Key) -> bool {
+        match self.blobs.exists(&backing_key(key)).await {
+            Ok(exists) => exists,
+            Err(e) => {
+                self.metrics.backing_errors.inc();
+                tracing::warn!("backing store: {e}");
+                false
+            }
+        }
+    }
+
+    /// Fetches `key` into `disk` unless a fetch or upload of it is under
+    /// way; either way, the upload to follow.
+    pub fn fetch(&self, disk: &Arc<Disk>, key: Key) -> Result<Arc<Upload>, Refusal> {
+        let writer = match disk.begin_fetch(key)? {
+            Begun::Following(upload) => return Ok(upload),
+            Begun::Writer(writer) => writer,
+        };
+        let upload = writer.upload();
+        let blobs = self.blobs.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            match fetch(&*blobs, writer).await {
+                Ok(true) => {
+                    metrics.backing_fetches.inc();
+                }
+                Ok(false) => {}
+                Err(why) => {
+                    metrics.backing_errors.inc();
+                    tracing::warn!("backing store: cannot fetch {key}: {why}");
+                }
+            }
+        });
+        Ok(upload)
+    }
+}
+
+/// Copies one blob from the backing store through `writer`, checking it as
+/// a client's upload is checked. `Ok(false)`: there is no such blob.
+async fn fetch(blobs: &dyn BlobStore, writer: Writer) -> Result<bool, String> {
+    let key = writer.key();
+    let stream = match blobs.get(&backing_key(&key)).await {
+        Ok(Some(stream)) => stream,
+        Ok(None) => {
+            writer.missing();
+            return Ok(false);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    writer.found();
+    let mut stream = stream;
+    let mut writer = Some(writer);
+    let mut hasher = Sha256::new();
+    let mut action_result = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        match key.kind {
+            Kind::Cas => hasher.update(&chunk),
+            Kind::Ac if (action_result.len() + chunk.len()) as u64 <= MAX_ACTION_RESULT => {
+                action_result.extend_from_slice(&chunk)
+            }
+            Kind::Ac => return Err("an action result too large to be one".into()),
+        }
+        let mut taken = writer.take().expect("kept between chunks");
+        let (returned, result) = tokio::task::spawn_blocking(move || {
+            let result = taken.write(&chunk);
+            (taken, result)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        result.map_err(|e| e.to_string())?;
+        writer = Some(returned);
+    }
+    match key.kind {
+        Kind::Cas if <[u8; 32]>::from(hasher.finalize()) != key.hash => {
+            return Err("the blob does not match its hash; not stored".into());
+        }
+        Kind::Ac if ActionResult::decode(&action_result[..]).is_err() => {
+            return Err("not an ActionResult message; not stored".into());
+        }
+        _ => {}
+    }
+    let writer = writer.expect("kept between chunks");
+    tokio::task::spawn_blocking(move || writer.publish())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+async fn write_behind(
+    blobs: Arc<dyn BlobStore>,
+    disk: Arc<Disk>,
+    metrics: Arc<Metrics>,
+    mut queue: mpsc::Receiver<Key>,
+) {
+    let running = Arc::new(Semaphore::new(UPLOADS_AT_ONCE));
+    let memory = Arc::new(Semaphore::new(UPLOAD_MEMORY as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(key) = queue.recv().await {
+        let Some(size) = disk.contains(&key) else {
+            continue; // evicted before its turn
+        };
+        let Ok(slot) = running.clone().acquire_owned().await else {
+            break;
+        };
+        let share = u32::try_from(size)
+            .unwrap_or(u32::MAX)
+            .clamp(1, UPLOAD_MEMORY);
+        let Ok(held) = memory.clone().acquire_many_owned(share).await else {
+            break;
+        };
+        let (blobs, disk, metrics) = (blobs.clone(), disk.clone(), metrics.clone());
+        tasks.spawn(async move {
+            let read = tokio::task::spawn_blocking(move || disk.read(&key)).await;
+            let result = match read {
+                Ok(Ok(bytes)) => blobs
+                    .put(&backing_key(&key), bytes)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(format!("cannot read it: {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(()) => {
+                    metrics.backing_uploads.inc();
+                }
+                Err(why) => {
+                    metrics.backing_errors.inc();
+                    tracing::warn!("backing store: cannot write {key} behind: {why}");
+                }
+            };
+            drop((slot, held));
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}

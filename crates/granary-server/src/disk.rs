@@ -1,0 +1,698 @@
+//! The server's disk tier: blobs in files, an index in memory, uploads that
+//! readers can follow while they arrive, and eviction in the background.
+//!
+//! ```text
+//! <dir>/ac/<xx>/<hex>    action results
+//! <dir>/cas/<xx>/<hex>   CAS blobs
+//! <dir>/tmp/             uploads in progress; emptied at start-up
+//! <dir>/lock             held while a server uses the directory
+//! ```
+//!
+//! A blob is written to a temporary file, checked, and renamed into place,
+//! so a file under `ac/` or `cas/` is always complete: after a crash the
+//! index is rebuilt from names and sizes alone, without reading contents.
+//! The mtime of a blob is when it was last used (bumped at most once an
+//! hour), so least-recently-used order survives restarts.
+//!
+//! One mutex guards the index. It is held for map operations and for the
+//! renames and unlinks that must not interleave with them (a publish racing
+//! an eviction of the same key), never for reads or writes of contents.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, watch};
+
+use crate::key::{Key, Kind};
+
+/// How often a blob's mtime is bumped at most when it is used.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(3600);
+/// Blobs unlinked per hold of the index lock by the evictor.
+const EVICT_BATCH: usize = 64;
+
+/// Size limits of the disk tier.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Above this, the evictor removes least recently used blobs...
+    pub max_size: u64,
+    /// ...until the total is at most this.
+    pub low_watermark: u64,
+    /// Writes that would take the total above this are refused.
+    pub hard_limit: u64,
+    /// The largest blob accepted.
+    pub max_blob: u64,
+}
+
+/// The disk tier.
+#[derive(Debug)]
+pub struct Disk {
+    dir: PathBuf,
+    limits: Limits,
+    index: Mutex<Index>,
+    /// Wakes the evictor.
+    pressure: Notify,
+    evicted: AtomicU64,
+    evicted_bytes: AtomicU64,
+    temp_names: AtomicU64,
+    /// Held while the server runs: two servers on one directory would
+    /// each evict what the other counts.
+    _lock: File,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    blobs: HashMap<Key, Meta>,
+    /// Bytes of the blobs in `blobs`.
+    bytes: u64,
+    /// Bytes promised to uploads in progress.
+    reserved: u64,
+    /// Uploads that readers can follow, one per key.
+    uploads: HashMap<Key, Arc<Upload>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    size: u64,
+    /// Last use, in nanoseconds since the epoch.
+    used: u64,
+    /// When the file's mtime was last set, in the same unit.
+    touched: u64,
+    /// Responses reading the blob now; the evictor leaves it alone.
+    readers: u32,
+}
+
+/// Counts of the index, for `/status` and `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub bytes: u64,
+    pub reserved: u64,
+    pub ac_blobs: u64,
+    pub cas_blobs: u64,
+    pub uploads: u64,
+    pub evicted: u64,
+    pub evicted_bytes: u64,
+}
+
+/// What the index was rebuilt from at start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct Rebuilt {
+    pub blobs: u64,
+    pub bytes: u64,
+    pub took: Duration,
+}
+
+/// Why a write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("the blob is larger than the server's limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the cache is full: {used} bytes stored or promised, hard limit {limit}")]
+    Full { used: u64, limit: u64 },
+    #[error("cannot write the blob: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The progress of an upload, as readers following it see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes in the temporary file that readers may read.
+    pub written: u64,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Fetching from the backing store; whether the blob exists is not known yet.
+    Asking,
+    Writing,
+    /// Complete and published.
+    Done,
+    /// Refused or abandoned: readers must fail their responses.
+    Failed,
+    /// The backing store has no such blob.
+    Missing,
+}
+
+/// An upload in progress that readers can follow.
+#[derive(Debug)]
+pub struct Upload {
+    key: Key,
+    temp: PathBuf,
+    target: PathBuf,
+    /// The blob's size, when the writer announced it.
+    pub expected: Option<u64>,
+    progress: watch::Sender<Progress>,
+}
+
+impl Upload {
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// The file the upload writes, opened for reading: the temporary file,
+    /// or, if it was published in between, the blob.
+    pub fn open(&self) -> io::Result<File> {
+        match File::open(&self.temp) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => File::open(&self.target),
+            opened => opened,
+        }
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Found {
+    /// A complete blob, pinned against eviction while the value lives.
+    Blob(Blob),
+    /// An upload in progress.
+    Upload(Arc<Upload>),
+    Missing,
+}
+
+/// What starting a fetch gave.
+#[derive(Debug)]
+pub enum Begun {
+    /// This caller writes the blob.
+    Writer(Writer),
+    /// Someone else already does: follow them.
+    Following(Arc<Upload>),
+}
+
+/// A complete blob, open for reading and safe from eviction.
+#[derive(Debug)]
+pub struct Blob {
+    pub file: File,
+    pub size: u64,
+    pub pin: Pin,
+}
+
+/// Keeps a blob from eviction while it lives.
+#[derive(Debug)]
+pub struct Pin {
+    disk: Arc<Disk>,
+    key: Key,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Some(meta) = self.disk.lock().blobs.get_mut(&self.key) {
+            meta.readers = meta.readers.saturating_sub(1);
+        }
+    }
+}
+
+impl Disk {
+    /// Opens the cache in `dir`, creating it if needed, and rebuilds the
+    /// index from the files there.
+    pub fn open(dir: &Path, limits: Limits) -> io::Result<(Arc<Disk>, Rebuilt)> {
+        let started = Instant::now();
+        fs::create_dir_all(dir.join("tmp"))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        lock.try_lock().map_err(|e| match e {
+            fs::TryLockError::WouldBlock => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "another granary serve uses {}; give each server its own --dir",
+                    dir.display()
+                ),
+            ),
+            fs::TryLockError::Error(e) => e,
+        })?;
+        // Uploads cut short by a crash: never published, never to be.
+        for entry in fs::read_dir(dir.join("tmp"))? {
+            let _ = fs::remove_file(entry?.path());
+        }
+        for kind in [Kind::Ac, Kind::Cas] {
+            for shard in 0..=255u8 {
+                fs::create_dir_all(dir.join(kind.name()).join(hex::encode([shard])))?;
+            }
+        }
+        let mut index = Index::default();
+        for (key, meta) in scan(dir)? {
+            index.bytes += meta.size;
+            index.blobs.insert(key, meta);
+        }
+        let rebuilt = Rebuilt {
+            blobs: index.blobs.len() as u64,
+            bytes: index.bytes,
+            took: started.elapsed(),
+        };
+        let disk = Arc::new(Disk {
+            dir: dir.to_owned(),
+            limits,
+            index: Mutex::new(index),
+            pressure: Notify::new(),
+            evicted: AtomicU64::new(0),
+            evicted_bytes: AtomicU64::new(0),
+            temp_names: AtomicU64::new(0),
+            _lock: lock,
+        });
+        Ok((disk, rebuilt))
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // A panic while holding the lock leaves plain counters behind, never
+        // a half-done file operation worth refusing service for.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        self.dir.join(key.relative_path())
+    }
+
+    pub fn usage(&self) -> Usage {
+        let index = self.lock();
+        let ac_blobs = index.blobs.keys().filter(|k| k.kind == Kind::Ac).count() as u64;
+        Usage {
+            bytes: index.bytes,
+            reserved: index.reserved,
+            ac_blobs,
+            cas_blobs: index.blobs.len() as u64 - ac_blobs,
+            uploads: index.uploads.len() as u64,
+            evicted: self.evicted.load(Ordering::Relaxed),
+            evicted_bytes: self.evicted_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether `key` is stored, without counting as a use.
+    pub fn contains(&self, key: &Key) -> Option<u64> {
+        self.lock().blobs.get(key).map(|meta| meta.size)
+    }
+
+    /// Finds `key`: a complete blob (opened, pinned, its use recorded), an
+    /// upload in progress, or nothing.
+    pub fn find(self: &Arc<Self>, key: &Key) -> Found {
+        let now = now_nanos();
+        let touch = {
+            let mut index = self.lock();
+            match index.blobs.get_mut(key) {
+                Some(meta) => {
+                    meta.used = now;
+                    meta.readers += 1;
+                    let touch = now.saturating_sub(meta.touched) > TOUCH_INTERVAL.as_nanos() as u64;
+                    if touch {
+                        meta.touched = now;
+                    }
+                    touch
+                }
+                None => {
+                    return match index.uploads.get(key) {
+                        Some(upload) => Found::Upload(upload.clone()),
+                        None => Found::Missing,
+                    };
+                }
+            }
+        };
+        let pin = Pin {
+            disk: self.clone(),
+            key: *key,
+        };
+        let path = self.path(key);
+        match File::open(&path) {
+            Ok(file) => {
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                if touch {
+                    let _ = file.set_modified(SystemTime::now());
+                }
+                Found::Blob(Blob { file, size, pin })
+            }
+            Err(_) => {
+                // Deleted behind the server's back: forget it.
+                drop(pin);
+                let mut index = self.lock();
+                if let Some(meta) = index.blobs.remove(key) {
+                    index.bytes -= meta.size;
+                }
+                Found::Missing
+            }
+        }
+    }
+
+    /// Starts writing `key`, announced as `length` bytes if known, for a
+    /// client's upload. Readers follow this upload unless they already
+    /// follow another one of the same key.
+    pub fn begin(self: &Arc<Self>, key: Key, length: Option<u64>) -> Result<Writer, Refusal> {
+        match self.start(key, length, State::Writing, false)? {
+            Begun::Writer(writer) => Ok(writer),
+            Begun::Following(_) => unreachable!("a client's upload never joins another"),
+        }
+    }
+
+    /// Starts fetching `key` from the backing store, unless a fetch or an
+    /// upload of it is already under way: then follow that one.
+    pub fn begin_fetch(self: &Arc<Self>, key: Key) -> Result<Begun, Refusal> {
+        self.start(key, None, State::Asking, true)
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        key: Key,
+        length: Option<u64>,
+        state: State,
+        join: bool,
+    ) -> Result<Begun, Refusal> {
+        if let Some(length) = length
+            && length > self.limits.max_blob
+        {
+            return Err(Refusal::TooLarge {
+                limit: self.limits.max_blob,
+            });
+        }
+        let temp = self.dir.join("tmp").join(format!(
+            "{}-{}-{}",
+            key.hex(),
+            std::process::id(),
+            self.temp_names.fetch_add(1, Ordering::Relaxed)
+        ));
+        let reserve = length.unwrap_or(0);
+        let upload = {
+            let mut index = self.lock();
+            if join && let Some(upload) = index.uploads.get(&key) {
+                return Ok(Begun::Following(upload.clone()));
+            }
+            let used = index.bytes + index.reserved;
+            if used + reserve > self.limits.hard_limit {
+                self.pressure.notify_one();
+                return Err(Refusal::Full {
+                    used,
+                    limit: self.limits.hard_limit,
+                });
+            }
+            index.reserved += reserve;
+            let (progress, _) = watch::channel(Progress { written: 0, state });
+            let upload = Arc::new(Upload {
+                key,
+                temp: temp.clone(),
+                target: self.path(&key),
+                expected: length,
+                progress,
+            });
+            index.uploads.entry(key).or_insert_with(|| upload.clone());
+            upload
+        };
+        let mut writer = Writer {
+            disk: self.clone(),
+            key,
+            upload,
+            file: None,
+            written: 0,
+            reserved: reserve,
+            finished: false,
+        };
+        writer.file = Some(
+            File::options()
+                .write(true)
+                .create_new(true)
+                .open(&writer.upload.temp)?,
+        );
+        Ok(Begun::Writer(writer))
+    }
+
+    /// Waits for pressure, then evicts least recently used blobs that no
+    /// one is reading until the total is at most the low watermark. Runs
+    /// until the task is dropped.
+    pub async fn evict_forever(self: Arc<Self>) {
+        loop {
+            let pressure = self.pressure.notified();
+            if self.lock().bytes <= self.limits.max_size {
+                tokio::select! {
+                    () = pressure => {}
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+                continue;
+            }
+            let disk = self.clone();
+            // File deletions: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || disk.evict()).await;
+        }
+    }
+
+    /// One eviction pass; returns the blobs removed.
+    pub fn evict(&self) -> u64 {
+        let mut candidates: Vec<(u64, Key)> = {
+            let index = self.lock();
+            if index.bytes <= self.limits.max_size {
+                return 0;
+            }
+            index
+                .blobs
+                .iter()
+                .filter(|(_, meta)| meta.readers == 0)
+                .map(|(key, meta)| (meta.used, *key))
+                .collect()
+        };
+        candidates.sort_unstable_by_key(|&(used, _)| used);
+        let mut removed = 0;
+        for batch in candidates.chunks(EVICT_BATCH) {
+            let mut index = self.lock();
+            for (used, key) in batch {
+                if index.bytes <= self.limits.low_watermark {
+                    return removed;
+                }
+                // Used or pinned since the candidates were listed: keep it.
+                match index.blobs.get(key) {
+                    Some(meta) if meta.used == *used && meta.readers == 0 => {}
+                    _ => continue,
+                }
+                if fs::remove_file(self.path(key)).is_err() {
+                    continue;
+                }
+                let meta = index.blobs.remove(key).expect("checked above");
+                index.bytes -= meta.size;
+                removed += 1;
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                self.evicted_bytes.fetch_add(meta.size, Ordering::Relaxed);
+            }
+        }
+        removed
+    }
+
+    /// Reads a whole blob into memory, for the backing store's uploads.
+    pub fn read(&self, key: &Key) -> io::Result<Bytes> {
+        let mut bytes = Vec::new();
+        File::open(self.path(key))?.read_to_end(&mut bytes)?;
+        Ok(bytes.into())
+    }
+}
+
+/// Writes one blob. Dropping it before [`Writer::publish`] abandons the
+/// upload: the temporary file goes, followers see [`State::Failed`].
+#[derive(Debug)]
+pub struct Writer {
+    disk: Arc<Disk>,
+    key: Key,
+    upload: Arc<Upload>,
+    file: Option<File>,
+    written: u64,
+    reserved: u64,
+    finished: bool,
+}
+
+impl Writer {
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
+    /// The upload that readers follow.
+    pub fn upload(&self) -> Arc<Upload> {
+        self.upload.clone()
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Announces that the backing store has the blob and it is coming.
+    pub fn found(&self) {
+        self.upload
+            .progress
+            .send_modify(|p| p.state = State::Writing);
+    }
+
+    /// Appends `bytes`, checking the limits; followers may read them as soon
+    /// as this returns. Blocking: call it off the runtime for large writes.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
+        let after = self.written + bytes.len() as u64;
+        if after > self.disk.limits.max_blob {
+            return Err(Refusal::TooLarge {
+                limit: self.disk.limits.max_blob,
+            });
+        }
+        if after > self.reserved {
+            let more = after - self.reserved;
+            let mut index = self.disk.lock();
+            let used = index.bytes + index.reserved;
+            if used + more > self.disk.limits.hard_limit {
+                self.disk.pressure.notify_one();
+                return Err(Refusal::Full {
+                    used,
+                    limit: self.disk.limits.hard_limit,
+                });
+            }
+            index.reserved += more;
+            self.reserved += more;
+        }
+        let file = self.file.as_mut().expect("open until finished");
+        file.write_all(bytes)?;
+        self.written = after;
+        self.upload.progress.send_modify(|p| p.written = after);
+        Ok(())
+    }
+
+    /// Publishes the blob: renames it into place and indexes it.
+    pub fn publish(mut self) -> Result<(), Refusal> {
+        drop(self.file.take());
+        let now = now_nanos();
+        let disk = self.disk.clone();
+        let mut index = disk.lock();
+        fs::rename(&self.upload.temp, &self.upload.target)?;
+        let meta = Meta {
+            size: self.written,
+            used: now,
+            touched: now,
+            readers: 0,
+        };
+        let replaced = index.blobs.insert(self.key, meta);
+        if let Some(old) = replaced {
+            // Readers of the old file keep reading it; the count restarts.
+            index.bytes -= old.size;
+            if let Some(new) = index.blobs.get_mut(&self.key) {
+                new.readers = old.readers;
+            }
+        }
+        index.bytes += self.written;
+        index.reserved -= self.reserved;
+        self.reserved = 0;
+        self.finish(&mut index, State::Done);
+        if index.bytes > disk.limits.max_size {
+            disk.pressure.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Gives up: the backing store has no such blob.
+    pub fn missing(mut self) {
+        let disk = self.disk.clone();
+        let mut index = disk.lock();
+        self.abandon(&mut index, State::Missing);
+    }
+
+    fn abandon(&mut self, index: &mut Index, state: State) {
+        drop(self.file.take());
+        let _ = fs::remove_file(&self.upload.temp);
+        index.reserved -= self.reserved;
+        self.reserved = 0;
+        self.finish(index, state);
+    }
+
+    fn finish(&mut self, index: &mut Index, state: State) {
+        if index
+            .uploads
+            .get(&self.key)
+            .is_some_and(|u| Arc::ptr_eq(u, &self.upload))
+        {
+            index.uploads.remove(&self.key);
+        }
+        self.upload.progress.send_modify(|p| p.state = state);
+        self.finished = true;
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.finished {
+            let disk = self.disk.clone();
+            let mut index = disk.lock();
+            self.abandon(&mut index, State::Failed);
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    nanos(SystemTime::now())
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Lists the blobs under `dir` by name and metadata, on all cores.
+fn scan(dir: &Path) -> io::Result<Vec<(Key, Meta)>> {
+    let shards: Vec<(Kind, PathBuf)> = [Kind::Ac, Kind::Cas]
+        .into_iter()
+        .flat_map(|kind| {
+            (0..=255u8).map(move |shard| (kind, dir.join(kind.name()).join(hex::encode([shard]))))
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+    let per_thread = shards.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = shards
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || scan_shards(chunk)))
+            .collect();
+        let mut all = Vec::new();
+        for worker in workers {
+            all.extend(worker.join().expect("scanning does not panic")?);
+        }
+        Ok(all)
+    })
+}
+
+fn scan_shards(shards: &[(Kind, PathBuf)]) -> io::Result<Vec<(Key, Meta)>> {
+    let mut found = Vec::new();
+    for (kind, shard) in shards {
+        let entries = match fs::read_dir(shard) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(key) = name.to_str().and_then(|name| Key::new(*kind, name)) else {
+                continue;
+            };
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if !metadata.is_file() {
+                continue;
+            }
+            let used = metadata.modified().map_or(0, nanos);
+            found.push((
+                key,
+                Meta {
+                    size: metadata.len(),
+                    used,
+                    touched: used,
+                    readers: 0,
+                },
+            ));
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,614 @@
+//! The HTTP API: bazel-remote's cache protocol, plus `/status`, `/healthz`
+//! and `/metrics`.
+//!
+//! | request                     | answer                                      |
+//! |-----------------------------|---------------------------------------------|
+//! | `GET /{ac,cas}/<hex>`       | 200 with the blob, 404                      |
+//! | `HEAD /{ac,cas}/<hex>`      | 200 with its length, 404                    |
+//! | `PUT /{ac,cas}/<hex>`       | 200 stored; 400 hash mismatch or not an ActionResult; 413 too large; 507 full |
+//! | any of those, bad key       | 400                                         |
+//! | no or unknown token         | 401; a read-only token writing: 403        |
+//!
+//! Bodies stream in both directions: a PUT goes to disk as it arrives, in
+//! writes batched while the client sends faster than the disk takes them;
+//! a GET reads the file as the client takes it (hyper asks for the next
+//! chunk only when the connection can take it), so a slow client holds one
+//! chunk of memory, not the blob.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
+use bytes::Bytes;
+use futures_util::{FutureExt, TryStreamExt};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use crate::auth::{Access, Auth};
+use crate::backing::Backing;
+use crate::disk::{Blob, Disk, Found, Progress, Refusal, State, Upload, Writer};
+use crate::key::{Key, Kind};
+use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
+
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Blobs up to this size are read whole and sent in one piece.
+const SMALL_BLOB: u64 = 64 * 1024;
+/// Bytes per chunk of a streamed response.
+const CHUNK: usize = 256 * 1024;
+/// A PUT's bytes are written once this many have gathered, or when the
+/// client pauses.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Action results are small; a larger one is not a Go or Bazel entry.
+pub const MAX_ACTION_RESULT: u64 = 4 * 1024 * 1024;
+
+/// What every request needs.
+#[derive(Debug)]
+pub struct Service {
+    pub disk: Arc<Disk>,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    pub backing: Option<Backing>,
+    /// How long a client may leave a request body without a byte.
+    pub idle_timeout: Duration,
+    pub started: Instant,
+    pub tls: bool,
+}
+
+impl Service {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let method = method_name(request.method());
+        let (kind, response) = self.route(request).await;
+        let labels = LatencyLabels { method, kind };
+        self.metrics
+            .latency
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method,
+                kind,
+                status: response.status().as_u16(),
+            })
+            .inc();
+        Ok(response)
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> (&'static str, Response<Body>) {
+        let path = request.uri().path();
+        let Some(key) = Key::from_path(path) else {
+            let response = match (request.method(), path) {
+                (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+                (&Method::GET, "/status") => self.status(),
+                (&Method::GET, "/metrics") => {
+                    let mut response =
+                        text(StatusCode::OK, self.metrics.render(&self.disk.usage()));
+                    response.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    response
+                }
+                (_, "/healthz" | "/status" | "/metrics") => {
+                    text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+                }
+                _ if path.contains("/ac/") || path.contains("/cas/") => text(
+                    StatusCode::BAD_REQUEST,
+                    "not a cache key: use /ac/<sha256> or /cas/<sha256>, 64 lower-case hex digits\n",
+                ),
+                _ => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
+            };
+            let kind = match path {
+                "/healthz" => "healthz",
+                "/status" => "status",
+                "/metrics" => "metrics",
+                _ => "other",
+            };
+            return (kind, response);
+        };
+        let access = self.auth.access(
+            request
+                .headers()
+                .get(AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        );
+        let needed = match *request.method() {
+            Method::GET | Method::HEAD => Access::Read,
+            Method::PUT => Access::Write,
+            _ => {
+                return (
+                    key.kind.name(),
+                    text(StatusCode::METHOD_NOT_ALLOWED, "use GET, HEAD or PUT\n"),
+                );
+            }
+        };
+        if access < needed {
+            if needed == Access::Write {
+                self.metrics.reject(if access == Access::None {
+                    "unauthorized"
+                } else {
+                    "forbidden"
+                });
+            }
+            return (key.kind.name(), refuse(access));
+        }
+        let response = match *request.method() {
+            Method::PUT => self.put(key, request).await,
+            ref method => self.get(key, *method == Method::HEAD).await,
+        };
+        (key.kind.name(), response)
+    }
+
+    async fn get(&self, key: Key, head: bool) -> Response<Body> {
+        let kind = KindLabels {
+            kind: key.kind.name(),
+        };
+        let response = match self.disk.find(&key) {
+            Found::Blob(blob) if head => {
+                let mut response = empty(StatusCode::OK);
+                set_length(&mut response, blob.size);
+                response
+            }
+            Found::Blob(blob) => self.send_blob(blob),
+            Found::Upload(_) if head => empty(StatusCode::NOT_FOUND),
+            Found::Upload(upload) => self.follow(upload).await,
+            Found::Missing => match &self.backing {
+                Some(backing) if head => match backing.exists(&key).await {
+                    true => empty(StatusCode::OK),
+                    false => empty(StatusCode::NOT_FOUND),
+                },
+                Some(backing) => match backing.fetch(&self.disk, key) {
+                    Ok(upload) => self.follow(upload).await,
+                    Err(refusal) => refusal_response(&refusal),
+                },
+                None => empty(StatusCode::NOT_FOUND),
+            },
+        };
+        if response.status() == StatusCode::OK {
+            self.metrics.hits.get_or_create(&kind).inc();
+        } else if response.status() == StatusCode::NOT_FOUND {
+            self.metrics.misses.get_or_create(&kind).inc();
+        }
+        response
+    }
+
+    /// A complete blob: small ones in one piece, others as a stream that
+    /// keeps the blob pinned until the last byte is sent.
+    fn send_blob(&self, blob: Blob) -> Response<Body> {
+        let size = blob.size;
+        let body = if size <= SMALL_BLOB {
+            // A read from the page cache, shorter than a trip to the
+            // blocking pool.
+            let mut bytes = Vec::with_capacity(size as usize);
+            if let Err(e) = io::Read::read_to_end(&mut (&blob.file), &mut bytes) {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot read the blob: {e}\n"),
+                );
+            }
+            self.metrics.bytes_sent.inc_by(bytes.len() as u64);
+            Full::new(Bytes::from(bytes))
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        } else {
+            let Blob { file, size: _, pin } = blob;
+            let sent = self.metrics.bytes_sent.clone();
+            let stream =
+                tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), CHUNK)
+                    .inspect_ok(move |chunk| {
+                        let _pinned = &pin;
+                        sent.inc_by(chunk.len() as u64);
+                    });
+            StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync()
+        };
+        let mut response = Response::new(body);
+        set_length(&mut response, size);
+        response
+    }
+
+    /// Streams a blob as it is being written, from the writer's file.
+    async fn follow(&self, upload: Arc<Upload>) -> Response<Body> {
+        let mut progress = upload.progress();
+        let state = match progress.wait_for(|p| p.state != State::Asking).await {
+            Ok(progress) => progress.state,
+            Err(_) => State::Failed,
+        };
+        match state {
+            State::Missing => return empty(StatusCode::NOT_FOUND),
+            State::Failed => {
+                return text(StatusCode::BAD_GATEWAY, "the blob's upload failed\n");
+            }
+            State::Asking | State::Writing | State::Done => {}
+        }
+        let file = match upload.open() {
+            Ok(file) => tokio::fs::File::from_std(file),
+            Err(_) => return empty(StatusCode::NOT_FOUND),
+        };
+        let follower = Follower {
+            upload: upload.clone(),
+            file,
+            position: 0,
+            progress,
+            sent: self.metrics.bytes_sent.clone(),
+        };
+        let stream = futures_util::stream::unfold(follower, |mut follower| async move {
+            let chunk = follower.next_chunk().await?;
+            Some((chunk, follower))
+        });
+        let mut response =
+            Response::new(StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync());
+        if let Some(expected) = upload.expected {
+            set_length(&mut response, expected);
+        }
+        response
+    }
+
+    async fn put(&self, key: Key, request: Request<Incoming>) -> Response<Body> {
+        let length = match request.headers().get(CONTENT_LENGTH) {
+            None => None,
+            Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+                Some(length) => Some(length),
+                None => return text(StatusCode::BAD_REQUEST, "bad Content-Length\n"),
+            },
+        };
+        if key.kind == Kind::Ac && length.is_some_and(|l| l > MAX_ACTION_RESULT) {
+            self.metrics.reject("too_large");
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an action result is at most {MAX_ACTION_RESULT} bytes\n"),
+            );
+        }
+        let writer = match self.disk.begin(key, length) {
+            Ok(writer) => writer,
+            Err(refusal) => {
+                self.metrics.reject(refusal_reason(&refusal));
+                return refusal_response(&refusal);
+            }
+        };
+        match self.receive(writer, length, request.into_body()).await {
+            Ok(()) => {
+                if let Some(backing) = &self.backing {
+                    backing.queue(key);
+                }
+                empty(StatusCode::OK)
+            }
+            Err(rejected) => {
+                self.metrics.reject(rejected.reason);
+                text(rejected.status, format!("{}\n", rejected.message))
+            }
+        }
+    }
+
+    /// Writes a PUT's body through `writer`, checks it, and publishes it.
+    async fn receive(
+        &self,
+        writer: Writer,
+        length: Option<u64>,
+        mut body: Incoming,
+    ) -> Result<(), Rejected> {
+        let key = writer.key();
+        let mut check = Check::new(key.kind);
+        let mut batch = Vec::new();
+        let mut writer = Some(writer);
+        loop {
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    // The client paused: let followers have what came so far.
+                    write_batch(&mut writer, &mut batch).await?;
+                    match tokio::time::timeout(self.idle_timeout, body.frame()).await {
+                        Ok(frame) => frame,
+                        Err(_) => {
+                            return Err(Rejected::new(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "incomplete",
+                                format!(
+                                    "no body byte for {:?}; upload abandoned",
+                                    self.idle_timeout
+                                ),
+                            ));
+                        }
+                    }
+                }
+            };
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| {
+                Rejected::new(
+                    StatusCode::BAD_REQUEST,
+                    "incomplete",
+                    format!("the body was cut: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            self.metrics.bytes_received.inc_by(data.len() as u64);
+            check.update(&data)?;
+            batch.extend_from_slice(&data);
+            if batch.len() >= WRITE_BATCH {
+                write_batch(&mut writer, &mut batch).await?;
+            }
+        }
+        write_batch(&mut writer, &mut batch).await?;
+        let writer = writer.expect("kept between batches");
+        if let Some(length) = length
+            && writer.written() != length
+        {
+            return Err(Rejected::new(
+                StatusCode::BAD_REQUEST,
+                "incomplete",
+                format!("{} bytes received of {length}", writer.written()),
+            ));
+        }
+        check.finish(&key)?;
+        tokio::task::spawn_blocking(move || writer.publish())
+            .await
+            .expect("publishing does not panic")
+            .map_err(|refusal| Rejected::from_refusal(&refusal))
+    }
+
+    fn status(&self) -> Response<Body> {
+        let usage = self.disk.usage();
+        let limits = self.disk.limits();
+        let status = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "dir": self.disk.dir(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "bytes": usage.bytes,
+            "reserved_bytes": usage.reserved,
+            "ac_blobs": usage.ac_blobs,
+            "cas_blobs": usage.cas_blobs,
+            "uploads_in_progress": usage.uploads,
+            "evicted": usage.evicted,
+            "evicted_bytes": usage.evicted_bytes,
+            "max_size": limits.max_size,
+            "low_watermark": limits.low_watermark,
+            "hard_limit": limits.hard_limit,
+            "max_blob": limits.max_blob,
+            "auth": self.auth.describe(),
+            "tls": self.tls,
+            "backing": self.backing.as_ref().map(ToString::to_string),
+        });
+        let mut response = text(StatusCode::OK, format!("{status:#}\n"));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+/// A PUT refused part-way, and why.
+#[derive(Debug)]
+struct Rejected {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Rejected {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Rejected {
+        Rejected {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn from_refusal(refusal: &Refusal) -> Rejected {
+        Rejected::new(
+            refusal_status(refusal),
+            refusal_reason(refusal),
+            refusal.to_string(),
+        )
+    }
+}
+
+/// What a PUT's body must be: for the CAS, bytes of the key's hash; for the
+/// action cache, an `ActionResult` message.
+enum Check {
+    Cas(Sha256),
+    Ac(Vec<u8>),
+}
+
+impl Check {
+    fn new(kind: Kind) -> Check {
+        match kind {
+            Kind::Cas => Check::Cas(Sha256::new()),
+            Kind::Ac => Check::Ac(Vec::new()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) -> Result<(), Rejected> {
+        match self {
+            Check::Cas(hasher) => hasher.update(data),
+            Check::Ac(bytes) => {
+                if (bytes.len() + data.len()) as u64 > MAX_ACTION_RESULT {
+                    return Err(Rejected::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!("an action result is at most {MAX_ACTION_RESULT} bytes"),
+                    ));
+                }
+                bytes.extend_from_slice(data);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, key: &Key) -> Result<(), Rejected> {
+        match self {
+            Check::Cas(hasher) => {
+                let hash: [u8; 32] = hasher.finalize().into();
+                if hash != key.hash {
+                    return Err(Rejected::new(
+                        StatusCode::BAD_REQUEST,
+                        "hash_mismatch",
+                        format!(
+                            "the body's SHA-256 is {}, not the key {}; nothing stored",
+                            hex::encode(hash),
+                            key.hex()
+                        ),
+                    ));
+                }
+            }
+            Check::Ac(bytes) => {
+                if let Err(e) = ActionResult::decode(&bytes[..]) {
+                    return Err(Rejected::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        format!("not an ActionResult message ({e}); nothing stored"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes what has gathered, off the runtime.
+async fn write_batch(writer: &mut Option<Writer>, batch: &mut Vec<u8>) -> Result<(), Rejected> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut taken = writer.take().expect("kept between batches");
+    let bytes = std::mem::take(batch);
+    let (returned, result) = tokio::task::spawn_blocking(move || {
+        let result = taken.write(&bytes);
+        (taken, result)
+    })
+    .await
+    .expect("writing does not panic");
+    *writer = Some(returned);
+    result.map_err(|refusal| Rejected::from_refusal(&refusal))
+}
+
+/// Reads an upload's file up to where its writer got, waiting for more.
+struct Follower {
+    /// Keeps the progress channel's sender alive.
+    upload: Arc<Upload>,
+    file: tokio::fs::File,
+    position: u64,
+    progress: watch::Receiver<Progress>,
+    sent: prometheus_client::metrics::counter::Counter,
+}
+
+impl Follower {
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            let progress = *self.progress.borrow_and_update();
+            if self.position < progress.written {
+                let length = (progress.written - self.position).min(CHUNK as u64) as usize;
+                let mut chunk = vec![0; length];
+                if let Err(e) = self.file.read_exact(&mut chunk).await {
+                    return Some(Err(e));
+                }
+                self.position += length as u64;
+                self.sent.inc_by(length as u64);
+                return Some(Ok(chunk.into()));
+            }
+            match progress.state {
+                State::Done => return None,
+                State::Failed | State::Missing => {
+                    return Some(Err(io::Error::other(format!(
+                        "the upload of {} failed",
+                        self.upload.key()
+                    ))));
+                }
+                State::Asking | State::Writing => {
+                    if self.progress.changed().await.is_err() {
+                        return Some(Err(io::Error::other("the upload vanished")));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
+fn refuse(access: Access) -> Response<Body> {
+    match access {
+        Access::None => {
+            let mut response = text(
+                StatusCode::UNAUTHORIZED,
+                "a valid token is needed: send `Authorization: Bearer <token>`\n",
+            );
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        Access::Read | Access::Write => text(
+            StatusCode::FORBIDDEN,
+            "this token may only read; writing needs a token of scope write\n",
+        ),
+    }
+}
+
+fn refusal_status(refusal: &Refusal) -> StatusCode {
+    match refusal {
+        Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        Refusal::Io(e) if e.kind() == io::ErrorKind::StorageFull => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
+        Refusal::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn refusal_reason(refusal: &Refusal) -> &'static str {
+    match refusal_status(refusal) {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::INSUFFICIENT_STORAGE => "full",
+        _ => "io",
+    }
+}
+
+fn refusal_response(refusal: &Refusal) -> Response<Body> {
+    text(refusal_status(refusal), format!("{refusal}\n"))
+}
+
+fn set_length(response: &mut Response<Body>, length: u64) {
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(length));
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+}

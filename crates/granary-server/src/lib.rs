@@ -1,0 +1,246 @@
+//! `granary serve`: a shared build-cache server.
+//!
+//! The server speaks bazel-remote's HTTP cache protocol (`GET`, `HEAD` and
+//! `PUT` on `/ac/<sha256>` and `/cas/<sha256>`), so granary's `prog` client,
+//! Bazel and any other REAPI HTTP client can use it, and granary's client
+//! can use an existing bazel-remote. Action-cache entries must be REAPI
+//! `ActionResult` messages; CAS blobs must hash to their key, which is
+//! checked while they stream in: a blob that does not match is never
+//! stored.
+//!
+//! Blobs live on disk ([`disk`]): written to a temporary file, checked,
+//! renamed into place, so a crash never leaves a half-written blob where a
+//! reader could find it, and the index is rebuilt at start-up from file
+//! names and sizes alone. The disk tier has a size limit; least recently
+//! used blobs are evicted in the background down to a low watermark, and
+//! above a hard limit writes are refused with 507. A blob being sent is
+//! never evicted under its reader. A GET of a blob whose upload is still in
+//! progress follows the upload as it arrives; concurrent misses on one key
+//! fetch it once from the optional backing object store ([`backing`]),
+//! which also receives every upload in the background.
+//!
+//! Access is by bearer tokens of scope read or write, kept hashed in a
+//! tokens file ([`auth`]), with optional anonymous reading; TLS comes from
+//! certificate and key files. `/status` reports sizes, counts and limits as
+//! JSON, `/healthz` says whether the server answers, `/metrics` exposes
+//! Prometheus metrics.
+//!
+//! Architecture invariant: this crate knows nothing of the go command or
+//! of granary's `prog` engine and its local tier; it stores and serves
+//! opaque blobs by key, checked only as REAPI defines them. It reaches the
+//! backing store only through `granary_remote::BlobStore`.
+
+mod auth;
+mod backing;
+mod disk;
+mod http;
+mod key;
+mod listen;
+mod metrics;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use granary_remote::BlobStore;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub use auth::{Access, TokensError, new_token};
+pub use disk::{Limits, Rebuilt};
+
+/// Everything `granary serve` is told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub dir: PathBuf,
+    pub limits: Limits,
+    /// The tokens file; `None`: anyone may read and write.
+    pub tokens: Option<PathBuf>,
+    /// With tokens: requests without one may read.
+    pub anonymous_read: bool,
+    pub tls: Option<TlsFiles>,
+    /// How long a connection may stall (no byte in or out while waiting).
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    /// How long shutdown waits for requests in flight and for uploads to
+    /// the backing store.
+    pub shutdown_grace: Duration,
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot use the cache directory {dir}: {source}")]
+    Dir { dir: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {address}: {source}; choose another --listen address")]
+    Listen {
+        address: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// A server bound to its address, with its index rebuilt: [`Server::run`]
+/// it.
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    service: Arc<http::Service>,
+    settings: Settings,
+    rebuilt: Rebuilt,
+    backing: Option<Arc<dyn BlobStore>>,
+}
+
+impl Server {
+    /// Opens the cache directory, reads the tokens and TLS files, and
+    /// binds the address. Must run inside a tokio runtime.
+    pub async fn bind(
+        settings: Settings,
+        backing: Option<Arc<dyn BlobStore>>,
+    ) -> Result<Server, ServeError> {
+        let auth = match &settings.tokens {
+            Some(path) => auth::Auth::from_file(path, settings.anonymous_read)?,
+            None => auth::Auth::open(),
+        };
+        let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
+        let (disk, rebuilt) =
+            disk::Disk::open(&settings.dir, settings.limits).map_err(|source| ServeError::Dir {
+                dir: settings.dir.clone(),
+                source,
+            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    address: settings.listen,
+                    source,
+                })?;
+        let service = Arc::new(http::Service {
+            disk,
+            auth,
+            metrics: Arc::new(metrics::Metrics::new()),
+            backing: None,
+            idle_timeout: settings.idle_timeout,
+            started: Instant::now(),
+            tls: tls.is_some(),
+        });
+        Ok(Server {
+            listener,
+            tls,
+            service,
+            settings,
+            rebuilt,
+            backing,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound socket has an address")
+    }
+
+    /// What the index was rebuilt from.
+    pub fn rebuilt(&self) -> Rebuilt {
+        self.rebuilt
+    }
+
+    /// How access works, for the start-up message.
+    pub fn auth(&self) -> String {
+        self.service.auth.describe()
+    }
+
+    /// Serves until `shutdown` completes, then finishes requests in flight
+    /// and queued uploads to the backing store, each for up to the grace
+    /// period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            listener,
+            tls,
+            service,
+            settings,
+            backing,
+            ..
+        } = self;
+        let mut service = Arc::into_inner(service).expect("not shared before run");
+        let write_behind = backing.map(|blobs| {
+            let (backing, task) =
+                backing::Backing::start(blobs, service.disk.clone(), service.metrics.clone());
+            service.backing = Some(backing);
+            task
+        });
+        let service = Arc::new(service);
+        let evictor = tokio::spawn(service.disk.clone().evict_forever());
+        listen::serve(
+            listener,
+            tls,
+            service.clone(),
+            settings.max_connections,
+            settings.shutdown_grace,
+            shutdown,
+        )
+        .await;
+        evictor.abort();
+        // Closing the queue lets the write-behind task finish what it has.
+        drop(service);
+        if let Some(task) = write_behind
+            && tokio::time::timeout(settings.shutdown_grace, task)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "uploads to the backing store still queued after {:?}; they stay on disk only",
+                settings.shutdown_grace
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("address", &self.listener.local_addr().ok())
+            .field("tls", &self.tls.is_some())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |path: &Path, what: &str, e: &dyn std::fmt::Display| {
+        ServeError::Tls(format!("cannot read the {what} {}: {e}", path.display()))
+    };
+    let certificates = CertificateDer::pem_file_iter(&files.certificate)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| read(&files.certificate, "certificate file", &e))?;
+    if certificates.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "{} holds no PEM certificate",
+            files.certificate.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| read(&files.key, "private key file", &e))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .map_err(|e| ServeError::Tls(format!("the certificate and key do not fit: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::disk::Usage;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: &'static str,
+    /// `ac`, `cas`, or the endpoint's name.
+    pub kind: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub method: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `unauthorized`, `forbidden`, `too_large`, `full`, `hash_mismatch`,
+    /// `invalid`, `incomplete`.
+    pub reason: &'static str,
+}
+
+/// Every metric the server keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<LatencyLabels, Histogram>,
+    pub hits: Family<KindLabels, Counter>,
+    pub misses: Family<KindLabels, Counter>,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    pub rejected_writes: Family<ReasonLabels, Counter>,
+    pub backing_fetches: Counter,
+    pub backing_uploads: Counter,
+    pub backing_dropped: Counter,
+    pub backing_errors: Counter,
+    disk_bytes: Gauge<u64, AtomicU64>,
+    blobs: Family<KindLabels, Gauge<u64, AtomicU64>>,
+    evictions: Counter,
+    evicted_bytes: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("granary");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "HTTP requests answered", requests.clone());
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs to ~26 s.
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response's headers",
+            latency.clone(),
+        );
+        let hits = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "hits",
+            "GET and HEAD requests that found the blob",
+            hits.clone(),
+        );
+        let misses = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "misses",
+            "GET and HEAD requests that did not",
+            misses.clone(),
+        );
+        let bytes_received = Counter::default();
+        registry.register(
+            "received_bytes",
+            "Body bytes received",
+            bytes_received.clone(),
+        );
+        let bytes_sent = Counter::default();
+        registry.register("sent_bytes", "Body bytes sent", bytes_sent.clone());
+        let rejected_writes = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected_writes",
+            "PUT requests refused",
+            rejected_writes.clone(),
+        );
+        let backing_fetches = Counter::default();
+        registry.register(
+            "backing_fetches",
+            "Blobs fetched from the backing store",
+            backing_fetches.clone(),
+        );
+        let backing_uploads = Counter::default();
+        registry.register(
+            "backing_uploads",
+            "Blobs written behind to the backing store",
+            backing_uploads.clone(),
+        );
+        let backing_dropped = Counter::default();
+        registry.register(
+            "backing_dropped",
+            "Blobs not written behind because the queue was full",
+            backing_dropped.clone(),
+        );
+        let backing_errors = Counter::default();
+        registry.register(
+            "backing_errors",
+            "Failed requests to the backing store",
+            backing_errors.clone(),
+        );
+        let disk_bytes = Gauge::<u64, AtomicU64>::default();
+        registry.register("disk_bytes", "Bytes of stored blobs", disk_bytes.clone());
+        let blobs = Family::<KindLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register("blobs", "Stored blobs", blobs.clone());
+        let evictions = Counter::default();
+        registry.register("evictions", "Blobs evicted", evictions.clone());
+        let evicted_bytes = Counter::default();
+        registry.register("evicted_bytes", "Bytes evicted", evicted_bytes.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            hits,
+            misses,
+            bytes_received,
+            bytes_sent,
+            rejected_writes,
+            backing_fetches,
+            backing_uploads,
+            backing_dropped,
+            backing_errors,
+            disk_bytes,
+            blobs,
+            evictions,
+            evicted_bytes,
+        }
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected_writes
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// The text exposition, with the disk's gauges as of now.
+    pub fn render(&self, usage: &Usage) -> String {
+        self.disk_bytes.set(usage.bytes);
+        self.blobs
+            .get_or_create(&KindLabels { kind: "ac" })
+            .set(usage.ac_blobs);
+        self.blobs
+            .get_or_create(&KindLabels { kind: "cas" })
+            .set(usage.cas_blobs);
+        // The disk counts evictions; mirror its totals.
+        self.evictions
+            .inc_by(usage.evicted.saturating_sub(self.evictions.get()));
+        self.evicted_bytes
+            .inc_by(usage.evicted_bytes.saturating_sub(self.evicted_bytes.get()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        text
+    }
+}
