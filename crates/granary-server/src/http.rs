@@ -120,12 +120,11 @@ impl Service {
             };
             return (kind, response);
         };
-        let access = self.auth.access(
-            request
-                .headers()
-                .get(AUTHORIZATION)
-                .map(HeaderValue::as_bytes),
-        );
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let access = self.auth.access(authorization);
         let needed = match *request.method() {
             Method::GET | Method::HEAD => Access::Read,
             Method::PUT => Access::Write,
@@ -137,14 +136,19 @@ impl Service {
             }
         };
         if access < needed {
+            // Without a token, the answer is "send one", whatever
+            // anonymous users may do; with one, "not with this one".
+            let response = match (authorization, access) {
+                (Some(_), Access::Read) => forbidden(),
+                _ => unauthorized(),
+            };
             if needed == Access::Write {
-                self.metrics.reject(if access == Access::None {
-                    "unauthorized"
-                } else {
-                    "forbidden"
+                self.metrics.reject(match response.status() {
+                    StatusCode::FORBIDDEN => "forbidden",
+                    _ => "unauthorized",
                 });
             }
-            return (key.kind.name(), refuse(access));
+            return (key.kind.name(), response);
         }
         let response = match *request.method() {
             Method::PUT => self.put(key, request).await,
@@ -549,23 +553,22 @@ fn method_name(method: &Method) -> &'static str {
     }
 }
 
-fn refuse(access: Access) -> Response<Body> {
-    match access {
-        Access::None => {
-            let mut response = text(
-                StatusCode::UNAUTHORIZED,
-                "a valid token is needed: send `Authorization: Bearer <token>`\n",
-            );
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
-        }
-        Access::Read | Access::Write => text(
-            StatusCode::FORBIDDEN,
-            "this token may only read; writing needs a token of scope write\n",
-        ),
-    }
+fn unauthorized() -> Response<Body> {
+    let mut response = text(
+        StatusCode::UNAUTHORIZED,
+        "a valid token is needed: send `Authorization: Bearer <token>`\n",
+    );
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn forbidden() -> Response<Body> {
+    text(
+        StatusCode::FORBIDDEN,
+        "this token may only read; writing needs a token of scope write\n",
+    )
 }
 
 fn refusal_status(refusal: &Refusal) -> StatusCode {

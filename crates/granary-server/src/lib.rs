@@ -122,13 +122,10 @@ impl Server {
                 dir: settings.dir.clone(),
                 source,
             })?;
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| ServeError::Listen {
-                    address: settings.listen,
-                    source,
-                })?;
+        let listener = listen(settings.listen).map_err(|source| ServeError::Listen {
+            address: settings.listen,
+            source,
+        })?;
         let service = Arc::new(http::Service {
             disk,
             auth,
@@ -219,6 +216,23 @@ impl std::fmt::Debug for Server {
             .finish_non_exhaustive()
     }
 }
+
+/// A listening socket with a backlog long enough for a burst of a few
+/// thousand clients (tokio's default, 1024, overflows when a whole CI
+/// fleet connects at once, and the kernel then resets connections).
+fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
+
+/// Connections waiting to be accepted, at most (the kernel caps it at
+/// net.core.somaxconn).
+const BACKLOG: u32 = 8192;
 
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
     use rustls_pki_types::pem::PemObject;

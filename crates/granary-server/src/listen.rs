@@ -91,7 +91,7 @@ pub async fn serve(
                 },
             };
             if let Err(e) = result {
-                tracing::debug!("connection with {peer}: {e}");
+                tracing::debug!("connection with {peer}: {e:?}");
             }
             drop(slot);
         });

@@ -1,0 +1,249 @@
+//! `granary serve` for the tests: started on a free loopback port with its
+//! own directory, stopped (and its files removed) when dropped; and a
+//! small raw HTTP/1.1 client for requests that well-behaved clients would
+//! never send.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+use super::granary;
+
+/// A running `granary serve`.
+pub struct Server {
+    child: Option<Child>,
+    /// Holds the cache directory and the log, unless the test gave its own.
+    _scratch: TempDir,
+    log: PathBuf,
+    pub dir: PathBuf,
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT` (or https).
+    pub url: String,
+}
+
+impl Server {
+    /// A server with a new directory and these extra arguments.
+    pub fn start(args: &[&str]) -> Server {
+        let scratch = scratch();
+        let dir = scratch.path().join("cache");
+        Server::start_in(scratch, &dir, args, &[]).unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    /// A server on `dir`; `Err` holds its log if it exited instead of
+    /// listening.
+    pub fn start_in(
+        scratch: TempDir,
+        dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Server, String> {
+        let log = scratch.path().join(format!("serve-{}.log", rand_suffix()));
+        let mut cmd = Command::new(granary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .args(args)
+            .envs(envs.iter().copied())
+            .env_remove("GRANARY_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().expect("granary serve starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(url) = text
+                .split_whitespace()
+                .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            {
+                let url = url.trim_end_matches(';').to_owned();
+                let addr = url.rsplit("//").next().unwrap().parse().unwrap();
+                return Ok(Server {
+                    child: Some(child),
+                    _scratch: scratch,
+                    log,
+                    dir: dir.to_owned(),
+                    addr,
+                    url,
+                });
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("granary serve exited with {status}:\n{text}"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "granary serve did not listen within 30 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `/status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = request(self.addr, "GET", "/status", &[], b"");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// The sum of a metric's samples whose labels contain `labels`.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let (_, body) = request(self.addr, "GET", "/metrics", &[], b"");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGTERM, then waits up to 30 s for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit 30 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash; returns the scratch area for a restart.
+    pub fn kill(mut self) -> TempDir {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+        std::mem::replace(&mut self._scratch, scratch())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+pub fn scratch() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("granary-serve-")
+        .tempdir()
+        .unwrap()
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// One HTTP/1.1 request on a new connection; the status and the body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method == "PUT" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may refuse before the body is sent, and close.
+    let _ = stream.write_all(body);
+    read_response(&mut stream)
+}
+
+/// Reads a response to the end of the connection.
+pub fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
+    let mut raw = Vec::new();
+    // A server that refuses a body early may reset the connection after
+    // its answer; what arrived before counts.
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        assert!(!raw.is_empty(), "no response: {e}");
+    }
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return (status, dechunk(&body));
+    }
+    (status, body)
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
+        body = &body[line_end + 4 + size..];
+    }
+}
+
+/// The blob files under the server's directory (`ac/` and `cas/`).
+pub fn blob_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for kind in ["ac", "cas"] {
+        for shard in std::fs::read_dir(dir.join(kind)).into_iter().flatten() {
+            for entry in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+                files.push(entry.unwrap().path());
+            }
+        }
+    }
+    files
+}
+
+/// Files in the server's `tmp/`.
+pub fn tmp_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("tmp")).map_or(0, Iterator::count)
+}

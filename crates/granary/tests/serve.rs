@@ -1,0 +1,845 @@
+//! `granary serve` end to end: the real binary on loopback, real HTTP from
+//! raw sockets, reqwest and the `prog` client, and the real go command.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use common::server::*;
+use common::*;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let mut state = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn put_cas(server: &Server, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+    let path = format!("/cas/{}", sha256_hex(body));
+    let (status, _) = request(server.addr, "PUT", &path, headers, body);
+    (status, path)
+}
+
+/// An `ActionResult` with one output file, as the prog client writes it.
+fn action_result(output: &[u8]) -> Vec<u8> {
+    use bazel_remote_apis::build::bazel::remote::execution::v2::{
+        ActionResult, Digest, OutputFile,
+    };
+    use prost::Message;
+    ActionResult {
+        output_files: vec![OutputFile {
+            path: "go-output".into(),
+            digest: Some(Digest {
+                hash: sha256_hex(output),
+                size_bytes: output.len() as i64,
+            }),
+            ..OutputFile::default()
+        }],
+        ..ActionResult::default()
+    }
+    .encode_to_vec()
+}
+
+/// Starts a PUT of `total` bytes on a raw connection and sends `first`.
+fn start_put(server: &Server, path: &str, total: usize, first: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {total}\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(first).unwrap();
+    stream
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn make_token(scope: &str) -> (String, String) {
+    let out =
+        run_ok(Command::new(granary()).args(["serve-token", "--scope", scope, "--name", scope]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no `{name}` in {text}"))
+            .to_owned()
+    };
+    (field("token: "), field("tokens file line: "))
+}
+
+fn tokens_file(dir: &Path, lines: &[&str], mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("tokens");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn two_runners_share_one_https_server_with_tokens() {
+    let scratch = scratch();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = scratch.path().join("cert.pem");
+    let key = scratch.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (writer, write_line) = make_token("write");
+    let (reader, read_line) = make_token("read");
+    let tokens = tokens_file(scratch.path(), &[&write_line, &read_line], 0o600);
+    let dir = scratch.path().join("cache");
+    let server = Server::start_in(
+        tempfile::tempdir().unwrap(),
+        &dir,
+        &[
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[("GRANARY_LOG", "debug")],
+    )
+    .unwrap();
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+
+    let sb = Sandbox::new();
+    let module = sb.module("shared", 3);
+    let build = |cache: &str, token: &str, extra: &[(&str, &str)]| {
+        let stats_file = sb.path(&format!("{cache}.json"));
+        let out = sb.path(&format!("bin/{cache}"));
+        let mut cmd = sb.go_granary(
+            &sb.path(cache),
+            &module,
+            &stats_file,
+            &["build", "-x", "-o", out.to_str().unwrap(), "."],
+        );
+        cmd.env("GRANARY_REMOTE", &server.url)
+            .env("GRANARY_REMOTE_CA", &cert)
+            .env("GRANARY_TOKEN", token)
+            .envs(extra.iter().copied());
+        let output = run_ok(&mut cmd);
+        (stats(&stats_file), output, std::fs::read(out).unwrap())
+    };
+
+    let (a, _, a_bin) = build("runner-a", &writer, &[]);
+    assert!(a.puts > 20 && a.remote.uploads == a.puts, "{a:?}");
+    assert_eq!(
+        (a.remote.remote_errors, a.remote.uploads_dropped),
+        (0, 0),
+        "{a:?}"
+    );
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let status: serde_json::Value = client
+        .get(format!("{}/status", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(status["ac_blobs"].as_u64().unwrap() >= a.puts, "{status}");
+    assert_eq!(status["tls"], true);
+
+    let (b, out, b_bin) = build("runner-b", &reader, &[("GRANARY_READ_ONLY", "1")]);
+    assert_eq!(compiled_packages(&out.stderr), Vec::<String>::new());
+    assert!(b.misses <= 1, "only the link may miss: {b:?}");
+    assert_eq!(b.remote.remote_hits, b.hits, "{b:?}");
+    assert!(b.hits > 20, "{b:?}");
+    assert_eq!(b.remote.uploads, 0);
+    assert_eq!(a_bin, b_bin);
+
+    // A read token without --read-only: the first upload is refused, the
+    // remote goes off with one warning, the build succeeds.
+    let other = sb.module("other", 1);
+    let stats_file = sb.path("c.json");
+    let mut cmd = sb.go_granary(&sb.path("runner-c"), &other, &stats_file, &["build", "."]);
+    cmd.env("GRANARY_REMOTE", &server.url)
+        .env("GRANARY_REMOTE_CA", &cert)
+        .env("GRANARY_TOKEN", &reader);
+    let output = run_ok(&mut cmd);
+    let c = stats(&stats_file);
+    assert!(c.remote.remote_off.contains("read-only"), "{c:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("WARN").count(), 1, "{stderr}");
+
+    // Tokens never reach the server's log, even at debug level.
+    let log = server.log();
+    for token in [&writer, &reader] {
+        assert!(!log.contains(token.as_str()), "a token in the log:\n{log}");
+    }
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(server.addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+}
+
+#[test]
+fn writes_need_a_write_token() {
+    let scratch = scratch();
+    let (writer, write_line) = make_token("write");
+    let (reader, read_line) = make_token("read");
+    let tokens = tokens_file(scratch.path(), &[&write_line, &read_line], 0o600);
+    let dir = scratch.path().join("cache");
+    let server = Server::start_in(
+        tempfile::tempdir().unwrap(),
+        &dir,
+        &["--tokens", tokens.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
+    let body = pattern(5000, 1);
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (status, path) = put_cas(&server, &body, &[]);
+    assert_eq!(status, 401, "anonymous write");
+    let (status, _) = put_cas(&server, &body, &[("Authorization", &bearer(&reader))]);
+    assert_eq!(status, 403, "read-only token writing");
+    let (status, _) = put_cas(&server, &body, &[("Authorization", &bearer("gry_guessed"))]);
+    assert_eq!(status, 401, "unknown token");
+    assert!(blob_files(&dir).is_empty(), "nothing stored");
+    assert_eq!(
+        request(server.addr, "GET", &path, &[], b"").0,
+        401,
+        "anonymous read"
+    );
+    let (status, _) = put_cas(&server, &body, &[("Authorization", &bearer(&writer))]);
+    assert_eq!(status, 200);
+    let (status, got) = request(
+        server.addr,
+        "GET",
+        &path,
+        &[("Authorization", &bearer(&reader))],
+        b"",
+    );
+    assert_eq!((status, got), (200, body.clone()));
+    assert_eq!(
+        server.metric("granary_rejected_writes_total", "unauthorized"),
+        2.0
+    );
+    assert_eq!(
+        server.metric("granary_rejected_writes_total", "forbidden"),
+        1.0
+    );
+    drop(server);
+
+    // Anonymous reading, when asked for.
+    let server = Server::start_in(
+        tempfile::tempdir().unwrap(),
+        &dir,
+        &["--tokens", tokens.to_str().unwrap(), "--anonymous-read"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(request(server.addr, "GET", &path, &[], b"").0, 200);
+    assert_eq!(put_cas(&server, &pattern(10, 2), &[]).0, 401);
+}
+
+#[test]
+fn a_bad_tokens_file_stops_the_server_with_a_clear_error() {
+    let scratch = scratch();
+    let (_, line) = make_token("write");
+    for (lines, mode, says) in [
+        (vec![line.as_str()], 0o644, "chmod 600"),
+        (vec!["write not-a-hash ci"], 0o600, "line 1"),
+        (vec!["# ok", "admin 00 x"], 0o600, "line 2"),
+    ] {
+        let tokens = tokens_file(scratch.path(), &lines, mode);
+        let log = Server::start_in(
+            tempfile::tempdir().unwrap(),
+            &scratch.path().join("cache"),
+            &["--tokens", tokens.to_str().unwrap()],
+            &[],
+        )
+        .err()
+        .expect("the server refuses to start");
+        assert!(
+            log.contains(says) && log.contains("tokens"),
+            "{lines:?}: {log}"
+        );
+    }
+    let log = Server::start_in(
+        tempfile::tempdir().unwrap(),
+        &scratch.path().join("cache"),
+        &["--tokens", "/nonexistent/tokens"],
+        &[],
+    )
+    .err()
+    .unwrap();
+    assert!(log.contains("/nonexistent/tokens"), "{log}");
+}
+
+#[test]
+fn hostile_paths_and_bad_uploads_are_refused_and_nothing_is_stored() {
+    let server = Server::start(&["--max-blob", "1MiB"]);
+    let hex = "ab".repeat(32);
+    for path in [
+        "/cas/../../../etc/passwd".to_owned(),
+        format!("/cas/..%2f..%2f{}", &hex[..58]),
+        format!("/cas/{}", "AB".repeat(32)),
+        format!("/cas/{}", &hex[..63]),
+        format!("/cas/{hex}/extra"),
+        format!("//cas/{hex}"),
+        format!("/a/b/cas/{hex}"),
+        format!("/../cas/{hex}"),
+        "/cas/".to_owned(),
+    ] {
+        let (status, _) = request(server.addr, "PUT", &path, &[], b"x");
+        assert!(matches!(status, 400 | 404), "{path}: {status}");
+        let (status, _) = request(server.addr, "GET", &path, &[], b"");
+        assert!(matches!(status, 400 | 404), "{path}: {status}");
+    }
+    let (status, _) = request(server.addr, "DELETE", &format!("/cas/{hex}"), &[], b"");
+    assert_eq!(status, 405);
+
+    // Hash mismatch: refused, nothing kept, followers would have failed.
+    let body = pattern(300_000, 3);
+    let wrong = format!("/cas/{}", sha256_hex(b"something else"));
+    let (status, message) = request(server.addr, "PUT", &wrong, &[], &body);
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&message).contains("nothing stored"));
+    assert_eq!(request(server.addr, "GET", &wrong, &[], b"").0, 404);
+    // Not an ActionResult.
+    let (status, _) = request(
+        server.addr,
+        "PUT",
+        &format!("/ac/{hex}"),
+        &[],
+        b"\xff\xff\xff\xff",
+    );
+    assert_eq!(status, 400);
+    // Too large, announced or not.
+    let big = pattern(2 << 20, 4);
+    assert_eq!(put_cas(&server, &big, &[]).0, 413);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    write!(
+        stream,
+        "PUT /cas/{} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+        sha256_hex(&big)
+    )
+    .unwrap();
+    for chunk in big.chunks(64 * 1024) {
+        if write!(stream, "{:x}\r\n", chunk.len()).is_err()
+            || stream.write_all(chunk).is_err()
+            || stream.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    assert_eq!(read_response(&mut stream).0, 413);
+    // A body shorter than announced.
+    let mut short = start_put(
+        &server,
+        &format!("/cas/{}", sha256_hex(&body)),
+        body.len(),
+        &body[..1000],
+    );
+    short.shutdown(std::net::Shutdown::Write).unwrap();
+    let (status, _) = read_response(&mut short);
+    assert!(matches!(status, 400), "{status}");
+
+    wait_until("no upload in progress", Duration::from_secs(5), || {
+        server.status()["uploads_in_progress"] == 0
+    });
+    assert!(
+        blob_files(&server.dir).is_empty(),
+        "{:?}",
+        blob_files(&server.dir)
+    );
+    assert_eq!(tmp_files(&server.dir), 0);
+    let status = server.status();
+    assert_eq!(
+        (status["bytes"].as_u64(), status["reserved_bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        server.metric("granary_rejected_writes_total", "hash_mismatch"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("granary_rejected_writes_total", "too_large"),
+        2.0
+    );
+    assert_eq!(
+        server.metric("granary_rejected_writes_total", "invalid"),
+        1.0
+    );
+    // The server is fine.
+    assert_eq!(put_cas(&server, &body, &[]).0, 200);
+}
+
+#[test]
+fn slow_clients_time_out_without_exhausting_the_server() {
+    let server = Server::start(&["--idle-timeout", "1s", "--max-connections", "8"]);
+    // Eight connections that never finish their request: all the server takes.
+    let mut stalled: Vec<TcpStream> = (0..7)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.addr).unwrap();
+            stream.write_all(b"GET /cas/").unwrap();
+            stream
+        })
+        .collect();
+    let body = pattern(100_000, 5);
+    let slow_body = start_put(
+        &server,
+        &format!("/cas/{}", sha256_hex(&body)),
+        body.len(),
+        &body[..10],
+    );
+    stalled.push(slow_body);
+    let started = Instant::now();
+    let (status, _) = request(server.addr, "GET", "/healthz", &[], b"");
+    let waited = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(10),
+        "served once the stalled connections timed out, after {waited:?}"
+    );
+    for mut stream in stalled {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = stream.read_to_end(&mut rest).is_ok() || rest.is_empty();
+        assert!(closed, "the server closed the stalled connection");
+    }
+    wait_until(
+        "the abandoned upload is gone",
+        Duration::from_secs(5),
+        || server.status()["uploads_in_progress"] == 0,
+    );
+    assert_eq!(tmp_files(&server.dir), 0);
+    assert!(blob_files(&server.dir).is_empty());
+}
+
+#[test]
+fn a_thousand_gets_follow_one_streaming_put() {
+    const READERS: usize = 1000;
+    let scratch = scratch();
+    let dir = scratch.path().join("cache");
+    let server = Server::start_in(scratch, &dir, &[], &[("GRANARY_LOG", "debug")]).unwrap();
+    let body = pattern(1 << 20, 6);
+    let path = format!("/cas/{}", sha256_hex(&body));
+    let mut put = start_put(&server, &path, body.len(), &body[..64 * 1024]);
+    wait_until("the upload is under way", Duration::from_secs(5), || {
+        server.status()["uploads_in_progress"] == 1
+    });
+    let sent = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let (addr, path, sent) = (server.addr, path.clone(), sent.clone());
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let mut stream = TcpStream::connect(addr).unwrap();
+                    write!(
+                        stream,
+                        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                    )
+                    .unwrap();
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(60)))
+                        .unwrap();
+                    read_response(&mut stream)
+                })
+                .unwrap()
+        })
+        .collect();
+    wait_until("every GET is sent", Duration::from_secs(30), || {
+        sent.load(Ordering::SeqCst) == READERS
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for chunk in body[64 * 1024..].chunks(64 * 1024) {
+        put.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(read_response(&mut put).0, 200);
+    let results: Vec<_> = readers.into_iter().map(|r| r.join()).collect();
+    if results.iter().any(Result::is_err) {
+        let log = server.log();
+        let mut lines: Vec<&str> = log.lines().collect();
+        lines.sort();
+        lines.dedup_by(|a, b| a.get(..60) == b.get(..60));
+        panic!("server log:\n{}", lines.join("\n"));
+    }
+    for reader in results {
+        let (status, got) = reader.unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            got == body,
+            "a reader got {} bytes, not the blob",
+            got.len()
+        );
+    }
+    assert_eq!(blob_files(&server.dir).len(), 1, "exactly one blob");
+    assert_eq!(tmp_files(&server.dir), 0);
+    assert_eq!(server.metric("granary_hits_total", "cas"), READERS as f64);
+}
+
+#[test]
+fn followers_get_each_byte_as_it_arrives() {
+    let server = Server::start(&[]);
+    let body = pattern(1000, 7);
+    let path = format!("/cas/{}", sha256_hex(&body));
+    let mut put = start_put(&server, &path, body.len(), &body[..1]);
+    wait_until("the upload is under way", Duration::from_secs(5), || {
+        server.status()["uploads_in_progress"] == 1
+    });
+    let mut get = TcpStream::connect(server.addr).unwrap();
+    write!(
+        get,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    get.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    let body_start = |received: &[u8]| {
+        received
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+    };
+    for sent in 1..=5 {
+        // Everything sent so far arrives, and nothing more.
+        loop {
+            if let Some(start) = body_start(&received)
+                && received.len() - start == sent
+            {
+                break;
+            }
+            let n = get.read(&mut buffer).unwrap();
+            assert!(n > 0, "the response ended early");
+            received.extend_from_slice(&buffer[..n]);
+        }
+        let start = body_start(&received).unwrap();
+        assert_eq!(&received[start..], &body[..sent]);
+        put.write_all(&body[sent..sent + 1]).unwrap();
+    }
+    put.write_all(&body[6..]).unwrap();
+    assert_eq!(read_response(&mut put).0, 200);
+    get.read_to_end(&mut received).unwrap();
+    assert_eq!(parse_response(&received), (200, body));
+}
+
+#[test]
+fn a_slow_reader_holds_the_server_back_not_its_memory() {
+    let server = Server::start(&[]);
+    let body = pattern(96 << 20, 8);
+    let (status, path) = put_cas(&server, &body, &[]);
+    assert_eq!(status, 200);
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    let before = rss();
+    let sent_before = server.metric("granary_sent_bytes_total", "");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut received = vec![0; 1 << 20];
+        stream.read_exact(&mut received).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sent = server.metric("granary_sent_bytes_total", "") - sent_before;
+        assert!(
+            sent < 12.0 * 1024.0 * 1024.0,
+            "the server read {sent} bytes ahead of a reader that took 1 MiB"
+        );
+        assert!(
+            rss() < before + (32 << 20),
+            "memory grew from {before} to {}",
+            rss()
+        );
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        received.extend_from_slice(&rest);
+        assert_eq!(parse_response(&received), (200, body));
+    });
+}
+
+#[test]
+fn eviction_keeps_the_size_and_spares_blobs_being_read() {
+    let server = Server::start(&[
+        "--max-size",
+        "16MiB",
+        "--low-watermark",
+        "75",
+        "--hard-limit",
+        "24MiB",
+        "--max-blob",
+        "40MiB",
+    ]);
+    let oldest = pattern(8 << 20, 10);
+    let (status, oldest_path) = put_cas(&server, &oldest, &[]);
+    assert_eq!(status, 200);
+    let mut paths = Vec::new();
+    for seed in 11..15 {
+        let (status, path) = put_cas(&server, &pattern(1 << 20, seed), &[]);
+        assert_eq!(status, 200);
+        paths.push(path);
+    }
+    // A slow reader of the oldest blob.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(32 * 1024).unwrap();
+        let mut reader = socket.connect(server.addr).await.unwrap();
+        reader
+            .write_all(
+                format!("GET {oldest_path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut received = vec![0; 64 * 1024];
+        reader.read_exact(&mut received).await.unwrap();
+
+        for seed in 15..20 {
+            let (status, path) = put_cas(&server, &pattern(1 << 20, seed), &[]);
+            assert_eq!(status, 200);
+            paths.push(path);
+        }
+        wait_until("eviction", Duration::from_secs(10), || {
+            server.status()["evicted"].as_u64().unwrap() > 0
+        });
+        let status = server.status();
+        assert!(status["bytes"].as_u64().unwrap() <= 16 << 20, "{status}");
+        assert_eq!(
+            request(server.addr, "HEAD", &oldest_path, &[], b"").0,
+            200,
+            "the blob being read stays"
+        );
+        assert_eq!(
+            request(server.addr, "HEAD", &paths[0], &[], b"").0,
+            404,
+            "LRU goes first"
+        );
+        assert_eq!(
+            request(server.addr, "HEAD", paths.last().unwrap(), &[], b"").0,
+            200
+        );
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+        received.extend_from_slice(&rest);
+        assert_eq!(parse_response(&received), (200, oldest));
+    });
+    assert_eq!(
+        blob_files(&server.dir).len() as u64,
+        server.status()["cas_blobs"].as_u64().unwrap()
+    );
+    assert!(server.metric("granary_evictions_total", "") >= 1.0);
+
+    // Above the hard limit, writes are refused, not crashed into.
+    let huge = pattern(30 << 20, 30);
+    assert_eq!(put_cas(&server, &huge, &[]).0, 507);
+    assert_eq!(server.status()["reserved_bytes"], 0);
+    assert_eq!(server.metric("granary_rejected_writes_total", "full"), 1.0);
+}
+
+#[test]
+fn kill_9_under_load_leaves_only_complete_blobs() {
+    let server = Server::start(&[]);
+    let dir = server.dir.clone();
+    let addr = server.addr;
+    // A slow upload that will never finish.
+    let slow = pattern(1 << 20, 40);
+    let slow_path = format!("/cas/{}", sha256_hex(&slow));
+    let _slow = start_put(&server, &slow_path, slow.len(), &slow[..1000]);
+    let start = Arc::new(Barrier::new(5));
+    let writers: Vec<_> = (0..4u8)
+        .map(|w| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let mut attempted = Vec::new();
+                for i in 0..200u32 {
+                    let body = pattern(1000 + (i as usize * 7919) % (1 << 20), w * 50 + (i % 50) as u8);
+                    let path = format!("/cas/{}", sha256_hex(&body));
+                    attempted.push(path.clone());
+                    let Ok(mut stream) = TcpStream::connect(addr) else { break };
+                    let head = format!("PUT {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&body).is_err() {
+                        break;
+                    }
+                    let mut answer = Vec::new();
+                    if stream.read_to_end(&mut answer).is_err() || answer.is_empty() {
+                        break;
+                    }
+                }
+                attempted
+            })
+        })
+        .collect();
+    start.wait();
+    std::thread::sleep(Duration::from_millis(700));
+    let scratch = server.kill();
+    let attempted: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(attempted.len() > 8, "the load ran: {}", attempted.len());
+
+    let restarted = Server::start_in(scratch, &dir, &[], &[]).unwrap();
+    assert_eq!(tmp_files(&dir), 0, "leftovers removed at start-up");
+    let files = blob_files(&dir);
+    assert!(!files.is_empty());
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            sha256_hex(&std::fs::read(file).unwrap()),
+            name,
+            "a damaged blob"
+        );
+    }
+    assert_eq!(
+        restarted.status()["cas_blobs"].as_u64().unwrap(),
+        files.len() as u64
+    );
+    assert!(restarted.log().contains("index rebuilt in"));
+    assert_eq!(request(restarted.addr, "GET", &slow_path, &[], b"").0, 404);
+    for path in attempted.iter().take(100) {
+        let (status, body) = request(restarted.addr, "GET", path, &[], b"");
+        match status {
+            200 => assert_eq!(format!("/cas/{}", sha256_hex(&body)), *path),
+            404 => {}
+            other => panic!("{path}: {other}"),
+        }
+    }
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    let mut server = Server::start(&[]);
+    let body = pattern(2 << 20, 50);
+    let path = format!("/cas/{}", sha256_hex(&body));
+    let mut put = start_put(&server, &path, body.len(), &body[..1 << 20]);
+    wait_until("the upload is under way", Duration::from_secs(5), || {
+        server.status()["uploads_in_progress"] == 1
+    });
+    let pid = server.pid();
+    let terminating = std::thread::spawn(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    put.write_all(&body[1 << 20..]).unwrap();
+    assert_eq!(
+        read_response(&mut put).0,
+        200,
+        "the upload in flight finished"
+    );
+    let (server, status) = terminating.join().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(server.log().contains("shutting down"), "{}", server.log());
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    let files = blob_files(&server.dir);
+    assert_eq!(files.len(), 1);
+    assert_eq!(std::fs::read(&files[0]).unwrap(), body);
+}
+
+#[test]
+fn servers_share_a_bucket_read_through_and_write_behind() {
+    let s3 = S3Server::start();
+    let envs = [
+        ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY),
+        ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("GRANARY_S3_ENDPOINT", s3.endpoint.as_str()),
+        ("GRANARY_S3_REGION", "us-east-1"),
+    ];
+    let backing = format!("s3://{}/servers", BUCKET);
+    let start = || {
+        let scratch = scratch();
+        let dir = scratch.path().join("cache");
+        Server::start_in(scratch, &dir, &["--backing", &backing], &envs).unwrap()
+    };
+    let first = start();
+    let second = start();
+    let blob = pattern(3 << 20, 60);
+    let (status, blob_path) = put_cas(&first, &blob, &[]);
+    assert_eq!(status, 200);
+    let result = action_result(&blob);
+    let result_path = format!("/ac/{}", "cd".repeat(32));
+    assert_eq!(
+        request(first.addr, "PUT", &result_path, &[], &result).0,
+        200
+    );
+    wait_until("both are written behind", Duration::from_secs(20), || {
+        first.metric("granary_backing_uploads_total", "") >= 2.0
+    });
+
+    // Fifty clients miss on the second server at once: one fetch.
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let (addr, path) = (second.addr, blob_path.clone());
+            std::thread::spawn(move || request(addr, "GET", &path, &[], b""))
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(reader.join().unwrap(), (200, blob.clone()));
+    }
+    assert_eq!(second.metric("granary_backing_fetches_total", ""), 1.0);
+    assert_eq!(
+        request(second.addr, "GET", &result_path, &[], b""),
+        (200, result)
+    );
+    assert_eq!(
+        blob_files(&second.dir).len(),
+        2,
+        "both now on the second server's disk"
+    );
+    let absent = format!("/cas/{}", "ef".repeat(32));
+    assert_eq!(request(second.addr, "GET", &absent, &[], b"").0, 404);
+    assert_eq!(request(second.addr, "HEAD", &blob_path, &[], b"").0, 200);
+}
