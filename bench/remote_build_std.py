@@ -86,10 +86,14 @@ def main():
         proxy.kill()
         common.stop_seaweedfs(weed, ports)
         shutil.rmtree(work, ignore_errors=True)
-    report(times, stats, go, args, Path(args.out))
+    note = (f"Cold: {args.cold} run(s) per configuration; others: {args.runs} runs, interleaved. "
+            f"The proxy adds {args.delay_ms:g} ms to every request. Remote columns are from the last run.")
+    report(times, stats, go, Path(args.out), "remote-build-std", "a remote", note)
 
 
-def report(times, stats, go, args, out):
+def report(times, stats, go, out, name, through, note):
+    """Writes bench/results/<name>.{md,json,svg}: times against native Go,
+    with the remote columns of granary's stats."""
     version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
     native_cold = statistics.median(times["native-cold"])
     native_warm = statistics.median(times["native-warm"])
@@ -112,7 +116,7 @@ def report(times, stats, go, args, out):
         rows.append(row)
 
     lines = [
-        f"# go build std through a remote: {version}, {os.cpu_count()} CPUs",
+        f"# go build std through {through}: {version}, {os.cpu_count()} CPUs",
         "",
         "| config | median (s) | / native cold | / native warm | remote hits | down (MiB) | up (MiB) | lookup p50 / p99 (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -127,23 +131,19 @@ def report(times, stats, go, args, out):
                 if remote else "| | | |"
             )
         )
-    lines += [
-        "",
-        f"Cold: {args.cold} run(s) per configuration; others: {args.runs} runs, interleaved. "
-        f"The proxy adds {args.delay_ms:g} ms to every request. Remote columns are from the last run.",
-    ]
+    lines += ["", note]
     table = "\n".join(lines)
     print()
     print(table)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "remote-build-std.md").write_text(table + "\n")
-    (out / "remote-build-std.json").write_text(json.dumps({"go": version, "rows": rows}, indent=2) + "\n")
+    (out / f"{name}.md").write_text(table + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"go": version, "rows": rows}, indent=2) + "\n")
     common.write_bar_chart(
-        out / "remote-build-std.svg",
+        out / f"{name}.svg",
         "go build std, median time relative to Go's native cache, cold",
         [(r["config"], {"vs cold": r["vs_native_cold"]}) for r in rows],
     )
-    print(f"\nwrote {out}/remote-build-std.{{md,json,svg}}")
+    print(f"\nwrote {out}/{name}.{{md,json,svg}}")
 
 
 if __name__ == "__main__":

@@ -13,17 +13,14 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
 use futures_util::StreamExt;
 use granary_remote::BlobStore;
-use prost::Message;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::check::Check;
 use crate::disk::{Begun, Disk, Refusal, Upload, Writer};
-use crate::http::MAX_ACTION_RESULT;
-use crate::key::{Key, Kind};
+use crate::key::Key;
 use crate::metrics::Metrics;
 
 /// Blobs waiting to be written behind, at most.
@@ -139,40 +136,20 @@ async fn fetch(blobs: &dyn BlobStore, writer: Writer) -> Result<bool, String> {
     writer.found();
     let mut stream = stream;
     let mut writer = Some(writer);
-    let mut hasher = Sha256::new();
-    let mut action_result = Vec::new();
+    let mut check = Check::new(key.kind);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
-        match key.kind {
-            Kind::Cas => hasher.update(&chunk),
-            Kind::Ac if (action_result.len() + chunk.len()) as u64 <= MAX_ACTION_RESULT => {
-                action_result.extend_from_slice(&chunk)
-            }
-            Kind::Ac => return Err("an action result too large to be one".into()),
-        }
-        let mut taken = writer.take().expect("kept between chunks");
-        let (returned, result) = tokio::task::spawn_blocking(move || {
-            let result = taken.write(&chunk);
-            (taken, result)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        check.update(&chunk).map_err(|rejected| rejected.message)?;
+        let taken = writer.take().expect("kept between chunks");
+        let (returned, result) = taken.write_off_runtime(chunk.to_vec()).await;
         result.map_err(|e| e.to_string())?;
         writer = Some(returned);
     }
-    match key.kind {
-        Kind::Cas if <[u8; 32]>::from(hasher.finalize()) != key.hash => {
-            return Err("the blob does not match its hash; not stored".into());
-        }
-        Kind::Ac if ActionResult::decode(&action_result[..]).is_err() => {
-            return Err("not an ActionResult message; not stored".into());
-        }
-        _ => {}
-    }
-    let writer = writer.expect("kept between chunks");
-    tokio::task::spawn_blocking(move || writer.publish())
+    check.finish(&key).map_err(|rejected| rejected.message)?;
+    writer
+        .expect("kept between chunks")
+        .publish_off_runtime()
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     Ok(true)
 }

@@ -445,7 +445,15 @@ impl Disk {
             }
             let disk = self.clone();
             // File deletions: off the runtime's threads.
-            let _ = tokio::task::spawn_blocking(move || disk.evict()).await;
+            let removed = tokio::task::spawn_blocking(move || disk.evict()).await;
+            if removed.unwrap_or(0) == 0 {
+                // Everything left is being read: try again when something
+                // changes, or in a second.
+                tokio::select! {
+                    () = self.pressure.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
     }
 
@@ -559,6 +567,24 @@ impl Writer {
         self.written = after;
         self.upload.progress.send_modify(|p| p.written = after);
         Ok(())
+    }
+
+    /// [`Writer::write`] on the blocking pool; the writer comes back with
+    /// the result.
+    pub async fn write_off_runtime(mut self, bytes: Vec<u8>) -> (Writer, Result<(), Refusal>) {
+        tokio::task::spawn_blocking(move || {
+            let result = self.write(&bytes);
+            (self, result)
+        })
+        .await
+        .expect("writing does not panic")
+    }
+
+    /// [`Writer::publish`] on the blocking pool.
+    pub async fn publish_off_runtime(self) -> Result<(), Refusal> {
+        tokio::task::spawn_blocking(move || self.publish())
+            .await
+            .expect("publishing does not panic")
     }
 
     /// Publishes the blob: renames it into place and indexes it.

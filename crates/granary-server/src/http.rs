@@ -20,7 +20,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
 use bytes::Bytes;
 use futures_util::{FutureExt, TryStreamExt};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -28,13 +27,13 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use prost::Message;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::auth::{Access, Auth};
 use crate::backing::Backing;
+use crate::check::MAX_ACTION_RESULT;
+use crate::check::{Check, Rejected, refusal_reason, refusal_status};
 use crate::disk::{Blob, Disk, Found, Progress, Refusal, State, Upload, Writer};
 use crate::key::{Key, Kind};
 use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
@@ -48,8 +47,6 @@ const CHUNK: usize = 256 * 1024;
 /// A PUT's bytes are written once this many have gathered, or when the
 /// client pauses.
 const WRITE_BATCH: usize = 256 * 1024;
-/// Action results are small; a larger one is not a Go or Bazel entry.
-pub const MAX_ACTION_RESULT: u64 = 4 * 1024 * 1024;
 
 /// What every request needs.
 #[derive(Debug)]
@@ -359,9 +356,9 @@ impl Service {
             ));
         }
         check.finish(&key)?;
-        tokio::task::spawn_blocking(move || writer.publish())
+        writer
+            .publish_off_runtime()
             .await
-            .expect("publishing does not panic")
             .map_err(|refusal| Rejected::from_refusal(&refusal))
     }
 
@@ -395,107 +392,13 @@ impl Service {
     }
 }
 
-/// A PUT refused part-way, and why.
-#[derive(Debug)]
-struct Rejected {
-    status: StatusCode,
-    reason: &'static str,
-    message: String,
-}
-
-impl Rejected {
-    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Rejected {
-        Rejected {
-            status,
-            reason,
-            message: message.into(),
-        }
-    }
-
-    fn from_refusal(refusal: &Refusal) -> Rejected {
-        Rejected::new(
-            refusal_status(refusal),
-            refusal_reason(refusal),
-            refusal.to_string(),
-        )
-    }
-}
-
-/// What a PUT's body must be: for the CAS, bytes of the key's hash; for the
-/// action cache, an `ActionResult` message.
-enum Check {
-    Cas(Sha256),
-    Ac(Vec<u8>),
-}
-
-impl Check {
-    fn new(kind: Kind) -> Check {
-        match kind {
-            Kind::Cas => Check::Cas(Sha256::new()),
-            Kind::Ac => Check::Ac(Vec::new()),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) -> Result<(), Rejected> {
-        match self {
-            Check::Cas(hasher) => hasher.update(data),
-            Check::Ac(bytes) => {
-                if (bytes.len() + data.len()) as u64 > MAX_ACTION_RESULT {
-                    return Err(Rejected::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        format!("an action result is at most {MAX_ACTION_RESULT} bytes"),
-                    ));
-                }
-                bytes.extend_from_slice(data);
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(self, key: &Key) -> Result<(), Rejected> {
-        match self {
-            Check::Cas(hasher) => {
-                let hash: [u8; 32] = hasher.finalize().into();
-                if hash != key.hash {
-                    return Err(Rejected::new(
-                        StatusCode::BAD_REQUEST,
-                        "hash_mismatch",
-                        format!(
-                            "the body's SHA-256 is {}, not the key {}; nothing stored",
-                            hex::encode(hash),
-                            key.hex()
-                        ),
-                    ));
-                }
-            }
-            Check::Ac(bytes) => {
-                if let Err(e) = ActionResult::decode(&bytes[..]) {
-                    return Err(Rejected::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid",
-                        format!("not an ActionResult message ({e}); nothing stored"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Writes what has gathered, off the runtime.
 async fn write_batch(writer: &mut Option<Writer>, batch: &mut Vec<u8>) -> Result<(), Rejected> {
     if batch.is_empty() {
         return Ok(());
     }
-    let mut taken = writer.take().expect("kept between batches");
-    let bytes = std::mem::take(batch);
-    let (returned, result) = tokio::task::spawn_blocking(move || {
-        let result = taken.write(&bytes);
-        (taken, result)
-    })
-    .await
-    .expect("writing does not panic");
+    let taken = writer.take().expect("kept between batches");
+    let (returned, result) = taken.write_off_runtime(std::mem::take(batch)).await;
     *writer = Some(returned);
     result.map_err(|refusal| Rejected::from_refusal(&refusal))
 }
@@ -514,8 +417,14 @@ impl Follower {
     async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         loop {
             let progress = *self.progress.borrow_and_update();
-            if self.position < progress.written {
-                let length = (progress.written - self.position).min(CHUNK as u64) as usize;
+            // The last byte waits for the check: if the upload turns out
+            // wrong, the response is cut, never complete with bad bytes.
+            let readable = match (progress.state, self.upload.expected) {
+                (State::Done, _) | (_, None) => progress.written,
+                (_, Some(expected)) => progress.written.min(expected.saturating_sub(1)),
+            };
+            if self.position < readable {
+                let length = (readable - self.position).min(CHUNK as u64) as usize;
                 let mut chunk = vec![0; length];
                 if let Err(e) = self.file.read_exact(&mut chunk).await {
                     return Some(Err(e));
@@ -569,25 +478,6 @@ fn forbidden() -> Response<Body> {
         StatusCode::FORBIDDEN,
         "this token may only read; writing needs a token of scope write\n",
     )
-}
-
-fn refusal_status(refusal: &Refusal) -> StatusCode {
-    match refusal {
-        Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        Refusal::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
-        Refusal::Io(e) if e.kind() == io::ErrorKind::StorageFull => {
-            StatusCode::INSUFFICIENT_STORAGE
-        }
-        Refusal::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-fn refusal_reason(refusal: &Refusal) -> &'static str {
-    match refusal_status(refusal) {
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::INSUFFICIENT_STORAGE => "full",
-        _ => "io",
-    }
 }
 
 fn refusal_response(refusal: &Refusal) -> Response<Body> {

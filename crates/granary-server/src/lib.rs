@@ -32,6 +32,7 @@
 
 mod auth;
 mod backing;
+mod check;
 mod disk;
 mod http;
 mod key;

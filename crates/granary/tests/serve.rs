@@ -843,3 +843,52 @@ fn servers_share_a_bucket_read_through_and_write_behind() {
     assert_eq!(request(second.addr, "GET", &absent, &[], b"").0, 404);
     assert_eq!(request(second.addr, "HEAD", &blob_path, &[], b"").0, 200);
 }
+
+#[test]
+fn a_dead_server_costs_the_build_one_warning() {
+    let server = Server::start(&[]);
+    let url = server.url.clone();
+    drop(server.kill());
+    let sb = Sandbox::new();
+    let module = sb.module("alone", 2);
+    let stats_file = sb.path("stats.json");
+    let mut cmd = sb.go_granary(&sb.path("cache"), &module, &stats_file, &["build", "."]);
+    cmd.env("GRANARY_REMOTE", &url);
+    let output = run_ok(&mut cmd);
+    let stats = stats(&stats_file);
+    assert!(!stats.remote.remote_off.is_empty(), "{stats:?}");
+    assert!(stats.remote.remote_errors >= 1, "{stats:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("WARN").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_follower_of_a_bad_upload_never_gets_a_whole_body() {
+    let server = Server::start(&[]);
+    let body = pattern(10_000, 9);
+    let wrong = format!("/cas/{}", sha256_hex(b"not this body"));
+    let mut put = start_put(&server, &wrong, body.len(), &body[..5000]);
+    wait_until("the upload is under way", Duration::from_secs(5), || {
+        server.status()["uploads_in_progress"] == 1
+    });
+    let mut get = TcpStream::connect(server.addr).unwrap();
+    write!(
+        get,
+        "GET {wrong} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    put.write_all(&body[5000..]).unwrap();
+    assert_eq!(read_response(&mut put).0, 400);
+    get.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut raw = Vec::new();
+    let _ = get.read_to_end(&mut raw);
+    let start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(String::from_utf8_lossy(&raw[..start]).contains("content-length: 10000"));
+    assert!(
+        raw.len() - start < body.len(),
+        "the follower got all {} bytes of a blob that failed its check",
+        body.len()
+    );
+    assert_eq!(request(server.addr, "GET", &wrong, &[], b"").0, 404);
+}

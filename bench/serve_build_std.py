@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Times `go build std` on a fresh runner whose only shared cache is a
+`granary serve` on loopback, against a cold build and a warm local build, in
+one run; then the same server behind a proxy that adds 20 ms per request.
+
+    python3 bench/serve_build_std.py             # 1 cold run per config, 5 of the others
+    python3 bench/serve_build_std.py --runs 9
+
+Configurations:
+  native-cold      Go's own cache, empty
+  granary-cold     granary, empty local tier, uploading to the empty server
+                   (runner A: it fills the server for the others)
+  native-warm      Go's own cache, filled
+  granary-warm     granary, local tier filled, no remote
+  server           granary, empty local tier, warm server (runner B)
+  server+20ms      the same through the proxy
+
+Results go to bench/results/serve-build-std.{md,json,svg}.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from remote_build_std import report  # noqa: E402
+
+
+def start_server(granary, work):
+    log_path = work / "serve.log"
+    proc = subprocess.Popen(
+        [granary, "serve", "--dir", str(work / "server"), "--listen", "127.0.0.1:0"],
+        stderr=open(log_path, "w"), stdout=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        match = re.search(r"http://127\.0\.0\.1:\d+", log_path.read_text())
+        if match:
+            return proc, match.group(0)
+        time.sleep(0.05)
+    sys.exit("granary serve did not start:\n" + log_path.read_text())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cold", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
+    parser.add_argument("--out", default=str(common.RESULTS))
+    args = parser.parse_args()
+
+    go = common.find_go()
+    granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
+    work = Path(tempfile.mkdtemp(prefix="granary-serve-build-"))
+    server, url = start_server(granary, work)
+    proxy, slow_url = common.start_proxy(url, args.delay_ms)
+    times, stats = {}, {}
+    try:
+        def run(name, cache, remote=None, fresh=False):
+            if fresh:
+                shutil.rmtree(cache, ignore_errors=True)
+            env = common.go_env(cache, work)
+            stats_file = work / f"{name}.json"
+            if name.startswith(("granary", "server")):
+                env["GOCACHEPROG"] = f"{granary} prog --stats-file {stats_file}"
+                env["GRANARY_TRIM_INTERVAL"] = "none"
+                if remote:
+                    env["GRANARY_REMOTE"] = remote
+            start = time.perf_counter()
+            subprocess.run([go, "build", "std"], env=env, check=True, cwd=work)
+            elapsed = time.perf_counter() - start
+            times.setdefault(name, []).append(elapsed)
+            if stats_file.exists():
+                import json
+                stats.setdefault(name, []).append(json.loads(stats_file.read_text()))
+            print(f"{name:>13}: {elapsed:7.2f} s", flush=True)
+
+        for _ in range(args.cold):
+            run("native-cold", work / "native", fresh=True)
+            run("granary-cold", work / "granary", url, fresh=True)
+        for _ in range(args.runs):
+            run("native-warm", work / "native")
+            run("granary-warm", work / "granary")
+            run("server", work / "fresh", url, fresh=True)
+            run(f"server+{args.delay_ms:g}ms", work / "fresh", slow_url, fresh=True)
+    finally:
+        proxy.kill()
+        server.terminate()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    note = (f"Cold: {args.cold} run(s) per configuration; others: {args.runs} runs, interleaved. "
+            f"granary serve on loopback, on the same 2 CPUs; the proxy adds {args.delay_ms:g} ms "
+            "to every request. Remote columns are from the last run.")
+    report(times, stats, go, Path(args.out), "serve-build-std", "granary serve", note)
+
+
+if __name__ == "__main__":
+    main()
