@@ -98,17 +98,17 @@ def report(times, stats, go, out, name, through, note):
     native_cold = statistics.median(times["native-cold"])
     native_warm = statistics.median(times["native-warm"])
     rows = []
-    for name, runs in times.items():
+    for config, runs in times.items():
         median = statistics.median(runs)
         row = {
-            "config": name,
+            "config": config,
             "median_s": round(median, 3),
             "vs_native_cold": round(median / native_cold, 3),
             "vs_native_warm": round(median / native_warm, 3),
             "runs_s": [round(t, 3) for t in runs],
         }
-        if name in stats:
-            last = stats[name][-1]
+        if config in stats:
+            last = stats[config][-1]
             for key in ("gets", "hits", "remote_hits", "remote_misses", "remote_errors",
                         "remote_bytes_down", "remote_bytes_up", "uploads", "uploads_dropped",
                         "remote_p50_us", "remote_p99_us"):

@@ -150,6 +150,7 @@ def main():
     wrk_bin, nginx = need("wrk"), need("nginx")
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
     work = Path(tempfile.mkdtemp(prefix="granary-serve-bench-"))
+    work.chmod(0o755)  # nginx's workers run as an unprivileged user
     proc, port = start_granary(granary, work)
     nginx_port = None
     rows = []

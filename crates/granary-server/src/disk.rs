@@ -430,6 +430,13 @@ impl Disk {
         Ok(Begun::Writer(writer))
     }
 
+    /// Writes and publishes a whole blob at once. Blocking.
+    pub fn store(self: &Arc<Self>, key: Key, bytes: &[u8]) -> Result<(), Refusal> {
+        let mut writer = self.begin(key, Some(bytes.len() as u64))?;
+        writer.write(bytes)?;
+        writer.publish()
+    }
+
     /// Waits for pressure, then evicts least recently used blobs that no
     /// one is reading until the total is at most the low watermark. Runs
     /// until the task is dropped.

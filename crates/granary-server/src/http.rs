@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use crate::auth::{Access, Auth};
 use crate::backing::Backing;
 use crate::check::MAX_ACTION_RESULT;
-use crate::check::{Check, Rejected, refusal_reason, refusal_status};
+use crate::check::{Check, Rejected, refusal_status};
 use crate::disk::{Blob, Disk, Found, Progress, Refusal, State, Upload, Writer};
 use crate::key::{Key, Kind};
 use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
@@ -194,8 +194,8 @@ impl Service {
         let body = if size <= SMALL_BLOB {
             // A read from the page cache, shorter than a trip to the
             // blocking pool.
-            let mut bytes = Vec::with_capacity(size as usize);
-            if let Err(e) = io::Read::read_to_end(&mut (&blob.file), &mut bytes) {
+            let mut bytes = vec![0; size as usize];
+            if let Err(e) = io::Read::read_exact(&mut (&blob.file), &mut bytes) {
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("cannot read the blob: {e}\n"),
@@ -273,14 +273,7 @@ impl Service {
                 format!("an action result is at most {MAX_ACTION_RESULT} bytes\n"),
             );
         }
-        let writer = match self.disk.begin(key, length) {
-            Ok(writer) => writer,
-            Err(refusal) => {
-                self.metrics.reject(refusal_reason(&refusal));
-                return refusal_response(&refusal);
-            }
-        };
-        match self.receive(writer, length, request.into_body()).await {
+        match self.store(key, length, request.into_body()).await {
             Ok(()) => {
                 if let Some(backing) = &self.backing {
                     backing.queue(key);
@@ -294,16 +287,61 @@ impl Service {
         }
     }
 
+    /// Stores a PUT's body. A small body that is already here in full is
+    /// checked and stored in one trip to the blocking pool (no one could
+    /// follow it anyway); any other streams through a [`Writer`].
+    async fn store(
+        &self,
+        key: Key,
+        length: Option<u64>,
+        mut body: Incoming,
+    ) -> Result<(), Rejected> {
+        let mut first = Vec::new();
+        let mut complete = false;
+        if length.is_some_and(|length| length <= SMALL_BLOB) {
+            while let Some(frame) = body.frame().now_or_never() {
+                let Some(frame) = frame else {
+                    complete = true;
+                    break;
+                };
+                if let Ok(data) = frame.map_err(cut)?.into_data() {
+                    first.extend_from_slice(&data);
+                }
+            }
+        }
+        self.metrics.bytes_received.inc_by(first.len() as u64);
+        if complete {
+            let mut check = Check::new(key.kind);
+            check.update(&first)?;
+            if length != Some(first.len() as u64) {
+                return Err(short(first.len() as u64, length));
+            }
+            check.finish(&key)?;
+            let disk = self.disk.clone();
+            return tokio::task::spawn_blocking(move || disk.store(key, &first))
+                .await
+                .expect("storing does not panic")
+                .map_err(|refusal| Rejected::from_refusal(&refusal));
+        }
+        let writer = self
+            .disk
+            .begin(key, length)
+            .map_err(|refusal| Rejected::from_refusal(&refusal))?;
+        self.receive(writer, length, first, body).await
+    }
+
     /// Writes a PUT's body through `writer`, checks it, and publishes it.
     async fn receive(
         &self,
         writer: Writer,
         length: Option<u64>,
+        first: Vec<u8>,
         mut body: Incoming,
     ) -> Result<(), Rejected> {
         let key = writer.key();
         let mut check = Check::new(key.kind);
-        let mut batch = Vec::new();
+        check.update(&first)?;
+        let mut batch = first;
         let mut writer = Some(writer);
         loop {
             let frame = match body.frame().now_or_never() {
@@ -327,13 +365,7 @@ impl Service {
                 }
             };
             let Some(frame) = frame else { break };
-            let frame = frame.map_err(|e| {
-                Rejected::new(
-                    StatusCode::BAD_REQUEST,
-                    "incomplete",
-                    format!("the body was cut: {e}"),
-                )
-            })?;
+            let frame = frame.map_err(cut)?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -346,14 +378,8 @@ impl Service {
         }
         write_batch(&mut writer, &mut batch).await?;
         let writer = writer.expect("kept between batches");
-        if let Some(length) = length
-            && writer.written() != length
-        {
-            return Err(Rejected::new(
-                StatusCode::BAD_REQUEST,
-                "incomplete",
-                format!("{} bytes received of {length}", writer.written()),
-            ));
+        if length.is_some_and(|length| writer.written() != length) {
+            return Err(short(writer.written(), length));
         }
         check.finish(&key)?;
         writer
@@ -390,6 +416,25 @@ impl Service {
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
+}
+
+fn cut(error: hyper::Error) -> Rejected {
+    Rejected::new(
+        StatusCode::BAD_REQUEST,
+        "incomplete",
+        format!("the body was cut: {error}"),
+    )
+}
+
+fn short(received: u64, length: Option<u64>) -> Rejected {
+    Rejected::new(
+        StatusCode::BAD_REQUEST,
+        "incomplete",
+        format!(
+            "{received} bytes received of {}",
+            length.unwrap_or_default()
+        ),
+    )
 }
 
 /// Writes what has gathered, off the runtime.

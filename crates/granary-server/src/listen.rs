@@ -111,10 +111,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// A connection that fails once neither reading nor writing has made
 /// progress for `limit` while one of them waits: a client that stops
-/// sending or stops reading gives its connection back.
+/// sending or stops reading gives its connection back. Progress only
+/// records the time; the timer is moved when it fires early, so a busy
+/// connection does not touch the timer wheel on every read and write.
 struct Stalls {
     inner: Box<dyn Stream>,
     limit: Duration,
+    last_progress: Instant,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -123,21 +126,28 @@ impl Stalls {
         Stalls {
             inner,
             limit,
+            last_progress: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(limit)),
         }
     }
 
     fn progress(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.limit);
+        self.last_progress = Instant::now();
     }
 
     /// Called when an operation is pending: has the connection stalled?
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        ready!(self.deadline.as_mut().poll(cx));
-        Poll::Ready(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no progress for {:?}", self.limit),
-        ))
+        loop {
+            ready!(self.deadline.as_mut().poll(cx));
+            let deadline = self.last_progress + self.limit;
+            if deadline <= Instant::now() {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no progress for {:?}", self.limit),
+                ));
+            }
+            self.deadline.as_mut().reset(deadline);
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub fn run(dir: &Path, config: Option<&Path>, args: &ServeArgs) -> anyhow::Resul
         let server = Server::bind(settings, backing).await?;
         let rebuilt = server.rebuilt();
         eprintln!(
-            "granary serve: listening on {}://{}; {}: {} blobs, {} (index rebuilt in {:.0?}); \
+            "granary serve: listening on {}://{}; {}: {} blobs, {} (index rebuilt in {:.2?}); \
              evicting above {}, writes refused above {}; auth: {}{}",
             if tls { "https" } else { "http" },
             server.local_addr(),
