@@ -70,10 +70,36 @@ struct Index {
     blobs: HashMap<Key, Meta>,
     /// Bytes of the blobs in `blobs`.
     bytes: u64,
+    /// How many of them are action results (counting them on demand
+    /// would hold the lock for milliseconds with a million blobs).
+    ac_blobs: u64,
     /// Bytes promised to uploads in progress.
     reserved: u64,
     /// Uploads that readers can follow, one per key.
     uploads: HashMap<Key, Arc<Upload>>,
+}
+
+impl Index {
+    /// Adds or replaces a blob, keeping the totals; the replaced entry.
+    fn insert(&mut self, key: Key, meta: Meta) -> Option<Meta> {
+        self.bytes += meta.size;
+        let replaced = self.blobs.insert(key, meta);
+        match replaced {
+            Some(old) => self.bytes -= old.size,
+            None if key.kind == Kind::Ac => self.ac_blobs += 1,
+            None => {}
+        }
+        replaced
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Meta> {
+        let meta = self.blobs.remove(key)?;
+        self.bytes -= meta.size;
+        if key.kind == Kind::Ac {
+            self.ac_blobs -= 1;
+        }
+        Some(meta)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -243,8 +269,7 @@ impl Disk {
         }
         let mut index = Index::default();
         for (key, meta) in scan(dir)? {
-            index.bytes += meta.size;
-            index.blobs.insert(key, meta);
+            index.insert(key, meta);
         }
         let rebuilt = Rebuilt {
             blobs: index.blobs.len() as u64,
@@ -284,12 +309,11 @@ impl Disk {
 
     pub fn usage(&self) -> Usage {
         let index = self.lock();
-        let ac_blobs = index.blobs.keys().filter(|k| k.kind == Kind::Ac).count() as u64;
         Usage {
             bytes: index.bytes,
             reserved: index.reserved,
-            ac_blobs,
-            cas_blobs: index.blobs.len() as u64 - ac_blobs,
+            ac_blobs: index.ac_blobs,
+            cas_blobs: index.blobs.len() as u64 - index.ac_blobs,
             uploads: index.uploads.len() as u64,
             evicted: self.evicted.load(Ordering::Relaxed),
             evicted_bytes: self.evicted_bytes.load(Ordering::Relaxed),
@@ -342,9 +366,7 @@ impl Disk {
                 // Deleted behind the server's back: forget it.
                 drop(pin);
                 let mut index = self.lock();
-                if let Some(meta) = index.blobs.remove(key) {
-                    index.bytes -= meta.size;
-                }
+                index.remove(key);
                 Found::Missing
             }
         }
@@ -494,8 +516,7 @@ impl Disk {
                 if fs::remove_file(self.path(key)).is_err() {
                     continue;
                 }
-                let meta = index.blobs.remove(key).expect("checked above");
-                index.bytes -= meta.size;
+                let meta = index.remove(key).expect("checked above");
                 removed += 1;
                 self.evicted.fetch_add(1, Ordering::Relaxed);
                 self.evicted_bytes.fetch_add(meta.size, Ordering::Relaxed);
@@ -607,15 +628,12 @@ impl Writer {
             touched: now,
             readers: 0,
         };
-        let replaced = index.blobs.insert(self.key, meta);
-        if let Some(old) = replaced {
-            // Readers of the old file keep reading it; the count restarts.
-            index.bytes -= old.size;
-            if let Some(new) = index.blobs.get_mut(&self.key) {
-                new.readers = old.readers;
-            }
+        if let Some(old) = index.insert(self.key, meta)
+            && let Some(new) = index.blobs.get_mut(&self.key)
+        {
+            // Readers of the replaced file unpin by key when they finish.
+            new.readers = old.readers;
         }
-        index.bytes += self.written;
         index.reserved -= self.reserved;
         self.reserved = 0;
         self.finish(&mut index, State::Done);
