@@ -1,10 +1,13 @@
 """What the benchmarks share: finding go and granary, a clean go
 environment, and a small SVG bar chart (no plotting library needed)."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from html import escape
 from pathlib import Path
 
@@ -163,3 +166,49 @@ def remote_env(endpoint, prefix):
         "GRANARY_S3_ACCESS_KEY_ID": key,
         "GRANARY_S3_SECRET_ACCESS_KEY": secret,
     }
+
+
+class BuildTimer:
+    """Times `go build std` in `work` under named configurations, keeping
+    every run's time and, for granary's, its statistics. A configuration
+    whose name does not start with "native" runs through granary."""
+
+    def __init__(self, go, granary, work):
+        self.go, self.granary, self.work = go, granary, Path(work)
+        self.times, self.stats = {}, {}
+
+    def run(self, name, cache, remote=None, fresh=False):
+        """remote: extra variables (the remote's settings), or None."""
+        if fresh:
+            shutil.rmtree(cache, ignore_errors=True)
+        env = go_env(cache, self.work)
+        stats_file = self.work / f"{name}.json"
+        if not name.startswith("native"):
+            env["GOCACHEPROG"] = f"{self.granary} prog --stats-file {stats_file}"
+            env["GRANARY_TRIM_INTERVAL"] = "none"
+            env.update(remote or {})
+        start = time.perf_counter()
+        subprocess.run([self.go, "build", "std"], env=env, check=True, cwd=self.work)
+        elapsed = time.perf_counter() - start
+        self.times.setdefault(name, []).append(elapsed)
+        if stats_file.exists():
+            self.stats.setdefault(name, []).append(json.loads(stats_file.read_text()))
+        print(f"{name:>13}: {elapsed:7.2f} s", flush=True)
+
+
+def start_serve(granary, work, *args):
+    """`granary serve` on a free loopback port with its cache in
+    work/serve-cache; returns (process, its URL, the start-up line)."""
+    log_path = Path(work) / "serve.log"
+    proc = subprocess.Popen(
+        [granary, "serve", "--dir", str(Path(work) / "serve-cache"), "--listen", "127.0.0.1:0", *args],
+        stderr=open(log_path, "w"), stdout=subprocess.DEVNULL,
+    )
+    while True:
+        text = log_path.read_text()
+        match = re.search(r"http://127\.0\.0\.1:\d+", text)
+        if match:
+            return proc, match.group(0), text
+        if proc.poll() is not None:
+            sys.exit("granary serve exited:\n" + text)
+        time.sleep(0.01)

@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,26 +48,9 @@ def main():
     weed, ports = common.start_seaweedfs(work)
     endpoint = f"http://127.0.0.1:{ports[6]}"
     proxy, slow_endpoint = common.start_proxy(endpoint, args.delay_ms)
-    times = {}
-    stats = {}
+    timer = common.BuildTimer(go, granary, work)
+    run = timer.run
     try:
-        def run(name, cache, remote=None, fresh=False):
-            if fresh:
-                shutil.rmtree(cache, ignore_errors=True)
-            env = common.go_env(cache, work)
-            stats_file = work / f"{name}.json"
-            if name.startswith(("granary", "remote")):
-                env["GOCACHEPROG"] = f"{granary} prog --stats-file {stats_file}"
-                env["GRANARY_TRIM_INTERVAL"] = "none"
-                env.update(remote or {})
-            start = time.perf_counter()
-            subprocess.run([go, "build", "std"], env=env, check=True, cwd=work)
-            elapsed = time.perf_counter() - start
-            times.setdefault(name, []).append(elapsed)
-            if stats_file.exists():
-                stats.setdefault(name, []).append(json.loads(stats_file.read_text()))
-            print(f"{name:>13}: {elapsed:7.2f} s", flush=True)
-
         fast = common.remote_env(endpoint, "std")
         slow = common.remote_env(slow_endpoint, "std")
         for i in range(args.cold):
@@ -88,7 +70,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     note = (f"Cold: {args.cold} run(s) per configuration; others: {args.runs} runs, interleaved. "
             f"The proxy adds {args.delay_ms:g} ms to every request. Remote columns are from the last run.")
-    report(times, stats, go, Path(args.out), "remote-build-std", "a remote", note)
+    report(timer.times, timer.stats, go, Path(args.out), "remote-build-std", "a remote", note)
 
 
 def report(times, stats, go, out, name, through, note):

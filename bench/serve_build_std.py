@@ -20,31 +20,14 @@ Results go to bench/results/serve-build-std.{md,json,svg}.
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from remote_build_std import report  # noqa: E402
-
-
-def start_server(granary, work):
-    log_path = work / "serve.log"
-    proc = subprocess.Popen(
-        [granary, "serve", "--dir", str(work / "server"), "--listen", "127.0.0.1:0"],
-        stderr=open(log_path, "w"), stdout=subprocess.DEVNULL,
-    )
-    for _ in range(300):
-        match = re.search(r"http://127\.0\.0\.1:\d+", log_path.read_text())
-        if match:
-            return proc, match.group(0)
-        time.sleep(0.05)
-    sys.exit("granary serve did not start:\n" + log_path.read_text())
 
 
 def main():
@@ -59,37 +42,19 @@ def main():
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
     work = Path(tempfile.mkdtemp(prefix="granary-serve-build-"))
-    server, url = start_server(granary, work)
+    server, url, _ = common.start_serve(granary, work)
     proxy, slow_url = common.start_proxy(url, args.delay_ms)
-    times, stats = {}, {}
+    timer = common.BuildTimer(go, granary, work)
+    run = timer.run
     try:
-        def run(name, cache, remote=None, fresh=False):
-            if fresh:
-                shutil.rmtree(cache, ignore_errors=True)
-            env = common.go_env(cache, work)
-            stats_file = work / f"{name}.json"
-            if name.startswith(("granary", "server")):
-                env["GOCACHEPROG"] = f"{granary} prog --stats-file {stats_file}"
-                env["GRANARY_TRIM_INTERVAL"] = "none"
-                if remote:
-                    env["GRANARY_REMOTE"] = remote
-            start = time.perf_counter()
-            subprocess.run([go, "build", "std"], env=env, check=True, cwd=work)
-            elapsed = time.perf_counter() - start
-            times.setdefault(name, []).append(elapsed)
-            if stats_file.exists():
-                import json
-                stats.setdefault(name, []).append(json.loads(stats_file.read_text()))
-            print(f"{name:>13}: {elapsed:7.2f} s", flush=True)
-
         for _ in range(args.cold):
             run("native-cold", work / "native", fresh=True)
-            run("granary-cold", work / "granary", url, fresh=True)
+            run("granary-cold", work / "granary", {"GRANARY_REMOTE": url}, fresh=True)
         for _ in range(args.runs):
             run("native-warm", work / "native")
             run("granary-warm", work / "granary")
-            run("server", work / "fresh", url, fresh=True)
-            run(f"server+{args.delay_ms:g}ms", work / "fresh", slow_url, fresh=True)
+            run("server", work / "fresh", {"GRANARY_REMOTE": url}, fresh=True)
+            run(f"server+{args.delay_ms:g}ms", work / "fresh", {"GRANARY_REMOTE": slow_url}, fresh=True)
     finally:
         proxy.kill()
         server.terminate()
@@ -98,7 +63,7 @@ def main():
     note = (f"Cold: {args.cold} run(s) per configuration; others: {args.runs} runs, interleaved. "
             f"granary serve on loopback, on the same 2 CPUs; the proxy adds {args.delay_ms:g} ms "
             "to every request. Remote columns are from the last run.")
-    report(times, stats, go, Path(args.out), "serve-build-std", "granary serve", note)
+    report(timer.times, timer.stats, go, Path(args.out), "serve-build-std", "granary serve", note)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,21 +66,6 @@ def need(tool):
     if not path:
         sys.exit(f"{tool} not found: install it with `apt-get install {tool}`")
     return path
-
-
-def start_granary(granary, work):
-    log = open(work / "serve.log", "w")
-    proc = subprocess.Popen(
-        [granary, "serve", "--dir", str(work / "cache"), "--listen", "127.0.0.1:0",
-         "--max-size", "100GiB"],
-        stderr=log, stdout=subprocess.DEVNULL,
-    )
-    for _ in range(300):
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", (work / "serve.log").read_text())
-        if match:
-            return proc, int(match.group(1))
-        time.sleep(0.05)
-    sys.exit("granary serve did not start:\n" + (work / "serve.log").read_text())
 
 
 def start_nginx(nginx, work, cache):
@@ -151,7 +135,8 @@ def main():
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
     work = Path(tempfile.mkdtemp(prefix="granary-serve-bench-"))
     work.chmod(0o755)  # nginx's workers run as an unprivileged user
-    proc, port = start_granary(granary, work)
+    proc, url, _ = common.start_serve(granary, work, "--max-size", "100GiB")
+    port = int(url.rsplit(":", 1)[1])
     nginx_port = None
     rows = []
     try:
@@ -173,7 +158,7 @@ def main():
             (work / f"{name}.paths").write_text("".join(f"/cas/{d}\n" for d in listing))
             (work / f"get-{name}.lua").write_text(GET_SCRIPT % {"list": work / f"{name}.paths"})
             (work / f"put-{name}.lua").write_text(PUT_SCRIPT % {"list": work / f"{name}.list", "dir": blobs})
-        nginx_port = start_nginx(nginx, work, work / "cache")
+        nginx_port = start_nginx(nginx, work, work / "serve-cache")
         for name, size, _, connections in CASES:
             for op, server, target in [("GET", "granary", port), ("GET", "nginx", nginx_port),
                                        ("PUT", "granary", port)]:

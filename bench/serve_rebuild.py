@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,22 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-def start_and_stop(granary, cache, work):
-    log_path = work / "serve.log"
+def start_and_stop(granary, work):
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [granary, "serve", "--dir", str(cache), "--listen", "127.0.0.1:0", "--max-size", "1TiB"],
-        stderr=open(log_path, "w"), stdout=subprocess.DEVNULL,
-    )
-    while True:
-        text = log_path.read_text()
-        match = re.search(r"(\d+) blobs, .*index rebuilt in ([\d.]+)(ms|s|µs)", text)
-        if match:
-            break
-        if proc.poll() is not None:
-            sys.exit("granary serve exited:\n" + text)
-        time.sleep(0.01)
+    proc, _, text = common.start_serve(granary, work, "--max-size", "1TiB")
     ready = time.perf_counter() - started
+    match = re.search(r"(\d+) blobs, .*index rebuilt in ([\d.]+)(ms|s|µs)", text)
     rss_kb = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_text()).group(1))
     proc.terminate()
     proc.wait()
@@ -60,7 +48,7 @@ def main():
     args = parser.parse_args()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
     work = Path(tempfile.mkdtemp(prefix="granary-serve-rebuild-"))
-    cache = work / "cache"
+    cache = work / "serve-cache"
     try:
         start = time.perf_counter()
         for i in range(args.blobs):
@@ -73,7 +61,7 @@ def main():
         print(f"wrote {args.blobs} blobs in {time.perf_counter() - start:.0f} s", flush=True)
         runs = []
         for _ in range(args.runs):
-            blobs, rebuild, ready, rss = start_and_stop(granary, cache, work)
+            blobs, rebuild, ready, rss = start_and_stop(granary, work)
             assert blobs == args.blobs, (blobs, args.blobs)
             runs.append((rebuild, ready, rss))
             print(f"index of {blobs} blobs rebuilt in {rebuild:.2f} s; listening after {ready:.2f} s; "

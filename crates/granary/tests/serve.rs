@@ -461,16 +461,8 @@ fn a_thousand_gets_follow_one_streaming_put() {
             std::thread::Builder::new()
                 .stack_size(128 * 1024)
                 .spawn(move || {
-                    let mut stream = TcpStream::connect(addr).unwrap();
-                    write!(
-                        stream,
-                        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-                    )
-                    .unwrap();
+                    let mut stream = send_get(addr, &path, None);
                     sent.fetch_add(1, Ordering::SeqCst);
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(60)))
-                        .unwrap();
                     read_response(&mut stream)
                 })
                 .unwrap()
@@ -516,13 +508,7 @@ fn followers_get_each_byte_as_it_arrives() {
     wait_until("the upload is under way", Duration::from_secs(5), || {
         server.status()["uploads_in_progress"] == 1
     });
-    let mut get = TcpStream::connect(server.addr).unwrap();
-    write!(
-        get,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    get.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut get = send_get(server.addr, &path, None);
     let mut received = Vec::new();
     let mut buffer = [0; 4096];
     let body_start = |received: &[u8]| {
@@ -570,39 +556,22 @@ fn a_slow_reader_holds_the_server_back_not_its_memory() {
     };
     let before = rss();
     let sent_before = server.metric("granary_sent_bytes_total", "");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(64 * 1024).unwrap();
-        let mut stream = socket.connect(server.addr).await.unwrap();
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut received = vec![0; 1 << 20];
-        stream.read_exact(&mut received).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let sent = server.metric("granary_sent_bytes_total", "") - sent_before;
-        assert!(
-            sent < 12.0 * 1024.0 * 1024.0,
-            "the server read {sent} bytes ahead of a reader that took 1 MiB"
-        );
-        assert!(
-            rss() < before + (32 << 20),
-            "memory grew from {before} to {}",
-            rss()
-        );
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).await.unwrap();
-        received.extend_from_slice(&rest);
-        assert_eq!(parse_response(&received), (200, body));
-    });
+    let mut stream = send_get(server.addr, &path, Some(64 * 1024));
+    let mut received = vec![0; 1 << 20];
+    stream.read_exact(&mut received).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = server.metric("granary_sent_bytes_total", "") - sent_before;
+    assert!(
+        sent < 12.0 * 1024.0 * 1024.0,
+        "the server read {sent} bytes ahead of a reader that took 1 MiB"
+    );
+    assert!(
+        rss() < before + (32 << 20),
+        "memory grew from {before} to {}",
+        rss()
+    );
+    stream.read_to_end(&mut received).unwrap();
+    assert_eq!(parse_response(&received), (200, body));
 }
 
 #[test]
@@ -627,54 +596,35 @@ fn eviction_keeps_the_size_and_spares_blobs_being_read() {
         paths.push(path);
     }
     // A slow reader of the oldest blob.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(32 * 1024).unwrap();
-        let mut reader = socket.connect(server.addr).await.unwrap();
-        reader
-            .write_all(
-                format!("GET {oldest_path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut received = vec![0; 64 * 1024];
-        reader.read_exact(&mut received).await.unwrap();
-
-        for seed in 15..20 {
-            let (status, path) = put_cas(&server, &pattern(1 << 20, seed), &[]);
-            assert_eq!(status, 200);
-            paths.push(path);
-        }
-        wait_until("eviction", Duration::from_secs(10), || {
-            server.status()["evicted"].as_u64().unwrap() > 0
-        });
-        let status = server.status();
-        assert!(status["bytes"].as_u64().unwrap() <= 16 << 20, "{status}");
-        assert_eq!(
-            request(server.addr, "HEAD", &oldest_path, &[], b"").0,
-            200,
-            "the blob being read stays"
-        );
-        assert_eq!(
-            request(server.addr, "HEAD", &paths[0], &[], b"").0,
-            404,
-            "LRU goes first"
-        );
-        assert_eq!(
-            request(server.addr, "HEAD", paths.last().unwrap(), &[], b"").0,
-            200
-        );
-        let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).await.unwrap();
-        received.extend_from_slice(&rest);
-        assert_eq!(parse_response(&received), (200, oldest));
+    let mut reader = send_get(server.addr, &oldest_path, Some(32 * 1024));
+    let mut received = vec![0; 64 * 1024];
+    reader.read_exact(&mut received).unwrap();
+    for seed in 15..20 {
+        let (status, path) = put_cas(&server, &pattern(1 << 20, seed), &[]);
+        assert_eq!(status, 200);
+        paths.push(path);
+    }
+    wait_until("eviction", Duration::from_secs(10), || {
+        server.status()["evicted"].as_u64().unwrap() > 0
     });
+    let status = server.status();
+    assert!(status["bytes"].as_u64().unwrap() <= 16 << 20, "{status}");
+    assert_eq!(
+        request(server.addr, "HEAD", &oldest_path, &[], b"").0,
+        200,
+        "the blob being read stays"
+    );
+    assert_eq!(
+        request(server.addr, "HEAD", &paths[0], &[], b"").0,
+        404,
+        "LRU goes first"
+    );
+    assert_eq!(
+        request(server.addr, "HEAD", paths.last().unwrap(), &[], b"").0,
+        200
+    );
+    reader.read_to_end(&mut received).unwrap();
+    assert_eq!(parse_response(&received), (200, oldest));
     assert_eq!(
         blob_files(&server.dir).len() as u64,
         server.status()["cas_blobs"].as_u64().unwrap()
@@ -871,16 +821,10 @@ fn a_follower_of_a_bad_upload_never_gets_a_whole_body() {
     wait_until("the upload is under way", Duration::from_secs(5), || {
         server.status()["uploads_in_progress"] == 1
     });
-    let mut get = TcpStream::connect(server.addr).unwrap();
-    write!(
-        get,
-        "GET {wrong} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut get = send_get(server.addr, &wrong, None);
     std::thread::sleep(Duration::from_millis(200));
     put.write_all(&body[5000..]).unwrap();
     assert_eq!(read_response(&mut put).0, 400);
-    get.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut raw = Vec::new();
     let _ = get.read_to_end(&mut raw);
     let start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
@@ -891,4 +835,41 @@ fn a_follower_of_a_bad_upload_never_gets_a_whole_body() {
         body.len()
     );
     assert_eq!(request(server.addr, "GET", &wrong, &[], b"").0, 404);
+}
+
+#[test]
+fn a_dead_backing_store_fails_misses_not_the_server() {
+    let scratch = scratch();
+    let dir = scratch.path().join("cache");
+    let server = Server::start_in(
+        scratch,
+        &dir,
+        &["--backing", &format!("s3://{BUCKET}/servers")],
+        &[
+            ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY),
+            ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("GRANARY_S3_ENDPOINT", "http://127.0.0.1:1"),
+            ("GRANARY_S3_REGION", "us-east-1"),
+        ],
+    )
+    .unwrap();
+    let absent = format!("/cas/{}", "ef".repeat(32));
+    let started = Instant::now();
+    assert_eq!(request(server.addr, "GET", &absent, &[], b"").0, 502);
+    assert_eq!(request(server.addr, "HEAD", &absent, &[], b"").0, 404);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let body = pattern(5000, 70);
+    let (status, path) = put_cas(&server, &body, &[]);
+    assert_eq!(status, 200, "uploads do not wait for the backing store");
+    assert_eq!(request(server.addr, "GET", &path, &[], b""), (200, body));
+    wait_until("the write-behind fails", Duration::from_secs(20), || {
+        server.metric("granary_backing_errors_total", "") >= 3.0
+    });
+    assert_eq!(server.metric("granary_backing_uploads_total", ""), 0.0);
+    assert_eq!(tmp_files(&dir), 0);
+    assert_eq!(server.status()["uploads_in_progress"], 0);
 }

@@ -188,6 +188,37 @@ pub fn request(
     read_response(&mut stream)
 }
 
+/// Sends a GET on a new connection and returns the connection, for the
+/// test to read the response at its own pace. `receive_buffer` shrinks the
+/// socket's receive buffer, so that the server feels a slow reader at once
+/// instead of after megabytes of kernel buffers.
+pub fn send_get(addr: SocketAddr, path: &str, receive_buffer: Option<u32>) -> TcpStream {
+    let mut stream = match receive_buffer {
+        None => TcpStream::connect(addr).unwrap(),
+        Some(size) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.set_recv_buffer_size(size)?;
+                let stream = socket.connect(addr).await?.into_std()?;
+                stream.set_nonblocking(false)?;
+                std::io::Result::Ok(stream)
+            })
+            .unwrap(),
+    };
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+}
+
 /// Reads a response to the end of the connection.
 pub fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
     let mut raw = Vec::new();
