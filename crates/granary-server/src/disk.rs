@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, watch};
 
 use crate::key::{Key, Kind};
@@ -57,8 +58,9 @@ pub struct Disk {
     index: Mutex<Index>,
     /// Wakes the evictor.
     pressure: Notify,
-    evicted: AtomicU64,
-    evicted_bytes: AtomicU64,
+    /// Shared with the metrics, which expose them as they are.
+    pub evictions: Counter,
+    pub evicted_bytes: Counter,
     temp_names: AtomicU64,
     /// Held while the server runs: two servers on one directory would
     /// each evict what the other counts.
@@ -281,8 +283,8 @@ impl Disk {
             limits,
             index: Mutex::new(index),
             pressure: Notify::new(),
-            evicted: AtomicU64::new(0),
-            evicted_bytes: AtomicU64::new(0),
+            evictions: Counter::default(),
+            evicted_bytes: Counter::default(),
             temp_names: AtomicU64::new(0),
             _lock: lock,
         });
@@ -315,8 +317,8 @@ impl Disk {
             ac_blobs: index.ac_blobs,
             cas_blobs: index.blobs.len() as u64 - index.ac_blobs,
             uploads: index.uploads.len() as u64,
-            evicted: self.evicted.load(Ordering::Relaxed),
-            evicted_bytes: self.evicted_bytes.load(Ordering::Relaxed),
+            evicted: self.evictions.get(),
+            evicted_bytes: self.evicted_bytes.get(),
         }
     }
 
@@ -518,8 +520,8 @@ impl Disk {
                 }
                 let meta = index.remove(key).expect("checked above");
                 removed += 1;
-                self.evicted.fetch_add(1, Ordering::Relaxed);
-                self.evicted_bytes.fetch_add(meta.size, Ordering::Relaxed);
+                self.evictions.inc();
+                self.evicted_bytes.inc_by(meta.size);
             }
         }
         removed

@@ -127,10 +127,11 @@ impl Server {
             address: settings.listen,
             source,
         })?;
+        let metrics = Arc::new(metrics::Metrics::new(&disk));
         let service = Arc::new(http::Service {
             disk,
             auth,
-            metrics: Arc::new(metrics::Metrics::new()),
+            metrics,
             backing: None,
             idle_timeout: settings.idle_timeout,
             started: Instant::now(),

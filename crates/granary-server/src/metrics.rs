@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::disk::Usage;
+use crate::disk::{Disk, Usage};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -54,12 +54,10 @@ pub struct Metrics {
     pub backing_errors: Counter,
     disk_bytes: Gauge<u64, AtomicU64>,
     blobs: Family<KindLabels, Gauge<u64, AtomicU64>>,
-    evictions: Counter,
-    evicted_bytes: Counter,
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub fn new(disk: &Disk) -> Metrics {
         let mut registry = Registry::with_prefix("granary");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "HTTP requests answered", requests.clone());
@@ -126,10 +124,8 @@ impl Metrics {
         registry.register("disk_bytes", "Bytes of stored blobs", disk_bytes.clone());
         let blobs = Family::<KindLabels, Gauge<u64, AtomicU64>>::default();
         registry.register("blobs", "Stored blobs", blobs.clone());
-        let evictions = Counter::default();
-        registry.register("evictions", "Blobs evicted", evictions.clone());
-        let evicted_bytes = Counter::default();
-        registry.register("evicted_bytes", "Bytes evicted", evicted_bytes.clone());
+        registry.register("evictions", "Blobs evicted", disk.evictions.clone());
+        registry.register("evicted_bytes", "Bytes evicted", disk.evicted_bytes.clone());
         Metrics {
             registry,
             requests,
@@ -145,8 +141,6 @@ impl Metrics {
             backing_errors,
             disk_bytes,
             blobs,
-            evictions,
-            evicted_bytes,
         }
     }
 
@@ -165,11 +159,6 @@ impl Metrics {
         self.blobs
             .get_or_create(&KindLabels { kind: "cas" })
             .set(usage.cas_blobs);
-        // The disk counts evictions; mirror its totals.
-        self.evictions
-            .inc_by(usage.evicted.saturating_sub(self.evictions.get()));
-        self.evicted_bytes
-            .inc_by(usage.evicted_bytes.saturating_sub(self.evicted_bytes.get()));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String does not fail");
