@@ -1,6 +1,7 @@
 //! The transport underneath the remote cache: blobs by key.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,4 +25,29 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
 
     /// Stores `body` under `key`, replacing any blob there.
     async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError>;
+
+    /// Sends a batch request (action IDs in hex, one per line) and returns
+    /// the answer, a [`pack`](crate::pack). `None`: this store has no batch
+    /// endpoint.
+    async fn batch(&self, _request: Bytes) -> Result<Option<ByteStream>, RemoteError> {
+        Ok(None)
+    }
+
+    /// The blobs whose keys start with `prefix`.
+    async fn list(&self, _prefix: &str) -> Result<Vec<Listed>, RemoteError> {
+        Err(RemoteError::Config(format!("{self} cannot list its blobs")))
+    }
+
+    /// Deletes the blob under `key`, if there is one.
+    async fn delete(&self, _key: &str) -> Result<(), RemoteError> {
+        Err(RemoteError::Config(format!("{self} cannot delete blobs")))
+    }
+}
+
+/// A blob found by [`BlobStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key, under the store's prefix as the other methods take it.
+    pub key: String,
+    pub modified: SystemTime,
 }

@@ -8,7 +8,11 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::layout::Format;
+use sha2::Digest as _;
+
+use crate::layout::{Format, VERSION};
+use crate::manifest::{MANIFEST_DELETE_AGE, Manifest, PACK_DELETE_AGE, PackRef, scope_key_name};
+use crate::pack::{PackReader, PackWriter};
 use crate::record::{ActionRecord, Placement};
 use crate::{BlobStore, ByteStream, Digest, RemoteError, reapi};
 
@@ -25,6 +29,8 @@ const LEVEL: i32 = 3;
 /// Bodies larger than this are compressed on tokio's blocking pool, so as
 /// not to hold up the runtime's other requests.
 const COMPRESS_IN_PLACE: usize = 256 * 1024;
+/// Stored manifests longer than this are refused.
+const MAX_MANIFEST: usize = 64 << 20;
 
 /// The remote cache: lookups, fetches and uploads, one request each, with
 /// no deadlines of its own (the caller sets them).
@@ -76,29 +82,41 @@ impl RemoteCache {
             return Ok(None);
         };
         let bytes = read_whole(stream, MAX_RECORD, &key).await?;
-        let (record, inline) = match self.format {
-            Format::Granary => {
-                let (record, body) =
-                    ActionRecord::parse(action, &bytes).map_err(|why| damaged(&key, why))?;
-                let inline = match record.placement {
-                    Placement::Object => None,
-                    Placement::Inline => {
-                        let mut output = Vec::with_capacity(record.size.min(INLINE_LIMIT) as usize);
-                        let mut decoder = Decoder::new(&mut output, record.size);
-                        decoder.write(body).map_err(|e| e.into_remote(&key))?;
-                        decoder.finish().map_err(|e| e.into_remote(&key))?;
-                        Some(output)
-                    }
-                };
-                (record, inline)
-            }
-            Format::Reapi => reapi::decode(action, &bytes).map_err(|why| damaged(&key, why))?,
-        };
+        let (record, inline) = self.decode_record(action, &key, &bytes)?;
         Ok(Some(Fetched {
             record,
             inline,
             transferred: bytes.len() as u64,
         }))
+    }
+
+    /// Reads an action entry stored under `key`: its record, and its output
+    /// if inline.
+    fn decode_record(
+        &self,
+        action: &Digest,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<(ActionRecord, Option<Vec<u8>>), RemoteError> {
+        match self.format {
+            Format::Granary => {
+                let (record, body) =
+                    ActionRecord::parse(action, bytes).map_err(|why| damaged(key, why))?;
+                let inline = match record.placement {
+                    Placement::Object => None,
+                    Placement::Inline => {
+                        let mut output = Vec::with_capacity(record.size.min(INLINE_LIMIT) as usize);
+                        let mut decoder =
+                            ObjectDecoder::new(self.format, key, &mut output, record.size);
+                        decoder.write(body)?;
+                        decoder.finish()?;
+                        Some(output)
+                    }
+                };
+                Ok((record, inline))
+            }
+            Format::Reapi => reapi::decode(action, bytes).map_err(|why| damaged(key, why)),
+        }
     }
 
     /// Streams the output of `record`, decompressed, into `sink`, checking
@@ -117,33 +135,13 @@ impl RemoteCache {
             ));
         };
         let mut transferred = 0;
-        match self.format {
-            Format::Granary => {
-                let mut decoder = Decoder::new(sink, record.size);
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk?;
-                    transferred += chunk.len() as u64;
-                    decoder.write(&chunk).map_err(|e| e.into_remote(&key))?;
-                }
-                decoder.finish().map_err(|e| e.into_remote(&key))?;
-            }
-            Format::Reapi => {
-                let mut limited = Limited::new(sink, record.size);
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk?;
-                    transferred += chunk.len() as u64;
-                    limited
-                        .write_all(&chunk)
-                        .map_err(|e| match limited.sink_error.take() {
-                            Some(sink) => RemoteError::Sink(sink),
-                            None => damaged(&key, e.to_string()),
-                        })?;
-                }
-                if limited.left > 0 {
-                    return Err(damaged(&key, short_by(limited.left)));
-                }
-            }
+        let mut decoder = ObjectDecoder::new(self.format, &key, sink, record.size);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            transferred += chunk.len() as u64;
+            decoder.write(&chunk)?;
         }
+        decoder.finish()?;
         Ok(transferred)
     }
 
@@ -157,42 +155,60 @@ impl RemoteCache {
         put_time: SystemTime,
         body: Bytes,
     ) -> Result<Sent, RemoteError> {
-        let size = body.len() as u64;
-        let placement = if size <= INLINE_LIMIT {
-            Placement::Inline
-        } else {
-            Placement::Object
-        };
+        let record = record_of(action, output, put_time, body.len() as u64);
         let mut sent = Sent::default();
-        let record = ActionRecord {
-            action: *action,
-            output: *output,
-            size,
-            put_time,
-            placement,
-        };
-        if placement == Placement::Object {
+        if record.placement == Placement::Object {
             let key = self.format.object_key(output);
             if self.blobs.exists(&key).await? {
                 sent.object_present = true;
             } else {
-                let object = match self.format {
-                    Format::Granary if body.len() <= COMPRESS_IN_PLACE => compress(&body)?.into(),
-                    Format::Granary => {
-                        let body = body.clone();
-                        tokio::task::spawn_blocking(move || compress(&body))
-                            .await
-                            .map_err(|e| RemoteError::Failed(format!("compression failed: {e}")))??
-                            .into()
-                    }
-                    Format::Reapi => body.clone(),
+                let object = if body.len() <= COMPRESS_IN_PLACE {
+                    self.encode_object(&body)?
+                } else {
+                    let (cache, body) = (self.clone(), body.clone());
+                    tokio::task::spawn_blocking(move || cache.encode_object(&body))
+                        .await
+                        .map_err(|e| RemoteError::Failed(format!("compression failed: {e}")))??
                 };
                 sent.transferred += object.len() as u64;
                 self.blobs.put(&key, object).await?;
             }
         }
-        let inline = (placement == Placement::Inline).then_some(&body[..]);
-        let bytes = match self.format {
+        let bytes = self.encode_record(&record, &body)?;
+        sent.transferred += bytes.len() as u64;
+        self.blobs
+            .put(&self.format.action_key(action), bytes.into())
+            .await?;
+        Ok(sent)
+    }
+
+    /// An entry as the remote stores it, for a pack: its action record, and
+    /// its object (empty when the output is inline).
+    pub fn encode_entry(
+        &self,
+        action: &Digest,
+        output: &Digest,
+        put_time: SystemTime,
+        body: &[u8],
+    ) -> Result<(Vec<u8>, Bytes), RemoteError> {
+        let record = record_of(action, output, put_time, body.len() as u64);
+        let object = match record.placement {
+            Placement::Inline => Bytes::new(),
+            Placement::Object => self.encode_object(body)?,
+        };
+        Ok((self.encode_record(&record, body)?, object))
+    }
+
+    fn encode_object(&self, body: &[u8]) -> Result<Bytes, RemoteError> {
+        Ok(match self.format {
+            Format::Granary => compress(body)?.into(),
+            Format::Reapi => Bytes::copy_from_slice(body),
+        })
+    }
+
+    fn encode_record(&self, record: &ActionRecord, body: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let inline = (record.placement == Placement::Inline).then_some(body);
+        Ok(match self.format {
             Format::Granary => {
                 let mut bytes = record.header().into_bytes();
                 if let Some(inline) = inline {
@@ -200,14 +216,203 @@ impl RemoteCache {
                 }
                 bytes
             }
-            Format::Reapi => reapi::encode(&record, inline),
-        };
-        sent.transferred += bytes.len() as u64;
-        self.blobs
-            .put(&self.format.action_key(action), bytes.into())
-            .await?;
-        Ok(sent)
+            Format::Reapi => reapi::encode(record, inline),
+        })
     }
+
+    /// Whether packs can be stored in this remote. A cache server has a
+    /// batch endpoint instead (see [`RemoteCache::open_batch`]).
+    pub fn stores_packs(&self) -> bool {
+        self.format == Format::Granary
+    }
+
+    /// Stores a pack; returns its reference.
+    pub async fn put_pack(&self, pack: PackWriter) -> Result<PackRef, RemoteError> {
+        let entries = pack.entries() as u32;
+        let pack = pack.finish();
+        let id: Digest = sha2::Sha256::digest(&pack).into();
+        let size = pack.len() as u64;
+        self.blobs.put(&pack_key(&id), pack.into()).await?;
+        Ok(PackRef {
+            id,
+            created: SystemTime::now(),
+            size,
+            entries,
+        })
+    }
+
+    /// Opens a pack, or `None` if it is gone.
+    pub async fn open_pack(&self, pack: &PackRef) -> Result<Option<PackReader>, RemoteError> {
+        let key = pack_key(&pack.id);
+        match self.blobs.get(&key).await? {
+            Some(stream) => Ok(Some(PackReader::open(stream, key).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Asks the server for many entries in one request; the answer is a
+    /// pack. `None`: the remote has no batch endpoint.
+    pub async fn open_batch(&self, actions: &[Digest]) -> Result<Option<PackReader>, RemoteError> {
+        let mut body = String::with_capacity(actions.len() * 65);
+        for action in actions {
+            body.push_str(&hex::encode(action));
+            body.push('\n');
+        }
+        match self.blobs.batch(body.into()).await? {
+            Some(stream) => Ok(Some(
+                PackReader::open(stream, format!("a batch of {} entries", actions.len())).await?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads a pack's entry: its record and, if inline, its output. If not,
+    /// read the object with [`RemoteCache::read_packed_object`].
+    pub fn unpack(
+        &self,
+        pack: &PackReader,
+        action: &Digest,
+        record: &[u8],
+    ) -> Result<Fetched, RemoteError> {
+        let (record, inline) = self
+            .decode_record(action, pack.key(), record)
+            .map_err(|e| pack.damaged(format!("entry {}: {e}", hex::encode(action))))?;
+        Ok(Fetched {
+            record,
+            inline,
+            transferred: 0,
+        })
+    }
+
+    /// Streams the object of the pack's current entry into `sink`, as
+    /// [`RemoteCache::fetch_object`] does.
+    pub async fn read_packed_object(
+        &self,
+        pack: &mut PackReader,
+        record: &ActionRecord,
+        sink: &mut (dyn Write + Send),
+    ) -> Result<(), RemoteError> {
+        let key = pack.key().to_owned();
+        let mut decoder = ObjectDecoder::new(self.format, &key, sink, record.size);
+        pack.read_object(|chunk| decoder.write(chunk)).await?;
+        decoder.finish()
+    }
+
+    /// The latest manifest of `scope`, or `None` if there is none.
+    pub async fn fetch_manifest(&self, scope: &str) -> Result<Option<Manifest>, RemoteError> {
+        let (key, bytes) = match self.format {
+            Format::Granary => {
+                let key = manifest_key(scope);
+                let Some(stream) = self.blobs.get(&key).await? else {
+                    return Ok(None);
+                };
+                let bytes = read_whole(stream, MAX_MANIFEST, &key).await?;
+                (key, bytes)
+            }
+            Format::Reapi => {
+                let action = manifest_action(scope);
+                let Some(found) = self.lookup(&action).await? else {
+                    return Ok(None);
+                };
+                let key = self.format.action_key(&action);
+                if found.record.size > MAX_MANIFEST as u64 {
+                    return Err(damaged(&key, "a manifest longer than 64 MiB"));
+                }
+                let bytes = match found.inline {
+                    Some(bytes) => bytes,
+                    None => {
+                        let mut bytes = Vec::new();
+                        self.fetch_object(&found.record, &mut bytes).await?;
+                        bytes
+                    }
+                };
+                (key, bytes)
+            }
+        };
+        let manifest = Manifest::decode(&bytes)
+            .map_err(|why| damaged(&key, format!("not a manifest: {why}")))?;
+        Ok(Some(manifest))
+    }
+
+    /// Publishes `manifest` as the latest of its scope. Returns the bytes
+    /// sent.
+    pub async fn publish_manifest(&self, manifest: &Manifest) -> Result<u64, RemoteError> {
+        let bytes = manifest.encode();
+        match self.format {
+            Format::Granary => {
+                let sent = bytes.len() as u64;
+                self.blobs
+                    .put(&manifest_key(&manifest.scope), bytes.into())
+                    .await?;
+                Ok(sent)
+            }
+            Format::Reapi => {
+                let output: Digest = sha2::Sha256::digest(&bytes).into();
+                let action = manifest_action(&manifest.scope);
+                let sent = self
+                    .upload(&action, &output, manifest.written, bytes.into())
+                    .await?;
+                Ok(sent.transferred)
+            }
+        }
+    }
+
+    /// Deletes packs and manifests too old to be used (see
+    /// [`manifest`](crate::manifest)), at most `limit` of them. Only in
+    /// object storage: a cache server ages its blobs out by itself.
+    pub async fn sweep(&self, now: SystemTime, limit: usize) -> Result<usize, RemoteError> {
+        if self.format != Format::Granary {
+            return Ok(0);
+        }
+        let mut deleted = 0;
+        for (prefix, max_age) in [
+            (format!("{VERSION}/packs/"), PACK_DELETE_AGE),
+            (format!("{VERSION}/manifests/"), MANIFEST_DELETE_AGE),
+        ] {
+            for listed in self.blobs.list(&prefix).await? {
+                if deleted >= limit {
+                    return Ok(deleted);
+                }
+                if now
+                    .duration_since(listed.modified)
+                    .is_ok_and(|age| age > max_age)
+                {
+                    self.blobs.delete(&listed.key).await?;
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// The record of an output, inline if small enough.
+fn record_of(action: &Digest, output: &Digest, put_time: SystemTime, size: u64) -> ActionRecord {
+    ActionRecord {
+        action: *action,
+        output: *output,
+        size,
+        put_time,
+        placement: if size <= INLINE_LIMIT {
+            Placement::Inline
+        } else {
+            Placement::Object
+        },
+    }
+}
+
+fn pack_key(id: &Digest) -> String {
+    format!("{VERSION}/packs/{}", hex::encode(id))
+}
+
+fn manifest_key(scope: &str) -> String {
+    format!("{VERSION}/manifests/{}", scope_key_name(scope))
+}
+
+/// Where a cache server keeps the manifest of `scope`: an action entry
+/// under a name no go action has.
+fn manifest_action(scope: &str) -> Digest {
+    sha2::Sha256::digest(format!("granary-manifest 1\n{scope}")).into()
 }
 
 fn compress(body: &[u8]) -> Result<Vec<u8>, RemoteError> {
@@ -291,6 +496,53 @@ impl<'a> Decoder<'a> {
 
 fn short_by(left: u64) -> String {
     format!("the body is {left} bytes shorter than its record says")
+}
+
+/// Decodes an object as its bytes arrive, into a sink, as `format`
+/// stores it: a zstd frame, or the bytes themselves.
+struct ObjectDecoder<'a> {
+    key: &'a str,
+    inner: Inner<'a>,
+}
+
+enum Inner<'a> {
+    Zstd(Decoder<'a>),
+    Plain(Limited<'a>),
+}
+
+impl<'a> ObjectDecoder<'a> {
+    fn new(format: Format, key: &'a str, sink: &'a mut (dyn Write + Send), size: u64) -> Self {
+        let inner = match format {
+            Format::Granary => Inner::Zstd(Decoder::new(sink, size)),
+            Format::Reapi => Inner::Plain(Limited::new(sink, size)),
+        };
+        ObjectDecoder { key, inner }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), RemoteError> {
+        match &mut self.inner {
+            Inner::Zstd(decoder) => decoder.write(bytes).map_err(|e| e.into_remote(self.key)),
+            Inner::Plain(limited) => {
+                limited
+                    .write_all(bytes)
+                    .map_err(|e| match limited.sink_error.take() {
+                        Some(sink) => RemoteError::Sink(sink),
+                        None => damaged(self.key, e.to_string()),
+                    })
+            }
+        }
+    }
+
+    /// Checks that the whole object arrived.
+    fn finish(self) -> Result<(), RemoteError> {
+        match self.inner {
+            Inner::Zstd(decoder) => decoder.finish().map_err(|e| e.into_remote(self.key)),
+            Inner::Plain(limited) if limited.left > 0 => {
+                Err(damaged(self.key, short_by(limited.left)))
+            }
+            Inner::Plain(_) => Ok(()),
+        }
+    }
 }
 
 /// A sink that takes at most the size a record announced.

@@ -119,6 +119,11 @@ impl HttpBlobs {
             request = request.body(body);
         }
         let response = request.send().await.map_err(|e| failed(&e))?;
+        self.checked(response).await
+    }
+
+    /// The response if it succeeded or found nothing; else why not.
+    async fn checked(&self, response: reqwest::Response) -> Result<reqwest::Response, RemoteError> {
         match response.status() {
             status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(response),
             StatusCode::UNAUTHORIZED => Err(RemoteError::Denied(format!(
@@ -167,6 +172,29 @@ impl BlobStore for HttpBlobs {
     async fn exists(&self, key: &str) -> Result<bool, RemoteError> {
         let response = self.send(reqwest::Method::HEAD, key, None).await?;
         Ok(response.status() != StatusCode::NOT_FOUND)
+    }
+
+    async fn batch(&self, request: Bytes) -> Result<Option<ByteStream>, RemoteError> {
+        let mut post = self.client.post(format!("{}/batch", self.base));
+        if let Some(token) = &self.token {
+            post = post.bearer_auth(token);
+        }
+        let response = post.body(request).send().await.map_err(|e| failed(&e))?;
+        // bazel-remote and other servers answer an endpoint they do not
+        // have with 400, 404 or 405.
+        if matches!(
+            response.status(),
+            StatusCode::BAD_REQUEST
+                | StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED
+                | StatusCode::NOT_IMPLEMENTED
+        ) {
+            return Ok(None);
+        }
+        let response = self.checked(response).await?;
+        Ok(Some(
+            response.bytes_stream().map_err(|e| failed(&e)).boxed(),
+        ))
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError> {

@@ -31,14 +31,18 @@ mod blob;
 mod cache;
 mod http;
 pub mod layout;
+pub mod manifest;
+pub mod pack;
 mod reapi;
 mod record;
 mod s3;
 
-pub use blob::{BlobStore, ByteStream};
+pub use blob::{BlobStore, ByteStream, Listed};
 pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, Sent};
 pub use http::{HttpBlobs, HttpSettings};
 pub use layout::Format;
+pub use manifest::{Group, Manifest, PackRef};
+pub use pack::{PackReader, PackWriter, RawEntry};
 pub use record::{ActionRecord, Placement};
 pub use s3::{S3Blobs, S3Credentials, S3Settings};
 

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
-use crate::{BlobStore, ByteStream, RemoteError};
+use crate::{BlobStore, ByteStream, Listed, RemoteError};
 
 /// Where the bucket is and how to reach it.
 #[derive(Debug, Clone, Default)]
@@ -178,6 +178,29 @@ impl BlobStore for S3Blobs {
             .await
             .map(drop)
             .map_err(remote_error)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, RemoteError> {
+        let strip = match self.prefix.is_empty() {
+            true => 0,
+            false => self.prefix.len() + 1,
+        };
+        self.store
+            .list(Some(&self.path(prefix.trim_end_matches('/'))))
+            .map_ok(|meta| Listed {
+                key: meta.location.as_ref()[strip..].to_owned(),
+                modified: meta.last_modified.into(),
+            })
+            .try_collect()
+            .await
+            .map_err(remote_error)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), RemoteError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(remote_error(e)),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! | `PUT /{ac,cas}/<hex>`       | 200 stored; 400 hash mismatch or not an ActionResult; 413 too large; 507 full |
 //! | any of those, bad key       | 400                                         |
 //! | no or unknown token         | 401; a read-only token writing: 403        |
+//! | `POST /batch`               | a pack of many action entries (see [`batch`](crate::batch)) |
 //!
 //! Bodies stream in both directions: a PUT goes to disk as it arrives, in
 //! writes batched while the client sends faster than the disk takes them;
@@ -32,10 +33,11 @@ use tokio::sync::watch;
 
 use crate::auth::{Access, Auth};
 use crate::backing::Backing;
+use crate::batch;
 use crate::check::MAX_ACTION_RESULT;
 use crate::check::{Check, Rejected, refusal_status};
 use crate::disk::{Blob, Disk, Found, Progress, Refusal, State, Upload, Writer};
-use crate::key::{Key, Kind};
+use crate::key::{Key, Kind, is_batch_path};
 use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -87,6 +89,9 @@ impl Service {
 
     async fn route(&self, request: Request<Incoming>) -> (&'static str, Response<Body>) {
         let path = request.uri().path();
+        if is_batch_path(path) {
+            return ("batch", self.batch(request).await);
+        }
         let Some(key) = Key::from_path(path) else {
             let response = match (request.method(), path) {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -152,6 +157,51 @@ impl Service {
             ref method => self.get(key, *method == Method::HEAD).await,
         };
         (key.kind.name(), response)
+    }
+
+    /// `POST /batch`: see [`batch`](crate::batch).
+    async fn batch(&self, request: Request<Incoming>) -> Response<Body> {
+        if request.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+        }
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if self.auth.access(authorization) < Access::Read {
+            return unauthorized();
+        }
+        let limit = batch::MAX_BATCH * 66;
+        let body = match http_body_util::Limited::new(request.into_body(), limit)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "cannot read the batch request ({e}); send at most {} action IDs\n",
+                        batch::MAX_BATCH
+                    ),
+                );
+            }
+        };
+        let keys = match batch::parse(&body) {
+            Ok(keys) => keys,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let chunks = batch::answer(self.disk.clone(), self.metrics.clone(), keys);
+        let stream = futures_util::stream::unfold(chunks, |mut chunks| async move {
+            let chunk = chunks.recv().await?;
+            Some((chunk.map(Frame::data), chunks))
+        });
+        let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-granary-pack"),
+        );
+        response
     }
 
     async fn get(&self, key: Key, head: bool) -> Response<Body> {

@@ -78,6 +78,15 @@ impl fmt::Display for Key {
     }
 }
 
+/// Whether `path` is the batch endpoint: `/batch`, or `/<instance>/batch`.
+pub fn is_batch_path(path: &str) -> bool {
+    match path.strip_suffix("/batch") {
+        Some("") => true,
+        Some(instance) => instance.strip_prefix('/').is_some_and(is_instance_name),
+        None => false,
+    }
+}
+
 fn is_instance_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."

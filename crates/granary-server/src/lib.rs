@@ -32,6 +32,7 @@
 
 mod auth;
 mod backing;
+mod batch;
 mod check;
 mod disk;
 mod http;

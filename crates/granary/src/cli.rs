@@ -266,6 +266,31 @@ pub struct RemoteArgs {
     /// counted [default: 30s]
     #[arg(long, env = "GRANARY_UPLOAD_DEADLINE", value_name = "AGE", value_parser = parse_duration)]
     pub upload_deadline: Option<Duration>,
+
+    /// Publish the manifest of what this run used under this name (a branch, say), and
+    /// prefetch what it names; the platform and Go version are always added
+    /// [default: the module in the working directory]
+    #[arg(long, env = "GRANARY_SCOPE", value_name = "NAME")]
+    pub scope: Option<String>,
+
+    /// Scopes whose manifests to prefetch after the run's own, e.g. main (comma-separated
+    /// or repeated)
+    #[arg(
+        long,
+        env = "GRANARY_SCOPE_FALLBACK",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub scope_fallback: Vec<String>,
+
+    /// Fetch what the scopes' manifests name at start-up, in packs or batches [default: true]
+    #[arg(
+        long,
+        env = "GRANARY_PREFETCH",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub prefetch: Option<bool>,
 }
 
 /// The trim policy. Unset flags come from the config file, else the defaults.

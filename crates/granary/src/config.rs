@@ -38,6 +38,9 @@ struct File {
     upload_deadline: Option<String>,
     token_file: Option<PathBuf>,
     remote_ca: Option<PathBuf>,
+    scope: Option<String>,
+    scope_fallback: Option<Vec<String>>,
+    prefetch: Option<bool>,
     serve: Option<ServeFile>,
 }
 
@@ -77,9 +80,19 @@ pub struct Remote {
     pub timeout: Duration,
     pub budget: Duration,
     pub upload_deadline: Duration,
+    pub scopes: Scopes,
 }
 
-/// Where the remote is.
+/// Which manifests a run reads and publishes (see `prog::prefetch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scopes {
+    /// Where this run publishes, read first; qualified with the platform.
+    pub scope: String,
+    /// Read after it, in order; qualified likewise.
+    pub fallbacks: Vec<String>,
+    /// Whether to prefetch at start-up.
+    pub prefetch: bool,
+}
 #[derive(Debug, Clone)]
 pub enum Endpoint {
     S3(S3Settings),
@@ -123,7 +136,7 @@ pub fn remote(
     args: &RemoteArgs,
 ) -> anyhow::Result<Option<Remote>> {
     let (file, path) = read_file(dir, config)?;
-    let Some(url) = args.remote.clone().or(file.remote) else {
+    let Some(url) = args.remote.clone().or(file.remote.clone()) else {
         return Ok(None);
     };
     let timeout = pick(
@@ -134,6 +147,7 @@ pub fn remote(
         &path,
     )?
     .unwrap_or(DEFAULT_REMOTE_TIMEOUT);
+    let scopes = scopes(args, &file)?;
     let endpoint = if url.starts_with("http://") || url.starts_with("https://") {
         let token_file = args.token_file.clone().or(file.token_file);
         Endpoint::Http(HttpSettings {
@@ -171,7 +185,40 @@ pub fn remote(
             &path,
         )?
         .unwrap_or(DEFAULT_UPLOAD_DEADLINE),
+        scopes,
     }))
+}
+
+/// The scope from `--scope`, the file, else the module in the working
+/// directory; fallbacks likewise.
+fn scopes(args: &RemoteArgs, file: &File) -> anyhow::Result<Scopes> {
+    let check = |name: String| {
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.chars().any(char::is_control) {
+            anyhow::bail!(
+                "`{}` is not a scope name; use --scope NAME (a branch name, for example)",
+                name.escape_debug()
+            );
+        }
+        Ok(name)
+    };
+    let scope = match args.scope.clone().or_else(|| file.scope.clone()) {
+        Some(name) => check(name)?,
+        None => crate::scope::default_name(&std::env::current_dir().unwrap_or_default()),
+    };
+    let fallbacks = match args.scope_fallback.is_empty() {
+        false => args.scope_fallback.clone(),
+        true => file.scope_fallback.clone().unwrap_or_default(),
+    };
+    let fallbacks = fallbacks
+        .into_iter()
+        .map(|name| check(name).map(|name| crate::scope::qualify(&name)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Scopes {
+        scope: crate::scope::qualify(&scope),
+        fallbacks,
+        prefetch: args.prefetch.or(file.prefetch).unwrap_or(true),
+    })
 }
 
 /// The cache server's token: `GRANARY_TOKEN`, else the first line of the

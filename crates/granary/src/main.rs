@@ -10,6 +10,7 @@ mod gocache;
 mod history;
 mod prog;
 mod progress;
+mod scope;
 mod serve;
 mod upkeep;
 mod verify;

@@ -22,8 +22,12 @@
 //!
 //! With a remote tier (see [`remote`]), a local miss hands its ticket to an
 //! asynchronous remote lookup instead of answering at once, so the reader
-//! never waits on the network, and a stored put is queued for upload.
+//! never waits on the network, and a stored put is queued for upload. The
+//! remote's manifests are prefetched in the background from the start, and
+//! a manifest of what the run used is published at close (see
+//! [`prefetch`]).
 
+mod prefetch;
 mod remote;
 mod respond;
 pub mod stats;
@@ -38,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 use granary_protocol::{BodyError, FramingError, Hash, Incoming, Request, RequestReader, Response};
-use granary_store::{ActionId, Lookup, ObjectWriter, OutputId, STALE_TEMPORARY_AGE, Store};
+use granary_store::{ActionId, Hit, Lookup, ObjectWriter, OutputId, STALE_TEMPORARY_AGE, Store};
 
 use crate::config::Upkeep;
 use crate::history;
@@ -103,6 +107,7 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
         trim_start: Mutex::new(None),
         remote,
     });
+    engine.start_prefetch();
 
     let (jobs, queue) = crossbeam_channel::bounded(JOB_QUEUE);
     let workers = (0..worker_count())
@@ -389,21 +394,8 @@ impl Engine {
     fn get(self: &Arc<Self>, ticket: Ticket, action: Hash) {
         add(&self.stats.gets, 1);
         let id = ticket.id();
-        let response = match self.store.get(&ActionId(action)) {
-            Lookup::Hit(hit) => match disk_path(hit.object) {
-                Ok(path) => {
-                    add(&self.stats.hits, 1);
-                    add(&self.stats.hit_bytes, hit.entry.size);
-                    Response::hit(
-                        id,
-                        hit.entry.output_id.0,
-                        hit.entry.size,
-                        hit.entry.put_time,
-                        path,
-                    )
-                }
-                Err(e) => return fail(&self.stats, ticket, &e),
-            },
+        match self.store.get(&ActionId(action)) {
+            Lookup::Hit(hit) => self.answer_hit(ticket, action, hit),
             Lookup::Miss(reason) => {
                 tracing::debug!("get {id}: miss for action {}: {reason:?}", ActionId(action));
                 if reason.is_corruption() {
@@ -419,10 +411,40 @@ impl Engine {
                     return self.remote_get(remote, ticket, action);
                 }
                 add(&self.stats.misses, 1);
-                Response::miss(id)
+                ticket.answer(Response::miss(id));
             }
-        };
-        ticket.answer(response);
+        }
+    }
+
+    /// Answers with an entry of the local tier.
+    fn answer_hit(&self, ticket: Ticket, action: Hash, hit: Hit) {
+        match disk_path(hit.object) {
+            Ok(path) => {
+                add(&self.stats.hits, 1);
+                add(&self.stats.hit_bytes, hit.entry.size);
+                self.record_use(action);
+                let id = ticket.id();
+                ticket.answer(Response::hit(
+                    id,
+                    hit.entry.output_id.0,
+                    hit.entry.size,
+                    hit.entry.put_time,
+                    path,
+                ));
+            }
+            Err(e) => fail(&self.stats, ticket, &e),
+        }
+    }
+
+    /// Notes that this run used `action`, for the manifest it publishes.
+    fn record_use(&self, action: Hash) {
+        if let Some(remote) = &self.remote {
+            remote
+                .used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(action);
+        }
     }
 
     fn put(self: &Arc<Self>, job: PutJob) {
@@ -456,6 +478,7 @@ impl Engine {
                 let id = ticket.id();
                 tracing::debug!("put {id}: action {} stored {size} bytes", ActionId(action));
                 ticket.answer(Response::stored(id, path));
+                self.record_use(action);
                 if let Some(remote) = &self.remote {
                     let output = OutputId(output);
                     self.queue_upload(remote, action, output, put_time, stored.object);

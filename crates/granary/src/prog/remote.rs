@@ -32,12 +32,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use granary_protocol::{Hash, Response};
-use granary_remote::{Format, HttpBlobs, RemoteCache, RemoteError, S3Blobs};
-use granary_store::{ActionId, OutputId, StoreError};
+use granary_remote::{ActionRecord, Format, HttpBlobs, RemoteCache, RemoteError, S3Blobs};
+use granary_store::{ActionId, Lookup, ObjectWriter, OutputId, StoreError};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use super::prefetch::{Joined, Prefetch, Used};
 use super::respond::Ticket;
 use super::stats::{RemoteState, add};
 use super::{Engine, disk_path};
@@ -56,6 +57,8 @@ pub struct RemoteOptions {
     pub budget: Duration,
     /// How long `close` waits for queued uploads.
     pub upload_deadline: Duration,
+    /// The manifests to read and publish.
+    pub scopes: config::Scopes,
 }
 
 impl RemoteOptions {
@@ -75,6 +78,7 @@ impl RemoteOptions {
             timeout: remote.timeout,
             budget: remote.budget,
             upload_deadline: remote.upload_deadline,
+            scopes: remote.scopes,
         })
     }
 }
@@ -94,8 +98,8 @@ const UPLOAD_MEMORY_KIB: u32 = 256 * 1024;
 /// The remote tier of one run.
 #[derive(Debug)]
 pub struct Remote {
-    runtime: Runtime,
-    options: RemoteOptions,
+    pub(super) runtime: Runtime,
+    pub(super) options: RemoteOptions,
     /// Why the remote was switched off, once it is.
     off: OnceLock<String>,
     failures_in_row: AtomicU32,
@@ -109,6 +113,9 @@ pub struct Remote {
     queue: Mutex<UploadQueue>,
     upload_slots: Arc<Semaphore>,
     upload_memory: Arc<Semaphore>,
+    pub(super) prefetch: Prefetch,
+    /// What this run used, for its manifest.
+    pub(super) used: Mutex<Used>,
 }
 
 /// The count of uploads queued or running. Once `close` gives up on them,
@@ -121,7 +128,7 @@ struct UploadQueue {
 
 /// A remote output now in the local tier.
 #[derive(Debug)]
-struct Found {
+pub(super) struct Found {
     output: OutputId,
     size: u64,
     put_time: SystemTime,
@@ -129,7 +136,7 @@ struct Found {
 }
 
 /// Why a lookup gave no hit.
-enum Trouble {
+pub(super) enum Trouble {
     Remote(RemoteError),
     /// The local tier could not take the fetched output.
     Local(String),
@@ -160,6 +167,8 @@ impl Remote {
             queue: Mutex::default(),
             upload_slots: Arc::new(Semaphore::new(UPLOADS_AT_ONCE)),
             upload_memory: Arc::new(Semaphore::new(UPLOAD_MEMORY_KIB as usize)),
+            prefetch: Prefetch::default(),
+            used: Mutex::default(),
         })
     }
 
@@ -191,11 +200,11 @@ impl Remote {
         }
     }
 
-    fn succeeded(&self) {
+    pub(super) fn succeeded(&self) {
         self.failures_in_row.store(0, Relaxed);
     }
 
-    fn failed(&self, error: &RemoteError) {
+    pub(super) fn failed(&self, error: &RemoteError) {
         if let RemoteError::Denied(_) = error {
             // The advice first: the error after it may be cut short.
             return self.switch_off(format!(
@@ -237,6 +246,14 @@ impl Engine {
     /// Looks `action` up in the remote after a local miss, answering
     /// `ticket` when done. Returns at once.
     pub(super) fn remote_get(self: &Arc<Self>, remote: &Remote, ticket: Ticket, action: Hash) {
+        let ticket = match remote.prefetch.join(action, ticket) {
+            Joined::Waiting => return,
+            Joined::Stored(ticket) => match self.store.get(&ActionId(action)) {
+                Lookup::Hit(hit) => return self.answer_hit(ticket, action, hit),
+                Lookup::Miss(_) => ticket,
+            },
+            Joined::No(ticket) => ticket,
+        };
         match remote
             .waiting
             .lock()
@@ -263,35 +280,40 @@ impl Engine {
                     .remove(&action)
                     .unwrap_or_default();
                 for ticket in tickets {
-                    engine.answer_remote(ticket, found.as_ref());
+                    engine.answer_remote(ticket, action, found.as_ref());
                 }
             },
             remote.runtime.handle(),
         );
     }
 
-    fn answer_remote(&self, ticket: Ticket, found: Option<&Found>) {
-        let stats = &self.stats;
-        let id = ticket.id();
+    fn answer_remote(&self, ticket: Ticket, action: Hash, found: Option<&Found>) {
         match found {
             Some(found) => {
-                add(&stats.hits, 1);
-                add(&stats.remote_hits, 1);
-                add(&stats.hit_bytes, found.size);
-                let path = found.path.clone();
-                ticket.answer(Response::hit(
-                    id,
-                    found.output.0,
-                    found.size,
-                    found.put_time,
-                    path,
-                ));
+                add(&self.stats.remote_hits, 1);
+                self.answer_found(ticket, action, found);
             }
             None => {
-                add(&stats.misses, 1);
+                add(&self.stats.misses, 1);
+                let id = ticket.id();
                 ticket.answer(Response::miss(id));
             }
         }
+    }
+
+    /// Answers with an output fetched from the remote.
+    pub(super) fn answer_found(&self, ticket: Ticket, action: Hash, found: &Found) {
+        add(&self.stats.hits, 1);
+        add(&self.stats.hit_bytes, found.size);
+        self.record_use(action);
+        let id = ticket.id();
+        ticket.answer(Response::hit(
+            id,
+            found.output.0,
+            found.size,
+            found.put_time,
+            found.path.clone(),
+        ));
     }
 
     /// One lookup, within its deadline, with its outcome counted.
@@ -340,7 +362,11 @@ impl Engine {
     }
 
     /// Fetches the output of `action` into the local tier.
-    async fn fetch(&self, remote: &Remote, action: Hash) -> Result<Option<Found>, Trouble> {
+    pub(super) async fn fetch(
+        &self,
+        remote: &Remote,
+        action: Hash,
+    ) -> Result<Option<Found>, Trouble> {
         let cache = &remote.options.cache;
         let Some(fetched) = cache.lookup(&action).await? else {
             return Ok(None);
@@ -360,6 +386,28 @@ impl Engine {
                 add(&self.stats.remote_bytes_down, transferred);
             }
         }
+        self.keep(action, &record, body).map(Some)
+    }
+
+    /// Publishes a fetched output written to `body` in the local tier, if
+    /// its size and hash match `record`.
+    pub(super) fn keep(
+        &self,
+        action: Hash,
+        record: &ActionRecord,
+        body: ObjectWriter,
+    ) -> Result<Found, Trouble> {
+        let cache = &self
+            .remote
+            .as_ref()
+            .expect("a fetch needs a remote")
+            .options
+            .cache;
+        let local = |e: &dyn std::fmt::Display| {
+            Trouble::Local(format!(
+                "cannot store an output fetched from the remote: {e}"
+            ))
+        };
         let output = OutputId(record.output);
         let stored = self
             .store
@@ -380,12 +428,12 @@ impl Engine {
                 e => local(&e),
             })?;
         let path = disk_path(stored.object).map_err(|e| local(&e))?;
-        Ok(Some(Found {
+        Ok(Found {
             output,
             size: record.size,
             put_time: record.put_time,
             path,
-        }))
+        })
     }
 
     /// Queues the upload of a put just stored locally, unless the remote is
@@ -490,16 +538,30 @@ impl Engine {
 
     /// At close: lets lookups finish, then gives uploads until the deadline;
     /// what is still queued then is dropped and counted.
-    pub(super) fn finish_remote(&self, remote: &Remote) {
+    pub(super) fn finish_remote(self: &Arc<Self>, remote: &Remote) {
+        self.finish_prefetch(remote);
         remote.lookups.close();
         remote.uploads.close();
         let deadline = remote.options.upload_deadline;
         remote.runtime.block_on(async {
             remote.lookups.wait().await;
-            if tokio::time::timeout(deadline, remote.uploads.wait())
-                .await
-                .is_err()
-            {
+            let publish = async {
+                if tokio::time::timeout(deadline, self.publish())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "publishing the manifest took longer than --upload-deadline ({}); \
+                         gave up",
+                        humantime::format_duration(deadline)
+                    );
+                }
+            };
+            let (_, uploaded) = tokio::join!(
+                publish,
+                tokio::time::timeout(deadline, remote.uploads.wait())
+            );
+            if uploaded.is_err() {
                 let left = {
                     let mut queue = remote.queue.lock().unwrap_or_else(PoisonError::into_inner);
                     queue.abandoned = true;

@@ -29,6 +29,20 @@ pub struct Stats {
     pub remote_bytes_up: AtomicU64,
     pub uploads: AtomicU64,
     pub uploads_dropped: AtomicU64,
+    pub prefetch_named: AtomicU64,
+    pub prefetch_fetched: AtomicU64,
+    pub prefetch_missing: AtomicU64,
+    pub prefetch_damaged: AtomicU64,
+    pub prefetch_requests: AtomicU64,
+    pub prefetch_bytes: AtomicU64,
+    pub prefetch_waits: AtomicU64,
+    pub prefetch_used: AtomicU64,
+    pub prefetch_unused: AtomicU64,
+    pub prefetch_ms: AtomicU64,
+    pub manifest_entries: AtomicU64,
+    pub packs_uploaded: AtomicU64,
+    pub pack_bytes_up: AtomicU64,
+    pub swept: AtomicU64,
     /// How long each remote lookup kept a get waiting, in microseconds.
     pub remote_waits: Mutex<Vec<u64>>,
 }
@@ -107,6 +121,34 @@ pub struct Summary {
     pub remote_p90_us: u64,
     pub remote_p99_us: u64,
     pub remote_max_us: u64,
+    /// Entries the manifests of the run's scopes named.
+    pub prefetch_named: u64,
+    /// Entries the prefetch stored in the local tier.
+    pub prefetch_fetched: u64,
+    /// Named entries the remote did not have (or no longer had).
+    pub prefetch_missing: u64,
+    /// Packs, batches or manifests found damaged and ignored (with a warning).
+    pub prefetch_damaged: u64,
+    /// Requests the prefetch made: manifests, packs, batches, single lookups.
+    pub prefetch_requests: u64,
+    /// Bytes the prefetch received.
+    pub prefetch_bytes: u64,
+    /// Gets that waited for a prefetch transfer under way instead of asking the remote.
+    pub prefetch_waits: u64,
+    /// Prefetched entries a get then used: each saved a remote lookup.
+    pub prefetch_used: u64,
+    /// Prefetched entries no get asked for: fetched in vain.
+    pub prefetch_unused: u64,
+    /// Time from start-up to the end of the prefetch, in milliseconds.
+    pub prefetch_ms: u64,
+    /// Entries in the manifest published at close (0: none published).
+    pub manifest_entries: u64,
+    /// Packs uploaded at close.
+    pub packs_uploaded: u64,
+    /// Bytes of those packs.
+    pub pack_bytes_up: u64,
+    /// Packs and manifests too old to be used that this run deleted from the bucket.
+    pub swept: u64,
 }
 
 impl Stats {
@@ -152,6 +194,20 @@ impl Stats {
             remote_p90_us: percentile(90),
             remote_p99_us: percentile(99),
             remote_max_us: waits.last().copied().unwrap_or(0),
+            prefetch_named: self.prefetch_named.load(Relaxed),
+            prefetch_fetched: self.prefetch_fetched.load(Relaxed),
+            prefetch_missing: self.prefetch_missing.load(Relaxed),
+            prefetch_damaged: self.prefetch_damaged.load(Relaxed),
+            prefetch_requests: self.prefetch_requests.load(Relaxed),
+            prefetch_bytes: self.prefetch_bytes.load(Relaxed),
+            prefetch_waits: self.prefetch_waits.load(Relaxed),
+            prefetch_used: self.prefetch_used.load(Relaxed),
+            prefetch_unused: self.prefetch_unused.load(Relaxed),
+            prefetch_ms: self.prefetch_ms.load(Relaxed),
+            manifest_entries: self.manifest_entries.load(Relaxed),
+            packs_uploaded: self.packs_uploaded.load(Relaxed),
+            pack_bytes_up: self.pack_bytes_up.load(Relaxed),
+            swept: self.swept.load(Relaxed),
         }
     }
 
@@ -226,6 +282,27 @@ impl Summary {
                 self.remote_p50_us as f64 / 1000.0,
                 self.remote_p99_us as f64 / 1000.0,
             );
+            if self.prefetch_named > 0 {
+                line += &format!(
+                    "; prefetch: {} named, {} fetched ({}, {} requests, {} ms), {} used, {} in vain, {} missing",
+                    self.prefetch_named,
+                    self.prefetch_fetched,
+                    ByteSize(self.prefetch_bytes).display().iec(),
+                    self.prefetch_requests,
+                    self.prefetch_ms,
+                    self.prefetch_used,
+                    self.prefetch_unused,
+                    self.prefetch_missing,
+                );
+            }
+            if self.manifest_entries > 0 {
+                line += &format!(
+                    "; published a manifest of {} entries ({} new packs, {})",
+                    self.manifest_entries,
+                    self.packs_uploaded,
+                    ByteSize(self.pack_bytes_up).display().iec(),
+                );
+            }
             if !self.remote_off.is_empty() {
                 line += &format!("; switched off: {}", self.remote_off);
             }

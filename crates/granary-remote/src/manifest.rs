@@ -1,0 +1,269 @@
+//! Manifests: which entries a scope's builds used, in the order they used
+//! them, and which packs hold them.
+//!
+//! A fresh runner reads the manifests of its scopes at start-up and fetches
+//! what they name before the go command asks for it, a pack (or a batch)
+//! at a time instead of an entry at a time. A manifest is a zstd frame of
+//! lines:
+//!
+//! ```text
+//! granary-manifest 1
+//! scope <scope>
+//! written <unix seconds>
+//! pack <hex pack ID> <created, unix seconds> <bytes> <entries in the pack> <entries>
+//! <hex action ID>                       (<entries> lines)
+//! loose <entries>
+//! <hex action ID>                       (that many lines)
+//! ```
+//!
+//! A `pack` group names a pack (see [`pack`](crate::pack)) and the entries
+//! to take from it; a `loose` group names entries to fetch by batch (from a
+//! server that has a batch endpoint) or one by one.
+//!
+//! Ages keep the bucket bounded: a manifest older than
+//! [`MANIFEST_MAX_AGE`] is ignored, a new manifest never names a pack older
+//! than [`PACK_REUSE_AGE`] (its entries are packed again), so no manifest
+//! in use names a pack older than their sum, and the sweep deletes packs
+//! older than [`PACK_DELETE_AGE`] and manifests older than
+//! [`MANIFEST_DELETE_AGE`].
+
+use std::time::{Duration, SystemTime};
+
+use sha2::Digest as _;
+
+use crate::Digest;
+
+const MAGIC: &str = "granary-manifest 1";
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// Manifests older than this are not used.
+pub const MANIFEST_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A new manifest does not name packs older than this.
+pub const PACK_REUSE_AGE: Duration = Duration::from_secs(3 * 24 * 3600);
+/// The sweep deletes packs older than this: no manifest in use names one.
+pub const PACK_DELETE_AGE: Duration = MANIFEST_MAX_AGE
+    .saturating_add(PACK_REUSE_AGE)
+    .saturating_add(DAY);
+/// The sweep deletes manifests older than this.
+pub const MANIFEST_DELETE_AGE: Duration = MANIFEST_MAX_AGE.saturating_add(DAY);
+/// Decompressed manifests longer than this are refused (about 1,000,000
+/// entries).
+const MAX_MANIFEST: usize = 64 << 20;
+
+/// A pack in the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PackRef {
+    /// The SHA-256 of the pack's bytes, which is also its name.
+    pub id: Digest,
+    pub created: SystemTime,
+    /// The pack's length in bytes.
+    pub size: u64,
+    /// The entries in the pack (a group may name only some of them).
+    pub entries: u32,
+}
+
+/// Entries to fetch together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The pack that holds them; `None`: fetch them by batch or one by one.
+    pub pack: Option<PackRef>,
+    pub actions: Vec<Digest>,
+}
+
+/// What a scope's builds used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub scope: String,
+    pub written: SystemTime,
+    pub groups: Vec<Group>,
+}
+
+impl Manifest {
+    /// The number of entries it names.
+    pub fn entries(&self) -> usize {
+        self.groups.iter().map(|g| g.actions.len()).sum()
+    }
+
+    /// The manifest as stored: a zstd frame of its lines.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut text = format!(
+            "{MAGIC}\nscope {}\nwritten {}\n",
+            self.scope.replace(['\n', '\r'], " "),
+            unix_seconds(self.written)
+        );
+        for group in &self.groups {
+            match &group.pack {
+                Some(pack) => text.push_str(&format!(
+                    "pack {} {} {} {} {}\n",
+                    hex::encode(pack.id),
+                    unix_seconds(pack.created),
+                    pack.size,
+                    pack.entries,
+                    group.actions.len()
+                )),
+                None => text.push_str(&format!("loose {}\n", group.actions.len())),
+            }
+            for action in &group.actions {
+                text.push_str(&hex::encode(action));
+                text.push('\n');
+            }
+        }
+        zstd::bulk::compress(text.as_bytes(), 3).expect("compressing in memory does not fail")
+    }
+
+    /// Reads a stored manifest. The error says what is wrong with it.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+        let text = zstd::bulk::decompress(bytes, MAX_MANIFEST)
+            .map_err(|e| format!("not a zstd frame of at most {MAX_MANIFEST} bytes: {e}"))?;
+        let text = std::str::from_utf8(&text).map_err(|_| "not UTF-8".to_owned())?;
+        let mut lines = text.lines().enumerate().map(|(i, line)| (i + 1, line));
+        let mut next = |what: &str| {
+            lines
+                .next()
+                .ok_or_else(|| format!("ends where {what} was expected"))
+        };
+        let (_, magic) = next("the header")?;
+        if magic != MAGIC {
+            return Err(format!("starts with {magic:?}, not {MAGIC:?}"));
+        }
+        let (_, scope) = next("the scope")?;
+        let scope = scope
+            .strip_prefix("scope ")
+            .ok_or("no scope line")?
+            .to_owned();
+        let (n, written) = next("the time written")?;
+        let written = written
+            .strip_prefix("written ")
+            .and_then(|t| t.parse().ok())
+            .map(from_unix_seconds)
+            .ok_or_else(|| format!("line {n}: not `written <unix seconds>`"))?;
+        let mut groups = Vec::new();
+        while let Some((n, line)) = lines.next() {
+            let bad = || format!("line {n}: expected `pack ...` or `loose <entries>`: {line:?}");
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (pack, count) = match fields[..] {
+                ["pack", id, created, size, entries, count] => {
+                    let pack = PackRef {
+                        id: digest(id).ok_or_else(bad)?,
+                        created: from_unix_seconds(created.parse().map_err(|_| bad())?),
+                        size: size.parse().map_err(|_| bad())?,
+                        entries: entries.parse().map_err(|_| bad())?,
+                    };
+                    (Some(pack), count)
+                }
+                ["loose", count] => (None, count),
+                _ => return Err(bad()),
+            };
+            let count: usize = count.parse().map_err(|_| bad())?;
+            let mut actions = Vec::with_capacity(count.min(MAX_MANIFEST / 65));
+            for _ in 0..count {
+                let (n, line) = lines
+                    .next()
+                    .ok_or_else(|| format!("ends inside a group of {count} entries"))?;
+                actions.push(
+                    digest(line).ok_or_else(|| format!("line {n}: not an action ID: {line:?}"))?,
+                );
+            }
+            groups.push(Group { pack, actions });
+        }
+        Ok(Manifest {
+            scope,
+            written,
+            groups,
+        })
+    }
+}
+
+/// A name for `scope` that is safe as a key: its letters, digits and dashes
+/// (for people browsing the bucket), then a hash of the whole scope (so that
+/// scopes that differ only in other characters differ).
+pub fn scope_key_name(scope: &str) -> String {
+    let readable: String = scope
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(80)
+        .collect();
+    let hash = sha2::Sha256::digest(scope.as_bytes());
+    format!("{readable}-{}", hex::encode(&hash[..8]))
+}
+
+fn digest(hex: &str) -> Option<Digest> {
+    let mut digest = [0; 32];
+    hex::decode_to_slice(hex, &mut digest).ok()?;
+    Some(digest)
+}
+
+/// Seconds since the Unix epoch, as manifests write times.
+pub fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn from_unix_seconds(seconds: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            scope: "example.com/m linux/amd64 go1.25".into(),
+            written: from_unix_seconds(1_790_000_000),
+            groups: vec![
+                Group {
+                    pack: Some(PackRef {
+                        id: [7; 32],
+                        created: from_unix_seconds(1_789_000_000),
+                        size: 8 << 20,
+                        entries: 3,
+                    }),
+                    actions: vec![[1; 32], [2; 32]],
+                },
+                Group {
+                    pack: None,
+                    actions: vec![[3; 32]],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn manifests_round_trip() {
+        let manifest = sample();
+        assert_eq!(Manifest::decode(&manifest.encode()).unwrap(), manifest);
+        assert_eq!(manifest.entries(), 3);
+    }
+
+    #[test]
+    fn damaged_manifests_are_refused_with_a_reason() {
+        let good = String::from_utf8(zstd::bulk::decompress(&sample().encode(), 1 << 20).unwrap())
+            .unwrap();
+        let compress = |text: &str| zstd::bulk::compress(text.as_bytes(), 3).unwrap();
+        let cases = [
+            (b"plain text".to_vec(), "zstd"),
+            (
+                compress(&good.replace("granary-manifest 1", "x")),
+                "starts with",
+            ),
+            (compress(&good.replace("loose 1", "loose 2")), "ends inside"),
+            (compress(&good.replace("pack ", "box ")), "expected `pack"),
+            (compress(&good.replace("written", "when")), "written"),
+            (compress(&good[..good.len() - 10]), "not an action ID"),
+            (compress(&good[..30]), "ends where"),
+        ];
+        for (bytes, why) in cases {
+            let e = Manifest::decode(&bytes).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn scope_names_are_safe_keys_and_distinct() {
+        let a = scope_key_name("example.com/m linux/amd64");
+        assert!(a.starts_with("example-com-m-linux-amd64-"), "{a}");
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        assert_ne!(a, scope_key_name("example.com/m linux/amd64 "));
+        assert!(scope_key_name(&"x".repeat(500)).len() < 100);
+    }
+}

@@ -1,0 +1,335 @@
+//! Packs: many cache entries in one blob, so that fetching thousands of
+//! entries costs a few dozen requests.
+//!
+//! ```text
+//! pack  = MAGIC entry* END
+//! entry = action[32] record_length:u32 record object_length:u64 object
+//!       | action[32] 0:u32                      the remote has no such entry
+//! END   = 32 zero bytes
+//! ```
+//!
+//! Integers are big-endian. `record` and `object` are the action entry and
+//! the object exactly as the [`Format`](crate::Format) stores them under
+//! their keys, so a pack is checked as the entries themselves are. The same
+//! framing carries packs stored in object storage and the answers of a
+//! cache server's batch endpoint (`POST /batch`), which is why an entry may
+//! say that it is missing. The explicit end tells a complete pack from a
+//! cut one.
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use tokio::io::AsyncReadExt;
+use tokio_util::io::StreamReader;
+
+use crate::{ByteStream, Digest, RemoteError};
+
+/// The first bytes of every pack.
+pub const MAGIC: &[u8; 16] = b"granary-pack-01\n";
+/// Action records longer than this are refused (REAPI servers take action
+/// results up to 4 MiB).
+pub const MAX_PACKED_RECORD: u32 = 4 << 20;
+
+/// A pack being written, in memory.
+#[derive(Debug)]
+pub struct PackWriter {
+    bytes: Vec<u8>,
+    entries: usize,
+}
+
+impl Default for PackWriter {
+    fn default() -> Self {
+        PackWriter {
+            bytes: MAGIC.to_vec(),
+            entries: 0,
+        }
+    }
+}
+
+impl PackWriter {
+    /// Adds an entry: its record, and its object (empty when inline).
+    pub fn add(&mut self, action: &Digest, record: &[u8], object: &[u8]) {
+        self.bytes.extend_from_slice(action);
+        self.bytes
+            .extend_from_slice(&(record.len() as u32).to_be_bytes());
+        self.bytes.extend_from_slice(record);
+        self.bytes
+            .extend_from_slice(&(object.len() as u64).to_be_bytes());
+        self.bytes.extend_from_slice(object);
+        self.entries += 1;
+    }
+
+    /// Says that there is no entry for `action`.
+    pub fn add_missing(&mut self, action: &Digest) {
+        self.bytes.extend_from_slice(action);
+        self.bytes.extend_from_slice(&0u32.to_be_bytes());
+        self.entries += 1;
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// The whole pack, end included.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.bytes.extend_from_slice(&[0; 32]);
+        self.bytes
+    }
+}
+
+/// One entry of a pack, as read.
+#[derive(Debug)]
+pub enum RawEntry {
+    /// The entry's record; its object (`object_length` bytes, maybe none)
+    /// follows, to be read with [`PackReader::read_object`] or skipped.
+    Found {
+        action: Digest,
+        record: Vec<u8>,
+        object_length: u64,
+    },
+    /// The remote had no entry for this action.
+    Missing(Digest),
+}
+
+type IoStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
+
+/// Reads a pack as it arrives.
+pub struct PackReader {
+    reader: StreamReader<IoStream, Bytes>,
+    key: String,
+    /// Bytes of the current entry's object not yet read.
+    object_left: u64,
+    received: u64,
+}
+
+impl std::fmt::Debug for PackReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackReader")
+            .field("key", &self.key)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PackReader {
+    /// Checks the pack's first bytes.
+    pub async fn open(stream: ByteStream, key: String) -> Result<PackReader, RemoteError> {
+        let stream: IoStream = Box::pin(stream.map_err(std::io::Error::other));
+        let mut pack = PackReader {
+            reader: StreamReader::new(stream),
+            key,
+            object_left: 0,
+            received: 0,
+        };
+        let mut magic = [0; MAGIC.len()];
+        pack.read_exact(&mut magic).await?;
+        if &magic != MAGIC {
+            return Err(pack.damaged("it does not start as a pack does"));
+        }
+        Ok(pack)
+    }
+
+    /// The pack's name, for messages.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The next entry, or `None` at the pack's end. Skips what is left of
+    /// the previous entry's object.
+    pub async fn next(&mut self) -> Result<Option<RawEntry>, RemoteError> {
+        self.skip_object().await?;
+        let mut action = [0; 32];
+        self.read_exact(&mut action).await?;
+        if action == [0; 32] {
+            return Ok(None);
+        }
+        let mut length = [0; 4];
+        self.read_exact(&mut length).await?;
+        let length = u32::from_be_bytes(length);
+        if length == 0 {
+            return Ok(Some(RawEntry::Missing(action)));
+        }
+        if length > MAX_PACKED_RECORD {
+            return Err(self.damaged(format!("a record of {length} bytes")));
+        }
+        let mut record = vec![0; length as usize];
+        self.read_exact(&mut record).await?;
+        let mut object_length = [0; 8];
+        self.read_exact(&mut object_length).await?;
+        let object_length = u64::from_be_bytes(object_length);
+        self.object_left = object_length;
+        Ok(Some(RawEntry::Found {
+            action,
+            record,
+            object_length,
+        }))
+    }
+
+    /// Passes the current entry's object to `sink`, a chunk at a time.
+    pub async fn read_object(
+        &mut self,
+        mut sink: impl FnMut(&[u8]) -> Result<(), RemoteError>,
+    ) -> Result<(), RemoteError> {
+        let mut buffer = vec![0; 64 * 1024];
+        while self.object_left > 0 {
+            let want = buffer.len().min(self.object_left as usize);
+            let n = self.read_some(&mut buffer[..want]).await?;
+            self.object_left -= n as u64;
+            sink(&buffer[..n])?;
+        }
+        Ok(())
+    }
+
+    async fn skip_object(&mut self) -> Result<(), RemoteError> {
+        self.read_object(|_| Ok(())).await
+    }
+
+    async fn read_some(&mut self, buffer: &mut [u8]) -> Result<usize, RemoteError> {
+        let n = self.reader.read(buffer).await.map_err(|e| self.cut(&e))?;
+        if n == 0 {
+            return Err(self.damaged("it ends in the middle of an entry"));
+        }
+        self.received += n as u64;
+        Ok(n)
+    }
+
+    async fn read_exact(&mut self, buffer: &mut [u8]) -> Result<(), RemoteError> {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            filled += self.read_some(&mut buffer[filled..]).await?;
+        }
+        Ok(())
+    }
+
+    fn cut(&self, e: &std::io::Error) -> RemoteError {
+        RemoteError::Failed(format!("reading the pack {} failed: {e}", self.key))
+    }
+
+    pub(crate) fn damaged(&self, why: impl Into<String>) -> RemoteError {
+        RemoteError::Damaged {
+            key: self.key.clone(),
+            why: why.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn stream_of(bytes: Vec<u8>, chunk: usize) -> ByteStream {
+        let chunks: Vec<_> = bytes
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures_util::stream::iter(chunks).boxed()
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn sample() -> Vec<u8> {
+        let mut pack = PackWriter::default();
+        pack.add(&[1; 32], b"record one", b"");
+        pack.add_missing(&[2; 32]);
+        pack.add(&[3; 32], b"record three", &vec![9; 200_000]);
+        pack.add(&[4; 32], b"record four", b"four");
+        assert_eq!(pack.entries(), 4);
+        pack.finish()
+    }
+
+    #[test]
+    fn entries_come_back_in_order_whatever_the_chunks() {
+        for chunk in [1, 7, 4096, 1 << 20] {
+            block_on(async {
+                let mut pack = PackReader::open(stream_of(sample(), chunk), "p".into())
+                    .await
+                    .unwrap();
+                let mut seen = Vec::new();
+                while let Some(entry) = pack.next().await.unwrap() {
+                    match entry {
+                        RawEntry::Found {
+                            action,
+                            record,
+                            object_length,
+                        } => {
+                            let mut object = Vec::new();
+                            // The third entry's object is skipped, not read.
+                            if action != [3; 32] {
+                                pack.read_object(|c| {
+                                    object.extend_from_slice(c);
+                                    Ok(())
+                                })
+                                .await
+                                .unwrap();
+                            }
+                            seen.push((action[0], record, object_length, object));
+                        }
+                        RawEntry::Missing(action) => seen.push((action[0], vec![], 0, vec![])),
+                    }
+                }
+                assert_eq!(seen.len(), 4, "chunk {chunk}");
+                assert_eq!(seen[2].2, 200_000);
+                assert_eq!(seen[3], (4, b"record four".to_vec(), 4, b"four".to_vec()));
+                assert_eq!(pack.received(), sample().len() as u64);
+            });
+        }
+    }
+
+    #[test]
+    fn cut_or_foreign_packs_are_damaged() {
+        let whole = sample();
+        for cut in [0, 10, 16, 40, 60, 1000, whole.len() - 1] {
+            block_on(async {
+                let result = async {
+                    let mut pack =
+                        PackReader::open(stream_of(whole[..cut].to_vec(), 100), "p".into()).await?;
+                    while pack.next().await?.is_some() {}
+                    Ok::<_, RemoteError>(())
+                }
+                .await;
+                assert!(
+                    matches!(result, Err(RemoteError::Damaged { .. })),
+                    "cut at {cut}: {result:?}"
+                );
+            });
+        }
+        block_on(async {
+            let e = PackReader::open(
+                stream_of(b"<html>no such thing</html>".to_vec(), 5),
+                "p".into(),
+            )
+            .await
+            .err()
+            .unwrap();
+            assert!(e.to_string().contains("does not start as a pack"), "{e}");
+            let mut huge = MAGIC.to_vec();
+            huge.extend_from_slice(&[5; 32]);
+            huge.extend_from_slice(&u32::MAX.to_be_bytes());
+            let mut pack = PackReader::open(stream_of(huge, 100), "p".into())
+                .await
+                .unwrap();
+            let e = pack.next().await.unwrap_err();
+            assert!(e.to_string().contains("a record of"), "{e}");
+        });
+    }
+}

@@ -1,0 +1,205 @@
+//! `POST /batch`: many action entries in one request, for the prefetch of
+//! `granary prog`.
+//!
+//! The request lists action IDs in hex, one per line (at most
+//! [`MAX_BATCH`]); the answer is a pack (see `granary_remote::pack`): for
+//! each ID in order, its `ActionResult` and, when the output is not inline,
+//! the CAS blob it names, or a mark that there is no such entry. A fresh
+//! runner thus fetches a few thousand entries in a few requests instead of
+//! a few thousand.
+//!
+//! The answer is written by a blocking task that reads the blobs (pinned
+//! against eviction while read) and hands chunks to the response through a
+//! small channel, so a slow client holds a few chunks of memory and the
+//! task waits for it. Entries still being uploaded, and entries only the
+//! backing store has, are answered as missing: the client then asks for
+//! them one by one, which does reach the backing store.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
+use bytes::Bytes;
+use granary_remote::pack::MAGIC;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::check::MAX_ACTION_RESULT;
+use crate::disk::{Disk, Found};
+use crate::key::{Key, Kind};
+use crate::metrics::{KindLabels, Metrics};
+
+/// Most action IDs one request may name.
+pub const MAX_BATCH: usize = 10_000;
+/// Chunks of the answer on their way to the client.
+const CHANNEL: usize = 4;
+/// Bytes per chunk of the answer.
+const CHUNK: usize = 256 * 1024;
+
+/// Reads a request's body: action IDs, one per line.
+pub fn parse(body: &[u8]) -> Result<Vec<Key>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not text".to_owned())?;
+    let keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .enumerate()
+        .map(|(n, line)| {
+            Key::new(Kind::Ac, line).ok_or_else(|| {
+                format!(
+                    "line {} is not an action ID (64 lower-case hex digits)",
+                    n + 1
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.len() > MAX_BATCH {
+        return Err(format!(
+            "{} action IDs; a batch has at most {MAX_BATCH}",
+            keys.len()
+        ));
+    }
+    Ok(keys)
+}
+
+/// Starts writing the answer to `keys`; its chunks arrive on the receiver.
+pub fn answer(
+    disk: Arc<Disk>,
+    metrics: Arc<Metrics>,
+    keys: Vec<Key>,
+) -> mpsc::Receiver<std::io::Result<Bytes>> {
+    let (sender, receiver) = mpsc::channel(CHANNEL);
+    tokio::task::spawn_blocking(move || {
+        let mut answer = Answer {
+            disk,
+            metrics,
+            sender,
+            buffer: MAGIC.to_vec(),
+        };
+        // An error means the client left, or a blob could not be read
+        // after its length was sent; either way the answer ends there.
+        if answer.write(&keys).is_err() {
+            tracing::debug!("a batch answer was cut short");
+        }
+    });
+    receiver
+}
+
+struct Answer {
+    disk: Arc<Disk>,
+    metrics: Arc<Metrics>,
+    sender: mpsc::Sender<std::io::Result<Bytes>>,
+    buffer: Vec<u8>,
+}
+
+/// The answer cannot go on.
+struct Stop;
+
+impl Answer {
+    fn write(&mut self, keys: &[Key]) -> Result<(), Stop> {
+        let ac = KindLabels { kind: "ac" };
+        for key in keys {
+            self.buffer.extend_from_slice(&key.hash);
+            let Some((record, object)) = self.entry(key) else {
+                self.metrics.misses.get_or_create(&ac).inc();
+                self.buffer.extend_from_slice(&0u32.to_be_bytes());
+                continue;
+            };
+            self.metrics.hits.get_or_create(&ac).inc();
+            self.buffer
+                .extend_from_slice(&(record.len() as u32).to_be_bytes());
+            self.buffer.extend_from_slice(&record);
+            match object {
+                None => self.buffer.extend_from_slice(&0u64.to_be_bytes()),
+                Some(blob) => {
+                    self.buffer.extend_from_slice(&blob.size.to_be_bytes());
+                    let mut file = &blob.file;
+                    let mut left = blob.size;
+                    while left > 0 {
+                        if self.buffer.len() >= CHUNK {
+                            self.flush()?;
+                        }
+                        let start = self.buffer.len();
+                        let want = (CHUNK as u64).min(left) as usize;
+                        self.buffer.resize(start + want, 0);
+                        if let Err(e) = file.read_exact(&mut self.buffer[start..]) {
+                            // The length is already promised: cut the answer.
+                            let _ = self.sender.blocking_send(Err(e));
+                            return Err(Stop);
+                        }
+                        left -= want as u64;
+                    }
+                }
+            }
+            if self.buffer.len() >= CHUNK {
+                self.flush()?;
+            }
+        }
+        self.buffer.extend_from_slice(&[0; 32]);
+        self.flush()
+    }
+
+    /// The action result of `key` and the CAS blob holding its output when
+    /// not inline; `None` if either is missing or unreadable.
+    fn entry(&self, key: &Key) -> Option<(Vec<u8>, Option<crate::disk::Blob>)> {
+        let Found::Blob(blob) = self.disk.find(key) else {
+            return None;
+        };
+        if blob.size > MAX_ACTION_RESULT {
+            return None;
+        }
+        let mut record = vec![0; blob.size as usize];
+        (&blob.file).read_exact(&mut record).ok()?;
+        let object = match output_in_cas(&record)? {
+            None => None,
+            Some(cas) => match self.disk.find(&cas) {
+                Found::Blob(blob) => Some(blob),
+                _ => return None,
+            },
+        };
+        Some((record, object))
+    }
+
+    fn flush(&mut self) -> Result<(), Stop> {
+        let chunk = Bytes::from(std::mem::take(&mut self.buffer));
+        self.metrics.bytes_sent.inc_by(chunk.len() as u64);
+        self.sender.blocking_send(Ok(chunk)).map_err(|_| Stop)
+    }
+}
+
+/// The CAS key of the output of an action result whose single output file
+/// is not inline; `Some(None)` when there is nothing to add; `None` when it
+/// is not an action result.
+fn output_in_cas(record: &[u8]) -> Option<Option<Key>> {
+    let result = ActionResult::decode(record).ok()?;
+    let [file] = &result.output_files[..] else {
+        return Some(None);
+    };
+    let digest = file.digest.as_ref()?;
+    if !file.contents.is_empty() || digest.size_bytes == 0 {
+        return Some(None);
+    }
+    Key::new(Kind::Cas, &digest.hash).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_hex_lines() {
+        let a = "ab".repeat(32);
+        let keys = parse(format!("{a}\n\n{a}\r\n").as_bytes()).unwrap();
+        assert_eq!(keys.len(), 2);
+        for (bad, why) in [
+            (format!("{a}\nnot hex\n"), "line 2"),
+            (a.to_uppercase(), "line 1"),
+            ("\u{0}\u{ff}".to_owned(), "line 1"),
+            (format!("{a}\n").repeat(MAX_BATCH + 1), "at most"),
+        ] {
+            let e = parse(bad.as_bytes()).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        assert!(parse(b"\xff\xfe").unwrap_err().contains("not text"));
+    }
+}

@@ -1,0 +1,905 @@
+//! Manifests, prefetch and packs: what takes the remote's round trips off
+//! a fresh runner's critical path.
+//!
+//! - Every run records the actions it used (hits and puts), in order of
+//!   first use ([`Used`]).
+//! - Right after the handshake, a task reads the manifests of the run's
+//!   scope and fallback scopes, and fetches what they name and the local
+//!   tier lacks: packs from object storage, batches from a cache server
+//!   (one by one from a server without a batch endpoint), a few transfers
+//!   at a time. Every entry to fetch is *planned*: a get for it waits for
+//!   its transfer instead of asking the remote again, and once the transfer
+//!   is over, gets it did not serve go on to an ordinary lookup.
+//! - At close, a run that may write merges what it used with what the other
+//!   runs of its scope on this machine used in the last [`JOB_WINDOW`] (a
+//!   journal in the cache directory, under a lock, so concurrent and
+//!   successive go commands of one job publish their union), packs the
+//!   entries that no fresh pack holds (object storage only; a server
+//!   assembles batches itself), publishes the manifest, and deletes packs
+//!   and manifests too old to be used.
+//!
+//! Everything here is best effort: a missing, damaged or slow manifest or
+//! pack costs a warning or a count, never a failed build.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use granary_protocol::{Hash, Response};
+use granary_remote::manifest::{
+    MANIFEST_MAX_AGE, PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds,
+};
+use granary_remote::{Group, Manifest, PackReader, PackRef, PackWriter, RawEntry, RemoteError};
+use granary_store::{ActionId, Lookup};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::Engine;
+use super::remote::{Found, Remote, Trouble};
+use super::respond::Ticket;
+use super::stats::add;
+
+/// Packs or batches in flight at once.
+const TRANSFERS_AT_ONCE: usize = 8;
+/// Single lookups in flight at once, where there is no batch endpoint.
+const LOOKUPS_AT_ONCE: usize = 32;
+/// Entries per batch request.
+const BATCH: usize = 256;
+/// A new pack is closed once it is this large.
+const PACK_TARGET: usize = 8 << 20;
+/// Packs uploaded at once at close.
+const PACK_UPLOADS_AT_ONCE: usize = 4;
+/// A published manifest is the union of what the runs of its scope on this
+/// machine used within this window: the go commands of one CI job.
+pub const JOB_WINDOW: Duration = Duration::from_secs(3 * 3600);
+/// Most packs and manifests one close deletes.
+const SWEEP_LIMIT: usize = 1000;
+/// The journals' directory in the cache directory.
+const JOURNALS: &str = "granary-journal";
+
+/// What became of an entry the prefetch planned to fetch.
+#[derive(Debug)]
+enum Planned {
+    /// Its transfer is planned or under way; these gets wait for it.
+    Waiting(Vec<Ticket>),
+    /// The prefetch stored it in the local tier.
+    Stored,
+    /// The prefetch did not get it.
+    Failed,
+}
+
+/// The prefetch's state, shared with gets.
+#[derive(Debug, Default)]
+pub(super) struct Prefetch {
+    planned: Mutex<HashMap<Hash, Planned>>,
+    /// The pack holding each entry the manifests named.
+    packs: Mutex<HashMap<Hash, PackRef>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What a get found in the prefetch's plan.
+pub(super) enum Joined {
+    /// The get waits for the transfer, which will answer it.
+    Waiting,
+    /// The prefetch stored the entry: look again locally.
+    Stored(Ticket),
+    /// Nothing planned, or the transfer is over: ask the remote.
+    No(Ticket),
+}
+
+impl Prefetch {
+    /// Lets a get of `action` wait for its transfer, if one is planned.
+    pub(super) fn join(&self, action: Hash, ticket: Ticket) -> Joined {
+        match lock(&self.planned).get_mut(&action) {
+            Some(Planned::Waiting(tickets)) => {
+                tickets.push(ticket);
+                Joined::Waiting
+            }
+            Some(Planned::Stored) => Joined::Stored(ticket),
+            Some(Planned::Failed) | None => Joined::No(ticket),
+        }
+    }
+}
+
+/// The actions a run used, in order of first use.
+#[derive(Debug, Default)]
+pub(super) struct Used {
+    order: Vec<Hash>,
+    seen: HashSet<Hash>,
+}
+
+impl Used {
+    pub(super) fn insert(&mut self, action: Hash) {
+        if self.seen.insert(action) {
+            self.order.push(action);
+        }
+    }
+}
+
+/// Where a transfer's entries come from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Pack(PackRef),
+    /// A batch request, or single lookups if the remote has no batch
+    /// endpoint.
+    Loose,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Engine {
+    /// Starts the prefetch in the background, if the run has a remote and
+    /// prefetches. Returns at once.
+    pub(super) fn start_prefetch(self: &Arc<Self>) {
+        let Some(remote) = &self.remote else { return };
+        if !remote.options.scopes.prefetch {
+            return;
+        }
+        let engine = self.clone();
+        let task = remote.runtime.spawn(async move { engine.prefetch().await });
+        *lock(&remote.prefetch.task) = Some(task);
+    }
+
+    fn remote(&self) -> &Remote {
+        self.remote.as_ref().expect("the prefetch needs a remote")
+    }
+
+    async fn prefetch(self: Arc<Self>) {
+        let started = Instant::now();
+        let groups = self.plan().await;
+        let mut transfers = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(TRANSFERS_AT_ONCE));
+        let handle = self.remote().runtime.handle().clone();
+        for group in groups {
+            let chunks: Vec<(Source, Vec<Hash>)> = match group.pack {
+                Some(pack) => vec![(Source::Pack(pack), group.actions)],
+                None => group
+                    .actions
+                    .chunks(BATCH)
+                    .map(|chunk| (Source::Loose, chunk.to_vec()))
+                    .collect(),
+            };
+            for (source, actions) in chunks {
+                let (engine, slots) = (self.clone(), slots.clone());
+                transfers.spawn_on(
+                    async move {
+                        let _slot = slots.acquire_owned().await;
+                        engine.transfer(source, actions).await;
+                    },
+                    &handle,
+                );
+            }
+        }
+        while transfers.join_next().await.is_some() {}
+        self.stats
+            .prefetch_ms
+            .store(started.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Reads the manifests and plans what to fetch: the entries they name
+    /// that the local tier lacks, grouped as they will be fetched.
+    async fn plan(&self) -> Vec<Group> {
+        let remote = self.remote();
+        let scopes = &remote.options.scopes;
+        let names: Vec<&String> = std::iter::once(&scopes.scope)
+            .chain(&scopes.fallbacks)
+            .collect();
+        let timeout = remote.options.timeout;
+        let cache = &remote.options.cache;
+        let fetched = futures_util::future::join_all(
+            names
+                .iter()
+                .map(|scope| tokio::time::timeout(timeout, cache.fetch_manifest(scope))),
+        )
+        .await;
+        add(&self.stats.prefetch_requests, names.len() as u64);
+        let mut manifests = Vec::new();
+        for (scope, result) in names.iter().zip(fetched) {
+            match result {
+                Ok(Ok(Some(manifest)))
+                    if manifest.written + MANIFEST_MAX_AGE < SystemTime::now() =>
+                {
+                    tracing::debug!("the manifest of scope {scope} is too old to be used");
+                }
+                Ok(Ok(Some(manifest))) => manifests.push(manifest),
+                Ok(Ok(None)) => tracing::debug!("no manifest for scope {scope}"),
+                Ok(Err(e @ RemoteError::Damaged { .. })) => {
+                    add(&self.stats.prefetch_damaged, 1);
+                    tracing::warn!("ignored the manifest of scope {scope}: {e}");
+                }
+                Ok(Err(e)) => {
+                    add(&self.stats.remote_errors, 1);
+                    remote.failed(&e);
+                    tracing::debug!("cannot read the manifest of scope {scope}: {e}");
+                }
+                Err(_) => {
+                    add(&self.stats.remote_errors, 1);
+                    tracing::debug!("the manifest of scope {scope} did not come in time");
+                }
+            }
+        }
+        let mut named = HashSet::new();
+        let mut groups = Vec::new();
+        {
+            let mut packs = lock(&remote.prefetch.packs);
+            for group in manifests.into_iter().flat_map(|m| m.groups) {
+                let actions: Vec<Hash> = group
+                    .actions
+                    .into_iter()
+                    .filter(|action| named.insert(*action))
+                    .collect();
+                if let Some(pack) = group.pack {
+                    packs.extend(actions.iter().map(|action| (*action, pack)));
+                }
+                groups.push(Group {
+                    pack: group.pack,
+                    actions,
+                });
+            }
+        }
+        add(&self.stats.prefetch_named, named.len() as u64);
+        // What the local tier lacks: a stat per entry, off the runtime.
+        let store = self.store.clone();
+        let groups = tokio::task::spawn_blocking(move || {
+            groups
+                .into_iter()
+                .filter_map(|mut group| {
+                    group
+                        .actions
+                        .retain(|action| !store.action_path(&ActionId(*action)).exists());
+                    (!group.actions.is_empty()).then_some(group)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut planned = lock(&remote.prefetch.planned);
+        for action in groups.iter().flat_map(|group| &group.actions) {
+            planned
+                .entry(*action)
+                .or_insert_with(|| Planned::Waiting(Vec::new()));
+        }
+        groups
+    }
+
+    /// Fetches one pack or batch; then lets the gets still waiting for its
+    /// entries look them up one by one.
+    async fn transfer(self: Arc<Self>, source: Source, actions: Vec<Hash>) {
+        let remote = self.remote();
+        if remote.is_on() {
+            match self.take(source, &actions).await {
+                Ok(()) => remote.succeeded(),
+                Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
+                    add(&self.stats.prefetch_damaged, 1);
+                    tracing::warn!("ignored the rest of a damaged pack: {e}");
+                }
+                Err(Trouble::Remote(e)) => {
+                    add(&self.stats.remote_errors, 1);
+                    remote.failed(&e);
+                    tracing::debug!("a prefetch transfer failed: {e}");
+                }
+                Err(Trouble::Local(e)) => tracing::warn!("{e}"),
+            }
+        }
+        for action in actions {
+            self.settle(action, None);
+        }
+    }
+
+    async fn take(self: &Arc<Self>, source: Source, actions: &[Hash]) -> Result<(), Trouble> {
+        let remote = self.remote();
+        let cache = &remote.options.cache;
+        let stall = remote.options.timeout;
+        add(&self.stats.prefetch_requests, 1);
+        let opened = match source {
+            Source::Pack(pack) => within(stall, cache.open_pack(&pack)).await?,
+            Source::Loose => within(stall, cache.open_batch(actions)).await?,
+        };
+        let Some(mut pack) = opened else {
+            return match source {
+                Source::Pack(_) => {
+                    tracing::debug!("a pack of {} entries is gone", actions.len());
+                    add(&self.stats.prefetch_missing, actions.len() as u64);
+                    Ok(())
+                }
+                Source::Loose => {
+                    add(&self.stats.prefetch_requests, actions.len() as u64);
+                    self.look_up_each(actions).await;
+                    Ok(())
+                }
+            };
+        };
+        let wanted: HashSet<Hash> = actions.iter().copied().collect();
+        let result = self.unpack(&mut pack, &wanted).await;
+        add(&self.stats.prefetch_bytes, pack.received());
+        add(&self.stats.remote_bytes_down, pack.received());
+        result
+    }
+
+    /// Stores the wanted entries of a pack as they arrive.
+    async fn unpack(
+        self: &Arc<Self>,
+        pack: &mut PackReader,
+        wanted: &HashSet<Hash>,
+    ) -> Result<(), Trouble> {
+        let remote = self.remote();
+        let cache = &remote.options.cache;
+        let stall = remote.options.timeout;
+        while let Some(entry) = within(stall, pack.next()).await? {
+            let (action, record) = match entry {
+                RawEntry::Missing(action) => {
+                    if wanted.contains(&action) {
+                        add(&self.stats.prefetch_missing, 1);
+                    }
+                    continue;
+                }
+                RawEntry::Found { action, record, .. } => (action, record),
+            };
+            if !wanted.contains(&action)
+                || !matches!(
+                    lock(&remote.prefetch.planned).get(&action),
+                    Some(Planned::Waiting(_))
+                )
+            {
+                continue;
+            }
+            let fetched = cache.unpack(pack, &action, &record)?;
+            let mut body = self.store.object_writer().map_err(|e| local(&e))?;
+            match &fetched.inline {
+                Some(inline) => body.write_all(inline).map_err(|e| local(&e))?,
+                None => {
+                    within(
+                        stall,
+                        cache.read_packed_object(pack, &fetched.record, &mut body),
+                    )
+                    .await?
+                }
+            }
+            match self.keep(action, &fetched.record, body) {
+                Ok(found) => {
+                    add(&self.stats.prefetch_fetched, 1);
+                    self.settle(action, Some(found));
+                }
+                // One bad entry: the pack's framing is still sound.
+                Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
+                    add(&self.stats.remote_damaged, 1);
+                    tracing::info!("{e}; treated as a miss");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches entries one by one, a few at a time: for a remote without a
+    /// batch endpoint.
+    async fn look_up_each(self: &Arc<Self>, actions: &[Hash]) {
+        let remote = self.remote();
+        let timeout = remote.options.timeout;
+        futures_util::stream::iter(actions)
+            .for_each_concurrent(LOOKUPS_AT_ONCE, |action| async move {
+                match within(timeout, self.fetch(remote, *action)).await {
+                    Ok(Some(found)) => {
+                        remote.succeeded();
+                        add(&self.stats.prefetch_fetched, 1);
+                        self.settle(*action, Some(found));
+                    }
+                    Ok(None) => {
+                        remote.succeeded();
+                        add(&self.stats.prefetch_missing, 1);
+                    }
+                    Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
+                        add(&self.stats.remote_damaged, 1);
+                        tracing::info!("{e}; treated as a miss");
+                    }
+                    Err(Trouble::Remote(e)) => {
+                        add(&self.stats.remote_errors, 1);
+                        remote.failed(&e);
+                    }
+                    Err(Trouble::Local(e)) => tracing::warn!("{e}"),
+                }
+            })
+            .await;
+    }
+
+    /// Ends the plan for `action`: answers the gets waiting for it with
+    /// what was found, or hands them to an ordinary lookup.
+    fn settle(self: &Arc<Self>, action: Hash, found: Option<Found>) {
+        let remote = self.remote();
+        let tickets = {
+            let mut planned = lock(&remote.prefetch.planned);
+            let Some(state) = planned.get_mut(&action) else {
+                return;
+            };
+            if !matches!(state, Planned::Waiting(_)) {
+                return;
+            }
+            let done = match found {
+                Some(_) => Planned::Stored,
+                None => Planned::Failed,
+            };
+            match std::mem::replace(state, done) {
+                Planned::Waiting(tickets) => tickets,
+                Planned::Stored | Planned::Failed => Vec::new(),
+            }
+        };
+        for ticket in tickets {
+            match &found {
+                Some(found) => {
+                    add(&self.stats.prefetch_waits, 1);
+                    self.answer_found(ticket, action, found);
+                }
+                None => self.remote_get(remote, ticket, action),
+            }
+        }
+    }
+
+    /// At close: stops the prefetch, answers the gets still waiting for it
+    /// (there should be none: the go command asks nothing more once it
+    /// closes), and counts what the prefetch fetched for nothing.
+    pub(super) fn finish_prefetch(&self, remote: &Remote) {
+        if let Some(task) = lock(&remote.prefetch.task).take() {
+            task.abort();
+            let _ = remote.runtime.block_on(task);
+        }
+        let planned = std::mem::take(&mut *lock(&remote.prefetch.planned));
+        let used = lock(&remote.used);
+        for (action, state) in planned {
+            match state {
+                Planned::Waiting(tickets) => {
+                    for ticket in tickets {
+                        add(&self.stats.misses, 1);
+                        let id = ticket.id();
+                        ticket.answer(Response::miss(id));
+                    }
+                }
+                Planned::Stored if used.seen.contains(&action) => {
+                    add(&self.stats.prefetch_used, 1);
+                }
+                Planned::Stored => add(&self.stats.prefetch_unused, 1),
+                Planned::Failed => {}
+            }
+        }
+    }
+
+    /// At close: publishes the manifest of what this job used, packing
+    /// what no fresh pack holds, then deletes what is too old to be used.
+    pub(super) async fn publish(self: &Arc<Self>) {
+        let remote = self.remote();
+        if remote.options.read_only || !remote.is_on() {
+            return;
+        }
+        let used = std::mem::take(&mut lock(&remote.used).order);
+        if used.is_empty() {
+            return;
+        }
+        let scope = remote.options.scopes.scope.clone();
+        let known = lock(&remote.prefetch.packs).clone();
+        let dir = self.store.dir().join(JOURNALS);
+        let merged = tokio::task::spawn_blocking(move || Journal::merge(dir, &scope, used, &known))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|merged| merged.map_err(|e| e.to_string()));
+        let (journal, mut entries) = match merged {
+            Ok(merged) => merged,
+            Err(e) => {
+                return tracing::warn!("cannot publish this run's manifest: {e}");
+            }
+        };
+        let now = SystemTime::now();
+        forget_stale_packs(&mut entries, now);
+        if remote.options.cache.stores_packs() {
+            self.pack_loose(&mut entries).await;
+        }
+        let manifest = Manifest {
+            scope: remote.options.scopes.scope.clone(),
+            written: now,
+            groups: groups_in_order(&entries),
+        };
+        let cache = &remote.options.cache;
+        match within(remote.options.timeout, cache.publish_manifest(&manifest)).await {
+            Ok(sent) => {
+                add(&self.stats.remote_bytes_up, sent);
+                add(&self.stats.manifest_entries, entries.len() as u64);
+            }
+            Err(e) => {
+                add(&self.stats.remote_errors, 1);
+                tracing::warn!(
+                    "cannot publish the manifest of scope {}: {}",
+                    manifest.scope,
+                    trouble_text(&e)
+                );
+            }
+        }
+        if let Err(e) = journal.write(&entries) {
+            tracing::debug!("cannot write the manifest journal: {e}");
+        }
+        drop(journal);
+        if cache.stores_packs() {
+            match within(remote.options.timeout, cache.sweep(now, SWEEP_LIMIT)).await {
+                Ok(swept) => add(&self.stats.swept, swept as u64),
+                Err(e) => tracing::debug!("cannot sweep old packs: {}", trouble_text(&e)),
+            }
+        }
+    }
+
+    /// Packs the entries that no fresh pack holds, reading them from the
+    /// local tier, and uploads the packs; the entries then name them.
+    async fn pack_loose(self: &Arc<Self>, entries: &mut [JournalEntry]) {
+        let remote = self.remote();
+        let loose: Vec<Hash> = entries
+            .iter()
+            .filter(|e| e.pack.is_none())
+            .map(|e| e.action)
+            .collect();
+        if loose.is_empty() {
+            return;
+        }
+        let (packs, mut built) = tokio::sync::mpsc::channel::<(PackWriter, Vec<Hash>)>(2);
+        let engine = self.clone();
+        let builder = tokio::task::spawn_blocking(move || engine.build_packs(&loose, &packs));
+        let slots = Arc::new(Semaphore::new(PACK_UPLOADS_AT_ONCE));
+        let mut uploads = JoinSet::new();
+        while let Some((pack, actions)) = built.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let engine = self.clone();
+            uploads.spawn(async move {
+                let _slot = slot;
+                let remote = engine.remote();
+                let timeout = remote.options.timeout;
+                let uploaded = within(timeout, remote.options.cache.put_pack(pack)).await;
+                (uploaded, actions)
+            });
+        }
+        let _ = builder.await;
+        let mut packed = HashMap::new();
+        while let Some(joined) = uploads.join_next().await {
+            let Ok((uploaded, actions)) = joined else {
+                continue;
+            };
+            match uploaded {
+                Ok(pack) => {
+                    add(&self.stats.packs_uploaded, 1);
+                    add(&self.stats.pack_bytes_up, pack.size);
+                    add(&self.stats.remote_bytes_up, pack.size);
+                    packed.extend(actions.into_iter().map(|action| (action, pack)));
+                }
+                Err(e) => {
+                    add(&self.stats.remote_errors, 1);
+                    tracing::debug!("cannot upload a pack: {}", trouble_text(&e));
+                }
+            }
+        }
+        if remote.is_on() {
+            for entry in entries.iter_mut() {
+                if entry.pack.is_none() {
+                    entry.pack = packed.get(&entry.action).copied();
+                }
+            }
+        }
+    }
+
+    /// Reads `actions` from the local tier into packs of about
+    /// [`PACK_TARGET`] bytes, in order, sending each when full. Entries the
+    /// local tier no longer has are left out.
+    fn build_packs(
+        &self,
+        actions: &[Hash],
+        packs: &tokio::sync::mpsc::Sender<(PackWriter, Vec<Hash>)>,
+    ) {
+        let cache = &self.remote().options.cache;
+        let mut pack = PackWriter::default();
+        let mut members = Vec::new();
+        for action in actions {
+            let Lookup::Hit(hit) = self.store.get(&ActionId(*action)) else {
+                continue;
+            };
+            let mut body = Vec::with_capacity(hit.entry.size as usize);
+            if File::open(&hit.object)
+                .and_then(|mut file| file.read_to_end(&mut body))
+                .is_err()
+                || body.len() as u64 != hit.entry.size
+            {
+                continue;
+            }
+            let Ok((record, object)) =
+                cache.encode_entry(action, &hit.entry.output_id.0, hit.entry.put_time, &body)
+            else {
+                continue;
+            };
+            pack.add(action, &record, &object);
+            members.push(*action);
+            if pack.len() >= PACK_TARGET {
+                let full = std::mem::take(&mut pack);
+                if packs
+                    .blocking_send((full, std::mem::take(&mut members)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if !pack.is_empty() {
+            let _ = packs.blocking_send((pack, members));
+        }
+    }
+}
+
+/// Waits for `future` at most `timeout`.
+async fn within<T, E: Into<Trouble>>(
+    timeout: Duration,
+    future: impl Future<Output = Result<T, E>>,
+) -> Result<T, Trouble> {
+    match tokio::time::timeout(timeout, future).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(Trouble::Remote(RemoteError::Failed(format!(
+            "no progress within --remote-timeout ({})",
+            humantime::format_duration(timeout)
+        )))),
+    }
+}
+
+fn local(e: &dyn std::fmt::Display) -> Trouble {
+    Trouble::Local(format!("cannot store a prefetched output: {e}"))
+}
+
+fn trouble_text(trouble: &Trouble) -> String {
+    match trouble {
+        Trouble::Remote(e) => e.to_string(),
+        Trouble::Local(e) => e.clone(),
+    }
+}
+
+/// Drops the packs a new manifest should not name: too old (so that the
+/// sweep may delete them), or mostly holding entries nobody uses any more
+/// (so that a prefetch never fetches more than twice what it needs).
+fn forget_stale_packs(entries: &mut [JournalEntry], now: SystemTime) {
+    let mut named: HashMap<Hash, u32> = HashMap::new();
+    for pack in entries.iter().filter_map(|e| e.pack) {
+        *named.entry(pack.id).or_default() += 1;
+    }
+    for entry in entries.iter_mut() {
+        if let Some(pack) = entry.pack {
+            let old = now
+                .duration_since(pack.created)
+                .is_ok_and(|age| age > PACK_REUSE_AGE);
+            let sparse = named[&pack.id] * 2 < pack.entries;
+            if old || sparse {
+                entry.pack = None;
+            }
+        }
+    }
+}
+
+/// The manifest's groups: one per pack, then the loose entries, in the
+/// order each group's first entry was used.
+fn groups_in_order(entries: &[JournalEntry]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<Option<Hash>, usize> = HashMap::new();
+    for entry in entries {
+        let i = *index.entry(entry.pack.map(|p| p.id)).or_insert_with(|| {
+            groups.push(Group {
+                pack: entry.pack,
+                actions: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[i].actions.push(entry.action);
+    }
+    groups
+}
+
+/// An action a run of the scope used, and the pack that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct JournalEntry {
+    action: Hash,
+    pack: Option<PackRef>,
+    /// When a run last used it.
+    used: SystemTime,
+}
+
+/// The journal of a scope on this machine: the actions its runs used within
+/// [`JOB_WINDOW`], one line each, kept under a lock while a run publishes.
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    /// Held from the merge until the journal is written.
+    _lock: File,
+}
+
+impl Journal {
+    /// Locks the scope's journal and merges `used` into what it holds.
+    fn merge(
+        dir: PathBuf,
+        scope: &str,
+        used: Vec<Hash>,
+        packs: &HashMap<Hash, PackRef>,
+    ) -> std::io::Result<(Journal, Vec<JournalEntry>)> {
+        fs::create_dir_all(&dir)?;
+        let name = scope_key_name(scope);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{name}.lock")))?;
+        lock.lock()?;
+        let journal = Journal {
+            path: dir.join(format!("{name}.log")),
+            _lock: lock,
+        };
+        let now = SystemTime::now();
+        let mut entries = journal.read(now);
+        let mut at: HashMap<Hash, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.action, i))
+            .collect();
+        for action in used {
+            match at.get(&action) {
+                Some(&i) => entries[i].used = now,
+                None => {
+                    at.insert(action, entries.len());
+                    entries.push(JournalEntry {
+                        action,
+                        pack: packs.get(&action).copied(),
+                        used: now,
+                    });
+                }
+            }
+        }
+        Ok((journal, entries))
+    }
+
+    /// The entries used within the window; unreadable lines are skipped.
+    fn read(&self, now: SystemTime) -> Vec<JournalEntry> {
+        let Ok(file) = File::open(&self.path) else {
+            return Vec::new();
+        };
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| parse_line(&line))
+            .filter(|e| {
+                now.duration_since(e.used)
+                    .map_or(true, |age| age <= JOB_WINDOW)
+            })
+            .collect()
+    }
+
+    /// Replaces the journal with `entries`.
+    fn write(&self, entries: &[JournalEntry]) -> std::io::Result<()> {
+        let mut text = String::with_capacity(entries.len() * 120);
+        for entry in entries {
+            let pack = match &entry.pack {
+                Some(p) => format!(
+                    "{}:{}:{}:{}",
+                    hex::encode(p.id),
+                    unix_seconds(p.created),
+                    p.size,
+                    p.entries
+                ),
+                None => "-".to_owned(),
+            };
+            text.push_str(&format!(
+                "{} {} {pack}\n",
+                unix_seconds(entry.used),
+                hex::encode(entry.action)
+            ));
+        }
+        let dir = self.path.parent().expect("a journal is in a directory");
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        file.write_all(text.as_bytes())?;
+        file.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+fn parse_line(line: &str) -> Option<JournalEntry> {
+    let mut fields = line.split(' ');
+    let used = from_unix_seconds(fields.next()?.parse().ok()?);
+    let mut action = [0; 32];
+    hex::decode_to_slice(fields.next()?, &mut action).ok()?;
+    let pack = match fields.next()? {
+        "-" => None,
+        pack => {
+            let mut parts = pack.split(':');
+            let mut id = [0; 32];
+            hex::decode_to_slice(parts.next()?, &mut id).ok()?;
+            Some(PackRef {
+                id,
+                created: from_unix_seconds(parts.next()?.parse().ok()?),
+                size: parts.next()?.parse().ok()?,
+                entries: parts.next()?.parse().ok()?,
+            })
+        }
+    };
+    Some(JournalEntry { action, pack, used })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(id: u8, entries: u32, age: Duration) -> PackRef {
+        PackRef {
+            id: [id; 32],
+            created: SystemTime::now() - age,
+            size: 1000,
+            entries,
+        }
+    }
+
+    fn entry(action: u8, pack: Option<PackRef>) -> JournalEntry {
+        JournalEntry {
+            action: [action; 32],
+            pack,
+            used: from_unix_seconds(unix_seconds(SystemTime::now())),
+        }
+    }
+
+    #[test]
+    fn old_and_sparse_packs_are_not_named_again() {
+        let fresh = pack(1, 2, Duration::ZERO);
+        let old = pack(2, 1, PACK_REUSE_AGE + Duration::from_secs(60));
+        let sparse = pack(3, 10, Duration::ZERO);
+        let mut entries = vec![
+            entry(1, Some(fresh)),
+            entry(2, Some(old)),
+            entry(3, Some(sparse)),
+            entry(4, Some(sparse)),
+            entry(5, Some(fresh)),
+            entry(6, None),
+        ];
+        forget_stale_packs(&mut entries, SystemTime::now());
+        let packs: Vec<_> = entries.iter().map(|e| e.pack.map(|p| p.id[0])).collect();
+        assert_eq!(packs, [Some(1), None, None, None, Some(1), None]);
+        let groups = groups_in_order(&entries);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].actions, [[1; 32], [5; 32]]);
+        assert_eq!(groups[1].pack, None);
+        assert_eq!(groups[1].actions.len(), 4);
+    }
+
+    #[test]
+    fn the_journal_merges_runs_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = dir.path().join(JOURNALS);
+        let packed = pack(9, 1, Duration::ZERO);
+        let packs = HashMap::from([([2; 32], packed)]);
+        let (journal, entries) =
+            Journal::merge(journals.clone(), "s", vec![[1; 32], [2; 32]], &packs).unwrap();
+        assert_eq!(entries.len(), 2);
+        journal.write(&entries).unwrap();
+        drop(journal);
+        let (journal, entries) = Journal::merge(
+            journals.clone(),
+            "s",
+            vec![[2; 32], [3; 32]],
+            &HashMap::new(),
+        )
+        .unwrap();
+        let actions: Vec<u8> = entries.iter().map(|e| e.action[0]).collect();
+        assert_eq!(actions, [1, 2, 3], "the union, in order of first use");
+        assert_eq!(
+            entries[1].pack.map(|p| (p.id, p.entries)),
+            Some((packed.id, 1))
+        );
+        // An entry last used before the window is forgotten.
+        let mut stale = entries.clone();
+        stale[0].used = SystemTime::now() - JOB_WINDOW - Duration::from_secs(60);
+        journal.write(&stale).unwrap();
+        drop(journal);
+        let (_journal, entries) = Journal::merge(journals, "s", vec![], &HashMap::new()).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(parse_line("garbage"), None);
+    }
+}
