@@ -74,12 +74,23 @@ enum Planned {
 }
 
 /// The prefetch's state, shared with gets.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Prefetch {
-    planned: Mutex<HashMap<Hash, Planned>>,
+    plan: Mutex<Plan>,
     /// The pack holding each entry the manifests named.
     packs: Mutex<HashMap<Hash, PackRef>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What the prefetch fetches, once it knows.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Whether the manifests have been read (or there is no prefetch).
+    ready: bool,
+    entries: HashMap<Hash, Planned>,
+    /// Gets that came while the manifests were being read: they wait for
+    /// the plan, one round trip, rather than look up what may be planned.
+    early: Vec<(Hash, Ticket)>,
 }
 
 /// What a get found in the prefetch's plan.
@@ -93,9 +104,26 @@ pub(super) enum Joined {
 }
 
 impl Prefetch {
-    /// Lets a get of `action` wait for its transfer, if one is planned.
+    pub(super) fn new(enabled: bool) -> Prefetch {
+        Prefetch {
+            plan: Mutex::new(Plan {
+                ready: !enabled,
+                ..Plan::default()
+            }),
+            packs: Mutex::default(),
+            task: Mutex::default(),
+        }
+    }
+
+    /// Lets a get of `action` wait for its transfer, if one is planned, or
+    /// for the plan, if it is not made yet.
     pub(super) fn join(&self, action: Hash, ticket: Ticket) -> Joined {
-        match lock(&self.planned).get_mut(&action) {
+        let mut plan = lock(&self.plan);
+        if !plan.ready {
+            plan.early.push((action, ticket));
+            return Joined::Waiting;
+        }
+        match plan.entries.get_mut(&action) {
             Some(Planned::Waiting(tickets)) => {
                 tickets.push(ticket);
                 Joined::Waiting
@@ -185,7 +213,7 @@ impl Engine {
 
     /// Reads the manifests and plans what to fetch: the entries they name
     /// that the local tier lacks, grouped as they will be fetched.
-    async fn plan(&self) -> Vec<Group> {
+    async fn plan(self: &Arc<Self>) -> Vec<Group> {
         let remote = self.remote();
         let scopes = &remote.options.scopes;
         let names: Vec<&String> = std::iter::once(&scopes.scope)
@@ -260,11 +288,18 @@ impl Engine {
         })
         .await
         .unwrap_or_default();
-        let mut planned = lock(&remote.prefetch.planned);
-        for action in groups.iter().flat_map(|group| &group.actions) {
-            planned
-                .entry(*action)
-                .or_insert_with(|| Planned::Waiting(Vec::new()));
+        let early = {
+            let mut plan = lock(&remote.prefetch.plan);
+            for action in groups.iter().flat_map(|group| &group.actions) {
+                plan.entries
+                    .entry(*action)
+                    .or_insert_with(|| Planned::Waiting(Vec::new()));
+            }
+            plan.ready = true;
+            std::mem::take(&mut plan.early)
+        };
+        for (action, ticket) in early {
+            self.remote_get(remote, ticket, action);
         }
         groups
     }
@@ -344,7 +379,7 @@ impl Engine {
             };
             if !wanted.contains(&action)
                 || !matches!(
-                    lock(&remote.prefetch.planned).get(&action),
+                    lock(&remote.prefetch.plan).entries.get(&action),
                     Some(Planned::Waiting(_))
                 )
             {
@@ -414,8 +449,8 @@ impl Engine {
     fn settle(self: &Arc<Self>, action: Hash, found: Option<Found>) {
         let remote = self.remote();
         let tickets = {
-            let mut planned = lock(&remote.prefetch.planned);
-            let Some(state) = planned.get_mut(&action) else {
+            let mut plan = lock(&remote.prefetch.plan);
+            let Some(state) = plan.entries.get_mut(&action) else {
                 return;
             };
             if !matches!(state, Planned::Waiting(_)) {
@@ -443,15 +478,27 @@ impl Engine {
 
     /// At close: stops the prefetch, answers the gets still waiting for it
     /// (there should be none: the go command asks nothing more once it
-    /// closes), and counts what the prefetch fetched for nothing.
+    /// closes), and counts what the prefetch fetched for nothing. Gets
+    /// after this are not held for a plan.
     pub(super) fn finish_prefetch(&self, remote: &Remote) {
         if let Some(task) = lock(&remote.prefetch.task).take() {
             task.abort();
             let _ = remote.runtime.block_on(task);
         }
-        let planned = std::mem::take(&mut *lock(&remote.prefetch.planned));
+        let plan = std::mem::replace(
+            &mut *lock(&remote.prefetch.plan),
+            Plan {
+                ready: true,
+                ..Plan::default()
+            },
+        );
+        for (_, ticket) in plan.early {
+            add(&self.stats.misses, 1);
+            let id = ticket.id();
+            ticket.answer(Response::miss(id));
+        }
         let used = lock(&remote.used);
-        for (action, state) in planned {
+        for (action, state) in plan.entries {
             match state {
                 Planned::Waiting(tickets) => {
                     for ticket in tickets {

@@ -155,6 +155,7 @@ impl Remote {
             .thread_name("granary-remote")
             .enable_all()
             .build()?;
+        let prefetch = Prefetch::new(options.scopes.prefetch);
         Ok(Remote {
             runtime,
             options,
@@ -167,7 +168,7 @@ impl Remote {
             queue: Mutex::default(),
             upload_slots: Arc::new(Semaphore::new(UPLOADS_AT_ONCE)),
             upload_memory: Arc::new(Semaphore::new(UPLOAD_MEMORY_KIB as usize)),
-            prefetch: Prefetch::default(),
+            prefetch,
             used: Mutex::default(),
         })
     }
@@ -180,6 +181,7 @@ impl Remote {
         RemoteState {
             location: self.options.cache.location().to_string(),
             off: self.off.get().cloned(),
+            scope: self.options.scopes.scope.clone(),
         }
     }
 

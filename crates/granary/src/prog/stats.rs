@@ -54,6 +54,8 @@ pub struct RemoteState {
     pub location: String,
     /// Why it was switched off, if it was.
     pub off: Option<String>,
+    /// The scope of the manifests it read and published.
+    pub scope: String,
 }
 
 pub fn add(counter: &AtomicU64, n: u64) {
@@ -95,6 +97,8 @@ pub struct Summary {
     /// Why the remote was switched off for the rest of the run; empty if
     /// it was not.
     pub remote_off: String,
+    /// The scope whose manifest the run read first and published.
+    pub scope: String,
     /// Hits answered from the local tier (`hits` = `local_hits` + `remote_hits`).
     pub local_hits: u64,
     /// Hits fetched from the remote after a local miss.
@@ -180,6 +184,7 @@ impl Stats {
             duration_ms: elapsed.as_millis().try_into().unwrap_or(u64::MAX),
             remote: remote.location,
             remote_off: remote.off.unwrap_or_default(),
+            scope: remote.scope,
             // Derived, so that a local hit costs no extra counter.
             local_hits: hits.saturating_sub(remote_hits),
             remote_hits,

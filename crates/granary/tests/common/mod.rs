@@ -213,6 +213,8 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub struct Stats {
     #[serde(flatten)]
     pub remote: Remote,
+    #[serde(flatten)]
+    pub prefetch: Prefetch,
     pub gets: u64,
     pub hits: u64,
     pub misses: u64,
@@ -238,6 +240,25 @@ pub struct Remote {
     pub remote_bytes_up: u64,
     pub uploads: u64,
     pub uploads_dropped: u64,
+}
+
+/// The prefetch and manifest side of the statistics.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Prefetch {
+    pub scope: String,
+    pub prefetch_named: u64,
+    pub prefetch_fetched: u64,
+    pub prefetch_missing: u64,
+    pub prefetch_damaged: u64,
+    pub prefetch_requests: u64,
+    pub prefetch_bytes: u64,
+    pub prefetch_waits: u64,
+    pub prefetch_used: u64,
+    pub prefetch_unused: u64,
+    pub manifest_entries: u64,
+    pub packs_uploaded: u64,
+    pub swept: u64,
 }
 
 pub fn stats(path: &Path) -> Stats {

@@ -1,0 +1,405 @@
+//! Manifests and prefetch end to end: the real go command, SeaweedFS and
+//! `granary serve` on loopback. The bucket is edited behind granary's back
+//! through the `granary-remote` crate to damage manifests and packs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use common::server::Server;
+use common::*;
+use granary_remote::{BlobStore, Group, Manifest, S3Blobs, S3Credentials, S3Settings};
+
+/// `go <args>` in `module` with `cache` as the local tier; returns the
+/// stats and go's output.
+fn go_run(
+    sb: &Sandbox,
+    cache: &str,
+    module: &Path,
+    name: &str,
+    args: &[&str],
+    remote: impl FnOnce(&mut Command),
+) -> (Stats, Output) {
+    let stats_file = sb.path(&format!("{cache}-{name}.json"));
+    let mut cmd = sb.go_granary(&sb.path(cache), module, &stats_file, args);
+    cmd.env("GRANARY_SCOPE", "ci");
+    remote(&mut cmd);
+    let output = run_ok(&mut cmd);
+    (stats(&stats_file), output)
+}
+
+fn build_args(sb: &Sandbox, out: &str) -> Vec<String> {
+    let target = sb.path("bin").join(out);
+    ["build", "-x", "-o", target.to_str().unwrap(), "."]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn warnings(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|l| l.contains("WARN"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The bucket under `prefix`, as granary's own client sees it.
+fn bucket(s3: &S3Server, prefix: &str) -> Arc<S3Blobs> {
+    let mut settings = S3Settings::from_url(&format!("s3://{BUCKET}/{prefix}")).unwrap();
+    settings.endpoint = Some(s3.endpoint.clone());
+    settings.region = Some("us-east-1".into());
+    settings.credentials = Some(S3Credentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
+        session_token: None,
+    });
+    Arc::new(S3Blobs::new(&settings).unwrap())
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn keys(blobs: &S3Blobs, prefix: &str) -> Vec<String> {
+    block_on(blobs.list(prefix))
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect()
+}
+
+fn read_blob(blobs: &S3Blobs, key: &str) -> Vec<u8> {
+    use futures_util::TryStreamExt;
+    block_on(async {
+        let stream = blobs.get(key).await.unwrap().expect("the blob exists");
+        let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+        chunks.concat()
+    })
+}
+
+fn put_blob(blobs: &S3Blobs, key: &str, bytes: Vec<u8>) {
+    block_on(blobs.put(key, bytes.into())).unwrap();
+}
+
+/// Two go commands of one job on runner A (a build of the main package,
+/// then the test of p0) publish the union of what they used; runner B,
+/// empty, prefetches it and builds and tests from local hits alone.
+#[test]
+fn a_fresh_runner_builds_from_prefetched_packs() {
+    let s3 = S3Server::start();
+    let sb = Sandbox::new();
+    let module = sb.module("shared", 3);
+    let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
+
+    let (a1, _) = go_run(
+        &sb,
+        "a",
+        &module,
+        "build",
+        &args(&build_args(&sb, "a")),
+        remote,
+    );
+    assert!(a1.prefetch.manifest_entries > 20, "{a1:?}");
+    assert_eq!(a1.prefetch.packs_uploaded, 1, "{a1:?}");
+    assert!(a1.prefetch.scope.starts_with("ci linux/"), "{a1:?}");
+    let (a2, _) = go_run(&sb, "a", &module, "test", &["test", "./p0"], remote);
+    assert!(
+        a2.prefetch.manifest_entries > a1.prefetch.manifest_entries,
+        "the second command publishes the union: {a1:?} {a2:?}"
+    );
+    assert!(a2.prefetch.packs_uploaded >= 1, "{a2:?}");
+    let blobs = bucket(&s3, "ci");
+    let packs = keys(&blobs, "granary-v1/packs/").len() as u64;
+    assert_eq!(
+        packs,
+        a1.prefetch.packs_uploaded + a2.prefetch.packs_uploaded,
+        "the second command packed only its new entries"
+    );
+    assert_eq!(keys(&blobs, "granary-v1/manifests/").len(), 1);
+
+    let (b1, out) = go_run(
+        &sb,
+        "b",
+        &module,
+        "build",
+        &args(&build_args(&sb, "b")),
+        remote,
+    );
+    let compiled = compiled_packages(&out.stderr);
+    assert!(compiled.is_empty(), "runner B compiled {compiled:?}");
+    assert_eq!(b1.remote.remote_hits, 0, "no lookup was needed: {b1:?}");
+    assert!(b1.misses <= 1, "at most the link: {b1:?}");
+    assert_eq!(
+        b1.prefetch.prefetch_named, a2.prefetch.manifest_entries,
+        "{b1:?}"
+    );
+    assert_eq!(
+        b1.prefetch.prefetch_fetched, b1.prefetch.prefetch_named,
+        "{b1:?}"
+    );
+    assert_eq!(
+        b1.prefetch.prefetch_requests,
+        1 + packs,
+        "one manifest, then the packs: {b1:?}"
+    );
+    assert_eq!(
+        b1.prefetch.prefetch_used + b1.prefetch.prefetch_unused,
+        b1.prefetch.prefetch_fetched
+    );
+    assert!(b1.prefetch.prefetch_used >= b1.hits - b1.prefetch.prefetch_waits);
+    let (b2, out) = go_run(&sb, "b", &module, "test", &["test", "./p0"], remote);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(cached)"));
+    assert_eq!((b2.remote.remote_hits, b2.misses), (0, 0), "{b2:?}");
+    assert_eq!(b2.prefetch.prefetch_fetched, 0, "all local already: {b2:?}");
+
+    // Without the prefetch, the same fresh runner looks every entry up.
+    let (c, _) = go_run(
+        &sb,
+        "c",
+        &module,
+        "build",
+        &args(&build_args(&sb, "c")),
+        |cmd| {
+            remote(cmd);
+            cmd.env("GRANARY_PREFETCH", "false");
+        },
+    );
+    assert_eq!(c.prefetch.prefetch_named, 0, "{c:?}");
+    assert!(c.remote.remote_hits > 20, "{c:?}");
+}
+
+/// A manifest naming entries and packs the bucket no longer has: the build
+/// runs as without it, with the misses counted and no warning.
+#[test]
+fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
+    let s3 = S3Server::start();
+    let sb = Sandbox::new();
+    let module = sb.module("vanish", 2);
+    let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
+    let (a, _) = go_run(
+        &sb,
+        "a",
+        &module,
+        "build",
+        &args(&build_args(&sb, "a")),
+        remote,
+    );
+    let blobs = bucket(&s3, "ci");
+    let [manifest_key] = &keys(&blobs, "granary-v1/manifests/")[..] else {
+        panic!("one manifest");
+    };
+    let mut manifest = Manifest::decode(&read_blob(&blobs, manifest_key)).unwrap();
+    // A gone pack, and loose entries nobody ever stored.
+    let mut gone = manifest.groups[0].pack.unwrap();
+    gone.id = [0xee; 32];
+    let ghosts: Vec<[u8; 32]> = (0..300u32)
+        .map(|i| {
+            let mut id = [0x5a; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id
+        })
+        .collect();
+    manifest.groups.push(Group {
+        pack: Some(gone),
+        actions: ghosts[..100].to_vec(),
+    });
+    manifest.groups.push(Group {
+        pack: None,
+        actions: ghosts[100..].to_vec(),
+    });
+    put_blob(&blobs, manifest_key, manifest.encode());
+
+    let started = Instant::now();
+    let (b, out) = go_run(
+        &sb,
+        "b",
+        &module,
+        "build",
+        &args(&build_args(&sb, "b")),
+        |cmd| {
+            remote(cmd);
+            cmd.env("GRANARY_READ_ONLY", "true");
+        },
+    );
+    let took = started.elapsed();
+    assert!(warnings(&out).is_empty(), "{:?}", warnings(&out));
+    assert_eq!(
+        b.prefetch.prefetch_named,
+        a.prefetch.manifest_entries + 300,
+        "{b:?}"
+    );
+    assert_eq!(b.prefetch.prefetch_missing, 300, "{b:?}");
+    assert_eq!(b.prefetch.prefetch_fetched, a.prefetch.manifest_entries);
+    assert_eq!((b.errors, b.remote.remote_errors), (0, 0), "{b:?}");
+    assert_eq!(b.remote.remote_hits, 0, "{b:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+/// A garbled manifest, then a garbled pack: each is ignored with one
+/// warning, and the build gets its entries one by one instead.
+#[test]
+fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
+    let s3 = S3Server::start();
+    let sb = Sandbox::new();
+    let module = sb.module("damage", 2);
+    let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
+    let read_only = |cmd: &mut Command| {
+        s3.configure(cmd, "ci");
+        cmd.env("GRANARY_READ_ONLY", "true");
+    };
+    go_run(
+        &sb,
+        "a",
+        &module,
+        "build",
+        &args(&build_args(&sb, "a")),
+        remote,
+    );
+    let blobs = bucket(&s3, "ci");
+    let manifest_key = keys(&blobs, "granary-v1/manifests/").remove(0);
+    let good_manifest = read_blob(&blobs, &manifest_key);
+    put_blob(&blobs, &manifest_key, b"\x28\xb5\x2f\xfd garbage".to_vec());
+    let (b, out) = go_run(
+        &sb,
+        "b",
+        &module,
+        "build",
+        &args(&build_args(&sb, "b")),
+        read_only,
+    );
+    let warned = warnings(&out);
+    assert!(
+        warned.len() == 1 && warned[0].contains("ignored the manifest of scope ci"),
+        "{warned:?}"
+    );
+    assert_eq!(b.prefetch.prefetch_damaged, 1, "{b:?}");
+    assert!(b.remote.remote_hits > 10 && b.misses <= 1, "{b:?}");
+
+    put_blob(&blobs, &manifest_key, good_manifest);
+    let pack_key = keys(&blobs, "granary-v1/packs/").remove(0);
+    let mut pack = read_blob(&blobs, &pack_key);
+    let middle = pack.len() / 2;
+    pack.truncate(middle);
+    pack.extend_from_slice(&[0xff; 64]);
+    put_blob(&blobs, &pack_key, pack);
+    let (c, out) = go_run(
+        &sb,
+        "c",
+        &module,
+        "build",
+        &args(&build_args(&sb, "c")),
+        read_only,
+    );
+    let warned = warnings(&out);
+    assert!(
+        warned.len() == 1 && warned[0].contains("damaged pack"),
+        "{warned:?}"
+    );
+    assert_eq!(c.prefetch.prefetch_damaged, 1, "{c:?}");
+    assert!(
+        c.prefetch.prefetch_fetched > 0 && c.remote.remote_hits > 0,
+        "the entries before the damage, then lookups: {c:?}"
+    );
+    assert_eq!(c.errors, 0);
+    assert!(c.misses <= 1, "{c:?}");
+    assert!(objects_with_wrong_hash(&sb.path("c")).is_empty());
+}
+
+/// With `granary serve`, the prefetch asks the batch endpoint: a few
+/// requests for all the entries.
+#[test]
+fn a_fresh_runner_prefetches_from_the_server_in_batches() {
+    let server = Server::start(&[]);
+    let sb = Sandbox::new();
+    let module = sb.module("served", 3);
+    let remote = |cmd: &mut Command| {
+        cmd.env("GRANARY_REMOTE", &server.url);
+    };
+    let (a, _) = go_run(
+        &sb,
+        "a",
+        &module,
+        "build",
+        &args(&build_args(&sb, "a")),
+        remote,
+    );
+    assert!(a.prefetch.manifest_entries > 20, "{a:?}");
+    assert_eq!(a.prefetch.packs_uploaded, 0, "a server needs no packs");
+    let (b, out) = go_run(
+        &sb,
+        "b",
+        &module,
+        "build",
+        &args(&build_args(&sb, "b")),
+        remote,
+    );
+    assert!(compiled_packages(&out.stderr).is_empty());
+    assert_eq!(b.remote.remote_hits, 0, "{b:?}");
+    assert_eq!(b.prefetch.prefetch_fetched, a.prefetch.manifest_entries);
+    assert_eq!(
+        b.prefetch.prefetch_requests, 2,
+        "a manifest and a batch: {b:?}"
+    );
+    assert_eq!(
+        server.metric(
+            "granary_requests_total",
+            "method=\"POST\",kind=\"batch\",status=\"200\""
+        ),
+        1.0
+    );
+}
+
+/// The handshake goes out before anything touches the remote, even one
+/// that accepts connections and never answers.
+#[test]
+fn the_prefetch_never_delays_the_handshake() {
+    let sb = Sandbox::new();
+    let black_hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", black_hole.local_addr().unwrap());
+    let handshake = |remote: Option<&str>| {
+        let mut cmd = Command::new(granary());
+        without_granary_env(&mut cmd);
+        cmd.args(["prog"])
+            .env("GRANARY_DIR", sb.cache())
+            .env("GRANARY_TRIM_INTERVAL", "none")
+            .env("GRANARY_REMOTE_TIMEOUT", "2s")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(url) = remote {
+            cmd.env("GRANARY_REMOTE", url);
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let took = started.elapsed();
+        assert!(line.contains("KnownCommands"), "{line}");
+        child.kill().ok();
+        child.wait().ok();
+        took
+    };
+    let fastest = |remote| (0..5).map(|_| handshake(remote)).min().unwrap();
+    let local = fastest(None);
+    let with_remote = fastest(Some(&url));
+    assert!(
+        with_remote < local + Duration::from_millis(20),
+        "handshake {with_remote:?} with a silent remote, {local:?} without"
+    );
+}
