@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Times `go build std` on fresh runners (empty local tier) whose remote is
+warm and 20 ms away, with and without the prefetch of the scope's manifest,
+against warm local builds, in one run; for S3 (SeaweedFS) and for
+`granary serve`, each behind the proxy that adds 20 ms to every request.
+
+    python3 bench/prefetch_build_std.py            # 5 runs of each configuration
+    python3 bench/prefetch_build_std.py --runs 9 --delay-ms 30
+
+Configurations:
+  native-warm          Go's own cache, filled
+  granary-warm         granary, local tier filled, no remote
+  s3+20ms              empty local tier, warm bucket, prefetch on (the default)
+  s3+20ms-no-prefetch  the same, --prefetch false: one lookup per action
+  serve+20ms           empty local tier, warm granary serve, prefetch on
+  serve+20ms-no-prefetch
+
+Before the timed runs, runner A fills each remote with a cold build (no
+delay), publishing the manifest of scope `bench` (with packs in the
+bucket). Timed fresh runners are read-only, so every run sees the same
+remote. Targets (issue 6): with prefetch at most 2x granary-warm, and at
+least 10x faster than without.
+
+Results go to bench/results/prefetch-build-std.{md,json,svg}.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs of each configuration")
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="the proxy's added latency")
+    parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
+    parser.add_argument("--out", default=str(common.RESULTS), help="directory for the results")
+    args = parser.parse_args()
+
+    go = common.find_go()
+    granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
+    work = Path(tempfile.mkdtemp(prefix="granary-prefetch-bench-"))
+    weed, ports = common.start_seaweedfs(work)
+    endpoint = f"http://127.0.0.1:{ports[6]}"
+    server, url, _ = common.start_serve(granary, work)
+    s3_proxy, slow_endpoint = common.start_proxy(endpoint, args.delay_ms)
+    serve_proxy, slow_url = common.start_proxy(url, args.delay_ms)
+    timer = common.BuildTimer(go, granary, work)
+    run = timer.run
+    delay = f"{args.delay_ms:g}ms"
+    scope = {"GRANARY_SCOPE": "bench"}
+    try:
+        s3 = {**common.remote_env(endpoint, "std"), **scope}
+        serve = {"GRANARY_REMOTE": url, **scope}
+        # Runner A: fills each remote and publishes the manifest.
+        run("native-cold", work / "native", fresh=True)
+        run("fill-s3", work / "granary", s3, fresh=True)
+        run("fill-serve", work / "filler", serve, fresh=True)
+        slow_s3 = {**s3, "GRANARY_S3_ENDPOINT": slow_endpoint, "GRANARY_READ_ONLY": "true"}
+        slow_serve = {**serve, "GRANARY_REMOTE": slow_url, "GRANARY_READ_ONLY": "true"}
+        off = {"GRANARY_PREFETCH": "false"}
+        for _ in range(args.runs):
+            run("native-warm", work / "native")
+            run("granary-warm", work / "granary")
+            run(f"s3+{delay}", work / "fresh", slow_s3, fresh=True)
+            run(f"s3+{delay}-no-prefetch", work / "fresh", {**slow_s3, **off}, fresh=True)
+            run(f"serve+{delay}", work / "fresh", slow_serve, fresh=True)
+            run(f"serve+{delay}-no-prefetch", work / "fresh", {**slow_serve, **off}, fresh=True)
+    finally:
+        s3_proxy.kill()
+        serve_proxy.kill()
+        server.terminate()
+        server.wait()
+        common.stop_seaweedfs(weed, ports)
+        shutil.rmtree(work, ignore_errors=True)
+    report(timer, go, Path(args.out), delay, args.runs)
+
+
+def report(timer, go, out, delay, runs):
+    version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
+    median = {name: statistics.median(t) for name, t in timer.times.items()}
+    warm = median["granary-warm"]
+    rows = []
+    for name, runs_s in timer.times.items():
+        if name.startswith("fill") or name == "native-cold":
+            continue
+        row = {
+            "config": name,
+            "median_s": round(median[name], 3),
+            "vs_native_warm": round(median[name] / median["native-warm"], 3),
+            "vs_granary_warm": round(median[name] / warm, 3),
+            "runs_s": [round(t, 3) for t in runs_s],
+        }
+        without = median.get(f"{name}-no-prefetch")
+        if without:
+            row["speedup_vs_no_prefetch"] = round(without / median[name], 1)
+        if name in timer.stats:
+            last = timer.stats[name][-1]
+            for key in ("gets", "hits", "remote_hits", "prefetch_named", "prefetch_fetched",
+                        "prefetch_requests", "prefetch_bytes", "prefetch_waits", "prefetch_used",
+                        "prefetch_unused", "prefetch_ms"):
+                row[key] = last.get(key, 0)
+        rows.append(row)
+
+    lines = [
+        f"# go build std on a fresh runner, remote {delay} away: {version}, {os.cpu_count()} CPUs",
+        "",
+        "| config | median (s) | / native warm | / granary warm | prefetch speed-up | remote lookups | prefetched (requests, MiB, ms) | used / in vain |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        speedup = f"{r['speedup_vs_no_prefetch']}x" if "speedup_vs_no_prefetch" in r else ""
+        if r.get("prefetch_named"):
+            prefetched = (f"{r['prefetch_fetched']} ({r['prefetch_requests']}, "
+                          f"{r['prefetch_bytes'] / 2**20:.1f}, {r['prefetch_ms']})")
+            used = f"{r['prefetch_used']} / {r['prefetch_unused']}"
+        else:
+            prefetched = used = ""
+        lookups = r.get("remote_hits", "") if "gets" in r and "warm" not in r["config"] else ""
+        lines.append(
+            f"| {r['config']} | {r['median_s']:.2f} | {r['vs_native_warm']:.2f}x | "
+            f"{r['vs_granary_warm']:.2f}x | {speedup} | {lookups} | {prefetched} | {used} |"
+        )
+    lines += ["", f"{runs} runs of each configuration, interleaved; median. The proxy adds {delay} to "
+              "every request. Fresh runners are read-only; remote columns are from the last run. "
+              "Targets: prefetch at most 2x granary-warm, at least 10x faster than without."]
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prefetch-build-std.md").write_text(table + "\n")
+    (out / "prefetch-build-std.json").write_text(
+        json.dumps({"go": version, "rows": rows}, indent=2) + "\n")
+    common.write_bar_chart(
+        out / "prefetch-build-std.svg",
+        f"go build std on a fresh runner, remote {delay} away, relative to granary's warm local build",
+        [(r["config"], {"vs granary warm": r["vs_granary_warm"]}) for r in rows],
+    )
+    print(f"\nwrote {out}/prefetch-build-std.{{md,json,svg}}")
+
+
+if __name__ == "__main__":
+    main()
