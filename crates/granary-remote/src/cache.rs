@@ -11,7 +11,10 @@ use futures_util::StreamExt;
 use sha2::Digest as _;
 
 use crate::layout::{Format, VERSION};
-use crate::manifest::{MANIFEST_DELETE_AGE, Manifest, PACK_DELETE_AGE, PackRef, scope_key_name};
+use crate::manifest::{
+    MANIFEST_DELETE_AGE, Manifest, PACK_DELETE_AGE, PackRef, from_unix_seconds, scope_key_name,
+    unix_seconds,
+};
 use crate::pack::{PackReader, PackWriter};
 use crate::record::{ActionRecord, Placement};
 use crate::{BlobStore, ByteStream, Digest, RemoteError, reapi};
@@ -235,7 +238,8 @@ impl RemoteCache {
         self.blobs.put(&pack_key(&id), pack.into()).await?;
         Ok(PackRef {
             id,
-            created: SystemTime::now(),
+            // Whole seconds, as manifests keep it.
+            created: from_unix_seconds(unix_seconds(SystemTime::now())),
             size,
             entries,
         })
@@ -741,6 +745,79 @@ mod tests {
             let empty = cache.lookup(&[5; 32]).await.unwrap_err().to_string();
             assert!(empty.contains("one output file"), "{empty}");
         });
+    }
+
+    #[test]
+    fn packed_entries_and_manifests_read_back_in_both_formats() {
+        use crate::manifest::{Group, Manifest};
+        use crate::pack::{PackWriter, RawEntry};
+        for format in [Format::Granary, Format::Reapi] {
+            let memory = Arc::new(Memory::default());
+            let cache = RemoteCache::new(memory.clone(), format);
+            let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+            let bodies = [object_like(100), object_like(300_000)];
+            let mut pack = PackWriter::default();
+            for (i, body) in bodies.iter().enumerate() {
+                let (record, object) = cache
+                    .encode_entry(&[i as u8 + 1; 32], &output(body), time, body)
+                    .unwrap();
+                pack.add(&[i as u8 + 1; 32], &record, &object);
+            }
+            pack.add_missing(&[7; 32]);
+            block_on(async {
+                let stored = cache.put_pack(pack).await.unwrap();
+                assert_eq!(stored.entries, 3);
+                let mut reader = cache.open_pack(&stored).await.unwrap().unwrap();
+                for (i, body) in bodies.iter().enumerate() {
+                    let Some(RawEntry::Found { action, record, .. }) = reader.next().await.unwrap()
+                    else {
+                        panic!("entry {i}");
+                    };
+                    let fetched = cache.unpack(&reader, &action, &record).unwrap();
+                    assert_eq!(fetched.record.put_time, time);
+                    let got = match fetched.inline {
+                        Some(inline) => inline,
+                        None => {
+                            let mut got = Vec::new();
+                            cache
+                                .read_packed_object(&mut reader, &fetched.record, &mut got)
+                                .await
+                                .unwrap();
+                            got
+                        }
+                    };
+                    assert_eq!(&got, body, "{format:?} entry {i}");
+                }
+                assert!(matches!(
+                    reader.next().await,
+                    Ok(Some(RawEntry::Missing(_)))
+                ));
+                assert!(matches!(reader.next().await, Ok(None)));
+                // A record under another action's name is damaged (REAPI
+                // results do not name their action).
+                let (record, _) = cache
+                    .encode_entry(&[1; 32], &output(&bodies[0]), time, &bodies[0])
+                    .unwrap();
+                let misfiled = cache.unpack(&reader, &[3; 32], &record);
+                assert_eq!(misfiled.is_err(), format == Format::Granary);
+
+                let manifest = Manifest {
+                    scope: "m linux/amd64 go1.25".into(),
+                    written: time,
+                    groups: vec![Group {
+                        pack: Some(stored),
+                        actions: vec![[1; 32], [2; 32]],
+                    }],
+                };
+                assert_eq!(cache.fetch_manifest(&manifest.scope).await.unwrap(), None);
+                cache.publish_manifest(&manifest).await.unwrap();
+                assert_eq!(
+                    cache.fetch_manifest(&manifest.scope).await.unwrap(),
+                    Some(manifest.clone())
+                );
+                assert_eq!(cache.fetch_manifest("other").await.unwrap(), None);
+            });
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! END   = 32 zero bytes
 //! ```
 //!
-//! Integers are big-endian. `record` and `object` are the action entry and
+//! Integers are big-endian. No action ID is zero (they are SHA-256 sums),
+//! so the end cannot be mistaken for an entry. `record` and `object` are the action entry and
 //! the object exactly as the [`Format`](crate::Format) stores them under
 //! their keys, so a pack is checked as the entries themselves are. The same
 //! framing carries packs stored in object storage and the answers of a

@@ -880,3 +880,57 @@ fn a_dead_backing_store_fails_misses_not_the_server() {
     assert_eq!(tmp_files(&dir), 0);
     assert_eq!(server.status()["uploads_in_progress"], 0);
 }
+
+/// The batch endpoint: entries in order, absent ones marked, the end
+/// marked; bad requests refused with the reason.
+#[test]
+fn batches_answer_in_order_and_refuse_bad_requests() {
+    let server = Server::start(&[]);
+    let small = pattern(1000, 1);
+    let large = pattern(200_000, 2);
+    let (status, _) = put_cas(&server, &large, &[]);
+    assert_eq!(status, 200);
+    let mut ids = Vec::new();
+    for (i, output) in [&small, &large].iter().enumerate() {
+        let id = sha256_hex(&[i as u8]);
+        let (status, _) = request(
+            server.addr,
+            "PUT",
+            &format!("/ac/{id}"),
+            &[],
+            &action_result(output),
+        );
+        assert_eq!(status, 200);
+        ids.push(id);
+    }
+    let absent = "cd".repeat(32);
+    let body = format!("{}\n{absent}\n{}\n", ids[1], ids[0]);
+    let (status, answer) = request(server.addr, "POST", "/batch", &[], body.as_bytes());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    assert!(answer.starts_with(b"granary-pack-01\n"));
+    assert!(answer.ends_with(&[0; 32]), "the end is marked");
+    let large_at = answer
+        .windows(large.len())
+        .position(|w| w == &large[..])
+        .expect("the CAS blob of the large output follows its result");
+    let absent_at = answer
+        .windows(36)
+        .position(|w| w[..32] == hex::decode(&absent).unwrap()[..] && w[32..] == [0; 4])
+        .expect("the absent entry is marked missing");
+    assert!(large_at < absent_at, "in the order asked");
+    assert_eq!(
+        request(server.addr, "POST", "/team/batch", &[], body.as_bytes()).1,
+        answer,
+        "under an instance name too"
+    );
+    for (method, body, status, why) in [
+        ("GET", String::new(), 405, "use POST"),
+        ("POST", "not hex\n".to_owned(), 400, "line 1"),
+        ("POST", format!("{absent}\n").repeat(10_001), 400, "at most"),
+    ] {
+        let (got, text) = request(server.addr, method, "/batch", &[], body.as_bytes());
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(got, status, "{method} {text}");
+        assert!(text.contains(why), "{text}");
+    }
+}

@@ -792,7 +792,11 @@ impl Journal {
             .collect();
         for action in used {
             match at.get(&action) {
-                Some(&i) => entries[i].used = now,
+                Some(&i) => {
+                    let entry = &mut entries[i];
+                    entry.used = now;
+                    entry.pack = entry.pack.or_else(|| packs.get(&action).copied());
+                }
                 None => {
                     at.insert(action, entries.len());
                     entries.push(JournalEntry {
