@@ -398,10 +398,7 @@ impl Engine {
                 }
             }
             match self.keep(action, &fetched.record, body) {
-                Ok(found) => {
-                    add(&self.stats.prefetch_fetched, 1);
-                    self.settle(action, Some(found));
-                }
+                Ok(found) => self.settle(action, Some(found)),
                 // One bad entry: the pack's framing is still sound.
                 Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
                     add(&self.stats.remote_damaged, 1);
@@ -423,7 +420,6 @@ impl Engine {
                 match within(timeout, self.fetch(remote, *action)).await {
                     Ok(Some(found)) => {
                         remote.succeeded();
-                        add(&self.stats.prefetch_fetched, 1);
                         self.settle(*action, Some(found));
                     }
                     Ok(None) => {
@@ -507,10 +503,15 @@ impl Engine {
                         ticket.answer(Response::miss(id));
                     }
                 }
-                Planned::Stored if used.seen.contains(&action) => {
-                    add(&self.stats.prefetch_used, 1);
+                // Counted here, from the plan, so that the counts add up
+                // even if a transfer is stopped between storing and settling.
+                Planned::Stored => {
+                    add(&self.stats.prefetch_fetched, 1);
+                    match used.seen.contains(&action) {
+                        true => add(&self.stats.prefetch_used, 1),
+                        false => add(&self.stats.prefetch_unused, 1),
+                    }
                 }
-                Planned::Stored => add(&self.stats.prefetch_unused, 1),
                 Planned::Failed => {}
             }
         }
