@@ -28,7 +28,8 @@ fn go_run(
 ) -> (Stats, Output) {
     let stats_file = sb.path(&format!("{cache}-{name}.json"));
     let mut cmd = sb.go_granary(&sb.path(cache), module, &stats_file, args);
-    cmd.env("GRANARY_SCOPE", "ci");
+    cmd.env("GRANARY_SCOPE", "ci")
+        .env("GRANARY_PREFETCH", "true");
     remote(&mut cmd);
     let output = run_ok(&mut cmd);
     (stats(&stats_file), output)

@@ -134,7 +134,9 @@ fn two_runners_share_one_https_server_with_tokens() {
             &stats_file,
             &["build", "-x", "-o", out.to_str().unwrap(), "."],
         );
+        // Every get is a lookup here; tests/prefetch.rs covers batches.
         cmd.env("GRANARY_REMOTE", &server.url)
+            .env("GRANARY_PREFETCH", "false")
             .env("GRANARY_REMOTE_CA", &cert)
             .env("GRANARY_TOKEN", token)
             .envs(extra.iter().copied());

@@ -185,8 +185,14 @@ impl Drop for S3Server {
 }
 
 /// Sets the variables that make granary use the S3 endpoint `endpoint`,
-/// under `prefix`, with the test identity.
+/// under `prefix`, with the test identity, without prefetch unless the
+/// command already says.
 pub fn configure(cmd: &mut Command, endpoint: &str, prefix: &str) {
+    // These tests count lookups one by one; tests/prefetch.rs turns the
+    // prefetch on before calling this.
+    if !cmd.get_envs().any(|(key, _)| key == "GRANARY_PREFETCH") {
+        cmd.env("GRANARY_PREFETCH", "false");
+    }
     cmd.env("GRANARY_REMOTE", format!("s3://{BUCKET}/{prefix}"))
         .env("GRANARY_S3_ENDPOINT", endpoint)
         .env("GRANARY_S3_REGION", "us-east-1")
