@@ -35,15 +35,16 @@ fn go_run(
     (stats(&stats_file), output)
 }
 
-fn build_args(sb: &Sandbox, out: &str) -> Vec<String> {
-    let target = sb.path("bin").join(out);
-    ["build", "-x", "-o", target.to_str().unwrap(), "."]
-        .map(str::to_owned)
-        .to_vec()
-}
-
-fn args(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+/// `go build -x -o bin/<cache> .` in `module`, as [`go_run`].
+fn go_build(
+    sb: &Sandbox,
+    cache: &str,
+    module: &Path,
+    remote: impl FnOnce(&mut Command),
+) -> (Stats, Output) {
+    let target = sb.path("bin").join(cache);
+    let args = ["build", "-x", "-o", target.to_str().unwrap(), "."];
+    go_run(sb, cache, module, "build", &args, remote)
 }
 
 fn warnings(output: &Output) -> Vec<String> {
@@ -106,14 +107,7 @@ fn a_fresh_runner_builds_from_prefetched_packs() {
     let module = sb.module("shared", 3);
     let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
 
-    let (a1, _) = go_run(
-        &sb,
-        "a",
-        &module,
-        "build",
-        &args(&build_args(&sb, "a")),
-        remote,
-    );
+    let (a1, _) = go_build(&sb, "a", &module, remote);
     assert!(a1.prefetch.manifest_entries > 20, "{a1:?}");
     assert_eq!(a1.prefetch.packs_uploaded, 1, "{a1:?}");
     assert!(a1.prefetch.scope.starts_with("ci linux/"), "{a1:?}");
@@ -132,14 +126,7 @@ fn a_fresh_runner_builds_from_prefetched_packs() {
     );
     assert_eq!(keys(&blobs, "granary-v1/manifests/").len(), 1);
 
-    let (b1, out) = go_run(
-        &sb,
-        "b",
-        &module,
-        "build",
-        &args(&build_args(&sb, "b")),
-        remote,
-    );
+    let (b1, out) = go_build(&sb, "b", &module, remote);
     let compiled = compiled_packages(&out.stderr);
     assert!(compiled.is_empty(), "runner B compiled {compiled:?}");
     assert_eq!(b1.remote.remote_hits, 0, "no lookup was needed: {b1:?}");
@@ -169,17 +156,10 @@ fn a_fresh_runner_builds_from_prefetched_packs() {
     assert_eq!((b2.remote.remote_hits, b2.misses), (0, 0), "{b2:?}");
 
     // Without the prefetch, the same fresh runner looks every entry up.
-    let (c, _) = go_run(
-        &sb,
-        "c",
-        &module,
-        "build",
-        &args(&build_args(&sb, "c")),
-        |cmd| {
-            remote(cmd);
-            cmd.env("GRANARY_PREFETCH", "false");
-        },
-    );
+    let (c, _) = go_build(&sb, "c", &module, |cmd| {
+        remote(cmd);
+        cmd.env("GRANARY_PREFETCH", "false");
+    });
     assert_eq!(c.prefetch.prefetch_named, 0, "{c:?}");
     assert!(c.remote.remote_hits > 20, "{c:?}");
 }
@@ -192,14 +172,7 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
     let sb = Sandbox::new();
     let module = sb.module("vanish", 2);
     let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
-    let (a, _) = go_run(
-        &sb,
-        "a",
-        &module,
-        "build",
-        &args(&build_args(&sb, "a")),
-        remote,
-    );
+    let (a, _) = go_build(&sb, "a", &module, remote);
     let blobs = bucket(&s3, "ci");
     let [manifest_key] = &keys(&blobs, "granary-v1/manifests/")[..] else {
         panic!("one manifest");
@@ -226,17 +199,10 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
     put_blob(&blobs, manifest_key, manifest.encode());
 
     let started = Instant::now();
-    let (b, out) = go_run(
-        &sb,
-        "b",
-        &module,
-        "build",
-        &args(&build_args(&sb, "b")),
-        |cmd| {
-            remote(cmd);
-            cmd.env("GRANARY_READ_ONLY", "true");
-        },
-    );
+    let (b, out) = go_build(&sb, "b", &module, |cmd| {
+        remote(cmd);
+        cmd.env("GRANARY_READ_ONLY", "true");
+    });
     let took = started.elapsed();
     assert!(warnings(&out).is_empty(), "{:?}", warnings(&out));
     assert_eq!(
@@ -263,26 +229,12 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
         s3.configure(cmd, "ci");
         cmd.env("GRANARY_READ_ONLY", "true");
     };
-    go_run(
-        &sb,
-        "a",
-        &module,
-        "build",
-        &args(&build_args(&sb, "a")),
-        remote,
-    );
+    go_build(&sb, "a", &module, remote);
     let blobs = bucket(&s3, "ci");
     let manifest_key = keys(&blobs, "granary-v1/manifests/").remove(0);
     let good_manifest = read_blob(&blobs, &manifest_key);
     put_blob(&blobs, &manifest_key, b"\x28\xb5\x2f\xfd garbage".to_vec());
-    let (b, out) = go_run(
-        &sb,
-        "b",
-        &module,
-        "build",
-        &args(&build_args(&sb, "b")),
-        read_only,
-    );
+    let (b, out) = go_build(&sb, "b", &module, read_only);
     let warned = warnings(&out);
     assert!(
         warned.len() == 1 && warned[0].contains("ignored the manifest of scope ci"),
@@ -298,14 +250,7 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
     pack.truncate(middle);
     pack.extend_from_slice(&[0xff; 64]);
     put_blob(&blobs, &pack_key, pack);
-    let (c, out) = go_run(
-        &sb,
-        "c",
-        &module,
-        "build",
-        &args(&build_args(&sb, "c")),
-        read_only,
-    );
+    let (c, out) = go_build(&sb, "c", &module, read_only);
     let warned = warnings(&out);
     assert!(
         warned.len() == 1 && warned[0].contains("damaged pack"),
@@ -331,24 +276,10 @@ fn a_fresh_runner_prefetches_from_the_server_in_batches() {
     let remote = |cmd: &mut Command| {
         cmd.env("GRANARY_REMOTE", &server.url);
     };
-    let (a, _) = go_run(
-        &sb,
-        "a",
-        &module,
-        "build",
-        &args(&build_args(&sb, "a")),
-        remote,
-    );
+    let (a, _) = go_build(&sb, "a", &module, remote);
     assert!(a.prefetch.manifest_entries > 20, "{a:?}");
     assert_eq!(a.prefetch.packs_uploaded, 0, "a server needs no packs");
-    let (b, out) = go_run(
-        &sb,
-        "b",
-        &module,
-        "build",
-        &args(&build_args(&sb, "b")),
-        remote,
-    );
+    let (b, out) = go_build(&sb, "b", &module, remote);
     assert!(compiled_packages(&out.stderr).is_empty());
     assert_eq!(b.remote.remote_hits, 0, "{b:?}");
     assert_eq!(b.prefetch.prefetch_fetched, a.prefetch.manifest_entries);

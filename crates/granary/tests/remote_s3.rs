@@ -436,4 +436,29 @@ fn slow_remotes_are_switched_off_by_the_deadline_or_the_budget() {
         seen.remote.remote_off.contains("--remote-budget"),
         "{seen:?}"
     );
+    // With the prefetch on, the manifest's read times out too: the first
+    // get waits for it (one deadline), and it counts towards switching off.
+    let sb = Sandbox::new();
+    let mut prefetching = helper(
+        &sb,
+        &proxy.endpoint,
+        "slow",
+        &[
+            ("GRANARY_REMOTE_TIMEOUT", "200ms"),
+            ("GRANARY_PREFETCH", "true"),
+        ],
+    );
+    let started = std::time::Instant::now();
+    sequential_misses(&mut prefetching, 7);
+    let took = started.elapsed();
+    let (seen, stderr) = close(prefetching);
+    assert_eq!((seen.misses, seen.remote.remote_errors), (7, 5), "{seen:?}");
+    assert!(
+        seen.remote
+            .remote_off
+            .contains("5 requests failed in a row"),
+        "{seen:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(warnings(stderr.as_bytes()).len(), 1, "{stderr}");
 }

@@ -224,33 +224,19 @@ impl Engine {
         let fetched = futures_util::future::join_all(
             names
                 .iter()
-                .map(|scope| tokio::time::timeout(timeout, cache.fetch_manifest(scope))),
+                .map(|scope| within(timeout, cache.fetch_manifest(scope))),
         )
         .await;
         add(&self.stats.prefetch_requests, names.len() as u64);
         let mut manifests = Vec::new();
         for (scope, result) in names.iter().zip(fetched) {
             match result {
-                Ok(Ok(Some(manifest)))
-                    if manifest.written + MANIFEST_MAX_AGE < SystemTime::now() =>
-                {
+                Ok(Some(manifest)) if manifest.written + MANIFEST_MAX_AGE < SystemTime::now() => {
                     tracing::debug!("the manifest of scope {scope} is too old to be used");
                 }
-                Ok(Ok(Some(manifest))) => manifests.push(manifest),
-                Ok(Ok(None)) => tracing::debug!("no manifest for scope {scope}"),
-                Ok(Err(e @ RemoteError::Damaged { .. })) => {
-                    add(&self.stats.prefetch_damaged, 1);
-                    tracing::warn!("ignored the manifest of scope {scope}: {e}");
-                }
-                Ok(Err(e)) => {
-                    add(&self.stats.remote_errors, 1);
-                    remote.failed(&e);
-                    tracing::debug!("cannot read the manifest of scope {scope}: {e}");
-                }
-                Err(_) => {
-                    add(&self.stats.remote_errors, 1);
-                    tracing::debug!("the manifest of scope {scope} did not come in time");
-                }
+                Ok(Some(manifest)) => manifests.push(manifest),
+                Ok(None) => tracing::debug!("no manifest for scope {scope}"),
+                Err(trouble) => self.report(trouble, &format!("the manifest of scope {scope}")),
             }
         }
         let mut named = HashSet::new();
@@ -311,20 +297,29 @@ impl Engine {
         if remote.is_on() {
             match self.take(source, &actions).await {
                 Ok(()) => remote.succeeded(),
-                Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
-                    add(&self.stats.prefetch_damaged, 1);
-                    tracing::warn!("ignored the rest of a damaged pack: {e}");
-                }
-                Err(Trouble::Remote(e)) => {
-                    add(&self.stats.remote_errors, 1);
-                    remote.failed(&e);
-                    tracing::debug!("a prefetch transfer failed: {e}");
-                }
-                Err(Trouble::Local(e)) => tracing::warn!("{e}"),
+                Err(trouble) => self.report(trouble, "the rest of a damaged pack"),
             }
         }
         for action in actions {
             self.settle(action, None);
+        }
+    }
+
+    /// Counts what went wrong with a manifest or a pack: a damaged one is
+    /// ignored with a warning naming `what`, a failed request counts
+    /// towards switching the remote off.
+    fn report(&self, trouble: Trouble, what: &str) {
+        match trouble {
+            Trouble::Remote(e @ RemoteError::Damaged { .. }) => {
+                add(&self.stats.prefetch_damaged, 1);
+                tracing::warn!("ignored {what}: {e}");
+            }
+            Trouble::Remote(e) => {
+                add(&self.stats.remote_errors, 1);
+                self.remote().failed(&e);
+                tracing::debug!("a prefetch request failed: {e}");
+            }
+            Trouble::Local(e) => tracing::warn!("{e}"),
         }
     }
 
