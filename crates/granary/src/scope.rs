@@ -57,10 +57,15 @@ fn toolchain() -> Option<String> {
         let go = std::fs::read_link(format!("/proc/{parent}/exe")).ok()?;
         Some(go.parent()?.parent()?.to_owned())
     };
-    let goroot = from_parent().or_else(|| std::env::var_os("GOROOT").map(Into::into))?;
-    let version = std::fs::read_to_string(goroot.join("VERSION")).ok()?;
-    let first = version.lines().next()?.trim();
-    first.starts_with("go").then(|| first.to_owned())
+    let version_in = |goroot: std::path::PathBuf| {
+        let version = std::fs::read_to_string(goroot.join("VERSION")).ok()?;
+        let first = version.lines().next()?.trim();
+        first.starts_with("go").then(|| first.to_owned())
+    };
+    // The parent may be a wrapper (a profiler, a shell): then GOROOT.
+    from_parent()
+        .and_then(version_in)
+        .or_else(|| version_in(std::env::var_os("GOROOT")?.into()))
 }
 
 fn host_goos() -> &'static str {
