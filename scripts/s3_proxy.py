@@ -12,7 +12,8 @@ store or network would:
     python3 scripts/s3_proxy.py --upstream http://127.0.0.1:8333 \\
         [--delay-ms 20] [--fault none|flip|short|cut] [--only /granary-v1/cas/]
 
-Range requests (206) are damaged too, so a client that resumes a cut
+Without a fault, bodies pass through as they arrive. Range requests (206)
+are damaged too, so a client that resumes a cut
 download is cut again. Requests pass through unchanged (the Host header too: S3 signs it), so the
 client signs for the proxy's address and the server checks the same.
 Prints the port it listens on (127.0.0.1, chosen by the kernel), then
@@ -41,13 +42,13 @@ def main():
     local = threading.local()
 
     def forward(method, path, headers, body):
+        """The upstream's response, its body not yet read."""
         for attempt in (1, 2):
             if getattr(local, "conn", None) is None:
                 local.conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
             try:
                 local.conn.request(method, path, body=body, headers=headers)
-                response = local.conn.getresponse()
-                return response, response.read()
+                return local.conn.getresponse()
             except (http.client.HTTPException, OSError):
                 local.conn.close()
                 local.conn = None
@@ -71,18 +72,11 @@ def main():
             if body is not None:
                 headers["Content-Length"] = str(len(body))
             try:
-                response, data = forward(self.command, self.path, headers, body)
+                response = forward(self.command, self.path, headers, body)
             except (http.client.HTTPException, OSError):
                 self.send_error(502, "upstream unreachable")
                 return
             fault = args.fault
-            damage = (
-                fault != "none"
-                and self.command == "GET"
-                and response.status in (200, 206)
-                and args.only in self.path
-                and len(data) > 0
-            )
             self.send_response(response.status)
             for key, value in response.getheaders():
                 if key.lower() not in HOP_BY_HOP:
@@ -91,6 +85,16 @@ def main():
                 self.send_header("Content-Length", response.getheader("Content-Length", "0"))
                 self.end_headers()
                 return
+            if fault == "none":
+                self.stream(response)
+                return
+            data = response.read()
+            damage = (
+                self.command == "GET"
+                and response.status in (200, 206)
+                and args.only in self.path
+                and len(data) > 0
+            )
             if damage and fault == "flip":
                 data = bytearray(data)
                 data[len(data) // 2] ^= 0x20
@@ -105,6 +109,26 @@ def main():
                 self.close_connection = True
                 return
             self.wfile.write(data)
+
+        def stream(self, response):
+            """Passes the body on as it arrives, as a network does (a big
+            answer is not held back until its last byte is in)."""
+            length = response.getheader("Content-Length")
+            if response.status in (204, 304):
+                self.end_headers()
+                return
+            if length is not None:
+                self.send_header("Content-Length", length)
+            else:
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            while chunk := response.read1(256 * 1024):
+                if length is None:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                else:
+                    self.wfile.write(chunk)
+            if length is None:
+                self.wfile.write(b"0\r\n\r\n")
 
         do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = relay
 
