@@ -270,17 +270,14 @@ fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
         objects_with_wrong_hash(&cache),
         Vec::<std::path::PathBuf>::new()
     );
-    // Whatever the killed helper was writing stays in granary-tmp until it is
-    // a day old; age it (and a planted orphan, in case the kill fell between
-    // two puts) so that the next helper removes it.
-    let tmp = cache.join("granary-tmp");
-    fs::write(tmp.join(".put-planted"), b"half a body").unwrap();
-    let orphans: Vec<_> = fs::read_dir(&tmp)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().contains(".put-"))
-        .collect();
+    // Whatever the killed helper was writing stays beside the entries until
+    // it is a day old; age it (and planted orphans, in case the kill fell
+    // between two puts) so that the next helper removes it.
+    fs::write(cache.join("granary-tmp/.put-planted"), b"half a body").unwrap();
+    fs::create_dir_all(cache.join("7f")).unwrap();
+    fs::write(cache.join("7f/.put-planted"), b"half a body").unwrap();
+    let orphans = temporaries(&cache);
+    assert!(orphans.len() >= 2, "{orphans:?}");
     let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86400);
     for orphan in &orphans {
         let file = fs::File::options().write(true).open(orphan).unwrap();

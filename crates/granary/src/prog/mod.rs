@@ -459,8 +459,8 @@ impl Engine {
             body,
         } = job;
         let written = match body {
-            Body::Inline(bytes) => self.write_inline(&bytes),
-            Body::Streamed(stream) => self.write_streamed(stream),
+            Body::Inline(bytes) => self.write_inline(&OutputId(output), &bytes),
+            Body::Streamed(stream) => self.write_streamed(&OutputId(output), stream),
         };
         let put_time = SystemTime::now();
         let stored = written.and_then(|writer| {
@@ -488,16 +488,23 @@ impl Engine {
         }
     }
 
-    fn write_inline(&self, body: &[u8]) -> Result<ObjectWriter, String> {
-        let mut writer = self.store.object_writer().map_err(|e| e.to_string())?;
+    fn write_inline(&self, output: &OutputId, body: &[u8]) -> Result<ObjectWriter, String> {
+        let mut writer = self
+            .store
+            .object_writer(output)
+            .map_err(|e| e.to_string())?;
         writer.write_all(body).map_err(write_error)?;
         Ok(writer)
     }
 
     /// Writes chunks as they arrive. Keeps draining the stream after a write
     /// error, so that the reader never blocks on a dead worker.
-    fn write_streamed(&self, stream: Receiver<Chunk>) -> Result<ObjectWriter, String> {
-        let mut writer = self.store.object_writer().map_err(|e| e.to_string());
+    fn write_streamed(
+        &self,
+        output: &OutputId,
+        stream: Receiver<Chunk>,
+    ) -> Result<ObjectWriter, String> {
+        let mut writer = self.store.object_writer(output).map_err(|e| e.to_string());
         loop {
             match stream.recv() {
                 Ok(Chunk::Data(data)) => {

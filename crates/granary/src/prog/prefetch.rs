@@ -35,7 +35,7 @@ use granary_remote::manifest::{
     MANIFEST_MAX_AGE, PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds,
 };
 use granary_remote::{Group, Manifest, PackReader, PackRef, PackWriter, RawEntry, RemoteError};
-use granary_store::{ActionId, Lookup};
+use granary_store::{ActionId, Lookup, OutputId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -381,7 +381,10 @@ impl Engine {
                 continue;
             }
             let fetched = cache.unpack(pack, &action, &record)?;
-            let mut body = self.store.object_writer().map_err(|e| local(&e))?;
+            let mut body = self
+                .store
+                .object_writer(&OutputId(fetched.record.output))
+                .map_err(|e| local(&e))?;
             match &fetched.inline {
                 Some(inline) => body.write_all(inline).map_err(|e| local(&e))?,
                 None => {

@@ -380,7 +380,10 @@ impl Engine {
                 "cannot store an output fetched from the remote: {e}"
             ))
         };
-        let mut body = self.store.object_writer().map_err(|e| local(&e))?;
+        let mut body = self
+            .store
+            .object_writer(&OutputId(record.output))
+            .map_err(|e| local(&e))?;
         match fetched.inline {
             Some(inline) => body.write_all(&inline).map_err(|e| local(&e))?,
             None => {

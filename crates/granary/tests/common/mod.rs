@@ -182,16 +182,14 @@ pub fn set_mtime(path: &Path, time: SystemTime) {
         .unwrap_or_else(|e| panic!("cannot age {}: {e}", path.display()));
 }
 
-/// How many files granary is writing, or left behind, in the cache's
-/// temporary directory (its lock files are not counted).
-pub fn temporaries(cache: &Path) -> usize {
-    fs::read_dir(cache.join("granary-tmp"))
-        .map(|dir| {
-            dir.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(".put-"))
-                .count()
-        })
-        .unwrap_or(0)
+/// The files granary is writing, or left behind, in the cache: in its
+/// temporary directory and beside the entries (lock files do not count).
+pub fn temporaries(cache: &Path) -> Vec<PathBuf> {
+    let dirs = fs::read_dir(cache).into_iter().flatten().flatten();
+    dirs.flat_map(|dir| fs::read_dir(dir.path()).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".put-"))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Runs a command and returns its output, failing the test with its stderr
