@@ -29,7 +29,7 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
     /// Sends a batch request (action IDs in hex, one per line) and returns
     /// the answer, a [`pack`](crate::pack). `None`: this store has no batch
     /// endpoint.
-    async fn batch(&self, _request: Bytes) -> Result<Option<ByteStream>, RemoteError> {
+    async fn batch(&self, _request: Bytes) -> Result<Option<BatchAnswer>, RemoteError> {
         Ok(None)
     }
 
@@ -41,6 +41,23 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
     /// Deletes the blob under `key`, if there is one.
     async fn delete(&self, _key: &str) -> Result<(), RemoteError> {
         Err(RemoteError::Config(format!("{self} cannot delete blobs")))
+    }
+}
+
+/// The answer to [`BlobStore::batch`]: a pack, as it arrives.
+pub struct BatchAnswer {
+    pub body: ByteStream,
+    /// The pack comes compressed as one zstd stream (HTTP's
+    /// `Content-Encoding: zstd`): a server that keeps blobs uncompressed
+    /// sends a quarter of the bytes for Go's outputs.
+    pub zstd: bool,
+}
+
+impl fmt::Debug for BatchAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchAnswer")
+            .field("zstd", &self.zstd)
+            .finish_non_exhaustive()
     }
 }
 

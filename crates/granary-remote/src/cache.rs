@@ -262,12 +262,16 @@ impl RemoteCache {
             body.push_str(&hex::encode(action));
             body.push('\n');
         }
-        match self.blobs.batch(body.into()).await? {
-            Some(stream) => Ok(Some(
-                PackReader::open(stream, format!("a batch of {} entries", actions.len())).await?,
-            )),
-            None => Ok(None),
-        }
+        let Some(answer) = self.blobs.batch(body.into()).await? else {
+            return Ok(None);
+        };
+        let key = format!("a batch of {} entries", actions.len());
+        let pack = if answer.zstd {
+            PackReader::open_zstd(answer.body, key).await?
+        } else {
+            PackReader::open(answer.body, key).await?
+        };
+        Ok(Some(pack))
     }
 
     /// Reads a pack's entry: its record and, if inline, its output. If not,

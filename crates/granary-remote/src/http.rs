@@ -12,9 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use reqwest::header::{ACCEPT_ENCODING, CONTENT_ENCODING};
 use reqwest::{Client, StatusCode};
 
-use crate::{BlobStore, ByteStream, RemoteError};
+use crate::{BatchAnswer, BlobStore, ByteStream, RemoteError};
 
 /// Where the server is and how to reach it.
 #[derive(Clone, Default)]
@@ -174,8 +175,11 @@ impl BlobStore for HttpBlobs {
         Ok(response.status() != StatusCode::NOT_FOUND)
     }
 
-    async fn batch(&self, request: Bytes) -> Result<Option<ByteStream>, RemoteError> {
-        let mut post = self.client.post(format!("{}/batch", self.base));
+    async fn batch(&self, request: Bytes) -> Result<Option<BatchAnswer>, RemoteError> {
+        let mut post = self
+            .client
+            .post(format!("{}/batch", self.base))
+            .header(ACCEPT_ENCODING, "zstd");
         if let Some(token) = &self.token {
             post = post.bearer_auth(token);
         }
@@ -192,9 +196,21 @@ impl BlobStore for HttpBlobs {
             return Ok(None);
         }
         let response = self.checked(response).await?;
-        Ok(Some(
-            response.bytes_stream().map_err(|e| failed(&e)).boxed(),
-        ))
+        let zstd = match response.headers().get(CONTENT_ENCODING) {
+            None => false,
+            Some(encoding) if encoding.as_bytes().eq_ignore_ascii_case(b"identity") => false,
+            Some(encoding) if encoding.as_bytes().eq_ignore_ascii_case(b"zstd") => true,
+            Some(encoding) => {
+                return Err(RemoteError::Failed(format!(
+                    "{} answered a batch in the {encoding:?} encoding; granary asked for zstd or none",
+                    self.base
+                )));
+            }
+        };
+        Ok(Some(BatchAnswer {
+            body: response.bytes_stream().map_err(|e| failed(&e)).boxed(),
+            zstd,
+        }))
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError> {

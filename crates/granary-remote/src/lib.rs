@@ -37,7 +37,7 @@ mod reapi;
 mod record;
 mod s3;
 
-pub use blob::{BlobStore, ByteStream, Listed};
+pub use blob::{BatchAnswer, BlobStore, ByteStream, Listed};
 pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, Sent};
 pub use http::{HttpBlobs, HttpSettings};
 pub use layout::Format;

@@ -15,12 +15,17 @@
 //! framing carries packs stored in object storage and the answers of a
 //! cache server's batch endpoint (`POST /batch`), which is why an entry may
 //! say that it is missing. The explicit end tells a complete pack from a
-//! cut one.
+//! cut one. A batch answer may come compressed as a whole, as one zstd
+//! stream ([`PackReader::open_zstd`]).
 
-use bytes::Bytes;
-use futures_util::TryStreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use bytes::{Buf, Bytes};
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
+use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
 use crate::{ByteStream, Digest, RemoteError};
 
@@ -108,14 +113,15 @@ pub struct PackReader {
     key: String,
     /// Bytes of the current entry's object not yet read.
     object_left: u64,
-    received: u64,
+    /// Bytes received, as they came (compressed or not).
+    received: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PackReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PackReader")
             .field("key", &self.key)
-            .field("received", &self.received)
+            .field("received", &self.received())
             .finish_non_exhaustive()
     }
 }
@@ -123,12 +129,33 @@ impl std::fmt::Debug for PackReader {
 impl PackReader {
     /// Checks the pack's first bytes.
     pub async fn open(stream: ByteStream, key: String) -> Result<PackReader, RemoteError> {
+        PackReader::start(stream, key, false).await
+    }
+
+    /// As [`PackReader::open`], for a pack compressed as one zstd stream.
+    pub async fn open_zstd(stream: ByteStream, key: String) -> Result<PackReader, RemoteError> {
+        PackReader::start(stream, key, true).await
+    }
+
+    async fn start(stream: ByteStream, key: String, zstd: bool) -> Result<PackReader, RemoteError> {
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
+        let stream = stream
+            .inspect_ok(move |chunk| {
+                counter.fetch_add(chunk.len() as u64, Relaxed);
+            })
+            .boxed();
+        let stream = if zstd {
+            decompressed(stream, key.clone())
+        } else {
+            stream
+        };
         let stream: IoStream = Box::pin(stream.map_err(std::io::Error::other));
         let mut pack = PackReader {
             reader: StreamReader::new(stream),
             key,
             object_left: 0,
-            received: 0,
+            received,
         };
         let mut magic = [0; MAGIC.len()];
         pack.read_exact(&mut magic).await?;
@@ -143,9 +170,9 @@ impl PackReader {
         &self.key
     }
 
-    /// Bytes received so far.
+    /// Bytes received so far, as they came over the wire.
     pub fn received(&self) -> u64 {
-        self.received
+        self.received.load(Relaxed)
     }
 
     /// The next entry, or `None` at the pack's end. Skips what is left of
@@ -199,11 +226,10 @@ impl PackReader {
     }
 
     async fn read_some(&mut self, buffer: &mut [u8]) -> Result<usize, RemoteError> {
-        let n = self.reader.read(buffer).await.map_err(|e| self.cut(&e))?;
+        let n = self.reader.read(buffer).await.map_err(|e| self.cut(e))?;
         if n == 0 {
             return Err(self.damaged("it ends in the middle of an entry"));
         }
-        self.received += n as u64;
         Ok(n)
     }
 
@@ -215,8 +241,14 @@ impl PackReader {
         Ok(())
     }
 
-    fn cut(&self, e: &std::io::Error) -> RemoteError {
-        RemoteError::Failed(format!("reading the pack {} failed: {e}", self.key))
+    fn cut(&self, e: std::io::Error) -> RemoteError {
+        let why = match e.downcast::<RemoteError>() {
+            // Found by the decompression under the reader.
+            Ok(damaged @ RemoteError::Damaged { .. }) => return damaged,
+            Ok(e) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        RemoteError::Failed(format!("reading the pack {} failed: {why}", self.key))
     }
 
     pub(crate) fn damaged(&self, why: impl Into<String>) -> RemoteError {
@@ -225,6 +257,77 @@ impl PackReader {
             why: why.into(),
         }
     }
+}
+
+/// Bytes of decompressed pack handed on at a time.
+const DECOMPRESSED_CHUNK: usize = 256 * 1024;
+
+/// Decompresses a zstd stream as it arrives; memory stays at a chunk
+/// however much the data expands.
+fn decompressed(body: ByteStream, key: String) -> ByteStream {
+    struct Inflating {
+        body: ByteStream,
+        decoder: Decoder<'static>,
+        input: Bytes,
+        /// The last call filled the output: the decoder may hold more.
+        full: bool,
+        /// A frame has begun and not ended.
+        in_frame: bool,
+        key: String,
+    }
+    let decoder = match Decoder::new() {
+        Ok(decoder) => decoder,
+        Err(e) => {
+            let e = RemoteError::Failed(format!("cannot decompress {key}: {e}"));
+            return futures_util::stream::once(async move { Err(e) }).boxed();
+        }
+    };
+    let state = Inflating {
+        body,
+        decoder,
+        input: Bytes::new(),
+        full: false,
+        in_frame: false,
+        key,
+    };
+    futures_util::stream::try_unfold(state, |mut state| async move {
+        loop {
+            if state.input.is_empty() && !state.full {
+                match state.body.try_next().await? {
+                    Some(chunk) => state.input = chunk,
+                    None if state.in_frame => {
+                        return Err(RemoteError::Damaged {
+                            key: state.key,
+                            why: "its compressed stream ends in the middle".into(),
+                        });
+                    }
+                    None => return Ok(None),
+                }
+                continue;
+            }
+            let mut output = vec![0; DECOMPRESSED_CHUNK];
+            let mut input = InBuffer::around(&state.input);
+            let mut out = OutBuffer::around(&mut output[..]);
+            let hint = match state.decoder.run(&mut input, &mut out) {
+                Ok(hint) => hint,
+                Err(e) => {
+                    return Err(RemoteError::Damaged {
+                        key: state.key,
+                        why: format!("its compressed stream is damaged: {e}"),
+                    });
+                }
+            };
+            let (used, made) = (input.pos(), out.pos());
+            state.input.advance(used);
+            state.full = made == DECOMPRESSED_CHUNK;
+            state.in_frame = hint != 0;
+            if made > 0 {
+                output.truncate(made);
+                return Ok(Some((Bytes::from(output), state)));
+            }
+        }
+    })
+    .boxed()
 }
 
 #[cfg(test)]
@@ -294,6 +397,76 @@ mod tests {
                 assert_eq!(pack.received(), sample().len() as u64);
             });
         }
+    }
+
+    /// Every entry of a pack read with `open`, objects included.
+    async fn read_all(mut pack: PackReader) -> Result<Vec<(Digest, Vec<u8>)>, RemoteError> {
+        let mut seen = Vec::new();
+        while let Some(entry) = pack.next().await? {
+            if let RawEntry::Found { action, .. } = entry {
+                let mut object = Vec::new();
+                pack.read_object(|c| {
+                    object.extend_from_slice(c);
+                    Ok(())
+                })
+                .await?;
+                seen.push((action, object));
+            }
+        }
+        Ok(seen)
+    }
+
+    #[test]
+    fn compressed_packs_read_as_plain_ones() {
+        let plain = sample();
+        let compressed = zstd::bulk::compress(&plain, 1).unwrap();
+        assert!(compressed.len() < plain.len() / 10);
+        block_on(async {
+            let expected = read_all(
+                PackReader::open(stream_of(plain.clone(), 4096), "p".into())
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+            for chunk in [1, 13, 4096, 1 << 20] {
+                let pack = PackReader::open_zstd(stream_of(compressed.clone(), chunk), "p".into())
+                    .await
+                    .unwrap();
+                let received = pack.received.clone();
+                assert_eq!(read_all(pack).await.unwrap(), expected, "chunk {chunk}");
+                // What came over the wire, not what it expanded to.
+                assert_eq!(received.load(Relaxed), compressed.len() as u64);
+            }
+            // Expanding far beyond a chunk: the decoder is drained, not cut.
+            let mut big = PackWriter::default();
+            big.add(&[7; 32], b"zeros", &vec![0; 3 << 20]);
+            let big = zstd::bulk::compress(&big.finish(), 1).unwrap();
+            let entries = read_all(
+                PackReader::open_zstd(stream_of(big, 100), "p".into())
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(entries[0].1.len(), 3 << 20);
+
+            let half = compressed[..compressed.len() / 2].to_vec();
+            let mut garbled = compressed.clone();
+            garbled[20] ^= 0xff;
+            // Without a checksum in the frame, garbled bytes may decode to
+            // garbage: the pack's framing and the entries' hashes catch it.
+            for (bad, why) in [(half, "ends in the middle"), (garbled, "")] {
+                let result = async {
+                    read_all(PackReader::open_zstd(stream_of(bad, 64), "p".into()).await?).await
+                }
+                .await;
+                match result {
+                    Err(RemoteError::Damaged { why: w, .. }) => assert!(w.contains(why), "{w}"),
+                    other => panic!("{why}: {other:?}"),
+                }
+            }
+        });
     }
 
     #[test]

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, TryStreamExt};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, VARY, WWW_AUTHENTICATE,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -171,6 +173,7 @@ impl Service {
         if self.auth.access(authorization) < Access::Read {
             return unauthorized();
         }
+        let zstd = batch::accepts_zstd(request.headers());
         let limit = batch::MAX_BATCH * 66;
         let body = match http_body_util::Limited::new(request.into_body(), limit)
             .collect()
@@ -191,7 +194,7 @@ impl Service {
             Ok(keys) => keys,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
-        let chunks = batch::answer(self.disk.clone(), self.metrics.clone(), keys);
+        let chunks = batch::answer(self.disk.clone(), self.metrics.clone(), keys, zstd);
         let stream = futures_util::stream::unfold(chunks, |mut chunks| async move {
             let chunk = chunks.recv().await?;
             Some((chunk.map(Frame::data), chunks))
@@ -201,6 +204,11 @@ impl Service {
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-granary-pack"),
         );
+        if zstd {
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+            headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
+        }
         response
     }
 

@@ -287,6 +287,14 @@ fn a_fresh_runner_prefetches_from_the_server_in_batches() {
         b.prefetch.prefetch_requests, 2,
         "a manifest and a batch: {b:?}"
     );
+    // The server keeps blobs as the Bazel protocol sends them; the batch
+    // comes zstd-compressed (Go's outputs shrink to about a quarter).
+    assert!(
+        b.prefetch.prefetch_bytes * 2 < a.remote.remote_bytes_up,
+        "{} bytes fetched, {} uploaded",
+        b.prefetch.prefetch_bytes,
+        a.remote.remote_bytes_up
+    );
     assert_eq!(
         server.metric(
             "granary_requests_total",

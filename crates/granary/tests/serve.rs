@@ -925,6 +925,17 @@ fn batches_answer_in_order_and_refuse_bad_requests() {
         answer,
         "under an instance name too"
     );
+    // A client that takes zstd gets the same pack, compressed.
+    let compressed = reqwest::blocking::Client::new()
+        .post(format!("http://{}/batch", server.addr))
+        .header("Accept-Encoding", "gzip, zstd")
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(compressed.status(), 200);
+    assert_eq!(compressed.headers()["content-encoding"], "zstd");
+    let compressed = compressed.bytes().unwrap();
+    assert_eq!(zstd::decode_all(&compressed[..]).unwrap(), answer);
     for (method, body, status, why) in [
         ("GET", String::new(), 405, "use POST"),
         ("POST", "not hex\n".to_owned(), 400, "line 1"),
