@@ -272,7 +272,7 @@ fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
     );
     // Whatever the killed helper was writing stays beside the entries until
     // it is a day old; age it (and planted orphans, in case the kill fell
-    // between two puts) so that the next helper removes it.
+    // between two puts) so that the next trim removes it.
     fs::write(cache.join("granary-tmp/.put-planted"), b"half a body").unwrap();
     fs::create_dir_all(cache.join("7f")).unwrap();
     fs::write(cache.join("7f/.put-planted"), b"half a body").unwrap();
@@ -294,6 +294,13 @@ fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
         objects_with_wrong_hash(&cache),
         Vec::<std::path::PathBuf>::new()
     );
+    // The automatic trim (hourly by default; off in these tests) does the same.
+    let mut trim = Command::new(granary());
+    without_granary_env(&mut trim)
+        .arg("--dir")
+        .arg(&cache)
+        .args(["trim", "--max-age=none"]);
+    run_ok(&mut trim);
     let left: Vec<_> = orphans.iter().filter(|o| o.exists()).collect();
     assert!(left.is_empty(), "stale temporary files were kept: {left:?}");
     let out = run_ok(&mut Command::new(module.join("../bin")));

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 use granary_protocol::{BodyError, FramingError, Hash, Incoming, Request, RequestReader, Response};
-use granary_store::{ActionId, Hit, Lookup, ObjectWriter, OutputId, STALE_TEMPORARY_AGE, Store};
+use granary_store::{ActionId, Hit, Lookup, ObjectWriter, OutputId, Store};
 
 use crate::config::Upkeep;
 use crate::history;
@@ -118,7 +118,6 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
                 .name(format!("granary-worker-{i}"))
                 .spawn(move || {
                     if i == 0 {
-                        engine.remove_stale_temporaries();
                         engine.trim_if_due();
                     }
                     engine.work(queue)
@@ -332,20 +331,6 @@ struct Engine {
 }
 
 impl Engine {
-    /// Cleans up after killed processes. Runs on a worker, off the
-    /// protocol's path; failures only mean the files stay until next time.
-    fn remove_stale_temporaries(&self) {
-        match self.store.remove_stale_temporaries(STALE_TEMPORARY_AGE) {
-            Ok(removed) if removed.files == 0 => {}
-            Ok(removed) => tracing::info!(
-                "removed {} stale temporary files ({} bytes)",
-                removed.files,
-                removed.bytes
-            ),
-            Err(e) => tracing::debug!("cannot clean up stale temporary files: {e}"),
-        }
-    }
-
     /// Starts `granary trim --if-due` in the background when the last trim
     /// is older than the interval. A process of its own, because a trim of
     /// a large cache may outlast a short build, and after `close` the go
