@@ -811,6 +811,7 @@ mod tests {
                     groups: vec![Group {
                         pack: Some(stored),
                         actions: vec![[1; 32], [2; 32]],
+                        earlier: vec![[3; 32]],
                     }],
                 };
                 assert_eq!(cache.fetch_manifest(&manifest.scope).await.unwrap(), None);

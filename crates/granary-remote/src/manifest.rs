@@ -10,15 +10,20 @@
 //! granary-manifest 1
 //! scope <scope>
 //! written <unix seconds>
-//! pack <hex pack ID> <created, unix seconds> <bytes> <entries in the pack> <entries>
-//! <hex action ID>                       (<entries> lines)
-//! loose <entries>
+//! pack <hex pack ID> <created, unix seconds> <bytes> <entries in the pack> <used> [<earlier>]
+//! <hex action ID>                       (<used> + <earlier> lines)
+//! loose <used> [<earlier>]
 //! <hex action ID>                       (that many lines)
 //! ```
 //!
 //! A `pack` group names a pack (see [`pack`](crate::pack)) and the entries
 //! to take from it; a `loose` group names entries to fetch by batch (from a
-//! server that has a batch endpoint) or one by one.
+//! server that has a batch endpoint) or one by one. A group lists first the
+//! entries the latest job used, then those only the job before it used
+//! (*earlier* entries, 0 when the field is left out): a job's first go
+//! command publishes before its last one runs, so its manifest keeps what
+//! the job before used, for the commands still to come; the job after it
+//! keeps only what its predecessor used, so what nobody uses drops out.
 //!
 //! Ages keep the bucket bounded: a manifest older than
 //! [`MANIFEST_MAX_AGE`] is ignored, a new manifest never names a pack older
@@ -62,11 +67,21 @@ pub struct PackRef {
 }
 
 /// Entries to fetch together.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Group {
     /// The pack that holds them; `None`: fetch them by batch or one by one.
     pub pack: Option<PackRef>,
+    /// What the latest job used.
     pub actions: Vec<Digest>,
+    /// What only the job before it used.
+    pub earlier: Vec<Digest>,
+}
+
+impl Group {
+    /// Every entry the group names.
+    pub fn all(&self) -> impl Iterator<Item = &Digest> {
+        self.actions.iter().chain(&self.earlier)
+    }
 }
 
 /// What a scope's builds used.
@@ -80,7 +95,10 @@ pub struct Manifest {
 impl Manifest {
     /// The number of entries it names.
     pub fn entries(&self) -> usize {
-        self.groups.iter().map(|g| g.actions.len()).sum()
+        self.groups
+            .iter()
+            .map(|g| g.actions.len() + g.earlier.len())
+            .sum()
     }
 
     /// The manifest as stored: a zstd frame of its lines.
@@ -93,16 +111,20 @@ impl Manifest {
         for group in &self.groups {
             match &group.pack {
                 Some(pack) => text.push_str(&format!(
-                    "pack {} {} {} {} {}\n",
+                    "pack {} {} {} {} {}",
                     hex::encode(pack.id),
                     unix_seconds(pack.created),
                     pack.size,
                     pack.entries,
                     group.actions.len()
                 )),
-                None => text.push_str(&format!("loose {}\n", group.actions.len())),
+                None => text.push_str(&format!("loose {}", group.actions.len())),
             }
-            for action in &group.actions {
+            match group.earlier.len() {
+                0 => text.push('\n'),
+                earlier => text.push_str(&format!(" {earlier}\n")),
+            }
+            for action in group.all() {
                 text.push_str(&hex::encode(action));
                 text.push('\n');
             }
@@ -140,30 +162,47 @@ impl Manifest {
         while let Some((n, line)) = lines.next() {
             let bad = || format!("line {n}: expected `pack ...` or `loose <entries>`: {line:?}");
             let fields: Vec<&str> = line.split(' ').collect();
-            let (pack, count) = match fields[..] {
-                ["pack", id, created, size, entries, count] => {
+            let (pack, counts) = match fields[..] {
+                ["pack", id, created, size, entries, ref counts @ ..] => {
                     let pack = PackRef {
                         id: digest(id).ok_or_else(bad)?,
                         created: from_unix_seconds(created.parse().map_err(|_| bad())?),
                         size: size.parse().map_err(|_| bad())?,
                         entries: entries.parse().map_err(|_| bad())?,
                     };
-                    (Some(pack), count)
+                    (Some(pack), counts)
                 }
-                ["loose", count] => (None, count),
+                ["loose", ref counts @ ..] => (None, counts),
                 _ => return Err(bad()),
             };
-            let count: usize = count.parse().map_err(|_| bad())?;
-            let mut actions = Vec::with_capacity(count.min(MAX_MANIFEST / 65));
-            for _ in 0..count {
-                let (n, line) = lines
-                    .next()
-                    .ok_or_else(|| format!("ends inside a group of {count} entries"))?;
-                actions.push(
-                    digest(line).ok_or_else(|| format!("line {n}: not an action ID: {line:?}"))?,
-                );
-            }
-            groups.push(Group { pack, actions });
+            let (used, earlier): (usize, usize) = match counts {
+                [used] => (used.parse().map_err(|_| bad())?, 0),
+                [used, earlier] => (
+                    used.parse().map_err(|_| bad())?,
+                    earlier.parse().map_err(|_| bad())?,
+                ),
+                _ => return Err(bad()),
+            };
+            let mut read = |count: usize| -> Result<Vec<Digest>, String> {
+                let mut actions = Vec::with_capacity(count.min(MAX_MANIFEST / 65));
+                for _ in 0..count {
+                    let (n, line) = lines
+                        .next()
+                        .ok_or_else(|| format!("ends inside a group of {count} entries"))?;
+                    actions.push(
+                        digest(line)
+                            .ok_or_else(|| format!("line {n}: not an action ID: {line:?}"))?,
+                    );
+                }
+                Ok(actions)
+            };
+            let actions = read(used)?;
+            let earlier = read(earlier)?;
+            groups.push(Group {
+                pack,
+                actions,
+                earlier,
+            });
         }
         Ok(Manifest {
             scope,
@@ -219,10 +258,12 @@ mod tests {
                         entries: 3,
                     }),
                     actions: vec![[1; 32], [2; 32]],
+                    earlier: vec![[4; 32]],
                 },
                 Group {
                     pack: None,
                     actions: vec![[3; 32]],
+                    earlier: Vec::new(),
                 },
             ],
         }
@@ -232,7 +273,13 @@ mod tests {
     fn manifests_round_trip() {
         let manifest = sample();
         assert_eq!(Manifest::decode(&manifest.encode()).unwrap(), manifest);
-        assert_eq!(manifest.entries(), 3);
+        assert_eq!(manifest.entries(), 4);
+        let text = zstd::bulk::decompress(&manifest.encode(), 1 << 20).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains(" 2 1\n") && text.contains("\nloose 1\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -247,6 +294,18 @@ mod tests {
                 "starts with",
             ),
             (compress(&good.replace("loose 1", "loose 2")), "ends inside"),
+            (
+                compress(&good.replace(" 2 1\n", " 2 3\n")),
+                "not an action ID",
+            ),
+            (
+                compress(&good.replace("loose 1", "loose 1 1 1")),
+                "expected `pack",
+            ),
+            (
+                compress(&good.replace("loose 1", "loose -1")),
+                "expected `pack",
+            ),
             (compress(&good.replace("pack ", "box ")), "expected `pack"),
             (compress(&good.replace("written", "when")), "written"),
             (compress(&good[..good.len() - 10]), "not an action ID"),

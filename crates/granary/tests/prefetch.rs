@@ -151,15 +151,57 @@ fn a_fresh_runner_builds_from_prefetched_packs() {
         b1.prefetch.prefetch_fetched
     );
     assert!(b1.prefetch.prefetch_used >= b1.hits - b1.prefetch.prefetch_waits);
-    // The second command reads the manifest the first one published, which
-    // names only what the build used: when close stopped the prefetch
-    // before the test's entries arrived, they are looked up (a known gap:
-    // a job's first command narrows the scope's manifest until its last
-    // command publishes the union). Either way nothing is compiled or run.
+    // B's build published before B's test ran: its manifest keeps, as
+    // earlier entries, what A's job used and B's has not (yet), so that a
+    // runner starting now, and B's own test, need no lookups either.
+    assert!(b1.prefetch.manifest_earlier > 0, "{b1:?}");
+    assert_eq!(
+        b1.prefetch.manifest_entries, a2.prefetch.manifest_entries,
+        "{b1:?}"
+    );
+    let (d, out) = go_run(&sb, "d", &module, "test", &["test", "./p0"], |cmd| {
+        remote(cmd);
+        cmd.env("GRANARY_READ_ONLY", "true");
+    });
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(cached)"));
+    assert_eq!(
+        (d.remote.remote_hits, d.remote.remote_misses, d.misses),
+        (0, 0, 0),
+        "a runner starting between B's commands: {d:?}"
+    );
     let (b2, out) = go_run(&sb, "b", &module, "test", &["test", "./p0"], remote);
     assert!(String::from_utf8_lossy(&out.stdout).contains("(cached)"));
-    assert_eq!(b2.misses, 0, "{b2:?}");
-    assert!(b2.prefetch.prefetch_named > 0, "{b2:?}");
+    assert_eq!(
+        (b2.remote.remote_hits, b2.remote.remote_misses, b2.misses),
+        (0, 0, 0),
+        "{b2:?}"
+    );
+    assert_eq!(
+        b2.prefetch.manifest_entries, a2.prefetch.manifest_entries,
+        "{b2:?}"
+    );
+    // A's cold job used entries a warm job does not (B's never asked for
+    // them): still named, as earlier entries, they drop out with the next
+    // job, here B's runner again with its journal and binary gone.
+    assert!(
+        b2.prefetch.manifest_earlier < b1.prefetch.manifest_earlier,
+        "{b1:?} {b2:?}"
+    );
+    std::fs::remove_dir_all(sb.path("b").join("granary-journal")).unwrap();
+    std::fs::remove_file(sb.path("bin").join("b")).unwrap();
+    go_build(&sb, "b", &module, remote);
+    let (next, _) = go_run(&sb, "b", &module, "test", &["test", "./p0"], remote);
+    assert_eq!(
+        (
+            next.prefetch.manifest_entries,
+            next.prefetch.manifest_earlier
+        ),
+        (
+            b2.prefetch.manifest_entries - b2.prefetch.manifest_earlier,
+            0
+        ),
+        "{b2:?} {next:?}"
+    );
 
     // Without the prefetch, the same fresh runner looks every entry up.
     let (c, _) = go_build(&sb, "c", &module, |cmd| {
@@ -196,11 +238,13 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
         .collect();
     manifest.groups.push(Group {
         pack: Some(gone),
-        actions: ghosts[..100].to_vec(),
+        actions: ghosts[..50].to_vec(),
+        earlier: ghosts[50..100].to_vec(),
     });
     manifest.groups.push(Group {
         pack: None,
         actions: ghosts[100..].to_vec(),
+        earlier: Vec::new(),
     });
     put_blob(&blobs, manifest_key, manifest.encode());
 

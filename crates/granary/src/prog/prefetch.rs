@@ -17,6 +17,12 @@
 //!   entries that no fresh pack holds (object storage only; a server
 //!   assembles batches itself), publishes the manifest, and deletes packs
 //!   and manifests too old to be used.
+//! - A job's first go command publishes before the others run, so the
+//!   manifest also keeps, as *earlier* entries, what the job before used
+//!   (read by the job's first run and kept in the journal) and this job has
+//!   not used yet: a runner starting mid-job, and the job's own later
+//!   commands, still find them. The job after drops them unless it uses
+//!   them, so a manifest names at most two jobs' worth.
 //!
 //! Everything here is best effort: a missing, damaged or slow manifest or
 //! pack costs a warning or a count, never a failed build.
@@ -79,6 +85,8 @@ pub(super) struct Prefetch {
     plan: Mutex<Plan>,
     /// The pack holding each entry the manifests named.
     packs: Mutex<HashMap<Hash, PackRef>>,
+    /// What the latest job used, by the manifest of the run's own scope.
+    latest_job: Mutex<Vec<Hash>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -111,6 +119,7 @@ impl Prefetch {
                 ..Plan::default()
             }),
             packs: Mutex::default(),
+            latest_job: Mutex::default(),
             task: Mutex::default(),
         }
     }
@@ -229,12 +238,22 @@ impl Engine {
         .await;
         add(&self.stats.prefetch_requests, names.len() as u64);
         let mut manifests = Vec::new();
-        for (scope, result) in names.iter().zip(fetched) {
+        for (i, (scope, result)) in names.iter().zip(fetched).enumerate() {
             match result {
                 Ok(Some(manifest)) if manifest.written + MANIFEST_MAX_AGE < SystemTime::now() => {
                     tracing::debug!("the manifest of scope {scope} is too old to be used");
                 }
-                Ok(Some(manifest)) => manifests.push(manifest),
+                Ok(Some(manifest)) => {
+                    if i == 0 {
+                        *lock(&remote.prefetch.latest_job) = manifest
+                            .groups
+                            .iter()
+                            .flat_map(|g| &g.actions)
+                            .copied()
+                            .collect();
+                    }
+                    manifests.push(manifest);
+                }
                 Ok(None) => tracing::debug!("no manifest for scope {scope}"),
                 Err(trouble) => self.report(trouble, &format!("the manifest of scope {scope}")),
             }
@@ -245,8 +264,8 @@ impl Engine {
             let mut packs = lock(&remote.prefetch.packs);
             for group in manifests.into_iter().flat_map(|m| m.groups) {
                 let actions: Vec<Hash> = group
-                    .actions
-                    .into_iter()
+                    .all()
+                    .copied()
                     .filter(|action| named.insert(*action))
                     .collect();
                 if let Some(pack) = group.pack {
@@ -255,6 +274,7 @@ impl Engine {
                 groups.push(Group {
                     pack: group.pack,
                     actions,
+                    earlier: Vec::new(),
                 });
             }
         }
@@ -528,11 +548,14 @@ impl Engine {
         }
         let scope = remote.options.scopes.scope.clone();
         let known = lock(&remote.prefetch.packs).clone();
+        let latest_job = std::mem::take(&mut *lock(&remote.prefetch.latest_job));
         let dir = self.store.dir().join(JOURNALS);
-        let merged = tokio::task::spawn_blocking(move || Journal::merge(dir, &scope, used, &known))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|merged| merged.map_err(|e| e.to_string()));
+        let merged = tokio::task::spawn_blocking(move || {
+            Journal::merge(dir, &scope, latest_job, used, &known)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|merged| merged.map_err(|e| e.to_string()));
         let (journal, mut entries) = match merged {
             Ok(merged) => merged,
             Err(e) => {
@@ -542,6 +565,9 @@ impl Engine {
         let now = SystemTime::now();
         forget_stale_packs(&mut entries, now);
         if remote.options.cache.stores_packs() {
+            // Earlier entries are not packed again: in a bucket, one
+            // without a pack would cost a lookup of its own.
+            entries.retain(|e| !e.earlier || e.pack.is_some());
             self.pack_loose(&mut entries).await;
         }
         let manifest = Manifest {
@@ -554,6 +580,8 @@ impl Engine {
             Ok(sent) => {
                 add(&self.stats.remote_bytes_up, sent);
                 add(&self.stats.manifest_entries, entries.len() as u64);
+                let earlier = entries.iter().filter(|e| e.earlier).count();
+                add(&self.stats.manifest_earlier, earlier as u64);
             }
             Err(e) => {
                 add(&self.stats.remote_errors, 1);
@@ -726,20 +754,24 @@ fn forget_stale_packs(entries: &mut [JournalEntry], now: SystemTime) {
     }
 }
 
-/// The manifest's groups: one per pack, then the loose entries, in the
-/// order each group's first entry was used.
+/// The manifest's groups: one per pack, and one of loose entries, in the
+/// order their first entry was used, earlier entries last.
 fn groups_in_order(entries: &[JournalEntry]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     let mut index: HashMap<Option<Hash>, usize> = HashMap::new();
-    for entry in entries {
+    let (used, earlier): (Vec<_>, Vec<_>) = entries.iter().partition(|e| !e.earlier);
+    for entry in used.into_iter().chain(earlier) {
         let i = *index.entry(entry.pack.map(|p| p.id)).or_insert_with(|| {
             groups.push(Group {
                 pack: entry.pack,
-                actions: Vec::new(),
+                ..Group::default()
             });
             groups.len() - 1
         });
-        groups[i].actions.push(entry.action);
+        match entry.earlier {
+            false => groups[i].actions.push(entry.action),
+            true => groups[i].earlier.push(entry.action),
+        }
     }
     groups
 }
@@ -749,8 +781,10 @@ fn groups_in_order(entries: &[JournalEntry]) -> Vec<Group> {
 struct JournalEntry {
     action: Hash,
     pack: Option<PackRef>,
-    /// When a run last used it.
+    /// When a run last used it, or last published if it is `earlier`.
     used: SystemTime,
+    /// Used by the job before this one, not yet by this one.
+    earlier: bool,
 }
 
 /// The journal of a scope on this machine: the actions its runs used within
@@ -763,10 +797,13 @@ struct Journal {
 }
 
 impl Journal {
-    /// Locks the scope's journal and merges `used` into what it holds.
+    /// Locks the scope's journal and merges `used` into what it holds. If
+    /// no run of this job has published yet, what `latest_job` used (by the
+    /// manifest this run read) is kept as earlier entries.
     fn merge(
         dir: PathBuf,
         scope: &str,
+        latest_job: Vec<Hash>,
         used: Vec<Hash>,
         packs: &HashMap<Hash, PackRef>,
     ) -> std::io::Result<(Journal, Vec<JournalEntry>)> {
@@ -784,6 +821,24 @@ impl Journal {
         };
         let now = SystemTime::now();
         let mut entries = journal.read(now);
+        match entries.iter().any(|e| !e.earlier) {
+            // Earlier entries last as long as the job.
+            true => entries
+                .iter_mut()
+                .filter(|e| e.earlier)
+                .for_each(|e| e.used = now),
+            false => {
+                entries = latest_job
+                    .into_iter()
+                    .map(|action| JournalEntry {
+                        action,
+                        pack: packs.get(&action).copied(),
+                        used: now,
+                        earlier: true,
+                    })
+                    .collect();
+            }
+        }
         let mut at: HashMap<Hash, usize> = entries
             .iter()
             .enumerate()
@@ -794,6 +849,7 @@ impl Journal {
                 Some(&i) => {
                     let entry = &mut entries[i];
                     entry.used = now;
+                    entry.earlier = false;
                     entry.pack = entry.pack.or_else(|| packs.get(&action).copied());
                 }
                 None => {
@@ -802,6 +858,7 @@ impl Journal {
                         action,
                         pack: packs.get(&action).copied(),
                         used: now,
+                        earlier: false,
                     });
                 }
             }
@@ -840,9 +897,10 @@ impl Journal {
                 None => "-".to_owned(),
             };
             text.push_str(&format!(
-                "{} {} {pack}\n",
+                "{} {} {pack}{}\n",
                 unix_seconds(entry.used),
-                hex::encode(entry.action)
+                hex::encode(entry.action),
+                if entry.earlier { " earlier" } else { "" }
             ));
         }
         let dir = self.path.parent().expect("a journal is in a directory");
@@ -872,7 +930,17 @@ fn parse_line(line: &str) -> Option<JournalEntry> {
             })
         }
     };
-    Some(JournalEntry { action, pack, used })
+    let earlier = match fields.next() {
+        None => false,
+        Some("earlier") => true,
+        Some(_) => return None,
+    };
+    Some(JournalEntry {
+        action,
+        pack,
+        used,
+        earlier,
+    })
 }
 
 #[cfg(test)]
@@ -893,6 +961,7 @@ mod tests {
             action: [action; 32],
             pack,
             used: from_unix_seconds(unix_seconds(SystemTime::now())),
+            earlier: false,
         }
     }
 
@@ -925,14 +994,21 @@ mod tests {
         let journals = dir.path().join(JOURNALS);
         let packed = pack(9, 1, Duration::ZERO);
         let packs = HashMap::from([([2; 32], packed)]);
-        let (journal, entries) =
-            Journal::merge(journals.clone(), "s", vec![[1; 32], [2; 32]], &packs).unwrap();
+        let (journal, entries) = Journal::merge(
+            journals.clone(),
+            "s",
+            vec![],
+            vec![[1; 32], [2; 32]],
+            &packs,
+        )
+        .unwrap();
         assert_eq!(entries.len(), 2);
         journal.write(&entries).unwrap();
         drop(journal);
         let (journal, entries) = Journal::merge(
             journals.clone(),
             "s",
+            vec![[9; 32]],
             vec![[2; 32], [3; 32]],
             &HashMap::new(),
         )
@@ -948,8 +1024,60 @@ mod tests {
         stale[0].used = SystemTime::now() - JOB_WINDOW - Duration::from_secs(60);
         journal.write(&stale).unwrap();
         drop(journal);
-        let (_journal, entries) = Journal::merge(journals, "s", vec![], &HashMap::new()).unwrap();
+        let (_journal, entries) =
+            Journal::merge(journals, "s", vec![], vec![], &HashMap::new()).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(parse_line("garbage"), None);
+    }
+
+    /// Job 1 read a manifest naming 1, 2, 3; its first command used 1, its
+    /// second 2 and 4; job 2 read job 1's manifest and used 4 and 5.
+    #[test]
+    fn a_manifest_keeps_what_the_job_before_used_for_one_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = dir.path().join(JOURNALS);
+        let publish = |latest_job: &[u8], used: &[u8]| {
+            let hashes = |ids: &[u8]| ids.iter().map(|&i| [i; 32]).collect::<Vec<_>>();
+            let packs = HashMap::from([([3; 32], pack(7, 2, Duration::ZERO))]);
+            let (journal, entries) = Journal::merge(
+                journals.clone(),
+                "s",
+                hashes(latest_job),
+                hashes(used),
+                &packs,
+            )
+            .unwrap();
+            journal.write(&entries).unwrap();
+            let groups = groups_in_order(&entries);
+            let ids = |actions: &[Hash]| actions.iter().map(|a| a[0]).collect::<Vec<u8>>();
+            groups
+                .iter()
+                .map(|g| (g.pack.map(|p| p.id[0]), ids(&g.actions), ids(&g.earlier)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            publish(&[1, 2, 3], &[1]),
+            [(None, vec![1], vec![2]), (Some(7), vec![], vec![3])],
+            "the job's first command keeps what the job before used"
+        );
+        assert_eq!(
+            publish(&[1], &[2, 4]),
+            [(None, vec![1, 2, 4], vec![]), (Some(7), vec![], vec![3])],
+            "its next command goes on from the journal, not from the manifest it read"
+        );
+        // The next job: the journal's entries are older than the window.
+        let path = journals.join(format!("{}.log", scope_key_name("s")));
+        let text = fs::read_to_string(&path).unwrap();
+        let old = unix_seconds(SystemTime::now() - JOB_WINDOW) - 60;
+        let aged: String = text
+            .lines()
+            .map(|line| format!("{old}{}\n", &line[line.find(' ').unwrap()..]))
+            .collect();
+        fs::write(&path, aged).unwrap();
+        assert_eq!(
+            publish(&[1, 2, 4], &[4, 5]),
+            [(None, vec![4, 5], vec![1, 2])],
+            "what only the job before the last used is gone"
+        );
     }
 }

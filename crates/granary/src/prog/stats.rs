@@ -40,6 +40,7 @@ pub struct Stats {
     pub prefetch_unused: AtomicU64,
     pub prefetch_ms: AtomicU64,
     pub manifest_entries: AtomicU64,
+    pub manifest_earlier: AtomicU64,
     pub packs_uploaded: AtomicU64,
     pub pack_bytes_up: AtomicU64,
     pub swept: AtomicU64,
@@ -147,6 +148,9 @@ pub struct Summary {
     pub prefetch_ms: u64,
     /// Entries in the manifest published at close (0: none published).
     pub manifest_entries: u64,
+    /// Of those, entries only the job before this one used, kept for this
+    /// job's commands still to come.
+    pub manifest_earlier: u64,
     /// Packs uploaded at close.
     pub packs_uploaded: u64,
     /// Bytes of those packs.
@@ -210,6 +214,7 @@ impl Stats {
             prefetch_unused: self.prefetch_unused.load(Relaxed),
             prefetch_ms: self.prefetch_ms.load(Relaxed),
             manifest_entries: self.manifest_entries.load(Relaxed),
+            manifest_earlier: self.manifest_earlier.load(Relaxed),
             packs_uploaded: self.packs_uploaded.load(Relaxed),
             pack_bytes_up: self.pack_bytes_up.load(Relaxed),
             swept: self.swept.load(Relaxed),
@@ -302,8 +307,9 @@ impl Summary {
             }
             if self.manifest_entries > 0 {
                 line += &format!(
-                    "; published a manifest of {} entries ({} new packs, {})",
+                    "; published a manifest of {} entries ({} from the job before, {} new packs, {})",
                     self.manifest_entries,
+                    self.manifest_earlier,
                     self.packs_uploaded,
                     ByteSize(self.pack_bytes_up).display().iec(),
                 );
