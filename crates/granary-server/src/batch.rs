@@ -15,11 +15,12 @@
 //! backing store has, are answered as missing: the client then asks for
 //! them one by one, which does reach the backing store.
 //!
-//! A client that accepts zstd gets the answer compressed as one stream:
-//! the blobs are kept as the Bazel protocol sends them, uncompressed, and
-//! Go's outputs shrink to about a quarter.
+//! A client that accepts zstd gets the answer compressed, as a series of
+//! zstd frames (see [`frames`](crate::frames), which keeps the blobs'
+//! frames for the next runner): the blobs are kept as the Bazel protocol
+//! sends them, uncompressed, and Go's outputs shrink to about a quarter.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
@@ -29,7 +30,8 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::check::MAX_ACTION_RESULT;
-use crate::disk::{Disk, Found};
+use crate::disk::{Blob, Disk, Found};
+use crate::frames::{Frames, LEVEL, MAX_FRAMED};
 use crate::key::{Key, Kind};
 use crate::metrics::{KindLabels, Metrics};
 
@@ -39,9 +41,6 @@ pub const MAX_BATCH: usize = 10_000;
 const CHANNEL: usize = 4;
 /// Bytes per chunk of the answer.
 const CHUNK: usize = 256 * 1024;
-/// zstd's fastest regular level: several hundred MB/s per core, so the
-/// server's CPU does not become the bottleneck of a prefetch.
-const LEVEL: i32 = 1;
 
 /// Reads a request's body: action IDs, one per line.
 pub fn parse(body: &[u8]) -> Result<Vec<Key>, String> {
@@ -90,30 +89,22 @@ pub fn accepts_zstd(headers: &http::HeaderMap) -> bool {
         })
 }
 
-/// Starts writing the answer to `keys`, compressed with zstd if `zstd`;
-/// its chunks arrive on the receiver.
+/// Starts writing the answer to `keys`, compressed with zstd if `zstd` is
+/// given the frames to use; its chunks arrive on the receiver.
 pub fn answer(
     disk: Arc<Disk>,
     metrics: Arc<Metrics>,
     keys: Vec<Key>,
-    zstd: bool,
+    zstd: Option<Arc<Frames>>,
 ) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (sender, receiver) = mpsc::channel(CHANNEL);
     tokio::task::spawn_blocking(move || {
-        let encoder = match zstd.then(|| zstd::stream::write::Encoder::new(Vec::new(), LEVEL)) {
-            None => None,
-            Some(Ok(encoder)) => Some(encoder),
-            Some(Err(e)) => {
-                let _ = sender.blocking_send(Err(e));
-                return;
-            }
-        };
         let mut answer = Answer {
             disk,
             metrics,
             sender,
             buffer: MAGIC.to_vec(),
-            encoder,
+            zstd,
         };
         // An error means the client left, or a blob could not be read
         // after its length was sent; either way the answer ends there.
@@ -130,11 +121,14 @@ struct Answer {
     sender: mpsc::Sender<std::io::Result<Bytes>>,
     /// The answer, before compression.
     buffer: Vec<u8>,
-    encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
+    zstd: Option<Arc<Frames>>,
 }
 
 /// The answer cannot go on.
 struct Stop;
+
+/// A CAS blob and its key.
+type CasBlob = (Key, Blob);
 
 impl Answer {
     fn write(&mut self, keys: &[Key]) -> Result<(), Stop> {
@@ -152,8 +146,19 @@ impl Answer {
             self.buffer.extend_from_slice(&record);
             match object {
                 None => self.buffer.extend_from_slice(&0u64.to_be_bytes()),
-                Some(blob) => {
+                Some((cas, blob)) => {
                     self.buffer.extend_from_slice(&blob.size.to_be_bytes());
+                    if let Some(frames) = self.zstd.clone()
+                        && blob.size <= MAX_FRAMED
+                    {
+                        self.flush()?;
+                        let frame = frames.frame(&cas, &blob).or_else(|e| self.fail(e))?;
+                        for start in (0..frame.len()).step_by(CHUNK) {
+                            let end = frame.len().min(start + CHUNK);
+                            self.send(frame.slice(start..end))?;
+                        }
+                        continue;
+                    }
                     let mut file = &blob.file;
                     let mut left = blob.size;
                     while left > 0 {
@@ -164,9 +169,7 @@ impl Answer {
                         let want = (CHUNK as u64).min(left) as usize;
                         self.buffer.resize(start + want, 0);
                         if let Err(e) = file.read_exact(&mut self.buffer[start..]) {
-                            // The length is already promised: cut the answer.
-                            let _ = self.sender.blocking_send(Err(e));
-                            return Err(Stop);
+                            return self.fail(e);
                         }
                         left -= want as u64;
                     }
@@ -177,22 +180,18 @@ impl Answer {
             }
         }
         self.buffer.extend_from_slice(&[0; 32]);
-        self.flush()?;
-        match self.encoder.take() {
-            None => Ok(()),
-            Some(encoder) => match encoder.finish() {
-                Ok(rest) => self.send(rest),
-                Err(e) => {
-                    let _ = self.sender.blocking_send(Err(e));
-                    Err(Stop)
-                }
-            },
-        }
+        self.flush()
+    }
+
+    /// Cuts the answer: a length is already promised.
+    fn fail<T>(&self, e: std::io::Error) -> Result<T, Stop> {
+        let _ = self.sender.blocking_send(Err(e));
+        Err(Stop)
     }
 
     /// The action result of `key` and the CAS blob holding its output when
     /// not inline; `None` if either is missing or unreadable.
-    fn entry(&self, key: &Key) -> Option<(Vec<u8>, Option<crate::disk::Blob>)> {
+    fn entry(&self, key: &Key) -> Option<(Vec<u8>, Option<CasBlob>)> {
         let Found::Blob(blob) = self.disk.find(key) else {
             return None;
         };
@@ -204,36 +203,33 @@ impl Answer {
         let object = match output_in_cas(&record)? {
             None => None,
             Some(cas) => match self.disk.find(&cas) {
-                Found::Blob(blob) => Some(blob),
+                Found::Blob(blob) => Some((cas, blob)),
                 _ => return None,
             },
         };
         Some((record, object))
     }
 
-    /// Sends what the buffer holds, compressed if the client wants it so.
+    /// Sends what the buffer holds, as a zstd frame if the client wants it
+    /// so.
     fn flush(&mut self) -> Result<(), Stop> {
-        let Some(encoder) = &mut self.encoder else {
-            let chunk = std::mem::take(&mut self.buffer);
-            return self.send(chunk);
-        };
-        if let Err(e) = encoder.write_all(&self.buffer) {
-            let _ = self.sender.blocking_send(Err(e));
-            return Err(Stop);
-        }
-        self.buffer.clear();
-        let compressed = std::mem::take(encoder.get_mut());
-        self.send(compressed)
-    }
-
-    fn send(&mut self, chunk: Vec<u8>) -> Result<(), Stop> {
-        if chunk.is_empty() {
+        if self.buffer.is_empty() {
             return Ok(());
         }
+        let chunk = match self.zstd {
+            None => std::mem::take(&mut self.buffer),
+            Some(_) => {
+                let frame = zstd::bulk::compress(&self.buffer, LEVEL).or_else(|e| self.fail(e))?;
+                self.buffer.clear();
+                frame
+            }
+        };
+        self.send(Bytes::from(chunk))
+    }
+
+    fn send(&mut self, chunk: Bytes) -> Result<(), Stop> {
         self.metrics.bytes_sent.inc_by(chunk.len() as u64);
-        self.sender
-            .blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| Stop)
+        self.sender.blocking_send(Ok(chunk)).map_err(|_| Stop)
     }
 }
 

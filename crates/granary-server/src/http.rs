@@ -39,6 +39,7 @@ use crate::batch;
 use crate::check::MAX_ACTION_RESULT;
 use crate::check::{Check, Rejected, refusal_status};
 use crate::disk::{Blob, Disk, Found, Progress, Refusal, State, Upload, Writer};
+use crate::frames::Frames;
 use crate::key::{Key, Kind, is_batch_path};
 use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
 
@@ -58,6 +59,8 @@ pub struct Service {
     pub disk: Arc<Disk>,
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
+    /// Compressed blobs for batch answers.
+    pub frames: Arc<Frames>,
     pub backing: Option<Backing>,
     /// How long a client may leave a request body without a byte.
     pub idle_timeout: Duration,
@@ -99,8 +102,10 @@ impl Service {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
                 (&Method::GET, "/status") => self.status(),
                 (&Method::GET, "/metrics") => {
-                    let mut response =
-                        text(StatusCode::OK, self.metrics.render(&self.disk.usage()));
+                    let mut response = text(
+                        StatusCode::OK,
+                        self.metrics.render(&self.disk.usage(), &self.frames),
+                    );
                     response.headers_mut().insert(
                         CONTENT_TYPE,
                         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -194,7 +199,8 @@ impl Service {
             Ok(keys) => keys,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
-        let chunks = batch::answer(self.disk.clone(), self.metrics.clone(), keys, zstd);
+        let frames = zstd.then(|| self.frames.clone());
+        let chunks = batch::answer(self.disk.clone(), self.metrics.clone(), keys, frames);
         let stream = futures_util::stream::unfold(chunks, |mut chunks| async move {
             let chunk = chunks.recv().await?;
             Some((chunk.map(Frame::data), chunks))

@@ -35,6 +35,7 @@ mod backing;
 mod batch;
 mod check;
 mod disk;
+mod frames;
 mod http;
 mod key;
 mod listen;
@@ -71,6 +72,8 @@ pub struct Settings {
     /// How long shutdown waits for requests in flight and for uploads to
     /// the backing store.
     pub shutdown_grace: Duration,
+    /// Bytes of compressed blobs kept in memory for batch answers; 0: none.
+    pub compressed_cache: u64,
 }
 
 /// PEM files of the server's certificate chain and private key.
@@ -128,11 +131,13 @@ impl Server {
             address: settings.listen,
             source,
         })?;
-        let metrics = Arc::new(metrics::Metrics::new(&disk));
+        let frames = Arc::new(frames::Frames::new(settings.compressed_cache));
+        let metrics = Arc::new(metrics::Metrics::new(&disk, &frames));
         let service = Arc::new(http::Service {
             disk,
             auth,
             metrics,
+            frames,
             backing: None,
             idle_timeout: settings.idle_timeout,
             started: Instant::now(),

@@ -10,6 +10,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::disk::{Disk, Usage};
+use crate::frames::Frames;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -54,10 +55,11 @@ pub struct Metrics {
     pub backing_errors: Counter,
     disk_bytes: Gauge<u64, AtomicU64>,
     blobs: Family<KindLabels, Gauge<u64, AtomicU64>>,
+    compressed_cache_bytes: Gauge<u64, AtomicU64>,
 }
 
 impl Metrics {
-    pub fn new(disk: &Disk) -> Metrics {
+    pub fn new(disk: &Disk, frames: &Frames) -> Metrics {
         let mut registry = Registry::with_prefix("granary");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "HTTP requests answered", requests.clone());
@@ -126,6 +128,22 @@ impl Metrics {
         registry.register("blobs", "Stored blobs", blobs.clone());
         registry.register("evictions", "Blobs evicted", disk.evictions.clone());
         registry.register("evicted_bytes", "Bytes evicted", disk.evicted_bytes.clone());
+        registry.register(
+            "batch_frames_compressed",
+            "CAS blobs compressed for batch answers",
+            frames.compressed.clone(),
+        );
+        registry.register(
+            "batch_frames_reused",
+            "CAS blobs of batch answers sent as kept compressed",
+            frames.reused.clone(),
+        );
+        let compressed_cache_bytes = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "compressed_cache_bytes",
+            "Bytes of compressed blobs kept for batch answers",
+            compressed_cache_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -141,6 +159,7 @@ impl Metrics {
             backing_errors,
             disk_bytes,
             blobs,
+            compressed_cache_bytes,
         }
     }
 
@@ -150,9 +169,10 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with the disk's gauges as of now.
-    pub fn render(&self, usage: &Usage) -> String {
+    /// The text exposition, with the gauges as of now.
+    pub fn render(&self, usage: &Usage, frames: &Frames) -> String {
         self.disk_bytes.set(usage.bytes);
+        self.compressed_cache_bytes.set(frames.kept());
         self.blobs
             .get_or_create(&KindLabels { kind: "ac" })
             .set(usage.ac_blobs);

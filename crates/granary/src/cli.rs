@@ -166,6 +166,12 @@ pub struct ServeArgs {
     #[arg(long, env = "GRANARY_SHUTDOWN_GRACE", value_name = "AGE", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
 
+    /// Memory for CAS blobs compressed for batch answers (`POST /batch`), kept
+    /// for the next runner that fetches them; 0 compresses every answer anew
+    /// [default: 256MiB]
+    #[arg(long, env = "GRANARY_SERVE_COMPRESSED_CACHE", value_name = "SIZE", value_parser = parse_size)]
+    pub compressed_cache: Option<u64>,
+
     /// Back the disk with this bucket, s3://BUCKET/PREFIX: misses are fetched from it,
     /// uploads copied to it in the background, so several servers can share it.
     /// Endpoint, region and credentials as for `prog --remote` (GRANARY_S3_*)

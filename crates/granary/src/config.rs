@@ -60,6 +60,7 @@ struct ServeFile {
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
     shutdown_grace: Option<String>,
+    compressed_cache: Option<String>,
     backing: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
@@ -310,6 +311,12 @@ pub fn serve(
             .max(1),
         shutdown_grace: duration(args.shutdown_grace, &file.shutdown_grace, "shutdown-grace")?
             .unwrap_or(Duration::from_secs(30)),
+        compressed_cache: size(
+            args.compressed_cache,
+            &file.compressed_cache,
+            "compressed-cache",
+        )?
+        .unwrap_or(DEFAULT_COMPRESSED_CACHE),
     };
     let backing = match args.backing.clone().or(file.backing) {
         None => None,
@@ -329,6 +336,8 @@ pub fn serve(
 const DEFAULT_SERVE_MAX_SIZE: u64 = 10 << 30;
 /// `granary serve --max-blob` by default.
 const DEFAULT_MAX_BLOB: u64 = 4 << 30;
+/// About five times `go build std`'s outputs, compressed.
+const DEFAULT_COMPRESSED_CACHE: u64 = 256 << 20;
 
 /// The key pair in `GRANARY_S3_ACCESS_KEY_ID` and
 /// `GRANARY_S3_SECRET_ACCESS_KEY` (with `GRANARY_S3_SESSION_TOKEN`), if
@@ -638,7 +647,7 @@ mod tests {
         std::fs::write(
             dir.path().join(CONFIG_FILE),
             "max-size = \"1GiB\"\n[serve]\nlisten = \"127.0.0.1:9999\"\nmax-size = \"100MiB\"\n\
-             low-watermark = 50\nidle-timeout = \"5s\"\nbacking = \"s3://bucket/servers\"\n",
+             low-watermark = 50\nidle-timeout = \"5s\"\ncompressed-cache = \"1MiB\"\nbacking = \"s3://bucket/servers\"\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -654,6 +663,7 @@ mod tests {
             idle_timeout: None,
             max_connections: None,
             shutdown_grace: None,
+            compressed_cache: None,
             backing: None,
             s3_endpoint: Some("http://127.0.0.1:8333".into()),
             s3_region: None,
@@ -665,6 +675,7 @@ mod tests {
         assert_eq!(settings.limits.hard_limit, (100 << 20) + (10 << 20));
         assert_eq!(settings.limits.max_blob, 1 << 20);
         assert_eq!(settings.idle_timeout, Duration::from_secs(5));
+        assert_eq!(settings.compressed_cache, 1 << 20);
         let backing = backing.unwrap();
         assert_eq!(
             (backing.bucket.as_str(), backing.prefix.as_str()),
