@@ -20,9 +20,10 @@
 //! - A job's first go command publishes before the others run, so the
 //!   manifest also keeps, as *earlier* entries, what the job before used
 //!   (read by the job's first run and kept in the journal) and this job has
-//!   not used yet: a runner starting mid-job, and the job's own later
-//!   commands, still find them. The job after drops them unless it uses
-//!   them, so a manifest names at most two jobs' worth.
+//!   not used yet, for [`JOB_WINDOW`] at most: a runner starting mid-job,
+//!   and the job's own later commands, still find them. The job after
+//!   drops them unless it uses them, so a manifest names at most two jobs'
+//!   worth.
 //!
 //! Everything here is best effort: a missing, damaged or slow manifest or
 //! pack costs a warning or a count, never a failed build.
@@ -781,7 +782,7 @@ fn groups_in_order(entries: &[JournalEntry]) -> Vec<Group> {
 struct JournalEntry {
     action: Hash,
     pack: Option<PackRef>,
-    /// When a run last used it, or last published if it is `earlier`.
+    /// When a run last used it; if it is `earlier`, when the job began.
     used: SystemTime,
     /// Used by the job before this one, not yet by this one.
     earlier: bool,
@@ -821,23 +822,18 @@ impl Journal {
         };
         let now = SystemTime::now();
         let mut entries = journal.read(now);
-        match entries.iter().any(|e| !e.earlier) {
-            // Earlier entries last as long as the job.
-            true => entries
-                .iter_mut()
-                .filter(|e| e.earlier)
-                .for_each(|e| e.used = now),
-            false => {
-                entries = latest_job
-                    .into_iter()
-                    .map(|action| JournalEntry {
-                        action,
-                        pack: packs.get(&action).copied(),
-                        used: now,
-                        earlier: true,
-                    })
-                    .collect();
-            }
+        // The job's first publication: what the job before used is kept
+        // for the window (a laptop's "job" may go on for days).
+        if !entries.iter().any(|e| !e.earlier) {
+            entries = latest_job
+                .into_iter()
+                .map(|action| JournalEntry {
+                    action,
+                    pack: packs.get(&action).copied(),
+                    used: now,
+                    earlier: true,
+                })
+                .collect();
         }
         let mut at: HashMap<Hash, usize> = entries
             .iter()
@@ -1065,15 +1061,28 @@ mod tests {
             [(None, vec![1, 2, 4], vec![]), (Some(7), vec![], vec![3])],
             "its next command goes on from the journal, not from the manifest it read"
         );
-        // The next job: the journal's entries are older than the window.
+        // Ages the journal's lines that `which` picks past the window.
         let path = journals.join(format!("{}.log", scope_key_name("s")));
-        let text = fs::read_to_string(&path).unwrap();
-        let old = unix_seconds(SystemTime::now() - JOB_WINDOW) - 60;
-        let aged: String = text
-            .lines()
-            .map(|line| format!("{old}{}\n", &line[line.find(' ').unwrap()..]))
-            .collect();
-        fs::write(&path, aged).unwrap();
+        let age = |which: fn(&str) -> bool| {
+            let text = fs::read_to_string(&path).unwrap();
+            let old = unix_seconds(SystemTime::now() - JOB_WINDOW) - 60;
+            let aged: String = text
+                .lines()
+                .map(|line| match which(line) {
+                    true => format!("{old}{}\n", &line[line.find(' ').unwrap()..]),
+                    false => format!("{line}\n"),
+                })
+                .collect();
+            fs::write(&path, aged).unwrap();
+        };
+        age(|line| line.ends_with(" earlier"));
+        assert_eq!(
+            publish(&[9], &[5]),
+            [(None, vec![1, 2, 4, 5], vec![])],
+            "a job longer than the window keeps earlier entries no longer"
+        );
+        // The next job: the journal's entries are older than the window.
+        age(|_| true);
         assert_eq!(
             publish(&[1, 2, 4], &[4, 5]),
             [(None, vec![4, 5], vec![1, 2])],
