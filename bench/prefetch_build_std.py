@@ -17,10 +17,12 @@ Configurations:
 
 Before the timed runs, runner A fills each remote with a cold build (no
 delay), publishing the manifest of scope `bench` (with packs in the
-bucket); then one fresh runner builds through the prefetch and publishes
-its own manifest, as every CI run does: that is the steady state (a cold
-build's manifest also names entries that only a cold build writes and a
-warm one never asks for, about a quarter of them in `go build std`). Timed
+bucket); then two fresh runners, one after the other, build through the
+prefetch and publish their own manifests, as every CI run does: that is
+the steady state (a cold build's manifest also names entries that only a
+cold build writes and a warm one never asks for, about a quarter of them
+in `go build std`; the first warm job keeps them as what the job before
+used, the second drops them). Timed
 fresh runners are read-only, so every run sees the same remote, and each
 gets a new directory: deleting the previous runner's 185 MB just before a
 run leaves the file system busy discarding blocks and slows writes for
@@ -71,8 +73,9 @@ def main():
         run("native-cold", work / "native", fresh=True)
         run("fill-s3", work / "granary", s3, fresh=True)
         run("fill-serve", work / "filler", serve, fresh=True)
-        run("fill-s3-warm", work / "fill-s3-warm", s3)
-        run("fill-serve-warm", work / "fill-serve-warm", serve)
+        for i in range(2):
+            run("fill-s3-warm", work / f"fill-s3-warm-{i}", s3)
+            run("fill-serve-warm", work / f"fill-serve-warm-{i}", serve)
         slow_s3 = {**s3, "GRANARY_S3_ENDPOINT": slow_endpoint, "GRANARY_READ_ONLY": "true"}
         slow_serve = {**serve, "GRANARY_REMOTE": slow_url, "GRANARY_READ_ONLY": "true"}
         off = {"GRANARY_PREFETCH": "false"}
