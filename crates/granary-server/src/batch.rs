@@ -28,6 +28,7 @@ use bytes::Bytes;
 use granary_remote::pack::MAGIC;
 use prost::Message;
 use tokio::sync::mpsc;
+use zstd::bulk::Compressor;
 
 use crate::check::MAX_ACTION_RESULT;
 use crate::disk::{Blob, Disk, Found};
@@ -99,6 +100,14 @@ pub fn answer(
 ) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (sender, receiver) = mpsc::channel(CHANNEL);
     tokio::task::spawn_blocking(move || {
+        let zstd = match zstd.map(|frames| Compressor::new(LEVEL).map(|c| (frames, c))) {
+            None => None,
+            Some(Ok(zstd)) => Some(zstd),
+            Some(Err(e)) => {
+                let _ = sender.blocking_send(Err(e));
+                return;
+            }
+        };
         let mut answer = Answer {
             disk,
             metrics,
@@ -121,7 +130,8 @@ struct Answer {
     sender: mpsc::Sender<std::io::Result<Bytes>>,
     /// The answer, before compression.
     buffer: Vec<u8>,
-    zstd: Option<Arc<Frames>>,
+    /// For a client that takes zstd.
+    zstd: Option<(Arc<Frames>, Compressor<'static>)>,
 }
 
 /// The answer cannot go on.
@@ -148,11 +158,11 @@ impl Answer {
                 None => self.buffer.extend_from_slice(&0u64.to_be_bytes()),
                 Some((cas, blob)) => {
                     self.buffer.extend_from_slice(&blob.size.to_be_bytes());
-                    if let Some(frames) = self.zstd.clone()
-                        && blob.size <= MAX_FRAMED
-                    {
+                    if self.zstd.is_some() && blob.size <= MAX_FRAMED {
                         self.flush()?;
-                        let frame = frames.frame(&cas, &blob).or_else(|e| self.fail(e))?;
+                        let (frames, compressor) = self.zstd.as_mut().expect("zstd is on");
+                        let frame = frames.frame(&cas, &blob, compressor);
+                        let frame = frame.or_else(|e| self.fail(e))?;
                         for start in (0..frame.len()).step_by(CHUNK) {
                             let end = frame.len().min(start + CHUNK);
                             self.send(frame.slice(start..end))?;
@@ -216,12 +226,12 @@ impl Answer {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let chunk = match self.zstd {
+        let chunk = match &mut self.zstd {
             None => std::mem::take(&mut self.buffer),
-            Some(_) => {
-                let frame = zstd::bulk::compress(&self.buffer, LEVEL).or_else(|e| self.fail(e))?;
+            Some((_, compressor)) => {
+                let frame = compressor.compress(&self.buffer);
                 self.buffer.clear();
-                frame
+                frame.or_else(|e| self.fail(e))?
             }
         };
         self.send(Bytes::from(chunk))

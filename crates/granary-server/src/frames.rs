@@ -17,6 +17,7 @@ use std::io::Read;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use quick_cache::sync::Cache;
+use zstd::bulk::Compressor;
 
 use crate::disk::Blob;
 use crate::key::Key;
@@ -74,15 +75,22 @@ impl Frames {
     }
 
     /// The zstd frame of `blob`, the CAS blob of `key`, which is at most
-    /// [`MAX_FRAMED`] bytes: kept, or read and compressed now.
-    pub fn frame(&self, key: &Key, blob: &Blob) -> std::io::Result<Bytes> {
-        let compress = || {
+    /// [`MAX_FRAMED`] bytes: kept, or read and compressed now with
+    /// `compressor` (made once per answer: a context costs more than a
+    /// small blob's compression).
+    pub fn frame(
+        &self,
+        key: &Key,
+        blob: &Blob,
+        compressor: &mut Compressor<'static>,
+    ) -> std::io::Result<Bytes> {
+        let mut compress = || {
             let mut content = Vec::with_capacity(blob.size as usize);
             (&blob.file).take(blob.size).read_to_end(&mut content)?;
             if content.len() as u64 != blob.size {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            zstd::bulk::compress(&content, LEVEL).map(Bytes::from)
+            compressor.compress(&content).map(Bytes::from)
         };
         let mut fresh = false;
         let frame = match &self.cache {
