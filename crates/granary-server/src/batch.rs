@@ -200,7 +200,9 @@ impl Answer {
     }
 
     /// The action result of `key` and the CAS blob holding its output when
-    /// not inline; `None` if either is missing or unreadable.
+    /// not inline; `None` if either is missing or unreadable, or the blob's
+    /// length is not the one the result names (damaged on disk: it must
+    /// not be sent, nor kept compressed).
     fn entry(&self, key: &Key) -> Option<(Vec<u8>, Option<CasBlob>)> {
         let Found::Blob(blob) = self.disk.find(key) else {
             return None;
@@ -212,8 +214,8 @@ impl Answer {
         (&blob.file).read_exact(&mut record).ok()?;
         let object = match output_in_cas(&record)? {
             None => None,
-            Some(cas) => match self.disk.find(&cas) {
-                Found::Blob(blob) => Some((cas, blob)),
+            Some((cas, size)) => match self.disk.find(&cas) {
+                Found::Blob(blob) if blob.size == size => Some((cas, blob)),
                 _ => return None,
             },
         };
@@ -243,10 +245,10 @@ impl Answer {
     }
 }
 
-/// The CAS key of the output of an action result whose single output file
-/// is not inline; `Some(None)` when there is nothing to add; `None` when it
-/// is not an action result.
-fn output_in_cas(record: &[u8]) -> Option<Option<Key>> {
+/// The CAS key and length of the output of an action result whose single
+/// output file is not inline; `Some(None)` when there is nothing to add;
+/// `None` when it is not an action result.
+fn output_in_cas(record: &[u8]) -> Option<Option<(Key, u64)>> {
     let result = ActionResult::decode(record).ok()?;
     let [file] = &result.output_files[..] else {
         return Some(None);
@@ -255,7 +257,8 @@ fn output_in_cas(record: &[u8]) -> Option<Option<Key>> {
     if !file.contents.is_empty() || digest.size_bytes == 0 {
         return Some(None);
     }
-    Key::new(Kind::Cas, &digest.hash).map(Some)
+    let size = u64::try_from(digest.size_bytes).ok()?;
+    Key::new(Kind::Cas, &digest.hash).map(|key| Some((key, size)))
 }
 
 #[cfg(test)]

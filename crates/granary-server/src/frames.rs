@@ -84,7 +84,9 @@ impl Frames {
         blob: &Blob,
         compressor: &mut Compressor<'static>,
     ) -> std::io::Result<Bytes> {
+        let mut compressed = false;
         let mut compress = || {
+            compressed = true;
             let mut content = Vec::with_capacity(blob.size as usize);
             (&blob.file).take(blob.size).read_to_end(&mut content)?;
             if content.len() as u64 != blob.size {
@@ -92,16 +94,12 @@ impl Frames {
             }
             compressor.compress(&content).map(Bytes::from)
         };
-        let mut fresh = false;
         let frame = match &self.cache {
             None => compress(),
             // Runners that ask at once wait for one compression.
-            Some(cache) => cache.get_or_insert_with(&key.hash, || {
-                fresh = true;
-                compress()
-            }),
+            Some(cache) => cache.get_or_insert_with(&key.hash, compress),
         }?;
-        match fresh || self.cache.is_none() {
+        match compressed {
             true => self.compressed.inc(),
             false => self.reused.inc(),
         };

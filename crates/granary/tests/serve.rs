@@ -952,6 +952,40 @@ fn batches_compress_what_they_do_not_keep() {
     );
 }
 
+/// A CAS blob cut short on the server's disk: its entry is answered
+/// missing (the client then looks it up on its own and checks it), and
+/// the damaged blob is not kept compressed.
+#[test]
+fn a_blob_cut_short_on_disk_is_answered_missing() {
+    let server = Server::start(&[]);
+    let output = pattern(100_000, 5);
+    let (status, cas) = put_cas(&server, &output, &[]);
+    assert_eq!(status, 200);
+    let id = sha256_hex(b"cut");
+    let (status, _) = request(
+        server.addr,
+        "PUT",
+        &format!("/ac/{id}"),
+        &[],
+        &action_result(&output),
+    );
+    assert_eq!(status, 200);
+    let hash = cas.trim_start_matches("/cas/");
+    let file = server.dir.join("cas").join(&hash[..2]).join(hash);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .set_len(50_000)
+        .unwrap();
+    let body = format!("{id}\n");
+    let mut missing = b"granary-pack-01\n".to_vec();
+    missing.extend_from_slice(&hex::decode(&id).unwrap());
+    missing.extend_from_slice(&[0; 4 + 32]);
+    assert_eq!(zstd_batch(&server, &body), missing);
+    assert_eq!(server.metric("granary_compressed_cache_bytes", ""), 0.0);
+}
+
 /// The batch endpoint: entries in order, absent ones marked, the end
 /// marked; bad requests refused with the reason.
 #[test]
