@@ -204,12 +204,21 @@ fn a_fresh_runner_builds_from_prefetched_packs() {
     );
 
     // Without the prefetch, the same fresh runner looks every entry up.
+    // At close it still reads its scope's manifest: its job keeps what
+    // B's job used and it did not (the test's entries), and it packs
+    // nothing again: all it used is in packs already.
     let (c, _) = go_build(&sb, "c", &module, |cmd| {
         remote(cmd);
         cmd.env("GRANARY_PREFETCH", "false");
     });
     assert_eq!(c.prefetch.prefetch_named, 0, "{c:?}");
     assert!(c.remote.remote_hits > 20, "{c:?}");
+    assert_eq!(
+        (c.prefetch.manifest_entries, c.prefetch.packs_uploaded),
+        (next.prefetch.manifest_entries, 0),
+        "{next:?} {c:?}"
+    );
+    assert!(c.prefetch.manifest_earlier > 0, "{c:?}");
 }
 
 /// A manifest naming entries and packs the bucket no longer has: the build

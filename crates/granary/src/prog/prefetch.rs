@@ -23,7 +23,8 @@
 //!   not used yet, for [`JOB_WINDOW`] at most: a runner starting mid-job,
 //!   and the job's own later commands, still find them. The job after
 //!   drops them unless it uses them, so a manifest names at most two jobs'
-//!   worth.
+//!   worth. A run that does not prefetch reads its scope's manifest at
+//!   close instead, for the same reason and to know what is packed.
 //!
 //! Everything here is best effort: a missing, damaged or slow manifest or
 //! pack costs a warning or a count, never a failed build.
@@ -123,6 +124,17 @@ impl Prefetch {
             latest_job: Mutex::default(),
             task: Mutex::default(),
         }
+    }
+
+    /// Keeps what the latest job used, by the manifest of the run's own
+    /// scope, for the journal.
+    fn remember_latest_job(&self, manifest: &Manifest) {
+        *lock(&self.latest_job) = manifest
+            .groups
+            .iter()
+            .flat_map(|g| &g.actions)
+            .copied()
+            .collect();
     }
 
     /// Lets a get of `action` wait for its transfer, if one is planned, or
@@ -246,12 +258,7 @@ impl Engine {
                 }
                 Ok(Some(manifest)) => {
                     if i == 0 {
-                        *lock(&remote.prefetch.latest_job) = manifest
-                            .groups
-                            .iter()
-                            .flat_map(|g| &g.actions)
-                            .copied()
-                            .collect();
+                        remote.prefetch.remember_latest_job(&manifest);
                     }
                     manifests.push(manifest);
                 }
@@ -547,6 +554,9 @@ impl Engine {
         if used.is_empty() {
             return;
         }
+        if !remote.options.scopes.prefetch {
+            self.read_own_manifest().await;
+        }
         let scope = remote.options.scopes.scope.clone();
         let known = lock(&remote.prefetch.packs).clone();
         let latest_job = std::mem::take(&mut *lock(&remote.prefetch.latest_job));
@@ -603,6 +613,31 @@ impl Engine {
                 Err(e) => tracing::debug!("cannot sweep old packs: {}", trouble_text(&e)),
             }
         }
+    }
+
+    /// For a run that did not prefetch: reads the manifest of its own
+    /// scope, which the prefetch would have read, so that the job keeps
+    /// what the job before used, and entries already in packs are not
+    /// packed again.
+    async fn read_own_manifest(&self) {
+        let remote = self.remote();
+        let scope = &remote.options.scopes.scope;
+        let cache = &remote.options.cache;
+        let manifest = match within(remote.options.timeout, cache.fetch_manifest(scope)).await {
+            Ok(Some(manifest)) if manifest.written + MANIFEST_MAX_AGE >= SystemTime::now() => {
+                manifest
+            }
+            Ok(_) => return,
+            Err(trouble) => return self.report(trouble, &format!("the manifest of scope {scope}")),
+        };
+        remote.prefetch.remember_latest_job(&manifest);
+        lock(&remote.prefetch.packs).extend(
+            manifest
+                .groups
+                .iter()
+                .filter_map(|g| Some((g.pack?, g)))
+                .flat_map(|(pack, g)| g.all().map(move |action| (*action, pack))),
+        );
     }
 
     /// Packs the entries that no fresh pack holds, reading them from the
