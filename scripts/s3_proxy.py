@@ -8,9 +8,11 @@ store or network would:
   short  the body cut to half, with a Content-Length that matches
   cut    the connection closed halfway through a body whose
          Content-Length promised all of it
+  encoding  the body kept, but its Content-Encoding said to be br, which
+         no granary client asks for (any successful answer, POST too)
 
     python3 scripts/s3_proxy.py --upstream http://127.0.0.1:8333 \\
-        [--delay-ms 20] [--fault none|flip|short|cut] [--only /granary-v1/cas/]
+        [--delay-ms 20] [--fault none|flip|short|cut|encoding] [--only /granary-v1/cas/]
 
 Without a fault, bodies pass through as they arrive. Range requests (206)
 are damaged too, so a client that resumes a cut
@@ -35,7 +37,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the S3 server")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every request")
-    parser.add_argument("--fault", choices=["none", "flip", "short", "cut"], default="none")
+    parser.add_argument("--fault", choices=["none", "flip", "short", "cut", "encoding"], default="none")
     parser.add_argument("--only", default="", help="damage only paths containing this")
     args = parser.parse_args()
     upstream = urllib.parse.urlsplit(args.upstream)
@@ -77,15 +79,18 @@ def main():
                 self.send_error(502, "upstream unreachable")
                 return
             fault = args.fault
+            recode = fault == "encoding" and response.status == 200 and args.only in self.path
             self.send_response(response.status)
             for key, value in response.getheaders():
-                if key.lower() not in HOP_BY_HOP:
+                if key.lower() not in HOP_BY_HOP and not (recode and key.lower() == "content-encoding"):
                     self.send_header(key, value)
+            if recode:
+                self.send_header("Content-Encoding", "br")
             if self.command == "HEAD":
                 self.send_header("Content-Length", response.getheader("Content-Length", "0"))
                 self.end_headers()
                 return
-            if fault == "none":
+            if fault in ("none", "encoding"):
                 self.stream(response)
                 return
             data = response.read()

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use common::s3::{ACCESS_KEY, BUCKET, Proxy, S3Server, SECRET_KEY};
 use common::server::Server;
 use common::*;
 use granary_remote::{BlobStore, Group, Manifest, S3Blobs, S3Credentials, S3Settings};
@@ -361,6 +361,34 @@ fn a_fresh_runner_prefetches_from_the_server_in_batches() {
         ),
         1.0
     );
+}
+
+/// A batch answer in an encoding granary did not ask for (here a proxy
+/// relabels the server's zstd as br) is refused and counted as an error;
+/// the gets go on to ordinary lookups, and nothing unchecked is stored.
+#[test]
+fn a_batch_in_an_encoding_not_asked_for_is_refused() {
+    let server = Server::start(&[]);
+    let sb = Sandbox::new();
+    let module = sb.module("relabelled", 2);
+    go_build(&sb, "a", &module, |cmd| {
+        cmd.env("GRANARY_REMOTE", &server.url);
+    });
+    let proxy = Proxy::start(&server.url, &["--fault", "encoding", "--only", "/batch"]);
+    let (b, out) = go_build(&sb, "b", &module, |cmd| {
+        cmd.env("GRANARY_REMOTE", &proxy.endpoint);
+    });
+    assert!(compiled_packages(&out.stderr).is_empty());
+    assert!(warnings(&out).is_empty(), "{:?}", warnings(&out));
+    assert_eq!(
+        (b.prefetch.prefetch_requests, b.prefetch.prefetch_fetched),
+        (2, 0),
+        "a manifest and a refused batch: {b:?}"
+    );
+    assert_eq!(b.remote.remote_errors, 1, "{b:?}");
+    assert_eq!(b.remote.remote_off, "", "{b:?}");
+    assert!(b.hits > 20 && b.remote.local_hits == 0, "{b:?}");
+    assert!(objects_with_wrong_hash(&sb.path("b")).is_empty());
 }
 
 /// The handshake goes out before anything touches the remote, even one
