@@ -681,19 +681,43 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn survives_go_clean_cache_removing_subdirectories() {
-        let (_tmp, store) = store();
-        store.put_bytes(&ActionId([6; 32]), b"x").unwrap();
+    /// What `go clean -cache` does: removes the 256 subdirectories.
+    fn go_clean_cache(store: &Store) {
         for dir in fs::read_dir(store.dir()).unwrap() {
             let dir = dir.unwrap().path();
             if dir.file_name().unwrap().len() == 2 {
                 fs::remove_dir_all(dir).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn survives_go_clean_cache_removing_subdirectories() {
+        let (_tmp, store) = store();
+        store.put_bytes(&ActionId([6; 32]), b"x").unwrap();
+        go_clean_cache(&store);
         assert_eq!(miss(&store, &ActionId([6; 32])), MissReason::NoEntry);
         store.put_bytes(&ActionId([6; 32]), b"x").unwrap();
         hit(&store, &ActionId([6; 32]));
+
+        // In the middle of a put, the half-written body goes with its
+        // directory: the put fails, saying what it could not do, and
+        // leaves nothing behind; the next put of it works.
+        let (action, body) = (ActionId([7; 32]), b"written while go clean ran");
+        let output = OutputId::of(body);
+        let mut writer = store.object_writer(&output).unwrap();
+        writer.write_all(&body[..10]).unwrap();
+        go_clean_cache(&store);
+        writer.write_all(&body[10..]).unwrap();
+        let e = store
+            .put(&action, writer, output, body.len() as u64)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("cannot publish"), "{e}");
+        assert_eq!(miss(&store, &action), MissReason::NoEntry);
+        let left = store.remove_stale_temporaries(Duration::ZERO).unwrap();
+        assert_eq!(left, Tally::default());
+        store.put_bytes(&action, body).unwrap();
+        assert_eq!(fs::read(hit(&store, &action).object).unwrap(), body);
     }
 
     #[test]
