@@ -93,6 +93,11 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Whether it is too old to be used ([`MANIFEST_MAX_AGE`]).
+    pub fn is_stale(&self, now: SystemTime) -> bool {
+        self.written + MANIFEST_MAX_AGE < now
+    }
+
     /// The number of entries it names.
     pub fn entries(&self) -> usize {
         self.groups
@@ -274,6 +279,8 @@ mod tests {
         let manifest = sample();
         assert_eq!(Manifest::decode(&manifest.encode()).unwrap(), manifest);
         assert_eq!(manifest.entries(), 4);
+        assert!(!manifest.is_stale(manifest.written + MANIFEST_MAX_AGE));
+        assert!(manifest.is_stale(manifest.written + MANIFEST_MAX_AGE + Duration::from_secs(1)));
         let text = zstd::bulk::decompress(&manifest.encode(), 1 << 20).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(

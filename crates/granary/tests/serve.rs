@@ -53,6 +53,13 @@ fn action_result(output: &[u8]) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// PUTs the action result of `output` under action `id` (hex).
+fn put_result(server: &Server, id: &str, output: &[u8]) {
+    let path = format!("/ac/{id}");
+    let (status, _) = request(server.addr, "PUT", &path, &[], &action_result(output));
+    assert_eq!(status, 200, "PUT {path}");
+}
+
 /// Starts a PUT of `total` bytes on a raw connection and sends `first`.
 fn start_put(server: &Server, path: &str, total: usize, first: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).unwrap();
@@ -906,14 +913,7 @@ fn batches_compress_what_they_do_not_keep() {
     let (status, _) = put_cas(&server, &huge, &[]);
     assert_eq!(status, 200);
     let id = sha256_hex(b"huge");
-    let (status, _) = request(
-        server.addr,
-        "PUT",
-        &format!("/ac/{id}"),
-        &[],
-        &action_result(&huge),
-    );
-    assert_eq!(status, 200);
+    put_result(&server, &id, &huge);
     let body = format!("{id}\n");
     let (status, plain) = request(server.addr, "POST", "/batch", &[], body.as_bytes());
     assert_eq!(status, 200);
@@ -929,14 +929,7 @@ fn batches_compress_what_they_do_not_keep() {
     let small = pattern(100_000, 4);
     let (status, _) = put_cas(&server, &small, &[]);
     assert_eq!(status, 200);
-    let (status, _) = request(
-        server.addr,
-        "PUT",
-        &format!("/ac/{id}"),
-        &[],
-        &action_result(&small),
-    );
-    assert_eq!(status, 200);
+    put_result(&server, &id, &small);
     let (_, plain) = request(server.addr, "POST", "/batch", &[], body.as_bytes());
     for _ in 0..2 {
         assert!(zstd_batch(&server, &body) == plain);
@@ -962,14 +955,7 @@ fn a_blob_cut_short_on_disk_is_answered_missing() {
     let (status, cas) = put_cas(&server, &output, &[]);
     assert_eq!(status, 200);
     let id = sha256_hex(b"cut");
-    let (status, _) = request(
-        server.addr,
-        "PUT",
-        &format!("/ac/{id}"),
-        &[],
-        &action_result(&output),
-    );
-    assert_eq!(status, 200);
+    put_result(&server, &id, &output);
     let hash = cas.trim_start_matches("/cas/");
     let file = server.dir.join("cas").join(&hash[..2]).join(hash);
     std::fs::OpenOptions::new()
@@ -998,14 +984,7 @@ fn batches_answer_in_order_and_refuse_bad_requests() {
     let mut ids = Vec::new();
     for (i, output) in [&small, &large].iter().enumerate() {
         let id = sha256_hex(&[i as u8]);
-        let (status, _) = request(
-            server.addr,
-            "PUT",
-            &format!("/ac/{id}"),
-            &[],
-            &action_result(output),
-        );
-        assert_eq!(status, 200);
+        put_result(&server, &id, output);
         ids.push(id);
     }
     let absent = "cd".repeat(32);

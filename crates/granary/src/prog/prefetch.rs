@@ -39,9 +39,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use granary_protocol::{Hash, Response};
-use granary_remote::manifest::{
-    MANIFEST_MAX_AGE, PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds,
-};
+use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds};
 use granary_remote::{Group, Manifest, PackReader, PackRef, PackWriter, RawEntry, RemoteError};
 use granary_store::{ActionId, Lookup, OutputId};
 use tokio::sync::Semaphore;
@@ -253,7 +251,7 @@ impl Engine {
         let mut manifests = Vec::new();
         for (i, (scope, result)) in names.iter().zip(fetched).enumerate() {
             match result {
-                Ok(Some(manifest)) if manifest.written + MANIFEST_MAX_AGE < SystemTime::now() => {
+                Ok(Some(manifest)) if manifest.is_stale(SystemTime::now()) => {
                     tracing::debug!("the manifest of scope {scope} is too old to be used");
                 }
                 Ok(Some(manifest)) => {
@@ -624,9 +622,7 @@ impl Engine {
         let scope = &remote.options.scopes.scope;
         let cache = &remote.options.cache;
         let manifest = match within(remote.options.timeout, cache.fetch_manifest(scope)).await {
-            Ok(Some(manifest)) if manifest.written + MANIFEST_MAX_AGE >= SystemTime::now() => {
-                manifest
-            }
+            Ok(Some(manifest)) if !manifest.is_stale(SystemTime::now()) => manifest,
             Ok(_) => return,
             Err(trouble) => return self.report(trouble, &format!("the manifest of scope {scope}")),
         };
