@@ -431,3 +431,81 @@ fn the_prefetch_never_delays_the_handshake() {
         "handshake {with_remote:?} with a silent remote, {local:?} without"
     );
 }
+
+/// A disk that fills during the prefetch (here: a file size limit of
+/// 1 MiB on granary, so that the larger outputs cannot be written): the
+/// entries that fit are stored, the pack is read to its end, the failure
+/// is said once and counted as a local error, not a remote one, and
+/// nothing half-written is left. The go command builds the rest.
+#[cfg(unix)]
+#[test]
+fn a_disk_that_fills_during_the_prefetch_loses_nothing() {
+    const LIMIT: u64 = 1 << 20;
+    let s3 = S3Server::start();
+    let sb = Sandbox::new();
+    let module = sb.module("full", 2);
+    let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
+    let (a, _) = go_build(&sb, "a", &module, remote);
+    let too_big = actions(&sb.path("a"))
+        .iter()
+        .filter(|entry| {
+            let text = std::fs::read_to_string(entry).unwrap();
+            let size: u64 = text.split_whitespace().nth(3).unwrap().parse().unwrap();
+            size > LIMIT
+        })
+        .count() as u64;
+    assert!(too_big > 0, "the build has outputs over 1 MiB");
+
+    let stats_file = sb.path("b.json");
+    let target = sb.path("bin").join("b");
+    let mut cmd = sb.go(
+        &sb.path("b"),
+        &module,
+        &["build", "-x", "-o", target.to_str().unwrap(), "."],
+    );
+    // bash counts `ulimit -f` in KiB; with SIGXFSZ ignored, a write past
+    // the limit fails with EFBIG instead of killing the process.
+    cmd.env(
+        "GOCACHEPROG",
+        format!(
+            "bash -c 'trap \"\" XFSZ; ulimit -f {}; exec \"$0\" \"$@\"' {} prog --stats-file {}",
+            LIMIT >> 10,
+            granary().display(),
+            stats_file.display()
+        ),
+    )
+    .env("GRANARY_TRIM_INTERVAL", "none")
+    .env("GRANARY_SCOPE", "ci")
+    .env("GRANARY_PREFETCH", "true")
+    .env("GRANARY_READ_ONLY", "true");
+    remote(&mut cmd);
+    let out = run_ok(&mut cmd);
+    let b = stats(&stats_file);
+    let warned = warnings(&out);
+    assert!(
+        warned.len() == 1
+            && warned[0].contains("cannot store an output fetched from the remote")
+            && warned[0].contains("File too large"),
+        "{warned:?}"
+    );
+    assert_eq!(b.prefetch.prefetch_named, a.prefetch.manifest_entries);
+    assert_eq!(
+        b.prefetch.prefetch_fetched + too_big,
+        b.prefetch.prefetch_named,
+        "every entry that fits, from one pack read to its end: {b:?}"
+    );
+    assert_eq!(b.prefetch.prefetch_requests, 2, "{b:?}");
+    assert_eq!(
+        (
+            b.remote.remote_hits,
+            b.remote.remote_errors,
+            &*b.remote.remote_off
+        ),
+        (0, 0, ""),
+        "{b:?}"
+    );
+    assert!(b.errors >= too_big, "{b:?}");
+    assert_eq!(compiled_packages(&out.stderr).len() as u64, too_big);
+    assert_eq!(temporaries(&sb.path("b")), Vec::<std::path::PathBuf>::new());
+    assert!(objects_with_wrong_hash(&sb.path("b")).is_empty());
+}

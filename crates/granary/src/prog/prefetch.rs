@@ -46,7 +46,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::Engine;
-use super::remote::{Found, Remote, Trouble};
+use super::remote::{Found, Remote, Trouble, not_stored};
 use super::respond::Ticket;
 use super::stats::add;
 
@@ -345,7 +345,7 @@ impl Engine {
                 self.remote().failed(&e);
                 tracing::debug!("a prefetch request failed: {e}");
             }
-            Trouble::Local(e) => tracing::warn!("{e}"),
+            Trouble::Local(e) => self.report_not_stored(self.remote(), &e),
         }
     }
 
@@ -407,26 +407,38 @@ impl Engine {
                 continue;
             }
             let fetched = cache.unpack(pack, &action, &record)?;
-            let mut body = self
-                .store
-                .object_writer(&OutputId(fetched.record.output))
-                .map_err(|e| local(&e))?;
-            match &fetched.inline {
-                Some(inline) => body.write_all(inline).map_err(|e| local(&e))?,
-                None => {
-                    within(
-                        stall,
-                        cache.read_packed_object(pack, &fetched.record, &mut body),
-                    )
-                    .await?
+            let stored = match self.store.object_writer(&OutputId(fetched.record.output)) {
+                Err(e) => Err(not_stored(&e)),
+                Ok(mut body) => {
+                    let written = match &fetched.inline {
+                        Some(inline) => body.write_all(inline).map_err(|e| not_stored(&e)),
+                        None => {
+                            within(
+                                stall,
+                                cache.read_packed_object(pack, &fetched.record, &mut body),
+                            )
+                            .await
+                        }
+                    };
+                    match written {
+                        // The pack is cut short or damaged: nothing after
+                        // this point can be trusted.
+                        Err(e @ Trouble::Remote(_)) => return Err(e),
+                        written => written.and_then(|()| self.keep(action, &fetched.record, body)),
+                    }
                 }
-            }
-            match self.keep(action, &fetched.record, body) {
+            };
+            // One bad entry, or one the disk cannot take: the pack's
+            // framing is still sound, and the next entry may fit.
+            match stored {
                 Ok(found) => self.settle(action, Some(found)),
-                // One bad entry: the pack's framing is still sound.
                 Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
                     add(&self.stats.remote_damaged, 1);
                     tracing::info!("{e}; treated as a miss");
+                }
+                Err(Trouble::Local(e)) => {
+                    self.report_not_stored(remote, &e);
+                    self.settle(action, None);
                 }
                 Err(e) => return Err(e),
             }
@@ -458,7 +470,7 @@ impl Engine {
                         add(&self.stats.remote_errors, 1);
                         remote.failed(&e);
                     }
-                    Err(Trouble::Local(e)) => tracing::warn!("{e}"),
+                    Err(Trouble::Local(e)) => self.report_not_stored(remote, &e),
                 }
             })
             .await;
@@ -752,10 +764,6 @@ async fn within<T, E: Into<Trouble>>(
             humantime::format_duration(timeout)
         )))),
     }
-}
-
-fn local(e: &dyn std::fmt::Display) -> Trouble {
-    Trouble::Local(format!("cannot store a prefetched output: {e}"))
 }
 
 fn trouble_text(trouble: &Trouble) -> String {

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -103,6 +103,8 @@ pub struct Remote {
     /// Why the remote was switched off, once it is.
     off: OnceLock<String>,
     failures_in_row: AtomicU32,
+    /// A fetched output could not be stored, and the user was told.
+    told_not_stored: AtomicBool,
     /// Total time lookups that found nothing kept gets waiting, in
     /// microseconds.
     wasted_us: AtomicU64,
@@ -144,8 +146,19 @@ pub(super) enum Trouble {
 
 impl From<RemoteError> for Trouble {
     fn from(e: RemoteError) -> Trouble {
-        Trouble::Remote(e)
+        match e {
+            // The remote answered; the local disk could not take it.
+            RemoteError::Sink(e) => not_stored(&e),
+            e => Trouble::Remote(e),
+        }
     }
+}
+
+/// A fetched output the local tier could not take.
+pub(super) fn not_stored(e: &dyn std::fmt::Display) -> Trouble {
+    Trouble::Local(format!(
+        "cannot store an output fetched from the remote: {e}"
+    ))
 }
 
 impl Remote {
@@ -161,6 +174,7 @@ impl Remote {
             options,
             off: OnceLock::new(),
             failures_in_row: AtomicU32::new(0),
+            told_not_stored: AtomicBool::new(false),
             wasted_us: AtomicU64::new(0),
             waiting: Mutex::new(HashMap::new()),
             lookups: TaskTracker::new(),
@@ -358,9 +372,23 @@ impl Engine {
                 add(&stats.remote_errors, 1);
                 remote.failed(&e);
             }
-            Err(Trouble::Local(e)) => tracing::warn!("{e}"),
+            Err(Trouble::Local(e)) => self.report_not_stored(remote, &e),
         }
         None
+    }
+
+    /// Counts a fetched output the local tier could not take as an error.
+    /// A full disk fails every one of them: the first says so, once.
+    pub(super) fn report_not_stored(&self, remote: &Remote, e: &str) {
+        add(&self.stats.errors, 1);
+        if remote.told_not_stored.swap(true, Relaxed) {
+            tracing::debug!("{e}");
+        } else {
+            tracing::warn!(
+                "{e}; the go command builds what granary cannot store \
+                 (later failures to store count as errors in the statistics)"
+            );
+        }
     }
 
     /// Fetches the output of `action` into the local tier.
@@ -375,17 +403,12 @@ impl Engine {
         };
         add(&self.stats.remote_bytes_down, fetched.transferred);
         let record = fetched.record;
-        let local = |e: &dyn std::fmt::Display| {
-            Trouble::Local(format!(
-                "cannot store an output fetched from the remote: {e}"
-            ))
-        };
         let mut body = self
             .store
             .object_writer(&OutputId(record.output))
-            .map_err(|e| local(&e))?;
+            .map_err(|e| not_stored(&e))?;
         match fetched.inline {
-            Some(inline) => body.write_all(&inline).map_err(|e| local(&e))?,
+            Some(inline) => body.write_all(&inline).map_err(|e| not_stored(&e))?,
             None => {
                 let transferred = cache.fetch_object(&record, &mut body).await?;
                 add(&self.stats.remote_bytes_down, transferred);
@@ -408,11 +431,6 @@ impl Engine {
             .expect("a fetch needs a remote")
             .options
             .cache;
-        let local = |e: &dyn std::fmt::Display| {
-            Trouble::Local(format!(
-                "cannot store an output fetched from the remote: {e}"
-            ))
-        };
         let output = OutputId(record.output);
         let stored = self
             .store
@@ -430,9 +448,9 @@ impl Engine {
                         why: e.to_string(),
                     })
                 }
-                e => local(&e),
+                e => not_stored(&e),
             })?;
-        let path = disk_path(stored.object).map_err(|e| local(&e))?;
+        let path = disk_path(stored.object).map_err(|e| not_stored(&e))?;
         Ok(Found {
             output,
             size: record.size,
