@@ -47,6 +47,11 @@ fn go_build(
     go_run(sb, cache, module, "build", &args, remote)
 }
 
+fn go_env_goroot() -> String {
+    let out = run_ok(Command::new(go()).args(["env", "GOROOT"]));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 fn warnings(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stderr)
         .lines()
@@ -508,4 +513,68 @@ fn a_disk_that_fills_during_the_prefetch_loses_nothing() {
     assert_eq!(compiled_packages(&out.stderr).len() as u64, too_big);
     assert_eq!(temporaries(&sb.path("b")), Vec::<std::path::PathBuf>::new());
     assert!(objects_with_wrong_hash(&sb.path("b")).is_empty());
+}
+
+/// A runner killed (SIGKILL) in the middle of its prefetch leaves no bad
+/// object and publishes nothing; the next run on its cache directory
+/// fetches only what is still missing and builds from local hits.
+#[test]
+fn a_runner_killed_mid_prefetch_leaves_nothing_bad() {
+    let s3 = S3Server::start();
+    let sb = Sandbox::new();
+    let module = sb.module("killed", 3);
+    let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
+    let (a, _) = go_build(&sb, "a", &module, remote);
+    let blobs = bucket(&s3, "ci");
+    let manifest_key = keys(&blobs, "granary-v1/manifests/").remove(0);
+    let manifest = read_blob(&blobs, &manifest_key);
+
+    let cache = sb.path("b");
+    let mut cmd = Command::new(granary());
+    without_granary_env(&mut cmd)
+        .arg("prog")
+        .env("GRANARY_DIR", &cache)
+        .env("GRANARY_TRIM_INTERVAL", "none")
+        .env("GRANARY_SCOPE", "ci")
+        .env("GRANARY_PREFETCH", "true")
+        // The scope names the toolchain: found through GOROOT when the go
+        // command is not the parent.
+        .env("GOROOT", go_env_goroot())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    remote(&mut cmd);
+    let mut helper = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while actions(&cache).len() < 5 {
+        assert!(Instant::now() < deadline, "the prefetch stored nothing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let stored = actions(&cache).len() as u64;
+    assert!(
+        stored < a.prefetch.manifest_entries,
+        "the prefetch had ended ({stored} entries) before the kill"
+    );
+    assert!(objects_with_wrong_hash(&cache).is_empty());
+    assert_eq!(
+        read_blob(&blobs, &manifest_key),
+        manifest,
+        "a killed run publishes nothing"
+    );
+
+    let (b, out) = go_build(&sb, "b", &module, remote);
+    assert!(compiled_packages(&out.stderr).is_empty());
+    assert_eq!(
+        (b.remote.remote_hits, b.errors, b.corrupt_entries),
+        (0, 0, 0),
+        "{b:?}"
+    );
+    assert_eq!(
+        b.prefetch.prefetch_fetched,
+        b.prefetch.prefetch_named - stored,
+        "only what the killed run had not stored: {b:?}"
+    );
+    assert!(objects_with_wrong_hash(&cache).is_empty());
 }
