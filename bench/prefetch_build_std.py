@@ -34,10 +34,11 @@ and a warm build writes nothing; so each round also times `copy-warm`, a
 plain `cp -r` of granary-warm's directory to a new one: no network, no
 decompression, no checks. A helper can overlap that writing with the
 build, on two CPUs, but not avoid it. On the bench machine, a virtual
-machine that backs its memory only when first touched and takes back
-memory left free for a few seconds, writing into memory not touched
-lately runs at about 250 MB/s instead of 2-3 GB/s (`dd` into a new file),
-so copy-warm varies from 0.3 s to 1 s with what ran before it.
+machine that backs its memory only when first touched, takes back
+memory left free for a few seconds, and pages out file pages unread for a
+minute, writing into memory not touched lately runs at about 250 MB/s
+instead of 2-3 GB/s (`dd` into a new file), so copy-warm varies from 0.3 s
+to 1 s with what ran before it.
 
 Results go to bench/results/prefetch-build-std.{md,json,svg}.
 """
