@@ -328,6 +328,23 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
     assert_eq!(c.errors, 0);
     assert!(c.misses <= 1, "{c:?}");
     assert!(objects_with_wrong_hash(&sb.path("c")).is_empty());
+
+    // A run without prefetch reads the manifest at close: a garbled one is
+    // ignored with the same warning, and replaced by a sound one.
+    put_blob(&blobs, &manifest_key, b"\x28\xb5\x2f\xfd garbage".to_vec());
+    let (e, out) = go_build(&sb, "e", &module, |cmd| {
+        remote(cmd);
+        cmd.env("GRANARY_PREFETCH", "false");
+    });
+    let warned = warnings(&out);
+    assert!(
+        warned.len() == 1 && warned[0].contains("ignored the manifest of scope ci"),
+        "{warned:?}"
+    );
+    assert_eq!(e.prefetch.prefetch_damaged, 1, "{e:?}");
+    let published = Manifest::decode(&read_blob(&blobs, &manifest_key)).unwrap();
+    assert_eq!(published.entries() as u64, e.prefetch.manifest_entries);
+    assert!(e.prefetch.manifest_entries > 20, "{e:?}");
 }
 
 /// With `granary serve`, the prefetch asks the batch endpoint: a few

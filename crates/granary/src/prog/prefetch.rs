@@ -40,7 +40,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use granary_protocol::{Hash, Response};
 use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds};
-use granary_remote::{Group, Manifest, PackReader, PackRef, PackWriter, RawEntry, RemoteError};
+use granary_remote::{
+    Fetched, Group, Manifest, PackReader, PackRef, PackWriter, RawEntry, RemoteError,
+};
 use granary_store::{ActionId, Lookup, OutputId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -407,30 +409,9 @@ impl Engine {
                 continue;
             }
             let fetched = cache.unpack(pack, &action, &record)?;
-            let stored = match self.store.object_writer(&OutputId(fetched.record.output)) {
-                Err(e) => Err(not_stored(&e)),
-                Ok(mut body) => {
-                    let written = match &fetched.inline {
-                        Some(inline) => body.write_all(inline).map_err(|e| not_stored(&e)),
-                        None => {
-                            within(
-                                stall,
-                                cache.read_packed_object(pack, &fetched.record, &mut body),
-                            )
-                            .await
-                        }
-                    };
-                    match written {
-                        // The pack is cut short or damaged: nothing after
-                        // this point can be trusted.
-                        Err(e @ Trouble::Remote(_)) => return Err(e),
-                        written => written.and_then(|()| self.keep(action, &fetched.record, body)),
-                    }
-                }
-            };
             // One bad entry, or one the disk cannot take: the pack's
             // framing is still sound, and the next entry may fit.
-            match stored {
+            match self.store_packed(pack, action, &fetched).await? {
                 Ok(found) => self.settle(action, Some(found)),
                 Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
                     add(&self.stats.remote_damaged, 1);
@@ -444,6 +425,38 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Stores one entry of a pack in the local tier. The outer error ends
+    /// the pack (cut short or damaged: nothing after it can be trusted);
+    /// the inner one is this entry's alone.
+    async fn store_packed(
+        &self,
+        pack: &mut PackReader,
+        action: Hash,
+        fetched: &Fetched,
+    ) -> Result<Result<Found, Trouble>, Trouble> {
+        let remote = self.remote();
+        let mut body = match self.store.object_writer(&OutputId(fetched.record.output)) {
+            Ok(body) => body,
+            Err(e) => return Ok(Err(not_stored(&e))),
+        };
+        let written = match &fetched.inline {
+            Some(inline) => body.write_all(inline).map_err(|e| not_stored(&e)),
+            None => {
+                let read =
+                    remote
+                        .options
+                        .cache
+                        .read_packed_object(pack, &fetched.record, &mut body);
+                within(remote.options.timeout, read).await
+            }
+        };
+        match written {
+            Err(e @ Trouble::Remote(_)) => Err(e),
+            Err(e) => Ok(Err(e)),
+            Ok(()) => Ok(self.keep(action, &fetched.record, body)),
+        }
     }
 
     /// Fetches entries one by one, a few at a time: for a remote without a
