@@ -10,9 +10,12 @@ store or network would:
          Content-Length promised all of it
   encoding  the body kept, but its Content-Encoding said to be br, which
          no granary client asks for (any successful answer, POST too)
+  trickle  the body sent 64 bytes every 0.2 s: each step comes in time
+         for a per-read deadline, the whole takes long (at most two
+         minutes, then the connection is closed)
 
     python3 scripts/s3_proxy.py --upstream http://127.0.0.1:8333 \\
-        [--delay-ms 20] [--fault none|flip|short|cut|encoding] [--only /granary-v1/cas/]
+        [--delay-ms 20] [--fault none|flip|short|cut|encoding|trickle] [--only /granary-v1/cas/]
 
 Without a fault, bodies pass through as they arrive. Range requests (206)
 are damaged too, so a client that resumes a cut
@@ -37,7 +40,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the S3 server")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every request")
-    parser.add_argument("--fault", choices=["none", "flip", "short", "cut", "encoding"], default="none")
+    parser.add_argument("--fault", choices=["none", "flip", "short", "cut", "encoding", "trickle"], default="none")
     parser.add_argument("--only", default="", help="damage only paths containing this")
     args = parser.parse_args()
     upstream = urllib.parse.urlsplit(args.upstream)
@@ -108,6 +111,16 @@ def main():
                 data = data[: len(data) // 2]
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
+            if damage and fault == "trickle":
+                deadline = time.monotonic() + 120
+                for i in range(0, len(data), 64):
+                    if time.monotonic() > deadline:
+                        break
+                    self.wfile.write(data[i : i + 64])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                self.close_connection = True
+                return
             if damage and fault == "cut":
                 self.wfile.write(data[: len(data) // 2])
                 self.wfile.flush()

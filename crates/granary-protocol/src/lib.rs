@@ -29,7 +29,7 @@ mod response;
 mod writer;
 
 pub use request::{BodyError, FramingError, Incoming, Request, RequestError, RequestReader};
-pub use response::Response;
+pub use response::{Response, TimeOutOfRange};
 pub use writer::{write_request, write_request_header};
 
 /// Length in bytes of action and output IDs (SHA-256).

@@ -1,6 +1,6 @@
 //! Encoding responses.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
@@ -96,13 +96,31 @@ impl Response {
         }
     }
 
-    /// Appends the response as one JSON line to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        // Serializing these plain fields into memory cannot fail.
+    /// Appends the response as one JSON line to `out`. Fails, appending
+    /// nothing, only if its time is after the year 9999, which RFC 3339
+    /// cannot write.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), TimeOutOfRange> {
+        if let Some(time) = self.time
+            && time > latest_rfc3339()
+        {
+            return Err(TimeOutOfRange(time));
+        }
+        // Serializing these plain fields into memory cannot fail now.
         serde_json::to_writer(&mut *out, self).expect("a response always serializes");
         out.push(b'\n');
+        Ok(())
     }
 }
+
+/// The last instant RFC 3339 can write: 9999-12-31T23:59:59.999999999Z.
+fn latest_rfc3339() -> SystemTime {
+    UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_999)
+}
+
+/// A response whose time RFC 3339 cannot write.
+#[derive(Debug, thiserror::Error)]
+#[error("the time {0:?} is after the year 9999 and cannot be sent to the go command")]
+pub struct TimeOutOfRange(SystemTime);
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -128,14 +146,22 @@ fn rfc3339<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::E
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn encoded(r: &Response) -> String {
         let mut out = Vec::new();
-        r.encode(&mut out);
+        r.encode(&mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_time_rfc3339_cannot_write_is_refused_not_a_panic() {
+        let hit = |time| Response::hit(1, [0; 32], 1, time, "/c/x-d".into());
+        assert!(encoded(&hit(latest_rfc3339())).contains("\"9999-12-31T23:59:59.999999999Z\""));
+        let mut out = b"kept".to_vec();
+        let later = latest_rfc3339() + Duration::from_nanos(1);
+        assert!(hit(later).encode(&mut out).is_err());
+        assert_eq!(out, b"kept", "nothing appended");
     }
 
     #[test]

@@ -3,18 +3,15 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 
 use sha2::Digest as _;
 
-use crate::layout::{Format, VERSION};
-use crate::manifest::{
-    MANIFEST_DELETE_AGE, Manifest, PACK_DELETE_AGE, PackRef, from_unix_seconds, scope_key_name,
-    unix_seconds,
-};
+use crate::layout::{Format, VERSION, manifest_action};
+use crate::manifest::{MANIFEST_DELETE_AGE, Manifest, PACK_DELETE_AGE, PackRef, unix_seconds};
 use crate::pack::{PackReader, PackWriter};
 use crate::record::{ActionRecord, Placement};
 use crate::{BlobStore, ByteStream, Digest, RemoteError, reapi};
@@ -239,7 +236,7 @@ impl RemoteCache {
         Ok(PackRef {
             id,
             // Whole seconds, as manifests keep it.
-            created: from_unix_seconds(unix_seconds(SystemTime::now())),
+            created: SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds(SystemTime::now())),
             size,
             entries,
         })
@@ -310,7 +307,7 @@ impl RemoteCache {
     pub async fn fetch_manifest(&self, scope: &str) -> Result<Option<Manifest>, RemoteError> {
         let (key, bytes) = match self.format {
             Format::Granary => {
-                let key = manifest_key(scope);
+                let key = Format::Granary.manifest_key(scope);
                 let Some(stream) = self.blobs.get(&key).await? else {
                     return Ok(None);
                 };
@@ -350,7 +347,7 @@ impl RemoteCache {
             Format::Granary => {
                 let sent = bytes.len() as u64;
                 self.blobs
-                    .put(&manifest_key(&manifest.scope), bytes.into())
+                    .put(&Format::Granary.manifest_key(&manifest.scope), bytes.into())
                     .await?;
                 Ok(sent)
             }
@@ -411,16 +408,6 @@ fn record_of(action: &Digest, output: &Digest, put_time: SystemTime, size: u64) 
 
 fn pack_key(id: &Digest) -> String {
     format!("{VERSION}/packs/{}", hex::encode(id))
-}
-
-fn manifest_key(scope: &str) -> String {
-    format!("{VERSION}/manifests/{}", scope_key_name(scope))
-}
-
-/// Where a cache server keeps the manifest of `scope`: an action entry
-/// under a name no go action has.
-fn manifest_action(scope: &str) -> Digest {
-    sha2::Sha256::digest(format!("granary-manifest 1\n{scope}")).into()
 }
 
 fn compress(body: &[u8]) -> Result<Vec<u8>, RemoteError> {

@@ -4,10 +4,13 @@
 //! Format::Granary (object storage):
 //! <prefix>/granary-v1/ac/<hex action ID>    an action record (see ActionRecord)
 //! <prefix>/granary-v1/cas/<hex output ID>   an output's bytes as one zstd frame
+//! <prefix>/granary-v1/manifests/<scope>     a scope's manifest (see manifest)
+//! <prefix>/granary-v1/packs/<hex pack ID>   a pack (see pack)
 //!
 //! Format::Reapi (bazel-remote's HTTP API, granary serve):
 //! <prefix>/ac/<hex action ID>               an ActionResult message (see reapi)
 //! <prefix>/cas/<hex output ID>              an output's bytes, as they are
+//! <prefix>/ac/<hex manifest_action(scope)>  a scope's manifest, as an output
 //! ```
 //!
 //! In the granary format, the version is part of every key: a future layout gets a new name and
@@ -16,7 +19,10 @@
 //! compatible store accepts them, and S3 can partition them by their first
 //! characters under load.
 
+use sha2::Digest as _;
+
 use crate::Digest;
+use crate::manifest::scope_key_name;
 
 /// The name of granary's own layout under the prefix.
 pub const VERSION: &str = "granary-v1";
@@ -48,6 +54,20 @@ impl Format {
             Format::Reapi => format!("cas/{}", hex::encode(output)),
         }
     }
+
+    /// The key of the manifest of `scope`.
+    pub fn manifest_key(self, scope: &str) -> String {
+        match self {
+            Format::Granary => format!("{VERSION}/manifests/{}", scope_key_name(scope)),
+            Format::Reapi => self.action_key(&manifest_action(scope)),
+        }
+    }
+}
+
+/// Where a cache server keeps the manifest of `scope`: an action entry
+/// under a name no go action has.
+pub fn manifest_action(scope: &str) -> Digest {
+    sha2::Sha256::digest(format!("granary-manifest 1\n{scope}")).into()
 }
 
 #[cfg(test)]

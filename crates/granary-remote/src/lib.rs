@@ -33,7 +33,7 @@ mod http;
 pub mod layout;
 pub mod manifest;
 pub mod pack;
-mod reapi;
+pub mod reapi;
 mod record;
 mod s3;
 

@@ -95,7 +95,9 @@ pub struct Manifest {
 impl Manifest {
     /// Whether it is too old to be used ([`MANIFEST_MAX_AGE`]).
     pub fn is_stale(&self, now: SystemTime) -> bool {
-        self.written + MANIFEST_MAX_AGE < now
+        self.written
+            .checked_add(MANIFEST_MAX_AGE)
+            .is_none_or(|fresh_until| fresh_until < now)
     }
 
     /// The number of entries it names.
@@ -161,7 +163,7 @@ impl Manifest {
         let written = written
             .strip_prefix("written ")
             .and_then(|t| t.parse().ok())
-            .map(from_unix_seconds)
+            .and_then(from_unix_seconds)
             .ok_or_else(|| format!("line {n}: not `written <unix seconds>`"))?;
         let mut groups = Vec::new();
         while let Some((n, line)) = lines.next() {
@@ -171,7 +173,11 @@ impl Manifest {
                 ["pack", id, created, size, entries, ref counts @ ..] => {
                     let pack = PackRef {
                         id: digest(id).ok_or_else(bad)?,
-                        created: from_unix_seconds(created.parse().map_err(|_| bad())?),
+                        created: created
+                            .parse()
+                            .ok()
+                            .and_then(from_unix_seconds)
+                            .ok_or_else(bad)?,
                         size: size.parse().map_err(|_| bad())?,
                         entries: entries.parse().map_err(|_| bad())?,
                     };
@@ -242,8 +248,9 @@ pub fn unix_seconds(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub fn from_unix_seconds(seconds: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+/// The time `seconds` after the Unix epoch, if an entry may carry it.
+pub fn from_unix_seconds(seconds: u64) -> Option<SystemTime> {
+    crate::record::time_since_epoch(Duration::from_secs(seconds))
 }
 
 #[cfg(test)]
@@ -253,12 +260,12 @@ mod tests {
     fn sample() -> Manifest {
         Manifest {
             scope: "example.com/m linux/amd64 go1.25".into(),
-            written: from_unix_seconds(1_790_000_000),
+            written: from_unix_seconds(1_790_000_000).unwrap(),
             groups: vec![
                 Group {
                     pack: Some(PackRef {
                         id: [7; 32],
-                        created: from_unix_seconds(1_789_000_000),
+                        created: from_unix_seconds(1_789_000_000).unwrap(),
                         size: 8 << 20,
                         entries: 3,
                     }),
@@ -315,6 +322,19 @@ mod tests {
             ),
             (compress(&good.replace("pack ", "box ")), "expected `pack"),
             (compress(&good.replace("written", "when")), "written"),
+            // Times no entry can carry: they once overflowed into a panic.
+            (
+                compress(&good.replace("written 1790000000", "written 18446744073709551615")),
+                "written",
+            ),
+            (
+                compress(&good.replace("written 1790000000", "written 9223372036854775000")),
+                "written",
+            ),
+            (
+                compress(&good.replace(" 1789000000 ", " 9223372036854775000 ")),
+                "expected `pack",
+            ),
             (compress(&good[..good.len() - 10]), "not an action ID"),
             (compress(&good[..30]), "ends where"),
         ];

@@ -16,7 +16,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
 use bazel_remote_apis::google::protobuf::Timestamp;
 use prost::Message;
 
-use crate::record::{ActionRecord, Placement};
+use crate::record::{ActionRecord, Placement, time_since_epoch};
 use crate::{Digest, HASH_SIZE};
 
 /// The path of the one output file of a Go action.
@@ -78,9 +78,10 @@ pub fn decode(action: &Digest, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec
     ) else {
         return Err("the completion time is before 1970".into());
     };
-    if nanos >= 1_000_000_000 {
-        return Err("the completion time is not a valid timestamp".into());
-    }
+    let put_time = (nanos < 1_000_000_000)
+        .then(|| time_since_epoch(Duration::new(seconds, nanos)))
+        .flatten()
+        .ok_or("the completion time is not a valid timestamp of a Go cache entry")?;
     let inline = match file.contents.len() as u64 {
         0 if size > 0 => None,
         inline if inline == size => Some(file.contents),
@@ -94,7 +95,7 @@ pub fn decode(action: &Digest, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec
         action: *action,
         output,
         size,
-        put_time: SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos),
+        put_time,
         placement: if inline.is_some() {
             Placement::Inline
         } else {
@@ -102,4 +103,48 @@ pub fn decode(action: &Digest, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec
         },
     };
     Ok((record, inline))
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::Digest as _;
+
+    use super::*;
+
+    fn result_completed_at(seconds: i64, nanos: i32) -> Vec<u8> {
+        let record = ActionRecord {
+            action: [1; 32],
+            output: sha2::Sha256::digest(b"out").into(),
+            size: 3,
+            put_time: SystemTime::UNIX_EPOCH,
+            placement: Placement::Inline,
+        };
+        let mut result = ActionResult::decode(&encode(&record, Some(b"out"))[..]).unwrap();
+        let metadata = result.execution_metadata.as_mut().unwrap();
+        metadata.worker_completed_timestamp = Some(Timestamp { seconds, nanos });
+        result.encode_to_vec()
+    }
+
+    #[test]
+    fn completion_times_a_go_entry_cannot_carry_are_refused() {
+        let (record, inline) = decode(&[1; 32], &result_completed_at(1_700_000_000, 5)).unwrap();
+        assert_eq!(
+            record.put_time,
+            SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)
+        );
+        assert_eq!(inline.as_deref(), Some(&b"out"[..]));
+        // The year 10000 once passed here and broke the answer to the go
+        // command; 2262 is the last year cmd/go's format holds.
+        for (seconds, nanos) in [
+            (253_402_300_800, 0),
+            (9_223_372_037, 0),
+            (i64::MAX, 999_999_999),
+            (-1, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            let e = decode(&[1; 32], &result_completed_at(seconds, nanos)).unwrap_err();
+            assert!(e.contains("time"), "{seconds}.{nanos}: {e}");
+        }
+    }
 }

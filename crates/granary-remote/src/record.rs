@@ -18,6 +18,15 @@ const MAGIC: &str = "granary-ac";
 const FORMAT: &str = "1";
 /// The longest header line a valid record can have.
 const MAX_HEADER: usize = 200;
+/// The latest time an entry may carry: cmd/go keeps put times as signed
+/// 64-bit Unix nanoseconds (until the year 2262), so a later one can only
+/// be damage, and no time granary hands on may fail to format.
+const LATEST: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// The time `since` the Unix epoch, if an entry may carry it.
+pub fn time_since_epoch(since: Duration) -> Option<SystemTime> {
+    (since <= LATEST).then(|| SystemTime::UNIX_EPOCH + since)
+}
 
 /// Where an output's bytes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +99,9 @@ impl ActionRecord {
         }
         let output = digest(output_hex).ok_or("bad output ID")?;
         let size = number(size).ok_or("bad size")?;
-        let nanos = number(nanos).ok_or("bad put time")?;
+        let put_time = number(nanos)
+            .and_then(|nanos| time_since_epoch(Duration::from_nanos(nanos)))
+            .ok_or("bad put time")?;
         let placement = match placement {
             "inline" => Placement::Inline,
             "object" => Placement::Object,
@@ -104,7 +115,7 @@ impl ActionRecord {
             action: record_action,
             output,
             size,
-            put_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos),
+            put_time,
             placement,
         };
         Ok((record, body))
@@ -179,6 +190,8 @@ mod tests {
             swap(" 1234 ", " -1 "),
             swap(" 1234 ", " 01234 "),
             swap(" 1234 ", " 99999999999999999999999 "),
+            swap("1700000000123456789", "9223372036854775808"),
+            swap("1700000000123456789", "18446744073709551615"),
             swap("object", "elsewhere"),
             swap(" object", "  object"),
             format!("{good}trailing"),

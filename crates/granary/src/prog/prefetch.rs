@@ -32,12 +32,13 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use granary_protocol::{Hash, Response};
 use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds};
 use granary_remote::{
@@ -48,7 +49,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::Engine;
-use super::remote::{Found, Remote, Trouble, not_stored};
+use super::remote::{Found, Remote, Trouble, not_stored, panicked, within};
 use super::respond::Ticket;
 use super::stats::add;
 
@@ -70,11 +71,31 @@ const SWEEP_LIMIT: usize = 1000;
 /// The journals' directory in the cache directory.
 const JOURNALS: &str = "granary-journal";
 
+/// A get waiting for the prefetch, and since when: however the remote
+/// behaves, it waits at most --remote-timeout (see
+/// [`Engine::watch_prefetch`]), and what it waited for nothing counts
+/// against --remote-budget.
+#[derive(Debug)]
+pub(super) struct Waiter {
+    pub(super) ticket: Ticket,
+    since: Instant,
+}
+
+impl Waiter {
+    pub(super) fn new(ticket: Ticket) -> Waiter {
+        Waiter {
+            ticket,
+            since: Instant::now(),
+        }
+    }
+}
+
 /// What became of an entry the prefetch planned to fetch.
 #[derive(Debug)]
 enum Planned {
-    /// Its transfer is planned or under way; these gets wait for it.
-    Waiting(Vec<Ticket>),
+    /// Its transfer is planned or under way; these gets wait for it, the
+    /// longest-waiting first.
+    Waiting(Vec<Waiter>),
     /// The prefetch stored it in the local tier.
     Stored,
     /// The prefetch did not get it.
@@ -90,6 +111,7 @@ pub(super) struct Prefetch {
     /// What the latest job used, by the manifest of the run's own scope.
     latest_job: Mutex<Vec<Hash>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    watchdog: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What the prefetch fetches, once it knows.
@@ -100,7 +122,7 @@ struct Plan {
     entries: HashMap<Hash, Planned>,
     /// Gets that came while the manifests were being read: they wait for
     /// the plan, one round trip, rather than look up what may be planned.
-    early: Vec<(Hash, Ticket)>,
+    early: Vec<(Hash, Waiter)>,
 }
 
 /// What a get found in the prefetch's plan.
@@ -108,9 +130,9 @@ pub(super) enum Joined {
     /// The get waits for the transfer, which will answer it.
     Waiting,
     /// The prefetch stored the entry: look again locally.
-    Stored(Ticket),
+    Stored(Waiter),
     /// Nothing planned, or the transfer is over: ask the remote.
-    No(Ticket),
+    No(Waiter),
 }
 
 impl Prefetch {
@@ -123,6 +145,7 @@ impl Prefetch {
             packs: Mutex::default(),
             latest_job: Mutex::default(),
             task: Mutex::default(),
+            watchdog: Mutex::default(),
         }
     }
 
@@ -139,19 +162,19 @@ impl Prefetch {
 
     /// Lets a get of `action` wait for its transfer, if one is planned, or
     /// for the plan, if it is not made yet.
-    pub(super) fn join(&self, action: Hash, ticket: Ticket) -> Joined {
+    pub(super) fn join(&self, action: Hash, waiter: Waiter) -> Joined {
         let mut plan = lock(&self.plan);
         if !plan.ready {
-            plan.early.push((action, ticket));
+            plan.early.push((action, waiter));
             return Joined::Waiting;
         }
         match plan.entries.get_mut(&action) {
-            Some(Planned::Waiting(tickets)) => {
-                tickets.push(ticket);
+            Some(Planned::Waiting(waiters)) => {
+                waiters.push(waiter);
                 Joined::Waiting
             }
-            Some(Planned::Stored) => Joined::Stored(ticket),
-            Some(Planned::Failed) | None => Joined::No(ticket),
+            Some(Planned::Stored) => Joined::Stored(waiter),
+            Some(Planned::Failed) | None => Joined::No(waiter),
         }
     }
 }
@@ -193,8 +216,102 @@ impl Engine {
             return;
         }
         let engine = self.clone();
-        let task = remote.runtime.spawn(async move { engine.prefetch().await });
+        let task = remote.runtime.spawn(async move {
+            if let Err(panic) = AssertUnwindSafe(engine.clone().prefetch())
+                .catch_unwind()
+                .await
+            {
+                engine.report(Trouble::Remote(panicked(&*panic)), "the prefetch");
+                engine.release_waiters();
+            }
+        });
         *lock(&remote.prefetch.task) = Some(task);
+        let watchdog = remote.runtime.spawn(self.clone().watch_prefetch());
+        *lock(&remote.prefetch.watchdog) = Some(watchdog);
+    }
+
+    /// Bounds every wait on the prefetch, whatever the remote sends (an
+    /// endless or trickling transfer, a manifest that never comes): a get
+    /// that has waited --remote-timeout gives up on its transfer and goes
+    /// on to an ordinary lookup, and once the remote is off the prefetch
+    /// stops and every waiting get goes on at once. Runs until the
+    /// prefetch is over.
+    async fn watch_prefetch(self: Arc<Self>) {
+        let remote = self.remote();
+        let limit = remote.options.timeout;
+        let tick = (limit / 8).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        loop {
+            tokio::time::sleep(tick).await;
+            if !remote.is_on() {
+                if let Some(task) = lock(&remote.prefetch.task).as_ref() {
+                    task.abort();
+                }
+                return self.release_waiters();
+            }
+            let (early, stalled) = {
+                let mut plan = lock(&remote.prefetch.plan);
+                let (early, waiting) = std::mem::take(&mut plan.early)
+                    .into_iter()
+                    .partition(|(_, waiter)| waiter.since.elapsed() >= limit);
+                plan.early = waiting;
+                let stalled: Vec<Hash> = plan
+                    .entries
+                    .iter()
+                    .filter_map(|(action, state)| match state {
+                        Planned::Waiting(waiters) => waiters
+                            .first()
+                            .is_some_and(|w| w.since.elapsed() >= limit)
+                            .then_some(*action),
+                        Planned::Stored | Planned::Failed => None,
+                    })
+                    .collect();
+                (early, stalled)
+            };
+            let gave_up = !early.is_empty() || !stalled.is_empty();
+            for (action, waiter) in early {
+                self.give_up_waiting(remote, action, waiter);
+            }
+            for action in stalled {
+                self.settle(action, None);
+            }
+            if gave_up {
+                tracing::debug!("gets waited for the prefetch longer than --remote-timeout");
+            }
+            let over = lock(&remote.prefetch.task)
+                .as_ref()
+                .is_none_or(|task| task.is_finished());
+            if over {
+                return;
+            }
+        }
+    }
+
+    /// Ends every wait on the prefetch: the plan is made (empty if it was
+    /// not yet), and gets waiting for it go on to ordinary lookups.
+    fn release_waiters(self: &Arc<Self>) {
+        let remote = self.remote();
+        let mut released = Vec::new();
+        {
+            let mut plan = lock(&remote.prefetch.plan);
+            plan.ready = true;
+            released.append(&mut plan.early);
+            for (action, state) in &mut plan.entries {
+                if let Planned::Waiting(waiters) = state {
+                    released.extend(waiters.drain(..).map(|waiter| (*action, waiter)));
+                    *state = Planned::Failed;
+                }
+            }
+        }
+        for (action, waiter) in released {
+            self.give_up_waiting(remote, action, waiter);
+        }
+    }
+
+    /// A get stops waiting for the prefetch without its entry: the wait
+    /// counts against the budget, and an ordinary lookup takes over.
+    fn give_up_waiting(self: &Arc<Self>, remote: &Remote, action: Hash, waiter: Waiter) {
+        remote.wasted(waiter.since.elapsed());
+        self.look_up(remote, waiter.ticket, action);
     }
 
     fn remote(&self) -> &Remote {
@@ -312,8 +429,8 @@ impl Engine {
             plan.ready = true;
             std::mem::take(&mut plan.early)
         };
-        for (action, ticket) in early {
-            self.remote_get(remote, ticket, action);
+        for (action, waiter) in early {
+            self.wait_for_prefetch(remote, waiter, action);
         }
         groups
     }
@@ -323,9 +440,13 @@ impl Engine {
     async fn transfer(self: Arc<Self>, source: Source, actions: Vec<Hash>) {
         let remote = self.remote();
         if remote.is_on() {
-            match self.take(source, &actions).await {
-                Ok(()) => remote.succeeded(),
-                Err(trouble) => self.report(trouble, "the rest of a damaged pack"),
+            match AssertUnwindSafe(self.take(source, &actions))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(())) => remote.succeeded(),
+                Ok(Err(trouble)) => self.report(trouble, "the rest of a damaged pack"),
+                Err(panic) => self.report(Trouble::Remote(panicked(&*panic)), "a transfer"),
             }
         }
         for action in actions {
@@ -375,22 +496,42 @@ impl Engine {
             };
         };
         let wanted: HashSet<Hash> = actions.iter().copied().collect();
-        let result = self.unpack(&mut pack, &wanted).await;
+        // A batch answers what it was asked, in order; a pack may hold more.
+        let asked = matches!(source, Source::Loose).then_some(actions);
+        let result = self.unpack(&mut pack, &wanted, asked).await;
         add(&self.stats.prefetch_bytes, pack.received());
         add(&self.stats.remote_bytes_down, pack.received());
         result
     }
 
-    /// Stores the wanted entries of a pack as they arrive.
+    /// Stores the wanted entries of a pack as they arrive. The entries of
+    /// a batch must be the `asked` ones, in order: anything else (an
+    /// endless answer of unrelated entries, say) is damage.
     async fn unpack(
         self: &Arc<Self>,
         pack: &mut PackReader,
         wanted: &HashSet<Hash>,
+        asked: Option<&[Hash]>,
     ) -> Result<(), Trouble> {
         let remote = self.remote();
         let cache = &remote.options.cache;
         let stall = remote.options.timeout;
+        let mut asked = asked.map(|asked| asked.iter());
         while let Some(entry) = within(stall, pack.next()).await? {
+            if let Some(asked) = &mut asked {
+                let action = match &entry {
+                    RawEntry::Missing(action) | RawEntry::Found { action, .. } => action,
+                };
+                if asked.next() != Some(action) {
+                    return Err(Trouble::Remote(RemoteError::Damaged {
+                        key: "a batch answer".to_owned(),
+                        why: format!(
+                            "it holds {}, which was not asked for there",
+                            hex::encode(action)
+                        ),
+                    }));
+                }
+            }
             let (action, record) = match entry {
                 RawEntry::Missing(action) => {
                     if wanted.contains(&action) {
@@ -493,7 +634,7 @@ impl Engine {
     /// what was found, or hands them to an ordinary lookup.
     fn settle(self: &Arc<Self>, action: Hash, found: Option<Found>) {
         let remote = self.remote();
-        let tickets = {
+        let waiters = {
             let mut plan = lock(&remote.prefetch.plan);
             let Some(state) = plan.entries.get_mut(&action) else {
                 return;
@@ -506,17 +647,17 @@ impl Engine {
                 None => Planned::Failed,
             };
             match std::mem::replace(state, done) {
-                Planned::Waiting(tickets) => tickets,
+                Planned::Waiting(waiters) => waiters,
                 Planned::Stored | Planned::Failed => Vec::new(),
             }
         };
-        for ticket in tickets {
+        for waiter in waiters {
             match &found {
                 Some(found) => {
                     add(&self.stats.prefetch_waits, 1);
-                    self.answer_found(ticket, action, found);
+                    self.answer_found(waiter.ticket, action, found);
                 }
-                None => self.remote_get(remote, ticket, action),
+                None => self.give_up_waiting(remote, action, waiter),
             }
         }
     }
@@ -526,9 +667,11 @@ impl Engine {
     /// closes), and counts what the prefetch fetched for nothing. Gets
     /// after this are not held for a plan.
     pub(super) fn finish_prefetch(&self, remote: &Remote) {
-        if let Some(task) = lock(&remote.prefetch.task).take() {
-            task.abort();
-            let _ = remote.runtime.block_on(task);
+        for task in [&remote.prefetch.task, &remote.prefetch.watchdog] {
+            if let Some(task) = lock(task).take() {
+                task.abort();
+                let _ = remote.runtime.block_on(task);
+            }
         }
         let plan = std::mem::replace(
             &mut *lock(&remote.prefetch.plan),
@@ -537,7 +680,7 @@ impl Engine {
                 ..Plan::default()
             },
         );
-        for (_, ticket) in plan.early {
+        for (_, Waiter { ticket, .. }) in plan.early {
             add(&self.stats.misses, 1);
             let id = ticket.id();
             ticket.answer(Response::miss(id));
@@ -545,8 +688,8 @@ impl Engine {
         let used = lock(&remote.used);
         for (action, state) in plan.entries {
             match state {
-                Planned::Waiting(tickets) => {
-                    for ticket in tickets {
+                Planned::Waiting(waiters) => {
+                    for Waiter { ticket, .. } in waiters {
                         add(&self.stats.misses, 1);
                         let id = ticket.id();
                         ticket.answer(Response::miss(id));
@@ -765,20 +908,6 @@ impl Engine {
     }
 }
 
-/// Waits for `future` at most `timeout`.
-async fn within<T, E: Into<Trouble>>(
-    timeout: Duration,
-    future: impl Future<Output = Result<T, E>>,
-) -> Result<T, Trouble> {
-    match tokio::time::timeout(timeout, future).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => Err(Trouble::Remote(RemoteError::Failed(format!(
-            "no progress within --remote-timeout ({})",
-            humantime::format_duration(timeout)
-        )))),
-    }
-}
-
 fn trouble_text(trouble: &Trouble) -> String {
     match trouble {
         Trouble::Remote(e) => e.to_string(),
@@ -961,7 +1090,7 @@ impl Journal {
 
 fn parse_line(line: &str) -> Option<JournalEntry> {
     let mut fields = line.split(' ');
-    let used = from_unix_seconds(fields.next()?.parse().ok()?);
+    let used = from_unix_seconds(fields.next()?.parse().ok()?)?;
     let mut action = [0; 32];
     hex::decode_to_slice(fields.next()?, &mut action).ok()?;
     let pack = match fields.next()? {
@@ -972,7 +1101,7 @@ fn parse_line(line: &str) -> Option<JournalEntry> {
             hex::decode_to_slice(parts.next()?, &mut id).ok()?;
             Some(PackRef {
                 id,
-                created: from_unix_seconds(parts.next()?.parse().ok()?),
+                created: from_unix_seconds(parts.next()?.parse().ok()?)?,
                 size: parts.next()?.parse().ok()?,
                 entries: parts.next()?.parse().ok()?,
             })
@@ -1008,7 +1137,7 @@ mod tests {
         JournalEntry {
             action: [action; 32],
             pack,
-            used: from_unix_seconds(unix_seconds(SystemTime::now())),
+            used: from_unix_seconds(unix_seconds(SystemTime::now())).unwrap(),
             earlier: false,
         }
     }

@@ -26,11 +26,13 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::FutureExt;
 use granary_protocol::{Hash, Response};
 use granary_remote::{ActionRecord, Format, HttpBlobs, RemoteCache, RemoteError, S3Blobs};
 use granary_store::{ActionId, Lookup, ObjectWriter, OutputId, StoreError};
@@ -38,7 +40,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use super::prefetch::{Joined, Prefetch, Used};
+use super::prefetch::{Joined, Prefetch, Used, Waiter};
 use super::respond::Ticket;
 use super::stats::{RemoteState, add};
 use super::{Engine, disk_path};
@@ -154,6 +156,35 @@ impl From<RemoteError> for Trouble {
     }
 }
 
+/// Waits for a remote call at most `timeout`. A panic in it (a decoder
+/// tripped by what the remote sent) is a failed request like any other:
+/// never a lost answer, never a get left waiting.
+pub(super) async fn within<T, E: Into<Trouble>>(
+    timeout: Duration,
+    future: impl Future<Output = Result<T, E>>,
+) -> Result<T, Trouble> {
+    match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
+        Ok(Ok(result)) => result.map_err(Into::into),
+        Ok(Err(panic)) => Err(Trouble::Remote(panicked(&*panic))),
+        Err(_) => Err(Trouble::Remote(RemoteError::Failed(format!(
+            "no answer within --remote-timeout ({})",
+            humantime::format_duration(timeout)
+        )))),
+    }
+}
+
+/// A panic in remote work, as the failed request it stands for.
+pub(super) fn panicked(panic: &(dyn std::any::Any + Send)) -> RemoteError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    RemoteError::Failed(format!(
+        "granary failed on what the remote sent (a bug; please report it): {message}"
+    ))
+}
+
 /// A fetched output the local tier could not take.
 pub(super) fn not_stored(e: &dyn std::fmt::Display) -> Trouble {
     Trouble::Local(format!(
@@ -243,8 +274,8 @@ impl Remote {
         }
     }
 
-    /// Counts the wait of a lookup that found nothing against the budget.
-    fn wasted(&self, wait: Duration) {
+    /// Counts a wait on the remote that found nothing against the budget.
+    pub(super) fn wasted(&self, wait: Duration) {
         let wait = wait.as_micros() as u64;
         let total = self.wasted_us.fetch_add(wait, Relaxed) + wait;
         if Duration::from_micros(total) > self.options.budget {
@@ -262,14 +293,31 @@ impl Engine {
     /// Looks `action` up in the remote after a local miss, answering
     /// `ticket` when done. Returns at once.
     pub(super) fn remote_get(self: &Arc<Self>, remote: &Remote, ticket: Ticket, action: Hash) {
-        let ticket = match remote.prefetch.join(action, ticket) {
+        self.wait_for_prefetch(remote, Waiter::new(ticket), action);
+    }
+
+    /// Lets a get wait for the prefetch if it brings `action`, else looks
+    /// it up.
+    pub(super) fn wait_for_prefetch(
+        self: &Arc<Self>,
+        remote: &Remote,
+        waiter: Waiter,
+        action: Hash,
+    ) {
+        let waiter = match remote.prefetch.join(action, waiter) {
             Joined::Waiting => return,
-            Joined::Stored(ticket) => match self.store.get(&ActionId(action)) {
-                Lookup::Hit(hit) => return self.answer_hit(ticket, action, hit),
-                Lookup::Miss(_) => ticket,
+            Joined::Stored(waiter) => match self.store.get(&ActionId(action)) {
+                Lookup::Hit(hit) => return self.answer_hit(waiter.ticket, action, hit),
+                Lookup::Miss(_) => waiter,
             },
-            Joined::No(ticket) => ticket,
+            Joined::No(waiter) => waiter,
         };
+        self.look_up(remote, waiter.ticket, action);
+    }
+
+    /// Looks `action` up in the remote, or joins the lookup of it under
+    /// way. Returns at once.
+    pub(super) fn look_up(self: &Arc<Self>, remote: &Remote, ticket: Ticket, action: Hash) {
         match remote
             .waiting
             .lock()
@@ -338,15 +386,7 @@ impl Engine {
             return None;
         }
         let started = Instant::now();
-        let timeout = remote.options.timeout;
-        let outcome = tokio::time::timeout(timeout, self.fetch(remote, action))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Trouble::Remote(RemoteError::Failed(format!(
-                    "no answer within --remote-timeout ({})",
-                    humantime::format_duration(timeout)
-                ))))
-            });
+        let outcome = within(remote.options.timeout, self.fetch(remote, action)).await;
         let wait = started.elapsed();
         self.stats.remote_wait(wait);
         let stats = &self.stats;
@@ -535,25 +575,23 @@ impl Engine {
             return None;
         }
         let cache = &remote.options.cache;
-        let sent = tokio::time::timeout(
+        let sent = within(
             remote.options.timeout,
             cache.upload(&action, &output.0, put_time, body.into()),
         )
-        .await
-        .unwrap_or_else(|_| {
-            Err(RemoteError::Failed(format!(
-                "an upload took longer than --remote-timeout ({})",
-                humantime::format_duration(remote.options.timeout)
-            )))
-        });
+        .await;
         match sent {
             Ok(sent) => {
                 remote.succeeded();
                 Some(sent.transferred)
             }
-            Err(e) => {
+            Err(Trouble::Remote(e)) => {
                 add(&self.stats.remote_errors, 1);
                 remote.failed(&e);
+                None
+            }
+            Err(Trouble::Local(e)) => {
+                tracing::debug!("cannot upload: {e}");
                 None
             }
         }

@@ -33,10 +33,16 @@ impl Responder {
     }
 
     /// Sends one response and flushes it, so that the waiting goroutine in
-    /// cmd/go wakes at once.
+    /// cmd/go wakes at once. A hit whose time cannot be written is sent as
+    /// a miss: an answer the go command can use, never none.
     pub fn send(&self, response: &Response) {
         let mut line = Vec::with_capacity(256);
-        response.encode(&mut line);
+        if let Err(e) = response.encode(&mut line) {
+            tracing::warn!("answered request {} with a miss: {e}", response.id);
+            Response::miss(response.id)
+                .encode(&mut line)
+                .expect("a miss has no time");
+        }
         let mut out = self.inner.out.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = out.write_all(&line).and_then(|()| out.flush())
             && !self.inner.broken.swap(true, Ordering::Relaxed)
