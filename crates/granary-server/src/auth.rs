@@ -148,6 +148,19 @@ impl Auth {
         }
     }
 
+    /// Whether a request with this `Authorization` header may read the
+    /// server's status and metrics: with tokens, only with a valid token
+    /// (they name paths, limits and the backing store), even where
+    /// anonymous clients may read blobs.
+    pub fn may_monitor(&self, authorization: Option<&[u8]>) -> bool {
+        match &self.tokens {
+            None => true,
+            Some(tokens) => authorization
+                .and_then(presented_token)
+                .is_some_and(|token| tokens.contains_key(&hash_token(&token))),
+        }
+    }
+
     /// What a request with this `Authorization` header may do.
     pub fn access(&self, authorization: Option<&[u8]>) -> Access {
         let Some(tokens) = &self.tokens else {
@@ -261,6 +274,9 @@ mod tests {
         assert_eq!(auth.access(Some(b"Digest abc")), Access::None);
         let anonymous = Auth::from_file(file.path(), true).unwrap();
         assert_eq!(anonymous.access(None), Access::Read);
+        assert!(!anonymous.may_monitor(None) && !anonymous.may_monitor(Some(&bearer("wrong"))));
+        assert!(anonymous.may_monitor(Some(&bearer(&reader))));
+        assert!(Auth::open().may_monitor(None));
         assert_eq!(anonymous.access(Some(&bearer("wrong"))), Access::None);
         assert_eq!(Auth::open().access(None), Access::Write);
     }

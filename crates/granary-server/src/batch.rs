@@ -11,7 +11,10 @@
 //! The answer is written by a blocking task that reads the blobs (pinned
 //! against eviction while read) and hands chunks to the response through a
 //! small channel, so a slow client holds a few chunks of memory and the
-//! task waits for it. Entries still being uploaded, and entries only the
+//! task waits for it, for the idle timeout at most: a client that stops
+//! reading gives its thread back. Few answers run at once (see
+//! [`BATCHES_AT_ONCE`] and [`BATCHES_PER_CONNECTION`]), so no client can
+//! take the blocking pool from the others. Entries still being uploaded, and entries only the
 //! backing store has, are answered as missing: the client then asks for
 //! them one by one, which does reach the backing store.
 //!
@@ -22,12 +25,13 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
 use bytes::Bytes;
 use granary_remote::pack::MAGIC;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use zstd::bulk::Compressor;
 
 use crate::check::MAX_ACTION_RESULT;
@@ -38,6 +42,12 @@ use crate::metrics::{KindLabels, Metrics};
 
 /// Most action IDs one request may name.
 pub const MAX_BATCH: usize = 10_000;
+/// Batch answers being written at once, each on a thread of the blocking
+/// pool; more wait for their turn without a thread.
+pub const BATCHES_AT_ONCE: usize = 8;
+/// Batch answers one connection may have under way, sent or not: an HTTP/2
+/// client opening hundreds of streams waits for its own turns.
+pub const BATCHES_PER_CONNECTION: usize = 2;
 /// Chunks of the answer on their way to the client.
 const CHANNEL: usize = 4;
 /// Bytes per chunk of the answer.
@@ -91,15 +101,21 @@ pub fn accepts_zstd(headers: &http::HeaderMap) -> bool {
 }
 
 /// Starts writing the answer to `keys`, compressed with zstd if `zstd` is
-/// given the frames to use; its chunks arrive on the receiver.
+/// given the frames to use; its chunks arrive on the receiver. The writer
+/// holds `turn` until it is done, and gives up on a client that takes no
+/// chunk for `idle`.
 pub fn answer(
     disk: Arc<Disk>,
     metrics: Arc<Metrics>,
     keys: Vec<Key>,
     zstd: Option<Arc<Frames>>,
+    idle: Duration,
+    turn: OwnedSemaphorePermit,
 ) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (sender, receiver) = mpsc::channel(CHANNEL);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let zstd = match zstd.map(|frames| Compressor::new(LEVEL).map(|c| (frames, c))) {
             None => None,
             Some(Ok(zstd)) => Some(zstd),
@@ -112,6 +128,8 @@ pub fn answer(
             disk,
             metrics,
             sender,
+            runtime,
+            idle,
             buffer: MAGIC.to_vec(),
             zstd,
         };
@@ -128,6 +146,10 @@ struct Answer {
     disk: Arc<Disk>,
     metrics: Arc<Metrics>,
     sender: mpsc::Sender<std::io::Result<Bytes>>,
+    /// To wait for the client, with a deadline, from the blocking thread.
+    runtime: tokio::runtime::Handle,
+    /// How long the client may leave a chunk untaken.
+    idle: Duration,
     /// The answer, before compression.
     buffer: Vec<u8>,
     /// For a client that takes zstd.
@@ -195,7 +217,7 @@ impl Answer {
 
     /// Cuts the answer: a length is already promised.
     fn fail<T>(&self, e: std::io::Error) -> Result<T, Stop> {
-        let _ = self.sender.blocking_send(Err(e));
+        let _ = self.sender.try_send(Err(e));
         Err(Stop)
     }
 
@@ -241,7 +263,14 @@ impl Answer {
 
     fn send(&mut self, chunk: Bytes) -> Result<(), Stop> {
         self.metrics.bytes_sent.inc_by(chunk.len() as u64);
-        self.sender.blocking_send(Ok(chunk)).map_err(|_| Stop)
+        let sent = self
+            .runtime
+            .block_on(tokio::time::timeout(self.idle, self.sender.send(Ok(chunk))));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            // The client left, or stopped reading.
+            Ok(Err(_)) | Err(_) => Err(Stop),
+        }
     }
 }
 

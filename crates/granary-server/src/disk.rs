@@ -36,8 +36,17 @@ use crate::key::{Key, Kind};
 const TOUCH_INTERVAL: Duration = Duration::from_secs(3600);
 /// Blobs unlinked per hold of the index lock by the evictor.
 const EVICT_BATCH: usize = 64;
+/// The unit of disk space: sizes count whole blocks, as `du` does.
+const BLOCK: u64 = 4096;
 
-/// Size limits of the disk tier.
+/// What a blob of `len` bytes takes on disk: whole blocks, and at least
+/// one, for its inode, so that many empty blobs weigh as they do on disk.
+fn on_disk(len: u64) -> u64 {
+    len.div_ceil(BLOCK).max(1) * BLOCK
+}
+
+/// Size limits of the disk tier, counted in whole blocks of 4 KiB, at
+/// least one a blob.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Above this, the evictor removes least recently used blobs...
@@ -70,13 +79,16 @@ pub struct Disk {
 #[derive(Debug, Default)]
 struct Index {
     blobs: HashMap<Key, Meta>,
-    /// Bytes of the blobs in `blobs`.
+    /// Disk space of the blobs in `blobs` (see [`on_disk`]).
     bytes: u64,
     /// How many of them are action results (counting them on demand
     /// would hold the lock for milliseconds with a million blobs).
     ac_blobs: u64,
-    /// Bytes promised to uploads in progress.
+    /// Disk space promised to uploads in progress.
     reserved: u64,
+    /// Disk space that refused writes asked for since the last eviction:
+    /// the evictor frees it, so that a refusal is temporary.
+    wanted: u64,
     /// Uploads that readers can follow, one per key.
     uploads: HashMap<Key, Arc<Upload>>,
 }
@@ -84,19 +96,43 @@ struct Index {
 impl Index {
     /// Adds or replaces a blob, keeping the totals; the replaced entry.
     fn insert(&mut self, key: Key, meta: Meta) -> Option<Meta> {
-        self.bytes += meta.size;
+        self.bytes += on_disk(meta.size);
         let replaced = self.blobs.insert(key, meta);
         match replaced {
-            Some(old) => self.bytes -= old.size,
+            Some(old) => self.bytes -= on_disk(old.size),
             None if key.kind == Kind::Ac => self.ac_blobs += 1,
             None => {}
         }
         replaced
     }
 
+    /// The space stored, promised and asked for.
+    fn demand(&self) -> u64 {
+        self.bytes + self.reserved + self.wanted
+    }
+
+    /// Refuses a write that needs `more` space if it would pass the hard
+    /// limit; the evictor is to free it.
+    fn make_room(&mut self, more: u64, limits: &Limits, pressure: &Notify) -> Result<(), Refusal> {
+        let used = self.bytes + self.reserved;
+        if used + more > limits.hard_limit {
+            // Room for what can never fit is not worth evicting for.
+            if more <= limits.hard_limit {
+                self.wanted = self.wanted.max(more);
+            }
+            pressure.notify_one();
+            return Err(Refusal::Full {
+                used,
+                limit: limits.hard_limit,
+            });
+        }
+        self.reserved += more;
+        Ok(())
+    }
+
     fn remove(&mut self, key: &Key) -> Option<Meta> {
         let meta = self.blobs.remove(key)?;
-        self.bytes -= meta.size;
+        self.bytes -= on_disk(meta.size);
         if key.kind == Kind::Ac {
             self.ac_blobs -= 1;
         }
@@ -140,7 +176,10 @@ pub struct Rebuilt {
 pub enum Refusal {
     #[error("the blob is larger than the server's limit of {limit} bytes")]
     TooLarge { limit: u64 },
-    #[error("the cache is full: {used} bytes stored or promised, hard limit {limit}")]
+    #[error(
+        "the cache is full: {used} bytes stored or promised, hard limit {limit}; \
+         room is being freed, try again in a second"
+    )]
     Full { used: u64, limit: u64 },
     #[error("cannot write the blob: {0}")]
     Io(#[from] io::Error),
@@ -410,21 +449,13 @@ impl Disk {
             std::process::id(),
             self.temp_names.fetch_add(1, Ordering::Relaxed)
         ));
-        let reserve = length.unwrap_or(0);
+        let reserve = on_disk(length.unwrap_or(0));
         let upload = {
             let mut index = self.lock();
             if join && let Some(upload) = index.uploads.get(&key) {
                 return Ok(Begun::Following(upload.clone()));
             }
-            let used = index.bytes + index.reserved;
-            if used + reserve > self.limits.hard_limit {
-                self.pressure.notify_one();
-                return Err(Refusal::Full {
-                    used,
-                    limit: self.limits.hard_limit,
-                });
-            }
-            index.reserved += reserve;
+            index.make_room(reserve, &self.limits, &self.pressure)?;
             let (progress, _) = watch::channel(Progress { written: 0, state });
             let upload = Arc::new(Upload {
                 key,
@@ -462,12 +493,13 @@ impl Disk {
     }
 
     /// Waits for pressure, then evicts least recently used blobs that no
-    /// one is reading until the total is at most the low watermark. Runs
-    /// until the task is dropped.
+    /// one is reading until what is stored, promised to uploads and asked
+    /// for by refused writes is at most the low watermark. Runs until the
+    /// task is dropped.
     pub async fn evict_forever(self: Arc<Self>) {
         loop {
             let pressure = self.pressure.notified();
-            if self.lock().bytes <= self.limits.max_size {
+            if self.lock().demand() <= self.limits.max_size {
                 tokio::select! {
                     () = pressure => {}
                     () = tokio::time::sleep(Duration::from_secs(30)) => {}
@@ -488,11 +520,13 @@ impl Disk {
         }
     }
 
-    /// One eviction pass; returns the blobs removed.
+    /// One eviction pass; returns the blobs removed. The room refused
+    /// writes asked for is forgotten: their clients ask again.
     pub fn evict(&self) -> u64 {
         let mut candidates: Vec<(u64, Key)> = {
-            let index = self.lock();
-            if index.bytes <= self.limits.max_size {
+            let mut index = self.lock();
+            if index.demand() <= self.limits.max_size {
+                index.wanted = 0;
                 return 0;
             }
             index
@@ -507,7 +541,8 @@ impl Disk {
         for batch in candidates.chunks(EVICT_BATCH) {
             let mut index = self.lock();
             for (used, key) in batch {
-                if index.bytes <= self.limits.low_watermark {
+                if index.demand() <= self.limits.low_watermark {
+                    index.wanted = 0;
                     return removed;
                 }
                 // Used or pinned since the candidates were listed: keep it.
@@ -521,9 +556,10 @@ impl Disk {
                 let meta = index.remove(key).expect("checked above");
                 removed += 1;
                 self.evictions.inc();
-                self.evicted_bytes.inc_by(meta.size);
+                self.evicted_bytes.inc_by(on_disk(meta.size));
             }
         }
+        self.lock().wanted = 0;
         removed
     }
 
@@ -578,18 +614,11 @@ impl Writer {
                 limit: self.disk.limits.max_blob,
             });
         }
-        if after > self.reserved {
-            let more = after - self.reserved;
-            let mut index = self.disk.lock();
-            let used = index.bytes + index.reserved;
-            if used + more > self.disk.limits.hard_limit {
-                self.disk.pressure.notify_one();
-                return Err(Refusal::Full {
-                    used,
-                    limit: self.disk.limits.hard_limit,
-                });
-            }
-            index.reserved += more;
+        let needed = on_disk(after);
+        if needed > self.reserved {
+            let more = needed - self.reserved;
+            let disk = &self.disk;
+            disk.lock().make_room(more, &disk.limits, &disk.pressure)?;
             self.reserved += more;
         }
         let file = self.file.as_mut().expect("open until finished");
@@ -639,7 +668,7 @@ impl Writer {
         index.reserved -= self.reserved;
         self.reserved = 0;
         self.finish(&mut index, State::Done);
-        if index.bytes > disk.limits.max_size {
+        if index.demand() > disk.limits.max_size {
             disk.pressure.notify_one();
         }
         Ok(())

@@ -31,7 +31,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::auth::{Access, Auth};
 use crate::backing::Backing;
@@ -52,6 +52,9 @@ const CHUNK: usize = 256 * 1024;
 /// A PUT's bytes are written once this many have gathered, or when the
 /// client pauses.
 const WRITE_BATCH: usize = 256 * 1024;
+/// The slowest a request body may arrive on average, after its first idle
+/// timeout: a 1 GiB blob then takes at most about 4.5 hours.
+const MIN_BODY_RATE: u64 = 64 * 1024;
 
 /// What every request needs.
 #[derive(Debug)]
@@ -64,18 +67,23 @@ pub struct Service {
     pub backing: Option<Backing>,
     /// How long a client may leave a request body without a byte.
     pub idle_timeout: Duration,
+    /// Turns to write a batch answer (see [`batch::BATCHES_AT_ONCE`]).
+    pub batch_turns: Arc<Semaphore>,
     pub started: Instant,
     pub tls: bool,
 }
 
 impl Service {
+    /// Answers one request of a connection whose batch answers under way
+    /// are counted by `connection_batches`.
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
+        connection_batches: Arc<Semaphore>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let method = method_name(request.method());
-        let (kind, response) = self.route(request).await;
+        let (kind, response) = self.route(request, connection_batches).await;
         let labels = LatencyLabels { method, kind };
         self.metrics
             .latency
@@ -92,14 +100,25 @@ impl Service {
         Ok(response)
     }
 
-    async fn route(&self, request: Request<Incoming>) -> (&'static str, Response<Body>) {
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        connection_batches: Arc<Semaphore>,
+    ) -> (&'static str, Response<Body>) {
         let path = request.uri().path();
         if is_batch_path(path) {
-            return ("batch", self.batch(request).await);
+            return ("batch", self.batch(request, connection_batches).await);
         }
         let Some(key) = Key::from_path(path) else {
+            let authorization = request
+                .headers()
+                .get(AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
             let response = match (request.method(), path) {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+                (&Method::GET, "/status" | "/metrics") if !self.auth.may_monitor(authorization) => {
+                    unauthorized()
+                }
                 (&Method::GET, "/status") => self.status(),
                 (&Method::GET, "/metrics") => {
                     let mut response = text(
@@ -166,8 +185,14 @@ impl Service {
         (key.kind.name(), response)
     }
 
-    /// `POST /batch`: see [`batch`](crate::batch).
-    async fn batch(&self, request: Request<Incoming>) -> Response<Body> {
+    /// `POST /batch`: see [`batch`](crate::batch). The connection's turn
+    /// is taken before the request is read and kept until the answer is
+    /// sent or dropped; the server's turn only while it is written.
+    async fn batch(
+        &self,
+        request: Request<Incoming>,
+        connection_batches: Arc<Semaphore>,
+    ) -> Response<Body> {
         if request.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
         }
@@ -178,6 +203,10 @@ impl Service {
         if self.auth.access(authorization) < Access::Read {
             return unauthorized();
         }
+        let connection_turn = connection_batches
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let zstd = batch::accepts_zstd(request.headers());
         let limit = batch::MAX_BATCH * 66;
         let body = match http_body_util::Limited::new(request.into_body(), limit)
@@ -200,11 +229,27 @@ impl Service {
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
         let frames = zstd.then(|| self.frames.clone());
-        let chunks = batch::answer(self.disk.clone(), self.metrics.clone(), keys, frames);
-        let stream = futures_util::stream::unfold(chunks, |mut chunks| async move {
-            let chunk = chunks.recv().await?;
-            Some((chunk.map(Frame::data), chunks))
-        });
+        let server_turn = self
+            .batch_turns
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let chunks = batch::answer(
+            self.disk.clone(),
+            self.metrics.clone(),
+            keys,
+            frames,
+            self.idle_timeout,
+            server_turn,
+        );
+        let stream = futures_util::stream::unfold(
+            (chunks, connection_turn),
+            |(mut chunks, turn)| async move {
+                let chunk = chunks.recv().await?;
+                Some((chunk.map(Frame::data), (chunks, turn)))
+            },
+        );
         let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
         response.headers_mut().insert(
             CONTENT_TYPE,
@@ -407,20 +452,30 @@ impl Service {
         check.update(&first)?;
         let mut batch = first;
         let mut writer = Some(writer);
+        let started = tokio::time::Instant::now();
+        let mut received = batch.len() as u64;
         loop {
             let frame = match body.frame().now_or_never() {
                 Some(frame) => frame,
                 None => {
                     // The client paused: let followers have what came so far.
                     write_batch(&mut writer, &mut batch).await?;
-                    match tokio::time::timeout(self.idle_timeout, body.frame()).await {
+                    // A pause may last the idle timeout, and the body as a
+                    // whole must keep up a minimum rate: a client trickling
+                    // a byte now and then holds no connection for long.
+                    let pause_ends = tokio::time::Instant::now() + self.idle_timeout;
+                    let rate_ends =
+                        started + self.idle_timeout + Duration::from_secs(received / MIN_BODY_RATE);
+                    match tokio::time::timeout_at(pause_ends.min(rate_ends), body.frame()).await {
                         Ok(frame) => frame,
                         Err(_) => {
                             return Err(Rejected::new(
                                 StatusCode::REQUEST_TIMEOUT,
                                 "incomplete",
                                 format!(
-                                    "no body byte for {:?}; upload abandoned",
+                                    "the body came slower than {} KiB/s after the first {:?}, \
+                                     or paused longer; upload abandoned",
+                                    MIN_BODY_RATE / 1024,
                                     self.idle_timeout
                                 ),
                             ));
@@ -434,6 +489,7 @@ impl Service {
                 continue;
             };
             self.metrics.bytes_received.inc_by(data.len() as u64);
+            received += data.len() as u64;
             check.update(&data)?;
             batch.extend_from_slice(&data);
             if batch.len() >= WRITE_BATCH {

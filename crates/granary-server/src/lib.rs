@@ -140,6 +140,7 @@ impl Server {
             frames,
             backing: None,
             idle_timeout: settings.idle_timeout,
+            batch_turns: Arc::new(tokio::sync::Semaphore::new(batch::BATCHES_AT_ONCE)),
             started: Instant::now(),
             tls: tls.is_some(),
         });

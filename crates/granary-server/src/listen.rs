@@ -18,7 +18,13 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
+use crate::batch::BATCHES_PER_CONNECTION;
 use crate::http::Service;
+
+/// Requests one HTTP/2 connection may have under way at once: each holds
+/// a little memory (a chunk of its answer, a file, a pin against
+/// eviction), so one client cannot open thousands.
+const MAX_STREAMS: u32 = 128;
 
 /// Serves `listener` until `shutdown` completes, then lets requests in
 /// flight finish for up to `grace`.
@@ -59,6 +65,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let serve = |io| {
                 let service = service.clone();
+                let batches = Arc::new(Semaphore::new(BATCHES_PER_CONNECTION));
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
                     .http1()
@@ -67,11 +74,11 @@ pub async fn serve(
                 builder
                     .http2()
                     .timer(TokioTimer::new())
-                    .max_concurrent_streams(1024);
+                    .max_concurrent_streams(MAX_STREAMS);
                 let connection = builder
                     .serve_connection(
                         TokioIo::new(io),
-                        service_fn(move |request| service.clone().handle(request)),
+                        service_fn(move |request| service.clone().handle(request, batches.clone())),
                     )
                     .into_owned();
                 watcher.watch(connection)

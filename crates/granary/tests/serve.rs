@@ -166,6 +166,7 @@ fn two_runners_share_one_https_server_with_tokens() {
         .unwrap();
     let status: serde_json::Value = client
         .get(format!("{}/status", server.url))
+        .bearer_auth(&reader)
         .send()
         .unwrap()
         .json()
@@ -220,7 +221,7 @@ fn writes_need_a_write_token() {
     let (reader, read_line) = make_token("read");
     let tokens = tokens_file(scratch.path(), &[&write_line, &read_line], 0o600);
     let dir = scratch.path().join("cache");
-    let server = Server::start_in(
+    let mut server = Server::start_in(
         tempfile::tempdir().unwrap(),
         &dir,
         &["--tokens", tokens.to_str().unwrap()],
@@ -251,6 +252,7 @@ fn writes_need_a_write_token() {
         b"",
     );
     assert_eq!((status, got), (200, body.clone()));
+    assert_monitoring_needs_a_token(&mut server, &reader);
     assert_eq!(
         server.metric("granary_rejected_writes_total", "unauthorized"),
         2.0
@@ -262,7 +264,7 @@ fn writes_need_a_write_token() {
     drop(server);
 
     // Anonymous reading, when asked for.
-    let server = Server::start_in(
+    let mut server = Server::start_in(
         tempfile::tempdir().unwrap(),
         &dir,
         &["--tokens", tokens.to_str().unwrap(), "--anonymous-read"],
@@ -271,6 +273,31 @@ fn writes_need_a_write_token() {
     .unwrap();
     assert_eq!(request(server.addr, "GET", &path, &[], b"").0, 200);
     assert_eq!(put_cas(&server, &pattern(10, 2), &[]).0, 401);
+    assert_monitoring_needs_a_token(&mut server, &reader);
+}
+
+/// With tokens, `/status` and `/metrics` (paths, limits, the backing
+/// store, every counter) need a valid token, whoever may read blobs;
+/// `/healthz` stays open.
+fn assert_monitoring_needs_a_token(server: &mut Server, token: &str) {
+    for path in ["/status", "/metrics"] {
+        for headers in [&[][..], &[("Authorization", "Bearer gry_guessed")][..]] {
+            let (status, body) = request(server.addr, "GET", path, headers, b"");
+            assert_eq!(
+                status,
+                401,
+                "{path} {headers:?}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            assert!(
+                !String::from_utf8_lossy(&body).contains("cache"),
+                "nothing leaks"
+            );
+        }
+    }
+    assert_eq!(request(server.addr, "GET", "/healthz", &[], b"").0, 200);
+    server.monitor_token = Some(token.to_owned());
+    assert!(server.status()["cas_blobs"].is_u64());
 }
 
 #[test]
@@ -305,6 +332,11 @@ fn a_bad_tokens_file_stops_the_server_with_a_clear_error() {
     .err()
     .unwrap();
     assert!(log.contains("/nonexistent/tokens"), "{log}");
+    assert_eq!(
+        log.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {log}"
+    );
 }
 
 #[test]
@@ -1030,4 +1062,204 @@ fn batches_answer_in_order_and_refuse_bad_requests() {
         assert_eq!(got, status, "{method} {text}");
         assert!(text.contains(why), "{text}");
     }
+}
+
+/// A write refused for want of room makes the evictor free it: the next
+/// try succeeds. (It was refused forever while the total stayed under
+/// --max-size: eviction started only above it.)
+#[test]
+fn a_write_refused_for_room_is_taken_once_room_is_freed() {
+    let server = Server::start(&["--max-size", "1MiB"]);
+    let mut paths = Vec::new();
+    for seed in 0..3 {
+        let (status, path) = put_cas(&server, &pattern(300 << 10, seed), &[]);
+        assert_eq!(status, 200);
+        paths.push(path);
+    }
+    let fourth = pattern(300 << 10, 3);
+    let (status, _) = put_cas(&server, &fourth, &[]);
+    assert_eq!(status, 507, "past the hard limit of 1.1 MiB");
+    let started = Instant::now();
+    wait_until("the write is taken", Duration::from_secs(3), || {
+        put_cas(&server, &fourth, &[]).0 == 200
+    });
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let status = server.status();
+    assert!(status["evicted"].as_u64().unwrap() >= 1, "{status}");
+    assert!(
+        status["bytes"].as_u64().unwrap() <= (1 << 20) + (1 << 20) / 10,
+        "{status}"
+    );
+    assert_eq!(
+        request(server.addr, "HEAD", &paths[0], &[], b"").0,
+        404,
+        "LRU went"
+    );
+}
+
+/// Sizes count the blocks a blob takes, at least one: thousands of empty
+/// action results (0 bytes each, once) fill a 1 MiB cache and are evicted
+/// like a few big blobs would be, so the disk and its inodes stay bounded.
+#[test]
+fn tiny_blobs_count_the_blocks_they_take() {
+    let server = Server::start(&["--max-size", "1MiB"]);
+    for i in 0..600u32 {
+        let path = format!("/ac/{}", sha256_hex(&i.to_be_bytes()));
+        // An empty message is a valid (empty) ActionResult.
+        let (status, _) = request(server.addr, "PUT", &path, &[], b"");
+        assert!(status == 200 || status == 507, "{status}");
+    }
+    wait_until("eviction", Duration::from_secs(5), || {
+        server.status()["bytes"].as_u64().unwrap() <= 1 << 20
+    });
+    let status = server.status();
+    let blobs = status["ac_blobs"].as_u64().unwrap();
+    assert!(status["evicted"].as_u64().unwrap() > 0, "{status}");
+    assert!(blobs * 4096 <= (1 << 20) + (1 << 20) / 10, "{status}");
+    assert_eq!(status["bytes"].as_u64().unwrap(), blobs * 4096, "{status}");
+    assert_eq!(blob_files(&server.dir).len() as u64, blobs);
+}
+
+/// Request bodies that trickle (a byte now and then, each pause within the
+/// idle timeout) once held every connection slot: /healthz waited 45 s.
+/// A body must keep up a minimum rate after its first idle timeout.
+#[test]
+fn trickling_bodies_give_their_connections_back() {
+    let server = Server::start(&["--idle-timeout", "1s", "--max-connections", "4"]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tricklers: Vec<_> = (0..4u8)
+        .map(|i| {
+            let (addr, stop) = (server.addr, stop.clone());
+            std::thread::spawn(move || {
+                let path = format!("/cas/{}", sha256_hex(&[i; 1000]));
+                let mut stream = TcpStream::connect(addr).unwrap();
+                write!(
+                    stream,
+                    "PUT {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\n"
+                )
+                .unwrap();
+                for _ in 0..40 {
+                    if stop.load(Ordering::Relaxed) || stream.write_all(&[i]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (status, _) = request(server.addr, "GET", "/healthz", &[], b"");
+    let waited = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for trickler in tricklers {
+        trickler.join().unwrap();
+    }
+    assert_eq!(status, 200);
+    assert!(
+        waited < Duration::from_millis(2500),
+        "/healthz waited {waited:?} behind four trickling uploads"
+    );
+    assert!(server.metric("granary_rejected_writes_total", "incomplete") >= 1.0);
+    assert!(
+        blob_files(&server.dir).is_empty(),
+        "nothing half-sent is stored"
+    );
+}
+
+/// One HTTP/2 client opening hundreds of /batch streams, reading none of
+/// them (a zero window) and pinging to look alive, once took 515 threads
+/// of the blocking pool, and every other client's PUT and batch stalled.
+/// Now a connection has two batch answers at most, and the server a few:
+/// other clients are served within a second, threads stay few.
+#[test]
+fn a_hostile_http2_client_cannot_take_the_server() {
+    let server = Server::start(&["--idle-timeout", "3s"]);
+    // Entries whose answers are large: the writer must wait for the client.
+    let mut lines = String::new();
+    for seed in 0..4u8 {
+        let output = pattern(2 << 20, 100 + seed);
+        assert_eq!(put_cas(&server, &output, &[]).0, 200);
+        let id = sha256_hex(&[seed]);
+        put_result(&server, &id, &output);
+        lines.push_str(&format!("{id}\n"));
+    }
+    let threads_before = threads(server.pid());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = server.addr;
+    let request_body = lines.clone();
+    let (opened, hostile) = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, mut connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .initial_connection_window_size(65_535)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        let mut ping_pong = connection.ping_pong().unwrap();
+        let driver = tokio::spawn(connection);
+        let mut streams = Vec::new();
+        for _ in 0..600 {
+            let ready = tokio::time::timeout(Duration::from_millis(200), client.clone().ready());
+            let Ok(Ok(mut ready)) = ready.await else {
+                break;
+            };
+            let request = http::Request::post(format!("http://{addr}/batch"))
+                .body(())
+                .unwrap();
+            let (response, mut send) = ready.send_request(request, false).unwrap();
+            send.send_data(bytes::Bytes::from(request_body.clone()), true)
+                .unwrap();
+            streams.push((response, send));
+        }
+        let opened = streams.len();
+        let pinger = tokio::spawn(async move {
+            for _ in 0..10 {
+                if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        (opened, (streams, pinger, driver))
+    });
+    assert!(opened >= 100, "the server took only {opened} streams");
+    std::thread::sleep(Duration::from_millis(500));
+    // Another client: a PUT and a whole batch, each within a second.
+    for seed in 0..3u8 {
+        let started = Instant::now();
+        assert_eq!(
+            put_cas(&server, &pattern(100 << 10, 200 + seed), &[]).0,
+            200
+        );
+        let (status, body) = request(server.addr, "POST", "/batch", &[], lines.as_bytes());
+        let took = started.elapsed();
+        assert_eq!(status, 200);
+        assert!(body.len() > 8 << 20, "the whole answer: {}", body.len());
+        assert!(
+            took < Duration::from_secs(1),
+            "another client waited {took:?}"
+        );
+    }
+    let threads = threads(server.pid());
+    assert!(
+        threads < threads_before + 16,
+        "{threads} threads (from {threads_before}) for one hostile connection"
+    );
+    drop(hostile);
+    drop(runtime);
+}
+
+/// The number of threads of process `pid`.
+fn threads(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
 }

@@ -24,6 +24,9 @@ pub struct Server {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT` (or https).
     pub url: String,
+    /// The token that [`Server::status`] and [`Server::metric`] send: with
+    /// a tokens file, the server shows them only to a valid token.
+    pub monitor_token: Option<String>,
 }
 
 impl Server {
@@ -69,6 +72,7 @@ impl Server {
                     dir: dir.to_owned(),
                     addr,
                     url,
+                    monitor_token: None,
                 });
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -92,20 +96,30 @@ impl Server {
 
     /// `/status` as JSON.
     pub fn status(&self) -> serde_json::Value {
-        let (code, body) = request(self.addr, "GET", "/status", &[], b"");
+        let (code, body) = self.monitor("/status");
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
         serde_json::from_slice(&body).unwrap()
     }
 
     /// The sum of a metric's samples whose labels contain `labels`.
     pub fn metric(&self, name: &str, labels: &str) -> f64 {
-        let (_, body) = request(self.addr, "GET", "/metrics", &[], b"");
+        let (_, body) = self.monitor("/metrics");
         String::from_utf8_lossy(&body)
             .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
             .filter(|l| l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    fn monitor(&self, path: &str) -> (u16, Vec<u8>) {
+        let bearer = self.monitor_token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| ("Authorization", b))
+            .into_iter()
+            .collect();
+        request(self.addr, "GET", path, &headers, b"")
     }
 
     /// SIGTERM, then waits up to 30 s for the exit.
