@@ -94,6 +94,8 @@ pub enum FramingError {
     MalformedJson(serde_json::Error),
     #[error("a request has no integer ID")]
     MissingId,
+    #[error("a request names its ID more than once, so it cannot be answered")]
+    AmbiguousId,
     #[error("the input ended inside a put body")]
     TruncatedBody,
 }
@@ -184,6 +186,33 @@ fn decode_id(
     })
 }
 
+/// How many times a JSON object names its ID (a map keeps only the last).
+struct IdCount(usize);
+
+impl<'de> Deserialize<'de> for IdCount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = IdCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<IdCount, A::Error> {
+                let mut ids = 0;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    ids += usize::from(key == "ID");
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(IdCount(ids))
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
+}
+
 /// Extracts what can be saved from a line that is JSON but not a well-typed
 /// request: its ID, to answer it, and its body size, to skip the body.
 fn salvage(line: &[u8]) -> Option<(i64, u64)> {
@@ -228,6 +257,9 @@ impl<R: BufRead> RequestReader<R> {
         let wire: WireRequest = match serde_json::from_slice(&self.line) {
             Ok(wire) => wire,
             Err(error) => {
+                if serde_json::from_slice::<IdCount>(&self.line).is_ok_and(|ids| ids.0 > 1) {
+                    return Err(FramingError::AmbiguousId);
+                }
                 let Some((id, body_size)) = salvage(&self.line) else {
                     return Err(FramingError::MalformedJson(error));
                 };
@@ -635,6 +667,11 @@ mod tests {
         assert!(matches!(
             reader("{\"Command\":\"close\"}\n").next_request(),
             Err(FramingError::MissingId)
+        ));
+        // Answered under the last one once; which one was meant?
+        assert!(matches!(
+            reader("{\"ID\":1,\"Command\":\"get\",\"ID\":2}\n").next_request(),
+            Err(FramingError::AmbiguousId)
         ));
     }
 

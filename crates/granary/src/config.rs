@@ -421,11 +421,12 @@ fn read_file(dir: &Path, config: Option<&Path>) -> anyhow::Result<(File, PathBuf
             return Ok((File::default(), path));
         }
         Err(e) => {
+            let origin = match required {
+                true => "set by --config or GRANARY_CONFIG",
+                false => "in the cache directory",
+            };
             return Err(e).with_context(|| {
-                format!(
-                    "cannot read the config file {} (set by --config or GRANARY_CONFIG)",
-                    path.display()
-                )
+                format!("cannot read the config file {} ({origin})", path.display())
             });
         }
     };

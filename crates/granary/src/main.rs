@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("granary: error: {e:#}");
+            eprintln!("granary: error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -58,13 +58,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prog(args) => {
             let upkeep = config::upkeep(&dir, config, &args.policy)
                 .inspect_err(|e| {
-                    tracing::warn!("{e:#}; the cache will not be trimmed until this is fixed")
+                    tracing::warn!(
+                        "{}; the cache will not be trimmed until this is fixed",
+                        chain(e)
+                    )
                 })
                 .ok();
             let remote = config::remote(&dir, config, &args.remote)
                 .and_then(|remote| Ok(remote.map(prog::RemoteOptions::new).transpose()?))
                 .inspect_err(|e| {
-                    tracing::warn!("{e:#}; the build goes on with the local cache only")
+                    tracing::warn!("{}; the build goes on with the local cache only", chain(e))
                 })
                 .ok()
                 .flatten();
@@ -97,11 +100,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The cache directory: `--dir`, else the go command's own GOCACHE. Always
 /// absolute, since paths inside it are handed to the go command.
 fn cache_dir(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
-    match &global.dir {
+    let dir = match &global.dir {
         Some(dir) => std::path::absolute(dir)
-            .with_context(|| format!("cannot make {} absolute", dir.display())),
-        None => gocache::go_cache_dir(),
+            .with_context(|| format!("cannot make {} absolute", dir.display()))?,
+        None => gocache::go_cache_dir()?,
+    };
+    anyhow::ensure!(
+        !dir.exists() || dir.is_dir(),
+        "the cache directory {} is not a directory; choose another with --dir or GRANARY_DIR",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// An error and its causes, each said once: many messages already end
+/// with their cause, which the chain then repeats.
+fn chain(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
     }
+    text
 }
 
 /// Logs go to stderr, which is the user's terminal during a build: warnings

@@ -201,6 +201,44 @@ fn malformed_json_loses_framing_and_exits_non_zero() {
     assert_eq!(entry_files(&sb.cache()), 2);
 }
 
+/// A request that names its ID twice cannot be answered: under which ID?
+/// (It was answered under the last one.)
+#[test]
+fn a_request_with_two_ids_loses_framing() {
+    let sb = Sandbox::new();
+    let mut h = Helper::start(&sb);
+    h.send(b"{\"ID\":1,\"Command\":\"get\",\"ID\":2}\n");
+    let (status, stderr) = h.finish();
+    assert!(!status.success());
+    assert!(stderr.contains("names its ID more than once"), "{stderr}");
+}
+
+/// A cache directory that is a file is named as such, once, whatever the
+/// command; not as a config file that cannot be read.
+#[test]
+fn a_cache_directory_that_is_a_file_says_so() {
+    let sb = Sandbox::new();
+    let file = sb.path("a-file");
+    fs::write(&file, b"").unwrap();
+    for args in [&["prog"][..], &["du"], &["trim"], &["stats"]] {
+        let out = without_granary_env(&mut Command::new(granary()))
+            .arg("--dir")
+            .arg(&file)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains("is not a directory; choose another with --dir")
+                && !stderr.contains("config")
+                && stderr.lines().count() == 1,
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn end_of_input_inside_a_body_exits_non_zero() {
     let sb = Sandbox::new();
