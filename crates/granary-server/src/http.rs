@@ -203,10 +203,19 @@ impl Service {
         if self.auth.access(authorization) < Access::Read {
             return unauthorized();
         }
-        let connection_turn = connection_batches
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        // Bounded: a handler that waits keeps its connection open.
+        let Ok(connection_turn) =
+            tokio::time::timeout(self.idle_timeout, connection_batches.acquire_owned()).await
+        else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this connection has {} batch answers under way; read them first\n",
+                    batch::BATCHES_PER_CONNECTION
+                ),
+            );
+        };
+        let connection_turn = connection_turn.expect("never closed");
         let zstd = batch::accepts_zstd(request.headers());
         let limit = batch::MAX_BATCH * 66;
         let body = match http_body_util::Limited::new(request.into_body(), limit)
@@ -229,12 +238,15 @@ impl Service {
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
         let frames = zstd.then(|| self.frames.clone());
-        let server_turn = self
-            .batch_turns
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let Ok(server_turn) =
+            tokio::time::timeout(self.idle_timeout, self.batch_turns.clone().acquire_owned()).await
+        else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy writing other batch answers; ask for the entries one by one\n",
+            );
+        };
+        let server_turn = server_turn.expect("never closed");
         let chunks = batch::answer(
             self.disk.clone(),
             self.metrics.clone(),

@@ -1,12 +1,23 @@
 //! Accepting connections: TCP_NODELAY, optional TLS, a cap on connections,
 //! a deadline on stalled ones, and a graceful end.
+//!
+//! A connection is stalled when no request has started, none is being
+//! handled and no response has sent data for the idle timeout. Bytes on
+//! the socket alone are not progress: an HTTP/2 client that pings, or
+//! opens streams it never reads, would otherwise keep its connection for
+//! ever.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use crate::batch::BATCHES_PER_CONNECTION;
-use crate::http::Service;
+use crate::http::{Body, Service};
 
 /// Requests one HTTP/2 connection may have under way at once: each holds
 /// a little memory (a chunk of its answer, a file, a pin against
@@ -63,8 +74,10 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let activity = Arc::new(Activity::new());
             let serve = |io| {
                 let service = service.clone();
+                let activity = activity.clone();
                 let batches = Arc::new(Semaphore::new(BATCHES_PER_CONNECTION));
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
@@ -78,15 +91,29 @@ pub async fn serve(
                 let connection = builder
                     .serve_connection(
                         TokioIo::new(io),
-                        service_fn(move |request| service.clone().handle(request, batches.clone())),
+                        service_fn(move |request| {
+                            let handling = activity.handling();
+                            let activity = activity.clone();
+                            let response = service.clone().handle(request, batches.clone());
+                            async move {
+                                let response = response.await?;
+                                drop(handling);
+                                Ok::<_, std::convert::Infallible>(
+                                    response.map(|body| Tracked { body, activity }.boxed_unsync()),
+                                )
+                            }
+                        }),
                     )
                     .into_owned();
                 watcher.watch(connection)
             };
             let result = match tls {
-                None => serve(Stalls::new(Box::new(stream), idle)).await,
+                None => serve(Stalls::new(Box::new(stream), idle, activity.clone())).await,
                 Some(tls) => match tokio::time::timeout(idle, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve(Stalls::new(Box::new(stream), idle)).await,
+                    Ok(Ok(stream)) => {
+                        activity.progress();
+                        serve(Stalls::new(Box::new(stream), idle, activity.clone())).await
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!("TLS handshake with {peer} failed: {e}");
                         Ok(())
@@ -116,37 +143,113 @@ pub async fn serve(
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// A connection that fails once neither reading nor writing has made
-/// progress for `limit` while one of them waits: a client that stops
-/// sending or stops reading gives its connection back. Progress only
-/// records the time; the timer is moved when it fires early, so a busy
-/// connection does not touch the timer wheel on every read and write.
+/// What a connection's requests have done lately: the progress that keeps
+/// it open.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    /// When a request last started or finished, or a response sent data,
+    /// in milliseconds since `opened`.
+    last: AtomicU64,
+    /// Requests whose handler is running (each bounds its own waits).
+    handling: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last: AtomicU64::new(0),
+            handling: AtomicUsize::new(0),
+        }
+    }
+
+    fn progress(&self) {
+        let now = self.opened.elapsed().as_millis() as u64;
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// When the connection last made progress; now while a handler runs.
+    fn last_progress(&self) -> Instant {
+        if self.handling.load(Ordering::Relaxed) > 0 {
+            self.progress();
+        }
+        self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Counts a request as being handled until the guard is dropped.
+    fn handling(self: &Arc<Self>) -> Handling {
+        self.progress();
+        self.handling.fetch_add(1, Ordering::Relaxed);
+        Handling(self.clone())
+    }
+}
+
+/// A request being handled; progress when it starts and when it ends.
+struct Handling(Arc<Activity>);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.progress();
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that counts each frame it yields as progress.
+struct Tracked {
+    body: Body,
+    activity: Arc<Activity>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        self.activity.progress();
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection that fails once it has made no progress (see [`Activity`])
+/// for `limit` while reading or writing waits: a client that stops
+/// sending, stops reading, or only pings gives its connection back. The
+/// timer is moved when it fires early, so a busy connection does not touch
+/// the timer wheel on every read and write.
 struct Stalls {
     inner: Box<dyn Stream>,
     limit: Duration,
-    last_progress: Instant,
+    activity: Arc<Activity>,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl Stalls {
-    fn new(inner: Box<dyn Stream>, limit: Duration) -> Stalls {
+    fn new(inner: Box<dyn Stream>, limit: Duration, activity: Arc<Activity>) -> Stalls {
         Stalls {
             inner,
             limit,
-            last_progress: Instant::now(),
+            activity,
             deadline: Box::pin(tokio::time::sleep(limit)),
         }
-    }
-
-    fn progress(&mut self) {
-        self.last_progress = Instant::now();
     }
 
     /// Called when an operation is pending: has the connection stalled?
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             ready!(self.deadline.as_mut().poll(cx));
-            let deadline = self.last_progress + self.limit;
+            let deadline = self.activity.last_progress() + self.limit;
             if deadline <= Instant::now() {
                 return Poll::Ready(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -165,10 +268,7 @@ impl AsyncRead for Stalls {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                self.progress();
-                Poll::Ready(result)
-            }
+            Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => self.stalled(cx).map(Err),
         }
     }
@@ -181,10 +281,7 @@ impl AsyncWrite for Stalls {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(result) => {
-                self.progress();
-                Poll::Ready(result)
-            }
+            Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => self.stalled(cx).map(Err),
         }
     }
@@ -206,10 +303,7 @@ impl AsyncWrite for Stalls {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => {
-                self.progress();
-                Poll::Ready(result)
-            }
+            Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => self.stalled(cx).map(Err),
         }
     }

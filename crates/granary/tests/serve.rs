@@ -1171,7 +1171,8 @@ fn trickling_bodies_give_their_connections_back() {
 /// them (a zero window) and pinging to look alive, once took 515 threads
 /// of the blocking pool, and every other client's PUT and batch stalled.
 /// Now a connection has two batch answers at most, and the server a few:
-/// other clients are served within a second, threads stay few.
+/// other clients are served within a second, threads stay few, and the
+/// connection is closed once it makes no progress but pings.
 #[test]
 fn a_hostile_http2_client_cannot_take_the_server() {
     let server = Server::start(&["--idle-timeout", "3s"]);
@@ -1218,7 +1219,7 @@ fn a_hostile_http2_client_cannot_take_the_server() {
         }
         let opened = streams.len();
         let pinger = tokio::spawn(async move {
-            for _ in 0..10 {
+            for _ in 0..40 {
                 if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
                     break;
                 }
@@ -1250,7 +1251,19 @@ fn a_hostile_http2_client_cannot_take_the_server() {
         threads < threads_before + 16,
         "{threads} threads (from {threads_before}) for one hostile connection"
     );
-    drop(hostile);
+    // Pings are not progress: the server closes the connection once its
+    // requests have been refused or given up on, and the idle timeout has
+    // passed.
+    let (streams, _pinger, driver) = hostile;
+    let started = Instant::now();
+    let closed =
+        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(15), driver).await });
+    assert!(
+        closed.is_ok(),
+        "the server kept a connection that only pings for {:?}",
+        started.elapsed()
+    );
+    drop(streams);
     drop(runtime);
 }
 
