@@ -845,3 +845,111 @@ mod tests {
         assert_eq!(stored.object, dir.join("hello"));
     }
 }
+
+/// The race of `four_concurrent_builds_share_one_directory` (tests of the
+/// binary), many times over in one process: several helpers put one entry
+/// at once, while a native go command writes it the way cmd/go does (the
+/// action line in place, then a truncate; the object in place, its last
+/// byte last) and lookups read it. Whatever the interleaving, a lookup
+/// never hands out a wrong or short object, and once the writers are done
+/// the entry is a hit.
+#[cfg(test)]
+mod races {
+    use std::os::unix::fs::FileExt;
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// cmd/go's DiskCache.putIndexEntry and copyFile, reduced to their
+    /// writes.
+    fn native_put(store: &Store, action: &ActionId, body: &[u8]) {
+        let output = OutputId::of(body);
+        let object = store.object_path(&output);
+        let _ = fs::create_dir_all(object.parent().unwrap());
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&object)
+            .unwrap();
+        file.write_all_at(&body[..body.len() - 1], 0).unwrap();
+        file.write_all_at(&body[body.len() - 1..], body.len() as u64 - 1)
+            .unwrap();
+        let entry = ActionEntry {
+            output_id: output,
+            size: body.len() as u64,
+            put_time: SystemTime::now(),
+        };
+        let path = store.action_path(action);
+        let _ = fs::create_dir_all(path.parent().unwrap());
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let line = entry.encode(action);
+        file.write_all(line.as_bytes()).unwrap();
+        file.set_len(line.len() as u64).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_entry_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("cache")).unwrap();
+        let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let output = OutputId::of(&body);
+        for round in 0..100u32 {
+            let action = ActionId(Sha256::digest(round.to_be_bytes()).into());
+            let writers = 5;
+            let start = Barrier::new(writers + 2);
+            let done = AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                for writer in 0..writers {
+                    let (store, start, body) = (&store, &start, &body);
+                    scope.spawn(move || {
+                        start.wait();
+                        match writer {
+                            0 => native_put(store, &action, body),
+                            _ => {
+                                store.put_bytes(&action, body).unwrap();
+                            }
+                        }
+                    });
+                }
+                for _ in 0..2 {
+                    let (store, start, done, body) = (&store, &start, &done, &body);
+                    scope.spawn(move || {
+                        start.wait();
+                        while !done.load(Ordering::Relaxed) {
+                            if let Lookup::Hit(hit) = store.get(&action) {
+                                assert_eq!(hit.entry.output_id, output);
+                                let read = fs::read(&hit.object).unwrap();
+                                assert!(
+                                    read.len() == body.len(),
+                                    "round {round}: a hit with {} of {} bytes",
+                                    read.len(),
+                                    body.len()
+                                );
+                            }
+                        }
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(2));
+                // The writers end on their own; then the readers stop.
+                scope.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    done.store(true, Ordering::Relaxed);
+                });
+            });
+            match store.get(&action) {
+                Lookup::Hit(hit) => {
+                    assert_eq!(fs::read(&hit.object).unwrap(), body, "round {round}");
+                }
+                Lookup::Miss(reason) => panic!("round {round}: lost the entry: {reason:?}"),
+            }
+        }
+    }
+}
