@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::config::{
+use crate::units::{
     parse_age_limit, parse_ceiling, parse_duration, parse_floor, parse_interval, parse_size,
 };
 

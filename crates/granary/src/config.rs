@@ -8,11 +8,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytesize::ByteSize;
+use granary_prog::Scopes;
 use granary_remote::{HttpSettings, S3Credentials, S3Settings};
 use granary_store::Policy;
 use serde::Deserialize;
 
 use crate::cli::{PolicyArgs, RemoteArgs, ServeArgs};
+use crate::units::{
+    parse_age_limit, parse_ceiling, parse_duration, parse_floor, parse_interval, parse_size,
+};
 
 /// The config file's name in the cache directory.
 pub const CONFIG_FILE: &str = "granary.toml";
@@ -84,16 +88,6 @@ pub struct Remote {
     pub scopes: Scopes,
 }
 
-/// Which manifests a run reads and publishes (see `prog::prefetch`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scopes {
-    /// Where this run publishes, read first; qualified with the platform.
-    pub scope: String,
-    /// Read after it, in order; qualified likewise.
-    pub fallbacks: Vec<String>,
-    /// Whether to prefetch at start-up.
-    pub prefetch: bool,
-}
 #[derive(Debug, Clone)]
 pub enum Endpoint {
     S3(S3Settings),
@@ -433,56 +427,6 @@ fn read_file(dir: &Path, config: Option<&Path>) -> anyhow::Result<(File, PathBuf
     let file = toml::from_str(&text)
         .with_context(|| format!("the config file {} is not valid", path.display()))?;
     Ok((file, path))
-}
-
-/// A duration such as `90s`, `4h`, `5d` or `1w 2d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration such as 30m, 4h or 5d: {e}"))
-}
-
-/// A size such as `500MB`, `20GiB` or `1073741824` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    text.trim()
-        .parse::<ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|e| format!("`{text}` is not a size such as 500MiB or 20GiB: {e}"))
-}
-
-fn is_none(text: &str) -> bool {
-    text.trim().eq_ignore_ascii_case("none")
-}
-
-/// `--max-age`: a duration, or `none` for no age limit.
-pub fn parse_age_limit(text: &str) -> Result<Duration, String> {
-    if is_none(text) {
-        return Ok(Duration::MAX);
-    }
-    parse_duration(text)
-}
-
-/// `--max-size`: a size, or `none` for no ceiling.
-pub fn parse_ceiling(text: &str) -> Result<u64, String> {
-    if is_none(text) {
-        return Ok(u64::MAX);
-    }
-    parse_size(text)
-}
-
-/// `--min-free`: a size, or `none` (or 0) for no floor.
-pub fn parse_floor(text: &str) -> Result<u64, String> {
-    if is_none(text) {
-        return Ok(0);
-    }
-    parse_size(text)
-}
-
-/// `--trim-interval`: a duration, or `none` to never trim from `prog`.
-pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    if is_none(text) {
-        return Ok(Duration::MAX);
-    }
-    parse_duration(text)
 }
 
 /// How an age reads in reports, in the largest whole unit, as the flags

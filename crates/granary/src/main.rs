@@ -12,6 +12,7 @@ mod prog;
 mod progress;
 mod scope;
 mod serve;
+mod units;
 mod upkeep;
 mod verify;
 
@@ -55,30 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let dir = cache_dir(global)?;
     match cli.command {
-        Command::Prog(args) => {
-            let upkeep = config::upkeep(&dir, config, &args.policy)
-                .inspect_err(|e| {
-                    tracing::warn!(
-                        "{}; the cache will not be trimmed until this is fixed",
-                        chain(e)
-                    )
-                })
-                .ok();
-            let remote = config::remote(&dir, config, &args.remote)
-                .and_then(|remote| Ok(remote.map(prog::RemoteOptions::new).transpose()?))
-                .inspect_err(|e| {
-                    tracing::warn!("{}; the build goes on with the local cache only", chain(e))
-                })
-                .ok()
-                .flatten();
-            let options = prog::Options {
-                stats_file: args.stats_file,
-                verbose: global.verbose,
-                upkeep,
-                remote,
-            };
-            prog::run(dir, options)
-        }
+        Command::Prog(args) => prog::run(dir, config, args, global.verbose),
         Command::Du(args) => {
             let upkeep = config::upkeep(&dir, config, &args.policy)?;
             upkeep::du(&dir, &upkeep, &args, global.verbose)
@@ -115,7 +93,7 @@ fn cache_dir(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
 
 /// An error and its causes, each said once: many messages already end
 /// with their cause, which the chain then repeats.
-fn chain(error: &anyhow::Error) -> String {
+pub fn chain(error: &anyhow::Error) -> String {
     let mut text = error.to_string();
     for cause in error.chain().skip(1) {
         let cause = cause.to_string();

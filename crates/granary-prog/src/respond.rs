@@ -1,13 +1,20 @@
 //! The one writer of stdout, and the tickets that make every request
 //! answered exactly once.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use granary_protocol::Response;
+use std::fmt;
+use std::path::PathBuf;
 
-/// Writes responses to stdout, one whole line at a time.
+use granary_protocol::Response;
+use granary_store::Hit;
+
+use crate::stats::{Stats, add};
+
+/// Writes responses to the output (stdout in `granary prog`), one whole
+/// line at a time.
 ///
 /// Architecture invariant: in `prog` mode nothing else writes to stdout.
 #[derive(Debug, Clone)]
@@ -15,18 +22,25 @@ pub struct Responder {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
-    out: Mutex<io::Stdout>,
+    out: Mutex<Box<dyn Write + Send>>,
     /// Set once a write fails: the go command has gone away.
     broken: AtomicBool,
 }
 
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Responder {
-    pub fn stdout() -> Responder {
+    pub fn new(out: Box<dyn Write + Send>) -> Responder {
         Responder {
             inner: Arc::new(Inner {
-                out: Mutex::new(io::stdout()),
+                out: Mutex::new(out),
                 broken: AtomicBool::new(false),
             }),
         }
@@ -91,4 +105,44 @@ impl Drop for Ticket {
             ));
         }
     }
+}
+
+/// Answers a get with an entry of the local tier, counting the hit.
+pub fn answer_hit(stats: &Stats, ticket: Ticket, hit: Hit) {
+    match disk_path(hit.object) {
+        Ok(path) => {
+            add(&stats.hits, 1);
+            add(&stats.hit_bytes, hit.entry.size);
+            let id = ticket.id();
+            ticket.answer(Response::hit(
+                id,
+                hit.entry.output_id.0,
+                hit.entry.size,
+                hit.entry.put_time,
+                path,
+            ));
+        }
+        Err(e) => fail(stats, ticket, &e),
+    }
+}
+
+/// Answers a request with an error, counting it.
+pub fn fail(stats: &Stats, ticket: Ticket, error: &dyn fmt::Display) {
+    add(&stats.errors, 1);
+    tracing::debug!("request {} failed: {error}", ticket.id());
+    let id = ticket.id();
+    ticket.answer(Response::error(id, format!("granary: {error}")));
+}
+
+/// A path that the protocol cannot carry.
+#[derive(Debug, thiserror::Error)]
+#[error("the path {0} is not valid UTF-8")]
+pub struct NotUtf8(String);
+
+/// A path as the protocol carries it. The cache directory was checked to be
+/// UTF-8 at start, so this fails only if that check is ever removed.
+pub fn disk_path(path: PathBuf) -> Result<String, NotUtf8> {
+    path.into_os_string()
+        .into_string()
+        .map_err(|p| NotUtf8(p.to_string_lossy().into_owned()))
 }

@@ -1,16 +1,18 @@
-//! The remote tier inside `prog`: lookups after local misses, uploads after
-//! puts, and what keeps a bad remote from slowing the build by more than a
-//! bounded amount (DESIGN.md invariant 7).
+//! The remote tier: lookups after local misses, uploads after puts, and
+//! what keeps a bad remote from slowing the build by more than a bounded
+//! amount (DESIGN.md invariant 7). It knows nothing of the prefetch, which
+//! sits in front of it ([`prefetch`](crate::prefetch)).
 //!
 //! Remote work runs on a small tokio runtime beside the engine's threads:
 //!
-//! - A local miss hands its ticket to [`Engine::remote_get`], which returns
-//!   at once; the reader never waits on the network. Gets of one action
+//! - A local miss hands its ticket to [`Remote::look_up`] (through the
+//!   prefetch), which returns at once; the reader never waits on the
+//!   network. Gets of one action
 //!   while its lookup runs join that lookup (one fetch per key). The lookup
 //!   stores what it fetched in the local tier, which checks size and hash,
 //!   keeping the original put time, and only then answers with a hit.
 //! - A put, once stored locally and answered, is queued for upload
-//!   ([`Engine::queue_upload`]). The queue is bounded: a full queue drops
+//!   ([`Remote::queue_upload`]). The queue is bounded: a full queue drops
 //!   the upload (counted) rather than slow the build. Uploads run a few at
 //!   a time, within a bound on the bytes they hold in memory.
 //! - Every lookup has a deadline (--remote-timeout). A refused credential,
@@ -23,8 +25,8 @@
 //! The local tier's writes happen on the runtime's threads: writes of
 //! fetched bodies into the page cache, as cheap as the reader's lookups.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -34,17 +36,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use granary_protocol::{Hash, Response};
-use granary_remote::{ActionRecord, Format, HttpBlobs, RemoteCache, RemoteError, S3Blobs};
-use granary_store::{ActionId, Lookup, ObjectWriter, OutputId, StoreError};
+use granary_remote::{ActionRecord, RemoteCache, RemoteError};
+use granary_store::{ActionId, Hit, ObjectWriter, OutputId, Store, StoreError};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use super::prefetch::{Joined, Prefetch, Used, Waiter};
-use super::respond::Ticket;
-use super::stats::{RemoteState, add};
-use super::{Engine, disk_path};
-use crate::config;
+use super::respond::{Ticket, answer_hit, disk_path};
+use super::stats::{RemoteState, Stats, add};
 
 /// How a remote is used, resolved from flags, variables and the config file.
 #[derive(Debug)]
@@ -60,29 +59,18 @@ pub struct RemoteOptions {
     /// How long `close` waits for queued uploads.
     pub upload_deadline: Duration,
     /// The manifests to read and publish.
-    pub scopes: config::Scopes,
+    pub scopes: Scopes,
 }
 
-impl RemoteOptions {
-    /// Sets up the client for `remote`. Sends no request.
-    pub fn new(remote: config::Remote) -> Result<RemoteOptions, RemoteError> {
-        let cache = match &remote.endpoint {
-            config::Endpoint::S3(s3) => {
-                RemoteCache::new(Arc::new(S3Blobs::new(s3)?), Format::Granary)
-            }
-            config::Endpoint::Http(http) => {
-                RemoteCache::new(Arc::new(HttpBlobs::new(http)?), Format::Reapi)
-            }
-        };
-        Ok(RemoteOptions {
-            cache,
-            read_only: remote.read_only,
-            timeout: remote.timeout,
-            budget: remote.budget,
-            upload_deadline: remote.upload_deadline,
-            scopes: remote.scopes,
-        })
-    }
+/// Which manifests a run reads and publishes (see [`prefetch`](crate::prefetch)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scopes {
+    /// Where this run publishes, read first; qualified with the platform.
+    pub scope: String,
+    /// Read after it, in order; qualified likewise.
+    pub fallbacks: Vec<String>,
+    /// Whether to prefetch at start-up.
+    pub prefetch: bool,
 }
 
 /// Failed remote requests in a row that switch the remote off.
@@ -117,9 +105,26 @@ pub struct Remote {
     queue: Mutex<UploadQueue>,
     upload_slots: Arc<Semaphore>,
     upload_memory: Arc<Semaphore>,
-    pub(super) prefetch: Prefetch,
     /// What this run used, for its manifest.
     pub(super) used: Mutex<Used>,
+    /// The local tier, where what is fetched goes.
+    pub(super) store: Store,
+    pub(super) stats: Arc<Stats>,
+}
+
+/// The actions a run used, in order of first use.
+#[derive(Debug, Default)]
+pub(super) struct Used {
+    pub(super) order: Vec<Hash>,
+    pub(super) seen: HashSet<Hash>,
+}
+
+impl Used {
+    pub(super) fn insert(&mut self, action: Hash) {
+        if self.seen.insert(action) {
+            self.order.push(action);
+        }
+    }
 }
 
 /// The count of uploads queued or running. Once `close` gives up on them,
@@ -193,13 +198,16 @@ pub(super) fn not_stored(e: &dyn std::fmt::Display) -> Trouble {
 }
 
 impl Remote {
-    pub fn start(options: RemoteOptions) -> std::io::Result<Remote> {
+    pub fn start(
+        options: RemoteOptions,
+        store: Store,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Remote> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("granary-remote")
             .enable_all()
             .build()?;
-        let prefetch = Prefetch::new(options.scopes.prefetch);
         Ok(Remote {
             runtime,
             options,
@@ -213,8 +221,9 @@ impl Remote {
             queue: Mutex::default(),
             upload_slots: Arc::new(Semaphore::new(UPLOADS_AT_ONCE)),
             upload_memory: Arc::new(Semaphore::new(UPLOAD_MEMORY_KIB as usize)),
-            prefetch,
             used: Mutex::default(),
+            store,
+            stats,
         })
     }
 
@@ -289,36 +298,11 @@ impl Remote {
     }
 }
 
-impl Engine {
-    /// Looks `action` up in the remote after a local miss, answering
-    /// `ticket` when done. Returns at once.
-    pub(super) fn remote_get(self: &Arc<Self>, remote: &Remote, ticket: Ticket, action: Hash) {
-        self.wait_for_prefetch(remote, Waiter::new(ticket), action);
-    }
-
-    /// Lets a get wait for the prefetch if it brings `action`, else looks
-    /// it up.
-    pub(super) fn wait_for_prefetch(
-        self: &Arc<Self>,
-        remote: &Remote,
-        waiter: Waiter,
-        action: Hash,
-    ) {
-        let waiter = match remote.prefetch.join(action, waiter) {
-            Joined::Waiting => return,
-            Joined::Stored(waiter) => match self.store.get(&ActionId(action)) {
-                Lookup::Hit(hit) => return self.answer_hit(waiter.ticket, action, hit),
-                Lookup::Miss(_) => waiter,
-            },
-            Joined::No(waiter) => waiter,
-        };
-        self.look_up(remote, waiter.ticket, action);
-    }
-
+impl Remote {
     /// Looks `action` up in the remote, or joins the lookup of it under
     /// way. Returns at once.
-    pub(super) fn look_up(self: &Arc<Self>, remote: &Remote, ticket: Ticket, action: Hash) {
-        match remote
+    pub(super) fn look_up(self: &Arc<Self>, ticket: Ticket, action: Hash) {
+        match self
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -329,14 +313,10 @@ impl Engine {
                 slot.insert(vec![ticket]);
             }
         }
-        let engine = self.clone();
-        remote.lookups.spawn_on(
+        let remote = self.clone();
+        self.lookups.spawn_on(
             async move {
-                let remote = engine
-                    .remote
-                    .as_ref()
-                    .expect("a remote lookup needs a remote");
-                let found = engine.lookup(remote, action).await;
+                let found = remote.lookup(action).await;
                 let tickets = remote
                     .waiting
                     .lock()
@@ -344,10 +324,10 @@ impl Engine {
                     .remove(&action)
                     .unwrap_or_default();
                 for ticket in tickets {
-                    engine.answer_remote(ticket, action, found.as_ref());
+                    remote.answer_remote(ticket, action, found.as_ref());
                 }
             },
-            remote.runtime.handle(),
+            self.runtime.handle(),
         );
     }
 
@@ -363,6 +343,20 @@ impl Engine {
                 ticket.answer(Response::miss(id));
             }
         }
+    }
+
+    /// Notes that this run used `action`, for the manifest it publishes.
+    pub(super) fn record_use(&self, action: Hash) {
+        self.used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(action);
+    }
+
+    /// Answers with an entry of the local tier, noting the use.
+    pub(super) fn answer_local(&self, ticket: Ticket, action: Hash, hit: Hit) {
+        self.record_use(action);
+        answer_hit(&self.stats, ticket, hit);
     }
 
     /// Answers with an output fetched from the remote.
@@ -381,47 +375,47 @@ impl Engine {
     }
 
     /// One lookup, within its deadline, with its outcome counted.
-    async fn lookup(&self, remote: &Remote, action: Hash) -> Option<Found> {
-        if !remote.is_on() {
+    async fn lookup(&self, action: Hash) -> Option<Found> {
+        if !self.is_on() {
             return None;
         }
         let started = Instant::now();
-        let outcome = within(remote.options.timeout, self.fetch(remote, action)).await;
+        let outcome = within(self.options.timeout, self.fetch(action)).await;
         let wait = started.elapsed();
         self.stats.remote_wait(wait);
         let stats = &self.stats;
         if !matches!(outcome, Ok(Some(_))) {
-            remote.wasted(wait);
+            self.wasted(wait);
         }
         match outcome {
             Ok(Some(found)) => {
-                remote.succeeded();
+                self.succeeded();
                 return Some(found);
             }
             Ok(None) => {
-                remote.succeeded();
+                self.succeeded();
                 add(&stats.remote_misses, 1);
             }
             Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
-                remote.succeeded();
+                self.succeeded();
                 add(&stats.remote_misses, 1);
                 add(&stats.remote_damaged, 1);
                 tracing::info!("{e}; treated as a miss");
             }
             Err(Trouble::Remote(e)) => {
                 add(&stats.remote_errors, 1);
-                remote.failed(&e);
+                self.failed(&e);
             }
-            Err(Trouble::Local(e)) => self.report_not_stored(remote, &e),
+            Err(Trouble::Local(e)) => self.report_not_stored(&e),
         }
         None
     }
 
     /// Counts a fetched output the local tier could not take as an error.
     /// A full disk fails every one of them: the first says so, once.
-    pub(super) fn report_not_stored(&self, remote: &Remote, e: &str) {
+    pub(super) fn report_not_stored(&self, e: &str) {
         add(&self.stats.errors, 1);
-        if remote.told_not_stored.swap(true, Relaxed) {
+        if self.told_not_stored.swap(true, Relaxed) {
             tracing::debug!("{e}");
         } else {
             tracing::warn!(
@@ -432,12 +426,8 @@ impl Engine {
     }
 
     /// Fetches the output of `action` into the local tier.
-    pub(super) async fn fetch(
-        &self,
-        remote: &Remote,
-        action: Hash,
-    ) -> Result<Option<Found>, Trouble> {
-        let cache = &remote.options.cache;
+    pub(super) async fn fetch(&self, action: Hash) -> Result<Option<Found>, Trouble> {
+        let cache = &self.options.cache;
         let Some(fetched) = cache.lookup(&action).await? else {
             return Ok(None);
         };
@@ -465,12 +455,7 @@ impl Engine {
         record: &ActionRecord,
         body: ObjectWriter,
     ) -> Result<Found, Trouble> {
-        let cache = &self
-            .remote
-            .as_ref()
-            .expect("a fetch needs a remote")
-            .options
-            .cache;
+        let cache = &self.options.cache;
         let output = OutputId(record.output);
         let stored = self
             .store
@@ -503,18 +488,17 @@ impl Engine {
     /// read-only. Never waits: a full queue drops the upload.
     pub(super) fn queue_upload(
         self: &Arc<Self>,
-        remote: &Remote,
         action: Hash,
         output: OutputId,
         put_time: SystemTime,
         object: PathBuf,
     ) {
-        if remote.options.read_only {
+        if self.options.read_only {
             return;
         }
         let queued = {
-            let mut queue = remote.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let room = remote.is_on() && !queue.abandoned && queue.queued < UPLOAD_QUEUE;
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let room = self.is_on() && !queue.abandoned && queue.queued < UPLOAD_QUEUE;
             queue.queued += u64::from(room);
             room
         };
@@ -522,26 +506,23 @@ impl Engine {
             tracing::debug!("the remote is off or the upload queue is full; dropped an upload");
             return add(&self.stats.uploads_dropped, 1);
         }
-        let engine = self.clone();
-        remote.uploads.spawn_on(
+        let remote = self.clone();
+        self.uploads.spawn_on(
             async move {
-                let remote = engine.remote.as_ref().expect("an upload needs a remote");
-                let sent = engine
-                    .upload(remote, action, output, put_time, object)
-                    .await;
+                let sent = remote.upload(action, output, put_time, object).await;
                 let mut queue = remote.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 if !queue.abandoned {
                     queue.queued -= 1;
                     match sent {
                         Some(bytes) => {
-                            add(&engine.stats.uploads, 1);
-                            add(&engine.stats.remote_bytes_up, bytes);
+                            add(&remote.stats.uploads, 1);
+                            add(&remote.stats.remote_bytes_up, bytes);
                         }
-                        None => add(&engine.stats.uploads_dropped, 1),
+                        None => add(&remote.stats.uploads_dropped, 1),
                     }
                 }
             },
-            remote.runtime.handle(),
+            self.runtime.handle(),
         );
     }
 
@@ -549,21 +530,20 @@ impl Engine {
     /// if it did not happen.
     async fn upload(
         &self,
-        remote: &Remote,
         action: Hash,
         output: OutputId,
         put_time: SystemTime,
         object: PathBuf,
     ) -> Option<u64> {
-        let _slot = remote.upload_slots.acquire().await.ok()?;
+        let _slot = self.upload_slots.acquire().await.ok()?;
         let size = tokio::fs::metadata(&object)
             .await
             .inspect_err(|e| tracing::debug!("cannot upload {}: {e}", object.display()))
             .ok()?
             .len();
         let kib = size.div_ceil(1024).clamp(1, UPLOAD_MEMORY_KIB.into()) as u32;
-        let _memory = remote.upload_memory.acquire_many(kib).await.ok()?;
-        if !remote.is_on() {
+        let _memory = self.upload_memory.acquire_many(kib).await.ok()?;
+        if !self.is_on() {
             return None;
         }
         let body = tokio::fs::read(&object)
@@ -574,20 +554,20 @@ impl Engine {
             tracing::debug!("{} changed before its upload", object.display());
             return None;
         }
-        let cache = &remote.options.cache;
+        let cache = &self.options.cache;
         let sent = within(
-            remote.options.timeout,
+            self.options.timeout,
             cache.upload(&action, &output.0, put_time, body.into()),
         )
         .await;
         match sent {
             Ok(sent) => {
-                remote.succeeded();
+                self.succeeded();
                 Some(sent.transferred)
             }
             Err(Trouble::Remote(e)) => {
                 add(&self.stats.remote_errors, 1);
-                remote.failed(&e);
+                self.failed(&e);
                 None
             }
             Err(Trouble::Local(e)) => {
@@ -599,18 +579,14 @@ impl Engine {
 
     /// At close: lets lookups finish, then gives uploads until the deadline;
     /// what is still queued then is dropped and counted.
-    pub(super) fn finish_remote(self: &Arc<Self>, remote: &Remote) {
-        self.finish_prefetch(remote);
-        remote.lookups.close();
-        remote.uploads.close();
-        let deadline = remote.options.upload_deadline;
-        remote.runtime.block_on(async {
-            remote.lookups.wait().await;
+    pub(super) fn finish(self: &Arc<Self>, publish: impl Future<Output = ()>) {
+        self.lookups.close();
+        self.uploads.close();
+        let deadline = self.options.upload_deadline;
+        self.runtime.block_on(async {
+            self.lookups.wait().await;
             let publish = async {
-                if tokio::time::timeout(deadline, self.publish())
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(deadline, publish).await.is_err() {
                     tracing::warn!(
                         "publishing the manifest took longer than --upload-deadline ({}); \
                          gave up",
@@ -618,13 +594,11 @@ impl Engine {
                     );
                 }
             };
-            let (_, uploaded) = tokio::join!(
-                publish,
-                tokio::time::timeout(deadline, remote.uploads.wait())
-            );
+            let (_, uploaded) =
+                tokio::join!(publish, tokio::time::timeout(deadline, self.uploads.wait()));
             if uploaded.is_err() {
                 let left = {
-                    let mut queue = remote.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                     queue.abandoned = true;
                     queue.queued
                 };
@@ -632,7 +606,7 @@ impl Engine {
                 tracing::warn!(
                     "{left} uploads to {} were still queued after --upload-deadline ({}); \
                      they were dropped",
-                    remote.options.cache.location(),
+                    self.options.cache.location(),
                     humantime::format_duration(deadline)
                 );
             }

@@ -1,11 +1,11 @@
 //! Counters of one `prog` run, and the stats file written at close.
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,25 @@ pub struct RemoteState {
     pub off: Option<String>,
     /// The scope of the manifests it read and published.
     pub scope: String,
+}
+
+/// A file of the run's statistics that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {}: {source}", path.display())]
+pub struct FileError {
+    what: &'static str,
+    path: PathBuf,
+    source: io::Error,
+}
+
+impl FileError {
+    pub(crate) fn new(what: &'static str, path: &Path, source: io::Error) -> FileError {
+        FileError {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    }
 }
 
 pub fn add(counter: &AtomicU64, n: u64) {
@@ -233,18 +252,18 @@ impl Stats {
 impl Summary {
     /// Writes the summary to `path` atomically: a reader sees the old file
     /// or the new one, never half of one.
-    pub fn write_to(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn write_to(&self, path: &Path) -> Result<(), FileError> {
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let mut json = serde_json::to_vec_pretty(self).context("encoding the statistics")?;
+        let mut json = serde_json::to_vec_pretty(self).expect("a summary always serializes");
         json.push(b'\n');
-        let mut file = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("cannot write the stats file in {}", dir.display()))?;
-        std::io::Write::write_all(&mut file, &json)
+        let write = |e| FileError::new("write the stats file", path, e);
+        let mut file = tempfile::NamedTempFile::new_in(dir).map_err(write)?;
+        io::Write::write_all(&mut file, &json)
             .and_then(|()| file.persist(path).map(drop).map_err(|e| e.error))
-            .with_context(|| format!("cannot write the stats file {}", path.display()))
+            .map_err(write)
     }
 
     /// Hits per get, in percent.

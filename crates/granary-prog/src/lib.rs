@@ -1,4 +1,12 @@
-//! `granary prog`: the GOCACHEPROG engine.
+//! granary's GOCACHEPROG engine: everything `granary prog` does between
+//! reading the go command's requests and writing its answers.
+//!
+//! [`run`] takes the request stream, the answer stream, the local tier and
+//! the [`Options`] (the remote tier among them), serves until `close` or
+//! the end of input, and returns the run's [`Summary`]. The binary hands it
+//! stdin and stdout; tests hand it byte buffers. Everything from the
+//! command line or the config file arrives resolved: this crate knows
+//! nothing of clap, `granary.toml` or the upkeep commands.
 //!
 //! The `go` command writes requests to our stdin and waits, goroutine by
 //! goroutine, for their answers on our stdout. cmd/go holds one lock while it
@@ -27,40 +35,77 @@
 //! a manifest of what the run used is published at close (see
 //! [`prefetch`]).
 
+pub mod history;
 mod prefetch;
+mod publish;
 mod remote;
 mod respond;
 pub mod stats;
 
-use std::io::{self, BufReader, Write};
+use std::fmt;
+use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
-use std::process::{ChildStdin, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 use granary_protocol::{BodyError, FramingError, Hash, Incoming, Request, RequestReader, Response};
 use granary_store::{ActionId, Hit, Lookup, ObjectWriter, OutputId, Store};
 
-use crate::config::Upkeep;
-use crate::history;
+use prefetch::Prefetch;
 use remote::Remote;
-pub use remote::RemoteOptions;
-use respond::{Responder, Ticket};
+pub use remote::{RemoteOptions, Scopes};
+use respond::{Responder, Ticket, answer_hit, disk_path, fail};
+pub use stats::Summary;
 use stats::{RemoteState, Stats, add};
 
-/// Options of `granary prog` beyond the cache directory.
-#[derive(Debug, Default)]
+/// How a run is to be served.
+#[derive(Default)]
 pub struct Options {
+    /// Where to write the run's statistics at close.
     pub stats_file: Option<PathBuf>,
+    /// Print a summary line on stderr at close.
     pub verbose: bool,
-    /// The trim policy, unless the configuration is broken: then nothing
-    /// is trimmed (the build must go on).
-    pub upkeep: Option<Upkeep>,
     /// The remote tier, if one is set and usable.
     pub remote: Option<RemoteOptions>,
+    /// Runs on a worker thread once the handshake is out, before that
+    /// worker takes its first put: for slow start-up work that must not
+    /// delay the go command (the binary starts its background trim here).
+    pub on_start: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("stats_file", &self.stats_file)
+            .field("verbose", &self.verbose)
+            .field("remote", &self.remote)
+            .field("on_start", &self.on_start.is_some())
+            .finish()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub summary: Summary,
+    /// Why the request stream could no longer be followed, if it could
+    /// not: the go command sent something it never sends.
+    pub framing_error: Option<FramingError>,
+}
+
+/// Why a run could not start. The handshake is out by then, so the go
+/// command reports the helper's exit with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the cache directory {0} is not valid UTF-8, so it cannot be sent to the go command; \
+         choose another with --dir or GRANARY_DIR"
+    )]
+    DirNotUtf8(PathBuf),
+    #[error("cannot start worker threads: {0}")]
+    Threads(#[source] io::Error),
 }
 
 /// Puts waiting for a worker. Bounded, so that a stalled disk pushes back on
@@ -70,65 +115,70 @@ const JOB_QUEUE: usize = 64;
 const INLINE_BODY_LIMIT: u64 = 256 * 1024;
 /// Chunks of a streamed body in flight between the reader and its worker.
 const STREAM_DEPTH: usize = 8;
-/// Read size on stdin; a decoded chunk is at most three quarters of it.
-const STDIN_BUFFER: usize = 256 * 1024;
 
-/// Runs the helper until `close` or the end of stdin.
-pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
+/// Serves the requests on `input`, answering on `output`, until `close` or
+/// the end of input. The statistics are written (`stats_file`, and the
+/// history in the cache directory) before `close` is answered, so they are
+/// there when the go command exits.
+pub fn run<R, W>(input: R, output: W, store: Store, options: Options) -> Result<Outcome, StartError>
+where
+    R: BufRead,
+    W: Write + Send + 'static,
+{
     let started = (SystemTime::now(), Instant::now());
-    let responder = Responder::stdout();
+    let responder = Responder::new(Box::new(output));
     // Before anything slow: cmd/go waits for this message.
     responder.send(&Response::handshake());
 
+    let dir = store.dir().to_owned();
     if dir.to_str().is_none() {
-        anyhow::bail!(
-            "the cache directory {} is not valid UTF-8, so it cannot be sent to the go command; \
-             choose another with --dir or GRANARY_DIR",
-            dir.display()
-        );
+        return Err(StartError::DirNotUtf8(dir));
     }
-    let store = Store::open(&dir).with_context(|| {
-        format!(
-            "cannot use {} as the cache directory; choose another with --dir or GRANARY_DIR",
-            dir.display()
-        )
-    })?;
-    let remote = match options.remote.map(Remote::start).transpose() {
-        Ok(remote) => remote,
-        Err(e) => {
+    let stats = Arc::new(Stats::default());
+    let remote = options
+        .remote
+        .map(|options| Remote::start(options, store.clone(), stats.clone()))
+        .transpose()
+        .unwrap_or_else(|e| {
             tracing::warn!("cannot start the remote tier ({e}); building with the local cache");
             None
-        }
-    };
+        })
+        .map(|remote| Arc::new(Prefetch::new(Arc::new(remote))));
+    if let Some(prefetch) = &remote {
+        prefetch.start();
+    }
     let engine = Arc::new(Engine {
         store,
-        stats: Stats::default(),
-        upkeep: options.upkeep,
-        trim_start: Mutex::new(None),
+        stats,
         remote,
     });
-    engine.start_prefetch();
 
     let (jobs, queue) = crossbeam_channel::bounded(JOB_QUEUE);
+    let on_start = Mutex::new(options.on_start);
+    let on_start = Arc::new(on_start);
     let workers = (0..worker_count())
         .map(|i| {
             let engine = engine.clone();
             let queue = queue.clone();
+            let on_start = on_start.clone();
             thread::Builder::new()
                 .name(format!("granary-worker-{i}"))
                 .spawn(move || {
-                    if i == 0 {
-                        engine.trim_if_due();
+                    let start = on_start
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
+                    if let Some(start) = start {
+                        start();
                     }
                     engine.work(queue)
                 })
         })
         .collect::<Result<Vec<_>, _>>()
-        .context("cannot start worker threads")?;
+        .map_err(StartError::Threads)?;
     drop(queue);
 
-    let stdin = io::stdin();
-    let mut reader = RequestReader::new(BufReader::with_capacity(STDIN_BUFFER, stdin.lock()));
+    let mut reader = RequestReader::new(input);
     let outcome = read_requests(&mut reader, &responder, &jobs, &engine);
 
     drop(jobs);
@@ -137,8 +187,9 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
             tracing::error!("a worker thread panicked; its requests were answered with errors");
         }
     }
-    if let Some(remote) = &engine.remote {
-        engine.finish_remote(remote);
+    if let Some(prefetch) = &engine.remote {
+        prefetch.finish();
+        prefetch.remote.finish(publish::publish(prefetch));
     }
     let (close, framing_error) = match outcome {
         Ok(close) => (close, None),
@@ -147,19 +198,19 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
     let remote_state = engine
         .remote
         .as_ref()
-        .map_or_else(RemoteState::default, Remote::state);
+        .map_or_else(RemoteState::default, |prefetch| prefetch.remote.state());
     let summary = engine
         .stats
         .summary(started.0, started.1.elapsed(), remote_state);
     if summary.served()
         && let Err(e) = history::append(&dir, &summary)
     {
-        tracing::debug!("cannot record this run in the statistics history: {e:#}");
+        tracing::debug!("cannot record this run in the statistics history: {e}");
     }
     if let Some(path) = &options.stats_file
         && let Err(e) = summary.write_to(path)
     {
-        tracing::warn!("{e:#}");
+        tracing::warn!("{e}");
     }
     if options.verbose {
         eprintln!("{}", summary.line());
@@ -168,13 +219,10 @@ pub fn run(dir: PathBuf, options: Options) -> anyhow::Result<ExitCode> {
         let id = ticket.id();
         ticket.answer(Response::closed(id));
     }
-    match framing_error {
-        None => Ok(ExitCode::SUCCESS),
-        Some(e) => {
-            eprintln!("granary: error: {e}; cannot follow the go command's requests any more");
-            Ok(ExitCode::FAILURE)
-        }
-    }
+    Ok(Outcome {
+        summary,
+        framing_error,
+    })
 }
 
 fn worker_count() -> usize {
@@ -184,7 +232,7 @@ fn worker_count() -> usize {
 
 /// Reads requests until `close`, whose ticket it returns, or the end of
 /// input. Returns an error when the request stream can no longer be followed.
-fn read_requests<R: io::BufRead>(
+fn read_requests<R: BufRead>(
     reader: &mut RequestReader<R>,
     responder: &Responder,
     jobs: &Sender<PutJob>,
@@ -225,7 +273,7 @@ fn read_requests<R: io::BufRead>(
 /// Reads a put's body and queues the put. A bad body is answered with an
 /// error: here when it was to travel whole, by the worker when it was
 /// streaming.
-fn read_put<R: io::BufRead>(
+fn read_put<R: BufRead>(
     reader: &mut RequestReader<R>,
     jobs: &Sender<PutJob>,
     stats: &Stats,
@@ -267,14 +315,6 @@ fn read_put<R: io::BufRead>(
         BodyError::Framing(e) => Err(e),
         BodyError::Invalid(_) | BodyError::Sink(_) => Ok(()),
     }
-}
-
-/// Answers a request with an error, counting it.
-fn fail(stats: &Stats, ticket: Ticket, error: &dyn std::fmt::Display) {
-    add(&stats.errors, 1);
-    tracing::debug!("request {} failed: {error}", ticket.id());
-    let id = ticket.id();
-    ticket.answer(Response::error(id, format!("granary: {error}")));
 }
 
 /// A put request, before its body.
@@ -323,53 +363,13 @@ impl Write for ChunkSink<'_> {
 /// What the workers share.
 struct Engine {
     store: Store,
-    stats: Stats,
-    upkeep: Option<Upkeep>,
-    /// The background trim's stdin, held open until this process ends.
-    trim_start: Mutex<Option<ChildStdin>>,
-    remote: Option<Remote>,
+    stats: Arc<Stats>,
+    /// The remote tier, if the run has one: gets go through its prefetch,
+    /// which always has the remote.
+    remote: Option<Arc<Prefetch>>,
 }
 
 impl Engine {
-    /// Starts `granary trim --if-due` in the background when the last trim
-    /// is older than the interval. A process of its own, because a trim of
-    /// a large cache may outlast a short build, and after `close` the go
-    /// command waits for this one to close its stdout (or kills it); the
-    /// child inherits none of our pipes, so the go command never waits for
-    /// it. It waits for the end of this process, so as not to take CPU from
-    /// the build.
-    fn trim_if_due(&self) {
-        let Some(upkeep) = self.upkeep else { return };
-        if upkeep.trim_interval == Duration::MAX || !self.store.trim_due(upkeep.trim_interval) {
-            return;
-        }
-        let spawned = std::env::current_exe().and_then(|exe| {
-            Command::new(exe)
-                .arg("--dir")
-                .arg(self.store.dir())
-                .args(["trim", "--if-due", "--after-stdin"])
-                .args(policy_args(&upkeep))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-        });
-        match spawned {
-            Ok(mut child) => {
-                tracing::info!(
-                    "trimming the cache in the background once this run ends (process {})",
-                    child.id()
-                );
-                // Closed when this process ends: the trim starts then.
-                *self
-                    .trim_start
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = child.stdin.take();
-            }
-            Err(e) => tracing::warn!("cannot start a background trim: {e}"),
-        }
-    }
-
     fn work(self: &Arc<Self>, queue: Receiver<PutJob>) {
         for put in queue {
             self.put(put);
@@ -390,10 +390,10 @@ impl Engine {
                         ActionId(action)
                     );
                 }
-                if let Some(remote) = &self.remote
-                    && remote.is_on()
+                if let Some(prefetch) = &self.remote
+                    && prefetch.remote.is_on()
                 {
-                    return self.remote_get(remote, ticket, action);
+                    return prefetch.get(ticket, action);
                 }
                 add(&self.stats.misses, 1);
                 ticket.answer(Response::miss(id));
@@ -403,32 +403,9 @@ impl Engine {
 
     /// Answers with an entry of the local tier.
     fn answer_hit(&self, ticket: Ticket, action: Hash, hit: Hit) {
-        match disk_path(hit.object) {
-            Ok(path) => {
-                add(&self.stats.hits, 1);
-                add(&self.stats.hit_bytes, hit.entry.size);
-                self.record_use(action);
-                let id = ticket.id();
-                ticket.answer(Response::hit(
-                    id,
-                    hit.entry.output_id.0,
-                    hit.entry.size,
-                    hit.entry.put_time,
-                    path,
-                ));
-            }
-            Err(e) => fail(&self.stats, ticket, &e),
-        }
-    }
-
-    /// Notes that this run used `action`, for the manifest it publishes.
-    fn record_use(&self, action: Hash) {
-        if let Some(remote) = &self.remote {
-            remote
-                .used
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(action);
+        match &self.remote {
+            Some(prefetch) => prefetch.remote.answer_local(ticket, action, hit),
+            None => answer_hit(&self.stats, ticket, hit),
         }
     }
 
@@ -449,11 +426,16 @@ impl Engine {
         };
         let put_time = SystemTime::now();
         let stored = written.and_then(|writer| {
-            self.store
-                .put_as_of(&ActionId(action), writer, OutputId(output), size, put_time)
-                .map_err(|e| e.to_string())
+            let stored = self.store.put_as_of(
+                &ActionId(action),
+                writer,
+                OutputId(output),
+                size,
+                put_time,
+            )?;
+            Ok((disk_path(stored.object.clone())?, stored))
         });
-        match stored.and_then(|stored| Ok((disk_path(stored.object.clone())?, stored))) {
+        match stored {
             Ok((path, stored)) => {
                 add(&self.stats.puts, 1);
                 add(&self.stats.put_bytes, size);
@@ -463,22 +445,19 @@ impl Engine {
                 let id = ticket.id();
                 tracing::debug!("put {id}: action {} stored {size} bytes", ActionId(action));
                 ticket.answer(Response::stored(id, path));
-                self.record_use(action);
-                if let Some(remote) = &self.remote {
-                    let output = OutputId(output);
-                    self.queue_upload(remote, action, output, put_time, stored.object);
+                if let Some(prefetch) = &self.remote {
+                    let remote = &prefetch.remote;
+                    remote.record_use(action);
+                    remote.queue_upload(action, OutputId(output), put_time, stored.object);
                 }
             }
-            Err(message) => fail(&self.stats, ticket, &message),
+            Err(e) => fail(&self.stats, ticket, &e),
         }
     }
 
-    fn write_inline(&self, output: &OutputId, body: &[u8]) -> Result<ObjectWriter, String> {
-        let mut writer = self
-            .store
-            .object_writer(output)
-            .map_err(|e| e.to_string())?;
-        writer.write_all(body).map_err(write_error)?;
+    fn write_inline(&self, output: &OutputId, body: &[u8]) -> Result<ObjectWriter, PutError> {
+        let mut writer = self.store.object_writer(output)?;
+        writer.write_all(body).map_err(PutError::Write)?;
         Ok(writer)
     }
 
@@ -488,59 +467,37 @@ impl Engine {
         &self,
         output: &OutputId,
         stream: Receiver<Chunk>,
-    ) -> Result<ObjectWriter, String> {
-        let mut writer = self.store.object_writer(output).map_err(|e| e.to_string());
+    ) -> Result<ObjectWriter, PutError> {
+        let mut writer = self.store.object_writer(output).map_err(PutError::from);
         loop {
             match stream.recv() {
                 Ok(Chunk::Data(data)) => {
                     if let Ok(w) = &mut writer
                         && let Err(e) = w.write_all(&data)
                     {
-                        writer = Err(write_error(e));
+                        writer = Err(PutError::Write(e));
                     }
                 }
                 Ok(Chunk::End) => return writer,
-                Ok(Chunk::Failed(message)) => return Err(message),
-                Err(_) => return Err("the put body was cut off".to_owned()),
+                Ok(Chunk::Failed(message)) => return Err(PutError::BadBody(message)),
+                Err(_) => return Err(PutError::CutOff),
             }
         }
     }
 }
 
-/// The flags that give a `granary trim` this upkeep policy.
-fn policy_args(upkeep: &Upkeep) -> Vec<String> {
-    let age = |d: Duration| {
-        if d == Duration::MAX {
-            "none".to_owned()
-        } else {
-            format!("{}ms", d.as_millis())
-        }
-    };
-    let size = |n: u64| {
-        if n == u64::MAX {
-            "none".to_owned()
-        } else {
-            n.to_string()
-        }
-    };
-    let p = &upkeep.policy;
-    vec![
-        format!("--max-age={}", age(p.max_age)),
-        format!("--max-size={}", size(p.max_size)),
-        format!("--min-free={}", p.min_free),
-        format!("--grace={}", age(p.grace)),
-        format!("--trim-interval={}", age(upkeep.trim_interval)),
-    ]
-}
-
-fn write_error(e: io::Error) -> String {
-    format!("cannot write the put body to the cache: {e}")
-}
-
-/// A path as the protocol carries it. The cache directory was checked to be
-/// UTF-8 at start, so this fails only if that check is ever removed.
-fn disk_path(path: PathBuf) -> Result<String, String> {
-    path.into_os_string()
-        .into_string()
-        .map_err(|p| format!("the path {} is not valid UTF-8", p.to_string_lossy()))
+/// Why a put was not stored: answered to the go command as an error.
+#[derive(Debug, thiserror::Error)]
+enum PutError {
+    #[error(transparent)]
+    Store(#[from] granary_store::StoreError),
+    #[error("cannot write the put body to the cache: {0}")]
+    Write(#[source] io::Error),
+    /// What the request reader found wrong with a streamed body.
+    #[error("{0}")]
+    BadBody(String),
+    #[error("the put body was cut off")]
+    CutOff,
+    #[error(transparent)]
+    Path(#[from] respond::NotUtf8),
 }

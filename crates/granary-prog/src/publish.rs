@@ -1,0 +1,614 @@
+//! Publishing at close: the manifest of what this job used, and the packs
+//! that hold its entries.
+//!
+//! - A run that may write merges what it used with what the other
+//!   runs of its scope on this machine used in the last [`JOB_WINDOW`] (a
+//!   journal in the cache directory, under a lock, so concurrent and
+//!   successive go commands of one job publish their union), packs the
+//!   entries that no fresh pack holds (object storage only; a server
+//!   assembles batches itself), publishes the manifest, and deletes packs
+//!   and manifests too old to be used.
+//! - A job's first go command publishes before the others run, so the
+//!   manifest also keeps, as *earlier* entries, what the job before used
+//!   (read by the job's first run and kept in the journal) and this job has
+//!   not used yet, for [`JOB_WINDOW`] at most: a runner starting mid-job,
+//!   and the job's own later commands, still find them. The job after
+//!   drops them unless it uses them, so a manifest names at most two jobs'
+//!   worth. A run that does not prefetch reads its scope's manifest at
+//!   close instead, for the same reason and to know what is packed.
+//!
+//! Everything here is best effort: a failed publication costs a warning,
+//! never a failed build.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use granary_protocol::Hash;
+use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds};
+use granary_remote::{Group, Manifest, PackRef, PackWriter};
+use granary_store::{ActionId, Lookup};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::prefetch::{Prefetch, lock};
+use crate::remote::{Remote, Trouble, within};
+use crate::stats::add;
+
+/// A new pack is closed once it is this large.
+const PACK_TARGET: usize = 8 << 20;
+/// Packs uploaded at once at close.
+const PACK_UPLOADS_AT_ONCE: usize = 4;
+/// A published manifest is the union of what the runs of its scope on this
+/// machine used within this window: the go commands of one CI job.
+pub const JOB_WINDOW: Duration = Duration::from_secs(3 * 3600);
+/// Most packs and manifests one close deletes.
+const SWEEP_LIMIT: usize = 1000;
+/// The journals' directory in the cache directory.
+const JOURNALS: &str = "granary-journal";
+
+/// At close: publishes the manifest of what this job used, packing
+/// what no fresh pack holds, then deletes what is too old to be used.
+pub(super) async fn publish(prefetch: &Prefetch) {
+    let remote = &prefetch.remote;
+    if remote.options.read_only || !remote.is_on() {
+        return;
+    }
+    let used = std::mem::take(&mut lock(&remote.used).order);
+    if used.is_empty() {
+        return;
+    }
+    if !remote.options.scopes.prefetch {
+        read_own_manifest(prefetch).await;
+    }
+    let scope = remote.options.scopes.scope.clone();
+    let known = lock(&prefetch.packs).clone();
+    let latest_job = std::mem::take(&mut *lock(&prefetch.latest_job));
+    let dir = remote.store.dir().join(JOURNALS);
+    let merged =
+        tokio::task::spawn_blocking(move || Journal::merge(dir, &scope, latest_job, used, &known))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|merged| merged.map_err(|e| e.to_string()));
+    let (journal, mut entries) = match merged {
+        Ok(merged) => merged,
+        Err(e) => {
+            return tracing::warn!("cannot publish this run's manifest: {e}");
+        }
+    };
+    let now = SystemTime::now();
+    forget_stale_packs(&mut entries, now);
+    if remote.options.cache.stores_packs() {
+        // Earlier entries are not packed again: in a bucket, one
+        // without a pack would cost a lookup of its own.
+        entries.retain(|e| !e.earlier || e.pack.is_some());
+        pack_loose(remote, &mut entries).await;
+    }
+    let manifest = Manifest {
+        scope: remote.options.scopes.scope.clone(),
+        written: now,
+        groups: groups_in_order(&entries),
+    };
+    let cache = &remote.options.cache;
+    match within(remote.options.timeout, cache.publish_manifest(&manifest)).await {
+        Ok(sent) => {
+            add(&remote.stats.remote_bytes_up, sent);
+            add(&remote.stats.manifest_entries, entries.len() as u64);
+            let earlier = entries.iter().filter(|e| e.earlier).count();
+            add(&remote.stats.manifest_earlier, earlier as u64);
+        }
+        Err(e) => {
+            add(&remote.stats.remote_errors, 1);
+            tracing::warn!(
+                "cannot publish the manifest of scope {}: {}",
+                manifest.scope,
+                trouble_text(&e)
+            );
+        }
+    }
+    if let Err(e) = journal.write(&entries) {
+        tracing::debug!("cannot write the manifest journal: {e}");
+    }
+    drop(journal);
+    if cache.stores_packs() {
+        match within(remote.options.timeout, cache.sweep(now, SWEEP_LIMIT)).await {
+            Ok(swept) => add(&remote.stats.swept, swept as u64),
+            Err(e) => tracing::debug!("cannot sweep old packs: {}", trouble_text(&e)),
+        }
+    }
+}
+
+/// For a run that did not prefetch: reads the manifest of its own
+/// scope, which the prefetch would have read, so that the job keeps
+/// what the job before used, and entries already in packs are not
+/// packed again.
+async fn read_own_manifest(prefetch: &Prefetch) {
+    let remote = &prefetch.remote;
+    let scope = &remote.options.scopes.scope;
+    let cache = &remote.options.cache;
+    let manifest = match within(remote.options.timeout, cache.fetch_manifest(scope)).await {
+        Ok(Some(manifest)) if !manifest.is_stale(SystemTime::now()) => manifest,
+        Ok(_) => return,
+        Err(trouble) => {
+            return prefetch.report(trouble, &format!("the manifest of scope {scope}"));
+        }
+    };
+    prefetch.remember_latest_job(&manifest);
+    lock(&prefetch.packs).extend(
+        manifest
+            .groups
+            .iter()
+            .filter_map(|g| Some((g.pack?, g)))
+            .flat_map(|(pack, g)| g.all().map(move |action| (*action, pack))),
+    );
+}
+
+/// Packs the entries that no fresh pack holds, reading them from the
+/// local tier, and uploads the packs; the entries then name them.
+async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) {
+    let loose: Vec<Hash> = entries
+        .iter()
+        .filter(|e| e.pack.is_none())
+        .map(|e| e.action)
+        .collect();
+    if loose.is_empty() {
+        return;
+    }
+    let (packs, mut built) = tokio::sync::mpsc::channel::<(PackWriter, Vec<Hash>)>(2);
+    let builder = {
+        let remote = remote.clone();
+        tokio::task::spawn_blocking(move || build_packs(&remote, &loose, &packs))
+    };
+    let slots = Arc::new(Semaphore::new(PACK_UPLOADS_AT_ONCE));
+    let mut uploads = JoinSet::new();
+    while let Some((pack, actions)) = built.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let remote = remote.clone();
+        uploads.spawn(async move {
+            let _slot = slot;
+            let timeout = remote.options.timeout;
+            let uploaded = within(timeout, remote.options.cache.put_pack(pack)).await;
+            (uploaded, actions)
+        });
+    }
+    let _ = builder.await;
+    let mut packed = HashMap::new();
+    while let Some(joined) = uploads.join_next().await {
+        let Ok((uploaded, actions)) = joined else {
+            continue;
+        };
+        match uploaded {
+            Ok(pack) => {
+                add(&remote.stats.packs_uploaded, 1);
+                add(&remote.stats.pack_bytes_up, pack.size);
+                add(&remote.stats.remote_bytes_up, pack.size);
+                packed.extend(actions.into_iter().map(|action| (action, pack)));
+            }
+            Err(e) => {
+                add(&remote.stats.remote_errors, 1);
+                tracing::debug!("cannot upload a pack: {}", trouble_text(&e));
+            }
+        }
+    }
+    if remote.is_on() {
+        for entry in entries.iter_mut() {
+            if entry.pack.is_none() {
+                entry.pack = packed.get(&entry.action).copied();
+            }
+        }
+    }
+}
+
+/// Reads `actions` from the local tier into packs of about
+/// [`PACK_TARGET`] bytes, in order, sending each when full. Entries the
+/// local tier no longer has are left out.
+fn build_packs(
+    remote: &Remote,
+    actions: &[Hash],
+    packs: &tokio::sync::mpsc::Sender<(PackWriter, Vec<Hash>)>,
+) {
+    let cache = &remote.options.cache;
+    let mut pack = PackWriter::default();
+    let mut members = Vec::new();
+    for action in actions {
+        let Lookup::Hit(hit) = remote.store.get(&ActionId(*action)) else {
+            continue;
+        };
+        let mut body = Vec::with_capacity(hit.entry.size as usize);
+        if File::open(&hit.object)
+            .and_then(|mut file| file.read_to_end(&mut body))
+            .is_err()
+            || body.len() as u64 != hit.entry.size
+        {
+            continue;
+        }
+        let Ok((record, object)) =
+            cache.encode_entry(action, &hit.entry.output_id.0, hit.entry.put_time, &body)
+        else {
+            continue;
+        };
+        pack.add(action, &record, &object);
+        members.push(*action);
+        if pack.len() >= PACK_TARGET {
+            let full = std::mem::take(&mut pack);
+            if packs
+                .blocking_send((full, std::mem::take(&mut members)))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    if !pack.is_empty() {
+        let _ = packs.blocking_send((pack, members));
+    }
+}
+
+fn trouble_text(trouble: &Trouble) -> String {
+    match trouble {
+        Trouble::Remote(e) => e.to_string(),
+        Trouble::Local(e) => e.clone(),
+    }
+}
+
+/// Drops the packs a new manifest should not name: too old (so that the
+/// sweep may delete them), or mostly holding entries nobody uses any more
+/// (so that a prefetch never fetches more than twice what it needs).
+fn forget_stale_packs(entries: &mut [JournalEntry], now: SystemTime) {
+    let mut named: HashMap<Hash, u32> = HashMap::new();
+    for pack in entries.iter().filter_map(|e| e.pack) {
+        *named.entry(pack.id).or_default() += 1;
+    }
+    for entry in entries.iter_mut() {
+        if let Some(pack) = entry.pack {
+            let old = now
+                .duration_since(pack.created)
+                .is_ok_and(|age| age > PACK_REUSE_AGE);
+            let sparse = named[&pack.id] * 2 < pack.entries;
+            if old || sparse {
+                entry.pack = None;
+            }
+        }
+    }
+}
+
+/// The manifest's groups: one per pack, and one of loose entries, in the
+/// order their first entry was used, earlier entries last.
+fn groups_in_order(entries: &[JournalEntry]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<Option<Hash>, usize> = HashMap::new();
+    let (used, earlier): (Vec<_>, Vec<_>) = entries.iter().partition(|e| !e.earlier);
+    for entry in used.into_iter().chain(earlier) {
+        let i = *index.entry(entry.pack.map(|p| p.id)).or_insert_with(|| {
+            groups.push(Group {
+                pack: entry.pack,
+                ..Group::default()
+            });
+            groups.len() - 1
+        });
+        match entry.earlier {
+            false => groups[i].actions.push(entry.action),
+            true => groups[i].earlier.push(entry.action),
+        }
+    }
+    groups
+}
+
+/// An action a run of the scope used, and the pack that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct JournalEntry {
+    action: Hash,
+    pack: Option<PackRef>,
+    /// When a run last used it; if it is `earlier`, when the job began.
+    used: SystemTime,
+    /// Used by the job before this one, not yet by this one.
+    earlier: bool,
+}
+
+/// The journal of a scope on this machine: the actions its runs used within
+/// [`JOB_WINDOW`], one line each, kept under a lock while a run publishes.
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    /// Held from the merge until the journal is written.
+    _lock: File,
+}
+
+impl Journal {
+    /// Locks the scope's journal and merges `used` into what it holds. If
+    /// no run of this job has published yet, what `latest_job` used (by the
+    /// manifest this run read) is kept as earlier entries.
+    fn merge(
+        dir: PathBuf,
+        scope: &str,
+        latest_job: Vec<Hash>,
+        used: Vec<Hash>,
+        packs: &HashMap<Hash, PackRef>,
+    ) -> std::io::Result<(Journal, Vec<JournalEntry>)> {
+        fs::create_dir_all(&dir)?;
+        let name = scope_key_name(scope);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{name}.lock")))?;
+        lock.lock()?;
+        let journal = Journal {
+            path: dir.join(format!("{name}.log")),
+            _lock: lock,
+        };
+        let now = SystemTime::now();
+        let mut entries = journal.read(now);
+        // The job's first publication: what the job before used is kept
+        // for the window (a laptop's "job" may go on for days).
+        if !entries.iter().any(|e| !e.earlier) {
+            entries = latest_job
+                .into_iter()
+                .map(|action| JournalEntry {
+                    action,
+                    pack: packs.get(&action).copied(),
+                    used: now,
+                    earlier: true,
+                })
+                .collect();
+        }
+        let mut at: HashMap<Hash, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.action, i))
+            .collect();
+        for action in used {
+            match at.get(&action) {
+                Some(&i) => {
+                    let entry = &mut entries[i];
+                    entry.used = now;
+                    entry.earlier = false;
+                    entry.pack = entry.pack.or_else(|| packs.get(&action).copied());
+                }
+                None => {
+                    at.insert(action, entries.len());
+                    entries.push(JournalEntry {
+                        action,
+                        pack: packs.get(&action).copied(),
+                        used: now,
+                        earlier: false,
+                    });
+                }
+            }
+        }
+        Ok((journal, entries))
+    }
+
+    /// The entries used within the window; unreadable lines are skipped.
+    fn read(&self, now: SystemTime) -> Vec<JournalEntry> {
+        let Ok(file) = File::open(&self.path) else {
+            return Vec::new();
+        };
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| parse_line(&line))
+            .filter(|e| {
+                now.duration_since(e.used)
+                    .map_or(true, |age| age <= JOB_WINDOW)
+            })
+            .collect()
+    }
+
+    /// Replaces the journal with `entries`.
+    fn write(&self, entries: &[JournalEntry]) -> std::io::Result<()> {
+        let mut text = String::with_capacity(entries.len() * 120);
+        for entry in entries {
+            let pack = match &entry.pack {
+                Some(p) => format!(
+                    "{}:{}:{}:{}",
+                    hex::encode(p.id),
+                    unix_seconds(p.created),
+                    p.size,
+                    p.entries
+                ),
+                None => "-".to_owned(),
+            };
+            text.push_str(&format!(
+                "{} {} {pack}{}\n",
+                unix_seconds(entry.used),
+                hex::encode(entry.action),
+                if entry.earlier { " earlier" } else { "" }
+            ));
+        }
+        let dir = self.path.parent().expect("a journal is in a directory");
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        file.write_all(text.as_bytes())?;
+        file.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+fn parse_line(line: &str) -> Option<JournalEntry> {
+    let mut fields = line.split(' ');
+    let used = from_unix_seconds(fields.next()?.parse().ok()?)?;
+    let mut action = [0; 32];
+    hex::decode_to_slice(fields.next()?, &mut action).ok()?;
+    let pack = match fields.next()? {
+        "-" => None,
+        pack => {
+            let mut parts = pack.split(':');
+            let mut id = [0; 32];
+            hex::decode_to_slice(parts.next()?, &mut id).ok()?;
+            Some(PackRef {
+                id,
+                created: from_unix_seconds(parts.next()?.parse().ok()?)?,
+                size: parts.next()?.parse().ok()?,
+                entries: parts.next()?.parse().ok()?,
+            })
+        }
+    };
+    let earlier = match fields.next() {
+        None => false,
+        Some("earlier") => true,
+        Some(_) => return None,
+    };
+    Some(JournalEntry {
+        action,
+        pack,
+        used,
+        earlier,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(id: u8, entries: u32, age: Duration) -> PackRef {
+        PackRef {
+            id: [id; 32],
+            created: SystemTime::now() - age,
+            size: 1000,
+            entries,
+        }
+    }
+
+    fn entry(action: u8, pack: Option<PackRef>) -> JournalEntry {
+        JournalEntry {
+            action: [action; 32],
+            pack,
+            used: from_unix_seconds(unix_seconds(SystemTime::now())).unwrap(),
+            earlier: false,
+        }
+    }
+
+    #[test]
+    fn old_and_sparse_packs_are_not_named_again() {
+        let fresh = pack(1, 2, Duration::ZERO);
+        let old = pack(2, 1, PACK_REUSE_AGE + Duration::from_secs(60));
+        let sparse = pack(3, 10, Duration::ZERO);
+        let mut entries = vec![
+            entry(1, Some(fresh)),
+            entry(2, Some(old)),
+            entry(3, Some(sparse)),
+            entry(4, Some(sparse)),
+            entry(5, Some(fresh)),
+            entry(6, None),
+        ];
+        forget_stale_packs(&mut entries, SystemTime::now());
+        let packs: Vec<_> = entries.iter().map(|e| e.pack.map(|p| p.id[0])).collect();
+        assert_eq!(packs, [Some(1), None, None, None, Some(1), None]);
+        let groups = groups_in_order(&entries);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].actions, [[1; 32], [5; 32]]);
+        assert_eq!(groups[1].pack, None);
+        assert_eq!(groups[1].actions.len(), 4);
+    }
+
+    #[test]
+    fn the_journal_merges_runs_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = dir.path().join(JOURNALS);
+        let packed = pack(9, 1, Duration::ZERO);
+        let packs = HashMap::from([([2; 32], packed)]);
+        let (journal, entries) = Journal::merge(
+            journals.clone(),
+            "s",
+            vec![],
+            vec![[1; 32], [2; 32]],
+            &packs,
+        )
+        .unwrap();
+        assert_eq!(entries.len(), 2);
+        journal.write(&entries).unwrap();
+        drop(journal);
+        let (journal, entries) = Journal::merge(
+            journals.clone(),
+            "s",
+            vec![[9; 32]],
+            vec![[2; 32], [3; 32]],
+            &HashMap::new(),
+        )
+        .unwrap();
+        let actions: Vec<u8> = entries.iter().map(|e| e.action[0]).collect();
+        assert_eq!(actions, [1, 2, 3], "the union, in order of first use");
+        assert_eq!(
+            entries[1].pack.map(|p| (p.id, p.entries)),
+            Some((packed.id, 1))
+        );
+        // An entry last used before the window is forgotten.
+        let mut stale = entries.clone();
+        stale[0].used = SystemTime::now() - JOB_WINDOW - Duration::from_secs(60);
+        journal.write(&stale).unwrap();
+        drop(journal);
+        let (_journal, entries) =
+            Journal::merge(journals, "s", vec![], vec![], &HashMap::new()).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(parse_line("garbage"), None);
+    }
+
+    /// Job 1 read a manifest naming 1, 2, 3; its first command used 1, its
+    /// second 2 and 4; job 2 read job 1's manifest and used 4 and 5.
+    #[test]
+    fn a_manifest_keeps_what_the_job_before_used_for_one_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = dir.path().join(JOURNALS);
+        let publish = |latest_job: &[u8], used: &[u8]| {
+            let hashes = |ids: &[u8]| ids.iter().map(|&i| [i; 32]).collect::<Vec<_>>();
+            let packs = HashMap::from([([3; 32], pack(7, 2, Duration::ZERO))]);
+            let (journal, entries) = Journal::merge(
+                journals.clone(),
+                "s",
+                hashes(latest_job),
+                hashes(used),
+                &packs,
+            )
+            .unwrap();
+            journal.write(&entries).unwrap();
+            let groups = groups_in_order(&entries);
+            let ids = |actions: &[Hash]| actions.iter().map(|a| a[0]).collect::<Vec<u8>>();
+            groups
+                .iter()
+                .map(|g| (g.pack.map(|p| p.id[0]), ids(&g.actions), ids(&g.earlier)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            publish(&[1, 2, 3], &[1]),
+            [(None, vec![1], vec![2]), (Some(7), vec![], vec![3])],
+            "the job's first command keeps what the job before used"
+        );
+        assert_eq!(
+            publish(&[1], &[2, 4]),
+            [(None, vec![1, 2, 4], vec![]), (Some(7), vec![], vec![3])],
+            "its next command goes on from the journal, not from the manifest it read"
+        );
+        // Ages the journal's lines that `which` picks past the window.
+        let path = journals.join(format!("{}.log", scope_key_name("s")));
+        let age = |which: fn(&str) -> bool| {
+            let text = fs::read_to_string(&path).unwrap();
+            let old = unix_seconds(SystemTime::now() - JOB_WINDOW) - 60;
+            let aged: String = text
+                .lines()
+                .map(|line| match which(line) {
+                    true => format!("{old}{}\n", &line[line.find(' ').unwrap()..]),
+                    false => format!("{line}\n"),
+                })
+                .collect();
+            fs::write(&path, aged).unwrap();
+        };
+        age(|line| line.ends_with(" earlier"));
+        assert_eq!(
+            publish(&[9], &[5]),
+            [(None, vec![1, 2, 4, 5], vec![])],
+            "a job longer than the window keeps earlier entries no longer"
+        );
+        // The next job: the journal's entries are older than the window.
+        age(|_| true);
+        assert_eq!(
+            publish(&[1, 2, 4], &[4, 5]),
+            [(None, vec![4, 5], vec![1, 2])],
+            "what only the job before the last used is gone"
+        );
+    }
+}
