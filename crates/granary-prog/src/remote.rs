@@ -263,15 +263,10 @@ impl Remote {
     pub(super) fn failed(&self, error: &RemoteError) {
         if let RemoteError::Denied(_) = error {
             // The advice first: the error after it may be cut short.
+            let cache = &self.options.cache;
             return self.switch_off(format!(
-                "it refused our credentials; set GRANARY_S3_ACCESS_KEY_ID and \
-                 GRANARY_S3_SECRET_ACCESS_KEY (or the AWS_* variables) to a key that may \
-                 read{} the bucket ({error})",
-                if self.options.read_only {
-                    ""
-                } else {
-                    " and write"
-                }
+                "it refused our credentials; {} ({error})",
+                cache.credentials_advice(!self.options.read_only)
             ));
         }
         let in_row = self.failures_in_row.fetch_add(1, Relaxed) + 1;

@@ -17,6 +17,10 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, RemoteError>>;
 /// (see [`layout`](crate::layout)).
 #[async_trait]
 pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
+    /// What to change when the store refuses our credentials, for a client
+    /// that `writes` or only reads: the settings of this kind of store.
+    fn credentials_advice(&self, writes: bool) -> String;
+
     /// The blob under `key`, as a stream, or `None` if there is none.
     async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError>;
 

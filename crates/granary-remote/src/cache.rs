@@ -222,6 +222,12 @@ impl RemoteCache {
 
     /// Whether packs can be stored in this remote. A cache server has a
     /// batch endpoint instead (see [`RemoteCache::open_batch`]).
+    /// What to change when the remote refuses our credentials (see
+    /// [`BlobStore::credentials_advice`]).
+    pub fn credentials_advice(&self, writes: bool) -> String {
+        self.blobs.credentials_advice(writes)
+    }
+
     pub fn stores_packs(&self) -> bool {
         self.format == Format::Granary
     }
@@ -581,63 +587,15 @@ mod tests {
     //! damage at will. Round trips through a real S3 server are in the
     //! `granary` crate's tests.
 
-    use std::collections::HashMap;
-    use std::sync::Mutex;
     use std::time::Duration;
 
-    use async_trait::async_trait;
     use sha2::Digest as _;
 
     use super::*;
+    use crate::memory::MemoryBlobs;
 
-    #[derive(Debug, Default)]
-    struct Memory {
-        blobs: Mutex<HashMap<String, Bytes>>,
-        puts: Mutex<Vec<String>>,
-    }
-
-    impl fmt::Display for Memory {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("memory")
-        }
-    }
-
-    #[async_trait]
-    impl BlobStore for Memory {
-        async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError> {
-            let blob = self.blobs.lock().unwrap().get(key).cloned();
-            // In small chunks, as a network delivers them.
-            Ok(blob.map(|blob| {
-                let chunks: Vec<_> = blob
-                    .chunks(1000)
-                    .map(|c| Ok(Bytes::copy_from_slice(c)))
-                    .collect();
-                futures_util::stream::iter(chunks).boxed()
-            }))
-        }
-
-        async fn exists(&self, key: &str) -> Result<bool, RemoteError> {
-            Ok(self.blobs.lock().unwrap().contains_key(key))
-        }
-
-        async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError> {
-            self.puts.lock().unwrap().push(key.to_owned());
-            self.blobs.lock().unwrap().insert(key.to_owned(), body);
-            Ok(())
-        }
-    }
-
-    impl Memory {
-        fn edit(&self, key: &str, edit: impl FnOnce(&mut Vec<u8>)) {
-            let mut blobs = self.blobs.lock().unwrap();
-            let mut blob = blobs[key].to_vec();
-            edit(&mut blob);
-            blobs.insert(key.to_owned(), blob.into());
-        }
-    }
-
-    fn setup() -> (Arc<Memory>, RemoteCache) {
-        let memory = Arc::new(Memory::default());
+    fn setup() -> (Arc<MemoryBlobs>, RemoteCache) {
+        let memory = Arc::new(MemoryBlobs::default());
         (memory.clone(), RemoteCache::new(memory, Format::Granary))
     }
 
@@ -673,7 +631,7 @@ mod tests {
 
     #[test]
     fn reapi_entries_are_action_results_over_plain_cas_blobs() {
-        let memory = Arc::new(Memory::default());
+        let memory = Arc::new(MemoryBlobs::default());
         let cache = RemoteCache::new(memory.clone(), Format::Reapi);
         let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_750_000_000_000_000_001);
         block_on(async {
@@ -695,7 +653,7 @@ mod tests {
             let object = Format::Reapi.object_key(&output(&large));
             assert_eq!(object, format!("cas/{}", hex::encode(output(&large))));
             assert_eq!(
-                memory.blobs.lock().unwrap()[&object],
+                memory.blob(&object).unwrap(),
                 large,
                 "the CAS holds the bytes themselves, as Bazel expects"
             );
@@ -743,7 +701,7 @@ mod tests {
         use crate::manifest::{Group, Manifest};
         use crate::pack::{PackWriter, RawEntry};
         for format in [Format::Granary, Format::Reapi] {
-            let memory = Arc::new(Memory::default());
+            let memory = Arc::new(MemoryBlobs::default());
             let cache = RemoteCache::new(memory.clone(), format);
             let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
             let bodies = [object_like(100), object_like(300_000)];
@@ -822,7 +780,7 @@ mod tests {
                 .upload(&[1; 32], &output(&small), time, small.clone().into())
                 .await
                 .unwrap();
-            assert_eq!(memory.puts.lock().unwrap().len(), 1, "one request");
+            assert_eq!(memory.puts().len(), 1, "one request");
             assert!(sent.transferred < 1000, "compressed: {sent:?}");
             let found = cache.lookup(&[1; 32]).await.unwrap().unwrap();
             assert_eq!(found.record.put_time, time);
@@ -837,7 +795,7 @@ mod tests {
                 !sent.object_present && sent.transferred < (1 << 20),
                 "{sent:?}"
             );
-            let puts = memory.puts.lock().unwrap().clone();
+            let puts = memory.puts();
             assert_eq!(
                 puts[1..],
                 [
@@ -853,11 +811,7 @@ mod tests {
                 .await
                 .unwrap();
             assert!(again.object_present);
-            assert_eq!(
-                memory.puts.lock().unwrap().len(),
-                4,
-                "only the record is sent"
-            );
+            assert_eq!(memory.puts().len(), 4, "only the record is sent");
             assert_eq!(
                 cache.lookup(&[4; 32]).await.unwrap().map(|f| f.record),
                 None
@@ -988,11 +942,7 @@ mod tests {
                 "{e}"
             );
 
-            memory
-                .blobs
-                .lock()
-                .unwrap()
-                .remove(&Format::Granary.object_key(&output(&body)));
+            memory.remove(&Format::Granary.object_key(&output(&body)));
             let e = cache
                 .fetch_object(&found.record, &mut Vec::new())
                 .await

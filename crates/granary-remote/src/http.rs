@@ -128,11 +128,11 @@ impl HttpBlobs {
         match response.status() {
             status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(response),
             StatusCode::UNAUTHORIZED => Err(RemoteError::Denied(format!(
-                "{} refused the token (HTTP 401); set GRANARY_TOKEN or --token-file to a valid token",
+                "{} refused the token (HTTP 401)",
                 self.base
             ))),
             StatusCode::FORBIDDEN => Err(RemoteError::Denied(format!(
-                "{} refused the request (HTTP 403): the token may only read; use --read-only or a read-write token",
+                "{} refused the request (HTTP 403): the token may not do that",
                 self.base
             ))),
             status => {
@@ -160,6 +160,17 @@ fn failed(error: &reqwest::Error) -> RemoteError {
 
 #[async_trait]
 impl BlobStore for HttpBlobs {
+    fn credentials_advice(&self, writes: bool) -> String {
+        match writes {
+            true => "set GRANARY_TOKEN (or --token-file) to a token of scope write, \
+                     or build with --read-only"
+                .to_owned(),
+            false => {
+                "set GRANARY_TOKEN (or --token-file) to a valid token of scope read".to_owned()
+            }
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError> {
         let response = self.send(reqwest::Method::GET, key, None).await?;
         if response.status() == StatusCode::NOT_FOUND {

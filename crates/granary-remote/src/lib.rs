@@ -32,6 +32,8 @@ mod cache;
 mod http;
 pub mod layout;
 pub mod manifest;
+#[cfg(any(test, feature = "memory"))]
+pub mod memory;
 pub mod pack;
 pub mod reapi;
 mod record;

@@ -35,6 +35,28 @@ pub const MAGIC: &[u8; 16] = b"granary-pack-01\n";
 /// results up to 4 MiB).
 pub const MAX_PACKED_RECORD: u32 = 4 << 20;
 
+/// Appends the head of an entry to `out`: what precedes its object's
+/// `object_length` bytes. With [`write_missing`] and [`write_end`], the one
+/// encoder of packs, for [`PackWriter`] and for writers that stream
+/// objects (a cache server's batch answer).
+pub fn write_entry_head(out: &mut Vec<u8>, action: &Digest, record: &[u8], object_length: u64) {
+    out.extend_from_slice(action);
+    out.extend_from_slice(&(record.len() as u32).to_be_bytes());
+    out.extend_from_slice(record);
+    out.extend_from_slice(&object_length.to_be_bytes());
+}
+
+/// Appends to `out` the entry saying that there is none for `action`.
+pub fn write_missing(out: &mut Vec<u8>, action: &Digest) {
+    out.extend_from_slice(action);
+    out.extend_from_slice(&0u32.to_be_bytes());
+}
+
+/// Appends the end of a pack to `out`.
+pub fn write_end(out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0; 32]);
+}
+
 /// A pack being written, in memory.
 #[derive(Debug)]
 pub struct PackWriter {
@@ -54,20 +76,14 @@ impl Default for PackWriter {
 impl PackWriter {
     /// Adds an entry: its record, and its object (empty when inline).
     pub fn add(&mut self, action: &Digest, record: &[u8], object: &[u8]) {
-        self.bytes.extend_from_slice(action);
-        self.bytes
-            .extend_from_slice(&(record.len() as u32).to_be_bytes());
-        self.bytes.extend_from_slice(record);
-        self.bytes
-            .extend_from_slice(&(object.len() as u64).to_be_bytes());
+        write_entry_head(&mut self.bytes, action, record, object.len() as u64);
         self.bytes.extend_from_slice(object);
         self.entries += 1;
     }
 
     /// Says that there is no entry for `action`.
     pub fn add_missing(&mut self, action: &Digest) {
-        self.bytes.extend_from_slice(action);
-        self.bytes.extend_from_slice(&0u32.to_be_bytes());
+        write_missing(&mut self.bytes, action);
         self.entries += 1;
     }
 
@@ -86,7 +102,7 @@ impl PackWriter {
 
     /// The whole pack, end included.
     pub fn finish(mut self) -> Vec<u8> {
-        self.bytes.extend_from_slice(&[0; 32]);
+        write_end(&mut self.bytes);
         self.bytes
     }
 }

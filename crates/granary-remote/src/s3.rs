@@ -156,6 +156,14 @@ impl fmt::Display for S3Blobs {
 
 #[async_trait]
 impl BlobStore for S3Blobs {
+    fn credentials_advice(&self, writes: bool) -> String {
+        format!(
+            "set GRANARY_S3_ACCESS_KEY_ID and GRANARY_S3_SECRET_ACCESS_KEY (or the AWS_* \
+             variables) to a key that may read{} the bucket",
+            if writes { " and write" } else { "" }
+        )
+    }
+
     async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError> {
         match self.store.get(&self.path(key)).await {
             Ok(found) => Ok(Some(found.into_stream().map_err(remote_error).boxed())),

@@ -2,7 +2,8 @@
 //! `granary prog`.
 //!
 //! The request lists action IDs in hex, one per line (at most
-//! [`MAX_BATCH`]); the answer is a pack (see `granary_remote::pack`): for
+//! [`MAX_BATCH`]); the answer is a pack, written with
+//! `granary_remote::pack`'s encoder (its objects streamed): for
 //! each ID in order, its `ActionResult` and, when the output is not inline,
 //! the CAS blob it names, or a mark that there is no such entry. A fresh
 //! runner thus fetches a few thousand entries in a few requests instead of
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
 use bytes::Bytes;
-use granary_remote::pack::MAGIC;
+use granary_remote::pack::{self, MAGIC};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use zstd::bulk::Compressor;
@@ -166,20 +167,17 @@ impl Answer {
     fn write(&mut self, keys: &[Key]) -> Result<(), Stop> {
         let ac = KindLabels { kind: "ac" };
         for key in keys {
-            self.buffer.extend_from_slice(&key.hash);
             let Some((record, object)) = self.entry(key) else {
                 self.metrics.misses.get_or_create(&ac).inc();
-                self.buffer.extend_from_slice(&0u32.to_be_bytes());
+                pack::write_missing(&mut self.buffer, &key.hash);
                 continue;
             };
             self.metrics.hits.get_or_create(&ac).inc();
-            self.buffer
-                .extend_from_slice(&(record.len() as u32).to_be_bytes());
-            self.buffer.extend_from_slice(&record);
+            let object_length = object.as_ref().map_or(0, |(_, blob)| blob.size);
+            pack::write_entry_head(&mut self.buffer, &key.hash, &record, object_length);
             match object {
-                None => self.buffer.extend_from_slice(&0u64.to_be_bytes()),
+                None => {}
                 Some((cas, blob)) => {
-                    self.buffer.extend_from_slice(&blob.size.to_be_bytes());
                     if self.zstd.is_some() && blob.size <= MAX_FRAMED {
                         self.flush()?;
                         let (frames, compressor) = self.zstd.as_mut().expect("zstd is on");
@@ -211,7 +209,7 @@ impl Answer {
                 self.flush()?;
             }
         }
-        self.buffer.extend_from_slice(&[0; 32]);
+        pack::write_end(&mut self.buffer);
         self.flush()
     }
 

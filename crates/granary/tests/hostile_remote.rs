@@ -590,3 +590,42 @@ fn a_trickling_pack_holds_a_get_no_longer_than_the_timeout() {
     let s = stats(&fresh.path("stats.json"));
     assert_eq!((s.remote.remote_hits, s.errors), (1, 0), "{s:?}");
 }
+
+/// A cache server that refuses the token: the advice names the token
+/// settings, not a bucket's keys (it once gave S3 advice), read-only runs
+/// included.
+#[test]
+fn a_server_refusing_the_token_gets_advice_about_tokens() {
+    for read_only in [false, true] {
+        let remote = Hostile::start(|_, _| Reply::Full(401, b"who are you?".to_vec()));
+        let sb = Sandbox::new();
+        let url = remote.url();
+        let mut h = helper(
+            &sb,
+            |cmd| {
+                cmd.env("GRANARY_REMOTE", url)
+                    .env("GRANARY_READ_ONLY", read_only.to_string());
+            },
+            false,
+        );
+        let (answer, took) = timed_get(&mut h, 1, [7; 32]);
+        assert_eq!(answer["Miss"], true, "{answer}");
+        assert_bounded(&answer, took, GET_BOUND);
+        let (status, stderr) = h.close();
+        assert!(status.success(), "{stderr}");
+        let off = stats(&sb.path("stats.json")).remote.remote_off;
+        let scope = if read_only {
+            "scope read"
+        } else {
+            "scope write"
+        };
+        assert!(
+            off.starts_with("it refused our credentials; set GRANARY_TOKEN")
+                && off.contains(scope)
+                && off.contains("HTTP 401")
+                && !off.contains("GRANARY_S3"),
+            "{off}"
+        );
+        assert_eq!(stderr.matches("WARN").count(), 1, "{stderr}");
+    }
+}

@@ -1,0 +1,369 @@
+//! The engine driven in-process, with byte buffers for stdin and stdout
+//! and a blob store in memory whose faults the tests choose: the remote
+//! tier's rules (switch-off, budget, single flight, prefetch, advice,
+//! damage) in seconds, without a go command or an S3 server. The
+//! end-to-end tests of the binary run the same engine against the real
+//! ones.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use granary_prog::{Options, RemoteOptions, Scopes, Summary};
+use granary_protocol::{Request, write_request};
+use granary_remote::memory::{Faults, MemoryBlobs};
+use granary_remote::{Format, RemoteCache};
+use granary_store::Store;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The go command's side of the pipe: what the engine wrote.
+#[derive(Clone, Default)]
+struct Output(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A request and, for a put, its body.
+enum Ask {
+    Get(u8),
+    Put(u8, Vec<u8>),
+}
+
+/// How the runs of a test reach the remote.
+struct Remote {
+    memory: Arc<MemoryBlobs>,
+    prefetch: bool,
+    timeout: Duration,
+    budget: Duration,
+}
+
+impl Remote {
+    fn new(prefetch: bool) -> Remote {
+        Remote {
+            memory: Arc::default(),
+            prefetch,
+            timeout: Duration::from_secs(5),
+            budget: Duration::from_secs(60),
+        }
+    }
+
+    fn options(&self) -> RemoteOptions {
+        RemoteOptions {
+            cache: RemoteCache::new(self.memory.clone(), Format::Granary),
+            read_only: false,
+            timeout: self.timeout,
+            budget: self.budget,
+            upload_deadline: Duration::from_secs(10),
+            scopes: Scopes {
+                scope: "engine-tests".into(),
+                fallbacks: Vec::new(),
+                prefetch: self.prefetch,
+            },
+        }
+    }
+}
+
+/// One run of the engine on a new cache directory in `dir`, as the go
+/// command drives it: the requests, then, once all are answered, `close`.
+/// Returns the answers by request ID, and the summary.
+fn run(dir: &tempfile::TempDir, remote: &Remote, asks: &[Ask]) -> (Vec<Value>, Summary) {
+    let store = Store::open(dir.path().join(format!("cache-{}", rand()))).unwrap();
+    let mut input = Vec::new();
+    for (i, ask) in asks.iter().enumerate() {
+        let id = i as i64 + 1;
+        let (request, body) = match ask {
+            Ask::Get(action) => (
+                Request::Get {
+                    id,
+                    action_id: [*action; 32],
+                },
+                &[][..],
+            ),
+            Ask::Put(action, body) => (
+                Request::Put {
+                    id,
+                    action_id: [*action; 32],
+                    output_id: Sha256::digest(body).into(),
+                    body_size: body.len() as u64,
+                },
+                &body[..],
+            ),
+        };
+        write_request(&mut input, &request, body).unwrap();
+    }
+    let (reader, mut writer) = io::pipe().unwrap();
+    let output = Output::default();
+    let options = Options {
+        remote: Some(remote.options()),
+        ..Options::default()
+    };
+    let engine = {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            granary_prog::run(io::BufReader::new(reader), output, store, options).unwrap()
+        })
+    };
+    writer.write_all(&input).unwrap();
+    let lines = || {
+        output
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines() < asks.len() + 1 {
+        assert!(Instant::now() < deadline, "requests left unanswered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    write_request(&mut writer, &Request::Close { id: 999 }, &[]).unwrap();
+    drop(writer);
+    let outcome = engine.join().unwrap();
+    assert!(outcome.framing_error.is_none());
+    let text = String::from_utf8(output.0.lock().unwrap().clone()).unwrap();
+    let mut answers: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        answers.remove(0)["KnownCommands"][0],
+        "get",
+        "the handshake first"
+    );
+    assert_eq!(
+        answers.pop().unwrap(),
+        serde_json::json!({"ID": 999}),
+        "close last"
+    );
+    answers.sort_by_key(|a| a["ID"].as_i64());
+    assert_eq!(answers.len(), asks.len(), "every request answered once");
+    (answers, outcome.summary)
+}
+
+fn rand() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn is_hit(answer: &Value) -> bool {
+    answer["DiskPath"].is_string() && answer["Miss"].is_null()
+}
+
+/// A writer's puts reach the remote; a fresh runner finds them there, with
+/// their original put time.
+#[test]
+fn a_fresh_runner_hits_what_a_writer_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(false);
+    let (stored, _) = run(&dir, &remote, &[Ask::Put(1, b"one".to_vec())]);
+    assert!(stored[0]["DiskPath"].is_string());
+    let (answers, summary) = run(&dir, &remote, &[Ask::Get(1), Ask::Get(2)]);
+    assert!(is_hit(&answers[0]), "{answers:?}");
+    assert_eq!(answers[1]["Miss"], true);
+    assert_eq!((summary.remote_hits, summary.remote_misses), (1, 1));
+}
+
+/// Five failed requests in a row switch the remote off; after that, gets
+/// are local misses at once and the remote is asked nothing more.
+#[test]
+fn five_failures_in_a_row_switch_the_remote_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(false);
+    remote.memory.set_faults(Faults {
+        fail: true,
+        ..Faults::default()
+    });
+    let asks: Vec<Ask> = (1..=12).map(Ask::Get).collect();
+    let (answers, summary) = run(&dir, &remote, &asks);
+    assert!(answers.iter().all(|a| a["Miss"] == true), "{answers:?}");
+    assert!(
+        summary.remote_off.starts_with("5 requests failed in a row"),
+        "{summary:?}"
+    );
+    assert!(
+        remote.memory.gets().len() < 12,
+        "the remote was asked after it was off: {:?}",
+        remote.memory.gets()
+    );
+}
+
+/// Lookups that found nothing, each within its deadline, add up against
+/// the budget; past it the remote is off.
+#[test]
+fn slow_misses_use_up_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut remote = Remote::new(false);
+    remote.budget = Duration::from_millis(500);
+    remote.memory.set_faults(Faults {
+        delay: Duration::from_millis(200),
+        ..Faults::default()
+    });
+    let asks: Vec<Ask> = (1..=6).map(Ask::Get).collect();
+    let started = Instant::now();
+    let (_, summary) = run(&dir, &remote, &asks);
+    assert!(
+        summary.remote_off.contains("--remote-budget"),
+        "{summary:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// A lookup that takes longer than --remote-timeout is given up: a miss,
+/// counted as a remote error.
+#[test]
+fn a_lookup_is_bounded_by_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut remote = Remote::new(false);
+    remote.timeout = Duration::from_millis(200);
+    remote.memory.set_faults(Faults {
+        delay: Duration::from_secs(30),
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    let (answers, summary) = run(&dir, &remote, &[Ask::Get(1)]);
+    assert_eq!(answers[0]["Miss"], true);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(summary.remote_errors, 1, "{summary:?}");
+}
+
+/// Gets of one action while its lookup runs join it: one request.
+#[test]
+fn concurrent_gets_of_one_action_make_one_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(false);
+    run(&dir, &remote, &[Ask::Put(7, b"seven".to_vec())]);
+    remote.memory.set_faults(Faults {
+        delay: Duration::from_millis(300),
+        ..Faults::default()
+    });
+    let before = remote.memory.gets().len();
+    let (answers, summary) = run(&dir, &remote, &[Ask::Get(7), Ask::Get(7), Ask::Get(7)]);
+    assert!(answers.iter().all(is_hit), "{answers:?}");
+    assert_eq!(summary.remote_hits, 3);
+    let asked: Vec<String> = remote.memory.gets()[before..]
+        .iter()
+        .filter(|key| key.contains("/ac/"))
+        .cloned()
+        .collect();
+    assert_eq!(asked.len(), 1, "one lookup for three gets: {asked:?}");
+}
+
+/// A refused credential switches the remote off at once, with the advice
+/// of the kind of remote that refused.
+#[test]
+fn a_refusal_gives_the_advice_of_its_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(false);
+    remote.memory.set_faults(Faults {
+        deny: true,
+        ..Faults::default()
+    });
+    let (_, summary) = run(&dir, &remote, &[Ask::Get(1), Ask::Get(2)]);
+    assert_eq!(
+        summary.remote_off,
+        "it refused our credentials; give memory a key that may read and write \
+         (access denied: memory refused the credentials)"
+    );
+    assert_eq!(
+        remote.memory.gets().len(),
+        1,
+        "nothing asked after the refusal"
+    );
+}
+
+/// A writer publishes a manifest and a pack at close; a fresh runner with
+/// the prefetch fetches the pack once and its gets wait for it instead of
+/// asking for their entries one by one.
+#[test]
+fn gets_wait_for_the_prefetch_instead_of_asking_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(true);
+    let puts: Vec<Ask> = (1..=20).map(|i| Ask::Put(i, vec![i; 5000])).collect();
+    let (_, written) = run(&dir, &remote, &puts);
+    assert_eq!(written.packs_uploaded, 1, "{written:?}");
+    remote.memory.set_faults(Faults {
+        delay: Duration::from_millis(100),
+        ..Faults::default()
+    });
+    let before = remote.memory.gets().len();
+    let gets: Vec<Ask> = (1..=20).map(Ask::Get).collect();
+    let (answers, summary) = run(&dir, &remote, &gets);
+    assert!(answers.iter().all(is_hit), "{answers:?}");
+    let asked = remote.memory.gets()[before..].to_vec();
+    assert!(
+        asked.iter().all(|key| !key.contains("/ac/")),
+        "no entry asked for alone: {asked:?}"
+    );
+    assert_eq!(
+        asked.iter().filter(|key| key.contains("/packs/")).count(),
+        1,
+        "{asked:?}"
+    );
+    assert_eq!(summary.prefetch_fetched, 20, "{summary:?}");
+}
+
+/// A damaged manifest is ignored, counted; gets go on to lookups and hit.
+#[test]
+fn a_damaged_manifest_costs_lookups_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(true);
+    run(&dir, &remote, &[Ask::Put(3, b"three".to_vec())]);
+    let manifest = Format::Granary.manifest_key("engine-tests");
+    remote
+        .memory
+        .edit(&manifest, |bytes| bytes.truncate(bytes.len() / 2));
+    let (answers, summary) = run(&dir, &remote, &[Ask::Get(3)]);
+    assert!(is_hit(&answers[0]), "{answers:?}");
+    assert_eq!(
+        (summary.prefetch_damaged, summary.remote_hits),
+        (1, 1),
+        "{summary:?}"
+    );
+}
+
+/// A pack cut short: what came before the cut is used, the rest looked
+/// up; the damage is counted and nothing wrong is stored.
+#[test]
+fn a_cut_pack_costs_lookups_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(true);
+    let puts: Vec<Ask> = (1..=10).map(|i| Ask::Put(i, vec![i; 20_000])).collect();
+    run(&dir, &remote, &puts);
+    let pack = remote
+        .memory
+        .puts()
+        .into_iter()
+        .find(|key| key.contains("/packs/"))
+        .expect("a pack");
+    remote.memory.edit(&pack, |bytes| {
+        let half = bytes.len() / 2;
+        bytes.truncate(half);
+        bytes.extend_from_slice(&[0xff; 64]);
+    });
+    let gets: Vec<Ask> = (1..=10).map(Ask::Get).collect();
+    let (answers, summary) = run(&dir, &remote, &gets);
+    assert!(answers.iter().all(is_hit), "{answers:?}");
+    assert_eq!(summary.prefetch_damaged, 1, "{summary:?}");
+    assert!(
+        summary.prefetch_fetched > 0 && summary.remote_hits > 0,
+        "some from the pack, the rest looked up: {summary:?}"
+    );
+    assert_eq!(summary.prefetch_fetched + summary.remote_hits, 10);
+}
