@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use granary_protocol::Hash;
 use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds};
-use granary_remote::{Group, Manifest, PackRef, PackWriter};
+use granary_remote::{Group, Manifest, PackRef, PackWriter, STREAM_ABOVE};
 use granary_store::{ActionId, Lookup};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -219,6 +219,11 @@ fn build_packs(
         let Lookup::Hit(hit) = remote.store.get(&ActionId(*action)) else {
             continue;
         };
+        // A large output is looked up alone: read whole into a pack, it
+        // would cost its size in memory.
+        if hit.entry.size > STREAM_ABOVE {
+            continue;
+        }
         let mut body = Vec::with_capacity(hit.entry.size as usize);
         if File::open(&hit.object)
             .and_then(|mut file| file.read_to_end(&mut body))

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use granary_protocol::{Hash, Response};
-use granary_remote::{ActionRecord, RemoteCache, RemoteError};
+use granary_remote::{ActionRecord, RemoteCache, RemoteError, STREAM_ABOVE};
 use granary_store::{ActionId, Hit, ObjectWriter, OutputId, Store, StoreError};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
@@ -84,6 +84,12 @@ const UPLOADS_AT_ONCE: usize = 16;
 /// Bodies held in memory by running uploads, in KiB; a larger body waits
 /// until it can run alone.
 const UPLOAD_MEMORY_KIB: u32 = 256 * 1024;
+/// What a streamed upload holds in memory: S3's parts in flight and the
+/// one being filled, or a few chunks of an HTTP body.
+const STREAMED_UPLOAD_MEMORY: u64 = 32 << 20;
+/// The slowest an upload may go, in bytes per second, beyond its
+/// --remote-timeout.
+const MIN_UPLOAD_RATE: u64 = 1 << 20;
 
 /// The remote tier of one run.
 #[derive(Debug)]
@@ -156,6 +162,7 @@ impl From<RemoteError> for Trouble {
         match e {
             // The remote answered; the local disk could not take it.
             RemoteError::Sink(e) => not_stored(&e),
+            RemoteError::LocalFile(e) => Trouble::Local(e),
             e => Trouble::Remote(e),
         }
     }
@@ -536,23 +543,22 @@ impl Remote {
             .inspect_err(|e| tracing::debug!("cannot upload {}: {e}", object.display()))
             .ok()?
             .len();
-        let kib = size.div_ceil(1024).clamp(1, UPLOAD_MEMORY_KIB.into()) as u32;
+        // A streamed upload holds a few parts, whatever the output's size.
+        let held = match size > STREAM_ABOVE {
+            true => STREAMED_UPLOAD_MEMORY,
+            false => size,
+        };
+        let kib = held.div_ceil(1024).clamp(1, UPLOAD_MEMORY_KIB.into()) as u32;
         let _memory = self.upload_memory.acquire_many(kib).await.ok()?;
         if !self.is_on() {
             return None;
         }
-        let body = tokio::fs::read(&object)
-            .await
-            .inspect_err(|e| tracing::debug!("cannot upload {}: {e}", object.display()))
-            .ok()?;
-        if OutputId::of(&body) != output {
-            tracing::debug!("{} changed before its upload", object.display());
-            return None;
-        }
+        // A large output takes time to send: the deadline grows with it.
+        let deadline = self.options.timeout + Duration::from_secs(size / MIN_UPLOAD_RATE);
         let cache = &self.options.cache;
         let sent = within(
-            self.options.timeout,
-            cache.upload(&action, &output.0, put_time, body.into()),
+            deadline,
+            cache.upload_file(&action, &output.0, put_time, &object, size),
         )
         .await;
         match sent {

@@ -30,6 +30,22 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
     /// Stores `body` under `key`, replacing any blob there.
     async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError>;
 
+    /// Stores the blob that `body` streams, `length` bytes if known, under
+    /// `key`, holding only a few chunks in memory whatever its size (S3's
+    /// multipart upload, a streamed HTTP PUT). An error in the stream
+    /// abandons the upload: nothing is stored. The default collects the
+    /// stream, for stores that only hold small blobs.
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteStream,
+        _length: Option<u64>,
+    ) -> Result<(), RemoteError> {
+        use futures_util::TryStreamExt;
+        let chunks: Vec<Bytes> = body.try_collect().await?;
+        self.put(key, chunks.concat().into()).await
+    }
+
     /// Sends a batch request (action IDs in hex, one per line) and returns
     /// the answer, a [`pack`](crate::pack). `None`: this store has no batch
     /// endpoint.

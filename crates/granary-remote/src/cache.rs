@@ -31,6 +31,11 @@ const LEVEL: i32 = 3;
 const COMPRESS_IN_PLACE: usize = 256 * 1024;
 /// Stored manifests longer than this are refused.
 const MAX_MANIFEST: usize = 64 << 20;
+/// Outputs larger than this are uploaded from their file as a stream
+/// ([`RemoteCache::upload_file`]), never whole in memory.
+pub const STREAM_ABOVE: u64 = 16 << 20;
+/// Bytes read from a file at a time for a streamed upload.
+const READ_CHUNK: usize = 1 << 20;
 
 /// The remote cache: lookups, fetches and uploads, one request each, with
 /// no deadlines of its own (the caller sets them).
@@ -182,6 +187,54 @@ impl RemoteCache {
         Ok(sent)
     }
 
+    /// Uploads the output stored in the file at `path`, `size` bytes that
+    /// must hash to `output`, as [`RemoteCache::upload`] does; an object
+    /// above [`STREAM_ABOVE`] streams from the file (compressed on the way
+    /// in the granary format), so memory stays bounded whatever its size.
+    /// A file that does not hash to `output` (changed since) is not
+    /// published: its upload fails at the last chunk.
+    pub async fn upload_file(
+        &self,
+        action: &Digest,
+        output: &Digest,
+        put_time: SystemTime,
+        path: &std::path::Path,
+        size: u64,
+    ) -> Result<Sent, RemoteError> {
+        if size <= STREAM_ABOVE {
+            let body = tokio::fs::read(path).await.map_err(|e| {
+                RemoteError::LocalFile(format!("cannot read {}: {e}", path.display()))
+            })?;
+            if sha2::Sha256::digest(&body).as_slice() != output {
+                return Err(changed(path));
+            }
+            return self.upload(action, output, put_time, body.into()).await;
+        }
+        let record = record_of(action, output, put_time, size);
+        let key = self.format.object_key(output);
+        let mut sent = Sent::default();
+        if self.blobs.exists(&key).await? {
+            sent.object_present = true;
+        } else {
+            let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (stream, length) = match self.format {
+                Format::Granary => (object_stream(path, *output, true, counted.clone()), None),
+                Format::Reapi => (
+                    object_stream(path, *output, false, counted.clone()),
+                    Some(size),
+                ),
+            };
+            self.blobs.put_stream(&key, stream, length).await?;
+            sent.transferred += counted.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        let bytes = self.encode_record(&record, &[])?;
+        sent.transferred += bytes.len() as u64;
+        self.blobs
+            .put(&self.format.action_key(action), bytes.into())
+            .await?;
+        Ok(sent)
+    }
+
     /// An entry as the remote stores it, for a pack: its action record, and
     /// its object (empty when the output is inline).
     pub fn encode_entry(
@@ -220,14 +273,14 @@ impl RemoteCache {
         })
     }
 
-    /// Whether packs can be stored in this remote. A cache server has a
-    /// batch endpoint instead (see [`RemoteCache::open_batch`]).
     /// What to change when the remote refuses our credentials (see
     /// [`BlobStore::credentials_advice`]).
     pub fn credentials_advice(&self, writes: bool) -> String {
         self.blobs.credentials_advice(writes)
     }
 
+    /// Whether packs can be stored in this remote. A cache server has a
+    /// batch endpoint instead (see [`RemoteCache::open_batch`]).
     pub fn stores_packs(&self) -> bool {
         self.format == Format::Granary
     }
@@ -395,6 +448,88 @@ impl RemoteCache {
         }
         Ok(deleted)
     }
+}
+
+/// The object in the file at `path`, as a stream of chunks read (and,
+/// with `compress`, zstd-compressed) on the blocking pool a few at a time,
+/// counting the bytes sent in `counted`; the last item is an error if the
+/// file does not hash to `output`.
+fn object_stream(
+    path: &std::path::Path,
+    output: Digest,
+    compress: bool,
+    counted: Arc<std::sync::atomic::AtomicU64>,
+) -> ByteStream {
+    let (chunks, received) = tokio::sync::mpsc::channel::<Result<Bytes, RemoteError>>(2);
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let result = read_object(&path, output, compress, &mut |chunk: Vec<u8>| {
+            counted.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            chunks.blocking_send(Ok(chunk.into())).is_ok()
+        });
+        if let Err(e) = result {
+            let _ = chunks.blocking_send(Err(e));
+        }
+    });
+    futures_util::stream::unfold(received, |mut received| async move {
+        received.recv().await.map(|chunk| (chunk, received))
+    })
+    .boxed()
+}
+
+/// Reads the file at `path` in chunks, hashing, and hands each (compressed
+/// if `compress`) to `send`, until it says stop. Fails if the file does
+/// not hash to `output`.
+fn read_object(
+    path: &std::path::Path,
+    output: Digest,
+    compress: bool,
+    send: &mut dyn FnMut(Vec<u8>) -> bool,
+) -> Result<(), RemoteError> {
+    use std::io::Read;
+    let failed =
+        |e: io::Error| RemoteError::LocalFile(format!("cannot read {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(failed)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut encoder = match compress {
+        true => Some(zstd::stream::write::Encoder::new(Vec::new(), LEVEL).map_err(failed)?),
+        false => None,
+    };
+    let mut buffer = vec![0; READ_CHUNK];
+    loop {
+        let n = file.read(&mut buffer).map_err(failed)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        let chunk = match &mut encoder {
+            None => buffer[..n].to_vec(),
+            Some(encoder) => {
+                encoder.write_all(&buffer[..n]).map_err(failed)?;
+                std::mem::take(encoder.get_mut())
+            }
+        };
+        if !chunk.is_empty() && !send(chunk) {
+            return Ok(());
+        }
+    }
+    if hasher.finalize().as_slice() != output {
+        return Err(changed(path));
+    }
+    if let Some(encoder) = encoder {
+        let tail = encoder.finish().map_err(failed)?;
+        if !tail.is_empty() {
+            send(tail);
+        }
+    }
+    Ok(())
+}
+
+fn changed(path: &std::path::Path) -> RemoteError {
+    RemoteError::LocalFile(format!(
+        "{} changed before its upload; not uploaded",
+        path.display()
+    ))
 }
 
 /// The record of an output, inline if small enough.

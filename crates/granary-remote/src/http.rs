@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use reqwest::header::{ACCEPT_ENCODING, CONTENT_ENCODING};
+use reqwest::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
 use reqwest::{Client, StatusCode};
 
 use crate::{BatchAnswer, BlobStore, ByteStream, RemoteError};
@@ -110,7 +110,7 @@ impl HttpBlobs {
         &self,
         method: reqwest::Method,
         key: &str,
-        body: Option<Bytes>,
+        body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, RemoteError> {
         let mut request = self.client.request(method, format!("{}/{key}", self.base));
         if let Some(token) = &self.token {
@@ -144,6 +144,19 @@ impl HttpBlobs {
                 )))
             }
         }
+    }
+}
+
+impl HttpBlobs {
+    /// A PUT's answer: stored, unless the server has no cache there.
+    fn stored(&self, key: &str, response: &reqwest::Response) -> Result<(), RemoteError> {
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(RemoteError::Failed(format!(
+                "{} has no cache at {key} (HTTP 404); check the URL's path",
+                self.base
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -225,13 +238,32 @@ impl BlobStore for HttpBlobs {
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError> {
-        let response = self.send(reqwest::Method::PUT, key, Some(body)).await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Err(RemoteError::Failed(format!(
-                "{} has no cache at {key} (HTTP 404); check the URL's path",
-                self.base
-            )));
+        let response = self
+            .send(reqwest::Method::PUT, key, Some(body.into()))
+            .await?;
+        self.stored(key, &response)
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteStream,
+        length: Option<u64>,
+    ) -> Result<(), RemoteError> {
+        let mut request = self.client.put(format!("{}/{key}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
         }
-        Ok(())
+        // Servers of the Bazel protocol want the length of a CAS upload.
+        if let Some(length) = length {
+            request = request.header(CONTENT_LENGTH, length);
+        }
+        let response = request
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(|e| failed(&e))?;
+        let response = self.checked(response).await?;
+        self.stored(key, &response)
     }
 }

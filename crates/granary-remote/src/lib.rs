@@ -40,7 +40,7 @@ mod record;
 mod s3;
 
 pub use blob::{BatchAnswer, BlobStore, ByteStream, Listed};
-pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, Sent};
+pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, STREAM_ABOVE, Sent};
 pub use http::{HttpBlobs, HttpSettings};
 pub use layout::Format;
 pub use manifest::{Group, Manifest, PackRef};
@@ -73,4 +73,8 @@ pub enum RemoteError {
     /// A fetched body could not be written where it was to go.
     #[error("cannot write the fetched body: {0}")]
     Sink(#[source] std::io::Error),
+    /// The local file to upload could not be read, or changed meanwhile:
+    /// the remote is not to blame.
+    #[error("{0}")]
+    LocalFile(String),
 }

@@ -10,9 +10,17 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+};
 
 use crate::{BlobStore, ByteStream, Listed, RemoteError};
+
+/// Parts of a streamed upload: S3 takes parts of 5 MiB to 5 GiB.
+const MULTIPART_PART: usize = 8 << 20;
+/// Parts sent at once: what a streamed upload holds in memory, with the
+/// one being filled.
+const MULTIPART_PARTS_IN_FLIGHT: usize = 2;
 
 /// Where the bucket is and how to reach it.
 #[derive(Debug, Clone, Default)]
@@ -186,6 +194,39 @@ impl BlobStore for S3Blobs {
             .await
             .map(drop)
             .map_err(remote_error)
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        _length: Option<u64>,
+    ) -> Result<(), RemoteError> {
+        let upload = self
+            .store
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(remote_error)?;
+        let mut write = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+        let sent = async {
+            while let Some(chunk) = body.next().await {
+                write
+                    .wait_for_capacity(MULTIPART_PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(remote_error)?;
+                write.write(&chunk?);
+            }
+            Ok::<_, RemoteError>(())
+        }
+        .await;
+        match sent {
+            Ok(()) => write.finish().await.map(drop).map_err(remote_error),
+            Err(e) => {
+                // Nothing of an abandoned upload is left to pay for.
+                let _ = write.abort().await;
+                Err(e)
+            }
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, RemoteError> {

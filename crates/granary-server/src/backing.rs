@@ -13,8 +13,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use granary_remote::BlobStore;
+use futures_util::{StreamExt, TryStreamExt};
+use granary_remote::{BlobStore, RemoteError, STREAM_ABOVE};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
@@ -33,6 +34,8 @@ const UPLOAD_MEMORY: u32 = 256 * 1024 * 1024;
 
 /// The name of the server's layout in the backing store.
 const LAYOUT: &str = "granary-serve-v1";
+/// Bytes read at a time for a streamed write-behind.
+const CHUNK: usize = 1 << 20;
 
 /// The backing store and its write-behind queue.
 pub struct Backing {
@@ -170,7 +173,8 @@ async fn write_behind(
         let Ok(slot) = running.clone().acquire_owned().await else {
             break;
         };
-        let share = u32::try_from(size)
+        // A large blob streams, holding a few chunks.
+        let share = u32::try_from(size.min(STREAM_ABOVE))
             .unwrap_or(u32::MAX)
             .clamp(1, UPLOAD_MEMORY);
         let Ok(held) = memory.clone().acquire_many_owned(share).await else {
@@ -178,14 +182,11 @@ async fn write_behind(
         };
         let (blobs, disk, metrics) = (blobs.clone(), disk.clone(), metrics.clone());
         tasks.spawn(async move {
-            let read = tokio::task::spawn_blocking(move || disk.read(&key)).await;
-            let result = match read {
-                Ok(Ok(bytes)) => blobs
-                    .put(&backing_key(&key), bytes)
+            let result = match disk.open_blob(&key) {
+                Ok(file) => write_one(&*blobs, &key, file, size)
                     .await
                     .map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(format!("cannot read it: {e}")),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(format!("cannot read it: {e}")),
             };
             match result {
                 Ok(()) => {
@@ -201,4 +202,28 @@ async fn write_behind(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Copies one blob to the backing store: whole if small, else as a stream
+/// of chunks read as the upload takes them.
+async fn write_one(
+    blobs: &dyn BlobStore,
+    key: &Key,
+    file: std::fs::File,
+    size: u64,
+) -> Result<(), RemoteError> {
+    let mut file = tokio::fs::File::from_std(file);
+    if size <= STREAM_ABOVE {
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| RemoteError::LocalFile(format!("cannot read {key}: {e}")))?;
+        return blobs.put(&backing_key(key), bytes.into()).await;
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK)
+        .map_err(|e| RemoteError::LocalFile(format!("cannot read the blob: {e}")))
+        .boxed();
+    blobs
+        .put_stream(&backing_key(key), stream, Some(size))
+        .await
 }

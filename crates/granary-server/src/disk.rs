@@ -20,13 +20,12 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, watch};
 
@@ -563,11 +562,10 @@ impl Disk {
         removed
     }
 
-    /// Reads a whole blob into memory, for the backing store's uploads.
-    pub fn read(&self, key: &Key) -> io::Result<Bytes> {
-        let mut bytes = Vec::new();
-        File::open(self.path(key))?.read_to_end(&mut bytes)?;
-        Ok(bytes.into())
+    /// Opens a blob's file, for the backing store's uploads: read through
+    /// the open file, an eviction meanwhile does not cut it short.
+    pub fn open_blob(&self, key: &Key) -> io::Result<File> {
+        File::open(self.path(key))
     }
 }
 

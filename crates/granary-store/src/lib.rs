@@ -14,7 +14,8 @@
 //! - a file's mtime means "last used" and is bumped at most once an hour.
 //!
 //! What granary adds is atomicity: every file is written under a unique
-//! temporary name in `<dir>/granary-tmp/` and renamed into place once complete,
+//! temporary name beside its final one (`<dir>/<xx>/.put-*`, which cmd/go
+//! ignores) and renamed into place once complete,
 //! and an object is renamed into place only after its SHA-256 has been checked
 //! against its output ID. Readers therefore never see a partial file written by
 //! granary, and several granary processes and native `go` processes can share

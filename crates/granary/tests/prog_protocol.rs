@@ -436,48 +436,13 @@ fn huge_put_streams_in_bounded_memory() {
     let sb = Sandbox::new();
     let mut h = Helper::start(&sb);
     let pid = h.child.id();
-
-    // A cheap deterministic pseudo-random body, generated twice: once to
-    // hash, once to send.
-    let chunks = || {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        (0..SIZE / (3 << 16)).map(move |_| {
-            let mut chunk = vec![0u8; 3 << 16];
-            for word in chunk.chunks_mut(8) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
-            }
-            chunk
-        })
-    };
-    let mut hasher = Sha256::new();
-    chunks().for_each(|c| hasher.update(&c));
-    let request = Request::Put {
-        id: 1,
-        action_id: [1; 32],
-        output_id: hasher.finalize().into(),
-        body_size: SIZE as u64,
-    };
-    h.send(&header(&request));
-    h.send(b"\"");
-    for chunk in chunks() {
-        h.send(b64(&chunk).as_bytes());
-    }
-    h.send(b"\"\n");
-    let answer = h.response();
+    let answer = put_big(&mut h, 1, 1, SIZE, || Box::new(big_output(SIZE)));
     let path = answer["DiskPath"]
         .as_str()
         .unwrap_or_else(|| panic!("{answer}"));
     assert_eq!(fs::metadata(path).unwrap().len(), SIZE as u64);
 
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let peak_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc status");
+    let peak_kb = peak_rss_kib(pid);
     eprintln!(
         "peak RSS of granary during a 300 MB put: {:.1} MB",
         peak_kb as f64 / 1024.0

@@ -451,3 +451,59 @@ pub fn without_granary_env(cmd: &mut Command) -> &mut Command {
     }
     cmd
 }
+
+/// A large pseudo-random output, cheap to make again: `size` bytes in
+/// chunks of 192 KiB (base64 makes each a 256 KiB line piece, no padding
+/// but in the last), the same every time.
+pub fn big_output(size: usize) -> impl Iterator<Item = Vec<u8>> {
+    const CHUNK: usize = 3 << 16;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..size.div_ceil(CHUNK)).map(move |i| {
+        let mut chunk = vec![0u8; CHUNK.min(size - i * CHUNK)];
+        for word in chunk.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+        chunk
+    })
+}
+
+/// Puts the output `chunks` makes under `action`, streaming its body
+/// line, and returns the answer.
+pub fn put_big(
+    h: &mut Helper,
+    id: i64,
+    action: u8,
+    size: usize,
+    chunks: impl Fn() -> Box<dyn Iterator<Item = Vec<u8>>>,
+) -> Value {
+    let mut hasher = Sha256::new();
+    chunks().for_each(|c| hasher.update(&c));
+    let request = Request::Put {
+        id,
+        action_id: [action; 32],
+        output_id: hasher.finalize().into(),
+        body_size: size as u64,
+    };
+    let mut head = Vec::new();
+    granary_protocol::write_request_header(&mut head, &request).unwrap();
+    h.send(&head);
+    h.send(b"\"");
+    for chunk in chunks() {
+        h.send(base64_simd::STANDARD.encode_to_string(&chunk).as_bytes());
+    }
+    h.send(b"\"\n");
+    h.response()
+}
+
+/// The peak resident memory of process `pid` so far, in KiB (VmHWM).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
