@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use common::s3::{BUCKET, S3Server};
 use common::server::{Server, scratch};
 use common::*;
 use granary_protocol::Request;
@@ -95,12 +95,7 @@ fn a_gigabyte_through_a_bucket_in_bounded_memory() {
 #[test]
 fn a_gigabyte_through_a_server_backed_by_a_bucket_in_bounded_memory() {
     let s3 = S3Server::start();
-    let envs = [
-        ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY),
-        ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY),
-        ("GRANARY_S3_ENDPOINT", s3.endpoint.as_str()),
-        ("GRANARY_S3_REGION", "us-east-1"),
-    ];
+    let envs = s3.backing_envs();
     let backing = format!("s3://{BUCKET}/servers");
     let scratch = scratch();
     let dir = scratch.path().join("cache");

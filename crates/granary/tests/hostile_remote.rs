@@ -15,12 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::s3::{ACCESS_KEY, BUCKET, Proxy, S3Server, SECRET_KEY};
+use common::s3::{Proxy, S3Server};
 use common::*;
 use granary_remote::layout::manifest_action;
-use granary_remote::{
-    ActionRecord, BlobStore, Format, Group, Manifest, Placement, S3Blobs, S3Credentials, S3Settings,
-};
+use granary_remote::{ActionRecord, BlobStore, Format, Group, Manifest, Placement, S3Blobs};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -474,19 +472,6 @@ fn waits_for_the_prefetch_count_against_the_budget() {
     assert!(s.remote.remote_off.contains("--remote-budget"), "{s:?}");
 }
 
-/// The bucket under `prefix`, as granary's own client sees it.
-fn bucket(s3: &S3Server, prefix: &str) -> S3Blobs {
-    let mut settings = S3Settings::from_url(&format!("s3://{BUCKET}/{prefix}")).unwrap();
-    settings.endpoint = Some(s3.endpoint.clone());
-    settings.region = Some("us-east-1".into());
-    settings.credentials = Some(S3Credentials {
-        access_key_id: ACCESS_KEY.into(),
-        secret_access_key: SECRET_KEY.into(),
-        session_token: None,
-    });
-    S3Blobs::new(&settings).unwrap()
-}
-
 fn put_blob(blobs: &S3Blobs, key: &str, bytes: Vec<u8>) {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -502,7 +487,7 @@ fn put_blob(blobs: &S3Blobs, key: &str, bytes: Vec<u8>) {
 #[test]
 fn a_bucket_with_times_out_of_range_costs_misses_only() {
     let s3 = S3Server::start();
-    let blobs = bucket(&s3, "ci");
+    let blobs = s3.bucket("ci");
     put_blob(
         &blobs,
         &Format::Granary.manifest_key(SCOPE),

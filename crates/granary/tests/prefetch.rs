@@ -8,13 +8,12 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::s3::{ACCESS_KEY, BUCKET, Proxy, S3Server, SECRET_KEY};
+use common::s3::{Proxy, S3Server};
 use common::server::Server;
 use common::*;
-use granary_remote::{BlobStore, Group, Manifest, S3Blobs, S3Credentials, S3Settings};
+use granary_remote::{BlobStore, Group, Manifest, S3Blobs};
 
 /// `go <args>` in `module` with `cache` as the local tier; returns the
 /// stats and go's output.
@@ -58,19 +57,6 @@ fn warnings(output: &Output) -> Vec<String> {
         .filter(|l| l.contains("WARN"))
         .map(str::to_owned)
         .collect()
-}
-
-/// The bucket under `prefix`, as granary's own client sees it.
-fn bucket(s3: &S3Server, prefix: &str) -> Arc<S3Blobs> {
-    let mut settings = S3Settings::from_url(&format!("s3://{BUCKET}/{prefix}")).unwrap();
-    settings.endpoint = Some(s3.endpoint.clone());
-    settings.region = Some("us-east-1".into());
-    settings.credentials = Some(S3Credentials {
-        access_key_id: ACCESS_KEY.into(),
-        secret_access_key: SECRET_KEY.into(),
-        session_token: None,
-    });
-    Arc::new(S3Blobs::new(&settings).unwrap())
 }
 
 fn block_on<F: Future>(f: F) -> F::Output {
@@ -122,7 +108,7 @@ fn a_fresh_runner_builds_from_prefetched_packs() {
         "the second command publishes the union: {a1:?} {a2:?}"
     );
     assert!(a2.prefetch.packs_uploaded >= 1, "{a2:?}");
-    let blobs = bucket(&s3, "ci");
+    let blobs = s3.bucket("ci");
     let packs = keys(&blobs, "granary-v1/packs/").len() as u64;
     assert_eq!(
         packs,
@@ -235,7 +221,7 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
     let module = sb.module("vanish", 2);
     let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
     let (a, _) = go_build(&sb, "a", &module, remote);
-    let blobs = bucket(&s3, "ci");
+    let blobs = s3.bucket("ci");
     let [manifest_key] = &keys(&blobs, "granary-v1/manifests/")[..] else {
         panic!("one manifest");
     };
@@ -294,7 +280,7 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
         cmd.env("GRANARY_READ_ONLY", "true");
     };
     go_build(&sb, "a", &module, remote);
-    let blobs = bucket(&s3, "ci");
+    let blobs = s3.bucket("ci");
     let manifest_key = keys(&blobs, "granary-v1/manifests/").remove(0);
     let good_manifest = read_blob(&blobs, &manifest_key);
     put_blob(&blobs, &manifest_key, b"\x28\xb5\x2f\xfd garbage".to_vec());
@@ -542,7 +528,7 @@ fn a_runner_killed_mid_prefetch_leaves_nothing_bad() {
     let module = sb.module("killed", 3);
     let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
     let (a, _) = go_build(&sb, "a", &module, remote);
-    let blobs = bucket(&s3, "ci");
+    let blobs = s3.bucket("ci");
     let manifest_key = keys(&blobs, "granary-v1/manifests/").remove(0);
     let manifest = read_blob(&blobs, &manifest_key);
 

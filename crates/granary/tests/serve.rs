@@ -799,12 +799,7 @@ fn sigterm_lets_requests_in_flight_finish() {
 #[test]
 fn servers_share_a_bucket_read_through_and_write_behind() {
     let s3 = S3Server::start();
-    let envs = [
-        ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY),
-        ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY),
-        ("GRANARY_S3_ENDPOINT", s3.endpoint.as_str()),
-        ("GRANARY_S3_REGION", "us-east-1"),
-    ];
+    let envs = s3.backing_envs();
     let backing = format!("s3://{}/servers", BUCKET);
     let start = || {
         let scratch = scratch();

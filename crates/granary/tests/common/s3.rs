@@ -6,9 +6,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use granary_remote::{S3Blobs, S3Credentials, S3Settings};
 use tempfile::TempDir;
 
 use super::repo_root;
@@ -139,6 +140,30 @@ impl S3Server {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
+    }
+
+    /// The bucket under `prefix`, as granary's own client sees it: for
+    /// tests that edit it behind granary's back.
+    pub fn bucket(&self, prefix: &str) -> Arc<S3Blobs> {
+        let mut settings = S3Settings::from_url(&format!("s3://{BUCKET}/{prefix}")).unwrap();
+        settings.endpoint = Some(self.endpoint.clone());
+        settings.region = Some("us-east-1".into());
+        settings.credentials = Some(S3Credentials {
+            access_key_id: ACCESS_KEY.into(),
+            secret_access_key: SECRET_KEY.into(),
+            session_token: None,
+        });
+        Arc::new(S3Blobs::new(&settings).unwrap())
+    }
+
+    /// The variables that give `granary serve --backing` this server.
+    pub fn backing_envs(&self) -> [(&'static str, &str); 4] {
+        [
+            ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY),
+            ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("GRANARY_S3_ENDPOINT", self.endpoint.as_str()),
+            ("GRANARY_S3_REGION", "us-east-1"),
+        ]
     }
 
     /// Sets the variables that make granary use this server, under `prefix`.
