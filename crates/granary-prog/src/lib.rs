@@ -154,8 +154,7 @@ where
     });
 
     let (jobs, queue) = crossbeam_channel::bounded(JOB_QUEUE);
-    let on_start = Mutex::new(options.on_start);
-    let on_start = Arc::new(on_start);
+    let on_start = Arc::new(Mutex::new(options.on_start));
     let workers = (0..worker_count())
         .map(|i| {
             let engine = engine.clone();

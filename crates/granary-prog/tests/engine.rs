@@ -76,30 +76,17 @@ impl Remote {
 /// command drives it: the requests, then, once all are answered, `close`.
 /// Returns the answers by request ID, and the summary.
 fn run(dir: &tempfile::TempDir, remote: &Remote, asks: &[Ask]) -> (Vec<Value>, Summary) {
+    run_in_turns(dir, remote, &[asks])
+}
+
+/// [`run`] with the requests in turns: a turn's requests go out once those
+/// of the turns before are answered.
+fn run_in_turns(
+    dir: &tempfile::TempDir,
+    remote: &Remote,
+    turns: &[&[Ask]],
+) -> (Vec<Value>, Summary) {
     let store = Store::open(dir.path().join(format!("cache-{}", rand()))).unwrap();
-    let mut input = Vec::new();
-    for (i, ask) in asks.iter().enumerate() {
-        let id = i as i64 + 1;
-        let (request, body) = match ask {
-            Ask::Get(action) => (
-                Request::Get {
-                    id,
-                    action_id: [*action; 32],
-                },
-                &[][..],
-            ),
-            Ask::Put(action, body) => (
-                Request::Put {
-                    id,
-                    action_id: [*action; 32],
-                    output_id: Sha256::digest(body).into(),
-                    body_size: body.len() as u64,
-                },
-                &body[..],
-            ),
-        };
-        write_request(&mut input, &request, body).unwrap();
-    }
     let (reader, mut writer) = io::pipe().unwrap();
     let output = Output::default();
     let options = Options {
@@ -112,7 +99,6 @@ fn run(dir: &tempfile::TempDir, remote: &Remote, asks: &[Ask]) -> (Vec<Value>, S
             granary_prog::run(io::BufReader::new(reader), output, store, options).unwrap()
         })
     };
-    writer.write_all(&input).unwrap();
     let lines = || {
         output
             .0
@@ -122,10 +108,38 @@ fn run(dir: &tempfile::TempDir, remote: &Remote, asks: &[Ask]) -> (Vec<Value>, S
             .filter(|&&b| b == b'\n')
             .count()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lines() < asks.len() + 1 {
-        assert!(Instant::now() < deadline, "requests left unanswered");
-        std::thread::sleep(Duration::from_millis(5));
+    let mut id = 0;
+    for turn in turns {
+        let mut input = Vec::new();
+        for ask in *turn {
+            id += 1;
+            let (request, body) = match ask {
+                Ask::Get(action) => (
+                    Request::Get {
+                        id,
+                        action_id: [*action; 32],
+                    },
+                    &[][..],
+                ),
+                Ask::Put(action, body) => (
+                    Request::Put {
+                        id,
+                        action_id: [*action; 32],
+                        output_id: Sha256::digest(body).into(),
+                        body_size: body.len() as u64,
+                    },
+                    &body[..],
+                ),
+            };
+            write_request(&mut input, &request, body).unwrap();
+        }
+        writer.write_all(&input).unwrap();
+        // The handshake, and an answer to each request so far.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines() < id as usize + 1 {
+            assert!(Instant::now() < deadline, "requests left unanswered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     write_request(&mut writer, &Request::Close { id: 999 }, &[]).unwrap();
     drop(writer);
@@ -147,7 +161,7 @@ fn run(dir: &tempfile::TempDir, remote: &Remote, asks: &[Ask]) -> (Vec<Value>, S
         "close last"
     );
     answers.sort_by_key(|a| a["ID"].as_i64());
-    assert_eq!(answers.len(), asks.len(), "every request answered once");
+    assert_eq!(answers.len(), id as usize, "every request answered once");
     (answers, outcome.summary)
 }
 
@@ -186,15 +200,18 @@ fn five_failures_in_a_row_switch_the_remote_off() {
         fail: true,
         ..Faults::default()
     });
-    let asks: Vec<Ask> = (1..=12).map(Ask::Get).collect();
-    let (answers, summary) = run(&dir, &remote, &asks);
+    // Five lookups at once, then seven more once they are answered.
+    let first: Vec<Ask> = (1..=5).map(Ask::Get).collect();
+    let then: Vec<Ask> = (6..=12).map(Ask::Get).collect();
+    let (answers, summary) = run_in_turns(&dir, &remote, &[&first, &then]);
     assert!(answers.iter().all(|a| a["Miss"] == true), "{answers:?}");
     assert!(
         summary.remote_off.starts_with("5 requests failed in a row"),
         "{summary:?}"
     );
-    assert!(
-        remote.memory.gets().len() < 12,
+    assert_eq!(
+        remote.memory.gets().len(),
+        5,
         "the remote was asked after it was off: {:?}",
         remote.memory.gets()
     );
@@ -275,7 +292,7 @@ fn a_refusal_gives_the_advice_of_its_remote() {
         deny: true,
         ..Faults::default()
     });
-    let (_, summary) = run(&dir, &remote, &[Ask::Get(1), Ask::Get(2)]);
+    let (_, summary) = run_in_turns(&dir, &remote, &[&[Ask::Get(1)], &[Ask::Get(2)]]);
     assert_eq!(
         summary.remote_off,
         "it refused our credentials; give memory a key that may read and write \
