@@ -135,7 +135,7 @@ where
         return Err(StartError::DirNotUtf8(dir));
     }
     let stats = Arc::new(Stats::default());
-    let remote = options
+    let (remote, runtime) = options
         .remote
         .map(|options| Remote::start(options, store.clone(), stats.clone()))
         .transpose()
@@ -143,7 +143,8 @@ where
             tracing::warn!("cannot start the remote tier ({e}); building with the local cache");
             None
         })
-        .map(|remote| Arc::new(Prefetch::new(Arc::new(remote))));
+        .map(|(remote, runtime)| (Arc::new(Prefetch::new(Arc::new(remote))), runtime))
+        .unzip();
     if let Some(prefetch) = &remote {
         prefetch.start();
     }
@@ -189,6 +190,12 @@ where
     if let Some(prefetch) = &engine.remote {
         prefetch.finish();
         prefetch.remote.finish(publish::publish(prefetch));
+    }
+    // Cancels what the remote still has running (uploads given up at
+    // close) here, without waiting, rather than when its last task drops
+    // the remote on a thread of the runtime itself.
+    if let Some(runtime) = runtime {
+        runtime.shutdown_background();
     }
     let (close, framing_error) = match outcome {
         Ok(close) => (close, None),

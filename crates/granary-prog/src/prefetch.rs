@@ -297,7 +297,7 @@ impl Prefetch {
         let groups = self.plan().await;
         let mut transfers = JoinSet::new();
         let slots = Arc::new(Semaphore::new(TRANSFERS_AT_ONCE));
-        let handle = self.remote.runtime.handle().clone();
+        let handle = self.remote.runtime.clone();
         for group in groups {
             let chunks: Vec<(Source, Vec<Hash>)> = match group.pack {
                 Some(pack) => vec![(Source::Pack(pack), group.actions)],

@@ -38,7 +38,7 @@ use futures_util::FutureExt;
 use granary_protocol::{Hash, Response};
 use granary_remote::{ActionRecord, RemoteCache, RemoteError, STREAM_ABOVE};
 use granary_store::{ActionId, Hit, ObjectWriter, OutputId, Store, StoreError};
-use tokio::runtime::Runtime;
+use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -94,7 +94,10 @@ const MIN_UPLOAD_RATE: u64 = 1 << 20;
 /// The remote tier of one run.
 #[derive(Debug)]
 pub struct Remote {
-    pub(super) runtime: Runtime,
+    /// The runtime the remote work runs on; the run owns the runtime
+    /// itself and drops it at the end, on its own thread, which cancels
+    /// whatever is left (tasks hold this remote, so it may outlive them).
+    pub(super) runtime: Handle,
     pub(super) options: RemoteOptions,
     /// Why the remote was switched off, once it is.
     off: OnceLock<String>,
@@ -205,18 +208,20 @@ pub(super) fn not_stored(e: &dyn std::fmt::Display) -> Trouble {
 }
 
 impl Remote {
+    /// The remote tier, on a runtime of its own, returned for the run to
+    /// own.
     pub fn start(
         options: RemoteOptions,
         store: Store,
         stats: Arc<Stats>,
-    ) -> std::io::Result<Remote> {
+    ) -> std::io::Result<(Remote, Runtime)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("granary-remote")
             .enable_all()
             .build()?;
-        Ok(Remote {
-            runtime,
+        let remote = Remote {
+            runtime: runtime.handle().clone(),
             options,
             off: OnceLock::new(),
             failures_in_row: AtomicU32::new(0),
@@ -231,7 +236,8 @@ impl Remote {
             used: Mutex::default(),
             store,
             stats,
-        })
+        };
+        Ok((remote, runtime))
     }
 
     pub fn is_on(&self) -> bool {
@@ -329,7 +335,7 @@ impl Remote {
                     remote.answer_remote(ticket, action, found.as_ref());
                 }
             },
-            self.runtime.handle(),
+            &self.runtime,
         );
     }
 
@@ -524,7 +530,7 @@ impl Remote {
                     }
                 }
             },
-            self.runtime.handle(),
+            &self.runtime,
         );
     }
 
