@@ -1043,6 +1043,45 @@ mod tests {
         });
     }
 
+    /// Outputs above [`STREAM_ABOVE`] stream from their file in both
+    /// formats and read back whole; a file that no longer hashes to its
+    /// output ID is the local side's trouble, and nothing of it is stored.
+    #[test]
+    fn large_outputs_stream_from_their_file_and_a_changed_file_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output");
+        let body = object_like(STREAM_ABOVE as usize + 3 * READ_CHUNK + 17);
+        std::fs::write(&path, &body).unwrap();
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for format in [Format::Granary, Format::Reapi] {
+            let memory = Arc::new(MemoryBlobs::default());
+            let cache = RemoteCache::new(memory.clone(), format);
+            block_on(async {
+                let size = body.len() as u64;
+                let sent = cache
+                    .upload_file(&[1; 32], &output(&body), time, &path, size)
+                    .await
+                    .unwrap();
+                assert!(sent.transferred > 0 && !sent.object_present);
+                assert_eq!(fetch(&cache, &[1; 32]).await.unwrap(), body, "{format:?}");
+
+                let e = cache
+                    .upload_file(&[2; 32], &output(b"something else"), time, &path, size)
+                    .await
+                    .unwrap_err();
+                assert!(
+                    matches!(e, RemoteError::LocalFile(ref why) if why.contains("changed")),
+                    "{e}"
+                );
+                assert_eq!(memory.blob(&format.action_key(&[2; 32])), None);
+                assert_eq!(
+                    memory.blob(&format.object_key(&output(b"something else"))),
+                    None
+                );
+            });
+        }
+    }
+
     #[test]
     fn a_missing_object_or_a_failing_sink_is_not_a_hit() {
         let (memory, cache) = setup();
