@@ -53,8 +53,9 @@ const CHUNK: usize = 256 * 1024;
 /// client pauses.
 const WRITE_BATCH: usize = 256 * 1024;
 /// The slowest a request body may arrive on average, after its first idle
-/// timeout: a 1 GiB blob then takes at most about 4.5 hours.
-const MIN_BODY_RATE: u64 = 64 * 1024;
+/// timeout: slow enough for a CI runner's uploads sharing a thin link, fast
+/// enough that holding a connection costs a trickling client real traffic.
+const MIN_BODY_RATE: u64 = 16 * 1024;
 
 /// What every request needs.
 #[derive(Debug)]
