@@ -553,11 +553,7 @@ impl Prefetch {
         fetched: &Fetched,
     ) -> Result<Result<Found, Trouble>, Trouble> {
         let remote = &self.remote;
-        let mut body = match self
-            .remote
-            .store
-            .object_writer(&OutputId(fetched.record.output))
-        {
+        let mut body = match remote.store.object_writer(&OutputId(fetched.record.output)) {
             Ok(body) => body,
             Err(e) => return Ok(Err(not_stored(&e))),
         };
@@ -575,7 +571,7 @@ impl Prefetch {
         match written {
             Err(e @ Trouble::Remote(_)) => Err(e),
             Err(e) => Ok(Err(e)),
-            Ok(()) => Ok(self.remote.keep(action, &fetched.record, body)),
+            Ok(()) => Ok(remote.keep(action, &fetched.record, body)),
         }
     }
 

@@ -37,12 +37,12 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::FutureExt;
 use granary_protocol::{Hash, Response};
 use granary_remote::{ActionRecord, RemoteCache, RemoteError, STREAM_ABOVE};
-use granary_store::{ActionId, Hit, ObjectWriter, OutputId, Store, StoreError};
+use granary_store::{ActionEntry, ActionId, Hit, ObjectWriter, OutputId, Store, StoreError};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use super::respond::{Ticket, answer_hit, disk_path};
+use super::respond::{Ticket, answer_entry, answer_hit, disk_path};
 use super::stats::{RemoteState, Stats, add};
 
 /// How a remote is used, resolved from flags, variables and the config file.
@@ -147,9 +147,7 @@ struct UploadQueue {
 /// A remote output now in the local tier.
 #[derive(Debug)]
 pub(super) struct Found {
-    output: OutputId,
-    size: u64,
-    put_time: SystemTime,
+    entry: ActionEntry,
     path: String,
 }
 
@@ -369,17 +367,8 @@ impl Remote {
 
     /// Answers with an output fetched from the remote.
     pub(super) fn answer_found(&self, ticket: Ticket, action: Hash, found: &Found) {
-        add(&self.stats.hits, 1);
-        add(&self.stats.hit_bytes, found.size);
         self.record_use(action);
-        let id = ticket.id();
-        ticket.answer(Response::hit(
-            id,
-            found.output.0,
-            found.size,
-            found.put_time,
-            found.path.clone(),
-        ));
+        answer_entry(&self.stats, ticket, &found.entry, found.path.clone());
     }
 
     /// One lookup, within its deadline, with its outcome counted.
@@ -485,9 +474,11 @@ impl Remote {
             })?;
         let path = disk_path(stored.object).map_err(|e| not_stored(&e))?;
         Ok(Found {
-            output,
-            size: record.size,
-            put_time: record.put_time,
+            entry: ActionEntry {
+                output_id: output,
+                size: record.size,
+                put_time: record.put_time,
+            },
             path,
         })
     }

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use granary_protocol::Response;
-use granary_store::Hit;
+use granary_store::{ActionEntry, Hit};
 
 use crate::stats::{Stats, add};
 
@@ -110,20 +110,23 @@ impl Drop for Ticket {
 /// Answers a get with an entry of the local tier, counting the hit.
 pub fn answer_hit(stats: &Stats, ticket: Ticket, hit: Hit) {
     match disk_path(hit.object) {
-        Ok(path) => {
-            add(&stats.hits, 1);
-            add(&stats.hit_bytes, hit.entry.size);
-            let id = ticket.id();
-            ticket.answer(Response::hit(
-                id,
-                hit.entry.output_id.0,
-                hit.entry.size,
-                hit.entry.put_time,
-                path,
-            ));
-        }
+        Ok(path) => answer_entry(stats, ticket, &hit.entry, path),
         Err(e) => fail(stats, ticket, &e),
     }
+}
+
+/// Answers a get with `entry`, whose output is at `path`, counting the hit.
+pub fn answer_entry(stats: &Stats, ticket: Ticket, entry: &ActionEntry, path: String) {
+    add(&stats.hits, 1);
+    add(&stats.hit_bytes, entry.size);
+    let id = ticket.id();
+    ticket.answer(Response::hit(
+        id,
+        entry.output_id.0,
+        entry.size,
+        entry.put_time,
+        path,
+    ));
 }
 
 /// Answers a request with an error, counting it.
