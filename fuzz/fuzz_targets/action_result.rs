@@ -9,6 +9,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use granary_id::Id;
 use granary_protocol::Response;
 use granary_remote::{ActionRecord, Placement, reapi};
 use libfuzzer_sys::fuzz_target;
@@ -21,7 +22,7 @@ fn answer(record: &ActionRecord) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok((record, _)) = reapi::decode(&[1; 32], data) {
+    if let Ok((record, _)) = reapi::decode(&Id([1; 32]), data) {
         answer(&record);
     }
     // A well-formed result with the fuzzer's time and size.
@@ -38,13 +39,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let record = ActionRecord {
-        action: [1; 32],
-        output: [2; 32],
+        action: Id([1; 32]),
+        output: Id([2; 32]),
         size: word(0),
         put_time,
         placement: Placement::Object,
     };
-    if let Ok((decoded, _)) = reapi::decode(&[1; 32], &reapi::encode(&record, None)) {
+    if let Ok((decoded, _)) = reapi::decode(&Id([1; 32]), &reapi::encode(&record, None)) {
         answer(&decoded);
     }
 });

@@ -50,8 +50,9 @@ use std::thread;
 use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
-use granary_protocol::{BodyError, FramingError, Hash, Incoming, Request, RequestReader, Response};
-use granary_store::{ActionId, Hit, Lookup, ObjectWriter, OutputId, Store};
+use granary_id::Id;
+use granary_protocol::{BodyError, FramingError, Incoming, Request, RequestReader, Response};
+use granary_store::{Hit, Lookup, ObjectWriter, Store};
 
 use prefetch::Prefetch;
 use remote::Remote;
@@ -326,8 +327,8 @@ fn read_put<R: BufRead>(
 /// A put request, before its body.
 struct Put {
     ticket: Ticket,
-    action: Hash,
-    output: Hash,
+    action: Id,
+    output: Id,
     size: u64,
 }
 
@@ -382,18 +383,18 @@ impl Engine {
         }
     }
 
-    fn get(self: &Arc<Self>, ticket: Ticket, action: Hash) {
+    fn get(self: &Arc<Self>, ticket: Ticket, action: Id) {
         add(&self.stats.gets, 1);
         let id = ticket.id();
-        match self.store.get(&ActionId(action)) {
+        match self.store.get(&action) {
             Lookup::Hit(hit) => self.answer_hit(ticket, action, hit),
             Lookup::Miss(reason) => {
-                tracing::debug!("get {id}: miss for action {}: {reason:?}", ActionId(action));
+                tracing::debug!("get {id}: miss for action {}: {reason:?}", action);
                 if reason.is_corruption() {
                     add(&self.stats.corrupt_entries, 1);
                     tracing::info!(
                         "damaged cache entry for action {} ({reason:?}); treated as a miss",
-                        ActionId(action)
+                        action
                     );
                 }
                 if let Some(prefetch) = &self.remote
@@ -408,7 +409,7 @@ impl Engine {
     }
 
     /// Answers with an entry of the local tier.
-    fn answer_hit(&self, ticket: Ticket, action: Hash, hit: Hit) {
+    fn answer_hit(&self, ticket: Ticket, action: Id, hit: Hit) {
         match &self.remote {
             Some(prefetch) => prefetch.remote.answer_local(ticket, action, hit),
             None => answer_hit(&self.stats, ticket, hit),
@@ -427,18 +428,14 @@ impl Engine {
             body,
         } = job;
         let written = match body {
-            Body::Inline(bytes) => self.write_inline(&OutputId(output), &bytes),
-            Body::Streamed(stream) => self.write_streamed(&OutputId(output), stream),
+            Body::Inline(bytes) => self.write_inline(&output, &bytes),
+            Body::Streamed(stream) => self.write_streamed(&output, stream),
         };
         let put_time = SystemTime::now();
         let stored = written.and_then(|writer| {
-            let stored = self.store.put_as_of(
-                &ActionId(action),
-                writer,
-                OutputId(output),
-                size,
-                put_time,
-            )?;
+            let stored = self
+                .store
+                .put_as_of(&action, writer, output, size, put_time)?;
             Ok((disk_path(stored.object.clone())?, stored))
         });
         match stored {
@@ -449,19 +446,19 @@ impl Engine {
                     add(&self.stats.reused_objects, 1);
                 }
                 let id = ticket.id();
-                tracing::debug!("put {id}: action {} stored {size} bytes", ActionId(action));
+                tracing::debug!("put {id}: action {} stored {size} bytes", action);
                 ticket.answer(Response::stored(id, path));
                 if let Some(prefetch) = &self.remote {
                     let remote = &prefetch.remote;
                     remote.record_use(action);
-                    remote.queue_upload(action, OutputId(output), put_time, stored.object);
+                    remote.queue_upload(action, output, put_time, stored.object);
                 }
             }
             Err(e) => fail(&self.stats, ticket, &e),
         }
     }
 
-    fn write_inline(&self, output: &OutputId, body: &[u8]) -> Result<ObjectWriter, PutError> {
+    fn write_inline(&self, output: &Id, body: &[u8]) -> Result<ObjectWriter, PutError> {
         let mut writer = self.store.object_writer(output)?;
         writer.write_all(body).map_err(PutError::Write)?;
         Ok(writer)
@@ -471,7 +468,7 @@ impl Engine {
     /// error, so that the reader never blocks on a dead worker.
     fn write_streamed(
         &self,
-        output: &OutputId,
+        output: &Id,
         stream: Receiver<Chunk>,
     ) -> Result<ObjectWriter, PutError> {
         let mut writer = self.store.object_writer(output).map_err(PutError::from);

@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{FutureExt, StreamExt};
-use granary_protocol::{Hash, Response};
+use granary_id::Id;
+use granary_protocol::Response;
 use granary_remote::{Fetched, Group, Manifest, PackReader, PackRef, RawEntry, RemoteError};
-use granary_store::{ActionId, Lookup, OutputId};
+use granary_store::Lookup;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -75,9 +76,9 @@ pub(super) struct Prefetch {
     pub(super) remote: Arc<Remote>,
     plan: Mutex<Plan>,
     /// The pack holding each entry the manifests named.
-    pub(super) packs: Mutex<HashMap<Hash, PackRef>>,
+    pub(super) packs: Mutex<HashMap<Id, PackRef>>,
     /// What the latest job used, by the manifest of the run's own scope.
-    pub(super) latest_job: Mutex<Vec<Hash>>,
+    pub(super) latest_job: Mutex<Vec<Id>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     watchdog: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -87,10 +88,10 @@ pub(super) struct Prefetch {
 struct Plan {
     /// Whether the manifests have been read (or there is no prefetch).
     ready: bool,
-    entries: HashMap<Hash, Planned>,
+    entries: HashMap<Id, Planned>,
     /// Gets that came while the manifests were being read: they wait for
     /// the plan, one round trip, rather than look up what may be planned.
-    early: Vec<(Hash, Waiter)>,
+    early: Vec<(Id, Waiter)>,
 }
 
 /// What a get found in the prefetch's plan.
@@ -134,7 +135,7 @@ impl Prefetch {
 
     /// Lets a get of `action` wait for its transfer, if one is planned, or
     /// for the plan, if it is not made yet.
-    fn join(&self, action: Hash, waiter: Waiter) -> Joined {
+    fn join(&self, action: Id, waiter: Waiter) -> Joined {
         let mut plan = lock(&self.plan);
         if !plan.ready {
             plan.early.push((action, waiter));
@@ -167,17 +168,17 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Prefetch {
     /// Looks `action` up in the remote after a local miss, answering
     /// `ticket` when done. Returns at once.
-    pub(super) fn get(self: &Arc<Self>, ticket: Ticket, action: Hash) {
+    pub(super) fn get(self: &Arc<Self>, ticket: Ticket, action: Id) {
         self.wait(Waiter::new(ticket), action);
     }
 
     /// Lets a get wait for the prefetch if it brings `action`, else looks
     /// it up.
-    fn wait(self: &Arc<Self>, waiter: Waiter, action: Hash) {
+    fn wait(self: &Arc<Self>, waiter: Waiter, action: Id) {
         let remote = &self.remote;
         let waiter = match self.join(action, waiter) {
             Joined::Waiting => return,
-            Joined::Stored(waiter) => match remote.store.get(&ActionId(action)) {
+            Joined::Stored(waiter) => match remote.store.get(&action) {
                 Lookup::Hit(hit) => return remote.answer_local(waiter.ticket, action, hit),
                 Lookup::Miss(_) => waiter,
             },
@@ -232,7 +233,7 @@ impl Prefetch {
                     .into_iter()
                     .partition(|(_, waiter)| waiter.since.elapsed() >= limit);
                 plan.early = waiting;
-                let stalled: Vec<Hash> = plan
+                let stalled: Vec<Id> = plan
                     .entries
                     .iter()
                     .filter_map(|(action, state)| match state {
@@ -287,7 +288,7 @@ impl Prefetch {
 
     /// A get stops waiting for the prefetch without its entry: the wait
     /// counts against the budget, and an ordinary lookup takes over.
-    fn give_up_waiting(&self, remote: &Arc<Remote>, action: Hash, waiter: Waiter) {
+    fn give_up_waiting(&self, remote: &Arc<Remote>, action: Id, waiter: Waiter) {
         remote.wasted(waiter.since.elapsed());
         remote.look_up(waiter.ticket, action);
     }
@@ -299,7 +300,7 @@ impl Prefetch {
         let slots = Arc::new(Semaphore::new(TRANSFERS_AT_ONCE));
         let handle = self.remote.runtime.clone();
         for group in groups {
-            let chunks: Vec<(Source, Vec<Hash>)> = match group.pack {
+            let chunks: Vec<(Source, Vec<Id>)> = match group.pack {
                 Some(pack) => vec![(Source::Pack(pack), group.actions)],
                 None => group
                     .actions
@@ -363,7 +364,7 @@ impl Prefetch {
         {
             let mut packs = lock(&self.packs);
             for group in manifests.into_iter().flat_map(|m| m.groups) {
-                let actions: Vec<Hash> = group
+                let actions: Vec<Id> = group
                     .all()
                     .copied()
                     .filter(|action| named.insert(*action))
@@ -387,7 +388,7 @@ impl Prefetch {
                 .filter_map(|mut group| {
                     group
                         .actions
-                        .retain(|action| !store.action_path(&ActionId(*action)).exists());
+                        .retain(|action| !store.action_path(action).exists());
                     (!group.actions.is_empty()).then_some(group)
                 })
                 .collect::<Vec<_>>()
@@ -412,7 +413,7 @@ impl Prefetch {
 
     /// Fetches one pack or batch; then lets the gets still waiting for its
     /// entries look them up one by one.
-    async fn transfer(self: Arc<Self>, source: Source, actions: Vec<Hash>) {
+    async fn transfer(self: Arc<Self>, source: Source, actions: Vec<Id>) {
         let remote = &self.remote;
         if remote.is_on() {
             match AssertUnwindSafe(self.take(source, &actions))
@@ -447,7 +448,7 @@ impl Prefetch {
         }
     }
 
-    async fn take(self: &Arc<Self>, source: Source, actions: &[Hash]) -> Result<(), Trouble> {
+    async fn take(self: &Arc<Self>, source: Source, actions: &[Id]) -> Result<(), Trouble> {
         let remote = &self.remote;
         let cache = &remote.options.cache;
         let stall = remote.options.timeout;
@@ -470,7 +471,7 @@ impl Prefetch {
                 }
             };
         };
-        let wanted: HashSet<Hash> = actions.iter().copied().collect();
+        let wanted: HashSet<Id> = actions.iter().copied().collect();
         // A batch answers what it was asked, in order; a pack may hold more.
         let asked = matches!(source, Source::Loose).then_some(actions);
         let result = self.unpack(&mut pack, &wanted, asked).await;
@@ -485,8 +486,8 @@ impl Prefetch {
     async fn unpack(
         self: &Arc<Self>,
         pack: &mut PackReader,
-        wanted: &HashSet<Hash>,
-        asked: Option<&[Hash]>,
+        wanted: &HashSet<Id>,
+        asked: Option<&[Id]>,
     ) -> Result<(), Trouble> {
         let remote = &self.remote;
         let cache = &remote.options.cache;
@@ -549,11 +550,11 @@ impl Prefetch {
     async fn store_packed(
         &self,
         pack: &mut PackReader,
-        action: Hash,
+        action: Id,
         fetched: &Fetched,
     ) -> Result<Result<Found, Trouble>, Trouble> {
         let remote = &self.remote;
-        let mut body = match remote.store.object_writer(&OutputId(fetched.record.output)) {
+        let mut body = match remote.store.object_writer(&fetched.record.output) {
             Ok(body) => body,
             Err(e) => return Ok(Err(not_stored(&e))),
         };
@@ -577,7 +578,7 @@ impl Prefetch {
 
     /// Fetches entries one by one, a few at a time: for a remote without a
     /// batch endpoint.
-    async fn look_up_each(self: &Arc<Self>, actions: &[Hash]) {
+    async fn look_up_each(self: &Arc<Self>, actions: &[Id]) {
         let remote = &self.remote;
         let timeout = remote.options.timeout;
         futures_util::stream::iter(actions)
@@ -607,7 +608,7 @@ impl Prefetch {
 
     /// Ends the plan for `action`: answers the gets waiting for it with
     /// what was found, or hands them to an ordinary lookup.
-    fn settle(self: &Arc<Self>, action: Hash, found: Option<Found>) {
+    fn settle(self: &Arc<Self>, action: Id, found: Option<Found>) {
         let remote = &self.remote;
         let waiters = {
             let mut plan = lock(&self.plan);

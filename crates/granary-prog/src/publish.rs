@@ -27,10 +27,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use granary_protocol::Hash;
+use granary_id::Id;
 use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds};
 use granary_remote::{Group, Manifest, PackRef, PackWriter, STREAM_ABOVE};
-use granary_store::{ActionId, Lookup};
+use granary_store::Lookup;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -149,7 +149,7 @@ async fn read_own_manifest(prefetch: &Prefetch) {
 /// Packs the entries that no fresh pack holds, reading them from the
 /// local tier, and uploads the packs; the entries then name them.
 async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) {
-    let loose: Vec<Hash> = entries
+    let loose: Vec<Id> = entries
         .iter()
         .filter(|e| e.pack.is_none())
         .map(|e| e.action)
@@ -157,7 +157,7 @@ async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) {
     if loose.is_empty() {
         return;
     }
-    let (packs, mut built) = tokio::sync::mpsc::channel::<(PackWriter, Vec<Hash>)>(2);
+    let (packs, mut built) = tokio::sync::mpsc::channel::<(PackWriter, Vec<Id>)>(2);
     let builder = {
         let remote = remote.clone();
         tokio::task::spawn_blocking(move || build_packs(&remote, &loose, &packs))
@@ -209,14 +209,14 @@ async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) {
 /// local tier no longer has are left out.
 fn build_packs(
     remote: &Remote,
-    actions: &[Hash],
-    packs: &tokio::sync::mpsc::Sender<(PackWriter, Vec<Hash>)>,
+    actions: &[Id],
+    packs: &tokio::sync::mpsc::Sender<(PackWriter, Vec<Id>)>,
 ) {
     let cache = &remote.options.cache;
     let mut pack = PackWriter::default();
     let mut members = Vec::new();
     for action in actions {
-        let Lookup::Hit(hit) = remote.store.get(&ActionId(*action)) else {
+        let Lookup::Hit(hit) = remote.store.get(action) else {
             continue;
         };
         // A large output is looked up alone: read whole into a pack, it
@@ -233,7 +233,7 @@ fn build_packs(
             continue;
         }
         let Ok((record, object)) =
-            cache.encode_entry(action, &hit.entry.output_id.0, hit.entry.put_time, &body)
+            cache.encode_entry(action, &hit.entry.output_id, hit.entry.put_time, &body)
         else {
             continue;
         };
@@ -265,7 +265,7 @@ fn trouble_text(trouble: &Trouble) -> String {
 /// sweep may delete them), or mostly holding entries nobody uses any more
 /// (so that a prefetch never fetches more than twice what it needs).
 fn forget_stale_packs(entries: &mut [JournalEntry], now: SystemTime) {
-    let mut named: HashMap<Hash, u32> = HashMap::new();
+    let mut named: HashMap<Id, u32> = HashMap::new();
     for pack in entries.iter().filter_map(|e| e.pack) {
         *named.entry(pack.id).or_default() += 1;
     }
@@ -286,7 +286,7 @@ fn forget_stale_packs(entries: &mut [JournalEntry], now: SystemTime) {
 /// order their first entry was used, earlier entries last.
 fn groups_in_order(entries: &[JournalEntry]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<Option<Hash>, usize> = HashMap::new();
+    let mut index: HashMap<Option<Id>, usize> = HashMap::new();
     let (used, earlier): (Vec<_>, Vec<_>) = entries.iter().partition(|e| !e.earlier);
     for entry in used.into_iter().chain(earlier) {
         let i = *index.entry(entry.pack.map(|p| p.id)).or_insert_with(|| {
@@ -307,7 +307,7 @@ fn groups_in_order(entries: &[JournalEntry]) -> Vec<Group> {
 /// An action a run of the scope used, and the pack that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct JournalEntry {
-    action: Hash,
+    action: Id,
     pack: Option<PackRef>,
     /// When a run last used it; if it is `earlier`, when the job began.
     used: SystemTime,
@@ -331,9 +331,9 @@ impl Journal {
     fn merge(
         dir: PathBuf,
         scope: &str,
-        latest_job: Vec<Hash>,
-        used: Vec<Hash>,
-        packs: &HashMap<Hash, PackRef>,
+        latest_job: Vec<Id>,
+        used: Vec<Id>,
+        packs: &HashMap<Id, PackRef>,
     ) -> std::io::Result<(Journal, Vec<JournalEntry>)> {
         fs::create_dir_all(&dir)?;
         let name = scope_key_name(scope);
@@ -362,7 +362,7 @@ impl Journal {
                 })
                 .collect();
         }
-        let mut at: HashMap<Hash, usize> = entries
+        let mut at: HashMap<Id, usize> = entries
             .iter()
             .enumerate()
             .map(|(i, e)| (e.action, i))
@@ -437,16 +437,13 @@ impl Journal {
 fn parse_line(line: &str) -> Option<JournalEntry> {
     let mut fields = line.split(' ');
     let used = from_unix_seconds(fields.next()?.parse().ok()?)?;
-    let mut action = [0; 32];
-    hex::decode_to_slice(fields.next()?, &mut action).ok()?;
+    let action = Id::from_hex(fields.next()?)?;
     let pack = match fields.next()? {
         "-" => None,
         pack => {
             let mut parts = pack.split(':');
-            let mut id = [0; 32];
-            hex::decode_to_slice(parts.next()?, &mut id).ok()?;
             Some(PackRef {
-                id,
+                id: Id::from_hex(parts.next()?)?,
                 created: from_unix_seconds(parts.next()?.parse().ok()?)?,
                 size: parts.next()?.parse().ok()?,
                 entries: parts.next()?.parse().ok()?,
@@ -472,7 +469,7 @@ mod tests {
 
     fn pack(id: u8, entries: u32, age: Duration) -> PackRef {
         PackRef {
-            id: [id; 32],
+            id: Id([id; 32]),
             created: SystemTime::now() - age,
             size: 1000,
             entries,
@@ -481,7 +478,7 @@ mod tests {
 
     fn entry(action: u8, pack: Option<PackRef>) -> JournalEntry {
         JournalEntry {
-            action: [action; 32],
+            action: Id([action; 32]),
             pack,
             used: from_unix_seconds(unix_seconds(SystemTime::now())).unwrap(),
             earlier: false,
@@ -502,11 +499,11 @@ mod tests {
             entry(6, None),
         ];
         forget_stale_packs(&mut entries, SystemTime::now());
-        let packs: Vec<_> = entries.iter().map(|e| e.pack.map(|p| p.id[0])).collect();
+        let packs: Vec<_> = entries.iter().map(|e| e.pack.map(|p| p.id.0[0])).collect();
         assert_eq!(packs, [Some(1), None, None, None, Some(1), None]);
         let groups = groups_in_order(&entries);
         assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].actions, [[1; 32], [5; 32]]);
+        assert_eq!(groups[0].actions, [Id([1; 32]), Id([5; 32])]);
         assert_eq!(groups[1].pack, None);
         assert_eq!(groups[1].actions.len(), 4);
     }
@@ -516,12 +513,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journals = dir.path().join(JOURNALS);
         let packed = pack(9, 1, Duration::ZERO);
-        let packs = HashMap::from([([2; 32], packed)]);
+        let packs = HashMap::from([(Id([2; 32]), packed)]);
         let (journal, entries) = Journal::merge(
             journals.clone(),
             "s",
             vec![],
-            vec![[1; 32], [2; 32]],
+            vec![Id([1; 32]), Id([2; 32])],
             &packs,
         )
         .unwrap();
@@ -531,12 +528,12 @@ mod tests {
         let (journal, entries) = Journal::merge(
             journals.clone(),
             "s",
-            vec![[9; 32]],
-            vec![[2; 32], [3; 32]],
+            vec![Id([9; 32])],
+            vec![Id([2; 32]), Id([3; 32])],
             &HashMap::new(),
         )
         .unwrap();
-        let actions: Vec<u8> = entries.iter().map(|e| e.action[0]).collect();
+        let actions: Vec<u8> = entries.iter().map(|e| e.action.0[0]).collect();
         assert_eq!(actions, [1, 2, 3], "the union, in order of first use");
         assert_eq!(
             entries[1].pack.map(|p| (p.id, p.entries)),
@@ -560,8 +557,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journals = dir.path().join(JOURNALS);
         let publish = |latest_job: &[u8], used: &[u8]| {
-            let hashes = |ids: &[u8]| ids.iter().map(|&i| [i; 32]).collect::<Vec<_>>();
-            let packs = HashMap::from([([3; 32], pack(7, 2, Duration::ZERO))]);
+            let hashes = |ids: &[u8]| ids.iter().map(|&i| Id([i; 32])).collect::<Vec<_>>();
+            let packs = HashMap::from([(Id([3; 32]), pack(7, 2, Duration::ZERO))]);
             let (journal, entries) = Journal::merge(
                 journals.clone(),
                 "s",
@@ -572,10 +569,10 @@ mod tests {
             .unwrap();
             journal.write(&entries).unwrap();
             let groups = groups_in_order(&entries);
-            let ids = |actions: &[Hash]| actions.iter().map(|a| a[0]).collect::<Vec<u8>>();
+            let ids = |actions: &[Id]| actions.iter().map(|a| a.0[0]).collect::<Vec<u8>>();
             groups
                 .iter()
-                .map(|g| (g.pack.map(|p| p.id[0]), ids(&g.actions), ids(&g.earlier)))
+                .map(|g| (g.pack.map(|p| p.id.0[0]), ids(&g.actions), ids(&g.earlier)))
                 .collect::<Vec<_>>()
         };
         assert_eq!(

@@ -35,9 +35,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
-use granary_protocol::{Hash, Response};
+use granary_id::Id;
+use granary_protocol::Response;
 use granary_remote::{ActionRecord, RemoteCache, RemoteError, STREAM_ABOVE};
-use granary_store::{ActionEntry, ActionId, Hit, ObjectWriter, OutputId, Store, StoreError};
+use granary_store::{ActionEntry, Hit, ObjectWriter, Store, StoreError};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -62,7 +63,7 @@ pub struct RemoteOptions {
     pub scopes: Scopes,
 }
 
-/// Which manifests a run reads and publishes (see [`prefetch`](crate::prefetch)).
+/// Which manifests a run reads and publishes, for the prefetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scopes {
     /// Where this run publishes, read first; qualified with the platform.
@@ -108,7 +109,7 @@ pub struct Remote {
     /// microseconds.
     wasted_us: AtomicU64,
     /// The tickets of gets waiting for each running lookup.
-    waiting: Mutex<HashMap<Hash, Vec<Ticket>>>,
+    waiting: Mutex<HashMap<Id, Vec<Ticket>>>,
     lookups: TaskTracker,
     uploads: TaskTracker,
     queue: Mutex<UploadQueue>,
@@ -124,12 +125,12 @@ pub struct Remote {
 /// The actions a run used, in order of first use.
 #[derive(Debug, Default)]
 pub(super) struct Used {
-    pub(super) order: Vec<Hash>,
-    pub(super) seen: HashSet<Hash>,
+    pub(super) order: Vec<Id>,
+    pub(super) seen: HashSet<Id>,
 }
 
 impl Used {
-    pub(super) fn insert(&mut self, action: Hash) {
+    pub(super) fn insert(&mut self, action: Id) {
         if self.seen.insert(action) {
             self.order.push(action);
         }
@@ -307,7 +308,7 @@ impl Remote {
 impl Remote {
     /// Looks `action` up in the remote, or joins the lookup of it under
     /// way. Returns at once.
-    pub(super) fn look_up(self: &Arc<Self>, ticket: Ticket, action: Hash) {
+    pub(super) fn look_up(self: &Arc<Self>, ticket: Ticket, action: Id) {
         match self
             .waiting
             .lock()
@@ -337,7 +338,7 @@ impl Remote {
         );
     }
 
-    fn answer_remote(&self, ticket: Ticket, action: Hash, found: Option<&Found>) {
+    fn answer_remote(&self, ticket: Ticket, action: Id, found: Option<&Found>) {
         match found {
             Some(found) => {
                 add(&self.stats.remote_hits, 1);
@@ -352,7 +353,7 @@ impl Remote {
     }
 
     /// Notes that this run used `action`, for the manifest it publishes.
-    pub(super) fn record_use(&self, action: Hash) {
+    pub(super) fn record_use(&self, action: Id) {
         self.used
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -360,19 +361,19 @@ impl Remote {
     }
 
     /// Answers with an entry of the local tier, noting the use.
-    pub(super) fn answer_local(&self, ticket: Ticket, action: Hash, hit: Hit) {
+    pub(super) fn answer_local(&self, ticket: Ticket, action: Id, hit: Hit) {
         self.record_use(action);
         answer_hit(&self.stats, ticket, hit);
     }
 
     /// Answers with an output fetched from the remote.
-    pub(super) fn answer_found(&self, ticket: Ticket, action: Hash, found: &Found) {
+    pub(super) fn answer_found(&self, ticket: Ticket, action: Id, found: &Found) {
         self.record_use(action);
         answer_entry(&self.stats, ticket, &found.entry, found.path.clone());
     }
 
     /// One lookup, within its deadline, with its outcome counted.
-    async fn lookup(&self, action: Hash) -> Option<Found> {
+    async fn lookup(&self, action: Id) -> Option<Found> {
         if !self.is_on() {
             return None;
         }
@@ -423,7 +424,7 @@ impl Remote {
     }
 
     /// Fetches the output of `action` into the local tier.
-    pub(super) async fn fetch(&self, action: Hash) -> Result<Option<Found>, Trouble> {
+    pub(super) async fn fetch(&self, action: Id) -> Result<Option<Found>, Trouble> {
         let cache = &self.options.cache;
         let Some(fetched) = cache.lookup(&action).await? else {
             return Ok(None);
@@ -432,7 +433,7 @@ impl Remote {
         let record = fetched.record;
         let mut body = self
             .store
-            .object_writer(&OutputId(record.output))
+            .object_writer(&record.output)
             .map_err(|e| not_stored(&e))?;
         match fetched.inline {
             Some(inline) => body.write_all(&inline).map_err(|e| not_stored(&e))?,
@@ -448,21 +449,15 @@ impl Remote {
     /// its size and hash match `record`.
     pub(super) fn keep(
         &self,
-        action: Hash,
+        action: Id,
         record: &ActionRecord,
         body: ObjectWriter,
     ) -> Result<Found, Trouble> {
         let cache = &self.options.cache;
-        let output = OutputId(record.output);
+        let output = record.output;
         let stored = self
             .store
-            .put_as_of(
-                &ActionId(action),
-                body,
-                output,
-                record.size,
-                record.put_time,
-            )
+            .put_as_of(&action, body, output, record.size, record.put_time)
             .map_err(|e| match e {
                 StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. } => {
                     Trouble::Remote(RemoteError::Damaged {
@@ -487,8 +482,8 @@ impl Remote {
     /// read-only. Never waits: a full queue drops the upload.
     pub(super) fn queue_upload(
         self: &Arc<Self>,
-        action: Hash,
-        output: OutputId,
+        action: Id,
+        output: Id,
         put_time: SystemTime,
         object: PathBuf,
     ) {
@@ -529,8 +524,8 @@ impl Remote {
     /// if it did not happen.
     async fn upload(
         &self,
-        action: Hash,
-        output: OutputId,
+        action: Id,
+        output: Id,
         put_time: SystemTime,
         object: PathBuf,
     ) -> Option<u64> {
@@ -555,7 +550,7 @@ impl Remote {
         let cache = &self.options.cache;
         let sent = within(
             deadline,
-            cache.upload_file(&action, &output.0, put_time, &object, size),
+            cache.upload_file(&action, &output, put_time, &object, size),
         )
         .await;
         match sent {

@@ -122,7 +122,7 @@ pub fn answer_entry(stats: &Stats, ticket: Ticket, entry: &ActionEntry, path: St
     let id = ticket.id();
     ticket.answer(Response::hit(
         id,
-        entry.output_id.0,
+        entry.output_id,
         entry.size,
         entry.put_time,
         path,

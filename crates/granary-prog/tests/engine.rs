@@ -9,13 +9,13 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use granary_id::Id;
 use granary_prog::{Options, RemoteOptions, Scopes, Summary};
 use granary_protocol::{Request, write_request};
 use granary_remote::memory::{Faults, MemoryBlobs};
 use granary_remote::{Format, RemoteCache};
 use granary_store::Store;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The go command's side of the pipe: what the engine wrote.
 #[derive(Clone, Default)]
@@ -117,15 +117,15 @@ fn run_in_turns(
                 Ask::Get(action) => (
                     Request::Get {
                         id,
-                        action_id: [*action; 32],
+                        action_id: Id([*action; 32]),
                     },
                     &[][..],
                 ),
                 Ask::Put(action, body) => (
                     Request::Put {
                         id,
-                        action_id: [*action; 32],
-                        output_id: Sha256::digest(body).into(),
+                        action_id: Id([*action; 32]),
+                        output_id: Id::of(body),
                         body_size: body.len() as u64,
                     },
                     &body[..],

@@ -32,11 +32,5 @@ pub use request::{BodyError, FramingError, Incoming, Request, RequestError, Requ
 pub use response::{Response, TimeOutOfRange};
 pub use writer::{write_request, write_request_header};
 
-/// Length in bytes of action and output IDs (SHA-256).
-pub const HASH_SIZE: usize = 32;
-
-/// An action or output ID as raw bytes.
-pub type Hash = [u8; HASH_SIZE];
-
 /// The commands granary implements, in the order they are announced.
 pub const KNOWN_COMMANDS: [&str; 3] = ["get", "put", "close"];

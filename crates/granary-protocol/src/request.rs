@@ -4,7 +4,7 @@ use std::io::{self, BufRead, ErrorKind, Write};
 
 use serde::Deserialize;
 
-use crate::{HASH_SIZE, Hash};
+use granary_id::{ID_SIZE, Id};
 
 /// The longest request line accepted. Real ones are about 200 bytes; the
 /// limit keeps a hostile line from growing memory without bound.
@@ -14,14 +14,14 @@ const MAX_LINE: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Look up the output stored for `action_id`.
-    Get { id: i64, action_id: Hash },
+    Get { id: i64, action_id: Id },
     /// Store a body of `body_size` bytes whose SHA-256 is `output_id`. When
     /// `body_size` is positive, the body must be read with
     /// [`RequestReader::read_body`] before the next request.
     Put {
         id: i64,
-        action_id: Hash,
-        output_id: Hash,
+        action_id: Id,
+        output_id: Id,
         body_size: u64,
     },
     /// Finish pending work, answer, and exit.
@@ -65,7 +65,7 @@ pub enum RequestError {
     },
     #[error("{field} is not valid base64")]
     NotBase64 { field: &'static str },
-    #[error("{field} has {len} bytes; it must have {HASH_SIZE}")]
+    #[error("{field} has {len} bytes; it must have {ID_SIZE}")]
     WrongIdLength { field: &'static str, len: usize },
     #[error("BodySize {0} is negative")]
     NegativeBodySize(i64),
@@ -175,12 +175,12 @@ fn decode_id(
     command: &'static str,
     field: &'static str,
     text: Option<&str>,
-) -> Result<Hash, RequestError> {
+) -> Result<Id, RequestError> {
     let text = text.ok_or(RequestError::MissingField { command, field })?;
     let bytes = base64_simd::STANDARD
         .decode_to_vec(text)
         .map_err(|_| RequestError::NotBase64 { field })?;
-    Hash::try_from(bytes.as_slice()).map_err(|_| RequestError::WrongIdLength {
+    Id::try_from(bytes.as_slice()).map_err(|_| RequestError::WrongIdLength {
         field,
         len: bytes.len(),
     })
@@ -528,8 +528,8 @@ mod tests {
         base64_simd::STANDARD.encode_to_string(data)
     }
 
-    fn id(byte: u8) -> Hash {
-        [byte; HASH_SIZE]
+    fn id(byte: u8) -> Id {
+        Id([byte; ID_SIZE])
     }
 
     fn reader(text: &str) -> RequestReader<&[u8]> {
@@ -555,7 +555,7 @@ mod tests {
     fn reads_get_and_close() {
         let text = format!(
             "{{\"ID\":1,\"Command\":\"get\",\"ActionID\":\"{}\"}}\n\n{{\"ID\":2,\"Command\":\"close\"}}\n\n",
-            b64(&id(7))
+            b64(&id(7).0)
         );
         let mut r = reader(&text);
         assert!(matches!(
@@ -573,8 +573,8 @@ mod tests {
     fn accepts_object_id_of_old_go_versions() {
         let text = format!(
             "{{\"ID\":3,\"Command\":\"put\",\"ActionID\":\"{}\",\"ObjectID\":\"{}\"}}\n\n",
-            b64(&id(1)),
-            b64(&id(9))
+            b64(&id(1).0),
+            b64(&id(9).0)
         );
         match reader(&text).next_request().unwrap() {
             Incoming::Request(Request::Put {

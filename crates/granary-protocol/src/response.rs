@@ -4,7 +4,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
-use crate::{Hash, KNOWN_COMMANDS};
+use granary_id::Id;
+
+use crate::KNOWN_COMMANDS;
 
 /// An answer to one request, or the handshake.
 ///
@@ -25,7 +27,7 @@ pub struct Response {
         skip_serializing_if = "Option::is_none",
         serialize_with = "base64"
     )]
-    pub output_id: Option<Hash>,
+    pub output_id: Option<Id>,
     #[serde(rename = "Size", skip_serializing_if = "is_zero")]
     pub size: u64,
     #[serde(
@@ -58,7 +60,7 @@ impl Response {
 
     /// A get hit. `time` must be the original put time: `go test` compares it
     /// with `go clean -testcache`'s expiry mark.
-    pub fn hit(id: i64, output_id: Hash, size: u64, time: SystemTime, disk_path: String) -> Self {
+    pub fn hit(id: i64, output_id: Id, size: u64, time: SystemTime, disk_path: String) -> Self {
         Response {
             id,
             output_id: Some(output_id),
@@ -130,7 +132,7 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-fn base64<S: Serializer>(hash: &Option<Hash>, s: S) -> Result<S::Ok, S::Error> {
+fn base64<S: Serializer>(hash: &Option<Id>, s: S) -> Result<S::Ok, S::Error> {
     let hash = hash
         .as_ref()
         .map(|h| base64_simd::STANDARD.encode_to_string(h));
@@ -156,7 +158,7 @@ mod tests {
 
     #[test]
     fn a_time_rfc3339_cannot_write_is_refused_not_a_panic() {
-        let hit = |time| Response::hit(1, [0; 32], 1, time, "/c/x-d".into());
+        let hit = |time| Response::hit(1, Id([0; 32]), 1, time, "/c/x-d".into());
         assert!(encoded(&hit(latest_rfc3339())).contains("\"9999-12-31T23:59:59.999999999Z\""));
         let mut out = b"kept".to_vec();
         let later = latest_rfc3339() + Duration::from_nanos(1);
@@ -175,7 +177,7 @@ mod tests {
     #[test]
     fn hit_carries_everything_go_needs() {
         let time = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
-        let r = Response::hit(7, [0xff; 32], 42, time, "/c/ff/x-d".into());
+        let r = Response::hit(7, Id([0xff; 32]), 42, time, "/c/ff/x-d".into());
         assert_eq!(
             encoded(&r),
             format!(

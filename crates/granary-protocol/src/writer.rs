@@ -3,12 +3,14 @@
 
 use std::io::{self, Write};
 
-use crate::{Hash, Request};
+use granary_id::Id;
+
+use crate::Request;
 
 /// Writes a request's JSON line and the blank line after it, as cmd/go does.
 /// A put's body line must follow when `body_size` is positive.
 pub fn write_request_header(w: &mut impl Write, request: &Request) -> io::Result<()> {
-    let b64 = |h: &Hash| base64_simd::STANDARD.encode_to_string(h);
+    let b64 = |h: &Id| base64_simd::STANDARD.encode_to_string(h);
     match request {
         Request::Get { id, action_id } => write!(
             w,

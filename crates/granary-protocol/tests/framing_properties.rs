@@ -4,13 +4,14 @@
 
 use std::io::BufReader;
 
+use granary_id::Id;
 use granary_protocol::{
     BodyError, Incoming, Request, RequestReader, write_request, write_request_header,
 };
 use proptest::prelude::*;
 
-fn hash() -> impl Strategy<Value = [u8; 32]> {
-    prop::array::uniform32(any::<u8>())
+fn hash() -> impl Strategy<Value = Id> {
+    prop::array::uniform32(any::<u8>()).prop_map(Id)
 }
 
 /// A request with the body that goes with it.
@@ -92,7 +93,7 @@ proptest! {
         position in any::<prop::sample::Index>(),
         replacement in any::<u8>(),
     ) {
-        let put = Request::Put { id: 1, action_id: [1; 32], output_id: [2; 32], body_size: body.len() as u64 };
+        let put = Request::Put { id: 1, action_id: Id([1; 32]), output_id: Id([2; 32]), body_size: body.len() as u64 };
         let mut stream = Vec::new();
         write_request(&mut stream, &put, &body).unwrap();
         let mut header = Vec::new();

@@ -1,5 +1,6 @@
 //! The action cache and the content-addressed store, on a [`BlobStore`].
 
+use granary_id::Id;
 use std::fmt;
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use crate::layout::{Format, VERSION, manifest_action};
 use crate::manifest::{MANIFEST_DELETE_AGE, Manifest, PACK_DELETE_AGE, PackRef, unix_seconds};
 use crate::pack::{PackReader, PackWriter};
 use crate::record::{ActionRecord, Placement};
-use crate::{BlobStore, ByteStream, Digest, RemoteError, reapi};
+use crate::{BlobStore, ByteStream, RemoteError, reapi};
 
 /// Outputs up to this size travel inside their action record. In
 /// `go build std`, 77% of the outputs are this small (DESIGN.md).
@@ -76,12 +77,12 @@ impl RemoteCache {
     }
 
     /// The key of the action entry of `action`, for messages.
-    pub fn action_key(&self, action: &Digest) -> String {
+    pub fn action_key(&self, action: &Id) -> String {
         self.format.action_key(action)
     }
 
     /// The record of `action`, or `None` if the remote has none.
-    pub async fn lookup(&self, action: &Digest) -> Result<Option<Fetched>, RemoteError> {
+    pub async fn lookup(&self, action: &Id) -> Result<Option<Fetched>, RemoteError> {
         let key = self.format.action_key(action);
         let Some(stream) = self.blobs.get(&key).await? else {
             return Ok(None);
@@ -99,7 +100,7 @@ impl RemoteCache {
     /// if inline.
     fn decode_record(
         &self,
-        action: &Digest,
+        action: &Id,
         key: &str,
         bytes: &[u8],
     ) -> Result<(ActionRecord, Option<Vec<u8>>), RemoteError> {
@@ -155,8 +156,8 @@ impl RemoteCache {
     /// record before its object.
     pub async fn upload(
         &self,
-        action: &Digest,
-        output: &Digest,
+        action: &Id,
+        output: &Id,
         put_time: SystemTime,
         body: Bytes,
     ) -> Result<Sent, RemoteError> {
@@ -195,8 +196,8 @@ impl RemoteCache {
     /// published: its upload fails at the last chunk.
     pub async fn upload_file(
         &self,
-        action: &Digest,
-        output: &Digest,
+        action: &Id,
+        output: &Id,
         put_time: SystemTime,
         path: &std::path::Path,
         size: u64,
@@ -205,7 +206,7 @@ impl RemoteCache {
             let body = tokio::fs::read(path).await.map_err(|e| {
                 RemoteError::LocalFile(format!("cannot read {}: {e}", path.display()))
             })?;
-            if sha2::Sha256::digest(&body).as_slice() != output {
+            if Id::of(&body) != *output {
                 return Err(changed(path));
             }
             return self.upload(action, output, put_time, body.into()).await;
@@ -239,8 +240,8 @@ impl RemoteCache {
     /// its object (empty when the output is inline).
     pub fn encode_entry(
         &self,
-        action: &Digest,
-        output: &Digest,
+        action: &Id,
+        output: &Id,
         put_time: SystemTime,
         body: &[u8],
     ) -> Result<(Vec<u8>, Bytes), RemoteError> {
@@ -289,7 +290,7 @@ impl RemoteCache {
     pub async fn put_pack(&self, pack: PackWriter) -> Result<PackRef, RemoteError> {
         let entries = pack.entries() as u32;
         let pack = pack.finish();
-        let id: Digest = sha2::Sha256::digest(&pack).into();
+        let id = Id::of(&pack);
         let size = pack.len() as u64;
         self.blobs.put(&pack_key(&id), pack.into()).await?;
         Ok(PackRef {
@@ -312,7 +313,7 @@ impl RemoteCache {
 
     /// Asks the server for many entries in one request; the answer is a
     /// pack. `None`: the remote has no batch endpoint.
-    pub async fn open_batch(&self, actions: &[Digest]) -> Result<Option<PackReader>, RemoteError> {
+    pub async fn open_batch(&self, actions: &[Id]) -> Result<Option<PackReader>, RemoteError> {
         let mut body = String::with_capacity(actions.len() * 65);
         for action in actions {
             body.push_str(&hex::encode(action));
@@ -335,7 +336,7 @@ impl RemoteCache {
     pub fn unpack(
         &self,
         pack: &PackReader,
-        action: &Digest,
+        action: &Id,
         record: &[u8],
     ) -> Result<Fetched, RemoteError> {
         let (record, inline) = self
@@ -411,7 +412,7 @@ impl RemoteCache {
                 Ok(sent)
             }
             Format::Reapi => {
-                let output: Digest = sha2::Sha256::digest(&bytes).into();
+                let output = Id::of(&bytes);
                 let action = manifest_action(&manifest.scope);
                 let sent = self
                     .upload(&action, &output, manifest.written, bytes.into())
@@ -456,7 +457,7 @@ impl RemoteCache {
 /// file does not hash to `output`.
 fn object_stream(
     path: &std::path::Path,
-    output: Digest,
+    output: Id,
     compress: bool,
     counted: Arc<std::sync::atomic::AtomicU64>,
 ) -> ByteStream {
@@ -482,7 +483,7 @@ fn object_stream(
 /// not hash to `output`.
 fn read_object(
     path: &std::path::Path,
-    output: Digest,
+    output: Id,
     compress: bool,
     send: &mut dyn FnMut(Vec<u8>) -> bool,
 ) -> Result<(), RemoteError> {
@@ -513,7 +514,7 @@ fn read_object(
             return Ok(());
         }
     }
-    if hasher.finalize().as_slice() != output {
+    if Id(hasher.finalize().into()) != output {
         return Err(changed(path));
     }
     if let Some(encoder) = encoder {
@@ -533,7 +534,7 @@ fn changed(path: &std::path::Path) -> RemoteError {
 }
 
 /// The record of an output, inline if small enough.
-fn record_of(action: &Digest, output: &Digest, put_time: SystemTime, size: u64) -> ActionRecord {
+fn record_of(action: &Id, output: &Id, put_time: SystemTime, size: u64) -> ActionRecord {
     ActionRecord {
         action: *action,
         output: *output,
@@ -547,7 +548,7 @@ fn record_of(action: &Digest, output: &Digest, put_time: SystemTime, size: u64) 
     }
 }
 
-fn pack_key(id: &Digest) -> String {
+fn pack_key(id: &Id) -> String {
     format!("{VERSION}/packs/{}", hex::encode(id))
 }
 
@@ -724,8 +725,6 @@ mod tests {
 
     use std::time::Duration;
 
-    use sha2::Digest as _;
-
     use super::*;
     use crate::memory::MemoryBlobs;
 
@@ -734,8 +733,8 @@ mod tests {
         (memory.clone(), RemoteCache::new(memory, Format::Granary))
     }
 
-    fn output(body: &[u8]) -> Digest {
-        sha2::Sha256::digest(body).into()
+    fn output(body: &[u8]) -> Id {
+        Id::of(body)
     }
 
     fn block_on<F: Future>(f: F) -> F::Output {
@@ -752,7 +751,7 @@ mod tests {
             .collect()
     }
 
-    async fn fetch(cache: &RemoteCache, action: &Digest) -> Result<Vec<u8>, RemoteError> {
+    async fn fetch(cache: &RemoteCache, action: &Id) -> Result<Vec<u8>, RemoteError> {
         let found = cache.lookup(action).await?.expect("a record");
         match found.inline {
             Some(body) => Ok(body),
@@ -772,16 +771,16 @@ mod tests {
         block_on(async {
             let small = object_like(1000);
             cache
-                .upload(&[1; 32], &output(&small), time, small.clone().into())
+                .upload(&Id([1; 32]), &output(&small), time, small.clone().into())
                 .await
                 .unwrap();
-            let found = cache.lookup(&[1; 32]).await.unwrap().unwrap();
+            let found = cache.lookup(&Id([1; 32])).await.unwrap().unwrap();
             assert_eq!(found.record.put_time, time);
             assert_eq!(found.inline.as_deref(), Some(&small[..]));
 
             let large = object_like(1 << 20);
             let sent = cache
-                .upload(&[2; 32], &output(&large), time, large.clone().into())
+                .upload(&Id([2; 32]), &output(&large), time, large.clone().into())
                 .await
                 .unwrap();
             assert!(sent.transferred > large.len() as u64, "sent as it is");
@@ -792,12 +791,12 @@ mod tests {
                 large,
                 "the CAS holds the bytes themselves, as Bazel expects"
             );
-            assert_eq!(fetch(&cache, &[2; 32]).await.unwrap(), large);
+            assert_eq!(fetch(&cache, &Id([2; 32])).await.unwrap(), large);
 
             // A cache that moved the inline contents to its CAS.
             let stripped = reapi::encode(
                 &ActionRecord {
-                    action: [4; 32],
+                    action: Id([4; 32]),
                     output: output(&large),
                     size: large.len() as u64,
                     put_time: time,
@@ -806,27 +805,27 @@ mod tests {
                 None,
             );
             memory
-                .put(&Format::Reapi.action_key(&[4; 32]), stripped.into())
+                .put(&Format::Reapi.action_key(&Id([4; 32])), stripped.into())
                 .await
                 .unwrap();
-            assert_eq!(fetch(&cache, &[4; 32]).await.unwrap(), large);
+            assert_eq!(fetch(&cache, &Id([4; 32])).await.unwrap(), large);
 
             memory.edit(&object, |bytes| bytes.truncate(1000));
-            let short = fetch(&cache, &[2; 32]).await.unwrap_err();
+            let short = fetch(&cache, &Id([2; 32])).await.unwrap_err();
             assert!(matches!(short, RemoteError::Damaged { .. }), "{short}");
-            memory.edit(&Format::Reapi.action_key(&[1; 32]), |bytes| {
+            memory.edit(&Format::Reapi.action_key(&Id([1; 32])), |bytes| {
                 bytes.truncate(bytes.len() / 2)
             });
-            let cut = cache.lookup(&[1; 32]).await.unwrap_err();
+            let cut = cache.lookup(&Id([1; 32])).await.unwrap_err();
             assert!(matches!(cut, RemoteError::Damaged { .. }), "{cut}");
             memory
                 .put(
-                    &Format::Reapi.action_key(&[5; 32]),
+                    &Format::Reapi.action_key(&Id([5; 32])),
                     Bytes::from_static(b"\x0a\x00"),
                 )
                 .await
                 .unwrap();
-            let empty = cache.lookup(&[5; 32]).await.unwrap_err().to_string();
+            let empty = cache.lookup(&Id([5; 32])).await.unwrap_err().to_string();
             assert!(empty.contains("one output file"), "{empty}");
         });
     }
@@ -843,11 +842,11 @@ mod tests {
             let mut pack = PackWriter::default();
             for (i, body) in bodies.iter().enumerate() {
                 let (record, object) = cache
-                    .encode_entry(&[i as u8 + 1; 32], &output(body), time, body)
+                    .encode_entry(&Id([i as u8 + 1; 32]), &output(body), time, body)
                     .unwrap();
-                pack.add(&[i as u8 + 1; 32], &record, &object);
+                pack.add(&Id([i as u8 + 1; 32]), &record, &object);
             }
-            pack.add_missing(&[7; 32]);
+            pack.add_missing(&Id([7; 32]));
             block_on(async {
                 let stored = cache.put_pack(pack).await.unwrap();
                 assert_eq!(stored.entries, 3);
@@ -880,9 +879,9 @@ mod tests {
                 // A record under another action's name is damaged (REAPI
                 // results do not name their action).
                 let (record, _) = cache
-                    .encode_entry(&[1; 32], &output(&bodies[0]), time, &bodies[0])
+                    .encode_entry(&Id([1; 32]), &output(&bodies[0]), time, &bodies[0])
                     .unwrap();
-                let misfiled = cache.unpack(&reader, &[3; 32], &record);
+                let misfiled = cache.unpack(&reader, &Id([3; 32]), &record);
                 assert_eq!(misfiled.is_err(), format == Format::Granary);
 
                 let manifest = Manifest {
@@ -890,8 +889,8 @@ mod tests {
                     written: time,
                     groups: vec![Group {
                         pack: Some(stored),
-                        actions: vec![[1; 32], [2; 32]],
-                        earlier: vec![[3; 32]],
+                        actions: vec![Id([1; 32]), Id([2; 32])],
+                        earlier: vec![Id([3; 32])],
                     }],
                 };
                 assert_eq!(cache.fetch_manifest(&manifest.scope).await.unwrap(), None);
@@ -912,18 +911,18 @@ mod tests {
         block_on(async {
             let small = object_like(1000);
             let sent = cache
-                .upload(&[1; 32], &output(&small), time, small.clone().into())
+                .upload(&Id([1; 32]), &output(&small), time, small.clone().into())
                 .await
                 .unwrap();
             assert_eq!(memory.puts().len(), 1, "one request");
             assert!(sent.transferred < 1000, "compressed: {sent:?}");
-            let found = cache.lookup(&[1; 32]).await.unwrap().unwrap();
+            let found = cache.lookup(&Id([1; 32])).await.unwrap().unwrap();
             assert_eq!(found.record.put_time, time);
             assert_eq!(found.inline.as_deref(), Some(&small[..]));
 
             let large = object_like(3 << 20);
             let sent = cache
-                .upload(&[2; 32], &output(&large), time, large.clone().into())
+                .upload(&Id([2; 32]), &output(&large), time, large.clone().into())
                 .await
                 .unwrap();
             assert!(
@@ -935,20 +934,20 @@ mod tests {
                 puts[1..],
                 [
                     Format::Granary.object_key(&output(&large)),
-                    Format::Granary.action_key(&[2; 32])
+                    Format::Granary.action_key(&Id([2; 32]))
                 ],
                 "object first"
             );
-            assert_eq!(fetch(&cache, &[2; 32]).await.unwrap(), large);
+            assert_eq!(fetch(&cache, &Id([2; 32])).await.unwrap(), large);
 
             let again = cache
-                .upload(&[3; 32], &output(&large), time, large.clone().into())
+                .upload(&Id([3; 32]), &output(&large), time, large.clone().into())
                 .await
                 .unwrap();
             assert!(again.object_present);
             assert_eq!(memory.puts().len(), 4, "only the record is sent");
             assert_eq!(
-                cache.lookup(&[4; 32]).await.unwrap().map(|f| f.record),
+                cache.lookup(&Id([4; 32])).await.unwrap().map(|f| f.record),
                 None
             );
         });
@@ -963,7 +962,7 @@ mod tests {
         block_on(async {
             let sent = cache
                 .upload(
-                    &[1; 32],
+                    &Id([1; 32]),
                     &output(&noise),
                     SystemTime::now(),
                     noise.clone().into(),
@@ -971,7 +970,7 @@ mod tests {
                 .await
                 .unwrap();
             assert!(sent.transferred < INLINE_LIMIT + 300, "{sent:?}");
-            assert_eq!(fetch(&cache, &[1; 32]).await.unwrap(), noise);
+            assert_eq!(fetch(&cache, &Id([1; 32])).await.unwrap(), noise);
         });
     }
 
@@ -997,7 +996,7 @@ mod tests {
                 block_on(async {
                     cache
                         .upload(
-                            &[9; 32],
+                            &Id([9; 32]),
                             &output(body),
                             SystemTime::now(),
                             body.clone().into(),
@@ -1007,10 +1006,10 @@ mod tests {
                     let key = if on_object {
                         Format::Granary.object_key(&output(body))
                     } else {
-                        Format::Granary.action_key(&[9; 32])
+                        Format::Granary.action_key(&Id([9; 32]))
                     };
                     memory.edit(&key, edit);
-                    match fetch(&cache, &[9; 32]).await {
+                    match fetch(&cache, &Id([9; 32])).await {
                         // A flipped bit inside a raw or literal block may decode
                         // to other bytes of the right size: the hash check of
                         // whoever stores it catches that.
@@ -1029,16 +1028,16 @@ mod tests {
         let body = vec![0; 4096];
         block_on(async {
             cache
-                .upload(&[5; 32], &output(&body), SystemTime::now(), body.into())
+                .upload(&Id([5; 32]), &output(&body), SystemTime::now(), body.into())
                 .await
                 .unwrap();
             let bomb = zstd::bulk::compress(&vec![0; 50 << 20], 3).unwrap();
-            memory.edit(&Format::Granary.action_key(&[5; 32]), |record| {
+            memory.edit(&Format::Granary.action_key(&Id([5; 32])), |record| {
                 let header = record.iter().position(|&b| b == b'\n').unwrap() + 1;
                 record.truncate(header);
                 record.extend_from_slice(&bomb);
             });
-            let e = cache.lookup(&[5; 32]).await.unwrap_err();
+            let e = cache.lookup(&Id([5; 32])).await.unwrap_err();
             assert!(e.to_string().contains("longer than its record says"), "{e}");
         });
     }
@@ -1059,21 +1058,25 @@ mod tests {
             block_on(async {
                 let size = body.len() as u64;
                 let sent = cache
-                    .upload_file(&[1; 32], &output(&body), time, &path, size)
+                    .upload_file(&Id([1; 32]), &output(&body), time, &path, size)
                     .await
                     .unwrap();
                 assert!(sent.transferred > 0 && !sent.object_present);
-                assert_eq!(fetch(&cache, &[1; 32]).await.unwrap(), body, "{format:?}");
+                assert_eq!(
+                    fetch(&cache, &Id([1; 32])).await.unwrap(),
+                    body,
+                    "{format:?}"
+                );
 
                 let e = cache
-                    .upload_file(&[2; 32], &output(b"something else"), time, &path, size)
+                    .upload_file(&Id([2; 32]), &output(b"something else"), time, &path, size)
                     .await
                     .unwrap_err();
                 assert!(
                     matches!(e, RemoteError::LocalFile(ref why) if why.contains("changed")),
                     "{e}"
                 );
-                assert_eq!(memory.blob(&format.action_key(&[2; 32])), None);
+                assert_eq!(memory.blob(&format.action_key(&Id([2; 32]))), None);
                 assert_eq!(
                     memory.blob(&format.object_key(&output(b"something else"))),
                     None
@@ -1089,14 +1092,14 @@ mod tests {
         block_on(async {
             cache
                 .upload(
-                    &[6; 32],
+                    &Id([6; 32]),
                     &output(&body),
                     SystemTime::now(),
                     body.clone().into(),
                 )
                 .await
                 .unwrap();
-            let found = cache.lookup(&[6; 32]).await.unwrap().unwrap();
+            let found = cache.lookup(&Id([6; 32])).await.unwrap().unwrap();
 
             struct Full;
             impl Write for Full {

@@ -19,10 +19,8 @@
 //! compatible store accepts them, and S3 can partition them by their first
 //! characters under load.
 
-use sha2::Digest as _;
-
-use crate::Digest;
 use crate::manifest::scope_key_name;
+use granary_id::Id;
 
 /// The name of granary's own layout under the prefix.
 pub const VERSION: &str = "granary-v1";
@@ -40,7 +38,7 @@ pub enum Format {
 
 impl Format {
     /// The key of the action entry of `action`.
-    pub fn action_key(self, action: &Digest) -> String {
+    pub fn action_key(self, action: &Id) -> String {
         match self {
             Format::Granary => format!("{VERSION}/ac/{}", hex::encode(action)),
             Format::Reapi => format!("ac/{}", hex::encode(action)),
@@ -48,7 +46,7 @@ impl Format {
     }
 
     /// The key of the object holding the output `output`.
-    pub fn object_key(self, output: &Digest) -> String {
+    pub fn object_key(self, output: &Id) -> String {
         match self {
             Format::Granary => format!("{VERSION}/cas/{}", hex::encode(output)),
             Format::Reapi => format!("cas/{}", hex::encode(output)),
@@ -66,8 +64,8 @@ impl Format {
 
 /// Where a cache server keeps the manifest of `scope`: an action entry
 /// under a name no go action has.
-pub fn manifest_action(scope: &str) -> Digest {
-    sha2::Sha256::digest(format!("granary-manifest 1\n{scope}")).into()
+pub fn manifest_action(scope: &str) -> Id {
+    Id::of(format!("granary-manifest 1\n{scope}").as_bytes())
 }
 
 #[cfg(test)]
@@ -76,7 +74,7 @@ mod tests {
 
     #[test]
     fn keys_are_versioned_hex_paths() {
-        let id = [0xab; 32];
+        let id = Id([0xab; 32]);
         let hex = "ab".repeat(32);
         assert_eq!(
             Format::Granary.action_key(&id),

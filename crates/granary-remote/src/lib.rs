@@ -48,12 +48,6 @@ pub use pack::{PackReader, PackWriter, RawEntry};
 pub use record::{ActionRecord, Placement};
 pub use s3::{S3Blobs, S3Credentials, S3Settings};
 
-/// Length in bytes of action and output IDs (SHA-256).
-pub const HASH_SIZE: usize = 32;
-
-/// An action or output ID.
-pub type Digest = [u8; HASH_SIZE];
-
 /// Why a remote call did not give an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::Digest as _;
 
-use crate::Digest;
+use granary_id::Id;
 
 const MAGIC: &str = "granary-manifest 1";
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -58,7 +58,7 @@ const MAX_MANIFEST: usize = 64 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PackRef {
     /// The SHA-256 of the pack's bytes, which is also its name.
-    pub id: Digest,
+    pub id: Id,
     pub created: SystemTime,
     /// The pack's length in bytes.
     pub size: u64,
@@ -72,14 +72,14 @@ pub struct Group {
     /// The pack that holds them; `None`: fetch them by batch or one by one.
     pub pack: Option<PackRef>,
     /// What the latest job used.
-    pub actions: Vec<Digest>,
+    pub actions: Vec<Id>,
     /// What only the job before it used.
-    pub earlier: Vec<Digest>,
+    pub earlier: Vec<Id>,
 }
 
 impl Group {
     /// Every entry the group names.
-    pub fn all(&self) -> impl Iterator<Item = &Digest> {
+    pub fn all(&self) -> impl Iterator<Item = &Id> {
         self.actions.iter().chain(&self.earlier)
     }
 }
@@ -172,7 +172,7 @@ impl Manifest {
             let (pack, counts) = match fields[..] {
                 ["pack", id, created, size, entries, ref counts @ ..] => {
                     let pack = PackRef {
-                        id: digest(id).ok_or_else(bad)?,
+                        id: Id::from_hex(id).ok_or_else(bad)?,
                         created: created
                             .parse()
                             .ok()
@@ -194,14 +194,14 @@ impl Manifest {
                 ),
                 _ => return Err(bad()),
             };
-            let mut read = |count: usize| -> Result<Vec<Digest>, String> {
+            let mut read = |count: usize| -> Result<Vec<Id>, String> {
                 let mut actions = Vec::with_capacity(count.min(MAX_MANIFEST / 65));
                 for _ in 0..count {
                     let (n, line) = lines
                         .next()
                         .ok_or_else(|| format!("ends inside a group of {count} entries"))?;
                     actions.push(
-                        digest(line)
+                        Id::from_hex(line)
                             .ok_or_else(|| format!("line {n}: not an action ID: {line:?}"))?,
                     );
                 }
@@ -236,12 +236,6 @@ pub fn scope_key_name(scope: &str) -> String {
     format!("{readable}-{}", hex::encode(&hash[..8]))
 }
 
-fn digest(hex: &str) -> Option<Digest> {
-    let mut digest = [0; 32];
-    hex::decode_to_slice(hex, &mut digest).ok()?;
-    Some(digest)
-}
-
 /// Seconds since the Unix epoch, as manifests write times.
 pub fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
@@ -264,17 +258,17 @@ mod tests {
             groups: vec![
                 Group {
                     pack: Some(PackRef {
-                        id: [7; 32],
+                        id: Id([7; 32]),
                         created: from_unix_seconds(1_789_000_000).unwrap(),
                         size: 8 << 20,
                         entries: 3,
                     }),
-                    actions: vec![[1; 32], [2; 32]],
-                    earlier: vec![[4; 32]],
+                    actions: vec![Id([1; 32]), Id([2; 32])],
+                    earlier: vec![Id([4; 32])],
                 },
                 Group {
                     pack: None,
-                    actions: vec![[3; 32]],
+                    actions: vec![Id([3; 32])],
                     earlier: Vec::new(),
                 },
             ],

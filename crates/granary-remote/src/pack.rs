@@ -18,6 +18,7 @@
 //! cut one. A batch answer may come compressed as a whole, as one zstd
 //! stream ([`PackReader::open_zstd`]).
 
+use granary_id::Id;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -27,7 +28,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
-use crate::{ByteStream, Digest, RemoteError};
+use crate::{ByteStream, RemoteError};
 
 /// The first bytes of every pack.
 pub const MAGIC: &[u8; 16] = b"granary-pack-01\n";
@@ -39,16 +40,16 @@ pub const MAX_PACKED_RECORD: u32 = 4 << 20;
 /// `object_length` bytes. With [`write_missing`] and [`write_end`], the one
 /// encoder of packs, for [`PackWriter`] and for writers that stream
 /// objects (a cache server's batch answer).
-pub fn write_entry_head(out: &mut Vec<u8>, action: &Digest, record: &[u8], object_length: u64) {
-    out.extend_from_slice(action);
+pub fn write_entry_head(out: &mut Vec<u8>, action: &Id, record: &[u8], object_length: u64) {
+    out.extend_from_slice(&action.0);
     out.extend_from_slice(&(record.len() as u32).to_be_bytes());
     out.extend_from_slice(record);
     out.extend_from_slice(&object_length.to_be_bytes());
 }
 
 /// Appends to `out` the entry saying that there is none for `action`.
-pub fn write_missing(out: &mut Vec<u8>, action: &Digest) {
-    out.extend_from_slice(action);
+pub fn write_missing(out: &mut Vec<u8>, action: &Id) {
+    out.extend_from_slice(&action.0);
     out.extend_from_slice(&0u32.to_be_bytes());
 }
 
@@ -75,14 +76,14 @@ impl Default for PackWriter {
 
 impl PackWriter {
     /// Adds an entry: its record, and its object (empty when inline).
-    pub fn add(&mut self, action: &Digest, record: &[u8], object: &[u8]) {
+    pub fn add(&mut self, action: &Id, record: &[u8], object: &[u8]) {
         write_entry_head(&mut self.bytes, action, record, object.len() as u64);
         self.bytes.extend_from_slice(object);
         self.entries += 1;
     }
 
     /// Says that there is no entry for `action`.
-    pub fn add_missing(&mut self, action: &Digest) {
+    pub fn add_missing(&mut self, action: &Id) {
         write_missing(&mut self.bytes, action);
         self.entries += 1;
     }
@@ -113,12 +114,12 @@ pub enum RawEntry {
     /// The entry's record; its object (`object_length` bytes, maybe none)
     /// follows, to be read with [`PackReader::read_object`] or skipped.
     Found {
-        action: Digest,
+        action: Id,
         record: Vec<u8>,
         object_length: u64,
     },
     /// The remote had no entry for this action.
-    Missing(Digest),
+    Missing(Id),
 }
 
 type IoStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
@@ -200,6 +201,7 @@ impl PackReader {
         if action == [0; 32] {
             return Ok(None);
         }
+        let action = Id(action);
         let mut length = [0; 4];
         self.read_exact(&mut length).await?;
         let length = u32::from_be_bytes(length);
@@ -369,10 +371,10 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut pack = PackWriter::default();
-        pack.add(&[1; 32], b"record one", b"");
-        pack.add_missing(&[2; 32]);
-        pack.add(&[3; 32], b"record three", &vec![9; 200_000]);
-        pack.add(&[4; 32], b"record four", b"four");
+        pack.add(&Id([1; 32]), b"record one", b"");
+        pack.add_missing(&Id([2; 32]));
+        pack.add(&Id([3; 32]), b"record three", &vec![9; 200_000]);
+        pack.add(&Id([4; 32]), b"record four", b"four");
         assert_eq!(pack.entries(), 4);
         pack.finish()
     }
@@ -394,7 +396,7 @@ mod tests {
                         } => {
                             let mut object = Vec::new();
                             // The third entry's object is skipped, not read.
-                            if action != [3; 32] {
+                            if action != Id([3; 32]) {
                                 pack.read_object(|c| {
                                     object.extend_from_slice(c);
                                     Ok(())
@@ -402,9 +404,9 @@ mod tests {
                                 .await
                                 .unwrap();
                             }
-                            seen.push((action[0], record, object_length, object));
+                            seen.push((action.0[0], record, object_length, object));
                         }
-                        RawEntry::Missing(action) => seen.push((action[0], vec![], 0, vec![])),
+                        RawEntry::Missing(action) => seen.push((action.0[0], vec![], 0, vec![])),
                     }
                 }
                 assert_eq!(seen.len(), 4, "chunk {chunk}");
@@ -416,7 +418,7 @@ mod tests {
     }
 
     /// Every entry of a pack read with `open`, objects included.
-    async fn read_all(mut pack: PackReader) -> Result<Vec<(Digest, Vec<u8>)>, RemoteError> {
+    async fn read_all(mut pack: PackReader) -> Result<Vec<(Id, Vec<u8>)>, RemoteError> {
         let mut seen = Vec::new();
         while let Some(entry) = pack.next().await? {
             if let RawEntry::Found { action, .. } = entry {
@@ -456,7 +458,7 @@ mod tests {
             }
             // Expanding far beyond a chunk: the decoder is drained, not cut.
             let mut big = PackWriter::default();
-            big.add(&[7; 32], b"zeros", &vec![0; 3 << 20]);
+            big.add(&Id([7; 32]), b"zeros", &vec![0; 3 << 20]);
             let big = zstd::bulk::compress(&big.finish(), 1).unwrap();
             let entries = read_all(
                 PackReader::open_zstd(stream_of(big, 100), "p".into())

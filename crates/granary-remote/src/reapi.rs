@@ -17,7 +17,7 @@ use bazel_remote_apis::google::protobuf::Timestamp;
 use prost::Message;
 
 use crate::record::{ActionRecord, Placement, time_since_epoch};
-use crate::{Digest, HASH_SIZE};
+use granary_id::Id;
 
 /// The path of the one output file of a Go action.
 const OUTPUT_PATH: &str = "go-output";
@@ -54,7 +54,7 @@ pub fn encode(record: &ActionRecord, inline: Option<&[u8]>) -> Vec<u8> {
 }
 
 /// The record and inline output that an action result of `action` holds.
-pub fn decode(action: &Digest, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec<u8>>), String> {
+pub fn decode(action: &Id, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec<u8>>), String> {
     let result =
         ActionResult::decode(bytes).map_err(|e| format!("not an ActionResult message: {e}"))?;
     let [file] = <[OutputFile; 1]>::try_from(result.output_files).map_err(|files| {
@@ -64,9 +64,8 @@ pub fn decode(action: &Digest, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec
         )
     })?;
     let digest = file.digest.ok_or("the output file has no digest")?;
-    let mut output = [0; HASH_SIZE];
-    hex::decode_to_slice(&digest.hash, &mut output)
-        .map_err(|_| format!("`{}` is not a SHA-256 digest", digest.hash))?;
+    let output = Id::from_hex(&digest.hash)
+        .ok_or_else(|| format!("`{}` is not a SHA-256 digest", digest.hash))?;
     let size = u64::try_from(digest.size_bytes).map_err(|_| "the output size is negative")?;
     let completed = result
         .execution_metadata
@@ -107,14 +106,12 @@ pub fn decode(action: &Digest, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec
 
 #[cfg(test)]
 mod tests {
-    use sha2::Digest as _;
-
     use super::*;
 
     fn result_completed_at(seconds: i64, nanos: i32) -> Vec<u8> {
         let record = ActionRecord {
-            action: [1; 32],
-            output: sha2::Sha256::digest(b"out").into(),
+            action: Id([1; 32]),
+            output: Id::of(b"out"),
             size: 3,
             put_time: SystemTime::UNIX_EPOCH,
             placement: Placement::Inline,
@@ -127,7 +124,8 @@ mod tests {
 
     #[test]
     fn completion_times_a_go_entry_cannot_carry_are_refused() {
-        let (record, inline) = decode(&[1; 32], &result_completed_at(1_700_000_000, 5)).unwrap();
+        let (record, inline) =
+            decode(&Id([1; 32]), &result_completed_at(1_700_000_000, 5)).unwrap();
         assert_eq!(
             record.put_time,
             SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)
@@ -143,7 +141,7 @@ mod tests {
             (0, -1),
             (0, 1_000_000_000),
         ] {
-            let e = decode(&[1; 32], &result_completed_at(seconds, nanos)).unwrap_err();
+            let e = decode(&Id([1; 32]), &result_completed_at(seconds, nanos)).unwrap_err();
             assert!(e.contains("time"), "{seconds}.{nanos}: {e}");
         }
     }

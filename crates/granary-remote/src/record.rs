@@ -12,7 +12,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::{Digest, HASH_SIZE};
+use granary_id::Id;
 
 const MAGIC: &str = "granary-ac";
 const FORMAT: &str = "1";
@@ -40,8 +40,8 @@ pub enum Placement {
 /// The header of an action record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionRecord {
-    pub action: Digest,
-    pub output: Digest,
+    pub action: Id,
+    pub output: Id,
     /// The output's size, uncompressed.
     pub size: u64,
     /// When the output was first put: the go command expires cached test
@@ -70,10 +70,7 @@ impl ActionRecord {
     }
 
     /// Splits a record of `action` into its header and what follows it.
-    pub fn parse<'a>(
-        action: &Digest,
-        record: &'a [u8],
-    ) -> Result<(ActionRecord, &'a [u8]), String> {
+    pub fn parse<'a>(action: &Id, record: &'a [u8]) -> Result<(ActionRecord, &'a [u8]), String> {
         let end = record
             .iter()
             .take(MAX_HEADER)
@@ -122,14 +119,12 @@ impl ActionRecord {
     }
 }
 
-fn digest(text: &str) -> Option<Digest> {
-    let mut id = [0; HASH_SIZE];
+fn digest(text: &str) -> Option<Id> {
     // Only lower-case hex, as written, so that one record has one spelling.
-    if text.len() != 2 * HASH_SIZE || text.bytes().any(|b| b.is_ascii_uppercase()) {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    hex::decode_to_slice(text, &mut id).ok()?;
-    Some(id)
+    Id::from_hex(text)
 }
 
 /// A decimal number without sign or leading zeros.
@@ -144,8 +139,8 @@ mod tests {
 
     fn record(placement: Placement) -> ActionRecord {
         ActionRecord {
-            action: [1; 32],
-            output: [2; 32],
+            action: Id([1; 32]),
+            output: Id([2; 32]),
             size: 1234,
             put_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
             placement,
@@ -160,7 +155,7 @@ mod tests {
             if placement == Placement::Inline {
                 bytes.extend_from_slice(b"body");
             }
-            let (parsed, body) = ActionRecord::parse(&[1; 32], &bytes).unwrap();
+            let (parsed, body) = ActionRecord::parse(&Id([1; 32]), &bytes).unwrap();
             assert_eq!(parsed, record);
             let expected: &[u8] = if placement == Placement::Inline {
                 b"body"
@@ -174,7 +169,7 @@ mod tests {
     #[test]
     fn rejects_anything_else() {
         let good = record(Placement::Object).header();
-        let action = [1; 32];
+        let action = Id([1; 32]);
         let swap = |from: &str, to: &str| good.replacen(from, to, 1);
         let bad = [
             String::new(),

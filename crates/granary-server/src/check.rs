@@ -5,6 +5,7 @@
 use std::io;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
+use granary_id::Id;
 use http::StatusCode;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -76,14 +77,14 @@ impl Check {
     pub fn finish(self, key: &Key) -> Result<(), Rejected> {
         match self {
             Check::Cas(hasher) => {
-                let hash: [u8; 32] = hasher.finalize().into();
+                let hash = Id(hasher.finalize().into());
                 if hash != key.hash {
                     return Err(Rejected::new(
                         StatusCode::BAD_REQUEST,
                         "hash_mismatch",
                         format!(
                             "the body's SHA-256 is {}, not the key {}; nothing stored",
-                            hex::encode(hash),
+                            hash,
                             key.hex()
                         ),
                     ));

@@ -15,6 +15,7 @@
 use std::io::Read;
 
 use bytes::Bytes;
+use granary_id::Id;
 use prometheus_client::metrics::counter::Counter;
 use quick_cache::sync::Cache;
 use zstd::bulk::Compressor;
@@ -35,7 +36,7 @@ const TYPICAL_FRAME: u64 = 32 << 10;
 #[derive(Debug)]
 pub struct Frames {
     /// `None` when the budget is 0: every blob is compressed anew.
-    cache: Option<Cache<[u8; 32], Bytes, ByWeight>>,
+    cache: Option<Cache<Id, Bytes, ByWeight>>,
     /// Frames served from the cache.
     pub reused: Counter,
     /// Frames compressed for an answer.
@@ -46,8 +47,8 @@ pub struct Frames {
 #[derive(Debug, Clone)]
 struct ByWeight;
 
-impl quick_cache::Weighter<[u8; 32], Bytes> for ByWeight {
-    fn weight(&self, _key: &[u8; 32], frame: &Bytes) -> u64 {
+impl quick_cache::Weighter<Id, Bytes> for ByWeight {
+    fn weight(&self, _key: &Id, frame: &Bytes) -> u64 {
         frame.len() as u64
     }
 }
@@ -121,7 +122,7 @@ mod tests {
         let frames = Frames::new(1 << 20);
         let cache = frames.cache.as_ref().unwrap();
         for i in 0..64u8 {
-            cache.insert([i; 32], Bytes::from(vec![i; 64 << 10]));
+            cache.insert(Id([i; 32]), Bytes::from(vec![i; 64 << 10]));
         }
         assert!(frames.kept() <= 1 << 20, "{}", frames.kept());
         assert!(frames.kept() >= 512 << 10, "{}", frames.kept());

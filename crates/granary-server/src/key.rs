@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use granary_id::Id;
+
 /// Which of the two stores a blob belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -32,17 +34,16 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key {
     pub kind: Kind,
-    pub hash: [u8; 32],
+    pub hash: Id,
 }
 
 impl Key {
     pub fn new(kind: Kind, hex_hash: &str) -> Option<Key> {
         // Lower-case only, as bazel-remote: one blob has one name.
-        if hex_hash.len() != 64 || hex_hash.bytes().any(|b| b.is_ascii_uppercase()) {
+        if hex_hash.bytes().any(|b| b.is_ascii_uppercase()) {
             return None;
         }
-        let mut hash = [0; 32];
-        hex::decode_to_slice(hex_hash, &mut hash).ok()?;
+        let hash = Id::from_hex(hex_hash)?;
         Some(Key { kind, hash })
     }
 
@@ -62,7 +63,7 @@ impl Key {
     }
 
     pub fn hex(&self) -> String {
-        hex::encode(self.hash)
+        self.hash.to_hex()
     }
 
     /// The blob's path under the cache directory: `cas/ab/abcd...`.
@@ -104,7 +105,7 @@ mod tests {
     fn paths_name_blobs_or_nothing() {
         let hex = "0a".repeat(32);
         let key = Key::from_path(&format!("/cas/{hex}")).unwrap();
-        assert_eq!((key.kind, key.hash), (Kind::Cas, [0x0a; 32]));
+        assert_eq!((key.kind, key.hash), (Kind::Cas, Id([0x0a; 32])));
         assert_eq!(key.relative_path(), format!("cas/0a/{hex}"));
         assert_eq!(
             Key::from_path(&format!("/team-1/ac/{hex}")).map(|k| k.kind),

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{ActionId, HASH_SIZE, OutputId};
+use granary_id::{ID_SIZE, Id};
 
-const HEX_SIZE: usize = HASH_SIZE * 2;
+const HEX_SIZE: usize = ID_SIZE * 2;
 
 /// Size of an action entry: `v1 <64 hex> <64 hex> <20> <20>\n`.
 pub const ENTRY_SIZE: usize = 2 + 1 + HEX_SIZE + 1 + HEX_SIZE + 1 + 20 + 1 + 20 + 1;
@@ -12,7 +12,7 @@ pub const ENTRY_SIZE: usize = 2 + 1 + HEX_SIZE + 1 + HEX_SIZE + 1 + 20 + 1 + 20 
 /// What an action ID maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActionEntry {
-    pub output_id: OutputId,
+    pub output_id: Id,
     /// Size in bytes of the output.
     pub size: u64,
     /// When the entry was first put; `go test` compares it with
@@ -40,7 +40,7 @@ pub enum EntryError {
 impl ActionEntry {
     /// Parses an action file's contents, as cmd/go does. `action` is the ID
     /// the file was found under, which it must repeat.
-    pub fn parse(data: &[u8], action: &ActionId) -> Result<ActionEntry, EntryError> {
+    pub fn parse(data: &[u8], action: &Id) -> Result<ActionEntry, EntryError> {
         let (found, entry) = Self::parse_any(data)?;
         if found != *action {
             return Err(EntryError::OtherAction);
@@ -49,7 +49,7 @@ impl ActionEntry {
     }
 
     /// Parses an action file's contents and returns the action ID it names.
-    pub fn parse_any(data: &[u8]) -> Result<(ActionId, ActionEntry), EntryError> {
+    pub fn parse_any(data: &[u8]) -> Result<(Id, ActionEntry), EntryError> {
         if data.len() != ENTRY_SIZE {
             return Err(EntryError::WrongLength(data.len()));
         }
@@ -65,17 +65,14 @@ impl ActionEntry {
         {
             return Err(EntryError::BadHeader);
         }
-        let mut action = [0; HASH_SIZE];
-        let mut output = [0; HASH_SIZE];
-        hex::decode_to_slice(&data[3..3 + HEX_SIZE], &mut action)
-            .and_then(|()| hex::decode_to_slice(&data[out_at..out_at + HEX_SIZE], &mut output))
-            .map_err(|_| EntryError::BadHex)?;
+        let action = Id::from_hex(&data[3..3 + HEX_SIZE]).ok_or(EntryError::BadHex)?;
+        let output = Id::from_hex(&data[out_at..out_at + HEX_SIZE]).ok_or(EntryError::BadHex)?;
         let size = parse_padded(&data[size_at..size_at + 20]).ok_or(EntryError::BadSize)?;
         let nanos = parse_padded(&data[time_at..time_at + 20]).ok_or(EntryError::BadTime)?;
         Ok((
-            ActionId(action),
+            action,
             ActionEntry {
-                output_id: OutputId(output),
+                output_id: output,
                 size,
                 put_time: UNIX_EPOCH + Duration::from_nanos(nanos),
             },
@@ -83,7 +80,7 @@ impl ActionEntry {
     }
 
     /// The entry as cmd/go writes it.
-    pub fn encode(&self, action: &ActionId) -> String {
+    pub fn encode(&self, action: &Id) -> String {
         let nanos = self
             .put_time
             .duration_since(UNIX_EPOCH)
@@ -107,11 +104,11 @@ fn parse_padded(field: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn sample() -> (ActionId, ActionEntry) {
+    fn sample() -> (Id, ActionEntry) {
         (
-            ActionId([0xab; 32]),
+            Id([0xab; 32]),
             ActionEntry {
-                output_id: OutputId([0x01; 32]),
+                output_id: Id([0x01; 32]),
                 size: 1234,
                 put_time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
             },
@@ -155,7 +152,7 @@ mod tests {
             Err(EntryError::WrongLength(100))
         );
         assert_eq!(
-            ActionEntry::parse(&good, &ActionId([0xac; 32])),
+            ActionEntry::parse(&good, &Id([0xac; 32])),
             Err(EntryError::OtherAction)
         );
     }

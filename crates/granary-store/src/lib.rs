@@ -51,39 +51,3 @@ pub use trim::{
 };
 pub use verify::Problem;
 pub use walk::{EntryFile, EntryKind};
-
-/// Length in bytes of action and output IDs (SHA-256).
-pub const HASH_SIZE: usize = 32;
-
-/// The key of a cache entry: cmd/go's hash of an action's inputs.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ActionId(pub [u8; HASH_SIZE]);
-
-/// The SHA-256 of an output's bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OutputId(pub [u8; HASH_SIZE]);
-
-macro_rules! hex_id {
-    ($t:ty) => {
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&hex::encode(self.0))
-            }
-        }
-        impl std::fmt::Debug for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "{}({})", stringify!($t), self)
-            }
-        }
-    };
-}
-hex_id!(ActionId);
-hex_id!(OutputId);
-
-impl OutputId {
-    /// The output ID of `data`.
-    pub fn of(data: &[u8]) -> OutputId {
-        use sha2::Digest;
-        OutputId(sha2::Sha256::digest(data).into())
-    }
-}

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
-use crate::{ActionEntry, ActionId, ENTRY_SIZE, EntryError, HASH_SIZE, OutputId, Tally};
+use granary_id::Id;
+
+use crate::{ActionEntry, ENTRY_SIZE, EntryError, Tally};
 
 /// Name of the directory, inside the cache directory, that holds files
 /// being written. cmd/go neither reads nor cleans it.
@@ -46,10 +48,7 @@ pub enum StoreError {
         source: io::Error,
     },
     #[error("the body's SHA-256 is {actual}, not its output ID {expected}")]
-    HashMismatch {
-        expected: OutputId,
-        actual: OutputId,
-    },
+    HashMismatch { expected: Id, actual: Id },
     #[error("the body has {actual} bytes, not the {expected} announced")]
     SizeMismatch { expected: u64, actual: u64 },
     #[error(
@@ -233,24 +232,24 @@ impl Store {
     }
 
     /// The path of the action file for `action`.
-    pub fn action_path(&self, action: &ActionId) -> PathBuf {
-        self.entry_path(&action.0, "a")
+    pub fn action_path(&self, action: &Id) -> PathBuf {
+        self.entry_path(action, "a")
     }
 
     /// The path of the object file for `output`.
-    pub fn object_path(&self, output: &OutputId) -> PathBuf {
-        self.entry_path(&output.0, "d")
+    pub fn object_path(&self, output: &Id) -> PathBuf {
+        self.entry_path(output, "d")
     }
 
-    fn entry_path(&self, id: &[u8; HASH_SIZE], suffix: &str) -> PathBuf {
-        let hex = hex::encode(id);
+    fn entry_path(&self, id: &Id, suffix: &str) -> PathBuf {
+        let hex = id.to_hex();
         let mut path = self.dir.join(&hex[..2]);
         path.push(format!("{hex}-{suffix}"));
         path
     }
 
     /// Looks up `action`. Marks the entry and its object used.
-    pub fn get(&self, action: &ActionId) -> Lookup {
+    pub fn get(&self, action: &Id) -> Lookup {
         let path = self.action_path(action);
         let (entry, mtime) = match read_entry(&path, action) {
             Ok(found) => found,
@@ -285,7 +284,7 @@ impl Store {
 
     /// Starts writing the body of `output`. Write all of it, then call
     /// [`Store::put`].
-    pub fn object_writer(&self, output: &OutputId) -> Result<ObjectWriter, StoreError> {
+    pub fn object_writer(&self, output: &Id) -> Result<ObjectWriter, StoreError> {
         let file = self.temp_file_beside(&self.object_path(output))?;
         Ok(ObjectWriter {
             file,
@@ -299,9 +298,9 @@ impl Store {
     /// then writes the action entry. Nothing is published on error.
     pub fn put(
         &self,
-        action: &ActionId,
+        action: &Id,
         body: ObjectWriter,
-        output_id: OutputId,
+        output_id: Id,
         size: u64,
     ) -> Result<Stored, StoreError> {
         self.put_as_of(action, body, output_id, size, (self.clock)())
@@ -312,9 +311,9 @@ impl Store {
     /// expire cached test results, so a copy must keep the original's.
     pub fn put_as_of(
         &self,
-        action: &ActionId,
+        action: &Id,
         body: ObjectWriter,
-        output_id: OutputId,
+        output_id: Id,
         size: u64,
         put_time: SystemTime,
     ) -> Result<Stored, StoreError> {
@@ -324,7 +323,7 @@ impl Store {
                 actual: body.len,
             });
         }
-        let actual = OutputId(body.hasher.finalize().into());
+        let actual = Id(body.hasher.finalize().into());
         if actual != output_id {
             return Err(StoreError::HashMismatch {
                 expected: output_id,
@@ -343,8 +342,8 @@ impl Store {
 
     /// Stores `body` as the output of `action`: [`Store::object_writer`] and
     /// [`Store::put`] in one call, for bodies already in memory.
-    pub fn put_bytes(&self, action: &ActionId, body: &[u8]) -> Result<Stored, StoreError> {
-        let output = OutputId::of(body);
+    pub fn put_bytes(&self, action: &Id, body: &[u8]) -> Result<Stored, StoreError> {
+        let output = Id::of(body);
         let mut writer = self.object_writer(&output)?;
         writer
             .write_all(body)
@@ -355,7 +354,7 @@ impl Store {
     fn publish_object(
         &self,
         file: NamedTempFile,
-        output_id: &OutputId,
+        output_id: &Id,
         size: u64,
     ) -> Result<Stored, StoreError> {
         let path = self.object_path(output_id);
@@ -392,7 +391,7 @@ impl Store {
         })
     }
 
-    fn publish_entry(&self, action: &ActionId, entry: &ActionEntry) -> Result<(), StoreError> {
+    fn publish_entry(&self, action: &Id, entry: &ActionEntry) -> Result<(), StoreError> {
         let text = entry.encode(action);
         debug_assert_eq!(text.len(), ENTRY_SIZE);
         let path = self.action_path(action);
@@ -410,13 +409,7 @@ impl Store {
     /// through the use lock, so that the object is either seen as used by
     /// the trim, or gone before this check looks (a miss, never a path to a
     /// file about to vanish).
-    fn mark_used(
-        &self,
-        path: &Path,
-        output: &OutputId,
-        meta: &fs::Metadata,
-        now: SystemTime,
-    ) -> bool {
+    fn mark_used(&self, path: &Path, output: &Id, meta: &fs::Metadata, now: SystemTime) -> bool {
         if !meta.modified().is_ok_and(|m| needs_touch(m, now)) {
             return true;
         }
@@ -493,7 +486,7 @@ fn temp_file_in(dir: &Path) -> io::Result<NamedTempFile> {
 
 pub(crate) fn read_entry(
     path: &Path,
-    action: &ActionId,
+    action: &Id,
 ) -> Result<(ActionEntry, SystemTime), MissReason> {
     let unreadable = |e: io::Error| MissReason::Unreadable(e.kind());
     let mut file = File::open(path).map_err(|e| match e.kind() {
@@ -528,14 +521,14 @@ pub(crate) fn executable_in(dir: &Path) -> Option<(PathBuf, fs::Metadata)> {
     Some((path, meta))
 }
 
-fn hash_of(path: &Path) -> Result<OutputId, StoreError> {
+fn hash_of(path: &Path) -> Result<Id, StoreError> {
     sha256_of(path).map_err(io_error("read", path))
 }
 
-pub(crate) fn sha256_of(path: &Path) -> io::Result<OutputId> {
+pub(crate) fn sha256_of(path: &Path) -> io::Result<Id> {
     let mut hasher = Sha256::new();
     io::copy(&mut File::open(path)?, &mut hasher)?;
-    Ok(OutputId(hasher.finalize().into()))
+    Ok(Id(hasher.finalize().into()))
 }
 
 fn needs_touch(mtime: SystemTime, now: SystemTime) -> bool {
@@ -566,14 +559,14 @@ mod tests {
         (dir, store)
     }
 
-    fn hit(store: &Store, action: &ActionId) -> Hit {
+    fn hit(store: &Store, action: &Id) -> Hit {
         match store.get(action) {
             Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => panic!("expected a hit, missed: {reason:?}"),
         }
     }
 
-    fn miss(store: &Store, action: &ActionId) -> MissReason {
+    fn miss(store: &Store, action: &Id) -> MissReason {
         match store.get(action) {
             Lookup::Hit(hit) => panic!("expected a miss, hit {hit:?}"),
             Lookup::Miss(reason) => reason,
@@ -583,11 +576,11 @@ mod tests {
     #[test]
     fn put_then_get() {
         let (_tmp, store) = store();
-        let action = ActionId([1; 32]);
+        let action = Id([1; 32]);
         let stored = store.put_bytes(&action, b"hello").unwrap();
         assert!(!stored.reused);
         let hit = hit(&store, &action);
-        assert_eq!(hit.entry.output_id, OutputId::of(b"hello"));
+        assert_eq!(hit.entry.output_id, Id::of(b"hello"));
         assert_eq!(hit.entry.size, 5);
         assert_eq!(hit.object, stored.object);
         assert_eq!(fs::read(&hit.object).unwrap(), b"hello");
@@ -598,7 +591,7 @@ mod tests {
     #[test]
     fn empty_bodies_are_objects_too() {
         let (_tmp, store) = store();
-        let action = ActionId([2; 32]);
+        let action = Id([2; 32]);
         store.put_bytes(&action, b"").unwrap();
         let hit = hit(&store, &action);
         assert_eq!(hit.entry.size, 0);
@@ -609,19 +602,19 @@ mod tests {
     #[test]
     fn a_valid_object_is_not_rewritten_but_a_damaged_one_is() {
         let (_tmp, store) = store();
-        let first = store.put_bytes(&ActionId([1; 32]), b"shared").unwrap();
+        let first = store.put_bytes(&Id([1; 32]), b"shared").unwrap();
         let inode = |p: &Path| {
             use std::os::unix::fs::MetadataExt;
             fs::metadata(p).unwrap().ino()
         };
         let before = inode(&first.object);
-        let again = store.put_bytes(&ActionId([2; 32]), b"shared").unwrap();
+        let again = store.put_bytes(&Id([2; 32]), b"shared").unwrap();
         assert!(again.reused);
         assert_eq!(inode(&again.object), before);
 
         // Same size, flipped byte: the object is replaced.
         fs::write(&first.object, b"sharex").unwrap();
-        let repaired = store.put_bytes(&ActionId([3; 32]), b"shared").unwrap();
+        let repaired = store.put_bytes(&Id([3; 32]), b"shared").unwrap();
         assert!(!repaired.reused);
         assert_eq!(fs::read(&repaired.object).unwrap(), b"shared");
     }
@@ -629,17 +622,17 @@ mod tests {
     #[test]
     fn wrong_hash_or_size_publishes_nothing() {
         let (_tmp, store) = store();
-        let action = ActionId([4; 32]);
-        let mut w = store.object_writer(&OutputId::of(b"abd")).unwrap();
+        let action = Id([4; 32]);
+        let mut w = store.object_writer(&Id::of(b"abd")).unwrap();
         w.write_all(b"abc").unwrap();
-        let err = store.put(&action, w, OutputId::of(b"abd"), 3).unwrap_err();
+        let err = store.put(&action, w, Id::of(b"abd"), 3).unwrap_err();
         assert!(matches!(err, StoreError::HashMismatch { .. }), "{err}");
-        let mut w = store.object_writer(&OutputId::of(b"abc")).unwrap();
+        let mut w = store.object_writer(&Id::of(b"abc")).unwrap();
         w.write_all(b"abc").unwrap();
-        let err = store.put(&action, w, OutputId::of(b"abc"), 4).unwrap_err();
+        let err = store.put(&action, w, Id::of(b"abc"), 4).unwrap_err();
         assert!(matches!(err, StoreError::SizeMismatch { .. }), "{err}");
         assert_eq!(miss(&store, &action), MissReason::NoEntry);
-        assert!(!store.object_path(&OutputId::of(b"abc")).exists());
+        assert!(!store.object_path(&Id::of(b"abc")).exists());
         // The refused bodies' temporary files are gone too.
         let left: Vec<_> = fs::read_dir(store.dir())
             .unwrap()
@@ -653,7 +646,7 @@ mod tests {
     #[test]
     fn damaged_entries_are_misses() {
         let (_tmp, store) = store();
-        let action = ActionId([5; 32]);
+        let action = Id([5; 32]);
         let stored = store.put_bytes(&action, b"0123456789").unwrap();
 
         fs::write(&stored.object, b"01234").unwrap();
@@ -694,17 +687,17 @@ mod tests {
     #[test]
     fn survives_go_clean_cache_removing_subdirectories() {
         let (_tmp, store) = store();
-        store.put_bytes(&ActionId([6; 32]), b"x").unwrap();
+        store.put_bytes(&Id([6; 32]), b"x").unwrap();
         go_clean_cache(&store);
-        assert_eq!(miss(&store, &ActionId([6; 32])), MissReason::NoEntry);
-        store.put_bytes(&ActionId([6; 32]), b"x").unwrap();
-        hit(&store, &ActionId([6; 32]));
+        assert_eq!(miss(&store, &Id([6; 32])), MissReason::NoEntry);
+        store.put_bytes(&Id([6; 32]), b"x").unwrap();
+        hit(&store, &Id([6; 32]));
 
         // In the middle of a put, the half-written body goes with its
         // directory: the put fails, saying what it could not do, and
         // leaves nothing behind; the next put of it works.
-        let (action, body) = (ActionId([7; 32]), b"written while go clean ran");
-        let output = OutputId::of(body);
+        let (action, body) = (Id([7; 32]), b"written while go clean ran");
+        let output = Id::of(body);
         let mut writer = store.object_writer(&output).unwrap();
         writer.write_all(&body[..10]).unwrap();
         go_clean_cache(&store);
@@ -727,7 +720,7 @@ mod tests {
         let now = Arc::new(Mutex::new(start));
         let clock = now.clone();
         let store = store.with_clock(Arc::new(move || *clock.lock().unwrap()));
-        let action = ActionId([7; 32]);
+        let action = Id([7; 32]);
         let stored = store.put_bytes(&action, b"data").unwrap();
         let entry = store.action_path(&action);
         let set_mtime = |p: &Path, t: SystemTime| {
@@ -757,12 +750,12 @@ mod tests {
     #[test]
     fn a_copy_keeps_the_original_put_time() {
         let (_tmp, store) = store();
-        let action = ActionId([8; 32]);
+        let action = Id([8; 32]);
         let original = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        let mut body = store.object_writer(&OutputId::of(b"fetched")).unwrap();
+        let mut body = store.object_writer(&Id::of(b"fetched")).unwrap();
         body.write_all(b"fetched").unwrap();
         store
-            .put_as_of(&action, body, OutputId::of(b"fetched"), 7, original)
+            .put_as_of(&action, body, Id::of(b"fetched"), 7, original)
             .unwrap();
         assert_eq!(hit(&store, &action).entry.put_time, original);
     }
@@ -780,11 +773,9 @@ mod tests {
         let subdir = store.dir().join("ab");
         fs::create_dir_all(&subdir).unwrap();
         fs::write(subdir.join(".put-orphan2"), b"half").unwrap();
-        store.put_bytes(&ActionId([0xab; 32]), b"kept").unwrap();
+        store.put_bytes(&Id([0xab; 32]), b"kept").unwrap();
         // A put in progress in this process.
-        let mut in_progress = store
-            .object_writer(&OutputId::of(b"being written"))
-            .unwrap();
+        let mut in_progress = store.object_writer(&Id::of(b"being written")).unwrap();
         in_progress.write_all(b"being written").unwrap();
 
         assert_eq!(
@@ -811,23 +802,18 @@ mod tests {
         );
         assert!(in_progress.file.path().exists());
         assert!(!subdir.join(".put-orphan2").exists());
-        assert_eq!(hit(&store, &ActionId([0xab; 32])).entry.size, 4);
+        assert_eq!(hit(&store, &Id([0xab; 32])).entry.size, 4);
         store
-            .put(
-                &ActionId([1; 32]),
-                in_progress,
-                OutputId::of(b"being written"),
-                13,
-            )
+            .put(&Id([1; 32]), in_progress, Id::of(b"being written"), 13)
             .unwrap();
     }
 
     #[test]
     fn reads_gos_executable_cache_entries() {
         let (_tmp, store) = store();
-        let action = ActionId([8; 32]);
+        let action = Id([8; 32]);
         let body = b"#!fake executable";
-        let output = OutputId::of(body);
+        let output = Id::of(body);
         let dir = store.object_path(&output);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("hello"), body).unwrap();
@@ -840,7 +826,7 @@ mod tests {
         fs::create_dir_all(entry_path.parent().unwrap()).unwrap();
         fs::write(&entry_path, entry.encode(&action)).unwrap();
         assert_eq!(hit(&store, &action).object, dir.join("hello"));
-        let stored = store.put_bytes(&ActionId([9; 32]), body).unwrap();
+        let stored = store.put_bytes(&Id([9; 32]), body).unwrap();
         assert!(stored.reused);
         assert_eq!(stored.object, dir.join("hello"));
     }
@@ -863,8 +849,8 @@ mod races {
 
     /// cmd/go's DiskCache.putIndexEntry and copyFile, reduced to their
     /// writes.
-    fn native_put(store: &Store, action: &ActionId, body: &[u8]) {
-        let output = OutputId::of(body);
+    fn native_put(store: &Store, action: &Id, body: &[u8]) {
+        let output = Id::of(body);
         let object = store.object_path(&output);
         let _ = fs::create_dir_all(object.parent().unwrap());
         let file = fs::OpenOptions::new()
@@ -900,9 +886,9 @@ mod races {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("cache")).unwrap();
         let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-        let output = OutputId::of(&body);
+        let output = Id::of(&body);
         for round in 0..100u32 {
-            let action = ActionId(Sha256::digest(round.to_be_bytes()).into());
+            let action = Id(Sha256::digest(round.to_be_bytes()).into());
             let writers = 5;
             let start = Barrier::new(writers + 2);
             let done = AtomicBool::new(false);

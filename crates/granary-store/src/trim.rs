@@ -401,7 +401,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::{ActionId, Hit, Lookup, OutputId};
+    use crate::{Hit, Lookup};
+    use granary_id::Id;
 
     const HOUR: Duration = Duration::from_secs(3600);
     const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -433,8 +434,8 @@ mod tests {
         }
 
         /// Entry `n`, with a body of `len` bytes, last used `age` ago.
-        fn entry(&self, n: u8, len: usize, age: Duration) -> (ActionId, PathBuf) {
-            let action = ActionId([n; 32]);
+        fn entry(&self, n: u8, len: usize, age: Duration) -> (Id, PathBuf) {
+            let action = Id([n; 32]);
             let stored = self.store.put_bytes(&action, &vec![n; len]).unwrap();
             let used = self.now() - age;
             for path in [self.store.action_path(&action), stored.object.clone()] {
@@ -448,7 +449,7 @@ mod tests {
             (action, stored.object)
         }
 
-        fn present(&self, action: &ActionId) -> bool {
+        fn present(&self, action: &Id) -> bool {
             matches!(self.store.get(action), Lookup::Hit(_))
         }
 
@@ -649,7 +650,7 @@ mod tests {
         let f = Fixture::new();
         let (action, object) = f.entry(1, 100, 10 * DAY);
         // A trim is removing the object: it holds the use lock.
-        let prefix = OutputId::of(&[1; 100]).0[0];
+        let prefix = Id::of(&[1; 100]).0[0];
         let remover = f.store.use_lock(prefix).unwrap();
         remover.lock().unwrap();
         let store = f.store.clone();
@@ -713,7 +714,7 @@ mod tests {
     fn executable_entries_go_whole_and_temporaries_are_cleaned() {
         let f = Fixture::new();
         let body = b"#!an executable";
-        let dir = f.store.object_path(&OutputId::of(body));
+        let dir = f.store.object_path(&Id::of(body));
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("tool"), body).unwrap();
         for path in [dir.join("tool"), dir.clone()] {

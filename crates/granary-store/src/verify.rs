@@ -9,7 +9,9 @@ use std::io::{self, ErrorKind};
 
 use crate::store::{executable_in, read_entry, sha256_of};
 use crate::walk::remove_entry_file;
-use crate::{EntryError, EntryFile, EntryKind, MissReason, OutputId, Store};
+use granary_id::Id;
+
+use crate::{EntryError, EntryFile, EntryKind, MissReason, Store};
 
 /// What is wrong with a damaged entry file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +19,7 @@ pub enum Problem {
     /// The action record is garbled or belongs to another action.
     BadActionRecord(EntryError),
     /// The object's SHA-256 is not its name: a flipped byte, a truncation.
-    WrongHash { actual: OutputId },
+    WrongHash { actual: Id },
     /// An executable entry directory that does not hold exactly one file.
     BadExecutableEntry,
     /// The file cannot be read.
@@ -93,7 +95,6 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::ActionId;
 
     impl Store {
         fn entry_files(&self) -> io::Result<Vec<EntryFile>> {
@@ -122,7 +123,7 @@ mod tests {
         let stored: Vec<_> = bodies
             .iter()
             .enumerate()
-            .map(|(i, b)| store.put_bytes(&ActionId([i as u8; 32]), b).unwrap())
+            .map(|(i, b)| store.put_bytes(&Id([i as u8; 32]), b).unwrap())
             .collect();
         fs::write(dir.path().join("README"), b"cmd/go's own file").unwrap();
         assert_eq!(store.entry_files().unwrap().len(), 12);
@@ -137,7 +138,7 @@ mod tests {
             .unwrap()
             .set_len(10)
             .unwrap();
-        let garbled = store.action_path(&ActionId([2; 32]));
+        let garbled = store.action_path(&Id([2; 32]));
         let mut record = fs::read(&garbled).unwrap();
         record[3] = b'z';
         fs::write(&garbled, record).unwrap();
@@ -166,7 +167,7 @@ mod tests {
     fn a_repaired_file_is_not_removed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let stored = store.put_bytes(&ActionId([1; 32]), b"good").unwrap();
+        let stored = store.put_bytes(&Id([1; 32]), b"good").unwrap();
         fs::write(&stored.object, b"bad!").unwrap();
         let file = store
             .entry_files()
@@ -176,7 +177,7 @@ mod tests {
             .unwrap();
         assert!(store.check(&file).is_err());
         // Another process puts the same output again before the removal.
-        store.put_bytes(&ActionId([2; 32]), b"good").unwrap();
+        store.put_bytes(&Id([2; 32]), b"good").unwrap();
         assert!(!store.remove_damaged(&file).unwrap());
         assert_eq!(fs::read(&stored.object).unwrap(), b"good");
     }

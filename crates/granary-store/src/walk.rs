@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use crate::store::executable_in;
-use crate::{ActionId, HASH_SIZE, OutputId, Store};
+use granary_id::{ID_SIZE, Id};
+
+use crate::Store;
 
 /// One entry file of the cache, as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +33,8 @@ pub struct EntryFile {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
-    Action(ActionId),
-    Object(OutputId),
+    Action(Id),
+    Object(Id),
 }
 
 impl Store {
@@ -121,12 +123,11 @@ pub(crate) fn remove_entry_file(file: &EntryFile) -> io::Result<bool> {
 
 /// `<64 hex>-a` or `<64 hex>-d`.
 fn parse_name(name: &str) -> Option<EntryKind> {
-    let (hex_id, suffix) = name.split_at_checked(HASH_SIZE * 2)?;
-    let mut id = [0; HASH_SIZE];
-    hex::decode_to_slice(hex_id, &mut id).ok()?;
+    let (hex_id, suffix) = name.split_at_checked(ID_SIZE * 2)?;
+    let id = Id::from_hex(hex_id)?;
     match suffix {
-        "-a" => Some(EntryKind::Action(ActionId(id))),
-        "-d" => Some(EntryKind::Object(OutputId(id))),
+        "-a" => Some(EntryKind::Action(id)),
+        "-d" => Some(EntryKind::Object(id)),
         _ => None,
     }
 }

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use granary_id::Id;
 use granary_protocol::{Request, write_request};
 
 fn main() {
@@ -35,14 +36,11 @@ fn main() {
     answer(&mut stdout);
 
     let body = vec![b'x'; 1300];
-    let output_id = {
-        use sha2::Digest;
-        sha2::Sha256::digest(&body).into()
-    };
+    let output_id = Id::of(&body);
     let mut bytes = Vec::new();
     let put = Request::Put {
         id: 1,
-        action_id: [1; 32],
+        action_id: Id([1; 32]),
         output_id,
         body_size: 1300,
     };
@@ -62,7 +60,7 @@ fn main() {
                 &mut bytes,
                 &Request::Get {
                     id,
-                    action_id: [1; 32],
+                    action_id: Id([1; 32]),
                 },
                 &[],
             )

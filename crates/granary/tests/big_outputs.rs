@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::s3::{BUCKET, S3Server};
 use common::server::{Server, scratch};
 use common::*;
+use granary_id::Id;
 use granary_protocol::Request;
 
 const SIZE: usize = 1 << 30;
@@ -63,7 +64,7 @@ fn fetch_back(configure: impl FnOnce(&mut Command)) {
     h.request(
         &Request::Get {
             id: 1,
-            action_id: [1; 32],
+            action_id: Id([1; 32]),
         },
         &[],
     );

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::s3::{Proxy, S3Server};
 use common::*;
+use granary_id::Id;
 use granary_remote::layout::manifest_action;
 use granary_remote::{ActionRecord, BlobStore, Format, Group, Manifest, Placement, S3Blobs};
 use serde_json::Value;
@@ -172,10 +173,10 @@ fn serve(stream: TcpStream, handler: &Handler, stop: &AtomicBool, requests: &Mut
 }
 
 /// The action result of a Go entry whose output is `body`, put at `time`.
-fn action_result(action: [u8; 32], body: &[u8], time: SystemTime) -> Vec<u8> {
+fn action_result(action: Id, body: &[u8], time: SystemTime) -> Vec<u8> {
     let record = ActionRecord {
         action,
-        output: Sha256::digest(body).into(),
+        output: Id::of(body),
         size: body.len() as u64,
         put_time: time,
         placement: Placement::Inline,
@@ -185,7 +186,7 @@ fn action_result(action: [u8; 32], body: &[u8], time: SystemTime) -> Vec<u8> {
 
 /// A manifest of scope [`SCOPE`] naming `actions` as loose entries, its
 /// `written` line replaced by `written`.
-fn manifest(actions: &[[u8; 32]], written: &str) -> Vec<u8> {
+fn manifest(actions: &[Id], written: &str) -> Vec<u8> {
     let manifest = Manifest {
         scope: SCOPE.into(),
         written: SystemTime::now(),
@@ -212,7 +213,7 @@ fn manifest_entry(bytes: &[u8]) -> (String, Vec<u8>) {
     )
 }
 
-fn ac_path(action: [u8; 32]) -> String {
+fn ac_path(action: Id) -> String {
     format!("/{}", Format::Reapi.action_key(&action))
 }
 
@@ -247,7 +248,7 @@ fn http(url: String) -> impl FnOnce(&mut Command) {
 }
 
 /// Sends a get of `action` and waits for its answer.
-fn timed_get(h: &mut Helper, id: i64, action: [u8; 32]) -> (Value, Duration) {
+fn timed_get(h: &mut Helper, id: i64, action: Id) -> (Value, Duration) {
     let started = Instant::now();
     h.request(
         &granary_protocol::Request::Get {
@@ -275,7 +276,7 @@ fn assert_bounded(answer: &Value, took: Duration, bound: Duration) {
 fn a_manifest_from_beyond_the_end_of_time_is_damage_not_a_hang() {
     for written in ["18446744073709551615", "9223372036854775000"] {
         for prefetch in [true, false] {
-            let (path, entry) = manifest_entry(&manifest(&[[7; 32]], written));
+            let (path, entry) = manifest_entry(&manifest(&[Id([7; 32])], written));
             let remote = Hostile::start(move |method, p| match method {
                 "GET" if p == path => Reply::Full(200, entry.clone()),
                 "PUT" => Reply::Full(200, Vec::new()),
@@ -283,7 +284,7 @@ fn a_manifest_from_beyond_the_end_of_time_is_damage_not_a_hang() {
             });
             let sb = Sandbox::new();
             let mut h = helper(&sb, http(remote.url()), prefetch);
-            let (answer, took) = timed_get(&mut h, 1, [7; 32]);
+            let (answer, took) = timed_get(&mut h, 1, Id([7; 32]));
             assert_eq!(answer["Miss"], true, "{answer}");
             assert_bounded(&answer, took, GET_BOUND);
             // Something used, so that a run without prefetch reads the
@@ -314,14 +315,14 @@ fn a_manifest_from_beyond_the_end_of_time_is_damage_not_a_hang() {
 fn an_action_result_from_the_year_10000_is_a_miss() {
     let year_10000 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
     for prefetch in [true, false] {
-        let result = action_result([7; 32], b"seven", year_10000);
+        let result = action_result(Id([7; 32]), b"seven", year_10000);
         let remote = Hostile::start(move |method, path| match method {
-            "GET" if path == ac_path([7; 32]) => Reply::Full(200, result.clone()),
+            "GET" if path == ac_path(Id([7; 32])) => Reply::Full(200, result.clone()),
             _ => Reply::Full(404, Vec::new()),
         });
         let sb = Sandbox::new();
         let mut h = helper(&sb, http(remote.url()), prefetch);
-        let (answer, took) = timed_get(&mut h, 1, [7; 32]);
+        let (answer, took) = timed_get(&mut h, 1, Id([7; 32]));
         assert_eq!(answer, serde_json::json!({"ID": 1, "Miss": true}));
         assert_bounded(&answer, took, GET_BOUND);
         let (status, stderr) = h.close();
@@ -339,10 +340,7 @@ fn an_action_result_from_the_year_10000_is_a_miss() {
 /// The batch answer a hostile server sends for the prefetch: `entries(i)`
 /// is the i-th entry (action ID, then a zero length: missing), sent every
 /// `every`.
-fn batch_stream(
-    every: Duration,
-    entries: impl Fn(usize) -> Option<[u8; 32]> + Send + 'static,
-) -> Reply {
+fn batch_stream(every: Duration, entries: impl Fn(usize) -> Option<Id> + Send + 'static) -> Reply {
     Reply::Stream {
         every,
         next: Box::new(move |i| {
@@ -351,7 +349,7 @@ fn batch_stream(
             } else {
                 Vec::new()
             };
-            chunk.extend_from_slice(&entries(i)?);
+            chunk.extend_from_slice(&entries(i)?.0);
             chunk.extend_from_slice(&0u32.to_be_bytes());
             Some(chunk)
         }),
@@ -360,7 +358,7 @@ fn batch_stream(
 
 /// A server whose manifest names `planned` as loose entries, whose batch
 /// answer is `batch`, and which holds a sound entry for `wanted`.
-fn batch_server(planned: Vec<[u8; 32]>, wanted: [u8; 32], batch: fn() -> Reply) -> Hostile {
+fn batch_server(planned: Vec<Id>, wanted: Id, batch: fn() -> Reply) -> Hostile {
     let (manifest_path, manifest_entry) = manifest_entry(&manifest(
         &planned,
         &SystemTime::now()
@@ -384,10 +382,10 @@ fn batch_server(planned: Vec<[u8; 32]>, wanted: [u8; 32], batch: fn() -> Reply) 
 /// answer is damage; the get goes on to an ordinary lookup and hits.
 #[test]
 fn an_endless_batch_of_unrelated_entries_is_refused() {
-    let wanted = [7; 32];
+    let wanted = Id([7; 32]);
     let remote = batch_server(vec![wanted], wanted, || {
         batch_stream(Duration::from_millis(100), |i| {
-            Some([(i % 200) as u8 + 20; 32])
+            Some(Id([(i % 200) as u8 + 20; 32]))
         })
     });
     let sb = Sandbox::new();
@@ -413,11 +411,11 @@ fn an_endless_batch_of_unrelated_entries_is_refused() {
 /// counts against the budget.
 #[test]
 fn a_trickling_batch_holds_a_get_no_longer_than_the_timeout() {
-    let planned: Vec<[u8; 32]> = (1..=50u8).map(|i| [i; 32]).collect();
-    let wanted = [50; 32];
+    let planned: Vec<Id> = (1..=50u8).map(|i| Id([i; 32])).collect();
+    let wanted = Id([50; 32]);
     let remote = batch_server(planned, wanted, || {
         batch_stream(Duration::from_millis(800), |i| {
-            (i < 50).then_some([i as u8 + 1; 32])
+            (i < 50).then_some(Id([i as u8 + 1; 32]))
         })
     });
     let sb = Sandbox::new();
@@ -442,10 +440,10 @@ fn a_trickling_batch_holds_a_get_no_longer_than_the_timeout() {
 /// once.
 #[test]
 fn waits_for_the_prefetch_count_against_the_budget() {
-    let planned: Vec<[u8; 32]> = (1..=50u8).map(|i| [i; 32]).collect();
-    let remote = batch_server(planned, [50; 32], || {
+    let planned: Vec<Id> = (1..=50u8).map(|i| Id([i; 32])).collect();
+    let remote = batch_server(planned, Id([50; 32]), || {
         batch_stream(Duration::from_millis(800), |i| {
-            (i < 50).then_some([i as u8 + 1; 32])
+            (i < 50).then_some(Id([i as u8 + 1; 32]))
         })
     });
     let sb = Sandbox::new();
@@ -457,10 +455,10 @@ fn waits_for_the_prefetch_count_against_the_budget() {
         },
         true,
     );
-    let (answer, took) = timed_get(&mut h, 1, [49; 32]);
+    let (answer, took) = timed_get(&mut h, 1, Id([49; 32]));
     assert_eq!(answer["Miss"], true, "{answer}");
     assert_bounded(&answer, took, GET_BOUND);
-    let (answer, took) = timed_get(&mut h, 2, [48; 32]);
+    let (answer, took) = timed_get(&mut h, 2, Id([48; 32]));
     assert_eq!(answer["Miss"], true, "{answer}");
     assert!(
         took < Duration::from_millis(500),
@@ -491,7 +489,7 @@ fn a_bucket_with_times_out_of_range_costs_misses_only() {
     put_blob(
         &blobs,
         &Format::Granary.manifest_key(SCOPE),
-        manifest(&[[7; 32]], "18446744073709551615"),
+        manifest(&[Id([7; 32])], "18446744073709551615"),
     );
     let body = b"seven";
     let record = format!(
@@ -502,11 +500,11 @@ fn a_bucket_with_times_out_of_range_costs_misses_only() {
     );
     let mut record = record.into_bytes();
     record.extend_from_slice(&zstd::bulk::compress(body, 3).unwrap());
-    put_blob(&blobs, &Format::Granary.action_key(&[8; 32]), record);
+    put_blob(&blobs, &Format::Granary.action_key(&Id([8; 32])), record);
     for prefetch in [true, false] {
         let sb = Sandbox::new();
         let mut h = helper(&sb, |cmd| s3.configure(cmd, "ci"), prefetch);
-        for (id, action) in [(1, [7; 32]), (2, [8; 32])] {
+        for (id, action) in [(1, Id([7; 32])), (2, Id([8; 32]))] {
             let (answer, took) = timed_get(&mut h, id, action);
             assert_eq!(answer["Miss"], true, "{answer}");
             assert_bounded(&answer, took, GET_BOUND);
@@ -566,7 +564,7 @@ fn a_trickling_pack_holds_a_get_no_longer_than_the_timeout() {
         },
         true,
     );
-    let (answer, took) = timed_get(&mut h, 1, [30; 32]);
+    let (answer, took) = timed_get(&mut h, 1, Id([30; 32]));
     assert_eq!(answer["Size"], 1000, "a hit through the lookup: {answer}");
     assert_bounded(&answer, took, GET_BOUND);
     assert!(took >= TIMEOUT, "it waited for the pack first: {took:?}");
@@ -593,7 +591,7 @@ fn a_server_refusing_the_token_gets_advice_about_tokens() {
             },
             false,
         );
-        let (answer, took) = timed_get(&mut h, 1, [7; 32]);
+        let (answer, took) = timed_get(&mut h, 1, Id([7; 32]));
         assert_eq!(answer["Miss"], true, "{answer}");
         assert_bounded(&answer, took, GET_BOUND);
         let (status, stderr) = h.close();

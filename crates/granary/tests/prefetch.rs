@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::s3::{Proxy, S3Server};
 use common::server::Server;
 use common::*;
+use granary_id::Id;
 use granary_remote::{BlobStore, Group, Manifest, S3Blobs};
 
 /// `go <args>` in `module` with `cache` as the local tier; returns the
@@ -228,12 +229,12 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
     let mut manifest = Manifest::decode(&read_blob(&blobs, manifest_key)).unwrap();
     // A gone pack, and loose entries nobody ever stored.
     let mut gone = manifest.groups[0].pack.unwrap();
-    gone.id = [0xee; 32];
-    let ghosts: Vec<[u8; 32]> = (0..300u32)
+    gone.id = Id([0xee; 32]);
+    let ghosts: Vec<Id> = (0..300u32)
         .map(|i| {
             let mut id = [0x5a; 32];
             id[..4].copy_from_slice(&i.to_be_bytes());
-            id
+            Id(id)
         })
         .collect();
     manifest.groups.push(Group {

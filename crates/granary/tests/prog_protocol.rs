@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use granary_id::Id;
 use granary_protocol::{Request, write_request, write_request_header};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -35,14 +36,14 @@ fn put_get_round_trip_keeps_the_put_time() {
     h.request(
         &Request::Get {
             id: 2,
-            action_id: [7; 32],
+            action_id: Id([7; 32]),
         },
         &[],
     );
     h.request(
         &Request::Get {
             id: 3,
-            action_id: [8; 32],
+            action_id: Id([8; 32]),
         },
         &[],
     );
@@ -80,7 +81,7 @@ fn rejected_in_step(bytes: &[u8], id: i64, reason: &str) {
     h.request(
         &Request::Get {
             id: 50,
-            action_id: [1; 32],
+            action_id: Id([1; 32]),
         },
         &[],
     );
@@ -168,7 +169,7 @@ fn long_body_is_an_error() {
 fn body_that_is_not_its_output_id_is_an_error() {
     let mut request = put(12, 1, b"real");
     if let Request::Put { output_id, .. } = &mut request {
-        *output_id = Sha256::digest(b"fake").into();
+        *output_id = Id::of(b"fake");
     }
     let mut bytes = Vec::new();
     write_request(&mut bytes, &request, b"real").unwrap();
@@ -180,7 +181,7 @@ fn large_streamed_body_with_a_bad_hash_is_an_error() {
     let body = vec![7u8; 3 << 20];
     let mut request = put(13, 1, &body);
     if let Request::Put { output_id, .. } = &mut request {
-        output_id[0] ^= 1;
+        output_id.0[0] ^= 1;
     }
     let mut bytes = Vec::new();
     write_request(&mut bytes, &request, &body).unwrap();
@@ -275,7 +276,7 @@ fn end_of_input_without_close_answers_pending_work_and_exits_cleanly() {
             &mut bytes,
             &Request::Get {
                 id,
-                action_id: [1; 32],
+                action_id: Id([1; 32]),
             },
             &[],
         )
@@ -326,7 +327,7 @@ fn verbose_prints_one_summary_line_at_close() {
     h.request(
         &Request::Get {
             id: 1,
-            action_id: [1; 32],
+            action_id: Id([1; 32]),
         },
         &[],
     );
@@ -482,7 +483,7 @@ fn failing_disk_write_is_an_error_and_publishes_nothing() {
     h.request(
         &Request::Get {
             id: 3,
-            action_id: [1; 32],
+            action_id: Id([1; 32]),
         },
         &[],
     );

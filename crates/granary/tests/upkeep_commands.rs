@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use granary_id::Id;
 use granary_protocol::Request;
-use granary_store::{ActionId, Store, TRIM_MARKER};
+use granary_store::{Store, TRIM_MARKER};
 use serde_json::Value;
 
 use common::*;
@@ -46,11 +47,11 @@ fn text(out: &Output) -> String {
 
 /// An entry with a distinct body, last used `age` ago; returns its action
 /// ID, object path and body.
-fn entry(store: &Store, n: u32, age: Duration) -> (ActionId, PathBuf, Vec<u8>) {
+fn entry(store: &Store, n: u32, age: Duration) -> (Id, PathBuf, Vec<u8>) {
     let mut id = [0; 32];
     id[..4].copy_from_slice(&n.to_be_bytes());
     id[4] = 0xa5;
-    let action = ActionId(id);
+    let action = Id(id);
     let body = format!("body of entry {n}").repeat(20).into_bytes();
     let stored = store.put_bytes(&action, &body).unwrap();
     let used = SystemTime::now() - age;
@@ -412,7 +413,7 @@ fn prog_trims_in_the_background_when_due_and_only_then() {
     let (_, fresh_object, _) = entry(&store, 3, Duration::ZERO);
 
     // A verbose `prog` with background trims due hourly, asked for `used`.
-    let run_using = |action: ActionId| {
+    let run_using = |action: Id| {
         let mut cmd = Command::new(granary());
         cmd.env("GRANARY_TRIM_INTERVAL", "1h")
             .env("GRANARY_VERBOSE", "1");
@@ -420,7 +421,7 @@ fn prog_trims_in_the_background_when_due_and_only_then() {
         helper.request(
             &Request::Get {
                 id: 1,
-                action_id: action.0,
+                action_id: action,
             },
             &[],
         );
@@ -485,7 +486,7 @@ fn concurrent_trims_never_remove_a_file_twice_or_what_was_just_used() {
             helper.request(
                 &Request::Get {
                     id: i as i64 + 1,
-                    action_id: action.0,
+                    action_id: *action,
                 },
                 &[],
             );

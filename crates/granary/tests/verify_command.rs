@@ -6,7 +6,8 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use granary_store::{ActionId, Store};
+use granary_id::Id;
+use granary_store::Store;
 
 fn verify(dir: &Path, args: &[&str]) -> Output {
     Command::new(common::granary())
@@ -29,7 +30,7 @@ fn verify_reports_damage_and_repair_removes_exactly_it() {
     let dir = tmp.path().join("cache");
     let store = Store::open(&dir).unwrap();
     let stored: Vec<_> = (0..5u8)
-        .map(|i| store.put_bytes(&ActionId([i; 32]), &vec![i; 4096]).unwrap())
+        .map(|i| store.put_bytes(&Id([i; 32]), &vec![i; 4096]).unwrap())
         .collect();
 
     fs::remove_dir(dir.join("granary-tmp")).unwrap();
@@ -46,7 +47,7 @@ fn verify_reports_damage_and_repair_removes_exactly_it() {
     flipped[100] ^= 0x20;
     fs::write(&stored[0].object, flipped).unwrap();
     fs::write(&stored[1].object, b"short").unwrap();
-    let garbled = store.action_path(&ActionId([2; 32]));
+    let garbled = store.action_path(&Id([2; 32]));
     fs::write(&garbled, b"v1 this is not an action record\n").unwrap();
 
     let found = verify(&dir, &["--json"]);

@@ -12,6 +12,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use granary_id::Id;
 use granary_protocol::{Request, write_request};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -422,8 +423,8 @@ impl Helper {
 pub fn put(id: i64, action: u8, body: &[u8]) -> Request {
     Request::Put {
         id,
-        action_id: [action; 32],
-        output_id: Sha256::digest(body).into(),
+        action_id: Id([action; 32]),
+        output_id: Id::of(body),
         body_size: body.len() as u64,
     }
 }
@@ -432,7 +433,7 @@ pub fn put(id: i64, action: u8, body: &[u8]) -> Request {
 pub fn get(id: i64, action: u8) -> Request {
     Request::Get {
         id,
-        action_id: [action; 32],
+        action_id: Id([action; 32]),
     }
 }
 
@@ -483,8 +484,8 @@ pub fn put_big(
     chunks().for_each(|c| hasher.update(&c));
     let request = Request::Put {
         id,
-        action_id: [action; 32],
-        output_id: hasher.finalize().into(),
+        action_id: Id([action; 32]),
+        output_id: Id(hasher.finalize().into()),
         body_size: size as u64,
     };
     let mut head = Vec::new();
