@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         size: word(0),
         put_time,
         placement: Placement::Object,
+        signature: None,
     };
     if let Ok((decoded, _)) = reapi::decode(&Id([1; 32]), &reapi::encode(&record, None)) {
         answer(&decoded);

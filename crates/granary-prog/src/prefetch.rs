@@ -3,12 +3,14 @@
 //! [`publish`](crate::publish)).
 //!
 //! Right after the handshake, a task reads the manifests of the run's scope
-//! and fallback scopes, and fetches what they name and the local tier
-//! lacks: packs from object storage, batches from a cache server (one by
+//! and fallback scopes, in the run's namespace and then in those it reads,
+//! and fetches what they name and the local tier lacks: packs from object storage, batches from a cache server (one by
 //! one from a server without a batch endpoint), a few transfers at a time.
 //! Every entry to fetch is *planned*: a get for it waits for its transfer
 //! instead of asking the remote again, and once the transfer is over, gets
-//! it did not serve go on to an ordinary lookup.
+//! it did not serve go on to an ordinary lookup. Each entry is held to the
+//! same trust rule as a lookup's, in the namespace of the manifest that
+//! named it ([`Remote::trusts`]).
 //!
 //! Everything here is best effort: a missing, damaged or slow manifest or
 //! pack costs a warning or a count, never a failed build.
@@ -299,7 +301,7 @@ impl Prefetch {
         let mut transfers = JoinSet::new();
         let slots = Arc::new(Semaphore::new(TRANSFERS_AT_ONCE));
         let handle = self.remote.runtime.clone();
-        for group in groups {
+        for (from, group) in groups {
             let chunks: Vec<(Source, Vec<Id>)> = match group.pack {
                 Some(pack) => vec![(Source::Pack(pack), group.actions)],
                 None => group
@@ -313,7 +315,7 @@ impl Prefetch {
                 transfers.spawn_on(
                     async move {
                         let _slot = slots.acquire_owned().await;
-                        prefetch.transfer(source, actions).await;
+                        prefetch.transfer(from, source, actions).await;
                     },
                     &handle,
                 );
@@ -327,56 +329,71 @@ impl Prefetch {
     }
 
     /// Reads the manifests and plans what to fetch: the entries they name
-    /// that the local tier lacks, grouped as they will be fetched.
-    async fn plan(self: &Arc<Self>) -> Vec<Group> {
+    /// that the local tier lacks, grouped as they will be fetched, each
+    /// group with the index in `remote.reads` of the namespace it is in.
+    async fn plan(self: &Arc<Self>) -> Vec<(usize, Group)> {
         let remote = &self.remote;
         let scopes = &remote.options.scopes;
-        let names: Vec<&String> = std::iter::once(&scopes.scope)
-            .chain(&scopes.fallbacks)
+        let names: Vec<(usize, &String)> = (0..remote.reads.len())
+            .flat_map(|from| {
+                std::iter::once(&scopes.scope)
+                    .chain(&scopes.fallbacks)
+                    .map(move |scope| (from, scope))
+            })
             .collect();
         let timeout = remote.options.timeout;
-        let cache = &remote.options.cache;
         let fetched = futures_util::future::join_all(
             names
                 .iter()
-                .map(|scope| within(timeout, cache.fetch_manifest(scope))),
+                .map(|(from, scope)| within(timeout, remote.reads[*from].fetch_manifest(scope))),
         )
         .await;
         add(&self.remote.stats.prefetch_requests, names.len() as u64);
         let mut manifests = Vec::new();
-        for (i, (scope, result)) in names.iter().zip(fetched).enumerate() {
+        for (i, ((from, scope), result)) in names.iter().zip(fetched).enumerate() {
+            let namespace = remote.reads[*from].namespace();
             match result {
                 Ok(Some(manifest)) if manifest.is_stale(SystemTime::now()) => {
-                    tracing::debug!("the manifest of scope {scope} is too old to be used");
+                    tracing::debug!("the manifest of scope {scope} in {namespace} is too old");
                 }
                 Ok(Some(manifest)) => {
                     if i == 0 {
                         self.remember_latest_job(&manifest);
                     }
-                    manifests.push(manifest);
+                    manifests.push((*from, manifest));
                 }
-                Ok(None) => tracing::debug!("no manifest for scope {scope}"),
-                Err(trouble) => self.report(trouble, &format!("the manifest of scope {scope}")),
+                Ok(None) => tracing::debug!("no manifest for scope {scope} in {namespace}"),
+                Err(trouble) => self.report(
+                    trouble,
+                    &format!("the manifest of scope {scope} in {namespace}"),
+                ),
             }
         }
         let mut named = HashSet::new();
         let mut groups = Vec::new();
         {
             let mut packs = lock(&self.packs);
-            for group in manifests.into_iter().flat_map(|m| m.groups) {
+            let all = manifests
+                .into_iter()
+                .flat_map(|(from, m)| m.groups.into_iter().map(move |group| (from, group)));
+            for (from, group) in all {
                 let actions: Vec<Id> = group
                     .all()
                     .copied()
                     .filter(|action| named.insert(*action))
                     .collect();
-                if let Some(pack) = group.pack {
+                // Only the run's own packs can be named by its manifest.
+                if let (0, Some(pack)) = (from, group.pack) {
                     packs.extend(actions.iter().map(|action| (*action, pack)));
                 }
-                groups.push(Group {
-                    pack: group.pack,
-                    actions,
-                    earlier: Vec::new(),
-                });
+                groups.push((
+                    from,
+                    Group {
+                        pack: group.pack,
+                        actions,
+                        earlier: Vec::new(),
+                    },
+                ));
             }
         }
         add(&self.remote.stats.prefetch_named, named.len() as u64);
@@ -385,11 +402,11 @@ impl Prefetch {
         let groups = tokio::task::spawn_blocking(move || {
             groups
                 .into_iter()
-                .filter_map(|mut group| {
+                .filter_map(|(from, mut group)| {
                     group
                         .actions
                         .retain(|action| !store.action_path(action).exists());
-                    (!group.actions.is_empty()).then_some(group)
+                    (!group.actions.is_empty()).then_some((from, group))
                 })
                 .collect::<Vec<_>>()
         })
@@ -397,7 +414,7 @@ impl Prefetch {
         .unwrap_or_default();
         let early = {
             let mut plan = lock(&self.plan);
-            for action in groups.iter().flat_map(|group| &group.actions) {
+            for action in groups.iter().flat_map(|(_, group)| &group.actions) {
                 plan.entries
                     .entry(*action)
                     .or_insert_with(|| Planned::Waiting(Vec::new()));
@@ -413,10 +430,10 @@ impl Prefetch {
 
     /// Fetches one pack or batch; then lets the gets still waiting for its
     /// entries look them up one by one.
-    async fn transfer(self: Arc<Self>, source: Source, actions: Vec<Id>) {
+    async fn transfer(self: Arc<Self>, from: usize, source: Source, actions: Vec<Id>) {
         let remote = &self.remote;
         if remote.is_on() {
-            match AssertUnwindSafe(self.take(source, &actions))
+            match AssertUnwindSafe(self.take(from, source, &actions))
                 .catch_unwind()
                 .await
             {
@@ -448,9 +465,14 @@ impl Prefetch {
         }
     }
 
-    async fn take(self: &Arc<Self>, source: Source, actions: &[Id]) -> Result<(), Trouble> {
+    async fn take(
+        self: &Arc<Self>,
+        from: usize,
+        source: Source,
+        actions: &[Id],
+    ) -> Result<(), Trouble> {
         let remote = &self.remote;
-        let cache = &remote.options.cache;
+        let cache = &remote.reads[from];
         let stall = remote.options.timeout;
         add(&self.remote.stats.prefetch_requests, 1);
         let opened = match source {
@@ -474,7 +496,7 @@ impl Prefetch {
         let wanted: HashSet<Id> = actions.iter().copied().collect();
         // A batch answers what it was asked, in order; a pack may hold more.
         let asked = matches!(source, Source::Loose).then_some(actions);
-        let result = self.unpack(&mut pack, &wanted, asked).await;
+        let result = self.unpack(from, &mut pack, &wanted, asked).await;
         add(&self.remote.stats.prefetch_bytes, pack.received());
         add(&self.remote.stats.remote_bytes_down, pack.received());
         result
@@ -485,12 +507,13 @@ impl Prefetch {
     /// endless answer of unrelated entries, say) is damage.
     async fn unpack(
         self: &Arc<Self>,
+        from: usize,
         pack: &mut PackReader,
         wanted: &HashSet<Id>,
         asked: Option<&[Id]>,
     ) -> Result<(), Trouble> {
         let remote = &self.remote;
-        let cache = &remote.options.cache;
+        let cache = &remote.reads[from];
         let stall = remote.options.timeout;
         let mut asked = asked.map(|asked| asked.iter());
         while let Some(entry) = within(stall, pack.next()).await? {
@@ -526,6 +549,13 @@ impl Prefetch {
                 continue;
             }
             let fetched = cache.unpack(pack, &action, &record)?;
+            if !remote.trusts(cache, &fetched.record) {
+                // Not to be named again in this run's manifest. Its object,
+                // if any, is skipped with the next entry; the get goes on
+                // to a lookup once the transfer is over.
+                lock(&self.packs).remove(&action);
+                continue;
+            }
             // One bad entry, or one the disk cannot take: the pack's
             // framing is still sound, and the next entry may fit.
             match self.store_packed(pack, action, &fetched).await? {

@@ -19,6 +19,11 @@
 //!   or a few failures in a row, switch the remote off for the rest of the
 //!   run, with one warning; so does lookups' total time passing
 //!   --remote-budget. After that, misses are misses and uploads are dropped.
+//! - With trusted keys (--trusted-keys), a record is used only if one of
+//!   them signed its claim in the namespace it was read from
+//!   ([`Remote::trusts`]); any other is a miss, counted as `untrusted`,
+//!   with one warning. Lookups ask the run's own namespace and the ones it
+//!   reads at once, and take the first trusted answer in that order.
 //! - At close, lookups finish (each within its deadline), then uploads get
 //!   --upload-deadline to drain; what is left is dropped and counted.
 //!
@@ -37,8 +42,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::FutureExt;
 use granary_id::Id;
 use granary_protocol::Response;
-use granary_remote::{ActionRecord, RemoteCache, RemoteError, STREAM_ABOVE};
+use granary_remote::{ActionRecord, Fetched, Namespace, RemoteCache, RemoteError, STREAM_ABOVE};
 use granary_store::{ActionEntry, Hit, ObjectWriter, Store, StoreError};
+use granary_trust::TrustedKeys;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -49,7 +55,12 @@ use super::stats::{RemoteState, Stats, add};
 /// How a remote is used, resolved from flags, variables and the config file.
 #[derive(Debug)]
 pub struct RemoteOptions {
+    /// The remote in the namespace this run writes (and reads first).
     pub cache: RemoteCache,
+    /// Namespaces read after the run's own, in order.
+    pub read_namespaces: Vec<Namespace>,
+    /// Keys whose signatures make a record trusted; `None`: every record is.
+    pub trusted: Option<Arc<TrustedKeys>>,
     /// Read the remote, never write to it.
     pub read_only: bool,
     /// Deadline of one lookup, fetch included.
@@ -105,6 +116,10 @@ pub struct Remote {
     failures_in_row: AtomicU32,
     /// A fetched output could not be stored, and the user was told.
     told_not_stored: AtomicBool,
+    /// An untrusted record was refused, and the user was told.
+    told_untrusted: AtomicBool,
+    /// The remote in each namespace read: the run's own first.
+    pub(super) reads: Vec<RemoteCache>,
     /// Total time lookups that found nothing kept gets waiting, in
     /// microseconds.
     wasted_us: AtomicU64,
@@ -219,12 +234,23 @@ impl Remote {
             .thread_name("granary-remote")
             .enable_all()
             .build()?;
+        let reads = std::iter::once(options.cache.clone())
+            .chain(
+                options
+                    .read_namespaces
+                    .iter()
+                    .filter(|namespace| *namespace != options.cache.namespace())
+                    .map(|namespace| options.cache.in_namespace(namespace.clone())),
+            )
+            .collect();
         let remote = Remote {
             runtime: runtime.handle().clone(),
+            reads,
             options,
             off: OnceLock::new(),
             failures_in_row: AtomicU32::new(0),
             told_not_stored: AtomicBool::new(false),
+            told_untrusted: AtomicBool::new(false),
             wasted_us: AtomicU64::new(0),
             waiting: Mutex::new(HashMap::new()),
             lookups: TaskTracker::new(),
@@ -423,13 +449,66 @@ impl Remote {
         }
     }
 
+    /// Whether `record`, read from `cache`, may be used: without trusted
+    /// keys every record may; with them, only one a trusted key signed for
+    /// that namespace. A refusal is counted, and the first one told.
+    pub(super) fn trusts(&self, cache: &RemoteCache, record: &ActionRecord) -> bool {
+        let Some(trusted) = &self.options.trusted else {
+            return true;
+        };
+        let claim = record.claim(cache.namespace().as_str());
+        let Err(why) = trusted.check(&claim, record.signature.as_ref()) else {
+            return true;
+        };
+        add(&self.stats.untrusted, 1);
+        let what = format!(
+            "{} in {}: {why}",
+            cache.action_key(&record.action),
+            cache.namespace()
+        );
+        if self.told_untrusted.swap(true, Relaxed) {
+            tracing::debug!("refused the untrusted record {what}");
+        } else {
+            tracing::warn!(
+                "refused the untrusted record {what}; records not signed by a key in \
+                 --trusted-keys are misses (counted as `untrusted` in the statistics)"
+            );
+        }
+        false
+    }
+
+    /// The first trusted record of `action` in the namespaces read, asked
+    /// all at once, and the remote it came from.
+    async fn find(&self, action: Id) -> Result<Option<(&RemoteCache, Fetched)>, Trouble> {
+        let answers =
+            futures_util::future::join_all(self.reads.iter().map(|cache| cache.lookup(&action)))
+                .await;
+        let mut trouble = None;
+        for (cache, answer) in self.reads.iter().zip(answers) {
+            match answer {
+                Ok(Some(fetched)) => {
+                    add(&self.stats.remote_bytes_down, fetched.transferred);
+                    if self.trusts(cache, &fetched.record) {
+                        return Ok(Some((cache, fetched)));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    trouble.get_or_insert(e);
+                }
+            }
+        }
+        match trouble {
+            Some(e) => Err(e.into()),
+            None => Ok(None),
+        }
+    }
+
     /// Fetches the output of `action` into the local tier.
     pub(super) async fn fetch(&self, action: Id) -> Result<Option<Found>, Trouble> {
-        let cache = &self.options.cache;
-        let Some(fetched) = cache.lookup(&action).await? else {
+        let Some((cache, fetched)) = self.find(action).await? else {
             return Ok(None);
         };
-        add(&self.stats.remote_bytes_down, fetched.transferred);
         let record = fetched.record;
         let mut body = self
             .store

@@ -25,6 +25,7 @@ pub struct Stats {
     pub remote_misses: AtomicU64,
     pub remote_errors: AtomicU64,
     pub remote_damaged: AtomicU64,
+    pub untrusted: AtomicU64,
     pub remote_bytes_down: AtomicU64,
     pub remote_bytes_up: AtomicU64,
     pub uploads: AtomicU64,
@@ -130,6 +131,9 @@ pub struct Summary {
     /// Remote entries found damaged (bad record, truncated or altered
     /// body); each was a miss and nothing of it was kept.
     pub remote_damaged: u64,
+    /// Remote records refused because no trusted key signed them (with
+    /// --trusted-keys); each was a miss.
+    pub untrusted: u64,
     /// Bytes received from the remote (compressed, as transferred).
     pub remote_bytes_down: u64,
     /// Bytes sent to the remote (compressed, as transferred).
@@ -214,6 +218,7 @@ impl Stats {
             remote_misses: self.remote_misses.load(Relaxed),
             remote_errors: self.remote_errors.load(Relaxed),
             remote_damaged: self.remote_damaged.load(Relaxed),
+            untrusted: self.untrusted.load(Relaxed),
             remote_bytes_down: self.remote_bytes_down.load(Relaxed),
             remote_bytes_up: self.remote_bytes_up.load(Relaxed),
             uploads: self.uploads.load(Relaxed),
@@ -298,12 +303,13 @@ impl Summary {
         );
         if !self.remote.is_empty() {
             line += &format!(
-                "; remote {}: {} hits, {} misses, {} errors, {} damaged, {} down, {} uploads ({} up), {} dropped, p50 {:.1} ms, p99 {:.1} ms",
+                "; remote {}: {} hits, {} misses, {} errors, {} damaged, {} untrusted, {} down, {} uploads ({} up), {} dropped, p50 {:.1} ms, p99 {:.1} ms",
                 self.remote,
                 self.remote_hits,
                 self.remote_misses,
                 self.remote_errors,
                 self.remote_damaged,
+                self.untrusted,
                 ByteSize(self.remote_bytes_down).display().iec(),
                 self.uploads,
                 ByteSize(self.remote_bytes_up).display().iec(),

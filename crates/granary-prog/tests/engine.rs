@@ -13,8 +13,9 @@ use granary_id::Id;
 use granary_prog::{Options, RemoteOptions, Scopes, Summary};
 use granary_protocol::{Request, write_request};
 use granary_remote::memory::{Faults, MemoryBlobs};
-use granary_remote::{Format, RemoteCache};
+use granary_remote::{Format, Namespace, RemoteCache};
 use granary_store::Store;
+use granary_trust::{SigningKey, TrustedKeys};
 use serde_json::Value;
 
 /// The go command's side of the pipe: what the engine wrote.
@@ -44,6 +45,10 @@ struct Remote {
     prefetch: bool,
     timeout: Duration,
     budget: Duration,
+    namespace: &'static str,
+    read_namespaces: Vec<&'static str>,
+    signer: Option<Arc<SigningKey>>,
+    trusted: Option<Arc<TrustedKeys>>,
 }
 
 impl Remote {
@@ -53,12 +58,32 @@ impl Remote {
             prefetch,
             timeout: Duration::from_secs(5),
             budget: Duration::from_secs(60),
+            namespace: "",
+            read_namespaces: Vec::new(),
+            signer: None,
+            trusted: None,
+        }
+    }
+
+    /// Another runner of the same remote, with the default settings.
+    fn runner(&self) -> Remote {
+        Remote {
+            memory: self.memory.clone(),
+            ..Remote::new(self.prefetch)
         }
     }
 
     fn options(&self) -> RemoteOptions {
+        let namespace = |name| Namespace::new(name).unwrap();
+        let mut cache = RemoteCache::new(self.memory.clone(), Format::Granary)
+            .in_namespace(namespace(self.namespace));
+        if let Some(signer) = &self.signer {
+            cache = cache.signed_by(signer.clone());
+        }
         RemoteOptions {
-            cache: RemoteCache::new(self.memory.clone(), Format::Granary),
+            cache,
+            read_namespaces: self.read_namespaces.iter().map(|n| namespace(n)).collect(),
+            trusted: self.trusted.clone(),
             read_only: false,
             timeout: self.timeout,
             budget: self.budget,
@@ -342,7 +367,7 @@ fn a_damaged_manifest_costs_lookups_only() {
     let dir = tempfile::tempdir().unwrap();
     let remote = Remote::new(true);
     run(&dir, &remote, &[Ask::Put(3, b"three".to_vec())]);
-    let manifest = Format::Granary.manifest_key("engine-tests");
+    let manifest = Format::Granary.manifest_key("", "engine-tests");
     remote
         .memory
         .edit(&manifest, |bytes| bytes.truncate(bytes.len() / 2));
@@ -383,4 +408,101 @@ fn a_cut_pack_costs_lookups_only() {
         "some from the pack, the rest looked up: {summary:?}"
     );
     assert_eq!(summary.prefetch_fetched + summary.remote_hits, 10);
+}
+
+/// With trusted keys, unsigned records are misses, counted as untrusted,
+/// in lookups and in the prefetch alike; a writer with a signing key
+/// replaces them as it builds, and the next trusting runner hits.
+#[test]
+fn untrusted_records_are_misses_until_a_signing_writer_replaces_them() {
+    for prefetch in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let anyone = Remote::new(prefetch);
+        run(&dir, &anyone, &[Ask::Put(1, b"forged".to_vec())]);
+        let key = Arc::new(SigningKey::generate().unwrap());
+        let trusted = Some(Arc::new(TrustedKeys::new([key.public()])));
+        let reader = || Remote {
+            trusted: trusted.clone(),
+            ..anyone.runner()
+        };
+        let (answers, summary) = run(&dir, &reader(), &[Ask::Get(1)]);
+        assert_eq!(answers[0]["Miss"], true, "prefetch {prefetch}");
+        assert!(summary.untrusted >= 1, "prefetch {prefetch}: {summary:?}");
+        assert_eq!(summary.remote_hits, 0);
+
+        let writer = Remote {
+            signer: Some(key.clone()),
+            ..reader()
+        };
+        let (answers, _) = run_in_turns(
+            &dir,
+            &writer,
+            &[&[Ask::Get(1)], &[Ask::Put(1, b"genuine".to_vec())]],
+        );
+        assert_eq!(answers[0]["Miss"], true);
+        let (answers, summary) = run(&dir, &reader(), &[Ask::Get(1)]);
+        assert!(is_hit(&answers[0]), "prefetch {prefetch}: {answers:?}");
+        let path = answers[0]["DiskPath"].as_str().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"genuine");
+        assert_eq!((summary.untrusted, summary.hits), (0, 1));
+    }
+}
+
+/// A pull request reads main's entries and writes only its own namespace;
+/// a record signed for one namespace does not pass in another.
+#[test]
+fn namespaces_keep_a_pull_request_out_of_main() {
+    let dir = tempfile::tempdir().unwrap();
+    let main_key = Arc::new(SigningKey::generate().unwrap());
+    let remote = Remote::new(false);
+    let main = || Remote {
+        namespace: "main",
+        signer: Some(main_key.clone()),
+        trusted: Some(Arc::new(TrustedKeys::new([main_key.public()]))),
+        ..remote.runner()
+    };
+    let pull_request = || Remote {
+        namespace: "pr-7",
+        read_namespaces: vec!["main"],
+        ..remote.runner()
+    };
+    run(&dir, &main(), &[Ask::Put(1, b"main's".to_vec())]);
+    let (answers, _) = run_in_turns(
+        &dir,
+        &pull_request(),
+        &[
+            &[Ask::Get(1), Ask::Get(2)],
+            &[Ask::Put(2, b"pr's".to_vec())],
+        ],
+    );
+    assert!(
+        is_hit(&answers[0]),
+        "the pull request reads main: {answers:?}"
+    );
+    assert_eq!(answers[1]["Miss"], true);
+    let pr_record = Format::Granary.action_key("pr-7", &Id([2; 32]));
+    assert!(remote.memory.blob(&pr_record).is_some());
+    let (answers, summary) = run(&dir, &main(), &[Ask::Get(2)]);
+    assert_eq!(
+        answers[0]["Miss"], true,
+        "main never sees the pull request's"
+    );
+    assert_eq!(summary.untrusted, 0, "it is not even there to refuse");
+    let (answers, _) = run(&dir, &pull_request(), &[Ask::Get(2)]);
+    assert!(is_hit(&answers[0]), "the pull request reads its own");
+
+    // A record main signed, copied under another namespace's key (or the
+    // other way round), is refused: the namespace is part of what is signed.
+    let main_record = Format::Granary.action_key("main", &Id([1; 32]));
+    let copied = Format::Granary.action_key("staging", &Id([1; 32]));
+    remote
+        .memory
+        .insert(&copied, remote.memory.blob(&main_record).unwrap());
+    let staging = Remote {
+        namespace: "staging",
+        ..main()
+    };
+    let (answers, summary) = run(&dir, &staging, &[Ask::Get(1)]);
+    assert_eq!(answers[0]["Miss"], true);
+    assert_eq!(summary.untrusted, 1);
 }

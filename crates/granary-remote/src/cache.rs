@@ -11,11 +11,12 @@ use futures_util::StreamExt;
 
 use sha2::Digest as _;
 
-use crate::layout::{Format, VERSION, manifest_action};
+use crate::layout::{Format, Namespace, manifest_action};
 use crate::manifest::{MANIFEST_DELETE_AGE, Manifest, PACK_DELETE_AGE, PackRef, unix_seconds};
 use crate::pack::{PackReader, PackWriter};
 use crate::record::{ActionRecord, Placement};
 use crate::{BlobStore, ByteStream, RemoteError, reapi};
+use granary_trust::SigningKey;
 
 /// Outputs up to this size travel inside their action record. In
 /// `go build std`, 77% of the outputs are this small (DESIGN.md).
@@ -39,11 +40,15 @@ pub const STREAM_ABOVE: u64 = 16 << 20;
 const READ_CHUNK: usize = 1 << 20;
 
 /// The remote cache: lookups, fetches and uploads, one request each, with
-/// no deadlines of its own (the caller sets them).
+/// no deadlines of its own (the caller sets them). Records, manifests and
+/// packs are read and written in one namespace; bodies are shared.
 #[derive(Debug, Clone)]
 pub struct RemoteCache {
     blobs: Arc<dyn BlobStore>,
     format: Format,
+    namespace: Namespace,
+    /// Signs every record written, if set.
+    signer: Option<Arc<SigningKey>>,
 }
 
 /// An action record found in the remote, with its inline body.
@@ -67,8 +72,39 @@ pub struct Sent {
 }
 
 impl RemoteCache {
+    /// The cache in the default namespace, writing unsigned records.
     pub fn new(blobs: Arc<dyn BlobStore>, format: Format) -> RemoteCache {
-        RemoteCache { blobs, format }
+        RemoteCache {
+            blobs,
+            format,
+            namespace: Namespace::default(),
+            signer: None,
+        }
+    }
+
+    /// The same remote, in `namespace`.
+    pub fn in_namespace(&self, namespace: Namespace) -> RemoteCache {
+        RemoteCache {
+            namespace,
+            ..self.clone()
+        }
+    }
+
+    /// Signs every record this cache writes with `key`.
+    pub fn signed_by(self, key: Arc<SigningKey>) -> RemoteCache {
+        RemoteCache {
+            signer: Some(key),
+            ..self
+        }
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Whether records written here are signed.
+    pub fn signs(&self) -> bool {
+        self.signer.is_some()
     }
 
     /// Where the cache is, for messages.
@@ -78,12 +114,12 @@ impl RemoteCache {
 
     /// The key of the action entry of `action`, for messages.
     pub fn action_key(&self, action: &Id) -> String {
-        self.format.action_key(action)
+        self.format.action_key(self.namespace.as_str(), action)
     }
 
     /// The record of `action`, or `None` if the remote has none.
     pub async fn lookup(&self, action: &Id) -> Result<Option<Fetched>, RemoteError> {
-        let key = self.format.action_key(action);
+        let key = self.action_key(action);
         let Some(stream) = self.blobs.get(&key).await? else {
             return Ok(None);
         };
@@ -161,7 +197,7 @@ impl RemoteCache {
         put_time: SystemTime,
         body: Bytes,
     ) -> Result<Sent, RemoteError> {
-        let record = record_of(action, output, put_time, body.len() as u64);
+        let record = self.record_of(action, output, put_time, body.len() as u64);
         let mut sent = Sent::default();
         if record.placement == Placement::Object {
             let key = self.format.object_key(output);
@@ -183,7 +219,7 @@ impl RemoteCache {
         let bytes = self.encode_record(&record, &body)?;
         sent.transferred += bytes.len() as u64;
         self.blobs
-            .put(&self.format.action_key(action), bytes.into())
+            .put(&self.action_key(action), bytes.into())
             .await?;
         Ok(sent)
     }
@@ -211,7 +247,7 @@ impl RemoteCache {
             }
             return self.upload(action, output, put_time, body.into()).await;
         }
-        let record = record_of(action, output, put_time, size);
+        let record = self.record_of(action, output, put_time, size);
         let key = self.format.object_key(output);
         let mut sent = Sent::default();
         if self.blobs.exists(&key).await? {
@@ -231,7 +267,7 @@ impl RemoteCache {
         let bytes = self.encode_record(&record, &[])?;
         sent.transferred += bytes.len() as u64;
         self.blobs
-            .put(&self.format.action_key(action), bytes.into())
+            .put(&self.action_key(action), bytes.into())
             .await?;
         Ok(sent)
     }
@@ -245,12 +281,33 @@ impl RemoteCache {
         put_time: SystemTime,
         body: &[u8],
     ) -> Result<(Vec<u8>, Bytes), RemoteError> {
-        let record = record_of(action, output, put_time, body.len() as u64);
+        let record = self.record_of(action, output, put_time, body.len() as u64);
         let object = match record.placement {
             Placement::Inline => Bytes::new(),
             Placement::Object => self.encode_object(body)?,
         };
         Ok((self.encode_record(&record, body)?, object))
+    }
+
+    /// The record of an output, inline if small enough, signed if this
+    /// cache signs.
+    fn record_of(&self, action: &Id, output: &Id, put_time: SystemTime, size: u64) -> ActionRecord {
+        let mut record = ActionRecord {
+            action: *action,
+            output: *output,
+            size,
+            put_time,
+            placement: if size <= INLINE_LIMIT {
+                Placement::Inline
+            } else {
+                Placement::Object
+            },
+            signature: None,
+        };
+        if let Some(signer) = &self.signer {
+            record.signature = Some(signer.sign(&record.claim(self.namespace.as_str())));
+        }
+        record
     }
 
     fn encode_object(&self, body: &[u8]) -> Result<Bytes, RemoteError> {
@@ -292,7 +349,8 @@ impl RemoteCache {
         let pack = pack.finish();
         let id = Id::of(&pack);
         let size = pack.len() as u64;
-        self.blobs.put(&pack_key(&id), pack.into()).await?;
+        let key = self.format.pack_key(self.namespace.as_str(), &id);
+        self.blobs.put(&key, pack.into()).await?;
         Ok(PackRef {
             id,
             // Whole seconds, as manifests keep it.
@@ -304,7 +362,7 @@ impl RemoteCache {
 
     /// Opens a pack, or `None` if it is gone.
     pub async fn open_pack(&self, pack: &PackRef) -> Result<Option<PackReader>, RemoteError> {
-        let key = pack_key(&pack.id);
+        let key = self.format.pack_key(self.namespace.as_str(), &pack.id);
         match self.blobs.get(&key).await? {
             Some(stream) => Ok(Some(PackReader::open(stream, key).await?)),
             None => Ok(None),
@@ -367,7 +425,7 @@ impl RemoteCache {
     pub async fn fetch_manifest(&self, scope: &str) -> Result<Option<Manifest>, RemoteError> {
         let (key, bytes) = match self.format {
             Format::Granary => {
-                let key = Format::Granary.manifest_key(scope);
+                let key = self.format.manifest_key(self.namespace.as_str(), scope);
                 let Some(stream) = self.blobs.get(&key).await? else {
                     return Ok(None);
                 };
@@ -379,7 +437,7 @@ impl RemoteCache {
                 let Some(found) = self.lookup(&action).await? else {
                     return Ok(None);
                 };
-                let key = self.format.action_key(&action);
+                let key = self.action_key(&action);
                 if found.record.size > MAX_MANIFEST as u64 {
                     return Err(damaged(&key, "a manifest longer than 64 MiB"));
                 }
@@ -407,7 +465,12 @@ impl RemoteCache {
             Format::Granary => {
                 let sent = bytes.len() as u64;
                 self.blobs
-                    .put(&Format::Granary.manifest_key(&manifest.scope), bytes.into())
+                    .put(
+                        &self
+                            .format
+                            .manifest_key(self.namespace.as_str(), &manifest.scope),
+                        bytes.into(),
+                    )
                     .await?;
                 Ok(sent)
             }
@@ -422,7 +485,7 @@ impl RemoteCache {
         }
     }
 
-    /// Deletes packs and manifests too old to be used (see
+    /// Deletes this namespace's packs and manifests too old to be used (see
     /// [`manifest`](crate::manifest)), at most `limit` of them. Only in
     /// object storage: a cache server ages its blobs out by itself.
     pub async fn sweep(&self, now: SystemTime, limit: usize) -> Result<usize, RemoteError> {
@@ -430,9 +493,10 @@ impl RemoteCache {
             return Ok(0);
         }
         let mut deleted = 0;
+        let dir = self.format.namespace_dir(self.namespace.as_str());
         for (prefix, max_age) in [
-            (format!("{VERSION}/packs/"), PACK_DELETE_AGE),
-            (format!("{VERSION}/manifests/"), MANIFEST_DELETE_AGE),
+            (format!("{dir}packs/"), PACK_DELETE_AGE),
+            (format!("{dir}manifests/"), MANIFEST_DELETE_AGE),
         ] {
             for listed in self.blobs.list(&prefix).await? {
                 if deleted >= limit {
@@ -531,25 +595,6 @@ fn changed(path: &std::path::Path) -> RemoteError {
         "{} changed before its upload; not uploaded",
         path.display()
     ))
-}
-
-/// The record of an output, inline if small enough.
-fn record_of(action: &Id, output: &Id, put_time: SystemTime, size: u64) -> ActionRecord {
-    ActionRecord {
-        action: *action,
-        output: *output,
-        size,
-        put_time,
-        placement: if size <= INLINE_LIMIT {
-            Placement::Inline
-        } else {
-            Placement::Object
-        },
-    }
-}
-
-fn pack_key(id: &Id) -> String {
-    format!("{VERSION}/packs/{}", hex::encode(id))
 }
 
 fn compress(body: &[u8]) -> Result<Vec<u8>, RemoteError> {
@@ -764,6 +809,52 @@ mod tests {
     }
 
     #[test]
+    fn a_signing_cache_signs_what_it_writes_in_its_own_namespace() {
+        let key = Arc::new(SigningKey::generate().unwrap());
+        let trusted = granary_trust::TrustedKeys::new([key.public()]);
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let (small, large) = (b"small".to_vec(), object_like(200_000));
+        for format in [Format::Granary, Format::Reapi] {
+            let memory = Arc::new(MemoryBlobs::default());
+            let main = RemoteCache::new(memory.clone(), format)
+                .in_namespace(Namespace::new("main").unwrap())
+                .signed_by(key.clone());
+            block_on(async {
+                for (action, body) in [(Id([1; 32]), &small), (Id([2; 32]), &large)] {
+                    main.upload(&action, &output(body), time, body.clone().into())
+                        .await
+                        .unwrap();
+                    let found = main.lookup(&action).await.unwrap().unwrap();
+                    let signature = found.record.signature.as_ref();
+                    assert_eq!(
+                        trusted.check(&found.record.claim("main"), signature),
+                        Ok(())
+                    );
+                    assert!(trusted.check(&found.record.claim(""), signature).is_err());
+                }
+                // Records stay in the namespace; bodies are shared.
+                let default = RemoteCache::new(memory.clone(), format);
+                assert!(default.lookup(&Id([1; 32])).await.unwrap().is_none());
+                assert!(
+                    memory
+                        .blob(&format.action_key("main", &Id([1; 32])))
+                        .is_some()
+                );
+                assert!(memory.blob(&format.object_key(&output(&large))).is_some());
+                // Entries of packs are signed records too.
+                let (record, _) = main
+                    .encode_entry(&Id([3; 32]), &output(&small), time, &small)
+                    .unwrap();
+                let (record, _) = main.decode_record(&Id([3; 32]), "a pack", &record).unwrap();
+                assert_eq!(
+                    trusted.check(&record.claim("main"), record.signature.as_ref()),
+                    Ok(())
+                );
+            });
+        }
+    }
+
+    #[test]
     fn reapi_entries_are_action_results_over_plain_cas_blobs() {
         let memory = Arc::new(MemoryBlobs::default());
         let cache = RemoteCache::new(memory.clone(), Format::Reapi);
@@ -801,11 +892,12 @@ mod tests {
                     size: large.len() as u64,
                     put_time: time,
                     placement: Placement::Object,
+                    signature: None,
                 },
                 None,
             );
             memory
-                .put(&Format::Reapi.action_key(&Id([4; 32])), stripped.into())
+                .put(&Format::Reapi.action_key("", &Id([4; 32])), stripped.into())
                 .await
                 .unwrap();
             assert_eq!(fetch(&cache, &Id([4; 32])).await.unwrap(), large);
@@ -813,14 +905,14 @@ mod tests {
             memory.edit(&object, |bytes| bytes.truncate(1000));
             let short = fetch(&cache, &Id([2; 32])).await.unwrap_err();
             assert!(matches!(short, RemoteError::Damaged { .. }), "{short}");
-            memory.edit(&Format::Reapi.action_key(&Id([1; 32])), |bytes| {
+            memory.edit(&Format::Reapi.action_key("", &Id([1; 32])), |bytes| {
                 bytes.truncate(bytes.len() / 2)
             });
             let cut = cache.lookup(&Id([1; 32])).await.unwrap_err();
             assert!(matches!(cut, RemoteError::Damaged { .. }), "{cut}");
             memory
                 .put(
-                    &Format::Reapi.action_key(&Id([5; 32])),
+                    &Format::Reapi.action_key("", &Id([5; 32])),
                     Bytes::from_static(b"\x0a\x00"),
                 )
                 .await
@@ -934,7 +1026,7 @@ mod tests {
                 puts[1..],
                 [
                     Format::Granary.object_key(&output(&large)),
-                    Format::Granary.action_key(&Id([2; 32]))
+                    Format::Granary.action_key("", &Id([2; 32]))
                 ],
                 "object first"
             );
@@ -1006,7 +1098,7 @@ mod tests {
                     let key = if on_object {
                         Format::Granary.object_key(&output(body))
                     } else {
-                        Format::Granary.action_key(&Id([9; 32]))
+                        Format::Granary.action_key("", &Id([9; 32]))
                     };
                     memory.edit(&key, edit);
                     match fetch(&cache, &Id([9; 32])).await {
@@ -1032,7 +1124,7 @@ mod tests {
                 .await
                 .unwrap();
             let bomb = zstd::bulk::compress(&vec![0; 50 << 20], 3).unwrap();
-            memory.edit(&Format::Granary.action_key(&Id([5; 32])), |record| {
+            memory.edit(&Format::Granary.action_key("", &Id([5; 32])), |record| {
                 let header = record.iter().position(|&b| b == b'\n').unwrap() + 1;
                 record.truncate(header);
                 record.extend_from_slice(&bomb);
@@ -1076,7 +1168,7 @@ mod tests {
                     matches!(e, RemoteError::LocalFile(ref why) if why.contains("changed")),
                     "{e}"
                 );
-                assert_eq!(memory.blob(&format.action_key(&Id([2; 32]))), None);
+                assert_eq!(memory.blob(&format.action_key("", &Id([2; 32]))), None);
                 assert_eq!(
                     memory.blob(&format.object_key(&output(b"something else"))),
                     None

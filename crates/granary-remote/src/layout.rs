@@ -2,16 +2,23 @@
 //!
 //! ```text
 //! Format::Granary (object storage):
-//! <prefix>/granary-v1/ac/<hex action ID>    an action record (see ActionRecord)
-//! <prefix>/granary-v1/cas/<hex output ID>   an output's bytes as one zstd frame
-//! <prefix>/granary-v1/manifests/<scope>     a scope's manifest (see manifest)
-//! <prefix>/granary-v1/packs/<hex pack ID>   a pack (see pack)
+//! <prefix>/granary-v1/<ns>ac/<hex action ID>    an action record (see ActionRecord)
+//! <prefix>/granary-v1/cas/<hex output ID>       an output's bytes as one zstd frame
+//! <prefix>/granary-v1/<ns>manifests/<scope>     a scope's manifest (see manifest)
+//! <prefix>/granary-v1/<ns>packs/<hex pack ID>   a pack (see pack)
 //!
 //! Format::Reapi (bazel-remote's HTTP API, granary serve):
-//! <prefix>/ac/<hex action ID>               an ActionResult message (see reapi)
-//! <prefix>/cas/<hex output ID>              an output's bytes, as they are
-//! <prefix>/ac/<hex manifest_action(scope)>  a scope's manifest, as an output
+//! <prefix>/<ns>ac/<hex action ID>               an ActionResult message (see reapi)
+//! <prefix>/cas/<hex output ID>                  an output's bytes, as they are
+//! <prefix>/<ns>ac/<hex manifest_action(scope)>  a scope's manifest, as an output
 //! ```
+//!
+//! `<ns>` is empty in the default namespace, and `ns/<name>/` (granary) or
+//! `<name>/` (REAPI, where it is the instance name) in a [`Namespace`]
+//! called `<name>`. What says which output an action has (records,
+//! manifests, packs) lives in a namespace; bodies are shared, since each is
+//! checked against its hash. So a bucket policy on `granary-v1/ns/<name>/*`
+//! decides who writes a namespace.
 //!
 //! In the granary format, the version is part of every key: a future layout gets a new name and
 //! lives beside this one, so old and new granary versions can share a bucket
@@ -25,6 +32,42 @@ use granary_id::Id;
 /// The name of granary's own layout under the prefix.
 pub const VERSION: &str = "granary-v1";
 
+/// A part of the action cache that one kind of writer writes (`main`,
+/// `pr-123`): letters, digits, `.`, `_` and `-`, at most 64, not starting
+/// with `.`. The default namespace has the empty name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub fn new(name: &str) -> Result<Namespace, String> {
+        let valid = name.len() <= 64
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        match valid {
+            true => Ok(Namespace(name.to_owned())),
+            false => Err(format!(
+                "`{name}` is not a namespace name: use at most 64 letters, digits, `.`, `_` \
+                 and `-`, not starting with `.`"
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_str() {
+            "" => f.write_str("the default namespace"),
+            name => write!(f, "namespace {name}"),
+        }
+    }
+}
+
 /// How entries are encoded, and where they live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -37,12 +80,9 @@ pub enum Format {
 }
 
 impl Format {
-    /// The key of the action entry of `action`.
-    pub fn action_key(self, action: &Id) -> String {
-        match self {
-            Format::Granary => format!("{VERSION}/ac/{}", hex::encode(action)),
-            Format::Reapi => format!("ac/{}", hex::encode(action)),
-        }
+    /// The key of the action entry of `action` in `namespace`.
+    pub fn action_key(self, namespace: &str, action: &Id) -> String {
+        format!("{}ac/{action}", self.namespace_dir(namespace))
     }
 
     /// The key of the object holding the output `output`.
@@ -53,11 +93,30 @@ impl Format {
         }
     }
 
-    /// The key of the manifest of `scope`.
-    pub fn manifest_key(self, scope: &str) -> String {
+    /// The key of the manifest of `scope` in `namespace`.
+    pub fn manifest_key(self, namespace: &str, scope: &str) -> String {
         match self {
-            Format::Granary => format!("{VERSION}/manifests/{}", scope_key_name(scope)),
-            Format::Reapi => self.action_key(&manifest_action(scope)),
+            Format::Granary => format!(
+                "{}manifests/{}",
+                self.namespace_dir(namespace),
+                scope_key_name(scope)
+            ),
+            Format::Reapi => self.action_key(namespace, &manifest_action(scope)),
+        }
+    }
+
+    /// The key of a pack in `namespace` (granary format only).
+    pub fn pack_key(self, namespace: &str, id: &Id) -> String {
+        format!("{}packs/{id}", self.namespace_dir(namespace))
+    }
+
+    /// Where `namespace`'s records, manifests and packs live.
+    pub(crate) fn namespace_dir(self, namespace: &str) -> String {
+        match (self, namespace) {
+            (Format::Granary, "") => format!("{VERSION}/"),
+            (Format::Granary, name) => format!("{VERSION}/ns/{name}/"),
+            (Format::Reapi, "") => String::new(),
+            (Format::Reapi, name) => format!("{name}/"),
         }
     }
 }
@@ -73,18 +132,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn namespace_names_are_safe_in_keys_and_paths() {
+        for good in ["", "main", "pr-123", "feature_x.1"] {
+            assert_eq!(Namespace::new(good).unwrap().as_str(), good);
+        }
+        for bad in [".", "..", "a/b", "a b", "ü", &"x".repeat(65)] {
+            assert!(Namespace::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn keys_are_versioned_hex_paths() {
         let id = Id([0xab; 32]);
         let hex = "ab".repeat(32);
         assert_eq!(
-            Format::Granary.action_key(&id),
+            Format::Granary.action_key("", &id),
             format!("granary-v1/ac/{hex}")
+        );
+        assert_eq!(
+            Format::Granary.action_key("pr-1", &id),
+            format!("granary-v1/ns/pr-1/ac/{hex}")
+        );
+        assert_eq!(
+            Format::Granary.pack_key("pr-1", &id),
+            format!("granary-v1/ns/pr-1/packs/{hex}")
         );
         assert_eq!(
             Format::Granary.object_key(&id),
             format!("granary-v1/cas/{hex}")
         );
-        assert_eq!(Format::Reapi.action_key(&id), format!("ac/{hex}"));
+        assert_eq!(Format::Reapi.action_key("", &id), format!("ac/{hex}"));
+        assert_eq!(
+            Format::Reapi.action_key("main", &id),
+            format!("main/ac/{hex}")
+        );
         assert_eq!(Format::Reapi.object_key(&id), format!("cas/{hex}"));
     }
 }

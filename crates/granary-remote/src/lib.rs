@@ -42,7 +42,7 @@ mod s3;
 pub use blob::{BatchAnswer, BlobStore, ByteStream, Listed};
 pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, STREAM_ABOVE, Sent};
 pub use http::{HttpBlobs, HttpSettings};
-pub use layout::Format;
+pub use layout::{Format, Namespace};
 pub use manifest::{Group, Manifest, PackRef};
 pub use pack::{PackReader, PackWriter, RawEntry};
 pub use record::{ActionRecord, Placement};

@@ -6,6 +6,9 @@
 //! the original put time as the worker-completed time of the execution
 //! metadata. A cache that moves inline contents to its CAS (some do) leaves
 //! `contents` empty; the output is then fetched from the CAS by digest.
+//! A signed record carries its signature as one auxiliary metadata message
+//! of the execution metadata ([`SIGNATURE_TYPE`]), which caches store
+//! untouched.
 //! The only file that knows the generated REAPI types, besides the server's.
 
 use std::time::{Duration, SystemTime};
@@ -13,16 +16,30 @@ use std::time::{Duration, SystemTime};
 use bazel_remote_apis::build::bazel::remote::execution::v2::{
     ActionResult, Digest as ReapiDigest, ExecutedActionMetadata, OutputFile,
 };
-use bazel_remote_apis::google::protobuf::Timestamp;
+use bazel_remote_apis::google::protobuf::{Any, Timestamp};
 use prost::Message;
 
 use crate::record::{ActionRecord, Placement, time_since_epoch};
 use granary_id::Id;
+use granary_trust::{PublicKey, Signature};
 
 /// The path of the one output file of a Go action.
 const OUTPUT_PATH: &str = "go-output";
 /// Who wrote the entry, for people reading the cache with Bazel's tools.
 const WORKER: &str = "granary";
+/// The type of the auxiliary metadata that holds a record's signature.
+pub const SIGNATURE_TYPE: &str = "type.googleapis.com/granary.v1.RecordSignature";
+
+/// A record's signature, as a protobuf message of granary's own.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RecordSignature {
+    /// The signer's ed25519 public key, 32 bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    signer: Vec<u8>,
+    /// The signature of the record's claim, 64 bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    signature: Vec<u8>,
+}
 
 /// The action result for `record`, with `inline` as its contents.
 pub fn encode(record: &ActionRecord, inline: Option<&[u8]>) -> Vec<u8> {
@@ -46,6 +63,18 @@ pub fn encode(record: &ActionRecord, inline: Option<&[u8]>) -> Vec<u8> {
                 seconds: since_epoch.as_secs() as i64,
                 nanos: since_epoch.subsec_nanos() as i32,
             }),
+            auxiliary_metadata: record
+                .signature
+                .iter()
+                .map(|s| Any {
+                    type_url: SIGNATURE_TYPE.to_owned(),
+                    value: RecordSignature {
+                        signer: s.signer.0.to_vec(),
+                        signature: s.bytes.to_vec(),
+                    }
+                    .encode_to_vec(),
+                })
+                .collect(),
             ..ExecutedActionMetadata::default()
         }),
         ..ActionResult::default()
@@ -67,10 +96,11 @@ pub fn decode(action: &Id, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec<u8>
     let output = Id::from_hex(&digest.hash)
         .ok_or_else(|| format!("`{}` is not a SHA-256 digest", digest.hash))?;
     let size = u64::try_from(digest.size_bytes).map_err(|_| "the output size is negative")?;
-    let completed = result
-        .execution_metadata
-        .and_then(|m| m.worker_completed_timestamp)
+    let metadata = result.execution_metadata.unwrap_or_default();
+    let completed = metadata
+        .worker_completed_timestamp
         .ok_or("the result has no completion time")?;
+    let signature = signature_in(&metadata.auxiliary_metadata)?;
     let (Ok(seconds), Ok(nanos)) = (
         u64::try_from(completed.seconds),
         u32::try_from(completed.nanos),
@@ -100,8 +130,28 @@ pub fn decode(action: &Id, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec<u8>
         } else {
             Placement::Object
         },
+        signature,
     };
     Ok((record, inline))
+}
+
+/// The signature among a result's auxiliary metadata, if there is one.
+fn signature_in(metadata: &[Any]) -> Result<Option<Signature>, String> {
+    let signatures: Vec<&Any> = metadata
+        .iter()
+        .filter(|any| any.type_url == SIGNATURE_TYPE)
+        .collect();
+    let any = match signatures[..] {
+        [] => return Ok(None),
+        [any] => any,
+        _ => return Err("the result has several signatures".into()),
+    };
+    let bad = || "the result's signature is malformed".to_owned();
+    let message = RecordSignature::decode(&any.value[..]).map_err(|_| bad())?;
+    Ok(Some(Signature {
+        signer: PublicKey(message.signer.try_into().map_err(|_| bad())?),
+        bytes: message.signature.try_into().map_err(|_| bad())?,
+    }))
 }
 
 #[cfg(test)]
@@ -115,6 +165,7 @@ mod tests {
             size: 3,
             put_time: SystemTime::UNIX_EPOCH,
             placement: Placement::Inline,
+            signature: None,
         };
         let mut result = ActionResult::decode(&encode(&record, Some(b"out"))[..]).unwrap();
         let metadata = result.execution_metadata.as_mut().unwrap();

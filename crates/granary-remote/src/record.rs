@@ -3,21 +3,24 @@
 //! A record is one header line, then, for an inline output, its body:
 //!
 //! ```text
-//! granary-ac 1 <hex action ID> <hex output ID> <size> <put time, unix ns> inline|object\n
+//! granary-ac 1 <hex action ID> <hex output ID> <size> <put time, unix ns> inline|object[ <signer> <signature>]\n
 //! <the output as one zstd frame, if inline>
 //! ```
 //!
 //! The action ID is repeated so that a record copied or written under the
-//! wrong key is detected, as cmd/go's own entries do.
+//! wrong key is detected, as cmd/go's own entries do. A signed record ends
+//! its header with the signer's public key and the ed25519 signature of its
+//! [`Claim`] (see `granary-trust`), both in hex.
 
 use std::time::{Duration, SystemTime};
 
 use granary_id::Id;
+use granary_trust::{Claim, PublicKey, Signature};
 
 const MAGIC: &str = "granary-ac";
 const FORMAT: &str = "1";
 /// The longest header line a valid record can have.
-const MAX_HEADER: usize = 200;
+const MAX_HEADER: usize = 400;
 /// The latest time an entry may carry: cmd/go keeps put times as signed
 /// 64-bit Unix nanoseconds (until the year 2262), so a later one can only
 /// be damage, and no time granary hands on may fail to format.
@@ -48,9 +51,22 @@ pub struct ActionRecord {
     /// results by it, so copies must keep it.
     pub put_time: SystemTime,
     pub placement: Placement,
+    /// Who vouches for the record, if anyone does.
+    pub signature: Option<Signature>,
 }
 
 impl ActionRecord {
+    /// What the record claims, in `namespace`: what a signature covers.
+    pub fn claim<'a>(&self, namespace: &'a str) -> Claim<'a> {
+        Claim {
+            namespace,
+            action: self.action,
+            output: self.output,
+            size: self.size,
+            put_time: self.put_time,
+        }
+    }
+
     /// The record's header line, newline included.
     pub fn header(&self) -> String {
         let nanos = self
@@ -61,11 +77,12 @@ impl ActionRecord {
             Placement::Inline => "inline",
             Placement::Object => "object",
         };
+        let signature = self.signature.map_or(String::new(), |s| {
+            format!(" {} {}", hex::encode(s.signer.0), hex::encode(s.bytes))
+        });
         format!(
-            "{MAGIC} {FORMAT} {} {} {} {nanos} {placement}\n",
-            hex::encode(self.action),
-            hex::encode(self.output),
-            self.size,
+            "{MAGIC} {FORMAT} {} {} {} {nanos} {placement}{signature}\n",
+            self.action, self.output, self.size,
         )
     }
 
@@ -78,6 +95,8 @@ impl ActionRecord {
             .ok_or("no header line")?;
         let line = std::str::from_utf8(&record[..end]).map_err(|_| "header is not text")?;
         let fields: Vec<&str> = line.split(' ').collect();
+        let unknown = || format!("unknown header {line:?}");
+        let (head, signature) = fields.split_at_checked(7).ok_or_else(unknown)?;
         let [
             MAGIC,
             FORMAT,
@@ -86,9 +105,14 @@ impl ActionRecord {
             size,
             nanos,
             placement,
-        ] = fields[..]
+        ] = *head
         else {
-            return Err(format!("unknown header {line:?}"));
+            return Err(unknown());
+        };
+        let signature = match *signature {
+            [] => None,
+            [signer, signature] => Some(parse_signature(signer, signature).ok_or("bad signature")?),
+            _ => return Err(unknown()),
         };
         let record_action = digest(action_hex).ok_or("bad action ID")?;
         if &record_action != action {
@@ -114,6 +138,7 @@ impl ActionRecord {
             size,
             put_time,
             placement,
+            signature,
         };
         Ok((record, body))
     }
@@ -125,6 +150,17 @@ fn digest(text: &str) -> Option<Id> {
         return None;
     }
     Id::from_hex(text)
+}
+
+/// A signer's public key and its signature, in lower-case hex.
+fn parse_signature(signer: &str, signature: &str) -> Option<Signature> {
+    let signer = PublicKey(digest(signer)?.0);
+    let mut bytes = [0; 64];
+    if signature.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode_to_slice(signature, &mut bytes).ok()?;
+    Some(Signature { signer, bytes })
 }
 
 /// A decimal number without sign or leading zeros.
@@ -144,6 +180,36 @@ mod tests {
             size: 1234,
             put_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
             placement,
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn a_signature_travels_in_the_header() {
+        let key = granary_trust::SigningKey::generate().unwrap();
+        let mut signed = record(Placement::Inline);
+        signed.signature = Some(key.sign(&signed.claim("main")));
+        let mut bytes = signed.header().into_bytes();
+        bytes.extend_from_slice(b"body");
+        let (parsed, body) = ActionRecord::parse(&Id([1; 32]), &bytes).unwrap();
+        assert_eq!((&parsed, body), (&signed, &b"body"[..]));
+        let trusted = granary_trust::TrustedKeys::new([key.public()]);
+        assert_eq!(
+            trusted.check(&parsed.claim("main"), parsed.signature.as_ref()),
+            Ok(())
+        );
+        let header = signed.header();
+        let signer = hex::encode(key.public().0);
+        for bad in [
+            header.replace(&signer, &signer[2..]),
+            header.replace(&signer, &signer.to_uppercase()),
+            header.replace('\n', " 00\n"),
+            header.replacen(&format!(" {signer}"), "", 1),
+        ] {
+            assert!(
+                ActionRecord::parse(&Id([1; 32]), bad.as_bytes()).is_err(),
+                "accepted {bad:?}"
+            );
         }
     }
 

@@ -99,6 +99,26 @@ pub enum Command {
     /// Make an access token for `granary serve`: prints the token, and the line that
     /// grants it to add to the server's --tokens file (which keeps only its hash)
     ServeToken(ServeTokenArgs),
+
+    /// Make or show the ed25519 keys that sign action records (--signing-key) and that
+    /// readers trust (--trusted-keys)
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a key pair: FILE holds the secret key (mode 600), FILE.pub its public key,
+    /// the line to add to the readers' --trusted-keys file
+    Generate {
+        /// Where to write the secret key; neither FILE nor FILE.pub may exist
+        file: PathBuf,
+    },
+    /// Print the public key of the secret key in FILE
+    Public {
+        /// A secret key file made by `granary key generate`
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +317,31 @@ pub struct RemoteArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub prefetch: Option<bool>,
+
+    /// The part of the remote's action cache this run writes and reads first, e.g. main
+    /// or pr-123 (on a cache server: the REAPI instance name) [default: the default one]
+    #[arg(long, env = "GRANARY_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+
+    /// Namespaces read after the run's own, never written, e.g. main for a pull request
+    /// (comma-separated or repeated)
+    #[arg(
+        long,
+        env = "GRANARY_READ_NAMESPACES",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub read_namespaces: Vec<String>,
+
+    /// Sign every action record this run writes to the remote with this secret key (see
+    /// `granary key generate`); the file must be readable by its owner only
+    #[arg(long, env = "GRANARY_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+
+    /// Use a remote record only if one of these public keys signed it (one `ed25519:...`
+    /// key a line); anything else is a miss, counted as untrusted
+    #[arg(long, env = "GRANARY_TRUSTED_KEYS", value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
 }
 
 /// The trim policy. Unset flags come from the config file, else the defaults.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytesize::ByteSize;
 use granary_prog::Scopes;
-use granary_remote::{HttpSettings, S3Credentials, S3Settings};
+use granary_remote::{HttpSettings, Namespace, S3Credentials, S3Settings};
 use granary_store::Policy;
 use serde::Deserialize;
 
@@ -45,6 +45,10 @@ struct File {
     scope: Option<String>,
     scope_fallback: Option<Vec<String>>,
     prefetch: Option<bool>,
+    namespace: Option<String>,
+    read_namespaces: Option<Vec<String>>,
+    signing_key: Option<PathBuf>,
+    trusted_keys: Option<PathBuf>,
     serve: Option<ServeFile>,
 }
 
@@ -86,6 +90,12 @@ pub struct Remote {
     pub budget: Duration,
     pub upload_deadline: Duration,
     pub scopes: Scopes,
+    pub namespace: Namespace,
+    pub read_namespaces: Vec<Namespace>,
+    /// The secret key that signs what this run writes.
+    pub signing_key: Option<PathBuf>,
+    /// The public keys a record must be signed by to be used.
+    pub trusted_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +153,28 @@ pub fn remote(
     )?
     .unwrap_or(DEFAULT_REMOTE_TIMEOUT);
     let scopes = scopes(args, &file)?;
+    let namespace = |name: &str| {
+        Namespace::new(name.trim()).map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (set by --namespace, --read-namespaces or {})",
+                path.display()
+            )
+        })
+    };
+    let read_namespaces = match args.read_namespaces.is_empty() {
+        false => args.read_namespaces.clone(),
+        true => file.read_namespaces.clone().unwrap_or_default(),
+    };
+    let read_namespaces = read_namespaces
+        .iter()
+        .map(|name| namespace(name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let namespace = namespace(
+        args.namespace
+            .as_deref()
+            .or(file.namespace.as_deref())
+            .unwrap_or_default(),
+    )?;
     let endpoint = if url.starts_with("http://") || url.starts_with("https://") {
         let token_file = args.token_file.clone().or(file.token_file);
         Endpoint::Http(HttpSettings {
@@ -181,6 +213,10 @@ pub fn remote(
         )?
         .unwrap_or(DEFAULT_UPLOAD_DEADLINE),
         scopes,
+        namespace,
+        read_namespaces,
+        signing_key: args.signing_key.clone().or(file.signing_key),
+        trusted_keys: args.trusted_keys.clone().or(file.trusted_keys),
     }))
 }
 

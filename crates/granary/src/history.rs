@@ -29,6 +29,8 @@ struct Totals {
     put_bytes: u64,
     errors: u64,
     corrupt_entries: u64,
+    /// Remote records refused as not signed by a trusted key.
+    untrusted: u64,
 }
 
 impl Totals {
@@ -41,6 +43,7 @@ impl Totals {
         self.put_bytes += run.put_bytes;
         self.errors += run.errors;
         self.corrupt_entries += run.corrupt_entries;
+        self.untrusted += run.untrusted;
         self.hit_rate = if self.gets == 0 {
             0.0
         } else {
@@ -138,6 +141,13 @@ fn print_human(report: &Report) {
             totals.puts,
             size(totals.put_bytes),
             totals.errors
+        );
+    }
+    if report.total.untrusted > 0 {
+        println!(
+            "{} remote records refused as untrusted: not signed by a key in --trusted-keys \
+             (a poisoning attempt, or a writer without --signing-key)",
+            report.total.untrusted
         );
     }
     if report.unreadable_lines > 0 {

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod gocache;
 mod history;
+mod key;
 mod prog;
 mod progress;
 mod scope;
@@ -52,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return serve::run(&dir, config, args);
         }
         Command::ServeToken(args) => return serve::token(args),
+        Command::Key(command) => return key::run(command),
         _ => {}
     }
     let dir = cache_dir(global)?;
@@ -71,7 +73,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Stats(args) => history::run(&dir, &args),
         Command::Verify(args) => verify::run(&dir, &args),
-        Command::Serve(_) | Command::ServeToken(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::ServeToken(_) | Command::Key(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use granary_prog::{Options, RemoteOptions};
-use granary_remote::{Format, HttpBlobs, RemoteCache, RemoteError, S3Blobs};
+use granary_remote::{Format, HttpBlobs, RemoteCache, S3Blobs};
 use granary_store::Store;
+use granary_trust::{SigningKey, TrustedKeys};
 
 use crate::chain;
 use crate::cli::ProgArgs;
@@ -37,7 +38,7 @@ pub fn run(
         })
         .ok();
     let remote = config::remote(&dir, config, &args.remote)
-        .and_then(|remote| Ok(remote.map(remote_options).transpose()?))
+        .and_then(|remote| remote.map(remote_options).transpose())
         .inspect_err(|e| {
             tracing::warn!("{}; the build goes on with the local cache only", chain(e))
         })
@@ -76,14 +77,25 @@ pub fn run(
     })
 }
 
-/// The client of the remote that `remote` describes. Sends no request.
-fn remote_options(remote: config::Remote) -> Result<RemoteOptions, RemoteError> {
-    let cache = match &remote.endpoint {
+/// The client of the remote that `remote` describes, with its keys read.
+/// Sends no request.
+fn remote_options(remote: config::Remote) -> anyhow::Result<RemoteOptions> {
+    let mut cache = match &remote.endpoint {
         Endpoint::S3(s3) => RemoteCache::new(Arc::new(S3Blobs::new(s3)?), Format::Granary),
         Endpoint::Http(http) => RemoteCache::new(Arc::new(HttpBlobs::new(http)?), Format::Reapi),
+    }
+    .in_namespace(remote.namespace);
+    if let Some(path) = &remote.signing_key {
+        cache = cache.signed_by(Arc::new(SigningKey::read(path)?));
+    }
+    let trusted = match &remote.trusted_keys {
+        Some(path) => Some(Arc::new(TrustedKeys::read(path)?)),
+        None => None,
     };
     Ok(RemoteOptions {
         cache,
+        read_namespaces: remote.read_namespaces,
+        trusted,
         read_only: remote.read_only,
         timeout: remote.timeout,
         budget: remote.budget,

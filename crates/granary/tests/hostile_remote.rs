@@ -180,6 +180,7 @@ fn action_result(action: Id, body: &[u8], time: SystemTime) -> Vec<u8> {
         size: body.len() as u64,
         put_time: time,
         placement: Placement::Inline,
+        signature: None,
     };
     granary_remote::reapi::encode(&record, Some(body))
 }
@@ -206,7 +207,7 @@ fn manifest(actions: &[Id], written: &str) -> Vec<u8> {
 /// The path at which a cache server keeps the manifest of [`SCOPE`], and
 /// what it answers there: the manifest as the output of an action result.
 fn manifest_entry(bytes: &[u8]) -> (String, Vec<u8>) {
-    let path = format!("/{}", Format::Reapi.manifest_key(SCOPE));
+    let path = format!("/{}", Format::Reapi.manifest_key("", SCOPE));
     (
         path,
         action_result(manifest_action(SCOPE), bytes, SystemTime::now()),
@@ -214,7 +215,7 @@ fn manifest_entry(bytes: &[u8]) -> (String, Vec<u8>) {
 }
 
 fn ac_path(action: Id) -> String {
-    format!("/{}", Format::Reapi.action_key(&action))
+    format!("/{}", Format::Reapi.action_key("", &action))
 }
 
 /// `granary prog` against `remote`, with a one-second remote timeout.
@@ -488,7 +489,7 @@ fn a_bucket_with_times_out_of_range_costs_misses_only() {
     let blobs = s3.bucket("ci");
     put_blob(
         &blobs,
-        &Format::Granary.manifest_key(SCOPE),
+        &Format::Granary.manifest_key("", SCOPE),
         manifest(&[Id([7; 32])], "18446744073709551615"),
     );
     let body = b"seven";
@@ -500,7 +501,11 @@ fn a_bucket_with_times_out_of_range_costs_misses_only() {
     );
     let mut record = record.into_bytes();
     record.extend_from_slice(&zstd::bulk::compress(body, 3).unwrap());
-    put_blob(&blobs, &Format::Granary.action_key(&Id([8; 32])), record);
+    put_blob(
+        &blobs,
+        &Format::Granary.action_key("", &Id([8; 32])),
+        record,
+    );
     for prefetch in [true, false] {
         let sb = Sandbox::new();
         let mut h = helper(&sb, |cmd| s3.configure(cmd, "ci"), prefetch);

@@ -1,0 +1,238 @@
+//! Signed records end to end: the poisoning of a shared cache, with the real
+//! go command, on S3 (SeaweedFS) and on `granary serve`, and how
+//! --trusted-keys and --signing-key defeat it.
+//!
+//! The attacker is anyone who may write the cache: it learns the action IDs
+//! of a real module (a build of public code) and puts forged outputs under
+//! them through an ordinary `granary prog`, which uploads them and
+//! publishes a manifest naming them.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::s3::S3Server;
+use common::server::Server;
+use common::*;
+use granary_id::Id;
+use granary_protocol::Request;
+
+/// Where the runners share their cache.
+enum Shared<'a> {
+    /// A bucket, under a prefix of its own.
+    S3(&'a S3Server, &'static str),
+    Serve(&'a Server),
+}
+
+impl Shared<'_> {
+    fn configure(&self, cmd: &mut Command, prefetch: bool) {
+        cmd.env("GRANARY_SCOPE", "trust")
+            .env("GRANARY_PREFETCH", prefetch.to_string());
+        match self {
+            Shared::S3(s3, prefix) => s3.configure(cmd, prefix),
+            Shared::Serve(server) => {
+                cmd.env("GRANARY_REMOTE", &server.url);
+            }
+        }
+    }
+}
+
+/// `granary key generate` in the sandbox: the secret key file, and the
+/// public key file to trust.
+fn generate_key(sb: &Sandbox, name: &str) -> (PathBuf, PathBuf) {
+    let secret = sb.path(name);
+    let out = run_ok(
+        Command::new(granary())
+            .args(["key", "generate"])
+            .arg(&secret),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let public = PathBuf::from(format!("{}.pub", secret.display()));
+    let public_line = fs::read_to_string(&public).unwrap();
+    assert!(
+        printed.contains(public_line.trim()),
+        "the public key is printed: {printed}"
+    );
+    (secret, public)
+}
+
+/// The forged output the attacker maps `action` to.
+fn forged(action: &Id) -> Vec<u8> {
+    format!("forged by the attacker for {action}\n").into_bytes()
+}
+
+/// Puts a forged output under every action ID of `actions` through an
+/// ordinary `granary prog` on the shared cache.
+fn poison(sb: &Sandbox, shared: &Shared, prefetch: bool, actions: &[Id]) {
+    let mut cmd = Command::new(granary());
+    shared.configure(&mut cmd, prefetch);
+    let mut attacker = Helper::start_with(sb, cmd);
+    for (i, action) in actions.iter().enumerate() {
+        let body = forged(action);
+        let put = Request::Put {
+            id: i as i64 + 1,
+            action_id: *action,
+            output_id: Id::of(&body),
+            body_size: body.len() as u64,
+        };
+        attacker.request(&put, &body);
+        assert!(attacker.response()["Err"].is_null());
+    }
+    let (status, stderr) = attacker.close();
+    assert!(status.success(), "{stderr}");
+}
+
+/// `go build` of `module` by a runner with an empty local tier `cache`,
+/// with `flags` in GRANARY_* variables; the binary goes to bin/<cache>.
+fn runner(
+    sb: &Sandbox,
+    shared: &Shared,
+    prefetch: bool,
+    cache: &str,
+    module: &Path,
+    envs: &[(&str, &Path)],
+) -> (Output, PathBuf, PathBuf) {
+    let stats = sb.path(&format!("{cache}.json"));
+    let binary = sb.path("bin").join(cache);
+    let mut cmd = sb.go_granary(
+        &sb.path(cache),
+        module,
+        &stats,
+        &["build", "-x", "-o", binary.to_str().unwrap(), "."],
+    );
+    shared.configure(&mut cmd, prefetch);
+    cmd.envs(envs.iter().copied());
+    (cmd.output().expect("go runs"), binary, stats)
+}
+
+/// The attack and the defence, on one shared cache.
+fn attack_and_defend(shared: Shared, prefetch: bool) {
+    let sb = Sandbox::new();
+    let module = sb.module("victim", 3);
+    // The attacker learns the action IDs from a build of the public code.
+    let native = sb.path("bin/native");
+    run_ok(&mut sb.go(
+        &sb.path("native-cache"),
+        &module,
+        &["build", "-o", native.to_str().unwrap(), "."],
+    ));
+    let actions: Vec<Id> = actions(&sb.path("native-cache"))
+        .iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            Id::from_hex(name.trim_end_matches("-a")).unwrap()
+        })
+        .collect();
+    assert!(actions.len() > 20, "{} actions", actions.len());
+    poison(&sb, &shared, prefetch, &actions);
+    let native = fs::read(&native).unwrap();
+    let what = format!("prefetch {prefetch}");
+
+    // Trusting anyone, a runner takes the forged outputs: the attack is real.
+    let (out, binary, _) = runner(&sb, &shared, prefetch, "trusting-anyone", &module, &[]);
+    assert!(
+        !out.status.success() || fs::read(&binary).ok().as_ref() != Some(&native),
+        "{what}: the forged records did not reach the build:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // With trusted keys, it refuses them and builds what Go builds.
+    let (secret, public) = generate_key(&sb, "ci.key");
+    let trusting = [("GRANARY_TRUSTED_KEYS", public.as_path())];
+    let (out, binary, stats_file) =
+        runner(&sb, &shared, prefetch, "trusting-key", &module, &trusting);
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&binary).unwrap(), native, "{what}");
+    let stats_json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&stats_file).unwrap()).unwrap();
+    assert!(
+        stats_json["untrusted"].as_u64().unwrap() > 0,
+        "{what}: {stats_json}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("refused the untrusted record").count(),
+        1,
+        "{what}: one warning per run:\n{stderr}"
+    );
+
+    // A writer with the signing key replaces the forged records as it
+    // builds; the next trusting runner compiles nothing.
+    let writer = [
+        ("GRANARY_TRUSTED_KEYS", public.as_path()),
+        ("GRANARY_SIGNING_KEY", secret.as_path()),
+    ];
+    let (out, _, _) = runner(&sb, &shared, prefetch, "signing-writer", &module, &writer);
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, binary, stats_file) =
+        runner(&sb, &shared, prefetch, "fresh-trusting", &module, &trusting);
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        compiled_packages(&out.stderr),
+        Vec::<String>::new(),
+        "{what}"
+    );
+    assert_eq!(fs::read(&binary).unwrap(), native, "{what}");
+    let fresh = stats(&stats_file);
+    assert!(fresh.hits > 20 && fresh.misses <= 1, "{what}: {fresh:?}");
+}
+
+#[test]
+fn signed_records_defeat_a_poisoned_bucket() {
+    let s3 = S3Server::start();
+    attack_and_defend(Shared::S3(&s3, "without-prefetch"), false);
+    attack_and_defend(Shared::S3(&s3, "with-prefetch"), true);
+}
+
+#[test]
+fn signed_records_defeat_a_poisoned_cache_server() {
+    for prefetch in [false, true] {
+        let server = Server::start(&[]);
+        attack_and_defend(Shared::Serve(&server), prefetch);
+    }
+}
+
+/// A secret key that others may read is refused: the run goes on with its
+/// local tier only, and says why.
+#[test]
+fn a_readable_secret_key_is_refused() {
+    let sb = Sandbox::new();
+    let server = Server::start(&[]);
+    let (secret, _) = generate_key(&sb, "loose.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let module = sb.module("loose", 1);
+    let (out, _, stats_file) = runner(
+        &sb,
+        &Shared::Serve(&server),
+        false,
+        "loose",
+        &module,
+        &[("GRANARY_SIGNING_KEY", secret.as_path())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert_eq!(
+        stats(&stats_file).remote.uploads,
+        0,
+        "nothing unsigned left"
+    );
+}
