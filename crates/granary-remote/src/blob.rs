@@ -46,10 +46,15 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
         self.put(key, chunks.concat().into()).await
     }
 
-    /// Sends a batch request (action IDs in hex, one per line) and returns
-    /// the answer, a [`pack`](crate::pack). `None`: this store has no batch
-    /// endpoint.
-    async fn batch(&self, _request: Bytes) -> Result<Option<BatchAnswer>, RemoteError> {
+    /// Sends a batch request (action IDs in hex, one per line) for the
+    /// entries under `prefix` (a namespace's, `<name>/`, or empty) and
+    /// returns the answer, a [`pack`](crate::pack). `None`: this store has
+    /// no batch endpoint.
+    async fn batch(
+        &self,
+        _prefix: &str,
+        _request: Bytes,
+    ) -> Result<Option<BatchAnswer>, RemoteError> {
         Ok(None)
     }
 

@@ -377,7 +377,8 @@ impl RemoteCache {
             body.push_str(&hex::encode(action));
             body.push('\n');
         }
-        let Some(answer) = self.blobs.batch(body.into()).await? else {
+        let prefix = self.format.namespace_dir(self.namespace.as_str());
+        let Some(answer) = self.blobs.batch(&prefix, body.into()).await? else {
             return Ok(None);
         };
         let key = format!("a batch of {} entries", actions.len());

@@ -199,10 +199,14 @@ impl BlobStore for HttpBlobs {
         Ok(response.status() != StatusCode::NOT_FOUND)
     }
 
-    async fn batch(&self, request: Bytes) -> Result<Option<BatchAnswer>, RemoteError> {
+    async fn batch(
+        &self,
+        prefix: &str,
+        request: Bytes,
+    ) -> Result<Option<BatchAnswer>, RemoteError> {
         let mut post = self
             .client
-            .post(format!("{}/batch", self.base))
+            .post(format!("{}/{prefix}batch", self.base))
             .header(ACCEPT_ENCODING, "zstd");
         if let Some(token) = &self.token {
             post = post.bearer_auth(token);

@@ -5,8 +5,15 @@
 //! ```text
 //! # scope  SHA-256 of the token (hex)                                   name
 //! write    9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 ci-main
-//! read     60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752 pull-requests
+//! write    60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752 pr namespaces=pr-*
 //! ```
+//!
+//! `namespaces=` restricts what the token's scope allows in the action cache
+//! to the instance names (namespaces) its comma-separated globs match (`*`
+//! matches any run of characters): a write token so restricted writes only
+//! there (and reads everywhere), a read token reads only there. The CAS
+//! stays open to the token's scope, since every blob is checked against its
+//! hash. Without it, a token may use every namespace.
 //!
 //! Clients send `Authorization: Bearer <token>`, or HTTP basic auth with
 //! the token as the password (what Bazel sends for `https://user:token@host`).
@@ -38,10 +45,18 @@ impl Access {
     }
 }
 
+/// What one token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Grant {
+    access: Access,
+    /// Globs of the namespaces whose action cache it may use; `None`: all.
+    namespaces: Option<Vec<String>>,
+}
+
 /// The server's policy.
 pub struct Auth {
-    /// Token hash → scope; `None`: no tokens file, everyone may write.
-    tokens: Option<HashMap<[u8; 32], Access>>,
+    /// Token hash → grant; `None`: no tokens file, everyone may write.
+    tokens: Option<HashMap<[u8; 32], Grant>>,
     anonymous_read: bool,
 }
 
@@ -69,7 +84,7 @@ pub enum TokensError {
     Permissions { path: PathBuf, mode: u32 },
     #[error(
         "line {line} of the tokens file {path}: {why}; \
-         each line is `read|write <sha256 hex of the token> [name]`"
+         each line is `read|write <sha256 hex of the token> [name] [namespaces=GLOB,...]`"
     )]
     Syntax {
         path: PathBuf,
@@ -123,7 +138,21 @@ impl Auth {
             hex::decode_to_slice(hash, &mut digest).map_err(|_| {
                 syntax("the hash is not 64 hex digits (store hashes, never tokens)".into())
             })?;
-            if tokens.insert(digest, scope).is_some() {
+            let mut namespaces = None;
+            for field in fields {
+                if let Some(globs) = field.strip_prefix("namespaces=") {
+                    let globs: Vec<String> = globs.split(',').map(str::to_owned).collect();
+                    if globs.iter().any(String::is_empty) {
+                        return Err(syntax("an empty namespace glob".into()));
+                    }
+                    namespaces = Some(globs);
+                }
+            }
+            let grant = Grant {
+                access: scope,
+                namespaces,
+            };
+            if tokens.insert(digest, grant).is_some() {
                 return Err(syntax("this token is listed twice".into()));
             }
         }
@@ -161,6 +190,31 @@ impl Auth {
         }
     }
 
+    /// Whether a request with this `Authorization` header may read (or,
+    /// with `write`, write) the action cache of the namespace (instance
+    /// name) `namespace`, as far as its token's `namespaces=` goes; whether
+    /// its scope allows it at all is [`Auth::access`]'s question.
+    pub fn may_use_namespace(
+        &self,
+        authorization: Option<&[u8]>,
+        namespace: &str,
+        write: bool,
+    ) -> bool {
+        let grant = self.tokens.as_ref().and_then(|tokens| {
+            let token = authorization.and_then(presented_token)?;
+            tokens.get(&hash_token(&token))
+        });
+        match grant {
+            Some(Grant {
+                access,
+                namespaces: Some(globs),
+            }) if (*access == Access::Write) == write => {
+                globs.iter().any(|glob| glob_matches(glob, namespace))
+            }
+            _ => true,
+        }
+    }
+
     /// What a request with this `Authorization` header may do.
     pub fn access(&self, authorization: Option<&[u8]>) -> Access {
         let Some(tokens) = &self.tokens else {
@@ -176,9 +230,29 @@ impl Auth {
         };
         tokens
             .get(&hash_token(&token))
-            .copied()
-            .unwrap_or(Access::None)
+            .map_or(Access::None, |grant| grant.access)
     }
+}
+
+/// Whether `name` matches `glob`, where `*` stands for any run of
+/// characters and everything else for itself.
+fn glob_matches(glob: &str, name: &str) -> bool {
+    let mut parts = glob.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// The SHA-256 of a token, as the tokens file holds it.
@@ -186,16 +260,24 @@ pub fn hash_token(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }
 
-/// A new random token, and its line for the tokens file.
-pub fn new_token(scope: Access, name: &str) -> std::io::Result<(String, String)> {
+/// A new random token, and its line for the tokens file; `namespaces`
+/// (globs) restrict its use of the action cache if not empty.
+pub fn new_token(
+    scope: Access,
+    name: &str,
+    namespaces: &[String],
+) -> std::io::Result<(String, String)> {
     let mut random = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
     let token = format!("gry_{}", hex::encode(random));
-    let line = format!(
+    let mut line = format!(
         "{} {} {name}",
         scope.name(),
         hex::encode(hash_token(token.as_bytes()))
     );
+    if !namespaces.is_empty() {
+        line += &format!(" namespaces={}", namespaces.join(","));
+    }
     Ok((token, line))
 }
 
@@ -256,8 +338,8 @@ mod tests {
 
     #[test]
     fn scopes_follow_the_hashed_tokens() {
-        let (writer, write_line) = new_token(Access::Write, "ci").unwrap();
-        let (reader, read_line) = new_token(Access::Read, "pr").unwrap();
+        let (writer, write_line) = new_token(Access::Write, "ci", &[]).unwrap();
+        let (reader, read_line) = new_token(Access::Read, "pr", &[]).unwrap();
         assert!(!write_line.contains(&writer));
         let file = tokens_file(&format!("# comment\n\n{write_line}\n{read_line}\n"), 0o600);
         let auth = Auth::from_file(file.path(), false).unwrap();
@@ -279,6 +361,46 @@ mod tests {
         assert!(Auth::open().may_monitor(None));
         assert_eq!(anonymous.access(Some(&bearer("wrong"))), Access::None);
         assert_eq!(Auth::open().access(None), Access::Write);
+    }
+
+    #[test]
+    fn namespaces_restrict_a_token_to_the_action_caches_its_globs_match() {
+        let globs = ["pr-*".to_owned(), "feature-*-x".to_owned()];
+        let (pr, line) = new_token(Access::Write, "pr", &globs).unwrap();
+        assert!(line.ends_with(" pr namespaces=pr-*,feature-*-x"), "{line}");
+        let (ci, ci_line) = new_token(Access::Write, "ci", &[]).unwrap();
+        let file = tokens_file(&format!("{line}\n{ci_line}\n"), 0o600);
+        let auth = Auth::from_file(file.path(), true).unwrap();
+        let pr = format!("Bearer {pr}").into_bytes();
+        assert_eq!(auth.access(Some(&pr)), Access::Write);
+        for (namespace, allowed) in [
+            ("pr-12", true),
+            ("pr-", true),
+            ("feature-a-x", true),
+            ("feature-x", false),
+            ("main", false),
+            ("", false),
+            ("xpr-1", false),
+        ] {
+            assert_eq!(
+                auth.may_use_namespace(Some(&pr), namespace, true),
+                allowed,
+                "{namespace:?}"
+            );
+            assert!(auth.may_use_namespace(Some(&pr), namespace, false));
+        }
+        let ci = format!("Bearer {ci}").into_bytes();
+        assert!(auth.may_use_namespace(Some(&ci), "main", true));
+        assert!(auth.may_use_namespace(None, "main", true), "scope decides");
+        // A read token so restricted reads only there.
+        let (reader, line) = new_token(Access::Read, "r", &["main".to_owned()]).unwrap();
+        let file = tokens_file(&format!("{line}\n"), 0o600);
+        let auth = Auth::from_file(file.path(), false).unwrap();
+        let reader = format!("Bearer {reader}").into_bytes();
+        assert!(auth.may_use_namespace(Some(&reader), "main", false));
+        assert!(!auth.may_use_namespace(Some(&reader), "pr-1", false));
+        assert!(glob_matches("*", "") && glob_matches("a*b*c", "abxbc"));
+        assert!(!glob_matches("a*b*c", "acb") && !glob_matches("ab", "abc"));
     }
 
     #[test]

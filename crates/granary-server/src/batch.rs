@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
 use bytes::Bytes;
+use granary_id::Id;
 use granary_remote::pack::{self, MAGIC};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -55,7 +56,7 @@ const CHANNEL: usize = 4;
 const CHUNK: usize = 256 * 1024;
 
 /// Reads a request's body: action IDs, one per line.
-pub fn parse(body: &[u8]) -> Result<Vec<Key>, String> {
+pub fn parse(body: &[u8], instance: &str) -> Result<Vec<Asked>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not text".to_owned())?;
     let keys = text
         .lines()
@@ -63,11 +64,15 @@ pub fn parse(body: &[u8]) -> Result<Vec<Key>, String> {
         .filter(|line| !line.is_empty())
         .enumerate()
         .map(|(n, line)| {
-            Key::new(Kind::Ac, line).ok_or_else(|| {
+            let key = Key::new(Kind::Ac, line).ok_or_else(|| {
                 format!(
                     "line {} is not an action ID (64 lower-case hex digits)",
                     n + 1
                 )
+            })?;
+            Ok::<_, String>(Asked {
+                action: key.hash,
+                key: key.in_instance(instance),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -108,7 +113,7 @@ pub fn accepts_zstd(headers: &http::HeaderMap) -> bool {
 pub fn answer(
     disk: Arc<Disk>,
     metrics: Arc<Metrics>,
-    keys: Vec<Key>,
+    keys: Vec<Asked>,
     zstd: Option<Arc<Frames>>,
     idle: Duration,
     turn: OwnedSemaphorePermit,
@@ -160,21 +165,28 @@ struct Answer {
 /// The answer cannot go on.
 struct Stop;
 
+/// An action ID a batch asks for, and where its entry is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asked {
+    pub action: Id,
+    pub key: Key,
+}
+
 /// A CAS blob and its key.
 type CasBlob = (Key, Blob);
 
 impl Answer {
-    fn write(&mut self, keys: &[Key]) -> Result<(), Stop> {
+    fn write(&mut self, keys: &[Asked]) -> Result<(), Stop> {
         let ac = KindLabels { kind: "ac" };
-        for key in keys {
+        for Asked { action, key } in keys {
             let Some((record, object)) = self.entry(key) else {
                 self.metrics.misses.get_or_create(&ac).inc();
-                pack::write_missing(&mut self.buffer, &key.hash);
+                pack::write_missing(&mut self.buffer, action);
                 continue;
             };
             self.metrics.hits.get_or_create(&ac).inc();
             let object_length = object.as_ref().map_or(0, |(_, blob)| blob.size);
-            pack::write_entry_head(&mut self.buffer, &key.hash, &record, object_length);
+            pack::write_entry_head(&mut self.buffer, action, &record, object_length);
             match object {
                 None => {}
                 Some((cas, blob)) => {
@@ -317,17 +329,21 @@ mod tests {
     #[test]
     fn requests_are_hex_lines() {
         let a = "ab".repeat(32);
-        let keys = parse(format!("{a}\n\n{a}\r\n").as_bytes()).unwrap();
+        let keys = parse(format!("{a}\n\n{a}\r\n").as_bytes(), "").unwrap();
         assert_eq!(keys.len(), 2);
+        // A named instance asks for the same action IDs, kept elsewhere.
+        let named = parse(a.as_bytes(), "pr-1").unwrap();
+        assert_eq!(named[0].action, keys[0].action);
+        assert_ne!(named[0].key, keys[0].key);
         for (bad, why) in [
             (format!("{a}\nnot hex\n"), "line 2"),
             (a.to_uppercase(), "line 1"),
             ("\u{0}\u{ff}".to_owned(), "line 1"),
             (format!("{a}\n").repeat(MAX_BATCH + 1), "at most"),
         ] {
-            let e = parse(bad.as_bytes()).unwrap_err();
+            let e = parse(bad.as_bytes(), "").unwrap_err();
             assert!(e.contains(why), "{e}");
         }
-        assert!(parse(b"\xff\xfe").unwrap_err().contains("not text"));
+        assert!(parse(b"\xff\xfe", "").unwrap_err().contains("not text"));
     }
 }

@@ -40,7 +40,7 @@ use crate::check::MAX_ACTION_RESULT;
 use crate::check::{Check, Rejected, refusal_status};
 use crate::disk::{Blob, Disk, Found, Progress, Refusal, State, Upload, Writer};
 use crate::frames::Frames;
-use crate::key::{Key, Kind, is_batch_path};
+use crate::key::{Key, Kind, batch_instance};
 use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -107,10 +107,14 @@ impl Service {
         connection_batches: Arc<Semaphore>,
     ) -> (&'static str, Response<Body>) {
         let path = request.uri().path();
-        if is_batch_path(path) {
-            return ("batch", self.batch(request, connection_batches).await);
+        if let Some(instance) = batch_instance(path) {
+            let instance = instance.to_owned();
+            return (
+                "batch",
+                self.batch(request, &instance, connection_batches).await,
+            );
         }
-        let Some(key) = Key::from_path(path) else {
+        let Some((key, instance)) = Key::from_path(path) else {
             let authorization = request
                 .headers()
                 .get(AUTHORIZATION)
@@ -179,6 +183,13 @@ impl Service {
             }
             return (key.kind.name(), response);
         }
+        let write = needed == Access::Write;
+        if key.kind == Kind::Ac && !self.auth.may_use_namespace(authorization, instance, write) {
+            if write {
+                self.metrics.reject("namespace");
+            }
+            return (key.kind.name(), outside_namespaces(instance));
+        }
         let response = match *request.method() {
             Method::PUT => self.put(key, request).await,
             ref method => self.get(key, *method == Method::HEAD).await,
@@ -192,6 +203,7 @@ impl Service {
     async fn batch(
         &self,
         request: Request<Incoming>,
+        instance: &str,
         connection_batches: Arc<Semaphore>,
     ) -> Response<Body> {
         if request.method() != Method::POST {
@@ -203,6 +215,9 @@ impl Service {
             .map(HeaderValue::as_bytes);
         if self.auth.access(authorization) < Access::Read {
             return unauthorized();
+        }
+        if !self.auth.may_use_namespace(authorization, instance, false) {
+            return outside_namespaces(instance);
         }
         // Bounded: a handler that waits keeps its connection open.
         let Ok(connection_turn) =
@@ -234,7 +249,7 @@ impl Service {
                 );
             }
         };
-        let keys = match batch::parse(&body) {
+        let keys = match batch::parse(&body, instance) {
             Ok(keys) => keys,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
@@ -655,6 +670,20 @@ fn forbidden() -> Response<Body> {
     text(
         StatusCode::FORBIDDEN,
         "this token may only read; writing needs a token of scope write\n",
+    )
+}
+
+fn outside_namespaces(instance: &str) -> Response<Body> {
+    let instance = match instance {
+        "" => "the default namespace".to_owned(),
+        name => format!("namespace {name}"),
+    };
+    text(
+        StatusCode::FORBIDDEN,
+        format!(
+            "this token may not use the action cache of {instance}; the namespaces= of its \
+             line in the tokens file say which it may\n"
+        ),
     )
 }
 

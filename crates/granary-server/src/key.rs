@@ -1,4 +1,10 @@
 //! Cache keys: which store (action cache or CAS) and a SHA-256 in hex.
+//!
+//! The action cache is divided by REAPI instance name (the namespace a
+//! client writes, `/<instance>/ac/<hex>`): an entry of a named instance is
+//! stored under the hash of the instance name and the action ID together,
+//! so instances never see each other's entries and the disk layout stays
+//! one flat store. The CAS is shared: a blob is checked against its hash.
 
 use std::fmt;
 
@@ -48,18 +54,35 @@ impl Key {
     }
 
     /// The key of a request path: `/ac/<hex>`, `/cas/<hex>`, or either
-    /// under one instance name (`/<instance>/cas/<hex>`), which is ignored
-    /// as bazel-remote ignores it. `None`: the path names no blob.
-    pub fn from_path(path: &str) -> Option<Key> {
+    /// under one instance name (`/<instance>/ac/<hex>`), with that name
+    /// (empty without one). `None`: the path names no blob.
+    pub fn from_path(path: &str) -> Option<(Key, &str)> {
         let mut parts = path.strip_prefix('/')?.split('/');
-        let (kind, hash) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(kind), Some(hash), None, None) => (kind, hash),
+        let (instance, kind, hash) = match (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            (Some(kind), Some(hash), None, None) => ("", kind, hash),
             (Some(instance), Some(kind), Some(hash), None) if is_instance_name(instance) => {
-                (kind, hash)
+                (instance, kind, hash)
             }
             _ => return None,
         };
-        Key::new(Kind::parse(kind)?, hash)
+        let key = Key::new(Kind::parse(kind)?, hash)?;
+        Some((key.in_instance(instance), instance))
+    }
+
+    /// Where this key lives for clients of `instance`: the CAS and the
+    /// default instance as they are, an action of a named instance under
+    /// the hash of both.
+    pub fn in_instance(self, instance: &str) -> Key {
+        if self.kind == Kind::Cas || instance.is_empty() {
+            return self;
+        }
+        let mut named = format!("granary instance 1\0{instance}\0").into_bytes();
+        named.extend_from_slice(&self.hash.0);
+        Key {
+            kind: self.kind,
+            hash: Id::of(&named),
+        }
     }
 
     pub fn hex(&self) -> String {
@@ -79,12 +102,12 @@ impl fmt::Display for Key {
     }
 }
 
-/// Whether `path` is the batch endpoint: `/batch`, or `/<instance>/batch`.
-pub fn is_batch_path(path: &str) -> bool {
-    match path.strip_suffix("/batch") {
-        Some("") => true,
-        Some(instance) => instance.strip_prefix('/').is_some_and(is_instance_name),
-        None => false,
+/// The instance of a batch request's path, `/batch` (the empty name) or
+/// `/<instance>/batch`; `None`: not the batch endpoint.
+pub fn batch_instance(path: &str) -> Option<&str> {
+    match path.strip_suffix("/batch")? {
+        "" => Some(""),
+        instance => instance.strip_prefix('/').filter(|i| is_instance_name(i)),
     }
 }
 
@@ -104,13 +127,26 @@ mod tests {
     #[test]
     fn paths_name_blobs_or_nothing() {
         let hex = "0a".repeat(32);
-        let key = Key::from_path(&format!("/cas/{hex}")).unwrap();
-        assert_eq!((key.kind, key.hash), (Kind::Cas, Id([0x0a; 32])));
-        assert_eq!(key.relative_path(), format!("cas/0a/{hex}"));
+        let cas = format!("/cas/{hex}");
+        let (key, instance) = Key::from_path(&cas).unwrap();
         assert_eq!(
-            Key::from_path(&format!("/team-1/ac/{hex}")).map(|k| k.kind),
-            Some(Kind::Ac)
+            (key.kind, key.hash, instance),
+            (Kind::Cas, Id([0x0a; 32]), "")
         );
+        assert_eq!(key.relative_path(), format!("cas/0a/{hex}"));
+        // The CAS is shared; each instance has an action cache of its own.
+        let at = |path: String| Key::from_path(&path).map(|(key, _)| key).unwrap();
+        assert_eq!(at(format!("/team-1/cas/{hex}")), key);
+        let path = format!("/team-1/ac/{hex}");
+        let (team, instance) = Key::from_path(&path).unwrap();
+        assert_eq!((team.kind, instance), (Kind::Ac, "team-1"));
+        let default = at(format!("/ac/{hex}"));
+        assert_eq!(default.hash, Id([0x0a; 32]));
+        assert_ne!(team, default);
+        assert_ne!(team, at(format!("/team-2/ac/{hex}")));
+        assert_eq!(batch_instance("/batch"), Some(""));
+        assert_eq!(batch_instance("/pr-1/batch"), Some("pr-1"));
+        assert_eq!(batch_instance("/../batch"), None);
         for bad in [
             format!("/cas/{}", "0A".repeat(32)),
             format!("/cas/{}", "0a".repeat(31)),

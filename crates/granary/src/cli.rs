@@ -216,6 +216,11 @@ pub struct ServeTokenArgs {
     /// A name for the token in the tokens file, e.g. ci-main
     #[arg(long, default_value = "token")]
     pub name: String,
+
+    /// Let the token use only these namespaces' action caches (globs, `*` for any run of
+    /// characters, comma-separated), e.g. pr-* for pull requests [default: all]
+    #[arg(long, value_name = "GLOB", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Args)]

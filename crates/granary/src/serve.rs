@@ -70,7 +70,7 @@ pub fn token(args: &ServeTokenArgs) -> anyhow::Result<ExitCode> {
         "write" => Access::Write,
         _ => Access::Read,
     };
-    let (token, line) = granary_server::new_token(scope, &args.name)
+    let (token, line) = granary_server::new_token(scope, &args.name, &args.namespaces)
         .context("cannot read random bytes from /dev/urandom")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "token: {token}")?;

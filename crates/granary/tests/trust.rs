@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::s3::S3Server;
-use common::server::Server;
+use common::server::{Server, request, sha256_hex};
 use common::*;
 use granary_id::Id;
 use granary_protocol::Request;
@@ -235,4 +235,126 @@ fn a_readable_secret_key_is_refused() {
         0,
         "nothing unsigned left"
     );
+}
+
+/// `granary serve-token` with `args`: the token and its tokens-file line.
+fn make_token(args: &[&str]) -> (String, String) {
+    let out = run_ok(Command::new(granary()).arg("serve-token").args(args));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no `{name}` in {text}"))
+            .to_owned()
+    };
+    (field("token: "), field("tokens file line: "))
+}
+
+/// A pull request reads main's entries and compiles nothing; what it then
+/// builds on a changed tree stays in its namespace, so main's next build
+/// of that tree compiles the change itself; and the server refuses the
+/// pull request's token in main's action cache.
+#[test]
+fn a_pull_request_reads_main_and_cannot_write_it() {
+    let sb = Sandbox::new();
+    let (main_token, main_line) = make_token(&["--scope", "write", "--name", "main"]);
+    let (pr_token, pr_line) =
+        make_token(&["--scope", "write", "--name", "pr", "--namespaces", "pr-*"]);
+    assert!(pr_line.ends_with(" namespaces=pr-*"), "{pr_line}");
+    let tokens = sb.path("tokens");
+    fs::write(&tokens, format!("{main_line}\n{pr_line}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let server = Server::start(&["--tokens", tokens.to_str().unwrap()]);
+    let shared = Shared::Serve(&server);
+    let module = sb.module("app", 3);
+    let main = [
+        ("GRANARY_NAMESPACE", "main"),
+        ("GRANARY_TOKEN", main_token.as_str()),
+    ];
+    let pull_request = [
+        ("GRANARY_NAMESPACE", "pr-7"),
+        ("GRANARY_READ_NAMESPACES", "main"),
+        ("GRANARY_TOKEN", pr_token.as_str()),
+    ];
+    let build = |cache: &str, envs: &[(&str, &str)]| {
+        let stats_file = sb.path(&format!("{cache}.json"));
+        let binary = sb.path("bin").join(cache);
+        let mut cmd = sb.go_granary(
+            &sb.path(cache),
+            &module,
+            &stats_file,
+            &["build", "-x", "-o", binary.to_str().unwrap(), "."],
+        );
+        shared.configure(&mut cmd, true);
+        cmd.envs(envs.iter().copied());
+        let out = run_ok(&mut cmd);
+        (stats(&stats_file), compiled_packages(&out.stderr))
+    };
+
+    let (first, _) = build("main-1", &main);
+    assert!(first.remote.uploads > 20, "{first:?}");
+    let (pr, compiled) = build("pr-1", &pull_request);
+    assert_eq!(
+        compiled,
+        Vec::<String>::new(),
+        "the pull request reads main"
+    );
+    assert_eq!(
+        pr.remote.remote_errors + pr.remote.uploads_dropped,
+        0,
+        "{pr:?}"
+    );
+
+    // The pull request changes a package and builds it into pr-7.
+    let changed = module.join("p1/p1.go");
+    let source = fs::read_to_string(&changed).unwrap();
+    fs::write(
+        &changed,
+        source.replace("strings.ToUpper", "strings.ToLower"),
+    )
+    .unwrap();
+    age_tree(&module, std::time::Duration::from_secs(3600));
+    let (pr, compiled) = build("pr-2", &pull_request);
+    assert!(compiled.iter().any(|p| p.ends_with("/p1")), "{compiled:?}");
+    assert!(
+        pr.remote.uploads > 0 && pr.remote.remote_errors == 0,
+        "{pr:?}"
+    );
+    let (_, compiled) = build("pr-3", &pull_request);
+    assert_eq!(compiled, Vec::<String>::new(), "pr-7 keeps what it built");
+    let (_, compiled) = build("main-2", &main);
+    assert!(
+        compiled.iter().any(|p| p.ends_with("/p1")),
+        "main does not get the pull request's entries: {compiled:?}"
+    );
+
+    // The pull request's token may not write main's action cache (nor the
+    // default one), may write its own, and may write the shared CAS.
+    let result = granary_remote::reapi::encode(
+        &granary_remote::ActionRecord {
+            action: Id([0xab; 32]),
+            output: Id::of(b"x"),
+            size: 1,
+            put_time: std::time::SystemTime::now(),
+            placement: granary_remote::Placement::Inline,
+            signature: None,
+        },
+        Some(b"x"),
+    );
+    let action = "ab".repeat(32);
+    let bearer = format!("Bearer {pr_token}");
+    let headers = [("Authorization", bearer.as_str())];
+    let put = |path: &str, body: &[u8]| request(server.addr, "PUT", path, &headers, body).0;
+    assert_eq!(put(&format!("/main/ac/{action}"), &result), 403);
+    assert_eq!(put(&format!("/ac/{action}"), &result), 403);
+    assert_eq!(put(&format!("/pr-7/ac/{action}"), &result), 200);
+    let cas = sha256_hex(b"shared body");
+    assert_eq!(put(&format!("/pr-7/cas/{cas}"), b"shared body"), 200);
+    let mut server = server;
+    server.monitor_token = Some(main_token.clone());
+    assert!(server.metric("granary_rejected_writes_total", "reason=\"namespace\"") >= 2.0);
 }
