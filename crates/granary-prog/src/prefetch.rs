@@ -353,10 +353,11 @@ impl Prefetch {
         for (i, ((from, scope), result)) in names.iter().zip(fetched).enumerate() {
             let namespace = remote.reads[*from].namespace();
             match result {
-                Ok(Some(manifest)) if manifest.is_stale(SystemTime::now()) => {
+                Ok(Some((manifest, _))) if manifest.is_stale(SystemTime::now()) => {
                     tracing::debug!("the manifest of scope {scope} in {namespace} is too old");
                 }
-                Ok(Some(manifest)) => {
+                Ok(Some((_, seal))) if !remote.trusts_manifest(&remote.reads[*from], &seal) => {}
+                Ok(Some((manifest, _))) => {
                     if i == 0 {
                         self.remember_latest_job(&manifest);
                     }

@@ -130,7 +130,11 @@ async fn read_own_manifest(prefetch: &Prefetch) {
     let scope = &remote.options.scopes.scope;
     let cache = &remote.options.cache;
     let manifest = match within(remote.options.timeout, cache.fetch_manifest(scope)).await {
-        Ok(Some(manifest)) if !manifest.is_stale(SystemTime::now()) => manifest,
+        Ok(Some((manifest, seal)))
+            if !manifest.is_stale(SystemTime::now()) && remote.trusts_manifest(cache, &seal) =>
+        {
+            manifest
+        }
         Ok(_) => return,
         Err(trouble) => {
             return prefetch.report(trouble, &format!("the manifest of scope {scope}"));

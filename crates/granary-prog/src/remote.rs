@@ -42,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::FutureExt;
 use granary_id::Id;
 use granary_protocol::Response;
+use granary_remote::manifest::Seal;
 use granary_remote::{ActionRecord, Fetched, Namespace, RemoteCache, RemoteError, STREAM_ABOVE};
 use granary_store::{ActionEntry, Hit, ObjectWriter, Store, StoreError};
 use granary_trust::TrustedKeys;
@@ -460,21 +461,41 @@ impl Remote {
         let Err(why) = trusted.check(&claim, record.signature.as_ref()) else {
             return true;
         };
-        add(&self.stats.untrusted, 1);
-        let what = format!(
-            "{} in {}: {why}",
+        self.refused(&format!(
+            "record {} in {}: {why}",
             cache.action_key(&record.action),
             cache.namespace()
-        );
+        ));
+        false
+    }
+
+    /// Whether a manifest with `seal`, read from `cache`, may be used: as
+    /// [`Remote::trusts`] for records.
+    pub(super) fn trusts_manifest(&self, cache: &RemoteCache, seal: &Seal) -> bool {
+        let Some(trusted) = &self.options.trusted else {
+            return true;
+        };
+        let namespace = cache.namespace();
+        match trusted.check_manifest(namespace.as_str(), &seal.digest, seal.signature.as_ref()) {
+            Ok(()) => true,
+            Err(why) => {
+                self.refused(&format!("manifest in {namespace}: {why}"));
+                false
+            }
+        }
+    }
+
+    /// Counts an untrusted record or manifest, and tells the first.
+    fn refused(&self, what: &str) {
+        add(&self.stats.untrusted, 1);
         if self.told_untrusted.swap(true, Relaxed) {
-            tracing::debug!("refused the untrusted record {what}");
+            tracing::debug!("refused the untrusted {what}");
         } else {
             tracing::warn!(
-                "refused the untrusted record {what}; records not signed by a key in \
-                 --trusted-keys are misses (counted as `untrusted` in the statistics)"
+                "refused the untrusted {what}; records and manifests not signed by a key in \
+                 --trusted-keys are not used (counted as `untrusted` in the statistics)"
             );
         }
-        false
     }
 
     /// The first trusted record of `action` in the namespaces read, asked

@@ -445,6 +445,10 @@ fn untrusted_records_are_misses_until_a_signing_writer_replaces_them() {
         let path = answers[0]["DiskPath"].as_str().unwrap();
         assert_eq!(std::fs::read(path).unwrap(), b"genuine");
         assert_eq!((summary.untrusted, summary.hits), (0, 1));
+        if prefetch {
+            // The writer's manifest is signed: the trusting runner uses it.
+            assert_eq!(summary.prefetch_named, 1, "{summary:?}");
+        }
     }
 }
 

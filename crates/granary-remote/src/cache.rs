@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use sha2::Digest as _;
 
 use crate::layout::{Format, Namespace, manifest_action};
-use crate::manifest::{MANIFEST_DELETE_AGE, Manifest, PACK_DELETE_AGE, PackRef, unix_seconds};
+use crate::manifest::{
+    MANIFEST_DELETE_AGE, Manifest, PACK_DELETE_AGE, PackRef, Seal, unix_seconds,
+};
 use crate::pack::{PackReader, PackWriter};
 use crate::record::{ActionRecord, Placement};
 use crate::{BlobStore, ByteStream, RemoteError, reapi};
@@ -422,8 +424,12 @@ impl RemoteCache {
         decoder.finish()
     }
 
-    /// The latest manifest of `scope`, or `None` if there is none.
-    pub async fn fetch_manifest(&self, scope: &str) -> Result<Option<Manifest>, RemoteError> {
+    /// The latest manifest of `scope`, with its seal, or `None` if there is
+    /// none.
+    pub async fn fetch_manifest(
+        &self,
+        scope: &str,
+    ) -> Result<Option<(Manifest, Seal)>, RemoteError> {
         let (key, bytes) = match self.format {
             Format::Granary => {
                 let key = self.format.manifest_key(self.namespace.as_str(), scope);
@@ -453,15 +459,20 @@ impl RemoteCache {
                 (key, bytes)
             }
         };
-        let manifest = Manifest::decode(&bytes)
+        let manifest = Manifest::decode_sealed(&bytes)
             .map_err(|why| damaged(&key, format!("not a manifest: {why}")))?;
         Ok(Some(manifest))
     }
 
-    /// Publishes `manifest` as the latest of its scope. Returns the bytes
-    /// sent.
+    /// Publishes `manifest` as the latest of its scope, signed if this
+    /// cache signs. Returns the bytes sent.
     pub async fn publish_manifest(&self, manifest: &Manifest) -> Result<u64, RemoteError> {
-        let bytes = manifest.encode();
+        let bytes = match &self.signer {
+            Some(key) => {
+                manifest.encode_signed(|digest| key.sign_manifest(self.namespace.as_str(), digest))
+            }
+            None => manifest.encode(),
+        };
         match self.format {
             Format::Granary => {
                 let sent = bytes.len() as u64;
@@ -988,10 +999,12 @@ mod tests {
                 };
                 assert_eq!(cache.fetch_manifest(&manifest.scope).await.unwrap(), None);
                 cache.publish_manifest(&manifest).await.unwrap();
-                assert_eq!(
-                    cache.fetch_manifest(&manifest.scope).await.unwrap(),
-                    Some(manifest.clone())
-                );
+                let (fetched, seal) = cache
+                    .fetch_manifest(&manifest.scope)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!((fetched, seal.signature), (manifest.clone(), None));
                 assert_eq!(cache.fetch_manifest("other").await.unwrap(), None);
             });
         }

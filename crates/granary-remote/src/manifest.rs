@@ -14,7 +14,11 @@
 //! <hex action ID>                       (<used> + <earlier> lines)
 //! loose <used> [<earlier>]
 //! <hex action ID>                       (that many lines)
+//! signed <hex public key> <hex signature>   (last, if signed)
 //! ```
+//!
+//! A signed manifest ends with the signature (see `granary-trust`) of its
+//! namespace and of the SHA-256 of the text before that line.
 //!
 //! A `pack` group names a pack (see [`pack`](crate::pack)) and the entries
 //! to take from it; a `loose` group names entries to fetch by batch (from a
@@ -37,6 +41,7 @@ use std::time::{Duration, SystemTime};
 use sha2::Digest as _;
 
 use granary_id::Id;
+use granary_trust::{PublicKey, Signature};
 
 const MAGIC: &str = "granary-manifest 1";
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -110,6 +115,23 @@ impl Manifest {
 
     /// The manifest as stored: a zstd frame of its lines.
     pub fn encode(&self) -> Vec<u8> {
+        compress(&self.text())
+    }
+
+    /// [`Manifest::encode`], with the signature that `sign` makes of the
+    /// SHA-256 of the text.
+    pub fn encode_signed(&self, sign: impl FnOnce(&Id) -> Signature) -> Vec<u8> {
+        let mut text = self.text();
+        let signature = sign(&Id::of(text.as_bytes()));
+        text.push_str(&format!(
+            "signed {} {}\n",
+            hex::encode(signature.signer.0),
+            hex::encode(signature.bytes)
+        ));
+        compress(&text)
+    }
+
+    fn text(&self) -> String {
         let mut text = format!(
             "{MAGIC}\nscope {}\nwritten {}\n",
             self.scope.replace(['\n', '\r'], " "),
@@ -136,14 +158,31 @@ impl Manifest {
                 text.push('\n');
             }
         }
-        zstd::bulk::compress(text.as_bytes(), 3).expect("compressing in memory does not fail")
+        text
     }
 
-    /// Reads a stored manifest. The error says what is wrong with it.
+    /// Reads a stored manifest, signed or not. The error says what is
+    /// wrong with it.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+        Manifest::decode_sealed(bytes).map(|(manifest, _)| manifest)
+    }
+
+    /// Reads a stored manifest, with what its signature covers.
+    pub fn decode_sealed(bytes: &[u8]) -> Result<(Manifest, Seal), String> {
         let text = zstd::bulk::decompress(bytes, MAX_MANIFEST)
             .map_err(|e| format!("not a zstd frame of at most {MAX_MANIFEST} bytes: {e}"))?;
         let text = std::str::from_utf8(&text).map_err(|_| "not UTF-8".to_owned())?;
+        let (text, signature) = match text.trim_end_matches('\n').rsplit_once('\n') {
+            Some((_, last)) if last.starts_with("signed ") => {
+                let signed = &text[..text.len() - last.len() - 1];
+                (signed, Some(parse_signature(last)?))
+            }
+            _ => (text, None),
+        };
+        let seal = Seal {
+            digest: Id::of(text.as_bytes()),
+            signature,
+        };
         let mut lines = text.lines().enumerate().map(|(i, line)| (i + 1, line));
         let mut next = |what: &str| {
             lines
@@ -215,12 +254,39 @@ impl Manifest {
                 earlier,
             });
         }
-        Ok(Manifest {
+        let manifest = Manifest {
             scope,
             written,
             groups,
-        })
+        };
+        Ok((manifest, seal))
     }
+}
+
+/// What a stored manifest's signature covers, and the signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    /// The SHA-256 of the manifest's text, the signature line left out.
+    pub digest: Id,
+    pub signature: Option<Signature>,
+}
+
+fn parse_signature(line: &str) -> Result<Signature, String> {
+    let bad = || format!("a malformed signature line: {line:?}");
+    let ["signed", signer, signature] = line.split(' ').collect::<Vec<_>>()[..] else {
+        return Err(bad());
+    };
+    let signer = Id::from_hex(signer).ok_or_else(bad)?;
+    let mut bytes = [0; 64];
+    hex::decode_to_slice(signature, &mut bytes).map_err(|_| bad())?;
+    Ok(Signature {
+        signer: PublicKey(signer.0),
+        bytes,
+    })
+}
+
+fn compress(text: &str) -> Vec<u8> {
+    zstd::bulk::compress(text.as_bytes(), 3).expect("compressing in memory does not fail")
 }
 
 /// A name for `scope` that is safe as a key: its letters, digits and dashes
@@ -345,5 +411,34 @@ mod tests {
         assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         assert_ne!(a, scope_key_name("example.com/m linux/amd64 "));
         assert!(scope_key_name(&"x".repeat(500)).len() < 100);
+    }
+
+    #[test]
+    fn a_signed_manifest_carries_its_signature_last() {
+        let key = granary_trust::SigningKey::generate().unwrap();
+        let manifest = sample();
+        let bytes = manifest.encode_signed(|digest| key.sign_manifest("main", digest));
+        let (decoded, seal) = Manifest::decode_sealed(&bytes).unwrap();
+        assert_eq!(decoded, manifest);
+        let (_, unsigned) = Manifest::decode_sealed(&manifest.encode()).unwrap();
+        assert_eq!((unsigned.digest, unsigned.signature), (seal.digest, None));
+        let trusted = granary_trust::TrustedKeys::new([key.public()]);
+        let check =
+            |seal: Seal| trusted.check_manifest("main", &seal.digest, seal.signature.as_ref());
+        assert_eq!(check(seal), Ok(()));
+        // One more entry, or a signature line that is not last, fails.
+        let text = String::from_utf8(zstd::bulk::decompress(&bytes, 1 << 20).unwrap()).unwrap();
+        let (body, signature) = text.trim_end().rsplit_once('\n').unwrap();
+        let grown = format!("{body}\nloose 1\n{}\n{signature}\n", "cd".repeat(32));
+        let (_, seal) = Manifest::decode_sealed(&compress(&grown)).unwrap();
+        assert!(check(seal).is_err());
+        let moved = format!(
+            "{}\n{signature}\n{}\n",
+            body.lines().take(3).collect::<Vec<_>>().join("\n"),
+            body.lines().skip(3).collect::<Vec<_>>().join("\n")
+        );
+        assert!(Manifest::decode_sealed(&compress(&moved)).is_err());
+        let broken = text.replace("signed ", "signed zz");
+        assert!(Manifest::decode_sealed(&compress(&broken)).is_err());
     }
 }

@@ -7,7 +7,9 @@
 //! that are trusted sign what they claim ([`Claim`]: namespace, action ID,
 //! output ID, size and put time) with an ed25519 key ([`SigningKey`]), and
 //! readers use a record only if a key they trust ([`TrustedKeys`]) signed
-//! exactly that claim ([`TrustedKeys::check`]).
+//! exactly that claim ([`TrustedKeys::check`]). Manifests, which tell a
+//! fresh runner what to prefetch, are signed the same way over their
+//! namespace and the SHA-256 of their text ([`SigningKey::sign_manifest`]).
 //!
 //! Key files are text. A secret key file holds one line
 //! `ed25519-secret:<64 hex digits>` (and `#` comments), and must not be
@@ -39,6 +41,17 @@ const PUBLIC_PREFIX: &str = "ed25519:";
 /// What every signed message starts with, so that no signature made by a
 /// granary key for one purpose can pass for another.
 const CLAIM_DOMAIN: &[u8] = b"granary signed action record 1\0";
+/// What every signed manifest message starts with.
+const MANIFEST_DOMAIN: &[u8] = b"granary signed manifest 1\0";
+
+/// The message signed for the manifest whose text hashes to `digest`.
+fn manifest_message(namespace: &str, digest: &Id) -> Vec<u8> {
+    let mut message = MANIFEST_DOMAIN.to_vec();
+    message.extend_from_slice(&(namespace.len() as u64).to_be_bytes());
+    message.extend_from_slice(namespace.as_bytes());
+    message.extend_from_slice(&digest.0);
+    message
+}
 
 /// What a signature vouches for: in `namespace`, the action `action` has the
 /// output `output` of `size` bytes, first put at `put_time`.
@@ -138,9 +151,18 @@ impl SigningKey {
     }
 
     pub fn sign(&self, claim: &Claim) -> Signature {
+        self.sign_message(&claim.message())
+    }
+
+    /// Signs the manifest of `namespace` whose text hashes to `digest`.
+    pub fn sign_manifest(&self, namespace: &str, digest: &Id) -> Signature {
+        self.sign_message(&manifest_message(namespace, digest))
+    }
+
+    fn sign_message(&self, message: &[u8]) -> Signature {
         Signature {
             signer: self.public(),
-            bytes: self.0.sign(&claim.message()).to_bytes(),
+            bytes: self.0.sign(message).to_bytes(),
         }
     }
 
@@ -304,6 +326,25 @@ impl TrustedKeys {
 
     /// Whether `signature` is a trusted key's signature of exactly `claim`.
     pub fn check(&self, claim: &Claim, signature: Option<&Signature>) -> Result<(), Untrusted> {
+        self.check_message(&claim.message(), signature)
+    }
+
+    /// Whether `signature` is a trusted key's signature of the manifest of
+    /// `namespace` whose text hashes to `digest`.
+    pub fn check_manifest(
+        &self,
+        namespace: &str,
+        digest: &Id,
+        signature: Option<&Signature>,
+    ) -> Result<(), Untrusted> {
+        self.check_message(&manifest_message(namespace, digest), signature)
+    }
+
+    fn check_message(
+        &self,
+        message: &[u8],
+        signature: Option<&Signature>,
+    ) -> Result<(), Untrusted> {
         let signature = signature.ok_or(Untrusted::Unsigned)?;
         let key = self
             .keys
@@ -311,7 +352,7 @@ impl TrustedKeys {
             .ok_or(Untrusted::UnknownKey(signature.signer))?;
         // Strict: no malleable signatures and no weak keys.
         key.verify_strict(
-            &claim.message(),
+            message,
             &ed25519_dalek::Signature::from_bytes(&signature.bytes),
         )
         .map_err(|_| Untrusted::BadSignature(signature.signer))
@@ -395,6 +436,32 @@ mod tests {
             trusted.check(&claim("main"), None),
             Err(Untrusted::Unsigned)
         );
+    }
+
+    #[test]
+    fn a_manifest_signature_covers_its_namespace_and_text_and_is_no_record_signature() {
+        let key = SigningKey::generate().unwrap();
+        let trusted = TrustedKeys::new([key.public()]);
+        let digest = Id::of(b"granary-manifest 1\n...");
+        let signature = key.sign_manifest("main", &digest);
+        assert_eq!(
+            trusted.check_manifest("main", &digest, Some(&signature)),
+            Ok(())
+        );
+        let bad = Err(Untrusted::BadSignature(key.public()));
+        assert_eq!(
+            trusted.check_manifest("pr-1", &digest, Some(&signature)),
+            bad
+        );
+        let other = Id::of(b"another text");
+        assert_eq!(
+            trusted.check_manifest("main", &other, Some(&signature)),
+            bad
+        );
+        // Neither kind of signature passes for the other.
+        let record = key.sign(&claim("main"));
+        assert_eq!(trusted.check_manifest("main", &digest, Some(&record)), bad);
+        assert_eq!(trusted.check(&claim("main"), Some(&signature)), bad);
     }
 
     #[test]
