@@ -14,6 +14,8 @@ Configurations:
   s3+20ms-no-prefetch  the same, --prefetch false: one lookup per action
   serve+20ms           empty local tier, warm granary serve, prefetch on
   serve+20ms-no-prefetch
+  s3+20ms-trusted      s3+20ms with --trusted-keys: every record and manifest
+  serve+20ms-trusted   checked against the signing key the fillers used
 
 Before the timed runs, runner A fills each remote with a cold build (no
 delay), publishing the manifest of scope `bench` (with packs in the
@@ -27,7 +29,8 @@ fresh runners are read-only, so every run sees the same remote, and each
 gets a new directory: deleting the previous runner's 185 MB just before a
 run leaves the file system busy discarding blocks and slows writes for
 seconds, which is not what a fresh machine sees. Targets (issue 6): with
-prefetch at most 2x granary-warm, and at least 10x faster than without.
+prefetch at most 2x granary-warm, and at least 10x faster than without;
+checking signatures (issue 19) under 5% of the fresh build.
 
 A fresh runner must write what the build uses, 182 MB for `go build std`,
 and a warm build writes nothing; so each round also times `copy-warm`, a
@@ -78,16 +81,21 @@ def main():
     run = timer.run
     delay = f"{args.delay_ms:g}ms"
     scope = {"GRANARY_SCOPE": "bench"}
+    # The fillers sign what they write; the -trusted runners check it.
+    key = work / "bench.key"
+    subprocess.run([granary, "key", "generate", str(key)], check=True, capture_output=True)
+    sign = {"GRANARY_SIGNING_KEY": str(key)}
+    trusted = {"GRANARY_TRUSTED_KEYS": f"{key}.pub"}
     try:
         s3 = {**common.remote_env(endpoint, "std"), **scope}
         serve = {"GRANARY_REMOTE": url, **scope}
         # Runner A: fills each remote and publishes the manifest.
         run("native-cold", work / "native", fresh=True)
-        run("fill-s3", work / "granary", s3, fresh=True)
-        run("fill-serve", work / "filler", serve, fresh=True)
+        run("fill-s3", work / "granary", {**s3, **sign}, fresh=True)
+        run("fill-serve", work / "filler", {**serve, **sign}, fresh=True)
         for i in range(2):
-            run("fill-s3-warm", work / f"fill-s3-warm-{i}", s3)
-            run("fill-serve-warm", work / f"fill-serve-warm-{i}", serve)
+            run("fill-s3-warm", work / f"fill-s3-warm-{i}", {**s3, **sign})
+            run("fill-serve-warm", work / f"fill-serve-warm-{i}", {**serve, **sign})
         slow_s3 = {**s3, "GRANARY_S3_ENDPOINT": slow_endpoint, "GRANARY_READ_ONLY": "true"}
         slow_serve = {**serve, "GRANARY_REMOTE": slow_url, "GRANARY_READ_ONLY": "true"}
         off = {"GRANARY_PREFETCH": "false"}
@@ -96,8 +104,10 @@ def main():
             run("granary-warm", work / "granary")
             copy_warm(timer, work / "granary", work / f"copy-{i}")
             run(f"s3+{delay}", work / f"fresh-{i}-a", slow_s3)
+            run(f"s3+{delay}-trusted", work / f"fresh-{i}-e", {**slow_s3, **trusted})
             run(f"s3+{delay}-no-prefetch", work / f"fresh-{i}-b", {**slow_s3, **off})
             run(f"serve+{delay}", work / f"fresh-{i}-c", slow_serve)
+            run(f"serve+{delay}-trusted", work / f"fresh-{i}-f", {**slow_serve, **trusted})
             run(f"serve+{delay}-no-prefetch", work / f"fresh-{i}-d", {**slow_serve, **off})
     finally:
         s3_proxy.kill()
@@ -141,7 +151,7 @@ def report(timer, go, out, delay, runs):
             last = timer.stats[name][-1]
             for key in ("gets", "hits", "remote_hits", "prefetch_named", "prefetch_fetched",
                         "prefetch_requests", "prefetch_bytes", "prefetch_waits", "prefetch_used",
-                        "prefetch_unused", "prefetch_ms"):
+                        "prefetch_unused", "prefetch_ms", "untrusted"):
                 row[key] = last.get(key, 0)
         rows.append(row)
 
@@ -164,13 +174,20 @@ def report(timer, go, out, delay, runs):
             f"| {r['config']} | {r['median_s']:.2f} | {r['vs_native_warm']:.2f}x | "
             f"{r['vs_granary_warm']:.2f}x | {speedup} | {lookups} | {prefetched} | {used} |"
         )
+    costs = []
+    for kind in ("s3", "serve"):
+        checked, plain = median[f"{kind}+{delay}-trusted"], median[f"{kind}+{delay}"]
+        costs.append(f"{kind} {checked - plain:+.2f} s ({100 * (checked / plain - 1):+.1f}%)")
     floor = warm + median["copy-warm"]
     lines += ["", f"{runs} runs of each configuration, interleaved; median. The proxy adds "
               f"{delay} to every request. Fresh runners are read-only; remote columns are from the "
               "last run. copy-warm is `cp -r` of granary-warm's directory: writing the outputs a "
               f"fresh runner needs, and nothing else; granary-warm + copy-warm = {floor:.2f} s "
               f"({floor / warm:.2f}x). Targets: prefetch at most 2x granary-warm, at least 10x "
-              "faster than without."]
+              "faster than without.", "",
+              "Checking signatures (-trusted: the fillers signed every record and manifest, "
+              "the runner has --trusted-keys), median against the same runner without: "
+              + ", ".join(costs) + ". Target: under 5%."]
     table = "\n".join(lines)
     print()
     print(table)

@@ -21,19 +21,19 @@
 //!   thread decodes a body and hands it on: whole when small, else in chunks
 //!   through a bounded channel, so memory stays bounded for any body size
 //!   and the reader never waits on a disk write.
-//! - Every request becomes a [`Ticket`], which guarantees exactly one answer;
+//! - Every request becomes a `Ticket` (`respond.rs`), which guarantees exactly one answer;
 //!   whoever finishes a request writes its line to stdout under a lock
-//!   ([`Responder`]), so there is no writer thread to hop through.
+//!   (`Responder`), so there is no writer thread to hop through.
 //!
 //! `close` (or the end of stdin) stops the reading; the job queue is closed,
 //! the workers drain it and exit, and only then is `close` answered.
 //!
-//! With a remote tier (see [`remote`]), a local miss hands its ticket to an
+//! With a remote tier (see `remote.rs`), a local miss hands its ticket to an
 //! asynchronous remote lookup instead of answering at once, so the reader
 //! never waits on the network, and a stored put is queued for upload. The
 //! remote's manifests are prefetched in the background from the start, and
 //! a manifest of what the run used is published at close (see
-//! [`prefetch`]).
+//! `prefetch.rs` and `publish.rs`).
 
 pub mod history;
 mod prefetch;

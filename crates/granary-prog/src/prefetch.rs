@@ -4,8 +4,9 @@
 //!
 //! Right after the handshake, a task reads the manifests of the run's scope
 //! and fallback scopes, in the run's namespace and then in those it reads,
-//! and fetches what they name and the local tier lacks: packs from object storage, batches from a cache server (one by
-//! one from a server without a batch endpoint), a few transfers at a time.
+//! and fetches what they name and the local tier lacks: packs from object
+//! storage, batches from a cache server (one by one from a server without
+//! a batch endpoint), a few transfers at a time.
 //! Every entry to fetch is *planned*: a get for it waits for its transfer
 //! instead of asking the remote again, and once the transfer is over, gets
 //! it did not serve go on to an ordinary lookup. Each entry is held to the

@@ -51,10 +51,13 @@ const SWEEP_LIMIT: usize = 1000;
 const JOURNALS: &str = "granary-journal";
 
 /// At close: publishes the manifest of what this job used, packing
-/// what no fresh pack holds, then deletes what is too old to be used.
+/// what no fresh pack holds, then deletes what is too old to be used. A
+/// run that checks signatures but cannot sign publishes nothing: runs like
+/// it would not use its manifest, and it would replace a signed one.
 pub(super) async fn publish(prefetch: &Prefetch) {
     let remote = &prefetch.remote;
-    if remote.options.read_only || !remote.is_on() {
+    let unsigned_among_trusting = remote.options.trusted.is_some() && !remote.options.cache.signs();
+    if remote.options.read_only || !remote.is_on() || unsigned_among_trusting {
         return;
     }
     let used = std::mem::take(&mut lock(&remote.used).order);

@@ -504,11 +504,12 @@ impl Remote {
         let answers =
             futures_util::future::join_all(self.reads.iter().map(|cache| cache.lookup(&action)))
                 .await;
+        let received = answers.iter().flatten().flatten().map(|f| f.transferred);
+        add(&self.stats.remote_bytes_down, received.sum());
         let mut trouble = None;
         for (cache, answer) in self.reads.iter().zip(answers) {
             match answer {
                 Ok(Some(fetched)) => {
-                    add(&self.stats.remote_bytes_down, fetched.transferred);
                     if self.trusts(cache, &fetched.record) {
                         return Ok(Some((cache, fetched)));
                     }

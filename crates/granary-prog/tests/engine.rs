@@ -510,3 +510,52 @@ fn namespaces_keep_a_pull_request_out_of_main() {
     assert_eq!(answers[0]["Miss"], true);
     assert_eq!(summary.untrusted, 1);
 }
+
+/// Rotation: a reader that trusts the old and the new key takes what either
+/// signed, one that trusts only the new refuses the old's; a signature
+/// altered in the remote is refused.
+#[test]
+fn keys_rotate_and_altered_signatures_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        Arc::new(SigningKey::generate().unwrap()),
+        Arc::new(SigningKey::generate().unwrap()),
+    );
+    let remote = Remote::new(false);
+    let writer = |key: &Arc<SigningKey>| Remote {
+        signer: Some(key.clone()),
+        trusted: Some(Arc::new(TrustedKeys::new([key.public()]))),
+        ..remote.runner()
+    };
+    run(
+        &dir,
+        &writer(&old),
+        &[Ask::Put(1, b"by the old key".to_vec())],
+    );
+    run(
+        &dir,
+        &writer(&new),
+        &[Ask::Put(2, b"by the new key".to_vec())],
+    );
+    let reader = |keys: &[&Arc<SigningKey>]| Remote {
+        trusted: Some(Arc::new(TrustedKeys::new(keys.iter().map(|k| k.public())))),
+        ..remote.runner()
+    };
+    let (answers, summary) = run(&dir, &reader(&[&old, &new]), &[Ask::Get(1), Ask::Get(2)]);
+    assert!(is_hit(&answers[0]) && is_hit(&answers[1]), "{answers:?}");
+    assert_eq!(summary.untrusted, 0);
+    let (answers, summary) = run(&dir, &reader(&[&new]), &[Ask::Get(1), Ask::Get(2)]);
+    assert_eq!(answers[0]["Miss"], true, "the old key is no longer trusted");
+    assert!(is_hit(&answers[1]));
+    assert_eq!(summary.untrusted, 1);
+
+    // One bit of the signature (the header's last field) flipped.
+    let key = Format::Granary.action_key("", &Id([2; 32]));
+    remote.memory.edit(&key, |record| {
+        let end = record.iter().position(|&b| b == b'\n').unwrap();
+        record[end - 1] = if record[end - 1] == b'0' { b'1' } else { b'0' };
+    });
+    let (answers, summary) = run(&dir, &reader(&[&old, &new]), &[Ask::Get(2)]);
+    assert_eq!(answers[0]["Miss"], true);
+    assert_eq!(summary.untrusted, 1);
+}

@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime};
 use sha2::Digest as _;
 
 use granary_id::Id;
-use granary_trust::{PublicKey, Signature};
+use granary_trust::Signature;
 
 const MAGIC: &str = "granary-manifest 1";
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -123,11 +123,7 @@ impl Manifest {
     pub fn encode_signed(&self, sign: impl FnOnce(&Id) -> Signature) -> Vec<u8> {
         let mut text = self.text();
         let signature = sign(&Id::of(text.as_bytes()));
-        text.push_str(&format!(
-            "signed {} {}\n",
-            hex::encode(signature.signer.0),
-            hex::encode(signature.bytes)
-        ));
+        text.push_str(&format!("signed {}\n", signature.to_hex()));
         compress(&text)
     }
 
@@ -276,13 +272,7 @@ fn parse_signature(line: &str) -> Result<Signature, String> {
     let ["signed", signer, signature] = line.split(' ').collect::<Vec<_>>()[..] else {
         return Err(bad());
     };
-    let signer = Id::from_hex(signer).ok_or_else(bad)?;
-    let mut bytes = [0; 64];
-    hex::decode_to_slice(signature, &mut bytes).map_err(|_| bad())?;
-    Ok(Signature {
-        signer: PublicKey(signer.0),
-        bytes,
-    })
+    Signature::from_hex(signer, signature).ok_or_else(bad)
 }
 
 fn compress(text: &str) -> Vec<u8> {

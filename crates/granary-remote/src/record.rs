@@ -15,7 +15,7 @@
 use std::time::{Duration, SystemTime};
 
 use granary_id::Id;
-use granary_trust::{Claim, PublicKey, Signature};
+use granary_trust::{Claim, Signature};
 
 const MAGIC: &str = "granary-ac";
 const FORMAT: &str = "1";
@@ -77,9 +77,9 @@ impl ActionRecord {
             Placement::Inline => "inline",
             Placement::Object => "object",
         };
-        let signature = self.signature.map_or(String::new(), |s| {
-            format!(" {} {}", hex::encode(s.signer.0), hex::encode(s.bytes))
-        });
+        let signature = self
+            .signature
+            .map_or(String::new(), |s| format!(" {}", s.to_hex()));
         format!(
             "{MAGIC} {FORMAT} {} {} {} {nanos} {placement}{signature}\n",
             self.action, self.output, self.size,
@@ -111,7 +111,9 @@ impl ActionRecord {
         };
         let signature = match *signature {
             [] => None,
-            [signer, signature] => Some(parse_signature(signer, signature).ok_or("bad signature")?),
+            [signer, signature] => {
+                Some(Signature::from_hex(signer, signature).ok_or("bad signature")?)
+            }
             _ => return Err(unknown()),
         };
         let record_action = digest(action_hex).ok_or("bad action ID")?;
@@ -150,17 +152,6 @@ fn digest(text: &str) -> Option<Id> {
         return None;
     }
     Id::from_hex(text)
-}
-
-/// A signer's public key and its signature, in lower-case hex.
-fn parse_signature(signer: &str, signature: &str) -> Option<Signature> {
-    let signer = PublicKey(digest(signer)?.0);
-    let mut bytes = [0; 64];
-    if signature.bytes().any(|b| b.is_ascii_uppercase()) {
-        return None;
-    }
-    hex::decode_to_slice(signature, &mut bytes).ok()?;
-    Some(Signature { signer, bytes })
 }
 
 /// A decimal number without sign or leading zeros.

@@ -123,6 +123,33 @@ pub struct Signature {
     pub bytes: [u8; 64],
 }
 
+impl Signature {
+    /// The signer and the signature in lower-case hex, separated by a
+    /// space: how text formats (record headers, manifests) carry one.
+    pub fn to_hex(&self) -> String {
+        format!("{} {}", hex::encode(self.signer.0), hex::encode(self.bytes))
+    }
+
+    /// Reads the two fields [`Signature::to_hex`] writes; only lower-case
+    /// hex, so that one signature has one spelling.
+    pub fn from_hex(signer: &str, signature: &str) -> Option<Signature> {
+        if [signer, signature]
+            .iter()
+            .any(|field| field.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return None;
+        }
+        let mut key = [0; 32];
+        let mut bytes = [0; 64];
+        hex::decode_to_slice(signer, &mut key).ok()?;
+        hex::decode_to_slice(signature, &mut bytes).ok()?;
+        Some(Signature {
+            signer: PublicKey(key),
+            bytes,
+        })
+    }
+}
+
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Signature(by {})", self.signer)

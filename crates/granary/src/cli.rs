@@ -339,7 +339,8 @@ pub struct RemoteArgs {
     pub read_namespaces: Vec<String>,
 
     /// Sign every action record this run writes to the remote with this secret key (see
-    /// `granary key generate`); the file must be readable by its owner only
+    /// `granary key generate`); the file must be readable by its owner only. Without
+    /// --trusted-keys, the run then trusts this key alone
     #[arg(long, env = "GRANARY_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
 

@@ -85,13 +85,20 @@ fn remote_options(remote: config::Remote) -> anyhow::Result<RemoteOptions> {
         Endpoint::Http(http) => RemoteCache::new(Arc::new(HttpBlobs::new(http)?), Format::Reapi),
     }
     .in_namespace(remote.namespace);
-    if let Some(path) = &remote.signing_key {
-        cache = cache.signed_by(Arc::new(SigningKey::read(path)?));
-    }
-    let trusted = match &remote.trusted_keys {
-        Some(path) => Some(Arc::new(TrustedKeys::read(path)?)),
+    let signing_key = match &remote.signing_key {
+        Some(path) => Some(Arc::new(SigningKey::read(path)?)),
         None => None,
     };
+    // A signing run trusts at least its own key: signing what it built on
+    // unchecked entries would launder them.
+    let trusted = match (&remote.trusted_keys, &signing_key) {
+        (Some(path), _) => Some(Arc::new(TrustedKeys::read(path)?)),
+        (None, Some(key)) => Some(Arc::new(TrustedKeys::new([key.public()]))),
+        (None, None) => None,
+    };
+    if let Some(key) = signing_key {
+        cache = cache.signed_by(key);
+    }
     Ok(RemoteOptions {
         cache,
         read_namespaces: remote.read_namespaces,

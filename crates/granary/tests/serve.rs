@@ -6,7 +6,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -82,16 +81,7 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 }
 
 fn make_token(scope: &str) -> (String, String) {
-    let out =
-        run_ok(Command::new(granary()).args(["serve-token", "--scope", scope, "--name", scope]));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no `{name}` in {text}"))
-            .to_owned()
-    };
-    (field("token: "), field("tokens file line: "))
+    serve_token(&["--scope", scope, "--name", scope])
 }
 
 fn tokens_file(dir: &Path, lines: &[&str], mode: u32) -> std::path::PathBuf {
@@ -1038,10 +1028,17 @@ fn batches_answer_in_order_and_refuse_bad_requests() {
         .position(|w| w[..32] == hex::decode(&absent).unwrap()[..] && w[32..] == [0; 4])
         .expect("the absent entry is marked missing");
     assert!(large_at < absent_at, "in the order asked");
+    // Another instance name has an action cache of its own.
+    let mut all_missing = b"granary-pack-01\n".to_vec();
+    for id in [&ids[1], &absent, &ids[0]] {
+        all_missing.extend_from_slice(&hex::decode(id).unwrap());
+        all_missing.extend_from_slice(&[0; 4]);
+    }
+    all_missing.extend_from_slice(&[0; 32]);
     assert_eq!(
         request(server.addr, "POST", "/team/batch", &[], body.as_bytes()).1,
-        answer,
-        "under an instance name too"
+        all_missing,
+        "another instance's action cache"
     );
     // A client that takes zstd gets the same pack, compressed; the large
     // output's blob is compressed once, then sent as kept.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::s3::S3Server;
-use common::server::{Server, request, sha256_hex};
+use common::server::{Server, request, serve_token, sha256_hex};
 use common::*;
 use granary_id::Id;
 use granary_protocol::Request;
@@ -157,7 +157,7 @@ fn attack_and_defend(shared: Shared, prefetch: bool) {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
-        stderr.matches("refused the untrusted record").count(),
+        stderr.matches("refused the untrusted").count(),
         1,
         "{what}: one warning per run:\n{stderr}"
     );
@@ -237,19 +237,6 @@ fn a_readable_secret_key_is_refused() {
     );
 }
 
-/// `granary serve-token` with `args`: the token and its tokens-file line.
-fn make_token(args: &[&str]) -> (String, String) {
-    let out = run_ok(Command::new(granary()).arg("serve-token").args(args));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no `{name}` in {text}"))
-            .to_owned()
-    };
-    (field("token: "), field("tokens file line: "))
-}
-
 /// A pull request reads main's entries and compiles nothing; what it then
 /// builds on a changed tree stays in its namespace, so main's next build
 /// of that tree compiles the change itself; and the server refuses the
@@ -257,9 +244,9 @@ fn make_token(args: &[&str]) -> (String, String) {
 #[test]
 fn a_pull_request_reads_main_and_cannot_write_it() {
     let sb = Sandbox::new();
-    let (main_token, main_line) = make_token(&["--scope", "write", "--name", "main"]);
+    let (main_token, main_line) = serve_token(&["--scope", "write", "--name", "main"]);
     let (pr_token, pr_line) =
-        make_token(&["--scope", "write", "--name", "pr", "--namespaces", "pr-*"]);
+        serve_token(&["--scope", "write", "--name", "pr", "--namespaces", "pr-*"]);
     assert!(pr_line.ends_with(" namespaces=pr-*"), "{pr_line}");
     let tokens = sb.path("tokens");
     fs::write(&tokens, format!("{main_line}\n{pr_line}\n")).unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use super::granary;
+use super::{granary, run_ok};
 
 /// A running `granary serve`.
 pub struct Server {
@@ -174,6 +174,19 @@ fn rand_suffix() -> u128 {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// `granary serve-token` with `args`: the token and its tokens-file line.
+pub fn serve_token(args: &[&str]) -> (String, String) {
+    let out = run_ok(Command::new(granary()).arg("serve-token").args(args));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no `{name}` in {text}"))
+            .to_owned()
+    };
+    (field("token: "), field("tokens file line: "))
 }
 
 /// One HTTP/1.1 request on a new connection; the status and the body.
