@@ -176,6 +176,14 @@ pub fn remote(
             .unwrap_or_default(),
     )?;
     let endpoint = if url.starts_with("http://") || url.starts_with("https://") {
+        // The URL's path is sent as the instance name already.
+        let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+        if !path.trim_matches('/').is_empty() && !namespace.as_str().is_empty() {
+            anyhow::bail!(
+                "{url} names its instance (`{path}`) and --namespace names another: \
+                 give the namespace once, as the URL's path or as --namespace"
+            );
+        }
         let token_file = args.token_file.clone().or(file.token_file);
         Endpoint::Http(HttpSettings {
             url,
@@ -717,6 +725,60 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), "remote = \"gs://nope\"\n").unwrap();
         let err = remote(dir.path(), None, &RemoteArgs::default()).unwrap_err();
         assert!(format!("{err:#}").contains("s3://BUCKET"), "{err:#}");
+    }
+
+    #[test]
+    fn trust_settings_come_from_flags_then_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "remote = \"s3://cache/go\"\nnamespace = \"main\"\n\
+             read-namespaces = [\"release\"]\ntrusted-keys = \"/etc/granary/trusted\"\n",
+        )
+        .unwrap();
+        let from_file = remote(dir.path(), None, &RemoteArgs::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(from_file.namespace.as_str(), "main");
+        assert_eq!(from_file.read_namespaces[0].as_str(), "release");
+        assert_eq!(
+            from_file.trusted_keys.as_deref(),
+            Some(Path::new("/etc/granary/trusted"))
+        );
+        assert_eq!(from_file.signing_key, None);
+        let flags = RemoteArgs {
+            namespace: Some("pr-12".into()),
+            read_namespaces: vec!["main".into(), "release".into()],
+            signing_key: Some("/secrets/ci.key".into()),
+            ..RemoteArgs::default()
+        };
+        let both = remote(dir.path(), None, &flags).unwrap().unwrap();
+        assert_eq!(both.namespace.as_str(), "pr-12");
+        assert_eq!(both.read_namespaces.len(), 2);
+        assert_eq!(
+            both.signing_key.as_deref(),
+            Some(Path::new("/secrets/ci.key"))
+        );
+
+        let bad = RemoteArgs {
+            namespace: Some("../main".into()),
+            ..RemoteArgs::default()
+        };
+        let err = remote(dir.path(), None, &bad).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a namespace name"),
+            "{err:#}"
+        );
+        // On a cache server the URL's path is the namespace already.
+        let twice = RemoteArgs {
+            remote: Some("http://127.0.0.1:8080/team".into()),
+            ..RemoteArgs::default()
+        };
+        let err = remote(dir.path(), None, &twice).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("give the namespace once"),
+            "{err:#}"
+        );
     }
 
     #[test]
