@@ -396,7 +396,7 @@ pub enum KeyFileError {
     )]
     Exists { path: PathBuf },
     #[error(
-        "the secret key file {path} may be read by others (mode {mode:o}); run `chmod 600 {path}`"
+        "the secret key file {path} is open to group or others (mode {mode:o}); run `chmod 600 {path}`"
     )]
     Readable { path: PathBuf, mode: u32 },
     #[error("{path}, line {line}: expected {expected}")]
