@@ -8,7 +8,7 @@
 //! checked while they stream in: a blob that does not match is never
 //! stored.
 //!
-//! Blobs live on disk ([`disk`]): written to a temporary file, checked,
+//! Blobs live on disk (`disk.rs`): written to a temporary file, checked,
 //! renamed into place, so a crash never leaves a half-written blob where a
 //! reader could find it, and the index is rebuilt at start-up from file
 //! names and sizes alone. The disk tier has a size limit; least recently
@@ -16,11 +16,11 @@
 //! above a hard limit writes are refused with 507. A blob being sent is
 //! never evicted under its reader. A GET of a blob whose upload is still in
 //! progress follows the upload as it arrives; concurrent misses on one key
-//! fetch it once from the optional backing object store ([`backing`]),
+//! fetch it once from the optional backing object store (`backing.rs`),
 //! which also receives every upload in the background.
 //!
 //! Access is by bearer tokens of scope read or write, kept hashed in a
-//! tokens file ([`auth`]), with optional anonymous reading; TLS comes from
+//! tokens file (`auth.rs`), with optional anonymous reading; TLS comes from
 //! certificate and key files. `/status` reports sizes, counts and limits as
 //! JSON, `/healthz` says whether the server answers, `/metrics` exposes
 //! Prometheus metrics.
