@@ -111,13 +111,9 @@ pub fn batch_instance(path: &str) -> Option<&str> {
     }
 }
 
+/// A named instance is a namespace, by the rule clients name them with.
 fn is_instance_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    !name.is_empty() && granary_remote::Namespace::new(name).is_ok()
 }
 
 #[cfg(test)]
