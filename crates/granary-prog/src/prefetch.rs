@@ -11,7 +11,8 @@
 //! instead of asking the remote again, and once the transfer is over, gets
 //! it did not serve go on to an ordinary lookup. Each entry is held to the
 //! same trust rule as a lookup's, in the namespace of the manifest that
-//! named it ([`Remote::trusts`]).
+//! named it; the signatures of a pack's entries are checked a few dozen
+//! at a time, unless a get waits for one ([`Prefetch::vouch`]).
 //!
 //! Everything here is best effort: a missing, damaged or slow manifest or
 //! pack costs a warning or a count, never a failed build.
@@ -26,8 +27,10 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::{FutureExt, StreamExt};
 use granary_id::Id;
 use granary_protocol::Response;
-use granary_remote::{Fetched, Group, Manifest, PackReader, PackRef, RawEntry, RemoteError};
-use granary_store::Lookup;
+use granary_remote::{
+    ActionRecord, Fetched, Group, Manifest, PackReader, PackRef, RawEntry, RemoteError,
+};
+use granary_store::{Lookup, ObjectWriter};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -41,6 +44,9 @@ const TRANSFERS_AT_ONCE: usize = 8;
 const LOOKUPS_AT_ONCE: usize = 32;
 /// Entries per batch request.
 const BATCH: usize = 256;
+/// Entries of a pack whose signatures are checked together, unless a get
+/// waits for one: about half the cost of checking each alone.
+const VOUCH_AT_ONCE: usize = 64;
 
 /// A get waiting for the prefetch, and since when: however the remote
 /// behaves, it waits at most --remote-timeout (see
@@ -153,6 +159,14 @@ impl Prefetch {
             Some(Planned::Failed) | None => Joined::No(waiter),
         }
     }
+}
+
+/// An entry of a pack whose body is written but not yet in the local
+/// tier: its record waits to be checked with others ([`Prefetch::vouch`]).
+struct Unvouched {
+    action: Id,
+    record: ActionRecord,
+    body: ObjectWriter,
 }
 
 /// Where a transfer's entries come from.
@@ -514,6 +528,27 @@ impl Prefetch {
         wanted: &HashSet<Id>,
         asked: Option<&[Id]>,
     ) -> Result<(), Trouble> {
+        let mut unvouched = Vec::new();
+        let received = self
+            .receive(from, pack, wanted, asked, &mut unvouched)
+            .await;
+        // What arrived whole before any trouble is as good as the rest.
+        self.vouch(from, &mut unvouched);
+        received
+    }
+
+    /// Writes the bodies of the wanted entries of a pack as they arrive;
+    /// their records wait in `unvouched` for [`Prefetch::vouch`], so that
+    /// their signatures are checked together: until [`VOUCH_AT_ONCE`]
+    /// wait, a get waits for one, or the pack ends.
+    async fn receive(
+        self: &Arc<Self>,
+        from: usize,
+        pack: &mut PackReader,
+        wanted: &HashSet<Id>,
+        asked: Option<&[Id]>,
+        unvouched: &mut Vec<Unvouched>,
+    ) -> Result<(), Trouble> {
         let remote = &self.remote;
         let cache = &remote.reads[from];
         let stall = remote.options.timeout;
@@ -551,18 +586,63 @@ impl Prefetch {
                 continue;
             }
             let fetched = cache.unpack(pack, &action, &record)?;
-            if !remote.trusts(cache, &fetched.record) {
-                // Not to be named again in this run's manifest. Its object,
-                // if any, is skipped with the next entry; the get goes on
-                // to a lookup once the transfer is over.
+            // A body the disk cannot take: the pack's framing is still
+            // sound, and the next entry may fit.
+            match self.receive_body(pack, &fetched).await? {
+                Ok(body) => unvouched.push(Unvouched {
+                    action,
+                    record: fetched.record,
+                    body,
+                }),
+                Err(trouble) => {
+                    self.report(trouble, "an entry of a pack");
+                    self.settle(action, None);
+                }
+            }
+            if remote.options.trusted.is_none()
+                || unvouched.len() >= VOUCH_AT_ONCE
+                || self.awaits_any(unvouched)
+            {
+                self.vouch(from, unvouched);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a get waits for one of the `unvouched` entries: then they
+    /// are vouched for at once rather than with more.
+    fn awaits_any(&self, unvouched: &[Unvouched]) -> bool {
+        let plan = lock(&self.plan);
+        unvouched.iter().any(|entry| {
+            matches!(plan.entries.get(&entry.action),
+                Some(Planned::Waiting(waiters)) if !waiters.is_empty())
+        })
+    }
+
+    /// Stores the entries received from `reads[from]` that it trusts in the
+    /// local tier, and answers the gets waiting for them. An untrusted
+    /// one is dropped: not to be named again in this run's manifest, and
+    /// its gets go on to a lookup once the transfer is over.
+    fn vouch(self: &Arc<Self>, from: usize, unvouched: &mut Vec<Unvouched>) {
+        if unvouched.is_empty() {
+            return;
+        }
+        let remote = &self.remote;
+        let records: Vec<&ActionRecord> = unvouched.iter().map(|entry| &entry.record).collect();
+        let trusted = remote.trusts_all(&remote.reads[from], &records);
+        for (entry, trusted) in unvouched.drain(..).zip(trusted) {
+            let Unvouched {
+                action,
+                record,
+                body,
+            } = entry;
+            if !trusted {
                 lock(&self.packs).remove(&action);
                 continue;
             }
-            // One bad entry, or one the disk cannot take: the pack's
-            // framing is still sound, and the next entry may fit.
-            match self.store_packed(pack, action, &fetched).await? {
+            match remote.keep(action, &record, body) {
                 Ok(found) => self.settle(action, Some(found)),
-                Err(Trouble::Remote(e @ RemoteError::Damaged { .. })) => {
+                Err(Trouble::Remote(e)) => {
                     add(&self.remote.stats.remote_damaged, 1);
                     tracing::info!("{e}; treated as a miss");
                 }
@@ -570,21 +650,18 @@ impl Prefetch {
                     remote.report_not_stored(&e);
                     self.settle(action, None);
                 }
-                Err(e) => return Err(e),
             }
         }
-        Ok(())
     }
 
-    /// Stores one entry of a pack in the local tier. The outer error ends
-    /// the pack (cut short or damaged: nothing after it can be trusted);
-    /// the inner one is this entry's alone.
-    async fn store_packed(
+    /// Writes the body of one entry of a pack into the local tier. The
+    /// outer error ends the pack (cut short or damaged: nothing after it
+    /// can be trusted); the inner one is this entry's alone.
+    async fn receive_body(
         &self,
         pack: &mut PackReader,
-        action: Id,
         fetched: &Fetched,
-    ) -> Result<Result<Found, Trouble>, Trouble> {
+    ) -> Result<Result<ObjectWriter, Trouble>, Trouble> {
         let remote = &self.remote;
         let mut body = match remote.store.object_writer(&fetched.record.output) {
             Ok(body) => body,
@@ -602,9 +679,9 @@ impl Prefetch {
             }
         };
         match written {
+            Ok(()) => Ok(Ok(body)),
             Err(e @ Trouble::Remote(_)) => Err(e),
             Err(e) => Ok(Err(e)),
-            Ok(()) => Ok(remote.keep(action, &fetched.record, body)),
         }
     }
 

@@ -454,19 +454,36 @@ impl Remote {
     /// keys every record may; with them, only one a trusted key signed for
     /// that namespace. A refusal is counted, and the first one told.
     pub(super) fn trusts(&self, cache: &RemoteCache, record: &ActionRecord) -> bool {
+        self.trusts_all(cache, &[record])[0]
+    }
+
+    /// [`Remote::trusts`] of each record, their signatures checked together
+    /// ([`TrustedKeys::check_all`]).
+    pub(super) fn trusts_all(&self, cache: &RemoteCache, records: &[&ActionRecord]) -> Vec<bool> {
         let Some(trusted) = &self.options.trusted else {
-            return true;
+            return vec![true; records.len()];
         };
-        let claim = record.claim(cache.namespace().as_str());
-        let Err(why) = trusted.check(&claim, record.signature.as_ref()) else {
-            return true;
+        let namespace = cache.namespace();
+        let claims: Vec<_> = records
+            .iter()
+            .map(|record| (record.claim(namespace.as_str()), record.signature.as_ref()))
+            .collect();
+        let start = Instant::now();
+        let checked = trusted.check_all(&claims);
+        add(
+            &self.stats.signature_check_us,
+            start.elapsed().as_micros() as u64,
+        );
+        let refuse = |record: &ActionRecord, why| {
+            let key = cache.action_key(&record.action);
+            self.refused(&format!("record {key} in {namespace}: {why}"));
+            false
         };
-        self.refused(&format!(
-            "record {} in {}: {why}",
-            cache.action_key(&record.action),
-            cache.namespace()
-        ));
-        false
+        records
+            .iter()
+            .zip(checked)
+            .map(|(record, checked)| checked.map_or_else(|why| refuse(record, why), |()| true))
+            .collect()
     }
 
     /// Whether a manifest with `seal`, read from `cache`, may be used: as
@@ -476,7 +493,14 @@ impl Remote {
             return true;
         };
         let namespace = cache.namespace();
-        match trusted.check_manifest(namespace.as_str(), &seal.digest, seal.signature.as_ref()) {
+        let start = Instant::now();
+        let checked =
+            trusted.check_manifest(namespace.as_str(), &seal.digest, seal.signature.as_ref());
+        add(
+            &self.stats.signature_check_us,
+            start.elapsed().as_micros() as u64,
+        );
+        match checked {
             Ok(()) => true,
             Err(why) => {
                 self.refused(&format!("manifest in {namespace}: {why}"));

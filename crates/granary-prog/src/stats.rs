@@ -26,6 +26,7 @@ pub struct Stats {
     pub remote_errors: AtomicU64,
     pub remote_damaged: AtomicU64,
     pub untrusted: AtomicU64,
+    pub signature_check_us: AtomicU64,
     pub remote_bytes_down: AtomicU64,
     pub remote_bytes_up: AtomicU64,
     pub uploads: AtomicU64,
@@ -134,6 +135,9 @@ pub struct Summary {
     /// Remote records refused because no trusted key signed them (with
     /// --trusted-keys); each was a miss.
     pub untrusted: u64,
+    /// Time spent checking the signatures of records and manifests (with
+    /// --trusted-keys), in microseconds.
+    pub signature_check_us: u64,
     /// Bytes received from the remote (compressed, as transferred).
     pub remote_bytes_down: u64,
     /// Bytes sent to the remote (compressed, as transferred).
@@ -219,6 +223,7 @@ impl Stats {
             remote_errors: self.remote_errors.load(Relaxed),
             remote_damaged: self.remote_damaged.load(Relaxed),
             untrusted: self.untrusted.load(Relaxed),
+            signature_check_us: self.signature_check_us.load(Relaxed),
             remote_bytes_down: self.remote_bytes_down.load(Relaxed),
             remote_bytes_up: self.remote_bytes_up.load(Relaxed),
             uploads: self.uploads.load(Relaxed),
@@ -328,6 +333,12 @@ impl Summary {
                     self.prefetch_used,
                     self.prefetch_unused,
                     self.prefetch_missing,
+                );
+            }
+            if self.signature_check_us > 0 {
+                line += &format!(
+                    "; signatures checked in {:.1} ms",
+                    self.signature_check_us as f64 / 1000.0
                 );
             }
             if self.manifest_entries > 0 {

@@ -452,6 +452,50 @@ fn untrusted_records_are_misses_until_a_signing_writer_replaces_them() {
     }
 }
 
+/// The prefetch checks the signatures of a pack's entries together; one
+/// forged among many is refused alone, and its get goes on to a lookup of
+/// the genuine record.
+#[test]
+fn one_forged_entry_of_a_signed_pack_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::generate().unwrap());
+    let remote = Remote::new(true);
+    let trusting = || Remote {
+        signer: Some(key.clone()),
+        trusted: Some(Arc::new(TrustedKeys::new([key.public()]))),
+        ..remote.runner()
+    };
+    let actions = 1..=150u8;
+    let puts: Vec<Ask> = actions
+        .clone()
+        .map(|i| Ask::Put(i, format!("output {i}").into_bytes()))
+        .collect();
+    run(&dir, &trusting(), &puts);
+    let pack = remote
+        .memory
+        .puts()
+        .into_iter()
+        .find(|key| key.contains("/packs/"))
+        .expect("a pack");
+    // The last digit of the signature (the end of the record's header) of
+    // entry 100; the entry head is its action, then the record's length.
+    remote.memory.edit(&pack, |bytes| {
+        let head = bytes.windows(32).position(|w| w == [100; 32]).unwrap();
+        let record = head + 32 + 4;
+        let end = record + bytes[record..].iter().position(|&b| b == b'\n').unwrap();
+        bytes[end - 1] = if bytes[end - 1] == b'0' { b'1' } else { b'0' };
+    });
+    // The first get waits for its entry; while it is answered, the rest of
+    // the pack arrives with no get waiting, and is checked in batches.
+    let gets: Vec<Ask> = actions.skip(1).map(Ask::Get).collect();
+    let (answers, summary) = run_in_turns(&dir, &trusting(), &[&[Ask::Get(1)], &gets]);
+    assert!(answers.iter().all(is_hit), "{answers:?}");
+    assert_eq!(summary.untrusted, 1, "{summary:?}");
+    assert!(summary.signature_check_us > 0, "{summary:?}");
+    assert_eq!(summary.prefetch_fetched, 149, "{summary:?}");
+    assert_eq!(summary.remote_hits, 1, "the genuine record, looked up");
+}
+
 /// A pull request reads main's entries and writes only its own namespace;
 /// a record signed for one namespace does not pass in another.
 #[test]

@@ -111,7 +111,12 @@ impl FromStr for PublicKey {
         let mut key = [0; 32];
         hex::decode_to_slice(digits, &mut key)
             .map_err(|_| format!("`{PUBLIC_PREFIX}` must be followed by 64 hex digits"))?;
-        VerifyingKey::from_bytes(&key).map_err(|_| "not an ed25519 public key".to_owned())?;
+        let point =
+            VerifyingKey::from_bytes(&key).map_err(|_| "not an ed25519 public key".to_owned())?;
+        // Anyone can sign for a small-order key: it would vouch for nothing.
+        if point.is_weak() {
+            return Err("a weak (small-order) ed25519 key, for which anyone can sign".to_owned());
+        }
         Ok(PublicKey(key))
     }
 }
@@ -356,6 +361,45 @@ impl TrustedKeys {
         self.check_message(&claim.message(), signature)
     }
 
+    /// What [`TrustedKeys::check`] says of each claim and its signature, in
+    /// order. The signatures of trusted keys are verified together, at
+    /// about half the cost of one by one; if that fails, one by one, to
+    /// find the bad ones.
+    ///
+    /// Batch verification can accept a signature that `verify_strict`
+    /// refuses only if it is a variant (a small-order component added) of
+    /// a signature the key's owner made of that same claim: it vouches
+    /// for nothing the owner did not sign. Weak keys are never trusted.
+    pub fn check_all(&self, claims: &[(Claim, Option<&Signature>)]) -> Vec<Result<(), Untrusted>> {
+        let mut results = Vec::with_capacity(claims.len());
+        let mut signed = Vec::new();
+        for (i, (claim, signature)) in claims.iter().enumerate() {
+            let known = signature.ok_or(Untrusted::Unsigned).and_then(|signature| {
+                let key = self.keys.get(&signature.signer);
+                key.ok_or(Untrusted::UnknownKey(signature.signer))
+                    .map(|key| (*key, signature))
+            });
+            results.push(known.map(|(key, signature)| {
+                signed.push((i, claim.message(), signature, key));
+            }));
+        }
+        let all_good = signed.len() > 1 && {
+            let messages: Vec<&[u8]> = signed.iter().map(|(_, m, _, _)| m.as_slice()).collect();
+            let signatures: Vec<ed25519_dalek::Signature> = signed
+                .iter()
+                .map(|(_, _, s, _)| ed25519_dalek::Signature::from_bytes(&s.bytes))
+                .collect();
+            let keys: Vec<VerifyingKey> = signed.iter().map(|(_, _, _, key)| *key).collect();
+            ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+        };
+        if !all_good {
+            for (i, message, signature, _) in signed {
+                results[i] = self.check_message(&message, Some(signature));
+            }
+        }
+        results
+    }
+
     /// Whether `signature` is a trusted key's signature of the manifest of
     /// `namespace` whose text hashes to `digest`.
     pub fn check_manifest(
@@ -516,6 +560,68 @@ mod tests {
             trusted.check(&claim(""), Some(&forged)),
             Err(Untrusted::BadSignature(old.public()))
         );
+    }
+
+    #[test]
+    fn checking_all_at_once_says_what_checking_each_says() {
+        let (old, new, stranger) = (
+            SigningKey::generate().unwrap(),
+            SigningKey::generate().unwrap(),
+            SigningKey::generate().unwrap(),
+        );
+        let trusted = TrustedKeys::new([old.public(), new.public()]);
+        let claims: Vec<Claim> = (0..6u8)
+            .map(|i| Claim {
+                action: Id([i; 32]),
+                ..claim("main")
+            })
+            .collect();
+        let good: Vec<Signature> = claims
+            .iter()
+            .enumerate()
+            .map(|(i, claim)| [&old, &new][i % 2].sign(claim))
+            .collect();
+        let all_good: Vec<_> = claims.iter().copied().zip(good.iter().map(Some)).collect();
+        assert_eq!(trusted.check_all(&all_good), vec![Ok(()); 6]);
+
+        let mut forged_signer = stranger.sign(&claims[3]);
+        forged_signer.signer = old.public();
+        let other_claim = old.sign(&Claim {
+            size: 1,
+            ..claims[4]
+        });
+        let unknown = stranger.sign(&claims[5]);
+        let signatures = [
+            Some(&good[0]),
+            None,
+            Some(&good[2]),
+            Some(&forged_signer),
+            Some(&other_claim),
+            Some(&unknown),
+        ];
+        let mixed: Vec<_> = claims.iter().copied().zip(signatures).collect();
+        let each: Vec<_> = mixed.iter().map(|(c, s)| trusted.check(c, *s)).collect();
+        assert_eq!(trusted.check_all(&mixed), each);
+        assert_eq!(
+            each,
+            [
+                Ok(()),
+                Err(Untrusted::Unsigned),
+                Ok(()),
+                Err(Untrusted::BadSignature(old.public())),
+                Err(Untrusted::BadSignature(old.public())),
+                Err(Untrusted::UnknownKey(stranger.public())),
+            ]
+        );
+        // One alone is checked as by `check`.
+        assert_eq!(trusted.check_all(&mixed[3..4]), each[3..4]);
+    }
+
+    #[test]
+    fn a_weak_key_is_no_public_key() {
+        let identity = format!("ed25519:01{}", "00".repeat(31));
+        let refused = identity.parse::<PublicKey>().unwrap_err();
+        assert!(refused.contains("weak"), "{refused}");
     }
 
     #[test]
