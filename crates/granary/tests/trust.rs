@@ -13,6 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::bazel_remote::BazelRemote;
 use common::s3::S3Server;
 use common::server::{Server, request, serve_token, sha256_hex};
 use common::*;
@@ -24,6 +25,8 @@ enum Shared<'a> {
     /// A bucket, under a prefix of its own.
     S3(&'a S3Server, &'static str),
     Serve(&'a Server),
+    /// A third-party server, which must keep the signatures untouched.
+    BazelRemote(&'a BazelRemote),
 }
 
 impl Shared<'_> {
@@ -33,6 +36,9 @@ impl Shared<'_> {
         match self {
             Shared::S3(s3, prefix) => s3.configure(cmd, prefix),
             Shared::Serve(server) => {
+                cmd.env("GRANARY_REMOTE", &server.url);
+            }
+            Shared::BazelRemote(server) => {
                 cmd.env("GRANARY_REMOTE", &server.url);
             }
         }
@@ -203,6 +209,16 @@ fn signed_records_defeat_a_poisoned_cache_server() {
     for prefetch in [false, true] {
         let server = Server::start(&[]);
         attack_and_defend(Shared::Serve(&server), prefetch);
+    }
+}
+
+/// bazel-remote keeps a record's signature (in the action result's
+/// auxiliary metadata) as granary wrote it.
+#[test]
+fn signed_records_defeat_a_poisoned_bazel_remote() {
+    for prefetch in [false, true] {
+        let server = BazelRemote::start();
+        attack_and_defend(Shared::BazelRemote(&server), prefetch);
     }
 }
 

@@ -2,6 +2,7 @@
 //! modules, and checks of a cache directory's contents.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod bazel_remote;
 pub mod s3;
 pub mod server;
 

@@ -262,7 +262,8 @@ impl Drop for Proxy {
     }
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
+/// `n` different loopback ports that were free a moment ago.
+pub fn free_ports(n: usize) -> Vec<u16> {
     // Held together so that the kernel gives n different ports.
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))

@@ -1,0 +1,99 @@
+//! A real third-party cache server for the tests: bazel-remote, on a free
+//! loopback port, HTTP only, with its data in a temporary directory.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::repo_root;
+use super::s3::free_ports;
+
+/// bazel-remote: from PATH, else from the repository's virtualenv. Fails the
+/// test, saying how to install it, when there is none.
+pub fn bazel_remote() -> &'static Path {
+    static BAZEL_REMOTE: OnceLock<PathBuf> = OnceLock::new();
+    BAZEL_REMOTE.get_or_init(|| {
+        let on_path: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join("bazel-remote"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        on_path
+            .into_iter()
+            .chain([repo_root().join(".venv/bin/bazel-remote")])
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "these tests need bazel-remote: run `bash scripts/setup.sh` (it builds \
+                     github.com/buchgr/bazel-remote/v2 from the Go module proxy into \
+                     .venv/bin) or put bazel-remote on PATH"
+                )
+            })
+    })
+}
+
+/// A running bazel-remote.
+pub struct BazelRemote {
+    child: Option<Child>,
+    dir: TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl BazelRemote {
+    pub fn start() -> BazelRemote {
+        let dir = tempfile::Builder::new()
+            .prefix("granary-bazel-remote-")
+            .tempdir()
+            .expect("a temporary directory");
+        let port = free_ports(1)[0];
+        let log = std::fs::File::create(dir.path().join("bazel-remote.log")).unwrap();
+        let child = Command::new(bazel_remote())
+            .arg(format!("--dir={}", dir.path().join("data").display()))
+            .arg("--max_size=1")
+            .arg(format!("--http_address=127.0.0.1:{port}"))
+            .arg("--grpc_address=none")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("bazel-remote starts");
+        let mut server = BazelRemote {
+            child: Some(child),
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("bazel-remote exited with {status}:\n{}", server.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bazel-remote did not listen within 30 s:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bazel-remote.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for BazelRemote {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
