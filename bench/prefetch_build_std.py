@@ -186,7 +186,7 @@ def report(timer, go, out, delay, runs):
         # own count of the time it spent checking is the cost's measure.
         spent = statistics.median(s["signature_check_us"] for s in timer.stats[name]) / 1e6
         costs.append(f"{kind} {checked - plain:+.2f} s ({100 * (checked / plain - 1):+.1f}%), "
-                     f"of which checking {1000 * spent:.0f} ms ({100 * spent / plain:.1f}%)")
+                     f"checking took {1000 * spent:.0f} ms ({100 * spent / plain:.1f}%)")
     floor = warm + median["copy-warm"]
     lines += ["", f"{runs} runs of each configuration, interleaved; median. The proxy adds "
               f"{delay} to every request. Fresh runners are read-only; remote columns are from the "

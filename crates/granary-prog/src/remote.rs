@@ -468,12 +468,7 @@ impl Remote {
             .iter()
             .map(|record| (record.claim(namespace.as_str()), record.signature.as_ref()))
             .collect();
-        let start = Instant::now();
-        let checked = trusted.check_all(&claims);
-        add(
-            &self.stats.signature_check_us,
-            start.elapsed().as_micros() as u64,
-        );
+        let checked = self.timed_check(|| trusted.check_all(&claims));
         let refuse = |record: &ActionRecord, why| {
             let key = cache.action_key(&record.action);
             self.refused(&format!("record {key} in {namespace}: {why}"));
@@ -493,13 +488,9 @@ impl Remote {
             return true;
         };
         let namespace = cache.namespace();
-        let start = Instant::now();
-        let checked =
-            trusted.check_manifest(namespace.as_str(), &seal.digest, seal.signature.as_ref());
-        add(
-            &self.stats.signature_check_us,
-            start.elapsed().as_micros() as u64,
-        );
+        let checked = self.timed_check(|| {
+            trusted.check_manifest(namespace.as_str(), &seal.digest, seal.signature.as_ref())
+        });
         match checked {
             Ok(()) => true,
             Err(why) => {
@@ -507,6 +498,15 @@ impl Remote {
                 false
             }
         }
+    }
+
+    /// Runs a signature check, counting the time it takes.
+    fn timed_check<T>(&self, check: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let checked = check();
+        let spent = start.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+        add(&self.stats.signature_check_us, spent);
+        checked
     }
 
     /// Counts an untrusted record or manifest, and tells the first.

@@ -65,6 +65,15 @@ impl Remote {
         }
     }
 
+    /// The key of the first pack a run uploaded.
+    fn first_pack(&self) -> String {
+        self.memory
+            .puts()
+            .into_iter()
+            .find(|key| key.contains("/packs/"))
+            .expect("a pack")
+    }
+
     /// Another runner of the same remote, with the default settings.
     fn runner(&self) -> Remote {
         Remote {
@@ -388,12 +397,7 @@ fn a_cut_pack_costs_lookups_only() {
     let remote = Remote::new(true);
     let puts: Vec<Ask> = (1..=10).map(|i| Ask::Put(i, vec![i; 20_000])).collect();
     run(&dir, &remote, &puts);
-    let pack = remote
-        .memory
-        .puts()
-        .into_iter()
-        .find(|key| key.contains("/packs/"))
-        .expect("a pack");
+    let pack = remote.first_pack();
     remote.memory.edit(&pack, |bytes| {
         let half = bytes.len() / 2;
         bytes.truncate(half);
@@ -471,12 +475,7 @@ fn one_forged_entry_of_a_signed_pack_is_refused_alone() {
         .map(|i| Ask::Put(i, format!("output {i}").into_bytes()))
         .collect();
     run(&dir, &trusting(), &puts);
-    let pack = remote
-        .memory
-        .puts()
-        .into_iter()
-        .find(|key| key.contains("/packs/"))
-        .expect("a pack");
+    let pack = remote.first_pack();
     // The last digit of the signature (the end of the record's header) of
     // entry 100; the entry head is its action, then the record's length.
     remote.memory.edit(&pack, |bytes| {

