@@ -196,6 +196,36 @@ class BuildTimer:
         print(f"{name:>13}: {elapsed:7.2f} s", flush=True)
 
 
+def start_bazel_remote(work):
+    """bazel-remote (scripts/setup.sh builds it into .venv) on a free
+    loopback port, HTTP only, its data under `work`; returns (process, URL)."""
+    import socket
+
+    binary = shutil.which("bazel-remote") or str(ROOT / ".venv" / "bin" / "bazel-remote")
+    if not os.access(binary, os.X_OK):
+        sys.exit("bazel-remote not found: run `bash scripts/setup.sh` (builds it into .venv) "
+                 "or put bazel-remote on PATH")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    proc = subprocess.Popen(
+        [binary, f"--dir={Path(work) / 'bazel-remote'}", "--max_size=10",
+         f"--http_address=127.0.0.1:{port}", "--grpc_address=none"],
+        stdout=subprocess.DEVNULL, stderr=open(Path(work) / "bazel-remote.log", "w"),
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                sys.exit(f"bazel-remote did not start; see {Path(work) / 'bazel-remote.log'}")
+            time.sleep(0.05)
+
+
 def start_serve(granary, work, *args):
     """`granary serve` on a free loopback port with its cache in
     work/serve-cache; returns (process, its URL, the start-up line)."""

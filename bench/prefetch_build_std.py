@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Times `go build std` on fresh runners (empty local tier) whose remote is
 warm and 20 ms away, with and without the prefetch of the scope's manifest,
-against warm local builds, in one run; for S3 (SeaweedFS) and for
-`granary serve`, each behind the proxy that adds 20 ms to every request.
+against warm local builds, in one run; for S3 (SeaweedFS), `granary serve`
+and bazel-remote, each behind the proxy that adds 20 ms to every request.
 
     python3 bench/prefetch_build_std.py            # 5 runs of each configuration
     python3 bench/prefetch_build_std.py --runs 9 --delay-ms 30
@@ -14,6 +14,9 @@ Configurations:
   s3+20ms-no-prefetch  the same, --prefetch false: one lookup per action
   serve+20ms           empty local tier, warm granary serve, prefetch on
   serve+20ms-no-prefetch
+  bazel-remote+20ms    empty local tier, warm bazel-remote (HTTP), prefetch on:
+                       no batch endpoint, so the entries are looked up one by
+                       one, 32 at a time, ahead of the build
   s3+20ms-trusted      s3+20ms with --trusted-keys: every record and manifest
   serve+20ms-trusted   checked against the signing key the fillers used
 
@@ -75,8 +78,10 @@ def main():
     weed, ports = common.start_seaweedfs(work)
     endpoint = f"http://127.0.0.1:{ports[6]}"
     server, url, _ = common.start_serve(granary, work)
+    bazel_remote, bazel_url = common.start_bazel_remote(work)
     s3_proxy, slow_endpoint = common.start_proxy(endpoint, args.delay_ms)
     serve_proxy, slow_url = common.start_proxy(url, args.delay_ms)
+    bazel_proxy, slow_bazel_url = common.start_proxy(bazel_url, args.delay_ms)
     timer = common.BuildTimer(go, granary, work)
     run = timer.run
     delay = f"{args.delay_ms:g}ms"
@@ -89,15 +94,19 @@ def main():
     try:
         s3 = {**common.remote_env(endpoint, "std"), **scope}
         serve = {"GRANARY_REMOTE": url, **scope}
+        bazel = {"GRANARY_REMOTE": bazel_url, **scope}
         # Runner A: fills each remote and publishes the manifest.
         run("native-cold", work / "native", fresh=True)
         run("fill-s3", work / "granary", {**s3, **sign}, fresh=True)
         run("fill-serve", work / "filler", {**serve, **sign}, fresh=True)
+        run("fill-bazel-remote", work / "filler-bazel", bazel, fresh=True)
         for i in range(2):
             run("fill-s3-warm", work / f"fill-s3-warm-{i}", {**s3, **sign})
             run("fill-serve-warm", work / f"fill-serve-warm-{i}", {**serve, **sign})
+            run("fill-bazel-remote-warm", work / f"fill-bazel-warm-{i}", bazel)
         slow_s3 = {**s3, "GRANARY_S3_ENDPOINT": slow_endpoint, "GRANARY_READ_ONLY": "true"}
         slow_serve = {**serve, "GRANARY_REMOTE": slow_url, "GRANARY_READ_ONLY": "true"}
+        slow_bazel = {**bazel, "GRANARY_REMOTE": slow_bazel_url, "GRANARY_READ_ONLY": "true"}
         off = {"GRANARY_PREFETCH": "false"}
         for i in range(args.runs):
             run("native-warm", work / "native")
@@ -113,9 +122,12 @@ def main():
                 for name, cache, env in pair[::-1] if i % 2 else pair:
                     run(name, cache, env)
                 run(f"{kind}+{delay}-no-prefetch", work / f"fresh-{i}-{ends[1]}", {**remote, **off})
+            run(f"bazel-remote+{delay}", work / f"fresh-{i}-g", slow_bazel)
     finally:
         s3_proxy.kill()
         serve_proxy.kill()
+        bazel_proxy.kill()
+        bazel_remote.kill()
         server.terminate()
         server.wait()
         common.stop_seaweedfs(weed, ports)

@@ -152,6 +152,10 @@ def main():
 
     class Server(http.server.ThreadingHTTPServer):
         daemon_threads = True
+        # socketserver's default backlog of 5 drops the SYNs of a client
+        # opening dozens of connections at once, which then retries after
+        # 1 s, 3 s, 7 s: seconds of stalls that no real server adds.
+        request_queue_size = 1024
 
         def handle_error(self, request, client_address):
             # Clients hang up on slow answers (their deadline passed): normal here.
