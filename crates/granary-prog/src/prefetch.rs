@@ -12,7 +12,8 @@
 //! it did not serve go on to an ordinary lookup. Each entry is held to the
 //! same trust rule as a lookup's, in the namespace of the manifest that
 //! named it; the signatures of a pack's entries are checked a few dozen
-//! at a time, unless a get waits for one ([`Prefetch::vouch`]).
+//! at a time, unless a get waits for one or the stream pauses
+//! ([`Prefetch::vouch`]).
 //!
 //! Everything here is best effort: a missing, damaged or slow manifest or
 //! pack costs a warning or a count, never a failed build.
@@ -47,6 +48,8 @@ const BATCH: usize = 256;
 /// Entries of a pack whose signatures are checked together, unless a get
 /// waits for one: about half the cost of checking each alone.
 const VOUCH_AT_ONCE: usize = 64;
+/// How long received entries wait for the next before they are checked.
+const VOUCH_WITHIN: Duration = Duration::from_millis(2);
 
 /// A get waiting for the prefetch, and since when: however the remote
 /// behaves, it waits at most --remote-timeout (see
@@ -540,7 +543,8 @@ impl Prefetch {
     /// Writes the bodies of the wanted entries of a pack as they arrive;
     /// their records wait in `unvouched` for [`Prefetch::vouch`], so that
     /// their signatures are checked together: until [`VOUCH_AT_ONCE`]
-    /// wait, a get waits for one, or the pack ends.
+    /// wait, a get waits for one, the next entry is [`VOUCH_WITHIN`] late,
+    /// or the pack ends.
     async fn receive(
         self: &Arc<Self>,
         from: usize,
@@ -553,7 +557,25 @@ impl Prefetch {
         let cache = &remote.reads[from];
         let stall = remote.options.timeout;
         let mut asked = asked.map(|asked| asked.iter());
-        while let Some(entry) = within(stall, pack.next()).await? {
+        loop {
+            let entry = {
+                let mut next = std::pin::pin!(within(stall, pack.next()));
+                if unvouched.is_empty() {
+                    next.await
+                } else {
+                    // Records wait to be checked with more only while
+                    // entries keep coming: a pause in the stream checks them.
+                    tokio::select! {
+                        biased;
+                        entry = &mut next => entry,
+                        () = tokio::time::sleep(VOUCH_WITHIN) => {
+                            self.vouch(from, unvouched);
+                            next.await
+                        }
+                    }
+                }
+            };
+            let Some(entry) = entry? else { break };
             if let Some(asked) = &mut asked {
                 let action = match &entry {
                     RawEntry::Missing(action) | RawEntry::Found { action, .. } => action,
