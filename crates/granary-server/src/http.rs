@@ -30,15 +30,15 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use tokio::io::AsyncReadExt;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::auth::{Access, Auth};
 use crate::backing::Backing;
 use crate::batch;
 use crate::check::MAX_ACTION_RESULT;
 use crate::check::{Check, Rejected, refusal_status};
-use crate::disk::{Blob, Disk, Found, Progress, Refusal, State, Upload, Writer};
+use crate::disk::{Blob, Disk, Found, Refusal, Upload, Writer};
+use crate::follow::{CHUNK, Followed, follow};
 use crate::frames::Frames;
 use crate::key::{Key, Kind, batch_instance};
 use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
@@ -47,8 +47,6 @@ pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Blobs up to this size are read whole and sent in one piece.
 const SMALL_BLOB: u64 = 64 * 1024;
-/// Bytes per chunk of a streamed response.
-const CHUNK: usize = 256 * 1024;
 /// A PUT's bytes are written once this many have gathered, or when the
 /// client pauses.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -360,36 +358,25 @@ impl Service {
 
     /// Streams a blob as it is being written, from the writer's file.
     async fn follow(&self, upload: Arc<Upload>) -> Response<Body> {
-        let mut progress = upload.progress();
-        let state = match progress.wait_for(|p| p.state != State::Asking).await {
-            Ok(progress) => progress.state,
-            Err(_) => State::Failed,
-        };
-        match state {
-            State::Missing => return empty(StatusCode::NOT_FOUND),
-            State::Failed => {
+        let follower = match follow(upload).await {
+            Followed::Stream(follower) => follower,
+            Followed::Missing => return empty(StatusCode::NOT_FOUND),
+            Followed::Failed => {
                 return text(StatusCode::BAD_GATEWAY, "the blob's upload failed\n");
             }
-            State::Asking | State::Writing | State::Done => {}
-        }
-        let file = match upload.open() {
-            Ok(file) => tokio::fs::File::from_std(file),
-            Err(_) => return empty(StatusCode::NOT_FOUND),
         };
-        let follower = Follower {
-            upload: upload.clone(),
-            file,
-            position: 0,
-            progress,
-            sent: self.metrics.bytes_sent.clone(),
-        };
+        let expected = follower.expected();
+        let sent = self.metrics.bytes_sent.clone();
         let stream = futures_util::stream::unfold(follower, |mut follower| async move {
             let chunk = follower.next_chunk().await?;
             Some((chunk, follower))
+        })
+        .inspect_ok(move |chunk| {
+            sent.inc_by(chunk.len() as u64);
         });
         let mut response =
             Response::new(StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync());
-        if let Some(expected) = upload.expected {
+        if let Some(expected) = expected {
             set_length(&mut response, expected);
         }
         response
@@ -594,54 +581,6 @@ async fn write_batch(writer: &mut Option<Writer>, batch: &mut Vec<u8>) -> Result
     let (returned, result) = taken.write_off_runtime(std::mem::take(batch)).await;
     *writer = Some(returned);
     result.map_err(|refusal| Rejected::from_refusal(&refusal))
-}
-
-/// Reads an upload's file up to where its writer got, waiting for more.
-struct Follower {
-    /// Keeps the progress channel's sender alive.
-    upload: Arc<Upload>,
-    file: tokio::fs::File,
-    position: u64,
-    progress: watch::Receiver<Progress>,
-    sent: prometheus_client::metrics::counter::Counter,
-}
-
-impl Follower {
-    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
-        loop {
-            let progress = *self.progress.borrow_and_update();
-            // The last byte waits for the check: if the upload turns out
-            // wrong, the response is cut, never complete with bad bytes.
-            let readable = match (progress.state, self.upload.expected) {
-                (State::Done, _) | (_, None) => progress.written,
-                (_, Some(expected)) => progress.written.min(expected.saturating_sub(1)),
-            };
-            if self.position < readable {
-                let length = (readable - self.position).min(CHUNK as u64) as usize;
-                let mut chunk = vec![0; length];
-                if let Err(e) = self.file.read_exact(&mut chunk).await {
-                    return Some(Err(e));
-                }
-                self.position += length as u64;
-                self.sent.inc_by(length as u64);
-                return Some(Ok(chunk.into()));
-            }
-            match progress.state {
-                State::Done => return None,
-                State::Failed | State::Missing => {
-                    return Some(Err(io::Error::other(format!(
-                        "the upload of {} failed",
-                        self.upload.key()
-                    ))));
-                }
-                State::Asking | State::Writing => {
-                    if self.progress.changed().await.is_err() {
-                        return Some(Err(io::Error::other("the upload vanished")));
-                    }
-                }
-            }
-        }
-    }
 }
 
 fn method_name(method: &Method) -> &'static str {

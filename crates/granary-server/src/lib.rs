@@ -35,7 +35,9 @@ mod backing;
 mod batch;
 mod check;
 mod disk;
+mod follow;
 mod frames;
+mod grpc;
 mod http;
 mod key;
 mod listen;
@@ -59,6 +61,9 @@ pub use disk::{Limits, Rebuilt};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// A second address, for gRPC clients (any request there may be HTTP
+    /// too, as gRPC is on `listen`).
+    pub grpc_listen: Option<SocketAddr>,
     pub dir: PathBuf,
     pub limits: Limits,
     /// The tokens file; `None`: anyone may read and write.
@@ -103,6 +108,7 @@ pub enum ServeError {
 /// it.
 pub struct Server {
     listener: TcpListener,
+    grpc_listener: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
     service: Arc<http::Service>,
     settings: Settings,
@@ -131,6 +137,10 @@ impl Server {
             address: settings.listen,
             source,
         })?;
+        let grpc_listener = settings
+            .grpc_listen
+            .map(|address| listen(address).map_err(|source| ServeError::Listen { address, source }))
+            .transpose()?;
         let frames = Arc::new(frames::Frames::new(settings.compressed_cache));
         let metrics = Arc::new(metrics::Metrics::new(&disk, &frames));
         let service = Arc::new(http::Service {
@@ -146,6 +156,7 @@ impl Server {
         });
         Ok(Server {
             listener,
+            grpc_listener,
             tls,
             service,
             settings,
@@ -158,6 +169,15 @@ impl Server {
         self.listener
             .local_addr()
             .expect("a bound socket has an address")
+    }
+
+    /// The address of the gRPC listener, if there is one.
+    pub fn grpc_local_addr(&self) -> Option<SocketAddr> {
+        self.grpc_listener.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound socket has an address")
+        })
     }
 
     /// What the index was rebuilt from.
@@ -176,6 +196,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listener,
+            grpc_listener,
             tls,
             service,
             settings,
@@ -191,15 +212,39 @@ impl Server {
         });
         let service = Arc::new(service);
         let evictor = tokio::spawn(service.disk.clone().evict_forever());
-        listen::serve(
+        let stop = tokio_util::sync::CancellationToken::new();
+        let routes = grpc::routes(service.clone());
+        let grpc = grpc_listener.map(|listener| {
+            tokio::spawn(listen::serve(
+                listener,
+                tls.clone(),
+                service.clone(),
+                routes.clone(),
+                settings.max_connections,
+                settings.shutdown_grace,
+                stop.clone().cancelled_owned(),
+            ))
+        });
+        let http = listen::serve(
             listener,
             tls,
             service.clone(),
+            routes,
             settings.max_connections,
             settings.shutdown_grace,
-            shutdown,
-        )
-        .await;
+            stop.clone().cancelled_owned(),
+        );
+        tokio::pin!(http);
+        tokio::select! {
+            () = &mut http => {}
+            () = shutdown => {
+                stop.cancel();
+                http.await;
+            }
+        }
+        if let Some(grpc) = grpc {
+            let _ = grpc.await;
+        }
         evictor.abort();
         // Closing the queue lets the write-behind task finish what it has.
         drop(service);

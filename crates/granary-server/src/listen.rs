@@ -16,8 +16,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use http::Request;
+use http::header::CONTENT_TYPE;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, SizeHint};
+use hyper::body::{Frame, Incoming, SizeHint};
+use std::convert::Infallible;
+use tonic::codegen::Service as _;
+use tonic::service::Routes;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -43,6 +49,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     service: Arc<Service>,
+    grpc: Routes,
     max_connections: usize,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
@@ -71,12 +78,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let grpc = grpc.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
             let activity = Arc::new(Activity::new());
             let serve = |io| {
                 let service = service.clone();
+                let grpc = grpc.clone();
                 let activity = activity.clone();
                 let batches = Arc::new(Semaphore::new(BATCHES_PER_CONNECTION));
                 let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -91,14 +100,17 @@ pub async fn serve(
                 let connection = builder
                     .serve_connection(
                         TokioIo::new(io),
-                        service_fn(move |request| {
+                        service_fn(move |request: Request<Incoming>| {
                             let handling = activity.handling();
                             let activity = activity.clone();
-                            let response = service.clone().handle(request, batches.clone());
+                            let response = match is_grpc(&request) {
+                                true => answer_grpc(grpc.clone(), request).boxed(),
+                                false => service.clone().handle(request, batches.clone()).boxed(),
+                            };
                             async move {
                                 let response = response.await?;
                                 drop(handling);
-                                Ok::<_, std::convert::Infallible>(
+                                Ok::<_, Infallible>(
                                     response.map(|body| Tracked { body, activity }.boxed_unsync()),
                                 )
                             }
@@ -137,6 +149,28 @@ pub async fn serve(
             tracing::warn!("requests still running after {grace:?}; stopping anyway");
         }
     }
+}
+
+/// Whether a request is a gRPC call (`application/grpc`, `+proto` and
+/// the other subtypes).
+fn is_grpc(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A gRPC call's answer, its body (trailers and all) as the HTTP
+/// answers' body type.
+async fn answer_grpc(
+    mut grpc: Routes,
+    request: Request<Incoming>,
+) -> Result<http::Response<Body>, Infallible> {
+    let response = grpc.call(request).await?;
+    Ok(response.map(|body| {
+        body.map_err(|status| io::Error::other(status.message().to_owned()))
+            .boxed_unsync()
+    }))
 }
 
 /// Any connection stream.

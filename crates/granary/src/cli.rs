@@ -127,6 +127,11 @@ pub struct ServeArgs {
     #[arg(long, env = "GRANARY_LISTEN", value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
 
+    /// Also listen here, for REAPI gRPC clients such as Bazel's --remote_cache=grpc://
+    /// (gRPC is answered on --listen too)
+    #[arg(long, env = "GRANARY_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<std::net::SocketAddr>,
+
     /// Evict least recently used blobs once the cache is larger than SIZE [default: 10GiB]
     #[arg(long, env = "GRANARY_SERVE_MAX_SIZE", value_name = "SIZE", value_parser = parse_size)]
     pub max_size: Option<u64>,

@@ -57,6 +57,7 @@ struct File {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ServeFile {
     listen: Option<String>,
+    grpc_listen: Option<String>,
     max_size: Option<String>,
     low_watermark: Option<u8>,
     hard_limit: Option<String>,
@@ -301,6 +302,13 @@ pub fn serve(
         })?,
         (None, None) => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
     };
+    let grpc_listen = match (args.grpc_listen, &file.grpc_listen) {
+        (Some(listen), _) => Some(listen),
+        (None, Some(listen)) => Some(listen.parse().map_err(|e| {
+            anyhow::anyhow!("`{listen}` is not an address such as 127.0.0.1:9092: {e} (key grpc-listen of [serve] in {})", path.display())
+        })?),
+        (None, None) => None,
+    };
     let size = |flag, value, key| pick(flag, value, parse_size, key, &path);
     let max_size =
         size(args.max_size, &file.max_size, "max-size")?.unwrap_or(DEFAULT_SERVE_MAX_SIZE);
@@ -335,6 +343,7 @@ pub fn serve(
     };
     let settings = granary_server::Settings {
         listen,
+        grpc_listen,
         dir: dir.to_owned(),
         limits,
         tokens: args.tokens.clone().or(file.tokens),
@@ -635,12 +644,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join(CONFIG_FILE),
-            "max-size = \"1GiB\"\n[serve]\nlisten = \"127.0.0.1:9999\"\nmax-size = \"100MiB\"\n\
+            "max-size = \"1GiB\"\n[serve]\nlisten = \"127.0.0.1:9999\"\ngrpc-listen = \"127.0.0.1:9998\"\nmax-size = \"100MiB\"\n\
              low-watermark = 50\nidle-timeout = \"5s\"\ncompressed-cache = \"1MiB\"\nbacking = \"s3://bucket/servers\"\n",
         )
         .unwrap();
         let args = ServeArgs {
             listen: None,
+            grpc_listen: None,
             max_size: None,
             low_watermark: None,
             hard_limit: None,
@@ -659,6 +669,10 @@ mod tests {
         };
         let (settings, backing) = serve(dir.path(), None, &args).unwrap();
         assert_eq!(settings.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(
+            settings.grpc_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9998")
+        );
         assert_eq!(settings.limits.max_size, 100 << 20);
         assert_eq!(settings.limits.low_watermark, 50 << 20);
         assert_eq!(settings.limits.hard_limit, (100 << 20) + (10 << 20));

@@ -32,8 +32,12 @@ pub fn run(dir: &Path, config: Option<&Path>, args: &ServeArgs) -> anyhow::Resul
         let tls = settings.tls.is_some();
         let server = Server::bind(settings, backing).await?;
         let rebuilt = server.rebuilt();
+        let grpc = server
+            .grpc_local_addr()
+            .map(|address| format!(" and {}://{address}", if tls { "grpcs" } else { "grpc" }))
+            .unwrap_or_default();
         eprintln!(
-            "granary serve: listening on {}://{}; {}: {} blobs, {} (index rebuilt in {:.2?}); \
+            "granary serve: listening on {}://{}{grpc}; {}: {} blobs, {} (index rebuilt in {:.2?}); \
              evicting above {}, writes refused above {}; auth: {}{}",
             if tls { "https" } else { "http" },
             server.local_addr(),

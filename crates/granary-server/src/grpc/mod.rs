@@ -1,0 +1,774 @@
+//! The REAPI face: Capabilities, ActionCache, ContentAddressableStorage and
+//! ByteStream over gRPC (tonic), on the same disk tier, tokens, limits,
+//! backing store and metrics as the HTTP API.
+//!
+//! | call                        | here                                         |
+//! |-----------------------------|----------------------------------------------|
+//! | `GetCapabilities`           | SHA-256, zstd, the batch and blob limits; AC updates for write tokens |
+//! | `GetActionResult`           | the action cache of the instance; NOT_FOUND also when an output it names is gone from the CAS |
+//! | `UpdateActionResult`        | stored once it encodes within 4 MiB          |
+//! | `FindMissingBlobs`          | the disk, then the backing store             |
+//! | `BatchReadBlobs`            | up to [`MAX_BATCH`] bytes, zstd if accepted  |
+//! | `BatchUpdateBlobs`          | each blob checked against its digest         |
+//! | `ByteStream.Read`/`Write`   | see [`bytestream`]                           |
+//! | `GetTree`, chunking calls   | UNIMPLEMENTED: a build cache keeps no trees  |
+//!
+//! The instance name is the namespace, as the first path segment is on
+//! HTTP: an action result PUT to `/team/ac/<hex>` is what GetActionResult
+//! finds for instance `team`, and the other way round. The CAS is shared.
+//! Tokens come as `authorization: Bearer <token>` metadata; the HTTP
+//! statuses' counterparts are UNAUTHENTICATED, PERMISSION_DENIED,
+//! INVALID_ARGUMENT (a blob that does not hash to its digest is never
+//! stored) and RESOURCE_EXHAUSTED (limits; with a RetryInfo when the disk
+//! is full for a moment).
+//!
+//! gRPC requests arrive through the HTTP listener (`listen.rs` sends a
+//! request whose content type is `application/grpc` here), so connection
+//! caps, stall deadlines, TLS and graceful shutdown are the same for both.
+
+mod bytestream;
+mod resource;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    self as reapi, ActionCacheUpdateCapabilities, ActionResult, BatchReadBlobsRequest,
+    BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse, CacheCapabilities,
+    Digest, FindMissingBlobsRequest, FindMissingBlobsResponse, GetActionResultRequest,
+    GetCapabilitiesRequest, ServerCapabilities, UpdateActionResultRequest,
+    action_cache_server::{ActionCache, ActionCacheServer},
+    batch_read_blobs_response, batch_update_blobs_response,
+    capabilities_server::{Capabilities, CapabilitiesServer},
+    compressor,
+    content_addressable_storage_server::{
+        ContentAddressableStorage, ContentAddressableStorageServer,
+    },
+    digest_function, symlink_absolute_path_strategy,
+};
+use bazel_remote_apis::build::bazel::semver::SemVer;
+use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
+use bazel_remote_apis::google::protobuf::Any;
+use bazel_remote_apis::google::rpc::Status as RpcStatus;
+use granary_id::Id;
+use prost::Message;
+use sha2::{Digest as _, Sha256};
+use tonic::service::Routes;
+use tonic::{Code, Request, Response, Status};
+
+use crate::auth::Access;
+use crate::check::MAX_ACTION_RESULT;
+use crate::disk::{Found, Refusal};
+use crate::follow::{Followed, follow};
+use crate::http::Service;
+use crate::key::{Key, Kind};
+use crate::metrics::{KindLabels, LatencyLabels, RequestLabels};
+
+/// The most bytes one BatchReadBlobs or BatchUpdateBlobs may carry, as
+/// announced; a little under gRPC's customary 4 MiB message limit.
+pub const MAX_BATCH: u64 = 4 * 1024 * 1024 - 64 * 1024;
+/// Messages may be this large: a full batch and its framing.
+const MAX_MESSAGE: usize = 4 * 1024 * 1024 + 64 * 1024;
+/// Blobs a client may ask about in one FindMissingBlobs (about 300 KiB of
+/// digests).
+const MAX_FIND: usize = 4096;
+/// What a client is told to wait before it tries a full disk again.
+const FULL_RETRY: Duration = Duration::from_secs(1);
+
+/// The gRPC services, ready to be called with HTTP/2 requests.
+pub fn routes(service: Arc<Service>) -> Routes {
+    let reapi = Reapi {
+        service,
+        uploads: Arc::new(bytestream::Partials::default()),
+    };
+    Routes::new(CapabilitiesServer::new(reapi.clone()))
+        .add_service(ActionCacheServer::new(reapi.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(
+            ContentAddressableStorageServer::new(reapi.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(ByteStreamServer::new(reapi).max_decoding_message_size(MAX_MESSAGE))
+}
+
+/// What every call needs: the server's state and the ByteStream uploads
+/// that wait to be resumed.
+#[derive(Debug, Clone)]
+struct Reapi {
+    service: Arc<Service>,
+    uploads: Arc<bytestream::Partials>,
+}
+
+impl Reapi {
+    /// Refuses a call whose token may not do `needed` in `instance` (on
+    /// its action cache, if `action_cache`).
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        instance: &str,
+        needed: Access,
+        action_cache: bool,
+    ) -> Result<(), Status> {
+        check_instance(instance)?;
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.as_bytes());
+        let auth = &self.service.auth;
+        let access = auth.access(authorization);
+        let write = needed == Access::Write;
+        if access < needed {
+            let (status, reason) = match (authorization, access) {
+                (Some(_), Access::Read) => (
+                    Status::permission_denied(
+                        "this token may only read; writing needs a token of scope write",
+                    ),
+                    "forbidden",
+                ),
+                (Some(_), _) => (
+                    Status::unauthenticated(
+                        "the server does not know this token; send a valid one as \
+                         `authorization: Bearer <token>`",
+                    ),
+                    "unauthorized",
+                ),
+                (None, _) => (
+                    Status::unauthenticated(
+                        "a valid token is needed: send `authorization: Bearer <token>`",
+                    ),
+                    "unauthorized",
+                ),
+            };
+            if write {
+                self.service.metrics.reject(reason);
+            }
+            return Err(status);
+        }
+        if action_cache && !auth.may_use_namespace(authorization, instance, write) {
+            if write {
+                self.service.metrics.reject("namespace");
+            }
+            return Err(Status::permission_denied(format!(
+                "this token may not use the action cache of {}; the namespaces= of its line \
+                 in the tokens file say which it may",
+                match instance {
+                    "" => "the default instance".to_owned(),
+                    name => format!("instance {name}"),
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts a call's outcome and duration, as the HTTP API counts
+    /// requests (the status is the gRPC code).
+    fn observe<T>(
+        &self,
+        method: &'static str,
+        kind: &'static str,
+        started: Instant,
+        result: &Result<T, Status>,
+    ) {
+        let metrics = &self.service.metrics;
+        metrics
+            .latency
+            .get_or_create(&LatencyLabels { method, kind })
+            .observe(started.elapsed().as_secs_f64());
+        let code = match result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method,
+                kind,
+                status: code as u16,
+            })
+            .inc();
+    }
+
+    fn count(&self, kind: Kind, found: bool) {
+        let labels = KindLabels { kind: kind.name() };
+        match found {
+            true => self.service.metrics.hits.get_or_create(&labels).inc(),
+            false => self.service.metrics.misses.get_or_create(&labels).inc(),
+        };
+    }
+
+    /// A whole blob of at most `limit` bytes, from the disk, an upload in
+    /// progress or the backing store; `None` if there is none.
+    async fn read_whole(&self, key: Key, limit: u64) -> Result<Option<Vec<u8>>, Status> {
+        let service = &self.service;
+        let upload = match service.disk.find(&key) {
+            Found::Blob(blob) if blob.size > limit => return Ok(None),
+            Found::Blob(blob) => {
+                let bytes = tokio::task::spawn_blocking(move || {
+                    let mut bytes = vec![0; blob.size as usize];
+                    std::io::Read::read_exact(&mut (&blob.file), &mut bytes).map(|()| bytes)
+                })
+                .await
+                .expect("reading does not panic")
+                .map_err(|e| Status::internal(format!("cannot read {key}: {e}")))?;
+                service.metrics.bytes_sent.inc_by(bytes.len() as u64);
+                return Ok(Some(bytes));
+            }
+            Found::Upload(upload) => upload,
+            Found::Missing => match &service.backing {
+                Some(backing) => backing
+                    .fetch(&service.disk, key)
+                    .map_err(|refusal| refused(&refusal))?,
+                None => return Ok(None),
+            },
+        };
+        let mut follower = match follow(upload).await {
+            Followed::Stream(follower) => follower,
+            Followed::Missing => return Ok(None),
+            Followed::Failed => {
+                return Err(Status::unavailable(format!(
+                    "the upload of {key} failed; try again"
+                )));
+            }
+        };
+        let mut bytes = Vec::new();
+        loop {
+            let chunk = tokio::time::timeout(service.idle_timeout, follower.next_chunk())
+                .await
+                .map_err(|_| stalled(key, service.idle_timeout))?;
+            match chunk {
+                None => break,
+                Some(Ok(chunk)) => bytes.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(Status::unavailable(format!("{e}; try again"))),
+            }
+            if bytes.len() as u64 > limit {
+                return Ok(None);
+            }
+        }
+        service.metrics.bytes_sent.inc_by(bytes.len() as u64);
+        Ok(Some(bytes))
+    }
+
+    /// Whether the CAS has the blob of `digest` (the empty blob always).
+    async fn has(&self, key: Key, size: u64) -> bool {
+        if size == 0 && key.hash == empty_hash() {
+            return true;
+        }
+        match self.service.disk.contains(&key) {
+            Some(stored) => stored == size,
+            None => match &self.service.backing {
+                Some(backing) => backing.exists(&key).await,
+                None => false,
+            },
+        }
+    }
+
+    async fn get_action_result(
+        &self,
+        request: Request<GetActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let asked = request.get_ref();
+        self.authorize(&request, &asked.instance_name, Access::Read, true)?;
+        check_digest_function(asked.digest_function)?;
+        let (key, _) = digest_key(Kind::Ac, asked.action_digest.as_ref())?;
+        let key = key.in_instance(&asked.instance_name);
+        let Some(bytes) = self.read_whole(key, MAX_ACTION_RESULT).await? else {
+            self.count(Kind::Ac, false);
+            return Err(not_found(key));
+        };
+        let result = ActionResult::decode(&bytes[..])
+            .map_err(|e| Status::internal(format!("{key} is not an ActionResult: {e}")))?;
+        // A result whose outputs were evicted is no hit: the client would
+        // fail to fetch them.
+        for file in &result.output_files {
+            if let Some(digest) = &file.digest
+                && file.contents.is_empty()
+                && let Ok((blob, size)) = digest_key(Kind::Cas, Some(digest))
+                && !self.has(blob, size).await
+            {
+                self.count(Kind::Ac, false);
+                return Err(Status::not_found(format!(
+                    "{key} names {blob}, which the CAS no longer holds"
+                )));
+            }
+        }
+        self.count(Kind::Ac, true);
+        Ok(Response::new(result))
+    }
+
+    async fn update_action_result(
+        &self,
+        request: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let asked = request.get_ref();
+        self.authorize(&request, &asked.instance_name, Access::Write, true)?;
+        check_digest_function(asked.digest_function)?;
+        let (key, _) = digest_key(Kind::Ac, asked.action_digest.as_ref())?;
+        let key = key.in_instance(&asked.instance_name);
+        let request = request.into_inner();
+        let result = request
+            .action_result
+            .ok_or_else(|| Status::invalid_argument("the request has no action result"))?;
+        let bytes = result.encode_to_vec();
+        if bytes.len() as u64 > MAX_ACTION_RESULT {
+            self.service.metrics.reject("too_large");
+            return Err(Status::resource_exhausted(format!(
+                "an action result is at most {MAX_ACTION_RESULT} bytes"
+            )));
+        }
+        self.service
+            .metrics
+            .bytes_received
+            .inc_by(bytes.len() as u64);
+        let disk = self.service.disk.clone();
+        tokio::task::spawn_blocking(move || disk.store(key, &bytes))
+            .await
+            .expect("storing does not panic")
+            .map_err(|refusal| self.refused(&refusal))?;
+        if let Some(backing) = &self.service.backing {
+            backing.queue(key);
+        }
+        Ok(Response::new(result))
+    }
+
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let asked = request.get_ref();
+        self.authorize(&request, &asked.instance_name, Access::Read, false)?;
+        check_digest_function(asked.digest_function)?;
+        if asked.blob_digests.len() > MAX_FIND {
+            return Err(Status::invalid_argument(format!(
+                "ask about at most {MAX_FIND} blobs at once"
+            )));
+        }
+        let mut missing = Vec::new();
+        for digest in &asked.blob_digests {
+            let (key, size) = digest_key(Kind::Cas, Some(digest))?;
+            if !self.has(key, size).await {
+                missing.push(digest.clone());
+            }
+        }
+        Ok(Response::new(FindMissingBlobsResponse {
+            missing_blob_digests: missing,
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let asked = request.get_ref();
+        self.authorize(&request, &asked.instance_name, Access::Write, false)?;
+        check_digest_function(asked.digest_function)?;
+        let request = request.into_inner();
+        let declared: u64 = request
+            .requests
+            .iter()
+            .map(|r| r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64))
+            .sum();
+        if declared > MAX_BATCH {
+            self.service.metrics.reject("too_large");
+            return Err(Status::invalid_argument(format!(
+                "the batch holds {declared} bytes; send at most {MAX_BATCH} per call, larger \
+                 blobs through ByteStream.Write"
+            )));
+        }
+        let service = self.service.clone();
+        let answers = tokio::task::spawn_blocking(move || {
+            request
+                .requests
+                .into_iter()
+                .map(|blob| {
+                    let digest = blob.digest.clone();
+                    let status = match store_one(&service, blob) {
+                        Ok(()) => rpc_status(Code::Ok, String::new()),
+                        Err(status) => rpc_status(status.code(), status.message().to_owned()),
+                    };
+                    batch_update_blobs_response::Response {
+                        digest,
+                        status: Some(status),
+                    }
+                })
+                .collect()
+        })
+        .await
+        .expect("storing does not panic");
+        Ok(Response::new(BatchUpdateBlobsResponse {
+            responses: answers,
+        }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let asked = request.get_ref();
+        self.authorize(&request, &asked.instance_name, Access::Read, false)?;
+        check_digest_function(asked.digest_function)?;
+        let mut keys = Vec::with_capacity(asked.digests.len());
+        for digest in &asked.digests {
+            keys.push(digest_key(Kind::Cas, Some(digest))?);
+        }
+        let total: u64 = keys.iter().map(|(_, size)| size).sum();
+        if total > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "the blobs asked for hold {total} bytes; ask for at most {MAX_BATCH} per call, \
+                 larger blobs through ByteStream.Read"
+            )));
+        }
+        let zstd = asked
+            .acceptable_compressors
+            .contains(&(compressor::Value::Zstd as i32));
+        let mut responses = Vec::with_capacity(keys.len());
+        for (digest, (key, size)) in asked.digests.iter().zip(keys) {
+            let found = match size == 0 && key.hash == empty_hash() {
+                true => Some(Vec::new()),
+                false => self.read_whole(key, size).await?,
+            };
+            let (data, status) = match found {
+                Some(data) if data.len() as u64 == size => {
+                    self.count(Kind::Cas, true);
+                    (data, rpc_status(Code::Ok, String::new()))
+                }
+                _ => {
+                    self.count(Kind::Cas, false);
+                    (Vec::new(), rpc_status(Code::NotFound, format!("no {key}")))
+                }
+            };
+            let (data, used) = match zstd && !data.is_empty() {
+                true => (
+                    zstd::bulk::compress(&data, 1)
+                        .map_err(|e| Status::internal(format!("cannot compress: {e}")))?,
+                    compressor::Value::Zstd,
+                ),
+                false => (data, compressor::Value::Identity),
+            };
+            responses.push(batch_read_blobs_response::Response {
+                digest: Some(digest.clone()),
+                data,
+                compressor: used as i32,
+                status: Some(status),
+            });
+        }
+        Ok(Response::new(BatchReadBlobsResponse { responses }))
+    }
+
+    /// The status for a refused write, counted.
+    fn refused(&self, refusal: &Refusal) -> Status {
+        self.service
+            .metrics
+            .reject(crate::check::refusal_reason(refusal));
+        refused(refusal)
+    }
+}
+
+/// Checks and stores one blob of a batch. Blocking.
+fn store_one(
+    service: &Service,
+    blob: reapi::batch_update_blobs_request::Request,
+) -> Result<(), Status> {
+    let (key, size) = digest_key(Kind::Cas, blob.digest.as_ref())?;
+    let data = match compressor::Value::try_from(blob.compressor) {
+        Ok(compressor::Value::Identity) => blob.data,
+        // At most the announced size: a small bomb cannot fill memory.
+        Ok(compressor::Value::Zstd) => {
+            zstd::bulk::decompress(&blob.data, size as usize).map_err(|e| {
+                service.metrics.reject("invalid");
+                Status::invalid_argument(format!(
+                    "the zstd data of {key} does not decompress to at most {size} bytes: {e}"
+                ))
+            })?
+        }
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "compressor {} is not supported; use identity or zstd",
+                blob.compressor
+            )));
+        }
+    };
+    service.metrics.bytes_received.inc_by(data.len() as u64);
+    if data.len() as u64 != size {
+        service.metrics.reject("incomplete");
+        return Err(Status::invalid_argument(format!(
+            "the digest of {key} says {size} bytes, the data has {}; nothing stored",
+            data.len()
+        )));
+    }
+    let hash = Id(Sha256::digest(&data).into());
+    if hash != key.hash {
+        service.metrics.reject("hash_mismatch");
+        return Err(Status::invalid_argument(format!(
+            "the data's SHA-256 is {hash}, not {}; nothing stored",
+            key.hex()
+        )));
+    }
+    if service.disk.contains(&key) == Some(size) {
+        return Ok(());
+    }
+    service.disk.store(key, &data).map_err(|refusal| {
+        service
+            .metrics
+            .reject(crate::check::refusal_reason(&refusal));
+        refused(&refusal)
+    })?;
+    if let Some(backing) = &service.backing {
+        backing.queue(key);
+    }
+    Ok(())
+}
+
+/// The gRPC status of a write the disk refused: RESOURCE_EXHAUSTED for
+/// limits, with a RetryInfo when room is being freed.
+fn refused(refusal: &Refusal) -> Status {
+    match refusal {
+        Refusal::TooLarge { .. } => Status::resource_exhausted(refusal.to_string()),
+        Refusal::Full { .. } => retry_later(Code::ResourceExhausted, refusal.to_string()),
+        Refusal::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+            retry_later(Code::ResourceExhausted, refusal.to_string())
+        }
+        Refusal::Io(_) => Status::internal(refusal.to_string()),
+    }
+}
+
+/// google.rpc.RetryInfo, which the generated types leave out.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    pub retry_delay: Option<bazel_remote_apis::google::protobuf::Duration>,
+}
+
+/// The type URL of [`RetryInfo`] in a status's details.
+pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+fn retry_later(code: Code, message: String) -> Status {
+    let details = RpcStatus {
+        code: code as i32,
+        message: message.clone(),
+        details: vec![Any {
+            type_url: RETRY_INFO_TYPE.to_owned(),
+            value: RetryInfo {
+                retry_delay: Some(bazel_remote_apis::google::protobuf::Duration {
+                    seconds: FULL_RETRY.as_secs() as i64,
+                    nanos: 0,
+                }),
+            }
+            .encode_to_vec(),
+        }],
+    };
+    Status::with_details(code, message, details.encode_to_vec().into())
+}
+
+fn rpc_status(code: Code, message: String) -> RpcStatus {
+    RpcStatus {
+        code: code as i32,
+        message,
+        details: Vec::new(),
+    }
+}
+
+fn not_found(key: Key) -> Status {
+    Status::not_found(format!("no {key}"))
+}
+
+fn stalled(key: Key, after: Duration) -> Status {
+    Status::unavailable(format!(
+        "the upload of {key} made no progress for {after:?}; try again"
+    ))
+}
+
+/// The hash of the empty blob, which every CAS holds.
+fn empty_hash() -> Id {
+    Id::of(b"")
+}
+
+/// Instance names are namespaces: empty, or letters, digits, `.`, `_`
+/// and `-`.
+fn check_instance(instance: &str) -> Result<(), Status> {
+    match instance.is_empty() || granary_remote::Namespace::new(instance).is_ok() {
+        true => Ok(()),
+        false => Err(Status::invalid_argument(format!(
+            "`{instance}` is not an instance name here: instance names are granary namespaces \
+             (at most 64 letters, digits, `.`, `_` and `-`), or empty"
+        ))),
+    }
+}
+
+fn check_digest_function(value: i32) -> Result<(), Status> {
+    match digest_function::Value::try_from(value) {
+        Ok(digest_function::Value::Unknown | digest_function::Value::Sha256) => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "this server keeps SHA-256 digests only; set the digest function to SHA256",
+        )),
+    }
+}
+
+/// The key and size a digest names.
+fn digest_key(kind: Kind, digest: Option<&Digest>) -> Result<(Key, u64), Status> {
+    let digest = digest.ok_or_else(|| Status::invalid_argument("the request has no digest"))?;
+    let key = Key::new(kind, &digest.hash).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "`{}` is not a SHA-256 digest: use 64 lower-case hex digits",
+            digest.hash.chars().take(80).collect::<String>()
+        ))
+    })?;
+    let size = u64::try_from(digest.size_bytes).map_err(|_| {
+        Status::invalid_argument(format!("a blob of {} bytes cannot be", digest.size_bytes))
+    })?;
+    Ok((key, size))
+}
+
+#[tonic::async_trait]
+impl Capabilities for Reapi {
+    async fn get_capabilities(
+        &self,
+        request: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<ServerCapabilities>, Status> {
+        let started = Instant::now();
+        let result = (|| {
+            self.authorize(
+                &request,
+                &request.get_ref().instance_name,
+                Access::Read,
+                false,
+            )?;
+            let authorization = request
+                .metadata()
+                .get("authorization")
+                .map(|value| value.as_bytes());
+            let writes = self.service.auth.access(authorization) == Access::Write;
+            let zstd = vec![compressor::Value::Zstd as i32];
+            Ok(Response::new(ServerCapabilities {
+                cache_capabilities: Some(CacheCapabilities {
+                    digest_functions: vec![digest_function::Value::Sha256 as i32],
+                    action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
+                        update_enabled: writes,
+                    }),
+                    max_batch_total_size_bytes: MAX_BATCH as i64,
+                    symlink_absolute_path_strategy:
+                        symlink_absolute_path_strategy::Value::Disallowed as i32,
+                    supported_compressors: zstd.clone(),
+                    supported_batch_update_compressors: zstd,
+                    max_cas_blob_size_bytes: self.service.disk.limits().max_blob as i64,
+                    ..CacheCapabilities::default()
+                }),
+                low_api_version: Some(SemVer {
+                    major: 2,
+                    ..SemVer::default()
+                }),
+                high_api_version: Some(SemVer {
+                    major: 2,
+                    minor: 3,
+                    ..SemVer::default()
+                }),
+                ..ServerCapabilities::default()
+            }))
+        })();
+        self.observe("GetCapabilities", "capabilities", started, &result);
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCache for Reapi {
+    async fn get_action_result(
+        &self,
+        request: Request<GetActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let started = Instant::now();
+        let result = Reapi::get_action_result(self, request).await;
+        self.observe("GetActionResult", "ac", started, &result);
+        result
+    }
+
+    async fn update_action_result(
+        &self,
+        request: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let started = Instant::now();
+        let result = Reapi::update_action_result(self, request).await;
+        self.observe("UpdateActionResult", "ac", started, &result);
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for Reapi {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let started = Instant::now();
+        let result = Reapi::find_missing_blobs(self, request).await;
+        self.observe("FindMissingBlobs", "cas", started, &result);
+        result
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let started = Instant::now();
+        let result = Reapi::batch_update_blobs(self, request).await;
+        self.observe("BatchUpdateBlobs", "cas", started, &result);
+        result
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let started = Instant::now();
+        let result = Reapi::batch_read_blobs(self, request).await;
+        self.observe("BatchReadBlobs", "cas", started, &result);
+        result
+    }
+
+    type GetTreeStream = futures_util::stream::Empty<Result<reapi::GetTreeResponse, Status>>;
+
+    async fn get_tree(
+        &self,
+        _request: Request<reapi::GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        Err(no_trees())
+    }
+
+    async fn split_blob(
+        &self,
+        _request: Request<reapi::SplitBlobRequest>,
+    ) -> Result<Response<reapi::SplitBlobResponse>, Status> {
+        Err(no_chunks())
+    }
+
+    type GetChunkMappingStream =
+        futures_util::stream::Empty<Result<reapi::GetChunkMappingResponse, Status>>;
+
+    async fn get_chunk_mapping(
+        &self,
+        _request: Request<reapi::GetChunkMappingRequest>,
+    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+        Err(no_chunks())
+    }
+
+    async fn splice_blob(
+        &self,
+        _request: Request<reapi::SpliceBlobRequest>,
+    ) -> Result<Response<reapi::SpliceBlobResponse>, Status> {
+        Err(no_chunks())
+    }
+
+    async fn register_chunk_mapping(
+        &self,
+        _request: Request<tonic::Streaming<reapi::RegisterChunkMappingRequest>>,
+    ) -> Result<Response<reapi::RegisterChunkMappingResponse>, Status> {
+        Err(no_chunks())
+    }
+}
+
+fn no_trees() -> Status {
+    Status::unimplemented("granary serve is a build cache and keeps no directory trees")
+}
+
+fn no_chunks() -> Status {
+    Status::unimplemented("granary serve does not split blobs into chunks")
+}
