@@ -27,6 +27,19 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
     /// Whether there is a blob under `key`.
     async fn exists(&self, key: &str) -> Result<bool, RemoteError>;
 
+    /// The object under `key`, known to be `size` bytes: stores whose
+    /// reads name a blob by its digest (hash and size, as REAPI's CAS
+    /// does) need the size; others ignore it.
+    async fn get_object(&self, key: &str, _size: u64) -> Result<Option<ByteStream>, RemoteError> {
+        self.get(key).await
+    }
+
+    /// Whether there is an object of `size` bytes under `key` (see
+    /// [`BlobStore::get_object`]).
+    async fn has_object(&self, key: &str, _size: u64) -> Result<bool, RemoteError> {
+        self.exists(key).await
+    }
+
     /// Stores `body` under `key`, replacing any blob there.
     async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError>;
 

@@ -172,7 +172,7 @@ impl RemoteCache {
         sink: &mut (dyn Write + Send),
     ) -> Result<u64, RemoteError> {
         let key = self.format.object_key(&record.output);
-        let Some(mut stream) = self.blobs.get(&key).await? else {
+        let Some(mut stream) = self.blobs.get_object(&key, record.size).await? else {
             return Err(damaged(
                 &key,
                 "the object its action record names is missing",
@@ -203,7 +203,7 @@ impl RemoteCache {
         let mut sent = Sent::default();
         if record.placement == Placement::Object {
             let key = self.format.object_key(output);
-            if self.blobs.exists(&key).await? {
+            if self.blobs.has_object(&key, body.len() as u64).await? {
                 sent.object_present = true;
             } else {
                 let object = if body.len() <= COMPRESS_IN_PLACE {
@@ -252,7 +252,7 @@ impl RemoteCache {
         let record = self.record_of(action, output, put_time, size);
         let key = self.format.object_key(output);
         let mut sent = Sent::default();
-        if self.blobs.exists(&key).await? {
+        if self.blobs.has_object(&key, size).await? {
             sent.object_present = true;
         } else {
             let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -29,6 +29,7 @@
 
 mod blob;
 mod cache;
+mod grpc;
 mod http;
 pub mod layout;
 pub mod manifest;
@@ -41,6 +42,7 @@ mod s3;
 
 pub use blob::{BatchAnswer, BlobStore, ByteStream, Listed};
 pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, STREAM_ABOVE, Sent};
+pub use grpc::{GrpcBlobs, GrpcSettings};
 pub use http::{HttpBlobs, HttpSettings};
 pub use layout::{Format, Namespace};
 pub use manifest::{Group, Manifest, PackRef};

@@ -24,7 +24,7 @@ use granary_id::Id;
 use granary_trust::{PublicKey, Signature};
 
 /// The path of the one output file of a Go action.
-const OUTPUT_PATH: &str = "go-output";
+pub(crate) const OUTPUT_PATH: &str = "go-output";
 /// Who wrote the entry, for people reading the cache with Bazel's tools.
 const WORKER: &str = "granary";
 /// The type of the auxiliary metadata that holds a record's signature.

@@ -248,8 +248,10 @@ pub struct ProgArgs {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Remote cache")]
 pub struct RemoteArgs {
-    /// Share the cache through this bucket or cache server: s3://BUCKET/PREFIX, or
-    /// http(s)://HOST:PORT[/PREFIX] for granary serve or bazel-remote [default: none]
+    /// Share the cache through this bucket or cache server: s3://BUCKET/PREFIX,
+    /// http(s)://HOST:PORT[/PREFIX] for granary serve or bazel-remote, or
+    /// grpc(s)://HOST:PORT[/INSTANCE] for any REAPI cache (granary serve, bazel-remote,
+    /// BuildBuddy, Buildbarn, NativeLink, EngFlow) [default: none]
     #[arg(long, env = "GRANARY_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
 
@@ -276,9 +278,24 @@ pub struct RemoteArgs {
     #[arg(long, env = "GRANARY_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// PEM certificates to trust for an https cache server, beside the system's
+    /// PEM certificates to trust for an https or grpcs cache server, beside the system's
     #[arg(long, env = "GRANARY_REMOTE_CA", value_name = "FILE")]
     pub remote_ca: Option<PathBuf>,
+
+    /// A header sent with every gRPC call, for servers that take credentials of their
+    /// own (BuildBuddy: x-buildbuddy-api-key=KEY); repeatable. The variable holds
+    /// several, separated by commas
+    #[arg(long, env = "GRANARY_REMOTE_HEADERS", value_name = "NAME=VALUE",
+        value_delimiter = ',', value_parser = parse_header)]
+    pub remote_header: Vec<(String, String)>,
+
+    /// Client certificate (PEM) for a grpcs server that wants mTLS; with --remote-key
+    #[arg(long, env = "GRANARY_REMOTE_CERT", value_name = "FILE")]
+    pub remote_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM)
+    #[arg(long, env = "GRANARY_REMOTE_KEY", value_name = "FILE")]
+    pub remote_key: Option<PathBuf>,
 
     /// Read the remote, never write to it: for builds of code you do not trust
     #[arg(
@@ -507,6 +524,16 @@ pub struct VerifyArgs {
 
     #[command(flatten)]
     pub output: JsonArg,
+}
+
+/// `NAME=VALUE`, as --remote-header takes it.
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("`{text}` is not NAME=VALUE")),
+    }
 }
 
 #[cfg(test)]

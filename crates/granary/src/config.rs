@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytesize::ByteSize;
 use granary_prog::Scopes;
-use granary_remote::{HttpSettings, Namespace, S3Credentials, S3Settings};
+use granary_remote::{GrpcSettings, HttpSettings, Namespace, S3Credentials, S3Settings};
 use granary_store::Policy;
 use serde::Deserialize;
 
@@ -42,6 +42,8 @@ struct File {
     upload_deadline: Option<String>,
     token_file: Option<PathBuf>,
     remote_ca: Option<PathBuf>,
+    remote_cert: Option<PathBuf>,
+    remote_key: Option<PathBuf>,
     scope: Option<String>,
     scope_fallback: Option<Vec<String>>,
     prefetch: Option<bool>,
@@ -103,6 +105,7 @@ pub struct Remote {
 pub enum Endpoint {
     S3(S3Settings),
     Http(HttpSettings),
+    Grpc(GrpcSettings),
 }
 
 /// How long connecting to a cache server may take.
@@ -176,7 +179,10 @@ pub fn remote(
             .or(file.namespace.as_deref())
             .unwrap_or_default(),
     )?;
-    let endpoint = if url.starts_with("http://") || url.starts_with("https://") {
+    let server = ["http://", "https://", "grpc://", "grpcs://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
+    let endpoint = if server {
         // The URL's path is sent as the instance name already.
         let path = url.splitn(4, '/').nth(3).unwrap_or_default();
         if !path.trim_matches('/').is_empty() && !namespace.as_str().is_empty() {
@@ -186,12 +192,40 @@ pub fn remote(
             );
         }
         let token_file = args.token_file.clone().or(file.token_file);
-        Endpoint::Http(HttpSettings {
-            url,
-            token: token(std::env::var("GRANARY_TOKEN").ok(), token_file.as_deref())?,
-            ca_file: args.remote_ca.clone().or(file.remote_ca),
-            connect_timeout: CONNECT_TIMEOUT.min(timeout),
-        })
+        let token = token(std::env::var("GRANARY_TOKEN").ok(), token_file.as_deref())?;
+        let ca_file = args.remote_ca.clone().or(file.remote_ca);
+        let connect_timeout = CONNECT_TIMEOUT.min(timeout);
+        let client_identity = match (
+            args.remote_cert.clone().or(file.remote_cert),
+            args.remote_key.clone().or(file.remote_key),
+        ) {
+            (Some(certificate), Some(key)) => Some((certificate, key)),
+            (None, None) => None,
+            _ => anyhow::bail!("a client certificate needs both --remote-cert and --remote-key"),
+        };
+        if url.starts_with("grpc") {
+            Endpoint::Grpc(GrpcSettings {
+                url,
+                token,
+                headers: args.remote_header.clone(),
+                ca_file,
+                client_identity,
+                connect_timeout,
+            })
+        } else {
+            if client_identity.is_some() || !args.remote_header.is_empty() {
+                anyhow::bail!(
+                    "--remote-cert, --remote-key and --remote-header are for grpc:// and \
+                     grpcs:// remotes; {url} takes a token (GRANARY_TOKEN or --token-file)"
+                );
+            }
+            Endpoint::Http(HttpSettings {
+                url,
+                token,
+                ca_file,
+                connect_timeout,
+            })
+        }
     } else {
         let mut s3 = S3Settings::from_url(&url)?;
         s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
@@ -591,7 +625,7 @@ mod tests {
     fn s3(remote: &Remote) -> &S3Settings {
         match &remote.endpoint {
             Endpoint::S3(s3) => s3,
-            Endpoint::Http(http) => panic!("an S3 remote, not {http:?}"),
+            other => panic!("an S3 remote, not {other:?}"),
         }
     }
 

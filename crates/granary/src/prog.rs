@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use granary_prog::{Options, RemoteOptions};
-use granary_remote::{Format, HttpBlobs, RemoteCache, S3Blobs};
+use granary_remote::{Format, GrpcBlobs, HttpBlobs, RemoteCache, S3Blobs};
 use granary_store::Store;
 use granary_trust::{SigningKey, TrustedKeys};
 
@@ -83,6 +83,7 @@ fn remote_options(remote: config::Remote) -> anyhow::Result<RemoteOptions> {
     let mut cache = match &remote.endpoint {
         Endpoint::S3(s3) => RemoteCache::new(Arc::new(S3Blobs::new(s3)?), Format::Granary),
         Endpoint::Http(http) => RemoteCache::new(Arc::new(HttpBlobs::new(http)?), Format::Reapi),
+        Endpoint::Grpc(grpc) => RemoteCache::new(Arc::new(GrpcBlobs::new(grpc)?), Format::Reapi),
     }
     .in_namespace(remote.namespace);
     let signing_key = match &remote.signing_key {

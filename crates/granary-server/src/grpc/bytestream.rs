@@ -109,6 +109,8 @@ impl Partial {
         let start = batch.len();
         match &mut self.decoder {
             None => batch.extend_from_slice(data),
+            // No data, no progress: the end of a frame stays known.
+            Some(_) if data.is_empty() => {}
             Some((decoder, ended)) => {
                 let mut input = InBuffer::around(data);
                 let mut piece = vec![0; 64 * 1024];
