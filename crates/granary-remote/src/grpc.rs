@@ -40,7 +40,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Request, Status};
 
 use crate::reapi::OUTPUT_PATH;
-use crate::{BlobStore, ByteStream, RemoteError};
+use crate::{BlobStore, ByteStream, INLINE_LIMIT, RemoteError};
 
 /// The size in every action digest granary sends: the length of a Go
 /// action ID.
@@ -337,7 +337,18 @@ impl GrpcBlobs {
             })
             .await;
         match answer {
-            Ok(result) => Ok(Some(one_chunk(result.into_inner().encode_to_vec().into()))),
+            Ok(result) => {
+                let mut result = result.into_inner();
+                // Servers inline more than granary does (bazel-remote up to
+                // 3 MiB); granary holds records of at most 64 KiB in memory
+                // and streams larger outputs from the CAS.
+                for file in &mut result.output_files {
+                    if file.contents.len() as u64 > INLINE_LIMIT {
+                        file.contents = Vec::new();
+                    }
+                }
+                Ok(Some(one_chunk(result.encode_to_vec().into())))
+            }
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(self.error(&status)),
         }

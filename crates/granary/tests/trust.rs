@@ -27,6 +27,8 @@ enum Shared<'a> {
     Serve(&'a Server),
     /// A third-party server, which must keep the signatures untouched.
     BazelRemote(&'a BazelRemote),
+    /// A REAPI server's gRPC URL.
+    Grpc(&'a str),
 }
 
 impl Shared<'_> {
@@ -40,6 +42,9 @@ impl Shared<'_> {
             }
             Shared::BazelRemote(server) => {
                 cmd.env("GRANARY_REMOTE", &server.url);
+            }
+            Shared::Grpc(url) => {
+                cmd.env("GRANARY_REMOTE", url);
             }
         }
     }
@@ -220,6 +225,17 @@ fn signed_records_defeat_a_poisoned_bazel_remote() {
         let server = BazelRemote::start();
         attack_and_defend(Shared::BazelRemote(&server), prefetch);
     }
+}
+
+/// Over gRPC, the signature travels in the action result as over HTTP:
+/// through bazel-remote's gRPC face without the prefetch, through granary
+/// serve's with it.
+#[test]
+fn signed_records_defeat_a_poisoned_cache_over_grpc() {
+    let bazel_remote = BazelRemote::start();
+    attack_and_defend(Shared::Grpc(&bazel_remote.grpc_url), false);
+    let server = Server::start(&["--grpc-listen", "127.0.0.1:0"]);
+    attack_and_defend(Shared::Grpc(server.grpc_url.as_deref().unwrap()), true);
 }
 
 /// A secret key that others may read is refused: the run goes on with its

@@ -1,5 +1,5 @@
-//! A real third-party cache server for the tests: bazel-remote, on a free
-//! loopback port, HTTP only, with its data in a temporary directory.
+//! A real third-party cache server for the tests: bazel-remote, on free
+//! loopback ports for HTTP and gRPC, with its data in a temporary directory.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,8 @@ pub struct BazelRemote {
     dir: TempDir,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// `grpc://127.0.0.1:PORT`.
+    pub grpc_url: String,
 }
 
 impl BazelRemote {
@@ -39,13 +41,15 @@ impl BazelRemote {
             .prefix("granary-bazel-remote-")
             .tempdir()
             .expect("a temporary directory");
-        let port = free_ports(1)[0];
+        let [port, grpc_port] = free_ports(2)[..] else {
+            unreachable!("two ports asked for")
+        };
         let log = std::fs::File::create(dir.path().join("bazel-remote.log")).unwrap();
         let child = Command::new(bazel_remote())
             .arg(format!("--dir={}", dir.path().join("data").display()))
             .arg("--max_size=1")
             .arg(format!("--http_address=127.0.0.1:{port}"))
-            .arg("--grpc_address=none")
+            .arg(format!("--grpc_address=127.0.0.1:{grpc_port}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -55,9 +59,12 @@ impl BazelRemote {
             child: Some(child),
             dir,
             url: format!("http://127.0.0.1:{port}"),
+            grpc_url: format!("grpc://127.0.0.1:{grpc_port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", port)).is_err()
+            || TcpStream::connect(("127.0.0.1", grpc_port)).is_err()
+        {
             if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("bazel-remote exited with {status}:\n{}", server.log());
             }

@@ -24,6 +24,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT` (or https).
     pub url: String,
+    /// `grpc://127.0.0.1:PORT` (or grpcs), when started with --grpc-listen.
+    pub grpc_url: Option<String>,
     /// The token that [`Server::status`] and [`Server::metric`] send: with
     /// a tokens file, the server shows them only to a valid token.
     pub monitor_token: Option<String>,
@@ -65,6 +67,10 @@ impl Server {
             {
                 let url = url.trim_end_matches(';').to_owned();
                 let addr = url.rsplit("//").next().unwrap().parse().unwrap();
+                let grpc_url = text
+                    .split_whitespace()
+                    .find(|w| w.starts_with("grpc://") || w.starts_with("grpcs://"))
+                    .map(|w| w.trim_end_matches(';').to_owned());
                 return Ok(Server {
                     child: Some(child),
                     _scratch: scratch,
@@ -72,6 +78,7 @@ impl Server {
                     dir: dir.to_owned(),
                     addr,
                     url,
+                    grpc_url,
                     monitor_token: None,
                 });
             }

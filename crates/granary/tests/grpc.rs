@@ -1,0 +1,623 @@
+//! The REAPI gRPC face, end to end: a real Bazel against `granary serve`
+//! (gRPC and HTTP), Go runners sharing a cache across the two protocols
+//! and through bazel-remote's gRPC port, and the bad input a gRPC server
+//! must refuse, sent with a raw tonic client.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Digest, FindMissingBlobsRequest,
+    GetActionResultRequest, GetCapabilitiesRequest, OutputFile, UpdateActionResultRequest,
+    action_cache_client::ActionCacheClient, batch_update_blobs_request,
+    capabilities_client::CapabilitiesClient, compressor,
+    content_addressable_storage_client::ContentAddressableStorageClient,
+};
+use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
+use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
+use common::bazel_remote::BazelRemote;
+use common::server::{Server, request, scratch, serve_token, sha256_hex};
+use common::*;
+use futures_util::StreamExt as _;
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+/// Bazel: from PATH, else from the repository's virtualenv.
+fn bazel() -> &'static Path {
+    static BAZEL: OnceLock<PathBuf> = OnceLock::new();
+    BAZEL.get_or_init(|| {
+        tool(
+            "bazel",
+            "Bazel 2.1.0",
+            "it installs @bazel/bazel-linux_x64@2.1.0 from the npm registry into .venv",
+        )
+    })
+}
+
+/// `bazel --batch build //:out` in `workspace` with `--remote_cache=cache`.
+fn bazel_build(sb: &Sandbox, workspace: &Path, cache: &str) -> Output {
+    let out = Command::new(bazel())
+        .arg("--batch")
+        .arg(format!(
+            "--output_user_root={}",
+            sb.path("bazel-root").display()
+        ))
+        .args(["build", "//:out", "--remote_cache", cache])
+        .arg("--remote_timeout=30")
+        .current_dir(workspace)
+        .env("HOME", sb.path("home"))
+        .output()
+        .expect("bazel runs");
+    assert!(
+        out.status.success(),
+        "bazel build against {cache} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn bazel_clean(sb: &Sandbox, workspace: &Path) {
+    run_ok(
+        Command::new(bazel())
+            .arg("--batch")
+            .arg(format!(
+                "--output_user_root={}",
+                sb.path("bazel-root").display()
+            ))
+            .arg("clean")
+            .current_dir(workspace)
+            .env("HOME", sb.path("home")),
+    );
+}
+
+#[test]
+fn bazel_builds_against_granary_serve_over_grpc_and_http_and_hits_after_a_clean() {
+    let server = Server::start(&["--grpc-listen", "127.0.0.1:0"]);
+    let grpc = server.grpc_url.clone().expect("a gRPC address in the log");
+    for (protocol, cache) in [("grpc", grpc.as_str()), ("http", server.url.as_str())] {
+        let sb = Sandbox::new();
+        let workspace = sb.path("workspace");
+        fs::create_dir_all(&workspace).unwrap();
+        fs::create_dir_all(sb.path("home")).unwrap();
+        fs::write(workspace.join("WORKSPACE"), "").unwrap();
+        // A small output and one above the 4 MiB batch limit: batch calls
+        // and ByteStream both ways.
+        fs::write(
+            workspace.join("BUILD"),
+            format!(
+                "genrule(\n  name = \"out\",\n  outs = [\"small.txt\", \"large.bin\"],\n  \
+                 cmd = \"echo {protocol} > $(location small.txt); \
+                 head -c 6000000 /dev/urandom > $(location large.bin)\",\n)\n"
+            ),
+        )
+        .unwrap();
+        let first = bazel_build(&sb, &workspace, cache);
+        let bytes = |name: &str| fs::read(workspace.join("bazel-bin").join(name)).unwrap();
+        let (small, large) = (bytes("small.txt"), bytes("large.bin"));
+        assert_eq!(large.len(), 6_000_000);
+        assert!(
+            !String::from_utf8_lossy(&first.stderr).contains("remote cache hit"),
+            "{protocol}: the first build cannot hit"
+        );
+        bazel_clean(&sb, &workspace);
+        let second = bazel_build(&sb, &workspace, cache);
+        let log = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            log.contains("1 remote cache hit"),
+            "{protocol}: no remote cache hit after a clean:\n{log}\n{}",
+            server.log()
+        );
+        assert_eq!(bytes("small.txt"), small, "{protocol}");
+        assert!(bytes("large.bin") == large, "{protocol}: large.bin differs");
+    }
+    // Both went through the gRPC face once each way.
+    for method in ["UpdateActionResult", "GetActionResult", "Write", "Read"] {
+        assert!(
+            server.metric("granary_requests_total", &format!("method=\"{method}\"")) >= 1.0,
+            "no {method} call counted"
+        );
+    }
+}
+
+/// `go build` of `module` by a runner with the empty local tier `cache`,
+/// sharing the cache at `remote`; returns its output and statistics.
+fn go_build(sb: &Sandbox, remote: &str, cache: &str, module: &Path) -> (Output, Stats) {
+    let stats_file = sb.path(&format!("{cache}.json"));
+    let binary = sb.path("bin").join(cache);
+    let out = run_ok(
+        sb.go_granary(
+            &sb.path(cache),
+            module,
+            &stats_file,
+            &["build", "-x", "-o", binary.to_str().unwrap(), "."],
+        )
+        .env("GRANARY_REMOTE", remote)
+        .env("GRANARY_SCOPE", "grpc"),
+    );
+    (out, stats(&stats_file))
+}
+
+/// Runner a fills the cache through `writer`; runner b, with an empty
+/// local tier, reads it through `reader` and compiles nothing.
+fn second_runner_compiles_nothing(writer: &str, reader: &str, log: impl Fn() -> String) {
+    let sb = Sandbox::new();
+    let module = sb.module("shared", 3);
+    let (_, a) = go_build(&sb, writer, "runner-a", &module);
+    assert!(a.puts > 20, "{a:?}");
+    assert_eq!(a.remote.uploads, a.puts, "{a:?}");
+    assert_eq!(
+        (a.remote.uploads_dropped, a.remote.remote_errors),
+        (0, 0),
+        "{a:?}\n{}",
+        log()
+    );
+    let (out, b) = go_build(&sb, reader, "runner-b", &module);
+    assert_eq!(
+        compiled_packages(&out.stderr),
+        Vec::<String>::new(),
+        "{writer} then {reader}"
+    );
+    assert!(b.hits > 20 && b.misses <= 1, "{b:?}");
+    assert_eq!(
+        b.errors + b.corrupt_entries + b.remote.remote_errors + b.remote.remote_damaged,
+        0,
+        "{b:?}\n{}",
+        log()
+    );
+    assert_eq!(
+        fs::read(sb.path("bin/runner-a")).unwrap(),
+        fs::read(sb.path("bin/runner-b")).unwrap()
+    );
+}
+
+#[test]
+fn a_runner_reads_over_grpc_what_another_wrote_over_http_in_the_same_instance() {
+    let server = Server::start(&["--grpc-listen", "127.0.0.1:0"]);
+    let grpc = server.grpc_url.clone().unwrap();
+    second_runner_compiles_nothing(
+        &format!("{}/team", server.url),
+        &format!("{grpc}/team"),
+        || server.log(),
+    );
+    // gRPC is answered on the HTTP port too.
+    let on_http_port = server.url.replace("http://", "grpc://");
+    second_runner_compiles_nothing(&on_http_port, &on_http_port, || server.log());
+}
+
+#[test]
+fn go_runners_share_bazel_remote_over_grpc_and_read_it_over_http() {
+    let remote = BazelRemote::start();
+    second_runner_compiles_nothing(&remote.grpc_url, &remote.grpc_url, || remote.log());
+    // What went in over gRPC comes out over HTTP.
+    let sb = Sandbox::new();
+    let module = sb.module("shared", 3);
+    go_build(&sb, &remote.grpc_url, "runner-a", &module);
+    let (out, b) = go_build(&sb, &remote.url, "runner-b", &module);
+    assert_eq!(compiled_packages(&out.stderr), Vec::<String>::new());
+    assert!(
+        b.hits > 20 && b.remote.remote_errors == 0,
+        "{b:?}\n{}",
+        remote.log()
+    );
+}
+
+// Bad input, through a raw client.
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn channel(server: &Server) -> Channel {
+    Channel::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn digest(bytes: &[u8]) -> Digest {
+    Digest {
+        hash: sha256_hex(bytes),
+        size_bytes: bytes.len() as i64,
+    }
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+fn upload(name: &str, offset: usize, data: &[u8], finish: bool) -> WriteRequest {
+    WriteRequest {
+        resource_name: name.to_owned(),
+        write_offset: offset as i64,
+        finish_write: finish,
+        data: data.to_vec(),
+    }
+}
+
+#[test]
+fn blobs_that_do_not_match_their_digest_are_refused_and_not_stored() {
+    let server = Server::start(&[]);
+    runtime().block_on(async {
+        let mut cas = ContentAddressableStorageClient::new(channel(&server).await);
+        let good = b"a blob".to_vec();
+        let mut lying_size = digest(&good);
+        lying_size.size_bytes += 1;
+        let wrong_hash = digest(b"another blob");
+        let blob = |digest: Digest, data: Vec<u8>, compressor: compressor::Value| {
+            batch_update_blobs_request::Request {
+                digest: Some(digest),
+                data,
+                compressor: compressor as i32,
+            }
+        };
+        let answer = cas
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                requests: vec![
+                    blob(digest(&good), good.clone(), compressor::Value::Identity),
+                    blob(
+                        lying_size.clone(),
+                        good.clone(),
+                        compressor::Value::Identity,
+                    ),
+                    blob(
+                        wrong_hash.clone(),
+                        good.clone(),
+                        compressor::Value::Identity,
+                    ),
+                    // zstd that decompresses to more than the digest says.
+                    blob(
+                        digest(b"tiny"),
+                        zstd::bulk::compress(&vec![0; 1 << 20], 3).unwrap(),
+                        compressor::Value::Zstd,
+                    ),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let codes: Vec<i32> = answer
+            .responses
+            .iter()
+            .map(|r| r.status.as_ref().unwrap().code)
+            .collect();
+        let invalid = Code::InvalidArgument as i32;
+        assert_eq!(codes, [0, invalid, invalid, invalid], "{answer:?}");
+        let missing = cas
+            .find_missing_blobs(FindMissingBlobsRequest {
+                blob_digests: vec![digest(&good), lying_size, wrong_hash, digest(b"tiny")],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .missing_blob_digests;
+        assert_eq!(
+            missing.len(),
+            3,
+            "only the good blob is stored: {missing:?}"
+        );
+
+        // A digest that is no SHA-256, and instance names that are no
+        // namespaces.
+        for (instance, hash) in [
+            ("", "ABC".to_owned()),
+            ("", "0A".repeat(32)),
+            ("../etc", sha256_hex(&good)),
+            ("a b", sha256_hex(&good)),
+        ] {
+            let status = cas
+                .find_missing_blobs(FindMissingBlobsRequest {
+                    instance_name: instance.to_owned(),
+                    blob_digests: vec![Digest {
+                        hash,
+                        size_bytes: 1,
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{instance}: {status:?}"
+            );
+        }
+
+        // More than a batch may carry, asked for or sent.
+        let big = digest(&vec![7; 3 << 20]);
+        let status = cas
+            .batch_read_blobs(BatchReadBlobsRequest {
+                digests: vec![big.clone(), big.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let status = cas
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                requests: vec![
+                    blob(big.clone(), vec![7; 3 << 20], compressor::Value::Identity),
+                    blob(big.clone(), vec![7; 3 << 20], compressor::Value::Identity),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                status.code(),
+                Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange
+            ),
+            "{status:?}"
+        );
+
+        // An action result must decode; what is stored is found over HTTP
+        // under the instance's path, the same bytes.
+        let mut ac = ActionCacheClient::new(channel(&server).await);
+        let action = digest(b"an action");
+        let result = ActionResult {
+            output_files: vec![OutputFile {
+                path: "out".into(),
+                digest: Some(digest(&good)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        ac.update_action_result(UpdateActionResultRequest {
+            instance_name: "team".into(),
+            action_digest: Some(action.clone()),
+            action_result: Some(result.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (status, body) = request(
+            server.addr,
+            "GET",
+            &format!("/team/ac/{}", action.hash),
+            &[],
+            b"",
+        );
+        assert_eq!((status, body), (200, result.encode_to_vec()));
+        let (status, _) = request(
+            server.addr,
+            "GET",
+            &format!("/ac/{}", action.hash),
+            &[],
+            b"",
+        );
+        assert_eq!(status, 404, "instances have action caches of their own");
+        let status = ac
+            .get_action_result(GetActionResultRequest {
+                action_digest: Some(action),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    });
+    assert!(server.metric("granary_rejected_writes_total", "") >= 3.0);
+}
+
+#[test]
+fn a_bytestream_write_that_breaks_off_resumes_and_one_that_stalls_ends_within_the_idle_timeout() {
+    let server = Server::start(&["--idle-timeout", "2s"]);
+    runtime().block_on(async {
+        let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let d = digest(&blob);
+        let name = format!("uploads/resume-1/blobs/{}/{}", d.hash, d.size_bytes);
+        let mut bytestream = ByteStreamClient::new(channel(&server).await);
+        let half = blob.len() / 2;
+
+        // The first half, then the stream ends without finish_write.
+        let status = bytestream
+            .write(futures_util::stream::iter(vec![
+                upload(&name, 0, &blob[..half / 2], false),
+                upload("", half / 2, &blob[half / 2..half], false),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        let committed = bytestream
+            .query_write_status(QueryWriteStatusRequest {
+                resource_name: name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (committed.committed_size, committed.complete),
+            (half as i64, false)
+        );
+
+        // Resuming elsewhere than where it stopped is refused...
+        let status = bytestream
+            .write(futures_util::stream::iter(vec![upload(
+                &name,
+                half + 1,
+                &blob[half + 1..],
+                true,
+            )]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        // ... from there, it completes.
+        let written = bytestream
+            .write(futures_util::stream::iter(vec![upload(
+                &name,
+                half,
+                &blob[half..],
+                true,
+            )]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(written.committed_size, blob.len() as i64);
+        let read: Vec<u8> = bytestream
+            .read(ReadRequest {
+                resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
+                read_offset: 1000,
+                read_limit: 5000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|r| r.unwrap().data)
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        assert!(read == blob[1000..6000], "offset and limit honoured");
+        let compressed: Vec<u8> = bytestream
+            .read(ReadRequest {
+                resource_name: format!("compressed-blobs/zstd/{}/{}", d.hash, d.size_bytes),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|r| r.unwrap().data)
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        assert!(zstd::decode_all(&compressed[..]).unwrap() == blob);
+
+        // A compressed upload whose bytes are not the digest's.
+        let other = vec![9u8; 100_000];
+        let lie = format!(
+            "uploads/u-2/compressed-blobs/zstd/{}/{}",
+            d.hash,
+            other.len()
+        );
+        let status = bytestream
+            .write(futures_util::stream::iter(vec![upload(
+                &lie,
+                0,
+                &zstd::bulk::compress(&other, 3).unwrap(),
+                true,
+            )]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+        // A write that sends half and then nothing: refused once the idle
+        // timeout passes, not held for ever.
+        let d2 = digest(&blob[..half]);
+        let stalled = format!("uploads/stall/blobs/{}/{}", d2.hash, d2.size_bytes);
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        sender
+            .send(upload(&stalled, 0, &blob[..1000], false))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let status = bytestream
+            .write(tokio_stream_of(receiver))
+            .await
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+            "{waited:?}"
+        );
+        drop(sender);
+    });
+}
+
+/// The messages `receiver` gets, as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}
+
+#[test]
+fn tokens_decide_who_may_read_and_write_over_grpc() {
+    let (write_token, write_line) = serve_token(&["--scope", "write", "--name", "ci"]);
+    let (read_token, read_line) = serve_token(&["--scope", "read", "--name", "dev"]);
+    let scratch = scratch();
+    let tokens = scratch.path().join("tokens");
+    fs::write(&tokens, format!("{write_line}\n{read_line}\n")).unwrap();
+    let mut permissions = fs::metadata(&tokens).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+    fs::set_permissions(&tokens, permissions).unwrap();
+    let mut server = Server::start(&["--tokens", tokens.to_str().unwrap()]);
+    server.monitor_token = Some(read_token.clone());
+    runtime().block_on(async {
+        let channel = channel(&server).await;
+        let mut capabilities = CapabilitiesClient::new(channel.clone());
+        let mut ac = ActionCacheClient::new(channel);
+        let update = |token: Option<&str>| {
+            with_token(
+                UpdateActionResultRequest {
+                    action_digest: Some(digest(b"action")),
+                    action_result: Some(ActionResult::default()),
+                    ..Default::default()
+                },
+                token,
+            )
+        };
+        for token in [None, Some("gry_not-a-token")] {
+            let status = ac.update_action_result(update(token)).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::Unauthenticated,
+                "{token:?}: {status:?}"
+            );
+            let status = capabilities
+                .get_capabilities(with_token(GetCapabilitiesRequest::default(), token))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated);
+        }
+        let status = ac
+            .update_action_result(update(Some(&read_token)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        ac.update_action_result(update(Some(&write_token)))
+            .await
+            .unwrap();
+        let may_update = |token: &str| {
+            let mut capabilities = capabilities.clone();
+            let request = with_token(GetCapabilitiesRequest::default(), Some(token));
+            async move {
+                let answer = capabilities.get_capabilities(request).await.unwrap();
+                let cache = answer.into_inner().cache_capabilities.unwrap();
+                assert!(
+                    cache
+                        .supported_compressors
+                        .contains(&(compressor::Value::Zstd as i32))
+                );
+                cache
+                    .action_cache_update_capabilities
+                    .unwrap()
+                    .update_enabled
+            }
+        };
+        assert!(!may_update(&read_token).await);
+        assert!(may_update(&write_token).await);
+    });
+    assert_eq!(
+        server.metric("granary_rejected_writes_total", "reason=\"unauthorized\""),
+        2.0
+    );
+}
