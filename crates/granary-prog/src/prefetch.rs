@@ -503,6 +503,12 @@ impl Prefetch {
                 Source::Pack(_) => {
                     tracing::debug!("a pack of {} entries is gone", actions.len());
                     add(&self.remote.stats.prefetch_missing, actions.len() as u64);
+                    // A cache server may have evicted it: this run's
+                    // manifest packs them anew.
+                    let mut packs = lock(&self.packs);
+                    for action in actions {
+                        packs.remove(action);
+                    }
                     Ok(())
                 }
                 Source::Loose => {

@@ -71,6 +71,13 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether the [`RemoteCache`](crate::RemoteCache) should keep packs
+    /// here even in the REAPI format, where they go to the CAS: for stores
+    /// that have no [`BlobStore::batch`].
+    fn keeps_packs(&self) -> bool {
+        false
+    }
+
     /// The blobs whose keys start with `prefix`.
     async fn list(&self, _prefix: &str) -> Result<Vec<Listed>, RemoteError> {
         Err(RemoteError::Config(format!("{self} cannot list its blobs")))

@@ -339,10 +339,13 @@ impl RemoteCache {
         self.blobs.credentials_advice(writes)
     }
 
-    /// Whether packs can be stored in this remote. A cache server has a
-    /// batch endpoint instead (see [`RemoteCache::open_batch`]).
+    /// Whether packs are stored in this remote: in object storage, and in
+    /// the CAS of a REAPI cache over gRPC, where a pack is a blob like any
+    /// other (its name is its SHA-256) and no call fetches many action
+    /// results at once. An HTTP cache server has a batch endpoint instead
+    /// (see [`RemoteCache::open_batch`]).
     pub fn stores_packs(&self) -> bool {
-        self.format == Format::Granary
+        self.format == Format::Granary || self.blobs.keeps_packs()
     }
 
     /// Stores a pack; returns its reference.
@@ -365,7 +368,7 @@ impl RemoteCache {
     /// Opens a pack, or `None` if it is gone.
     pub async fn open_pack(&self, pack: &PackRef) -> Result<Option<PackReader>, RemoteError> {
         let key = self.format.pack_key(self.namespace.as_str(), &pack.id);
-        match self.blobs.get(&key).await? {
+        match self.blobs.get_object(&key, pack.size).await? {
             Some(stream) => Ok(Some(PackReader::open(stream, key).await?)),
             None => Ok(None),
         }

@@ -595,6 +595,10 @@ impl BlobStore for GrpcBlobs {
         }
     }
 
+    fn keeps_packs(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError> {
         match self.locate(key)? {
             Located::Action { instance, hash } => self.get_action(instance, hash).await,

@@ -11,6 +11,7 @@
 //! <prefix>/<ns>ac/<hex action ID>               an ActionResult message (see reapi)
 //! <prefix>/cas/<hex output ID>                  an output's bytes, as they are
 //! <prefix>/<ns>ac/<hex manifest_action(scope)>  a scope's manifest, as an output
+//! <prefix>/cas/<hex pack ID>                     a pack, over gRPC (see RemoteCache::stores_packs)
 //! ```
 //!
 //! `<ns>` is empty in the default namespace, and `ns/<name>/` (granary) or
@@ -105,9 +106,13 @@ impl Format {
         }
     }
 
-    /// The key of a pack in `namespace` (granary format only).
+    /// The key of a pack in `namespace`: in a REAPI cache, a CAS blob,
+    /// which only a manifest in the namespace names.
     pub fn pack_key(self, namespace: &str, id: &Id) -> String {
-        format!("{}packs/{id}", self.namespace_dir(namespace))
+        match self {
+            Format::Granary => format!("{}packs/{id}", self.namespace_dir(namespace)),
+            Format::Reapi => self.object_key(id),
+        }
     }
 
     /// Where `namespace`'s records, manifests and packs live.
@@ -167,5 +172,6 @@ mod tests {
             format!("main/ac/{hex}")
         );
         assert_eq!(Format::Reapi.object_key(&id), format!("cas/{hex}"));
+        assert_eq!(Format::Reapi.pack_key("main", &id), format!("cas/{hex}"));
     }
 }

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Times `go build std` on fresh runners (empty local tier) against a warm
+`granary serve`, over HTTP and over gRPC (REAPI), directly and 20 ms away,
+in one run, against a warm local build.
+
+    python3 bench/grpc_build_std.py            # 5 runs of each configuration
+    python3 bench/grpc_build_std.py --runs 9 --delay-ms 30
+
+Configurations:
+  granary-warm       granary, local tier filled, no remote
+  http               empty local tier, warm server over HTTP, prefetch on
+  grpc               the same over gRPC (one port answers both)
+  http+20ms          through scripts/tcp_delay.py, which delays every byte
+  grpc+20ms          from client to server: the same delay for both
+                     protocols, however they use their connections
+
+The server is filled by a cold build over HTTP, then two warm fillers
+publish the steady-state manifest of scope `bench` (see
+prefetch_build_std.py). Timed runners are read-only and get new
+directories; each round alternates which protocol goes first. Target
+(issue 20): gRPC within 1.1x of HTTP at 0 and at 20 ms.
+
+Results go to bench/results/grpc-build-std.{md,json,svg}.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def start_delay(address, delay_ms):
+    """scripts/tcp_delay.py in front of `address` (HOST:PORT); returns
+    (process, its HOST:PORT)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(common.ROOT / "scripts" / "tcp_delay.py"), "--upstream", address,
+         "--delay-ms", str(delay_ms)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    return proc, f"127.0.0.1:{int(proc.stdout.readline())}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs of each configuration")
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="the proxy's added latency")
+    parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
+    parser.add_argument("--out", default=str(common.RESULTS), help="directory for the results")
+    args = parser.parse_args()
+
+    go = common.find_go()
+    granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
+    work = Path(tempfile.mkdtemp(prefix="granary-grpc-bench-"))
+    server, url, _ = common.start_serve(granary, work)
+    address = url.removeprefix("http://")
+    delay_proxy, slow = start_delay(address, args.delay_ms)
+    timer = common.BuildTimer(go, granary, work)
+    run = timer.run
+    delay = f"{args.delay_ms:g}ms"
+    scope = {"GRANARY_SCOPE": "bench"}
+    remotes = {
+        "http": f"http://{address}",
+        "grpc": f"grpc://{address}",
+        f"http+{delay}": f"http://{slow}",
+        f"grpc+{delay}": f"grpc://{slow}",
+    }
+    try:
+        run("fill", work / "granary", {"GRANARY_REMOTE": url, **scope}, fresh=True)
+        for i in range(2):
+            run("fill-warm", work / f"fill-warm-{i}", {"GRANARY_REMOTE": url, **scope})
+        for i in range(args.runs):
+            run("granary-warm", work / "granary")
+            for pair in (("http", "grpc"), (f"http+{delay}", f"grpc+{delay}")):
+                for name in pair[::-1] if i % 2 else pair:
+                    env = {"GRANARY_REMOTE": remotes[name], "GRANARY_READ_ONLY": "true", **scope}
+                    run(name, work / f"fresh-{i}-{name}", env)
+                    shutil.rmtree(work / f"fresh-{i}-{name}", ignore_errors=True)
+    finally:
+        delay_proxy.kill()
+        server.terminate()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    report(timer, go, Path(args.out), delay, args.runs)
+
+
+def report(timer, go, out, delay, runs):
+    version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
+    median = {name: statistics.median(t) for name, t in timer.times.items()}
+    warm = median["granary-warm"]
+    rows = []
+    for name, runs_s in timer.times.items():
+        if name.startswith("fill"):
+            continue
+        row = {
+            "config": name,
+            "median_s": round(median[name], 3),
+            "vs_granary_warm": round(median[name] / warm, 3),
+            "runs_s": [round(t, 3) for t in runs_s],
+        }
+        if name.startswith("grpc"):
+            row["vs_http"] = round(median[name] / median[name.replace("grpc", "http")], 3)
+        last = timer.stats.get(name, [{}])[-1]
+        for key in ("gets", "hits", "remote_hits", "remote_misses", "prefetch_fetched",
+                    "prefetch_requests", "prefetch_ms", "remote_bytes_down"):
+            row[key] = last.get(key, 0)
+        rows.append(row)
+    lines = [
+        f"# go build std on a fresh runner, granary serve over HTTP and gRPC: {version}, "
+        f"{os.cpu_count()} CPUs",
+        "",
+        "| config | median (s) | / granary warm | gRPC / HTTP | hits | prefetched (requests, ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = f"{r['vs_http']:.2f}x" if "vs_http" in r else ""
+        prefetched = (f"{r['prefetch_fetched']} ({r['prefetch_requests']}, {r['prefetch_ms']})"
+                      if r.get("prefetch_fetched") else "")
+        lines.append(f"| {r['config']} | {r['median_s']:.2f} | {r['vs_granary_warm']:.2f}x | "
+                     f"{ratio} | {r.get('hits', '')} | {prefetched} |")
+    lines += ["", f"{runs} runs of each configuration, interleaved; median. +{delay}: "
+              "scripts/tcp_delay.py delays every byte from client to server. Fresh runners are "
+              "read-only, prefetch on; counts are from the last run. Target: gRPC within 1.1x "
+              "of HTTP."]
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grpc-build-std.md").write_text(table + "\n")
+    (out / "grpc-build-std.json").write_text(
+        json.dumps({"go": version, "rows": rows}, indent=2) + "\n")
+    common.write_bar_chart(
+        out / "grpc-build-std.svg",
+        "go build std on a fresh runner, granary serve over HTTP and gRPC, relative to granary warm",
+        [(r["config"], {"vs granary warm": r["vs_granary_warm"]}) for r in rows],
+    )
+    print(f"\nwrote {out}/grpc-build-std.{{md,json,svg}}")
+
+
+if __name__ == "__main__":
+    main()
