@@ -292,28 +292,6 @@ impl GrpcBlobs {
         }
     }
 
-    /// Runs a unary call, again after the delay of a RetryInfo the server
-    /// sends with a refusal, a few times.
-    async fn call<T, F, Fut>(&self, mut attempt: F) -> Result<T, Status>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
-    {
-        let mut tries = 0;
-        loop {
-            match attempt().await {
-                Err(status) if tries < RETRIES => match retry_delay(&status) {
-                    Some(delay) => {
-                        tries += 1;
-                        tokio::time::sleep(delay.min(LONGEST_RETRY_DELAY)).await;
-                    }
-                    None => return Err(status),
-                },
-                result => return result,
-            }
-        }
-    }
-
     async fn get_action(
         &self,
         instance: String,
@@ -322,20 +300,19 @@ impl GrpcBlobs {
         let connected = self.connected().await?;
         let client = ActionCacheClient::new(connected.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE);
-        let answer = self
-            .call(|| {
-                let mut client = client.clone();
-                let request = self.request(GetActionResultRequest {
-                    instance_name: instance.clone(),
-                    action_digest: Some(action_digest(&hash)),
-                    // Caches that keep outputs in the CAS put small ones
-                    // back, saving a call per hit.
-                    inline_output_files: vec![OUTPUT_PATH.to_owned()],
-                    ..GetActionResultRequest::default()
-                });
-                async move { client.get_action_result(request).await }
-            })
-            .await;
+        let answer = retrying(|| {
+            let mut client = client.clone();
+            let request = self.request(GetActionResultRequest {
+                instance_name: instance.clone(),
+                action_digest: Some(action_digest(&hash)),
+                // Caches that keep outputs in the CAS put small ones
+                // back, saving a call per hit.
+                inline_output_files: vec![OUTPUT_PATH.to_owned()],
+                ..GetActionResultRequest::default()
+            });
+            async move { client.get_action_result(request).await }
+        })
+        .await;
         match answer {
             Ok(result) => {
                 let mut result = result.into_inner();
@@ -367,7 +344,7 @@ impl GrpcBlobs {
         })?;
         let connected = self.connected().await?;
         let client = ActionCacheClient::new(connected.channel.clone());
-        self.call(|| {
+        retrying(|| {
             let mut client = client.clone();
             let request = self.request(UpdateActionResultRequest {
                 instance_name: instance.clone(),
@@ -399,19 +376,18 @@ impl GrpcBlobs {
                 true => vec![compressor::Value::Zstd as i32],
                 false => Vec::new(),
             };
-            let answer = self
-                .call(|| {
-                    let mut client = client.clone();
-                    let request = self.request(BatchReadBlobsRequest {
-                        instance_name: self.instance(),
-                        digests: vec![digest.clone()],
-                        acceptable_compressors: acceptable.clone(),
-                        ..BatchReadBlobsRequest::default()
-                    });
-                    async move { client.batch_read_blobs(request).await }
-                })
-                .await
-                .map_err(|status| self.error(&status))?;
+            let answer = retrying(|| {
+                let mut client = client.clone();
+                let request = self.request(BatchReadBlobsRequest {
+                    instance_name: self.instance(),
+                    digests: vec![digest.clone()],
+                    acceptable_compressors: acceptable.clone(),
+                    ..BatchReadBlobsRequest::default()
+                });
+                async move { client.batch_read_blobs(request).await }
+            })
+            .await
+            .map_err(|status| self.error(&status))?;
             let Some(blob) = answer.into_inner().responses.into_iter().next() else {
                 return Err(RemoteError::Failed(format!(
                     "{} answered a batch read with no blob",
@@ -489,18 +465,17 @@ impl GrpcBlobs {
             hash: hash.to_owned(),
             size_bytes: size as i64,
         };
-        let answer = self
-            .call(|| {
-                let mut client = client.clone();
-                let request = self.request(FindMissingBlobsRequest {
-                    instance_name: self.instance(),
-                    blob_digests: vec![digest.clone()],
-                    ..FindMissingBlobsRequest::default()
-                });
-                async move { client.find_missing_blobs(request).await }
-            })
-            .await
-            .map_err(|status| self.error(&status))?;
+        let answer = retrying(|| {
+            let mut client = client.clone();
+            let request = self.request(FindMissingBlobsRequest {
+                instance_name: self.instance(),
+                blob_digests: vec![digest.clone()],
+                ..FindMissingBlobsRequest::default()
+            });
+            async move { client.find_missing_blobs(request).await }
+        })
+        .await
+        .map_err(|status| self.error(&status))?;
         Ok(answer.into_inner().missing_blob_digests.is_empty())
     }
 
@@ -535,14 +510,13 @@ impl GrpcBlobs {
                 }],
                 ..BatchUpdateBlobsRequest::default()
             };
-            let answer = self
-                .call(|| {
-                    let mut client = client.clone();
-                    let request = self.request(request.clone());
-                    async move { client.batch_update_blobs(request).await }
-                })
-                .await
-                .map_err(|status| self.error(&status))?;
+            let answer = retrying(|| {
+                let mut client = client.clone();
+                let request = self.request(request.clone());
+                async move { client.batch_update_blobs(request).await }
+            })
+            .await
+            .map_err(|status| self.error(&status))?;
             return match answer.into_inner().responses.into_iter().next() {
                 Some(blob) => match blob.status.unwrap_or_default() {
                     status if status.code == Code::Ok as i32 => Ok(()),
@@ -653,6 +627,28 @@ impl BlobStore for GrpcBlobs {
                 self.put_action(instance, hash, chunks.concat().into())
                     .await
             }
+        }
+    }
+}
+
+/// Runs a unary call, again after the delay of a RetryInfo the server
+/// sends with a refusal, a few times.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(status) if tries < RETRIES => match retry_delay(&status) {
+                Some(delay) => {
+                    tries += 1;
+                    tokio::time::sleep(delay.min(LONGEST_RETRY_DELAY)).await;
+                }
+                None => return Err(status),
+            },
+            result => return result,
         }
     }
 }
@@ -911,4 +907,231 @@ fn tls_config(settings: &GrpcSettings) -> Result<ClientTlsConfig, RemoteError> {
         ));
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
+    fn blobs(url: &str) -> GrpcBlobs {
+        GrpcBlobs::new(&GrpcSettings {
+            url: url.to_owned(),
+            ..GrpcSettings::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_map_to_instances_and_urls_are_checked() {
+        let hex = "ab".repeat(32);
+        let instance = |blobs: &GrpcBlobs, key: &str| match blobs.locate(key).unwrap() {
+            Located::Action { instance, hash } => {
+                assert_eq!(hash, hex);
+                instance
+            }
+            Located::Blob { .. } => panic!("{key} is an action"),
+        };
+        let plain = blobs("grpc://cache:9092");
+        assert_eq!(instance(&plain, &format!("ac/{hex}")), "");
+        assert_eq!(instance(&plain, &format!("main/ac/{hex}")), "main");
+        let team = blobs("grpcs://cache:9092/team/");
+        assert_eq!(instance(&team, &format!("ac/{hex}")), "team");
+        assert_eq!(instance(&team, &format!("pr-1/ac/{hex}")), "team/pr-1");
+        assert!(matches!(
+            team.locate(&format!("cas/{hex}")).unwrap(),
+            Located::Blob { hash } if hash == hex
+        ));
+        assert!(team.locate("granary-v1/manifests/x").is_err());
+        for bad in [
+            "http://cache:9092",
+            "grpc://",
+            "grpc://user:secret@cache:9092",
+            "cache:9092",
+        ] {
+            let e = GrpcBlobs::new(&GrpcSettings {
+                url: bad.to_owned(),
+                ..GrpcSettings::default()
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("grpc://HOST:PORT"), "{bad}: {e}");
+        }
+        let e = GrpcBlobs::new(&GrpcSettings {
+            url: "grpc://cache:9092".into(),
+            ca_file: Some("/etc/ca.pem".into()),
+            ..GrpcSettings::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("grpcs://"), "{e}");
+        let e = GrpcBlobs::new(&GrpcSettings {
+            url: "grpc://cache:9092".into(),
+            headers: vec![("bad header".into(), "x".into())],
+            ..GrpcSettings::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--remote-header"), "{e}");
+    }
+
+    /// A refusal as a server sends it: a google.rpc.Status with a
+    /// RetryInfo in its details.
+    fn refusal(code: Code, delay: Duration) -> Status {
+        let details = RpcStatus {
+            code: code as i32,
+            message: "full".into(),
+            details: vec![bazel_remote_apis::google::protobuf::Any {
+                type_url: RETRY_INFO_TYPE.into(),
+                value: RetryInfo {
+                    retry_delay: Some(bazel_remote_apis::google::protobuf::Duration {
+                        seconds: delay.as_secs() as i64,
+                        nanos: delay.subsec_nanos() as i32,
+                    }),
+                }
+                .encode_to_vec(),
+            }],
+        };
+        Status::with_details(code, "full", details.encode_to_vec().into())
+    }
+
+    #[tokio::test]
+    async fn a_refusal_with_a_retry_info_is_retried_after_its_delay() {
+        let delay = Duration::from_millis(60);
+        assert_eq!(
+            retry_delay(&refusal(Code::ResourceExhausted, delay)),
+            Some(delay)
+        );
+        // Only codes that a retry can cure.
+        assert_eq!(retry_delay(&refusal(Code::InvalidArgument, delay)), None);
+        assert_eq!(retry_delay(&Status::unavailable("down")), None);
+
+        let attempts = AtomicU32::new(0);
+        let started = Instant::now();
+        let answer = retrying(|| {
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed);
+            async move {
+                match attempt {
+                    0 => Err(refusal(Code::Unavailable, delay)),
+                    _ => Ok(attempt),
+                }
+            }
+        })
+        .await;
+        assert_eq!(answer.unwrap(), 1);
+        assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+
+        // A server that asks for ever is given up on after a few tries.
+        let attempts = AtomicU32::new(0);
+        let answer: Result<(), Status> = retrying(|| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            async { Err(refusal(Code::Unavailable, Duration::from_millis(1))) }
+        })
+        .await;
+        assert_eq!(answer.unwrap_err().code(), Code::Unavailable);
+        assert_eq!(attempts.load(Ordering::Relaxed), RETRIES + 1);
+    }
+
+    fn chunks(bytes: Vec<u8>, size: usize) -> ByteStream {
+        let pieces: Vec<Result<Bytes, RemoteError>> = bytes
+            .chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures_util::stream::iter(pieces).boxed()
+    }
+
+    async fn collected(stream: ByteStream) -> Result<Vec<u8>, RemoteError> {
+        let pieces: Vec<Bytes> = stream.try_collect().await?;
+        Ok(pieces.concat())
+    }
+
+    #[tokio::test]
+    async fn zstd_from_a_server_is_decoded_in_bounded_pieces_never_past_its_size() {
+        let blob: Vec<u8> = (0..1_000_000u32).map(|i| (i % 13) as u8).collect();
+        let compressed = zstd::bulk::compress(&blob, 3).unwrap();
+        let url = "grpc://test".to_owned();
+        let out = collected(decompressed(
+            chunks(compressed.clone(), 1000),
+            1_000_000,
+            url.clone(),
+        ))
+        .await
+        .unwrap();
+        assert!(out == blob);
+        // A megabyte of zeros, announced as a kilobyte: refused.
+        let bomb = zstd::bulk::compress(&vec![0; 1 << 20], 19).unwrap();
+        let e = collected(decompressed(chunks(bomb, 100), 1024, url.clone()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+        // A stream cut in the middle of its frame.
+        let cut = compressed[..compressed.len() / 2].to_vec();
+        let e = collected(decompressed(chunks(cut, 1000), 1_000_000, url))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("middle of a frame"), "{e}");
+        // What the client compresses, it can decode.
+        let round = collected(compressing(chunks(blob.clone(), 4096)))
+            .await
+            .unwrap();
+        assert!(zstd::decode_all(&round[..]).unwrap() == blob);
+    }
+
+    #[tokio::test]
+    async fn a_write_sends_offsets_then_finishes_unless_its_body_fails() {
+        let failure = Arc::new(Mutex::new(None));
+        let body = chunks(vec![7; 150_000], 100_000);
+        let messages: Vec<WriteRequest> =
+            write_requests("uploads/u/blobs/x/150000".into(), body, failure.clone())
+                .collect()
+                .await;
+        let summary: Vec<(bool, i64, usize, bool)> = messages
+            .iter()
+            .map(|m| {
+                (
+                    !m.resource_name.is_empty(),
+                    m.write_offset,
+                    m.data.len(),
+                    m.finish_write,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (true, 0, 65536, false),
+                (false, 65536, 34464, false),
+                (false, 100_000, 50_000, false),
+                (false, 150_000, 0, true),
+            ]
+        );
+        assert!(failure.lock().unwrap().is_none());
+
+        let failing: ByteStream = futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"some")),
+            Err(RemoteError::LocalFile("changed".into())),
+        ])
+        .boxed();
+        let messages: Vec<WriteRequest> = write_requests("n".into(), failing, failure.clone())
+            .collect()
+            .await;
+        assert!(messages.iter().all(|m| !m.finish_write), "{messages:?}");
+        assert!(matches!(
+            failure.lock().unwrap().take(),
+            Some(RemoteError::LocalFile(_))
+        ));
+    }
+
+    #[test]
+    fn upload_ids_are_version_4_uuids() {
+        let (a, b) = (upload_id(), upload_id());
+        assert_ne!(a, b);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(
+            parts[2].starts_with('4') && "89ab".contains(&parts[3][..1]),
+            "{a}"
+        );
+    }
 }

@@ -207,6 +207,127 @@ fn go_runners_share_bazel_remote_over_grpc_and_read_it_over_http() {
     );
 }
 
+/// A private authority's certificate, and the certificate and key it
+/// signed for the server (127.0.0.1) and for a client, as PEM files in
+/// `dir`: (ca, server cert, server key, client cert, client key).
+fn private_authority(dir: &Path) -> [PathBuf; 5] {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair, KeyUsagePurpose,
+    };
+    fs::create_dir_all(dir).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    };
+    let leaf = |usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params.extended_key_usages = vec![usage];
+        (
+            params.signed_by(&key, &ca).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    let (server, server_key) = leaf(ExtendedKeyUsagePurpose::ServerAuth);
+    let (client, client_key) = leaf(ExtendedKeyUsagePurpose::ClientAuth);
+    [
+        write("ca.pem", ca.pem()),
+        write("server.pem", server),
+        write("server-key.pem", server_key),
+        write("client.pem", client),
+        write("client-key.pem", client_key),
+    ]
+}
+
+#[test]
+fn grpcs_with_a_private_authority_a_token_in_a_header_and_client_certificates() {
+    let sb = Sandbox::new();
+    let [ca, server_cert, server_key, client_cert, client_key] = private_authority(&sb.path("pki"));
+    let (writer, write_line) = serve_token(&["--scope", "write", "--name", "ci"]);
+    let (reader, read_line) = serve_token(&["--scope", "read", "--name", "dev"]);
+    let tokens = sb.path("tokens");
+    fs::write(&tokens, format!("{write_line}\n{read_line}\n")).unwrap();
+    let mut permissions = fs::metadata(&tokens).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+    fs::set_permissions(&tokens, permissions).unwrap();
+    let server = Server::start(&[
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--tls-cert",
+        server_cert.to_str().unwrap(),
+        "--tls-key",
+        server_key.to_str().unwrap(),
+    ]);
+    let module = sb.module("tls", 2);
+    let build = |cache: &str, remote: &str, envs: &[(&str, &str)]| {
+        let stats_file = sb.path(&format!("{cache}.json"));
+        let out = run_ok(
+            sb.go_granary(
+                &sb.path(cache),
+                &module,
+                &stats_file,
+                &["build", "-x", "-o", "/dev/null", "."],
+            )
+            .env("GRANARY_REMOTE", remote)
+            .env("GRANARY_REMOTE_CA", &ca)
+            .envs(envs.iter().copied()),
+        );
+        (out, stats(&stats_file))
+    };
+    // The write token as a header of the runner's choosing, as servers
+    // with credentials of their own want them.
+    let grpcs = server.url.replace("https://", "grpcs://");
+    let header = format!("authorization=Bearer {writer}");
+    let (_, a) = build("runner-a", &grpcs, &[("GRANARY_REMOTE_HEADERS", &header)]);
+    assert!(
+        a.puts > 10 && a.remote.uploads == a.puts,
+        "{a:?}\n{}",
+        server.log()
+    );
+    assert_eq!(a.remote.remote_errors, 0, "{a:?}");
+    let (out, b) = build(
+        "runner-b",
+        &grpcs,
+        &[("GRANARY_TOKEN", &reader), ("GRANARY_READ_ONLY", "true")],
+    );
+    assert_eq!(compiled_packages(&out.stderr), Vec::<String>::new());
+    assert_eq!(b.remote.remote_errors, 0, "{b:?}");
+
+    // bazel-remote that admits only clients with a certificate of its
+    // authority.
+    let remote = BazelRemote::start_with(
+        &[
+            &format!("--tls_cert_file={}", server_cert.display()),
+            &format!("--tls_key_file={}", server_key.display()),
+            &format!("--tls_ca_file={}", ca.display()),
+        ],
+        true,
+    );
+    let certified = [
+        ("GRANARY_REMOTE_CERT", client_cert.to_str().unwrap()),
+        ("GRANARY_REMOTE_KEY", client_key.to_str().unwrap()),
+    ];
+    let (_, c) = build("runner-c", &remote.grpc_url, &certified);
+    assert!(
+        c.puts > 10 && c.remote.uploads == c.puts,
+        "{c:?}\n{}",
+        remote.log()
+    );
+    assert_eq!(c.remote.remote_errors, 0, "{c:?}");
+    // Without a certificate, the build goes on without the remote, and
+    // says what to set.
+    let (out, d) = build("runner-d", &remote.grpc_url, &[]);
+    assert_eq!(d.remote.remote_hits, 0, "{d:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--remote-cert"), "{stderr}");
+}
+
 // Bad input, through a raw client.
 
 fn runtime() -> tokio::runtime::Runtime {

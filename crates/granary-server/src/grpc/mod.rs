@@ -772,3 +772,58 @@ fn no_trees() -> Status {
 fn no_chunks() -> Status {
     Status::unimplemented("granary serve does not split blobs into chunks")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_asks_the_client_to_retry_in_a_second_and_limits_do_not() {
+        let status = refused(&Refusal::Full { used: 2, limit: 1 });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = RpcStatus::decode(status.details()).unwrap();
+        let [info] = &details.details[..] else {
+            panic!("{details:?}")
+        };
+        assert_eq!(info.type_url, RETRY_INFO_TYPE);
+        let delay = RetryInfo::decode(&info.value[..])
+            .unwrap()
+            .retry_delay
+            .unwrap();
+        assert_eq!((delay.seconds, delay.nanos), (1, 0));
+        let status = refused(&Refusal::TooLarge { limit: 1 });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.details().is_empty());
+    }
+
+    #[test]
+    fn digests_and_instances_are_checked() {
+        let hex = "0c".repeat(32);
+        let digest = |hash: &str, size_bytes| Digest {
+            hash: hash.to_owned(),
+            size_bytes,
+        };
+        let (key, size) = digest_key(Kind::Cas, Some(&digest(&hex, 5))).unwrap();
+        assert_eq!((key.hex(), size), (hex.clone(), 5));
+        for bad in [
+            digest(&hex, -1),
+            digest(&"0C".repeat(32), 5),
+            digest("abc", 5),
+        ] {
+            let status = digest_key(Kind::Cas, Some(&bad)).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+        }
+        assert!(digest_key(Kind::Ac, None).is_err());
+        for good in ["", "main", "pr-12"] {
+            assert!(check_instance(good).is_ok(), "{good}");
+        }
+        for bad in ["a/b", "..", "a b", "ü"] {
+            assert_eq!(
+                check_instance(bad).unwrap_err().code(),
+                Code::InvalidArgument
+            );
+        }
+        assert!(check_digest_function(digest_function::Value::Sha256 as i32).is_ok());
+        assert!(check_digest_function(digest_function::Value::Blake3 as i32).is_err());
+    }
+}

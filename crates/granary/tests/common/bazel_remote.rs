@@ -37,6 +37,12 @@ pub struct BazelRemote {
 
 impl BazelRemote {
     pub fn start() -> BazelRemote {
+        BazelRemote::start_with(&[], false)
+    }
+
+    /// With extra arguments; `tls`: they make it serve TLS (its URLs are
+    /// then https:// and grpcs://).
+    pub fn start_with(args: &[&str], tls: bool) -> BazelRemote {
         let dir = tempfile::Builder::new()
             .prefix("granary-bazel-remote-")
             .tempdir()
@@ -50,6 +56,7 @@ impl BazelRemote {
             .arg("--max_size=1")
             .arg(format!("--http_address=127.0.0.1:{port}"))
             .arg(format!("--grpc_address=127.0.0.1:{grpc_port}"))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -58,8 +65,8 @@ impl BazelRemote {
         let mut server = BazelRemote {
             child: Some(child),
             dir,
-            url: format!("http://127.0.0.1:{port}"),
-            grpc_url: format!("grpc://127.0.0.1:{grpc_port}"),
+            url: format!("http{}://127.0.0.1:{port}", if tls { "s" } else { "" }),
+            grpc_url: format!("grpc{}://127.0.0.1:{grpc_port}", if tls { "s" } else { "" }),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err()
