@@ -351,7 +351,17 @@ impl RemoteCache {
     /// Stores a pack; returns its reference.
     pub async fn put_pack(&self, pack: PackWriter) -> Result<PackRef, RemoteError> {
         let entries = pack.entries() as u32;
-        let pack = pack.finish();
+        let pack = match self.format {
+            Format::Granary => pack.finish(),
+            // In a REAPI cache a pack is one zstd stream: the format keeps
+            // objects plain, and a server would compress it on every read.
+            Format::Reapi => {
+                tokio::task::spawn_blocking(move || zstd::bulk::compress(&pack.finish(), LEVEL))
+                    .await
+                    .map_err(|e| RemoteError::LocalFile(format!("cannot compress a pack: {e}")))?
+                    .map_err(|e| RemoteError::LocalFile(format!("cannot compress a pack: {e}")))?
+            }
+        };
         let id = Id::of(&pack);
         let size = pack.len() as u64;
         let key = self.format.pack_key(self.namespace.as_str(), &id);
@@ -369,7 +379,10 @@ impl RemoteCache {
     pub async fn open_pack(&self, pack: &PackRef) -> Result<Option<PackReader>, RemoteError> {
         let key = self.format.pack_key(self.namespace.as_str(), &pack.id);
         match self.blobs.get_object(&key, pack.size).await? {
-            Some(stream) => Ok(Some(PackReader::open(stream, key).await?)),
+            Some(stream) => Ok(Some(match self.format {
+                Format::Granary => PackReader::open(stream, key).await?,
+                Format::Reapi => PackReader::open_zstd(stream, key).await?,
+            })),
             None => Ok(None),
         }
     }

@@ -170,8 +170,7 @@ impl GrpcBlobs {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
             .map_err(|e| config(&e))?
             .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true);
+            .tcp_nodelay(true);
         if tls {
             endpoint = endpoint
                 .tls_config(tls_config(settings)?)

@@ -1,6 +1,6 @@
 //! A 1 GiB output through `granary prog` to a remote and back: memory stays
 //! bounded on every path (the put, the upload, the server and its
-//! write-behind to a bucket), and the bytes arrive intact at a fresh
+//! write-behind to a bucket, gRPC), and the bytes arrive intact at a fresh
 //! runner. Once, an upload read the whole output into memory: 5 GiB of
 //! RSS for a 1 GiB output.
 
@@ -135,4 +135,27 @@ fn a_gigabyte_through_a_server_backed_by_a_bucket_in_bounded_memory() {
     assert!(peak < SERVE_LIMIT_KIB, "granary serve peaked at {peak} KiB");
     assert_eq!(server.metric("granary_backing_errors_total", ""), 0.0);
     fetch_back(remote);
+}
+
+/// Over gRPC: ByteStream both ways, zstd-compressed in streams, the
+/// server writing and reading in chunks.
+#[test]
+fn a_gigabyte_over_grpc_in_bounded_memory() {
+    let server = Server::start(&["--max-blob", "2GiB", "--max-size", "8GiB"]);
+    let sb = Sandbox::new();
+    let url = server.url.replace("http://", "grpc://");
+    let remote = move |cmd: &mut Command| {
+        cmd.env("GRANARY_REMOTE", &url);
+    };
+    let mut h = helper(&sb, remote.clone());
+    put_and_upload(&mut h, || server.status()["ac_blobs"] == 1);
+    let (status, stderr) = h.close();
+    assert!(status.success(), "{stderr}");
+    fetch_back(remote);
+    let peak = peak_rss_kib(server.pid());
+    eprintln!(
+        "peak RSS of granary serve, 1 GiB in and out over gRPC: {} MiB",
+        peak / 1024
+    );
+    assert!(peak < SERVE_LIMIT_KIB, "granary serve peaked at {peak} KiB");
 }

@@ -567,6 +567,28 @@ fn a_bytestream_write_that_breaks_off_resumes_and_one_that_stalls_ends_within_th
             (committed.committed_size, committed.complete),
             (half as i64, false)
         );
+        // A reader meanwhile follows the upload, and gets the whole blob
+        // once it completes.
+        let follower = {
+            let mut bytestream = bytestream.clone();
+            let resource_name = format!("blobs/{}/{}", d.hash, d.size_bytes);
+            tokio::spawn(async move {
+                let stream = bytestream
+                    .read(ReadRequest {
+                        resource_name,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                stream
+                    .map(|r| r.unwrap().data)
+                    .collect::<Vec<_>>()
+                    .await
+                    .concat()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
 
         // Resuming elsewhere than where it stopped is refused...
         let status = bytestream
@@ -591,6 +613,10 @@ fn a_bytestream_write_that_breaks_off_resumes_and_one_that_stalls_ends_within_th
             .unwrap()
             .into_inner();
         assert_eq!(written.committed_size, blob.len() as i64);
+        assert!(
+            follower.await.unwrap() == blob,
+            "the follower got the whole blob"
+        );
         let read: Vec<u8> = bytestream
             .read(ReadRequest {
                 resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),

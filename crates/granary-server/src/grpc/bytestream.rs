@@ -8,7 +8,9 @@
 //! A Write streams to disk as the HTTP PUT does, checked against the
 //! digest before it is published. A Write that breaks off (the stream
 //! fails, stalls for the idle timeout, or ends without `finish_write`)
-//! keeps what it received for [`KEPT_FOR`]: QueryWriteStatus tells the
+//! keeps what it received for [`KEPT_FOR`] (at most [`KEPT_AT_MOST`]
+//! uploads, reserving at most an eighth of `--max-size`; the oldest go
+//! first): QueryWriteStatus tells the
 //! client where to resume, and a new Write of the same resource name from
 //! that offset continues it. Compressed writes are decoded on the way in,
 //! never to more bytes than the digest says.
@@ -42,6 +44,10 @@ use crate::key::Kind;
 pub const KEPT_FOR: Duration = Duration::from_secs(120);
 /// Broken-off uploads kept at most; the oldest goes first.
 const KEPT_AT_MOST: usize = 256;
+/// The share of `--max-size` that kept uploads may have reserved (each
+/// reserves its whole announced size): a client that breaks off uploads
+/// of huge blobs cannot hold the room others need.
+const KEPT_SHARE: u64 = 8;
 /// Bytes gathered before they are written to disk.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -58,18 +64,27 @@ impl Partials {
         held.remove(name).map(|(_, partial)| partial)
     }
 
-    fn keep(&self, name: String, partial: Partial) {
+    /// Keeps `partial` to be resumed, dropping the oldest kept uploads
+    /// while there are too many or they reserve more than `room` bytes.
+    fn keep(&self, name: String, partial: Partial, room: u64) {
         let mut held = self.held.lock().expect("never poisoned");
         held.retain(|_, (since, _)| since.elapsed() < KEPT_FOR);
-        if held.len() >= KEPT_AT_MOST
-            && let Some(oldest) = held
+        let mut reserved: u64 = held.values().map(|(_, p)| p.size).sum::<u64>() + partial.size;
+        while held.len() >= KEPT_AT_MOST || (reserved > room && !held.is_empty()) {
+            let Some(oldest) = held
                 .iter()
                 .min_by_key(|(_, (since, _))| *since)
                 .map(|(name, _)| name.clone())
-        {
-            held.remove(&oldest);
+            else {
+                break;
+            };
+            if let Some((_, dropped)) = held.remove(&oldest) {
+                reserved -= dropped.size;
+            }
         }
-        held.insert(name, (Instant::now(), partial));
+        if reserved <= room {
+            held.insert(name, (Instant::now(), partial));
+        }
     }
 
     fn committed(&self, name: &str) -> Option<u64> {
@@ -151,6 +166,13 @@ impl Partial {
         self.writer = writer;
         result.map_err(|refusal| refused(&refusal))?;
         Ok(self)
+    }
+}
+
+impl Reapi {
+    /// How many bytes kept uploads may reserve.
+    fn kept_room(&self) -> u64 {
+        self.service.disk.limits().max_size / KEPT_SHARE
     }
 }
 
@@ -342,7 +364,7 @@ impl Reapi {
             held => {
                 let committed = held.as_ref().map_or(0, |p| p.received);
                 if let Some(held) = held {
-                    self.uploads.keep(name.clone(), held);
+                    self.uploads.keep(name.clone(), held, self.kept_room());
                 }
                 return Err(Status::invalid_argument(format!(
                     "write_offset {} does not continue this upload, of which {committed} bytes \
@@ -385,7 +407,7 @@ impl Reapi {
                     // Keep what came, so the client can resume.
                     partial = partial.flush(&mut batch).await?;
                     let received = partial.received;
-                    self.uploads.keep(name, partial);
+                    self.uploads.keep(name, partial, self.kept_room());
                     return Err(match broken {
                         Err(status) => status,
                         Ok(_) => Status::aborted(format!(

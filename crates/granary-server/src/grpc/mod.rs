@@ -50,6 +50,7 @@ use bazel_remote_apis::build::bazel::semver::SemVer;
 use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
 use bazel_remote_apis::google::protobuf::Any;
 use bazel_remote_apis::google::rpc::Status as RpcStatus;
+use futures_util::StreamExt;
 use granary_id::Id;
 use prost::Message;
 use sha2::{Digest as _, Sha256};
@@ -72,6 +73,8 @@ const MAX_MESSAGE: usize = 4 * 1024 * 1024 + 64 * 1024;
 /// Blobs a client may ask about in one FindMissingBlobs (about 300 KiB of
 /// digests).
 const MAX_FIND: usize = 4096;
+/// Questions to the backing store in flight for one FindMissingBlobs.
+const BACKING_QUESTIONS_AT_ONCE: usize = 16;
 /// What a client is told to wait before it tries a full disk again.
 const FULL_RETRY: Duration = Duration::from_secs(1);
 
@@ -342,13 +345,23 @@ impl Reapi {
                 "ask about at most {MAX_FIND} blobs at once"
             )));
         }
-        let mut missing = Vec::new();
+        let mut keys = Vec::with_capacity(asked.blob_digests.len());
         for digest in &asked.blob_digests {
-            let (key, size) = digest_key(Kind::Cas, Some(digest))?;
-            if !self.has(key, size).await {
-                missing.push(digest.clone());
-            }
+            keys.push(digest_key(Kind::Cas, Some(digest))?);
         }
+        // The backing store is asked about several blobs at once.
+        let present: Vec<bool> = futures_util::stream::iter(keys)
+            .map(|(key, size)| self.has(key, size))
+            .buffered(BACKING_QUESTIONS_AT_ONCE)
+            .collect()
+            .await;
+        let missing = asked
+            .blob_digests
+            .iter()
+            .zip(present)
+            .filter(|(_, present)| !present)
+            .map(|(digest, _)| digest.clone())
+            .collect();
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing,
         }))
