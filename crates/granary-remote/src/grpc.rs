@@ -52,6 +52,10 @@ const DEFAULT_BATCH: u64 = 4 * 1024 * 1024;
 const BATCH_FRAMING: u64 = 64 * 1024;
 /// The largest message accepted from a server.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// HTTP/2 flow-control windows of reads: at most this much of one
+/// answer, and of all, waits unread in memory.
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Bytes per ByteStream.Write message.
 const WRITE_CHUNK: usize = 64 * 1024;
 /// Retries of a call refused with a RetryInfo, and the longest delay
@@ -170,7 +174,12 @@ impl GrpcBlobs {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
             .map_err(|e| config(&e))?
             .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Room for a few packs in flight per round trip: the window
+            // updates a reader sends take a round trip too, and hyper's
+            // 5 MiB would cap a 20 ms link at 250 MB/s.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
         if tls {
             endpoint = endpoint
                 .tls_config(tls_config(settings)?)

@@ -14,7 +14,9 @@
 //! of immutable blobs by key. [`S3Blobs`] is the blob store of S3-compatible
 //! object storage (AWS S3, MinIO, R2, SeaweedFS, Ceph, GCS interop), built on
 //! the `object_store` crate; nothing else in granary touches that crate, so
-//! it can be upgraded or replaced in one file.
+//! it can be upgraded or replaced in one file. [`HttpBlobs`] and
+//! [`GrpcBlobs`] reach cache servers (bazel-remote's HTTP protocol, and
+//! REAPI over gRPC) in the REAPI format ([`Format::Reapi`]).
 //!
 //! Reading is suspicious: a record that does not parse, names another
 //! action, or carries a body of the wrong size is [`RemoteError::Damaged`],

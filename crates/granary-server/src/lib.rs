@@ -1,9 +1,10 @@
 //! `granary serve`: a shared build-cache server.
 //!
 //! The server speaks bazel-remote's HTTP cache protocol (`GET`, `HEAD` and
-//! `PUT` on `/ac/<sha256>` and `/cas/<sha256>`), so granary's `prog` client,
-//! Bazel and any other REAPI HTTP client can use it, and granary's client
-//! can use an existing bazel-remote. Action-cache entries must be REAPI
+//! `PUT` on `/ac/<sha256>` and `/cas/<sha256>`) and the Remote Execution
+//! API's cache services over gRPC (`grpc/`, on the same connections), so
+//! granary's `prog` client, Bazel and any other REAPI client can use it, and
+//! granary's client can use an existing bazel-remote. Action-cache entries must be REAPI
 //! `ActionResult` messages; CAS blobs must hash to their key, which is
 //! checked while they stream in: a blob that does not match is never
 //! stored.

@@ -543,6 +543,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn headers_are_name_equals_value() {
+        assert_eq!(
+            parse_header(" x-api-key = a=b ").unwrap(),
+            ("x-api-key".to_owned(), "a=b".to_owned())
+        );
+        assert!(parse_header("no-value").is_err());
+        assert!(parse_header("=value").is_err());
+    }
+
+    #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
     }

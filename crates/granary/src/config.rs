@@ -674,6 +674,54 @@ mod tests {
     }
 
     #[test]
+    fn a_grpc_url_makes_a_reapi_remote_with_headers_and_client_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "remote = \"grpcs://cache.example:9092/team\"\nremote-cert = \"/etc/client.pem\"\n\
+             remote-key = \"/etc/client-key.pem\"\n",
+        )
+        .unwrap();
+        let header = || vec![("x-buildbuddy-api-key".to_owned(), "secret-key".to_owned())];
+        let args = RemoteArgs {
+            remote_header: header(),
+            ..RemoteArgs::default()
+        };
+        let resolved = remote(dir.path(), None, &args).unwrap().unwrap();
+        let Endpoint::Grpc(grpc) = &resolved.endpoint else {
+            panic!("{resolved:?}")
+        };
+        assert_eq!(grpc.url, "grpcs://cache.example:9092/team");
+        assert_eq!(grpc.headers, header());
+        assert_eq!(
+            grpc.client_identity,
+            Some(("/etc/client.pem".into(), "/etc/client-key.pem".into()))
+        );
+        assert!(!format!("{resolved:?}").contains("secret-key"));
+
+        let empty = tempfile::tempdir().unwrap();
+        let refused = |args: RemoteArgs| remote(empty.path(), None, &args).unwrap_err().to_string();
+        let half = refused(RemoteArgs {
+            remote: Some("grpcs://cache:9092".into()),
+            remote_cert: Some("/etc/client.pem".into()),
+            ..RemoteArgs::default()
+        });
+        assert!(half.contains("--remote-key"), "{half}");
+        let http = refused(RemoteArgs {
+            remote: Some("https://cache:8080".into()),
+            remote_header: header(),
+            ..RemoteArgs::default()
+        });
+        assert!(http.contains("grpc://"), "{http}");
+        let both = refused(RemoteArgs {
+            remote: Some("grpc://cache:9092/team".into()),
+            namespace: Some("main".into()),
+            ..RemoteArgs::default()
+        });
+        assert!(both.contains("--namespace"), "{both}");
+    }
+
+    #[test]
     fn serve_settings_come_from_flags_then_the_serve_table() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
