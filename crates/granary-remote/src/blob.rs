@@ -34,6 +34,17 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
         self.get(key).await
     }
 
+    /// As [`BlobStore::get_object`], for an object that is compressed
+    /// already (a pack in a REAPI cache): a store that compresses on the
+    /// wire should not.
+    async fn get_compressed_object(
+        &self,
+        key: &str,
+        size: u64,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        self.get_object(key, size).await
+    }
+
     /// Whether there is an object of `size` bytes under `key` (see
     /// [`BlobStore::get_object`]).
     async fn has_object(&self, key: &str, _size: u64) -> Result<bool, RemoteError> {

@@ -378,13 +378,17 @@ impl RemoteCache {
     /// Opens a pack, or `None` if it is gone.
     pub async fn open_pack(&self, pack: &PackRef) -> Result<Option<PackReader>, RemoteError> {
         let key = self.format.pack_key(self.namespace.as_str(), &pack.id);
-        match self.blobs.get_object(&key, pack.size).await? {
-            Some(stream) => Ok(Some(match self.format {
-                Format::Granary => PackReader::open(stream, key).await?,
-                Format::Reapi => PackReader::open_zstd(stream, key).await?,
-            })),
-            None => Ok(None),
-        }
+        let opened = match self.format {
+            Format::Granary => match self.blobs.get(&key).await? {
+                Some(stream) => Some(PackReader::open(stream, key).await?),
+                None => None,
+            },
+            Format::Reapi => match self.blobs.get_compressed_object(&key, pack.size).await? {
+                Some(stream) => Some(PackReader::open_zstd(stream, key).await?),
+                None => None,
+            },
+        };
+        Ok(opened)
     }
 
     /// Asks the server for many entries in one request; the answer is a

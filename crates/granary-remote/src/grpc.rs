@@ -367,12 +367,20 @@ impl GrpcBlobs {
         Ok(())
     }
 
-    async fn read_blob(&self, hash: &str, size: u64) -> Result<Option<ByteStream>, RemoteError> {
+    /// The blob `hash` of `size` bytes; zstd on the wire if the server
+    /// offers it and `compressible`.
+    async fn read_blob(
+        &self,
+        hash: &str,
+        size: u64,
+        compressible: bool,
+    ) -> Result<Option<ByteStream>, RemoteError> {
         if size == 0 {
             // The empty blob is never fetched: every CAS holds it.
             return Ok(Some(futures_util::stream::empty().boxed()));
         }
         let connected = self.connected().await?;
+        let zstd = connected.zstd && compressible;
         let digest = Digest {
             hash: hash.to_owned(),
             size_bytes: size as i64,
@@ -380,7 +388,7 @@ impl GrpcBlobs {
         if size <= connected.batch {
             let client = ContentAddressableStorageClient::new(connected.channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE);
-            let acceptable = match connected.zstd {
+            let acceptable = match zstd {
                 true => vec![compressor::Value::Zstd as i32],
                 false => Vec::new(),
             };
@@ -430,7 +438,7 @@ impl GrpcBlobs {
         }
         let mut client =
             ByteStreamClient::new(connected.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
-        let resource = match connected.zstd {
+        let resource = match zstd {
             true => format!("compressed-blobs/zstd/{hash}/{size}"),
             false => format!("blobs/{hash}/{size}"),
         };
@@ -457,7 +465,7 @@ impl GrpcBlobs {
                 ))
             })
             .boxed();
-        Ok(Some(match connected.zstd {
+        Ok(Some(match zstd {
             true => decompressed(chunks, size, self.url.clone()),
             false => chunks,
         }))
@@ -590,7 +598,18 @@ impl BlobStore for GrpcBlobs {
 
     async fn get_object(&self, key: &str, size: u64) -> Result<Option<ByteStream>, RemoteError> {
         match self.locate(key)? {
-            Located::Blob { hash } => self.read_blob(&hash, size).await,
+            Located::Blob { hash } => self.read_blob(&hash, size, true).await,
+            Located::Action { instance, hash } => self.get_action(instance, hash).await,
+        }
+    }
+
+    async fn get_compressed_object(
+        &self,
+        key: &str,
+        size: u64,
+    ) -> Result<Option<ByteStream>, RemoteError> {
+        match self.locate(key)? {
+            Located::Blob { hash } => self.read_blob(&hash, size, false).await,
             Located::Action { instance, hash } => self.get_action(instance, hash).await,
         }
     }
