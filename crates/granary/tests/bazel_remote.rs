@@ -12,7 +12,7 @@ use common::bazel_remote::BazelRemote;
 use common::*;
 
 /// `go build` of `module` by a runner with the empty local tier `cache`,
-/// sharing `server`; returns its output and statistics.
+/// sharing `server`.
 fn build(
     sb: &Sandbox,
     server: &BazelRemote,
@@ -20,20 +20,12 @@ fn build(
     module: &Path,
     prefetch: bool,
 ) -> (Output, Stats) {
-    let stats_file = sb.path(&format!("{cache}.json"));
-    let binary = sb.path("bin").join(cache);
-    let out = run_ok(
-        sb.go_granary(
-            &sb.path(cache),
-            module,
-            &stats_file,
-            &["build", "-x", "-o", binary.to_str().unwrap(), "."],
-        )
-        .env("GRANARY_REMOTE", &server.url)
-        .env("GRANARY_SCOPE", "interop")
-        .env("GRANARY_PREFETCH", prefetch.to_string()),
-    );
-    (out, stats(&stats_file))
+    let prefetch = prefetch.to_string();
+    let envs = [
+        ("GRANARY_SCOPE", "interop"),
+        ("GRANARY_PREFETCH", &prefetch),
+    ];
+    sb.build_sharing(&server.url, cache, module, &envs)
 }
 
 #[test]

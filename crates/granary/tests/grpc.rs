@@ -126,21 +126,9 @@ fn bazel_builds_against_granary_serve_over_grpc_and_http_and_hits_after_a_clean(
 }
 
 /// `go build` of `module` by a runner with the empty local tier `cache`,
-/// sharing the cache at `remote`; returns its output and statistics.
+/// sharing the cache at `remote`.
 fn go_build(sb: &Sandbox, remote: &str, cache: &str, module: &Path) -> (Output, Stats) {
-    let stats_file = sb.path(&format!("{cache}.json"));
-    let binary = sb.path("bin").join(cache);
-    let out = run_ok(
-        sb.go_granary(
-            &sb.path(cache),
-            module,
-            &stats_file,
-            &["build", "-x", "-o", binary.to_str().unwrap(), "."],
-        )
-        .env("GRANARY_REMOTE", remote)
-        .env("GRANARY_SCOPE", "grpc"),
-    );
-    (out, stats(&stats_file))
+    sb.build_sharing(remote, cache, module, &[("GRANARY_SCOPE", "grpc")])
 }
 
 /// Runner a fills the cache through `writer`; runner b, with an empty
@@ -569,25 +557,13 @@ fn a_bytestream_write_that_breaks_off_resumes_and_one_that_stalls_ends_within_th
         );
         // A reader meanwhile follows the upload, and gets the whole blob
         // once it completes.
-        let follower = {
-            let mut bytestream = bytestream.clone();
-            let resource_name = format!("blobs/{}/{}", d.hash, d.size_bytes);
-            tokio::spawn(async move {
-                let stream = bytestream
-                    .read(ReadRequest {
-                        resource_name,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                stream
-                    .map(|r| r.unwrap().data)
-                    .collect::<Vec<_>>()
-                    .await
-                    .concat()
-            })
-        };
+        let follower = tokio::spawn(read_all(
+            bytestream.clone(),
+            ReadRequest {
+                resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
+                ..Default::default()
+            },
+        ));
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         // Resuming elsewhere than where it stopped is refused...
@@ -617,32 +593,24 @@ fn a_bytestream_write_that_breaks_off_resumes_and_one_that_stalls_ends_within_th
             follower.await.unwrap() == blob,
             "the follower got the whole blob"
         );
-        let read: Vec<u8> = bytestream
-            .read(ReadRequest {
+        let read = read_all(
+            bytestream.clone(),
+            ReadRequest {
                 resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
                 read_offset: 1000,
                 read_limit: 5000,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .map(|r| r.unwrap().data)
-            .collect::<Vec<_>>()
-            .await
-            .concat();
+            },
+        )
+        .await;
         assert!(read == blob[1000..6000], "offset and limit honoured");
-        let compressed: Vec<u8> = bytestream
-            .read(ReadRequest {
+        let compressed = read_all(
+            bytestream.clone(),
+            ReadRequest {
                 resource_name: format!("compressed-blobs/zstd/{}/{}", d.hash, d.size_bytes),
                 ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .map(|r| r.unwrap().data)
-            .collect::<Vec<_>>()
-            .await
-            .concat();
+            },
+        )
+        .await;
         assert!(zstd::decode_all(&compressed[..]).unwrap() == blob);
 
         // A compressed upload whose bytes are not the digest's.
@@ -685,6 +653,16 @@ fn a_bytestream_write_that_breaks_off_resumes_and_one_that_stalls_ends_within_th
         );
         drop(sender);
     });
+}
+
+/// Everything a ByteStream Read answers.
+async fn read_all(mut bytestream: ByteStreamClient<Channel>, request: ReadRequest) -> Vec<u8> {
+    let answer = bytestream.read(request).await.unwrap().into_inner();
+    answer
+        .map(|r| r.unwrap().data)
+        .collect::<Vec<_>>()
+        .await
+        .concat()
 }
 
 /// The messages `receiver` gets, as a stream.

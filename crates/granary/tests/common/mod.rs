@@ -122,6 +122,31 @@ impl Sandbox {
         cmd
     }
 
+    /// `go build` of `module` by a runner whose local tier is the empty
+    /// `cache`, sharing the cache at `remote`, with `envs` set; the binary
+    /// goes to bin/<cache>. Returns the output and the statistics.
+    pub fn build_sharing(
+        &self,
+        remote: &str,
+        cache: &str,
+        module: &Path,
+        envs: &[(&str, &str)],
+    ) -> (Output, Stats) {
+        let stats_file = self.path(&format!("{cache}.json"));
+        let binary = self.path("bin").join(cache);
+        let out = run_ok(
+            self.go_granary(
+                &self.path(cache),
+                module,
+                &stats_file,
+                &["build", "-x", "-o", binary.to_str().unwrap(), "."],
+            )
+            .env("GRANARY_REMOTE", remote)
+            .envs(envs.iter().copied()),
+        );
+        (out, stats(&stats_file))
+    }
+
     /// Writes a module `name` with `packages` library packages, a main
     /// package that uses them all, and a test. Build outputs must go outside
     /// the module directory (`-o ../bin`): a fresh mtime there changes
