@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property and end-to-end tests with the real go
-# command and a real S3 server. Installs Go and SeaweedFS into .venv first if
-# they are missing.
+# command, a real S3 server, bazel-remote and Bazel. Installs what is missing
+# of them into .venv first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
