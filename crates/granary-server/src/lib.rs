@@ -215,13 +215,15 @@ impl Server {
         let evictor = tokio::spawn(service.disk.clone().evict_forever());
         let stop = tokio_util::sync::CancellationToken::new();
         let routes = grpc::routes(service.clone());
+        // One cap for the connections of both listeners.
+        let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
         let grpc = grpc_listener.map(|listener| {
             tokio::spawn(listen::serve(
                 listener,
                 tls.clone(),
                 service.clone(),
                 routes.clone(),
-                settings.max_connections,
+                slots.clone(),
                 settings.shutdown_grace,
                 stop.clone().cancelled_owned(),
             ))
@@ -231,7 +233,7 @@ impl Server {
             tls,
             service.clone(),
             routes,
-            settings.max_connections,
+            slots,
             settings.shutdown_grace,
             stop.clone().cancelled_owned(),
         );

@@ -7,6 +7,7 @@
 //! opens streams it never reads, would otherwise keep its connection for
 //! ever.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -21,7 +22,6 @@ use http::Request;
 use http::header::CONTENT_TYPE;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
-use std::convert::Infallible;
 use tonic::codegen::Service as _;
 use tonic::service::Routes;
 
@@ -44,18 +44,19 @@ use crate::http::{Body, Service};
 const MAX_STREAMS: u32 = 128;
 
 /// Serves `listener` until `shutdown` completes, then lets requests in
-/// flight finish for up to `grace`.
+/// flight finish for up to `grace`. Each connection holds one of `slots`
+/// (shared by the server's listeners); gRPC calls go to `grpc`, the rest
+/// to `service`.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     service: Arc<Service>,
     grpc: Routes,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(max_connections));
     let idle = service.idle_timeout;
     tokio::pin!(shutdown);
     loop {

@@ -195,6 +195,23 @@ fn go_runners_share_bazel_remote_over_grpc_and_read_it_over_http() {
     );
 }
 
+#[test]
+fn a_grpc_server_that_is_not_there_costs_the_build_a_warning_only() {
+    let port = s3::free_ports(1)[0];
+    let sb = Sandbox::new();
+    let module = sb.module("alone", 2);
+    let started = Instant::now();
+    let (out, s) = go_build(&sb, &format!("grpc://127.0.0.1:{port}"), "runner", &module);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!s.remote.remote_off.is_empty(), "{s:?}");
+    assert_eq!((s.remote.remote_hits, s.errors), (0, 0), "{s:?}");
+    assert!(!compiled_packages(&out.stderr).is_empty());
+}
+
 /// A private authority's certificate, and the certificate and key it
 /// signed for the server (127.0.0.1) and for a client, as PEM files in
 /// `dir`: (ca, server cert, server key, client cert, client key).
