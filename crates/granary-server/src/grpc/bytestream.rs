@@ -557,24 +557,16 @@ impl ByteStream for Reapi {
         &self,
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let started = Instant::now();
-        let result = self.open_read(request).await;
-        self.observe("Read", "cas", started, &result);
-        result
+        self.observed("Read", "cas", self.open_read(request)).await
     }
 
     async fn write(
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let started = Instant::now();
-        let result = Reapi::write(self, request).await.map(|committed| {
-            Response::new(WriteResponse {
-                committed_size: committed,
-            })
-        });
-        self.observe("Write", "cas", started, &result);
-        result
+        self.observed("Write", "cas", Reapi::write(self, request))
+            .await
+            .map(|committed_size| Response::new(WriteResponse { committed_size }))
     }
 
     async fn query_write_status(

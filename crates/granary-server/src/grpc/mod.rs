@@ -191,6 +191,19 @@ impl Reapi {
             .inc();
     }
 
+    /// Runs a call, counting it as [`Reapi::observe`] says.
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        kind: &'static str,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        self.observe(method, kind, started, &result);
+        result
+    }
+
     fn count(&self, kind: Kind, found: bool) {
         let labels = KindLabels { kind: kind.name() };
         match found {
@@ -467,6 +480,50 @@ impl Reapi {
         Ok(Response::new(BatchReadBlobsResponse { responses }))
     }
 
+    /// What this server offers the caller of `request`.
+    fn capabilities(
+        &self,
+        request: &Request<GetCapabilitiesRequest>,
+    ) -> Result<ServerCapabilities, Status> {
+        self.authorize(
+            request,
+            &request.get_ref().instance_name,
+            Access::Read,
+            false,
+        )?;
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.as_bytes());
+        let writes = self.service.auth.access(authorization) == Access::Write;
+        let zstd = vec![compressor::Value::Zstd as i32];
+        Ok(ServerCapabilities {
+            cache_capabilities: Some(CacheCapabilities {
+                digest_functions: vec![digest_function::Value::Sha256 as i32],
+                action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
+                    update_enabled: writes,
+                }),
+                max_batch_total_size_bytes: MAX_BATCH as i64,
+                symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Disallowed
+                    as i32,
+                supported_compressors: zstd.clone(),
+                supported_batch_update_compressors: zstd,
+                max_cas_blob_size_bytes: self.service.disk.limits().max_blob as i64,
+                ..CacheCapabilities::default()
+            }),
+            low_api_version: Some(SemVer {
+                major: 2,
+                ..SemVer::default()
+            }),
+            high_api_version: Some(SemVer {
+                major: 2,
+                minor: 3,
+                ..SemVer::default()
+            }),
+            ..ServerCapabilities::default()
+        })
+    }
+
     /// The status for a refused write, counted.
     fn refused(&self, refusal: &Refusal) -> Status {
         self.service
@@ -638,45 +695,7 @@ impl Capabilities for Reapi {
         request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<ServerCapabilities>, Status> {
         let started = Instant::now();
-        let result = (|| {
-            self.authorize(
-                &request,
-                &request.get_ref().instance_name,
-                Access::Read,
-                false,
-            )?;
-            let authorization = request
-                .metadata()
-                .get("authorization")
-                .map(|value| value.as_bytes());
-            let writes = self.service.auth.access(authorization) == Access::Write;
-            let zstd = vec![compressor::Value::Zstd as i32];
-            Ok(Response::new(ServerCapabilities {
-                cache_capabilities: Some(CacheCapabilities {
-                    digest_functions: vec![digest_function::Value::Sha256 as i32],
-                    action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
-                        update_enabled: writes,
-                    }),
-                    max_batch_total_size_bytes: MAX_BATCH as i64,
-                    symlink_absolute_path_strategy:
-                        symlink_absolute_path_strategy::Value::Disallowed as i32,
-                    supported_compressors: zstd.clone(),
-                    supported_batch_update_compressors: zstd,
-                    max_cas_blob_size_bytes: self.service.disk.limits().max_blob as i64,
-                    ..CacheCapabilities::default()
-                }),
-                low_api_version: Some(SemVer {
-                    major: 2,
-                    ..SemVer::default()
-                }),
-                high_api_version: Some(SemVer {
-                    major: 2,
-                    minor: 3,
-                    ..SemVer::default()
-                }),
-                ..ServerCapabilities::default()
-            }))
-        })();
+        let result = self.capabilities(&request).map(Response::new);
         self.observe("GetCapabilities", "capabilities", started, &result);
         result
     }
@@ -688,20 +707,24 @@ impl ActionCache for Reapi {
         &self,
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
-        let started = Instant::now();
-        let result = Reapi::get_action_result(self, request).await;
-        self.observe("GetActionResult", "ac", started, &result);
-        result
+        self.observed(
+            "GetActionResult",
+            "ac",
+            Reapi::get_action_result(self, request),
+        )
+        .await
     }
 
     async fn update_action_result(
         &self,
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
-        let started = Instant::now();
-        let result = Reapi::update_action_result(self, request).await;
-        self.observe("UpdateActionResult", "ac", started, &result);
-        result
+        self.observed(
+            "UpdateActionResult",
+            "ac",
+            Reapi::update_action_result(self, request),
+        )
+        .await
     }
 }
 
@@ -711,30 +734,36 @@ impl ContentAddressableStorage for Reapi {
         &self,
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
-        let started = Instant::now();
-        let result = Reapi::find_missing_blobs(self, request).await;
-        self.observe("FindMissingBlobs", "cas", started, &result);
-        result
+        self.observed(
+            "FindMissingBlobs",
+            "cas",
+            Reapi::find_missing_blobs(self, request),
+        )
+        .await
     }
 
     async fn batch_update_blobs(
         &self,
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
-        let started = Instant::now();
-        let result = Reapi::batch_update_blobs(self, request).await;
-        self.observe("BatchUpdateBlobs", "cas", started, &result);
-        result
+        self.observed(
+            "BatchUpdateBlobs",
+            "cas",
+            Reapi::batch_update_blobs(self, request),
+        )
+        .await
     }
 
     async fn batch_read_blobs(
         &self,
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
-        let started = Instant::now();
-        let result = Reapi::batch_read_blobs(self, request).await;
-        self.observe("BatchReadBlobs", "cas", started, &result);
-        result
+        self.observed(
+            "BatchReadBlobs",
+            "cas",
+            Reapi::batch_read_blobs(self, request),
+        )
+        .await
     }
 
     type GetTreeStream = futures_util::stream::Empty<Result<reapi::GetTreeResponse, Status>>;
