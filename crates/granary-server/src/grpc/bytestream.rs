@@ -37,7 +37,7 @@ use super::{Reapi, empty_hash, refused, stalled};
 use crate::auth::Access;
 use crate::check::Check;
 use crate::disk::{Found, Writer};
-use crate::follow::{CHUNK, Followed, follow};
+use crate::follow::CHUNK;
 use crate::key::Kind;
 
 /// How long a broken-off upload waits to be resumed.
@@ -271,17 +271,9 @@ impl Reapi {
                 }
             },
         };
-        let mut follower = match follow(upload).await {
-            Followed::Stream(follower) => follower,
-            Followed::Missing => {
-                self.count(Kind::Cas, false);
-                return Err(Status::not_found(format!("no {key}")));
-            }
-            Followed::Failed => {
-                return Err(Status::unavailable(format!(
-                    "the upload of {key} failed; try again"
-                )));
-            }
+        let Some(mut follower) = self.follow(key, upload).await? else {
+            self.count(Kind::Cas, false);
+            return Err(Status::not_found(format!("no {key}")));
         };
         if follower.expected().is_some_and(|expected| expected != size) {
             return Err(Status::not_found(format!("{key} is not {size} bytes")));

@@ -59,8 +59,8 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::auth::Access;
 use crate::check::MAX_ACTION_RESULT;
-use crate::disk::{Found, Refusal};
-use crate::follow::{Followed, follow};
+use crate::disk::{Found, Refusal, Upload};
+use crate::follow::{Followed, Follower, follow};
 use crate::http::Service;
 use crate::key::{Key, Kind};
 use crate::metrics::{KindLabels, LatencyLabels, RequestLabels};
@@ -237,14 +237,8 @@ impl Reapi {
                 None => return Ok(None),
             },
         };
-        let mut follower = match follow(upload).await {
-            Followed::Stream(follower) => follower,
-            Followed::Missing => return Ok(None),
-            Followed::Failed => {
-                return Err(Status::unavailable(format!(
-                    "the upload of {key} failed; try again"
-                )));
-            }
+        let Some(mut follower) = self.follow(key, upload).await? else {
+            return Ok(None);
         };
         let mut bytes = Vec::new();
         loop {
@@ -262,6 +256,20 @@ impl Reapi {
         }
         service.metrics.bytes_sent.inc_by(bytes.len() as u64);
         Ok(Some(bytes))
+    }
+
+    /// A reader of `upload` (of `key`), once its source is known, within
+    /// the idle timeout; `None`: the backing store has no such blob.
+    async fn follow(&self, key: Key, upload: Arc<Upload>) -> Result<Option<Follower>, Status> {
+        let idle = self.service.idle_timeout;
+        match tokio::time::timeout(idle, follow(upload)).await {
+            Ok(Followed::Stream(follower)) => Ok(Some(follower)),
+            Ok(Followed::Missing) => Ok(None),
+            Ok(Followed::Failed) => Err(Status::unavailable(format!(
+                "the upload of {key} failed; try again"
+            ))),
+            Err(_) => Err(stalled(key, idle)),
+        }
     }
 
     /// Whether the CAS has the blob of `digest` (the empty blob always).
