@@ -84,7 +84,7 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
 
     /// Whether the [`RemoteCache`](crate::RemoteCache) should keep packs
     /// here even in the REAPI format, where they go to the CAS: for stores
-    /// that have no [`BlobStore::batch`].
+    /// that have no [`BlobStore::batch`], or found out they have none.
     fn keeps_packs(&self) -> bool {
         false
     }

@@ -340,10 +340,11 @@ impl RemoteCache {
     }
 
     /// Whether packs are stored in this remote: in object storage, and in
-    /// the CAS of a REAPI cache over gRPC, where a pack is a blob like any
-    /// other (its name is its SHA-256) and no call fetches many action
-    /// results at once. An HTTP cache server has a batch endpoint instead
-    /// (see [`RemoteCache::open_batch`]).
+    /// the CAS of a REAPI cache that has no batch endpoint (over gRPC, and
+    /// an HTTP server such as bazel-remote once a batch request found none),
+    /// where a pack is a blob like any other (its name is its SHA-256).
+    /// granary serve's HTTP face answers batches instead (see
+    /// [`RemoteCache::open_batch`]).
     pub fn stores_packs(&self) -> bool {
         self.format == Format::Granary || self.blobs.keeps_packs()
     }

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,6 +50,9 @@ pub struct HttpBlobs {
     /// The URL without a trailing slash.
     base: String,
     token: Option<String>,
+    /// The server answered a batch request as one without the endpoint
+    /// (bazel-remote): packs go to its CAS instead.
+    no_batch: AtomicBool,
 }
 
 impl fmt::Display for HttpBlobs {
@@ -103,6 +107,7 @@ impl HttpBlobs {
             client,
             base: url.to_owned(),
             token: settings.token.clone(),
+            no_batch: AtomicBool::new(false),
         })
     }
 
@@ -184,6 +189,10 @@ impl BlobStore for HttpBlobs {
         }
     }
 
+    fn keeps_packs(&self) -> bool {
+        self.no_batch.load(Ordering::Relaxed)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError> {
         let response = self.send(reqwest::Method::GET, key, None).await?;
         if response.status() == StatusCode::NOT_FOUND {
@@ -221,6 +230,7 @@ impl BlobStore for HttpBlobs {
                 | StatusCode::METHOD_NOT_ALLOWED
                 | StatusCode::NOT_IMPLEMENTED
         ) {
+            self.no_batch.store(true, Ordering::Relaxed);
             return Ok(None);
         }
         let response = self.checked(response).await?;

@@ -55,8 +55,16 @@ fn a_fresh_runner_compiles_nothing_after_another_filled_bazel_remote() {
         assert!(b.hits > 20 && b.misses <= 1, "{what}: {b:?}");
         if prefetch {
             // bazel-remote keeps the manifest; with no batch endpoint, the
-            // prefetch looks its entries up one by one, ahead of the build.
+            // prefetch looks its entries up one by one, ahead of the build,
+            // and publishes packs in the CAS for the next runner.
             assert!(b.prefetch.prefetch_fetched >= b.hits, "{b:?}");
+            assert!(b.prefetch.packs_uploaded >= 1, "{b:?}");
+            let (out, c) = build(&sb, &server, "runner-c", &module, prefetch);
+            assert_eq!(compiled_packages(&out.stderr), Vec::<String>::new());
+            assert!(
+                c.prefetch.prefetch_fetched >= c.hits && c.prefetch.prefetch_requests < 10,
+                "the packs bring the entries in a few requests: {c:?}"
+            );
         } else {
             assert_eq!(b.remote.remote_hits, b.hits, "{what}: {b:?}");
         }
