@@ -11,7 +11,7 @@
 //! <prefix>/<ns>ac/<hex action ID>               an ActionResult message (see reapi)
 //! <prefix>/cas/<hex output ID>                  an output's bytes, as they are
 //! <prefix>/<ns>ac/<hex manifest_action(scope)>  a scope's manifest, as an output
-//! <prefix>/cas/<hex pack ID>                     a pack as one zstd stream, over gRPC (see RemoteCache::stores_packs)
+//! <prefix>/cas/<hex pack ID>                     a pack as one zstd stream, where there are no batches (see RemoteCache::stores_packs)
 //! ```
 //!
 //! `<ns>` is empty in the default namespace, and `ns/<name>/` (granary) or
