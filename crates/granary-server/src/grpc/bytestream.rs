@@ -66,11 +66,15 @@ impl Partials {
 
     /// Keeps `partial` to be resumed, dropping the oldest kept uploads
     /// while there are too many or they reserve more than `room` bytes.
+    /// An upload larger than `room` alone is not kept, and drops nothing.
     fn keep(&self, name: String, partial: Partial, room: u64) {
+        if partial.size > room {
+            return;
+        }
         let mut held = self.held.lock().expect("never poisoned");
         held.retain(|_, (since, _)| since.elapsed() < KEPT_FOR);
         let mut reserved: u64 = held.values().map(|(_, p)| p.size).sum::<u64>() + partial.size;
-        while held.len() >= KEPT_AT_MOST || (reserved > room && !held.is_empty()) {
+        while held.len() >= KEPT_AT_MOST || reserved > room {
             let Some(oldest) = held
                 .iter()
                 .min_by_key(|(_, (since, _))| *since)
@@ -82,9 +86,7 @@ impl Partials {
                 reserved -= dropped.size;
             }
         }
-        if reserved <= room {
-            held.insert(name, (Instant::now(), partial));
-        }
+        held.insert(name, (Instant::now(), partial));
     }
 
     fn committed(&self, name: &str) -> Option<u64> {
@@ -569,5 +571,57 @@ impl ByteStream for Reapi {
         let result = Reapi::query_write_status(self, &request).map(Response::new);
         self.observe("QueryWriteStatus", "cas", started, &result);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::{Disk, Limits};
+    use crate::key::Key;
+
+    fn partial(disk: &std::sync::Arc<Disk>, byte: u8, size: u64) -> Partial {
+        let key = Key::new(Kind::Cas, &hex::encode([byte; 32])).unwrap();
+        Partial {
+            writer: disk.begin(key, Some(size)).unwrap(),
+            check: Check::new(Kind::Cas),
+            decoder: None,
+            received: 1,
+            size,
+        }
+    }
+
+    #[test]
+    fn kept_uploads_give_back_their_room_once_they_reserve_too_much() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_size: 64 << 20,
+            low_watermark: 60 << 20,
+            hard_limit: 64 << 20,
+            max_blob: 64 << 20,
+        };
+        let (disk, _) = Disk::open(dir.path(), limits).unwrap();
+        let partials = Partials::default();
+        let room = 1 << 20;
+        partials.keep("a".into(), partial(&disk, 1, 600 << 10), room);
+        assert_eq!(partials.committed("a"), Some(1));
+        // Two would reserve more than the room: the older one goes, and
+        // its reservation with it.
+        partials.keep("b".into(), partial(&disk, 2, 600 << 10), room);
+        assert_eq!(
+            (partials.committed("a"), partials.committed("b")),
+            (None, Some(1))
+        );
+        let one = disk.usage().reserved;
+        assert!((600 << 10..1 << 20).contains(&one), "{one}");
+        // One larger than the room alone is not kept, and drops nothing.
+        partials.keep("c".into(), partial(&disk, 3, 2 << 20), room);
+        assert_eq!(
+            (partials.committed("b"), partials.committed("c")),
+            (Some(1), None)
+        );
+        assert_eq!(disk.usage().reserved, one);
+        drop(partials.take("b"));
+        assert_eq!(disk.usage().reserved, 0);
     }
 }
