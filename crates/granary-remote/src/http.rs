@@ -1,5 +1,5 @@
 //! A Bazel HTTP cache server (granary serve, bazel-remote) as a
-//! [`BlobStore`], on `reqwest`. The only file that knows that crate.
+//! [`BlobStore`], on `reqwest` (which only this file and `object/gcs.rs` know).
 //!
 //! Keys are paths under the server's URL: `ac/<hex>` and `cas/<hex>` (see
 //! [`Format::Reapi`](crate::Format::Reapi)). A path in the URL is kept, so

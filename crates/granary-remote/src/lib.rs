@@ -11,10 +11,11 @@
 //! compressing it does not pay. See [`layout`] for the keys under the prefix.
 //!
 //! [`RemoteCache`] implements that model on any [`BlobStore`], a flat store
-//! of immutable blobs by key. [`S3Blobs`] is the blob store of S3-compatible
-//! object storage (AWS S3, MinIO, R2, SeaweedFS, Ceph, GCS interop), built on
-//! the `object_store` crate; nothing else in granary touches that crate, so
-//! it can be upgraded or replaced in one file. [`HttpBlobs`] and
+//! of immutable blobs by key. [`ObjectSettings::client`] gives the blob store
+//! of object storage: S3-compatible (AWS S3, MinIO, R2, SeaweedFS, Ceph),
+//! Google Cloud Storage and Azure Blob Storage, built on the `object_store`
+//! crate; nothing outside the `object` module touches that crate, so it can
+//! be upgraded or replaced in one place. [`HttpBlobs`] and
 //! [`GrpcBlobs`] reach cache servers (bazel-remote's HTTP protocol, and
 //! REAPI over gRPC) in the REAPI format ([`Format::Reapi`]).
 //!
@@ -37,10 +38,10 @@ pub mod layout;
 pub mod manifest;
 #[cfg(any(test, feature = "memory"))]
 pub mod memory;
+mod object;
 pub mod pack;
 pub mod reapi;
 mod record;
-mod s3;
 
 pub use blob::{BatchAnswer, BlobStore, ByteStream, Listed};
 pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, STREAM_ABOVE, Sent};
@@ -48,9 +49,12 @@ pub use grpc::{GrpcBlobs, GrpcSettings};
 pub use http::{HttpBlobs, HttpSettings};
 pub use layout::{Format, Namespace};
 pub use manifest::{Group, Manifest, PackRef};
+pub use object::{
+    AzureCredentials, AzureSettings, GcsSettings, OBJECT_URLS, ObjectSettings, S3Credentials,
+    S3Settings, StoreSettings,
+};
 pub use pack::{PackReader, PackWriter, RawEntry};
 pub use record::{ActionRecord, Placement};
-pub use s3::{S3Blobs, S3Credentials, S3Settings};
 
 /// Why a remote call did not give an answer.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bytesize::ByteSize;
 use granary_prog::Scopes;
-use granary_remote::{GrpcSettings, HttpSettings, Namespace, S3Credentials, S3Settings};
+use granary_remote::{
+    GrpcSettings, HttpSettings, Namespace, OBJECT_URLS, ObjectSettings, StoreSettings,
+};
 use granary_store::Policy;
 use serde::Deserialize;
 
@@ -103,7 +105,7 @@ pub struct Remote {
 
 #[derive(Debug, Clone)]
 pub enum Endpoint {
-    S3(S3Settings),
+    Object(ObjectSettings),
     Http(HttpSettings),
     Grpc(GrpcSettings),
 }
@@ -137,7 +139,8 @@ fn pick<T>(
 }
 
 /// Resolves the remote settings from `args` (flags and variables), the
-/// config file, the `GRANARY_S3_*` credential variables and the defaults.
+/// config file, the object stores' credential variables (`GRANARY_S3_*`,
+/// `GRANARY_GCS_*`, `GRANARY_AZURE_*`) and the defaults.
 /// `None`: no remote is set.
 pub fn remote(
     dir: &Path,
@@ -182,7 +185,16 @@ pub fn remote(
     let server = ["http://", "https://", "grpc://", "grpcs://"]
         .iter()
         .any(|scheme| url.starts_with(scheme));
-    let endpoint = if server {
+    let env = |name: &str| std::env::var(name).ok();
+    let endpoint = if let Some(mut object) = ObjectSettings::from_url(&url, &env)? {
+        if let StoreSettings::S3(s3) = &mut object.store {
+            s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
+            s3.region = args.s3_region.clone().or(file.s3_region);
+            s3.path_style = args.s3_path_style.or(file.s3_path_style);
+        }
+        object.request_timeout = timeout;
+        Endpoint::Object(object)
+    } else if server {
         // The URL's path is sent as the instance name already.
         let path = url.splitn(4, '/').nth(3).unwrap_or_default();
         if !path.trim_matches('/').is_empty() && !namespace.as_str().is_empty() {
@@ -227,13 +239,10 @@ pub fn remote(
             })
         }
     } else {
-        let mut s3 = S3Settings::from_url(&url)?;
-        s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
-        s3.region = args.s3_region.clone().or(file.s3_region);
-        s3.path_style = args.s3_path_style.or(file.s3_path_style);
-        s3.credentials = s3_credentials(|name| std::env::var(name).ok())?;
-        s3.request_timeout = timeout;
-        Endpoint::S3(s3)
+        anyhow::bail!(
+            "`{url}` is not a remote this build knows; use {OBJECT_URLS}, or a cache server's \
+             http(s)://HOST:PORT[/PREFIX] or grpc(s)://HOST:PORT[/INSTANCE]"
+        );
     };
     Ok(Some(Remote {
         endpoint,
@@ -326,7 +335,7 @@ pub fn serve(
     dir: &Path,
     config: Option<&Path>,
     args: &ServeArgs,
-) -> anyhow::Result<(granary_server::Settings, Option<S3Settings>)> {
+) -> anyhow::Result<(granary_server::Settings, Option<ObjectSettings>)> {
     let (file, path) = read_file(dir, config)?;
     let file = file.serve.unwrap_or_default();
     let listen = match (args.listen, &file.listen) {
@@ -402,12 +411,16 @@ pub fn serve(
     let backing = match args.backing.clone().or(file.backing) {
         None => None,
         Some(url) => {
-            let mut s3 = S3Settings::from_url(&url)?;
-            s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
-            s3.region = args.s3_region.clone().or(file.s3_region);
-            s3.credentials = s3_credentials(|name| std::env::var(name).ok())?;
-            s3.request_timeout = DEFAULT_REMOTE_TIMEOUT;
-            Some(s3)
+            let env = |name: &str| std::env::var(name).ok();
+            let Some(mut object) = ObjectSettings::from_url(&url, &env)? else {
+                anyhow::bail!("`{url}` is not a backing store this build knows; use {OBJECT_URLS}");
+            };
+            if let StoreSettings::S3(s3) = &mut object.store {
+                s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
+                s3.region = args.s3_region.clone().or(file.s3_region);
+            }
+            object.request_timeout = DEFAULT_REMOTE_TIMEOUT;
+            Some(object)
         }
     };
     Ok((settings, backing))
@@ -419,28 +432,6 @@ const DEFAULT_SERVE_MAX_SIZE: u64 = 10 << 30;
 const DEFAULT_MAX_BLOB: u64 = 4 << 30;
 /// About five times `go build std`'s outputs, compressed.
 const DEFAULT_COMPRESSED_CACHE: u64 = 256 << 20;
-
-/// The key pair in `GRANARY_S3_ACCESS_KEY_ID` and
-/// `GRANARY_S3_SECRET_ACCESS_KEY` (with `GRANARY_S3_SESSION_TOKEN`), if
-/// set; never from argv or the config file. `None`: the AWS chain.
-fn s3_credentials(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<S3Credentials>> {
-    let token = var("GRANARY_S3_SESSION_TOKEN");
-    match (
-        var("GRANARY_S3_ACCESS_KEY_ID"),
-        var("GRANARY_S3_SECRET_ACCESS_KEY"),
-    ) {
-        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(S3Credentials {
-            access_key_id,
-            secret_access_key,
-            session_token: token,
-        })),
-        (None, None) => Ok(None),
-        (Some(_), None) | (None, Some(_)) => anyhow::bail!(
-            "set both GRANARY_S3_ACCESS_KEY_ID and GRANARY_S3_SECRET_ACCESS_KEY, or neither \
-             (to use the AWS_* variables and the rest of the AWS chain)"
-        ),
-    }
-}
 
 /// Resolves the upkeep settings of the cache in `dir` from `args` (flags
 /// and variables), the config file and the defaults.
@@ -544,6 +535,7 @@ pub fn show_size(size: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use granary_remote::S3Settings;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -622,9 +614,14 @@ mod tests {
         );
     }
 
-    fn s3(remote: &Remote) -> &S3Settings {
+    fn s3(remote: &Remote) -> (&S3Settings, &ObjectSettings) {
         match &remote.endpoint {
-            Endpoint::S3(s3) => s3,
+            Endpoint::Object(
+                object @ ObjectSettings {
+                    store: StoreSettings::S3(s3),
+                    ..
+                },
+            ) => (s3, object),
             other => panic!("an S3 remote, not {other:?}"),
         }
     }
@@ -762,11 +759,14 @@ mod tests {
         assert_eq!(settings.idle_timeout, Duration::from_secs(5));
         assert_eq!(settings.compressed_cache, 1 << 20);
         let backing = backing.unwrap();
+        let StoreSettings::S3(s3) = &backing.store else {
+            panic!("{backing:?}")
+        };
         assert_eq!(
-            (backing.bucket.as_str(), backing.prefix.as_str()),
+            (s3.bucket.as_str(), backing.prefix.as_str()),
             ("bucket", "servers")
         );
-        assert_eq!(backing.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
 
         let below = ServeArgs {
             hard_limit: Some(1),
@@ -793,13 +793,13 @@ mod tests {
         let from_file = remote(dir.path(), None, &RemoteArgs::default())
             .unwrap()
             .unwrap();
-        assert_eq!(s3(&from_file).bucket, "team-cache");
-        assert_eq!(s3(&from_file).prefix, "go");
+        assert_eq!(s3(&from_file).0.bucket, "team-cache");
+        assert_eq!(s3(&from_file).1.prefix, "go");
         assert_eq!(
-            s3(&from_file).endpoint.as_deref(),
+            s3(&from_file).0.endpoint.as_deref(),
             Some("http://127.0.0.1:9000")
         );
-        assert_eq!(s3(&from_file).path_style, Some(false));
+        assert_eq!(s3(&from_file).0.path_style, Some(false));
         assert!(from_file.read_only);
         assert_eq!(from_file.timeout, Duration::from_secs(3));
         assert_eq!(from_file.budget, DEFAULT_REMOTE_BUDGET);
@@ -812,15 +812,21 @@ mod tests {
         };
         let both = remote(dir.path(), None, &flags).unwrap().unwrap();
         assert_eq!(
-            (s3(&both).bucket.as_str(), s3(&both).prefix.as_str()),
+            (s3(&both).0.bucket.as_str(), s3(&both).1.prefix.as_str()),
             ("other", "prefix/deeper")
         );
-        assert_eq!(s3(&both).request_timeout, Duration::from_millis(500));
-        assert_eq!(s3(&both).endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3(&both).1.request_timeout, Duration::from_millis(500));
+        assert_eq!(
+            s3(&both).0.endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
 
-        std::fs::write(dir.path().join(CONFIG_FILE), "remote = \"gs://nope\"\n").unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "remote = \"ftp://nope\"\n").unwrap();
         let err = remote(dir.path(), None, &RemoteArgs::default()).unwrap_err();
-        assert!(format!("{err:#}").contains("s3://BUCKET"), "{err:#}");
+        let err = format!("{err:#}");
+        for kind in ["s3://BUCKET", "gs://BUCKET", "az://CONTAINER", "grpc(s)://"] {
+            assert!(err.contains(kind), "{err}");
+        }
     }
 
     #[test]
@@ -875,34 +881,6 @@ mod tests {
             format!("{err:#}").contains("give the namespace once"),
             "{err:#}"
         );
-    }
-
-    #[test]
-    fn credentials_come_in_pairs() {
-        let vars = |pairs: &'static [(&str, &str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| *key == name)
-                    .map(|(_, value)| value.to_string())
-            }
-        };
-        assert!(
-            s3_credentials(vars(&[])).unwrap().is_none(),
-            "the AWS chain"
-        );
-        let pair = s3_credentials(vars(&[
-            ("GRANARY_S3_ACCESS_KEY_ID", "id"),
-            ("GRANARY_S3_SECRET_ACCESS_KEY", "secret"),
-        ]))
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            (pair.access_key_id.as_str(), pair.secret_access_key.as_str()),
-            ("id", "secret")
-        );
-        let half = s3_credentials(vars(&[("GRANARY_S3_ACCESS_KEY_ID", "id")])).unwrap_err();
-        assert!(half.to_string().contains("set both"), "{half}");
     }
 
     #[test]

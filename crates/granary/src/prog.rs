@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use granary_prog::{Options, RemoteOptions};
-use granary_remote::{Format, GrpcBlobs, HttpBlobs, RemoteCache, S3Blobs};
+use granary_remote::{Format, GrpcBlobs, HttpBlobs, RemoteCache};
 use granary_store::Store;
 use granary_trust::{SigningKey, TrustedKeys};
 
@@ -81,7 +81,7 @@ pub fn run(
 /// Sends no request.
 fn remote_options(remote: config::Remote) -> anyhow::Result<RemoteOptions> {
     let mut cache = match &remote.endpoint {
-        Endpoint::S3(s3) => RemoteCache::new(Arc::new(S3Blobs::new(s3)?), Format::Granary),
+        Endpoint::Object(object) => RemoteCache::new(object.client()?, Format::Granary),
         Endpoint::Http(http) => RemoteCache::new(Arc::new(HttpBlobs::new(http)?), Format::Reapi),
         Endpoint::Grpc(grpc) => RemoteCache::new(Arc::new(GrpcBlobs::new(grpc)?), Format::Reapi),
     }

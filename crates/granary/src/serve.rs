@@ -5,11 +5,9 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use granary_remote::{BlobStore, S3Blobs};
 use granary_server::{Access, Server};
 
 use crate::cli::{ServeArgs, ServeTokenArgs};
@@ -23,10 +21,7 @@ pub fn run(dir: &Path, config: Option<&Path>, args: &ServeArgs) -> anyhow::Resul
         .build()
         .context("cannot start the server's runtime")?;
     runtime.block_on(async {
-        let backing = match backing {
-            Some(s3) => Some(Arc::new(S3Blobs::new(&s3)?) as Arc<dyn BlobStore>),
-            None => None,
-        };
+        let backing = backing.map(|object| object.client()).transpose()?;
         let backing_name = backing.as_ref().map(ToString::to_string);
         let limits = settings.limits;
         let tls = settings.tls.is_some();

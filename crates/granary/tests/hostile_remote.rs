@@ -19,7 +19,7 @@ use common::s3::{Proxy, S3Server};
 use common::*;
 use granary_id::Id;
 use granary_remote::layout::manifest_action;
-use granary_remote::{ActionRecord, BlobStore, Format, Group, Manifest, Placement, S3Blobs};
+use granary_remote::{ActionRecord, BlobStore, Format, Group, Manifest, Placement};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -471,7 +471,7 @@ fn waits_for_the_prefetch_count_against_the_budget() {
     assert!(s.remote.remote_off.contains("--remote-budget"), "{s:?}");
 }
 
-fn put_blob(blobs: &S3Blobs, key: &str, bytes: Vec<u8>) {
+fn put_blob(blobs: &dyn BlobStore, key: &str, bytes: Vec<u8>) {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -488,7 +488,7 @@ fn a_bucket_with_times_out_of_range_costs_misses_only() {
     let s3 = S3Server::start();
     let blobs = s3.bucket("ci");
     put_blob(
-        &blobs,
+        &*blobs,
         &Format::Granary.manifest_key("", SCOPE),
         manifest(&[Id([7; 32])], "18446744073709551615"),
     );
@@ -502,7 +502,7 @@ fn a_bucket_with_times_out_of_range_costs_misses_only() {
     let mut record = record.into_bytes();
     record.extend_from_slice(&zstd::bulk::compress(body, 3).unwrap());
     put_blob(
-        &blobs,
+        &*blobs,
         &Format::Granary.action_key("", &Id([8; 32])),
         record,
     );

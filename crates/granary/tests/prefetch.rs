@@ -14,7 +14,7 @@ use common::s3::{Proxy, S3Server};
 use common::server::Server;
 use common::*;
 use granary_id::Id;
-use granary_remote::{BlobStore, Group, Manifest, S3Blobs};
+use granary_remote::{BlobStore, Group, Manifest};
 
 /// `go <args>` in `module` with `cache` as the local tier; returns the
 /// stats and go's output.
@@ -68,7 +68,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-fn keys(blobs: &S3Blobs, prefix: &str) -> Vec<String> {
+fn keys(blobs: &dyn BlobStore, prefix: &str) -> Vec<String> {
     block_on(blobs.list(prefix))
         .unwrap()
         .into_iter()
@@ -76,7 +76,7 @@ fn keys(blobs: &S3Blobs, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-fn read_blob(blobs: &S3Blobs, key: &str) -> Vec<u8> {
+fn read_blob(blobs: &dyn BlobStore, key: &str) -> Vec<u8> {
     use futures_util::TryStreamExt;
     block_on(async {
         let stream = blobs.get(key).await.unwrap().expect("the blob exists");
@@ -85,7 +85,7 @@ fn read_blob(blobs: &S3Blobs, key: &str) -> Vec<u8> {
     })
 }
 
-fn put_blob(blobs: &S3Blobs, key: &str, bytes: Vec<u8>) {
+fn put_blob(blobs: &dyn BlobStore, key: &str, bytes: Vec<u8>) {
     block_on(blobs.put(key, bytes.into())).unwrap();
 }
 
@@ -110,13 +110,13 @@ fn a_fresh_runner_builds_from_prefetched_packs() {
     );
     assert!(a2.prefetch.packs_uploaded >= 1, "{a2:?}");
     let blobs = s3.bucket("ci");
-    let packs = keys(&blobs, "granary-v1/packs/").len() as u64;
+    let packs = keys(&*blobs, "granary-v1/packs/").len() as u64;
     assert_eq!(
         packs,
         a1.prefetch.packs_uploaded + a2.prefetch.packs_uploaded,
         "the second command packed only its new entries"
     );
-    assert_eq!(keys(&blobs, "granary-v1/manifests/").len(), 1);
+    assert_eq!(keys(&*blobs, "granary-v1/manifests/").len(), 1);
 
     let (b1, out) = go_build(&sb, "b", &module, remote);
     let compiled = compiled_packages(&out.stderr);
@@ -223,10 +223,10 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
     let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
     let (a, _) = go_build(&sb, "a", &module, remote);
     let blobs = s3.bucket("ci");
-    let [manifest_key] = &keys(&blobs, "granary-v1/manifests/")[..] else {
+    let [manifest_key] = &keys(&*blobs, "granary-v1/manifests/")[..] else {
         panic!("one manifest");
     };
-    let mut manifest = Manifest::decode(&read_blob(&blobs, manifest_key)).unwrap();
+    let mut manifest = Manifest::decode(&read_blob(&*blobs, manifest_key)).unwrap();
     // A gone pack, and loose entries nobody ever stored.
     let mut gone = manifest.groups[0].pack.unwrap();
     gone.id = Id([0xee; 32]);
@@ -247,7 +247,7 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
         actions: ghosts[100..].to_vec(),
         earlier: Vec::new(),
     });
-    put_blob(&blobs, manifest_key, manifest.encode());
+    put_blob(&*blobs, manifest_key, manifest.encode());
 
     let started = Instant::now();
     let (b, out) = go_build(&sb, "b", &module, |cmd| {
@@ -282,9 +282,9 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
     };
     go_build(&sb, "a", &module, remote);
     let blobs = s3.bucket("ci");
-    let manifest_key = keys(&blobs, "granary-v1/manifests/").remove(0);
-    let good_manifest = read_blob(&blobs, &manifest_key);
-    put_blob(&blobs, &manifest_key, b"\x28\xb5\x2f\xfd garbage".to_vec());
+    let manifest_key = keys(&*blobs, "granary-v1/manifests/").remove(0);
+    let good_manifest = read_blob(&*blobs, &manifest_key);
+    put_blob(&*blobs, &manifest_key, b"\x28\xb5\x2f\xfd garbage".to_vec());
     let (b, out) = go_build(&sb, "b", &module, read_only);
     let warned = warnings(&out);
     assert!(
@@ -294,13 +294,13 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
     assert_eq!(b.prefetch.prefetch_damaged, 1, "{b:?}");
     assert!(b.remote.remote_hits > 10 && b.misses <= 1, "{b:?}");
 
-    put_blob(&blobs, &manifest_key, good_manifest);
-    let pack_key = keys(&blobs, "granary-v1/packs/").remove(0);
-    let mut pack = read_blob(&blobs, &pack_key);
+    put_blob(&*blobs, &manifest_key, good_manifest);
+    let pack_key = keys(&*blobs, "granary-v1/packs/").remove(0);
+    let mut pack = read_blob(&*blobs, &pack_key);
     let middle = pack.len() / 2;
     pack.truncate(middle);
     pack.extend_from_slice(&[0xff; 64]);
-    put_blob(&blobs, &pack_key, pack);
+    put_blob(&*blobs, &pack_key, pack);
     let (c, out) = go_build(&sb, "c", &module, read_only);
     let warned = warnings(&out);
     assert!(
@@ -318,7 +318,7 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
 
     // A run without prefetch reads the manifest at close: a garbled one is
     // ignored with the same warning, and replaced by a sound one.
-    put_blob(&blobs, &manifest_key, b"\x28\xb5\x2f\xfd garbage".to_vec());
+    put_blob(&*blobs, &manifest_key, b"\x28\xb5\x2f\xfd garbage".to_vec());
     let (e, out) = go_build(&sb, "e", &module, |cmd| {
         remote(cmd);
         cmd.env("GRANARY_PREFETCH", "false");
@@ -329,7 +329,7 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
         "{warned:?}"
     );
     assert_eq!(e.prefetch.prefetch_damaged, 1, "{e:?}");
-    let published = Manifest::decode(&read_blob(&blobs, &manifest_key)).unwrap();
+    let published = Manifest::decode(&read_blob(&*blobs, &manifest_key)).unwrap();
     assert_eq!(published.entries() as u64, e.prefetch.manifest_entries);
     assert!(e.prefetch.manifest_entries > 20, "{e:?}");
 }
@@ -530,8 +530,8 @@ fn a_runner_killed_mid_prefetch_leaves_nothing_bad() {
     let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
     let (a, _) = go_build(&sb, "a", &module, remote);
     let blobs = s3.bucket("ci");
-    let manifest_key = keys(&blobs, "granary-v1/manifests/").remove(0);
-    let manifest = read_blob(&blobs, &manifest_key);
+    let manifest_key = keys(&*blobs, "granary-v1/manifests/").remove(0);
+    let manifest = read_blob(&*blobs, &manifest_key);
 
     let cache = sb.path("b");
     let mut cmd = Command::new(granary());
@@ -563,7 +563,7 @@ fn a_runner_killed_mid_prefetch_leaves_nothing_bad() {
     );
     assert!(objects_with_wrong_hash(&cache).is_empty());
     assert_eq!(
-        read_blob(&blobs, &manifest_key),
+        read_blob(&*blobs, &manifest_key),
         manifest,
         "a killed run publishes nothing"
     );

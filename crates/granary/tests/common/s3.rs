@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use granary_remote::{S3Blobs, S3Credentials, S3Settings};
+use granary_remote::{BlobStore, ObjectSettings, StoreSettings};
 use tempfile::TempDir;
 
 use super::{repo_root, tool};
@@ -136,16 +136,21 @@ impl S3Server {
 
     /// The bucket under `prefix`, as granary's own client sees it: for
     /// tests that edit it behind granary's back.
-    pub fn bucket(&self, prefix: &str) -> Arc<S3Blobs> {
-        let mut settings = S3Settings::from_url(&format!("s3://{BUCKET}/{prefix}")).unwrap();
-        settings.endpoint = Some(self.endpoint.clone());
-        settings.region = Some("us-east-1".into());
-        settings.credentials = Some(S3Credentials {
-            access_key_id: ACCESS_KEY.into(),
-            secret_access_key: SECRET_KEY.into(),
-            session_token: None,
-        });
-        Arc::new(S3Blobs::new(&settings).unwrap())
+    pub fn bucket(&self, prefix: &str) -> Arc<dyn BlobStore> {
+        let keys = |name: &str| match name {
+            "GRANARY_S3_ACCESS_KEY_ID" => Some(ACCESS_KEY.to_owned()),
+            "GRANARY_S3_SECRET_ACCESS_KEY" => Some(SECRET_KEY.to_owned()),
+            _ => None,
+        };
+        let mut settings = ObjectSettings::from_url(&format!("s3://{BUCKET}/{prefix}"), &keys)
+            .unwrap()
+            .unwrap();
+        let StoreSettings::S3(s3) = &mut settings.store else {
+            unreachable!("an s3:// URL")
+        };
+        s3.endpoint = Some(self.endpoint.clone());
+        s3.region = Some("us-east-1".into());
+        settings.client().unwrap()
     }
 
     /// The variables that give `granary serve --backing` this server.
