@@ -13,6 +13,8 @@ store or network would:
   trickle  the body sent 64 bytes every 0.2 s: each step comes in time
          for a per-read deadline, the whole takes long (at most two
          minutes, then the connection is closed)
+  deny   every request answered 403 with a JSON error, as a cloud store
+         answers a credential that may not use the bucket
 
     python3 scripts/s3_proxy.py --upstream http://127.0.0.1:8333 \\
         [--delay-ms 20] [--fault none|flip|short|cut|encoding|trickle] [--only /granary-v1/cas/]
@@ -40,7 +42,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the S3 server")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every request")
-    parser.add_argument("--fault", choices=["none", "flip", "short", "cut", "encoding", "trickle"], default="none")
+    parser.add_argument("--fault", choices=["none", "flip", "short", "cut", "encoding", "trickle", "deny"], default="none")
     parser.add_argument("--only", default="", help="damage only paths containing this")
     args = parser.parse_args()
     upstream = urllib.parse.urlsplit(args.upstream)
@@ -73,6 +75,14 @@ def main():
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             time.sleep(args.delay_ms / 1000.0)
+            if args.fault == "deny":
+                denial = b'{"error":{"code":403,"message":"the caller does not have access to the bucket"}}'
+                self.send_response(403)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(denial)))
+                self.end_headers()
+                self.wfile.write(denial)
+                return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             if body is not None:
                 headers["Content-Length"] = str(len(body))

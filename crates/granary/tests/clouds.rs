@@ -1,0 +1,208 @@
+//! The remote tier on Azure Blob Storage and Google Cloud Storage, as their
+//! emulators serve them on loopback (Azurite, fake-gcs-server), with the
+//! real go command: shared by two runners, refusing our credentials, and
+//! dying mid-build. The S3 side of the same is tests/remote_s3.rs.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::clouds::{Azurite, Cloud, FakeGcs};
+use common::s3::Proxy;
+use common::*;
+
+fn warnings(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.contains("WARN"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `go build` of `module` by a runner with the empty local tier `cache`,
+/// with the remote that `envs` set.
+fn build(sb: &Sandbox, cache: &str, module: &Path, envs: &[(String, String)]) -> (Output, Stats) {
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (_, remote) = envs
+        .iter()
+        .find(|(k, _)| *k == "GRANARY_REMOTE")
+        .expect("a remote");
+    sb.build_sharing(remote, cache, module, &envs)
+}
+
+/// Runner A fills the store; runner B, with an empty local tier, compiles
+/// nothing: every action comes from the store.
+fn two_runners_share(cloud: &impl Cloud) {
+    let sb = Sandbox::new();
+    let module = sb.module("shared", 4);
+    let envs = cloud.envs("ci");
+    let (a_out, a) = build(&sb, "runner-a", &module, &envs);
+    assert!(!compiled_packages(&a_out.stderr).is_empty());
+    assert!(a.remote.uploads > 10, "{a:?}");
+    assert_eq!(a.remote.remote_off, "", "{a:?}");
+    assert!(cloud.objects("ci/granary-v1/ac/") > 10);
+
+    let (b_out, b) = build(&sb, "runner-b", &module, &envs);
+    assert_eq!(
+        compiled_packages(&b_out.stderr),
+        Vec::<String>::new(),
+        "{}",
+        String::from_utf8_lossy(&b_out.stderr)
+    );
+    assert!(
+        b.prefetch.prefetch_used + b.remote.remote_hits >= 10,
+        "{b:?}"
+    );
+    assert_eq!(b.remote.remote_off, "", "{b:?}");
+    let run = run_ok(&mut Command::new(sb.path("bin").join("runner-b")));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("SHARED-P3"));
+}
+
+/// A store that refuses our credentials: one warning that names the
+/// setting to change, nothing written, a build that works.
+fn refused_credentials_give_advice(cloud: &impl Cloud, envs: &[(String, String)], setting: &str) {
+    let sb = Sandbox::new();
+    let module = sb.module("refused", 2);
+    let (out, stats) = build(&sb, "cache", &module, envs);
+    let warnings = warnings(&out.stderr);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("refused our credentials") && warnings[0].contains(setting),
+        "{warnings:?}"
+    );
+    assert!(stats.remote.remote_off.contains("credentials"), "{stats:?}");
+    assert!(stats.puts > 10 && stats.remote.uploads == 0, "{stats:?}");
+    assert_eq!(cloud.objects("refused/"), 0);
+    run_ok(&mut Command::new(sb.path("bin").join("cache")));
+}
+
+/// The store dies while a cold build runs: the remote is switched off with
+/// one warning and the build succeeds.
+fn a_store_dying_mid_build_leaves_the_build_working(mut cloud: impl Cloud) {
+    let sb = Sandbox::new();
+    let module = sb.module("crash", 6);
+    let stats_file = sb.path("crash.json");
+    let target = sb.path("bin").join("crash");
+    let child = sb
+        .go_granary(
+            &sb.path("cache"),
+            &module,
+            &stats_file,
+            &["build", "-o", target.to_str().unwrap(), "."],
+        )
+        .envs(cloud.envs("crash"))
+        .env("GRANARY_PREFETCH", "false")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A cold build of this module takes several seconds here; the store
+    // goes away while it runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    cloud.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crashed = stats(&stats_file);
+    assert!(!crashed.remote.remote_off.is_empty(), "{crashed:?}");
+    assert!(crashed.remote.remote_errors >= 1, "{crashed:?}");
+    assert!(crashed.remote.uploads_dropped > 0, "{crashed:?}");
+    assert_eq!(crashed.errors, 0);
+    assert_eq!(
+        warnings(&out.stderr).len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = run_ok(&mut Command::new(&target));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("CRASH-P5"));
+}
+
+#[test]
+fn two_runners_share_an_azure_container() {
+    two_runners_share(&Azurite::start());
+}
+
+#[test]
+fn two_runners_share_a_gcs_bucket() {
+    two_runners_share(&FakeGcs::start());
+}
+
+#[test]
+fn a_wrong_azure_key_is_refused_with_advice() {
+    let azurite = Azurite::start();
+    let mut envs = azurite.envs("refused");
+    let wrong_key = base64_simd::STANDARD.encode_to_string([7u8; 64]);
+    for (key, value) in &mut envs {
+        if key == "GRANARY_AZURE_ACCESS_KEY" {
+            *value = wrong_key.clone();
+        }
+    }
+    refused_credentials_give_advice(&azurite, &envs, "GRANARY_AZURE_ACCESS_KEY");
+}
+
+/// fake-gcs-server takes any credentials, so a proxy answers for it as
+/// GCS answers a service account without access to the bucket.
+#[test]
+fn gcs_refusing_our_credentials_is_met_with_advice() {
+    let gcs = FakeGcs::start();
+    let proxy = Proxy::start(&gcs.endpoint, &["--fault", "deny"]);
+    let mut envs = gcs.envs("refused");
+    for (key, value) in &mut envs {
+        if key == "GRANARY_GCS_ENDPOINT" {
+            *value = proxy.endpoint.clone();
+        }
+    }
+    refused_credentials_give_advice(&gcs, &envs, "GRANARY_GCS_CREDENTIALS");
+}
+
+#[test]
+fn azurite_dying_mid_build_leaves_the_build_working() {
+    a_store_dying_mid_build_leaves_the_build_working(Azurite::start());
+}
+
+#[test]
+fn fake_gcs_dying_mid_build_leaves_the_build_working() {
+    a_store_dying_mid_build_leaves_the_build_working(FakeGcs::start());
+}
+
+/// A key file that is no service-account key: one warning naming the
+/// setting, and a build on the local tier alone.
+#[test]
+fn a_bad_gcs_key_file_is_named_and_the_build_stays_local() {
+    let gcs = FakeGcs::start();
+    let sb = Sandbox::new();
+    let module = sb.module("keyfile", 1);
+    let key_file = sb.path("key.json");
+    std::fs::write(&key_file, "{\"type\": \"service_account\"}").unwrap();
+    let out = sb
+        .go_granary(
+            &sb.path("cache"),
+            &module,
+            &sb.path("s.json"),
+            &["build", "."],
+        )
+        .envs(gcs.envs("keyfile"))
+        .env("GRANARY_GCS_CREDENTIALS", &key_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warnings = warnings(&out.stderr);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("GRANARY_GCS_CREDENTIALS")
+            && warnings[0].contains("service-account key")
+            && warnings[0].contains("local cache only"),
+        "{warnings:?}"
+    );
+    assert_eq!(gcs.objects("keyfile/"), 0);
+}
