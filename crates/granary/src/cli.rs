@@ -197,9 +197,10 @@ pub struct ServeArgs {
     #[arg(long, env = "GRANARY_SERVE_COMPRESSED_CACHE", value_name = "SIZE", value_parser = parse_size)]
     pub compressed_cache: Option<u64>,
 
-    /// Back the disk with this bucket, s3://BUCKET/PREFIX: misses are fetched from it,
-    /// uploads copied to it in the background, so several servers can share it.
-    /// Endpoint, region and credentials as for `prog --remote` (GRANARY_S3_*)
+    /// Back the disk with this bucket, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or
+    /// az://CONTAINER/PREFIX: misses are fetched from it, uploads copied to it in the
+    /// background, so several servers can share it. Endpoint, region and credentials as
+    /// for `prog --remote` (GRANARY_S3_*, GRANARY_GCS_*, GRANARY_AZURE_*)
     #[arg(long, env = "GRANARY_BACKING", value_name = "URL")]
     pub backing: Option<String>,
 
@@ -242,20 +243,28 @@ pub struct ProgArgs {
 }
 
 /// The remote cache. Unset flags come from the config file, else the defaults.
-/// Credentials come from GRANARY_S3_ACCESS_KEY_ID and GRANARY_S3_SECRET_ACCESS_KEY
-/// (and GRANARY_S3_SESSION_TOKEN), else from the AWS chain (AWS_* variables, web
-/// identity, container and instance credentials); never from flags.
+/// Credentials never come from flags. S3: GRANARY_S3_ACCESS_KEY_ID and
+/// GRANARY_S3_SECRET_ACCESS_KEY (and GRANARY_S3_SESSION_TOKEN), else the AWS chain
+/// (AWS_* variables, web identity, container and instance credentials). GCS:
+/// GRANARY_GCS_CREDENTIALS (a service-account key file), else
+/// GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default credentials or the
+/// metadata server; GRANARY_GCS_ENDPOINT for an emulator or a private endpoint. Azure:
+/// GRANARY_AZURE_ACCOUNT with GRANARY_AZURE_ACCESS_KEY or GRANARY_AZURE_SAS_TOKEN,
+/// else the AZURE_* variables (service principal, workload identity) or the managed
+/// identity; GRANARY_AZURE_ENDPOINT for Azurite or a private endpoint.
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Remote cache")]
 pub struct RemoteArgs {
     /// Share the cache through this bucket or cache server: s3://BUCKET/PREFIX,
+    /// gs://BUCKET/PREFIX, az://CONTAINER/PREFIX (or
+    /// https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX),
     /// http(s)://HOST:PORT[/PREFIX] for granary serve or bazel-remote, or
     /// grpc(s)://HOST:PORT[/INSTANCE] for any REAPI cache (granary serve, bazel-remote,
     /// BuildBuddy, Buildbarn, NativeLink, EngFlow) [default: none]
     #[arg(long, env = "GRANARY_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
 
-    /// Endpoint of an S3-compatible store (MinIO, R2, SeaweedFS, Ceph, GCS), e.g.
+    /// Endpoint of an S3-compatible store (MinIO, R2, SeaweedFS, Ceph), e.g.
     /// http://127.0.0.1:8333 [default: AWS]
     #[arg(long, env = "GRANARY_S3_ENDPOINT", value_name = "URL")]
     pub s3_endpoint: Option<String>,

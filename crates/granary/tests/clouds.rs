@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::clouds::{Azurite, Cloud, FakeGcs};
 use common::s3::Proxy;
+use common::server::{Server, scratch};
 use common::*;
 
 fn warnings(stderr: &[u8]) -> Vec<String> {
@@ -33,7 +34,8 @@ fn build(sb: &Sandbox, cache: &str, module: &Path, envs: &[(String, String)]) ->
 }
 
 /// Runner A fills the store; runner B, with an empty local tier, compiles
-/// nothing: every action comes from the store.
+/// nothing: every action comes from the store. Runner C, read-only, builds
+/// a change and writes nothing.
 fn two_runners_share(cloud: &impl Cloud) {
     let sb = Sandbox::new();
     let module = sb.module("shared", 4);
@@ -58,6 +60,26 @@ fn two_runners_share(cloud: &impl Cloud) {
     assert_eq!(b.remote.remote_off, "", "{b:?}");
     let run = run_ok(&mut Command::new(sb.path("bin").join("runner-b")));
     assert!(String::from_utf8_lossy(&run.stdout).contains("SHARED-P3"));
+
+    let stored = cloud.objects("ci/");
+    let p1 = module.join("p1/p1.go");
+    let source = std::fs::read_to_string(&p1).unwrap();
+    std::fs::write(&p1, source.replace("shared-p1", "changed-p1")).unwrap();
+    age_tree(&module, Duration::from_secs(2 * 3600));
+    let mut read_only = envs.clone();
+    read_only.push(("GRANARY_READ_ONLY".into(), "true".into()));
+    let (c_out, c) = build(&sb, "runner-c", &module, &read_only);
+    assert!(
+        compiled_packages(&c_out.stderr).contains(&"example.com/shared/p1".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&c_out.stderr)
+    );
+    assert_eq!(c.remote.uploads, 0, "{c:?}");
+    assert_eq!(
+        cloud.objects("ci/"),
+        stored,
+        "a read-only runner writes nothing"
+    );
 }
 
 /// A store that refuses our credentials: one warning that names the
@@ -121,6 +143,63 @@ fn a_store_dying_mid_build_leaves_the_build_working(mut cloud: impl Cloud) {
     );
     let run = run_ok(&mut Command::new(&target));
     assert!(String::from_utf8_lossy(&run.stdout).contains("CRASH-P5"));
+}
+
+/// Two servers backed by one store: what a runner wrote through the first,
+/// a runner with an empty local tier gets through the second, whose disk
+/// was empty.
+fn servers_share_a_backing_store(cloud: &impl Cloud) {
+    let envs = cloud.envs("servers");
+    let (_, backing) = envs.iter().find(|(k, _)| k == "GRANARY_REMOTE").unwrap();
+    let serve_envs: Vec<(&str, &str)> = envs
+        .iter()
+        .filter(|(k, _)| k != "GRANARY_REMOTE")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let start = || {
+        let scratch = scratch();
+        let dir = scratch.path().join("cache");
+        Server::start_in(scratch, &dir, &["--backing", backing], &serve_envs)
+            .unwrap_or_else(|log| panic!("{log}"))
+    };
+    let (first, second) = (start(), start());
+    let sb = Sandbox::new();
+    let module = sb.module("backed", 3);
+    let (_, a) = sb.build_sharing(&first.url, "runner-a", &module, &[]);
+    assert!(a.remote.uploads > 10, "{a:?}");
+    // Written behind: wait until the count stops moving.
+    let mut written = -1.0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = first.metric("granary_backing_uploads_total", "");
+        if now == written && now > 10.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", first.log());
+        written = now;
+    }
+    assert_eq!(first.metric("granary_backing_errors_total", ""), 0.0);
+    assert_eq!(cloud.objects("servers/") as f64, written);
+
+    let (b_out, _) = sb.build_sharing(&second.url, "runner-b", &module, &[]);
+    assert_eq!(
+        compiled_packages(&b_out.stderr),
+        Vec::<String>::new(),
+        "{}",
+        String::from_utf8_lossy(&b_out.stderr)
+    );
+    assert!(second.metric("granary_backing_fetches_total", "") > 10.0);
+}
+
+#[test]
+fn servers_share_an_azure_container() {
+    servers_share_a_backing_store(&Azurite::start());
+}
+
+#[test]
+fn servers_share_a_gcs_bucket() {
+    servers_share_a_backing_store(&FakeGcs::start());
 }
 
 #[test]

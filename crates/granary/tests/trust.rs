@@ -1,5 +1,6 @@
 //! Signed records end to end: the poisoning of a shared cache, with the real
-//! go command, on S3 (SeaweedFS) and on `granary serve`, and how
+//! go command, on S3 (SeaweedFS), Azure (Azurite), GCS (fake-gcs-server),
+//! `granary serve` and bazel-remote, and how
 //! --trusted-keys and --signing-key defeat it.
 //!
 //! The attacker is anyone who may write the cache: it learns the action IDs
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::bazel_remote::BazelRemote;
+use common::clouds::{Azurite, Cloud, FakeGcs};
 use common::s3::S3Server;
 use common::server::{Server, request, serve_token, sha256_hex};
 use common::*;
@@ -29,6 +31,8 @@ enum Shared<'a> {
     BazelRemote(&'a BazelRemote),
     /// A REAPI server's gRPC URL.
     Grpc(&'a str),
+    /// Another cloud's store, under a prefix of its own.
+    Cloud(&'a dyn Cloud, &'static str),
 }
 
 impl Shared<'_> {
@@ -45,6 +49,9 @@ impl Shared<'_> {
             }
             Shared::Grpc(url) => {
                 cmd.env("GRANARY_REMOTE", url);
+            }
+            Shared::Cloud(cloud, prefix) => {
+                cmd.envs(cloud.envs(prefix));
             }
         }
     }
@@ -236,6 +243,16 @@ fn signed_records_defeat_a_poisoned_cache_over_grpc() {
     attack_and_defend(Shared::Grpc(&bazel_remote.grpc_url), false);
     let server = Server::start(&["--grpc-listen", "127.0.0.1:0"]);
     attack_and_defend(Shared::Grpc(server.grpc_url.as_deref().unwrap()), true);
+}
+
+/// On Azure and GCS, records and their signatures are blobs as on S3: the
+/// prefetch's packs on Azure, lookups one by one on GCS.
+#[test]
+fn signed_records_defeat_a_poisoned_container_or_gcs_bucket() {
+    let azurite = Azurite::start();
+    attack_and_defend(Shared::Cloud(&azurite, "with-prefetch"), true);
+    let gcs = FakeGcs::start();
+    attack_and_defend(Shared::Cloud(&gcs, "without-prefetch"), false);
 }
 
 /// A secret key that others may read is refused: the run goes on with its
