@@ -6,21 +6,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
 
-use common::clouds::{Azurite, Cloud, FakeGcs};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use granary_remote::{BlobStore, RemoteError};
+
+use common::clouds::{Azurite, Cloud, FakeGcs, a_store_dying_mid_build_leaves_the_build_working};
 use common::s3::Proxy;
 use common::server::{Server, scratch};
 use common::*;
-
-fn warnings(stderr: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter(|l| l.contains("WARN"))
-        .map(str::to_owned)
-        .collect()
-}
 
 /// `go build` of `module` by a runner with the empty local tier `cache`,
 /// with the remote that `envs` set.
@@ -100,51 +96,6 @@ fn refused_credentials_give_advice(cloud: &impl Cloud, envs: &[(String, String)]
     run_ok(&mut Command::new(sb.path("bin").join("cache")));
 }
 
-/// The store dies while a cold build runs: the remote is switched off with
-/// one warning and the build succeeds.
-fn a_store_dying_mid_build_leaves_the_build_working(mut cloud: impl Cloud) {
-    let sb = Sandbox::new();
-    let module = sb.module("crash", 6);
-    let stats_file = sb.path("crash.json");
-    let target = sb.path("bin").join("crash");
-    let child = sb
-        .go_granary(
-            &sb.path("cache"),
-            &module,
-            &stats_file,
-            &["build", "-o", target.to_str().unwrap(), "."],
-        )
-        .envs(cloud.envs("crash"))
-        .env("GRANARY_PREFETCH", "false")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A cold build of this module takes several seconds here; the store
-    // goes away while it runs.
-    std::thread::sleep(Duration::from_millis(1500));
-    cloud.kill();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let crashed = stats(&stats_file);
-    assert!(!crashed.remote.remote_off.is_empty(), "{crashed:?}");
-    assert!(crashed.remote.remote_errors >= 1, "{crashed:?}");
-    assert!(crashed.remote.uploads_dropped > 0, "{crashed:?}");
-    assert_eq!(crashed.errors, 0);
-    assert_eq!(
-        warnings(&out.stderr).len(),
-        1,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run = run_ok(&mut Command::new(&target));
-    assert!(String::from_utf8_lossy(&run.stdout).contains("CRASH-P5"));
-}
-
 /// Two servers backed by one store: what a runner wrote through the first,
 /// a runner with an empty local tier gets through the second, whose disk
 /// was empty.
@@ -190,6 +141,72 @@ fn servers_share_a_backing_store(cloud: &impl Cloud) {
         String::from_utf8_lossy(&b_out.stderr)
     );
     assert!(second.metric("granary_backing_fetches_total", "") > 10.0);
+}
+
+fn read(blobs: &dyn BlobStore, key: &str) -> Option<Vec<u8>> {
+    block_on(async {
+        let body = blobs.get(key).await.unwrap()?;
+        let chunks: Vec<Bytes> = body.try_collect().await.unwrap();
+        Some(chunks.concat())
+    })
+}
+
+/// What the engine asks of a store beyond small puts and gets, through
+/// granary's own client: a streamed upload of several parts (Azure's
+/// blocks, GCS's resumable pieces), one that fails halfway and leaves
+/// nothing, listing with times, and deletion.
+fn streams_lists_and_deletes(cloud: &impl Cloud) {
+    let blobs = cloud.client("raw");
+    let big: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Result<Bytes, RemoteError>> = big
+        .chunks(1 << 20)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let length = Some(big.len() as u64);
+    block_on(blobs.put_stream("big/one", stream::iter(chunks).boxed(), length)).unwrap();
+    assert!(
+        read(&*blobs, "big/one") == Some(big),
+        "the 20 MiB blob reads back whole"
+    );
+
+    let failing = vec![
+        Ok(Bytes::from(vec![1u8; 9 << 20])),
+        Err(RemoteError::LocalFile("the file changed".into())),
+    ];
+    let sent = block_on(blobs.put_stream("big/two", stream::iter(failing).boxed(), None));
+    assert!(sent.is_err());
+    assert!(
+        !block_on(blobs.exists("big/two")).unwrap(),
+        "nothing of a failed upload"
+    );
+
+    block_on(blobs.put("big/small", Bytes::from_static(b"small"))).unwrap();
+    let mut listed = block_on(blobs.list("big/")).unwrap();
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    let keys: Vec<&str> = listed.iter().map(|l| l.key.as_str()).collect();
+    assert_eq!(keys, ["big/one", "big/small"]);
+    let age = SystemTime::now().duration_since(listed[0].modified);
+    assert!(
+        age.is_ok_and(|a| a < Duration::from_secs(300)),
+        "{listed:?}"
+    );
+
+    block_on(blobs.delete("big/one")).unwrap();
+    block_on(blobs.delete("big/one")).unwrap();
+    assert!(!block_on(blobs.exists("big/one")).unwrap());
+    assert_eq!(read(&*blobs, "big/one"), None);
+    assert_eq!(read(&*blobs, "big/small").as_deref(), Some(&b"small"[..]));
+    assert_eq!(cloud.objects("raw/"), 1);
+}
+
+#[test]
+fn an_azure_container_streams_lists_and_deletes() {
+    streams_lists_and_deletes(&Azurite::start());
+}
+
+#[test]
+fn a_gcs_bucket_streams_lists_and_deletes() {
+    streams_lists_and_deletes(&FakeGcs::start());
 }
 
 #[test]

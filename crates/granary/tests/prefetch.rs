@@ -52,22 +52,6 @@ fn go_env_goroot() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn warnings(output: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .filter(|l| l.contains("WARN"))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
 fn keys(blobs: &dyn BlobStore, prefix: &str) -> Vec<String> {
     block_on(blobs.list(prefix))
         .unwrap()
@@ -255,7 +239,11 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
         cmd.env("GRANARY_READ_ONLY", "true");
     });
     let took = started.elapsed();
-    assert!(warnings(&out).is_empty(), "{:?}", warnings(&out));
+    assert!(
+        warnings(&out.stderr).is_empty(),
+        "{:?}",
+        warnings(&out.stderr)
+    );
     assert_eq!(
         b.prefetch.prefetch_named,
         a.prefetch.manifest_entries + 300,
@@ -286,7 +274,7 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
     let good_manifest = read_blob(&*blobs, &manifest_key);
     put_blob(&*blobs, &manifest_key, b"\x28\xb5\x2f\xfd garbage".to_vec());
     let (b, out) = go_build(&sb, "b", &module, read_only);
-    let warned = warnings(&out);
+    let warned = warnings(&out.stderr);
     assert!(
         warned.len() == 1 && warned[0].contains("ignored the manifest of scope ci"),
         "{warned:?}"
@@ -302,7 +290,7 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
     pack.extend_from_slice(&[0xff; 64]);
     put_blob(&*blobs, &pack_key, pack);
     let (c, out) = go_build(&sb, "c", &module, read_only);
-    let warned = warnings(&out);
+    let warned = warnings(&out.stderr);
     assert!(
         warned.len() == 1 && warned[0].contains("damaged pack"),
         "{warned:?}"
@@ -323,7 +311,7 @@ fn damaged_manifests_and_packs_are_ignored_with_a_warning() {
         remote(cmd);
         cmd.env("GRANARY_PREFETCH", "false");
     });
-    let warned = warnings(&out);
+    let warned = warnings(&out.stderr);
     assert!(
         warned.len() == 1 && warned[0].contains("ignored the manifest of scope ci"),
         "{warned:?}"
@@ -388,7 +376,11 @@ fn a_batch_in_an_encoding_not_asked_for_is_refused() {
         cmd.env("GRANARY_REMOTE", &proxy.endpoint);
     });
     assert!(compiled_packages(&out.stderr).is_empty());
-    assert!(warnings(&out).is_empty(), "{:?}", warnings(&out));
+    assert!(
+        warnings(&out.stderr).is_empty(),
+        "{:?}",
+        warnings(&out.stderr)
+    );
     assert_eq!(
         (b.prefetch.prefetch_requests, b.prefetch.prefetch_fetched),
         (2, 0),
@@ -490,7 +482,7 @@ fn a_disk_that_fills_during_the_prefetch_loses_nothing() {
     remote(&mut cmd);
     let out = run_ok(&mut cmd);
     let b = stats(&stats_file);
-    let warned = warnings(&out);
+    let warned = warnings(&out.stderr);
     assert!(
         warned.len() == 1
             && warned[0].contains("cannot store an output fetched from the remote")

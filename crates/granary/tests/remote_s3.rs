@@ -8,9 +8,10 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::clouds::a_store_dying_mid_build_leaves_the_build_working;
 use common::s3::{Proxy, S3Server, configure};
 use common::*;
 
@@ -51,14 +52,6 @@ fn build(
         remote,
     ));
     (stats(&stats_file), output)
-}
-
-fn warnings(stderr: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter(|l| l.contains("WARN"))
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]
@@ -178,47 +171,7 @@ fn read_only_runners_read_the_bucket_and_never_write_it() {
 
 #[test]
 fn a_server_killed_mid_build_switches_the_remote_off_and_the_build_succeeds() {
-    let mut s3 = S3Server::start();
-    let sb = Sandbox::new();
-    let module = sb.module("crash", 6);
-    let stats_file = sb.path("crash.json");
-    let target = bin(&sb, "crash");
-    let mut go = go_remote(
-        &sb,
-        &sb.path("cache"),
-        &module,
-        &stats_file,
-        &["build", "-o", target.to_str().unwrap(), "."],
-        |cmd| s3.configure(cmd, "crash"),
-    );
-    let child = go
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A cold build of this module takes several seconds here; the server
-    // goes away while it runs.
-    std::thread::sleep(Duration::from_millis(1500));
-    s3.kill();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let crashed = stats(&stats_file);
-    assert!(!crashed.remote.remote_off.is_empty(), "{crashed:?}");
-    assert!(crashed.remote.remote_errors >= 1, "{crashed:?}");
-    assert!(crashed.remote.uploads_dropped > 0, "{crashed:?}");
-    assert_eq!(crashed.errors, 0);
-    assert_eq!(
-        warnings(&out.stderr).len(),
-        1,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run = run_ok(&mut Command::new(&target));
-    assert!(String::from_utf8_lossy(&run.stdout).contains("CRASH-P5"));
+    a_store_dying_mid_build_leaves_the_build_working(S3Server::start());
 }
 
 #[test]

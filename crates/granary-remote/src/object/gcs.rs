@@ -23,6 +23,7 @@ use reqwest::header::{CONTENT_RANGE, LOCATION};
 use reqwest::{Client, StatusCode, Url};
 use serde::Deserialize;
 
+use super::with_causes;
 use crate::{BlobStore, ByteStream, Listed, RemoteError};
 
 pub(super) const USAGE: &str = "gs://BUCKET or gs://BUCKET/PREFIX";
@@ -112,7 +113,7 @@ impl GcsSettings {
             builder = builder.with_service_account_path(file.to_string_lossy());
         }
         let store = builder.build().map_err(|e| {
-            let why = super::message(&e);
+            let why = with_causes(&e);
             RemoteError::Config(match &self.credentials_file {
                 Some(file) => format!(
                     "cannot read Google credentials: {why}; GRANARY_GCS_CREDENTIALS names {}, \
@@ -216,7 +217,7 @@ impl GcsBlobs {
     ) -> Result<reqwest::Response, RemoteError> {
         let credential =
             self.credentials.get_credential().await.map_err(|e| {
-                RemoteError::Denied(format!("no Google token: {}", super::message(&e)))
+                RemoteError::Denied(format!("no Google token: {}", with_causes(&e)))
             })?;
         let request = match credential.bearer.is_empty() {
             true => request,
@@ -225,7 +226,7 @@ impl GcsBlobs {
         let response = request
             .send()
             .await
-            .map_err(|e| RemoteError::Failed(format!("GCS request failed: {}", causes(&e))))?;
+            .map_err(|e| RemoteError::Failed(format!("GCS request failed: {}", with_causes(&e))))?;
         let status = response.status();
         if status.is_success() || status == StatusCode::NOT_FOUND || status.as_u16() == 308 {
             return Ok(response);
@@ -293,7 +294,7 @@ impl BlobStore for GcsBlobs {
         }
         let body = response
             .bytes_stream()
-            .map_err(|e| RemoteError::Failed(format!("GCS download cut off: {}", causes(&e))));
+            .map_err(|e| RemoteError::Failed(format!("GCS download cut off: {}", with_causes(&e))));
         Ok(Some(body.boxed()))
     }
 
@@ -373,7 +374,10 @@ impl BlobStore for GcsBlobs {
                 return Err(no_bucket(&self.bucket));
             }
             let page: ObjectList = response.json().await.map_err(|e| {
-                RemoteError::Failed(format!("GCS listed objects unreadably: {}", causes(&e)))
+                RemoteError::Failed(format!(
+                    "GCS listed objects unreadably: {}",
+                    with_causes(&e)
+                ))
             })?;
             for item in page.items {
                 let modified =
@@ -399,18 +403,6 @@ fn no_bucket(bucket: &str) -> RemoteError {
     RemoteError::Failed(format!(
         "there is no GCS bucket {bucket}; create it, or fix the URL (gs://BUCKET/PREFIX)"
     ))
-}
-
-/// `e` with its causes ("connection refused").
-fn causes(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        message = format!("{message}: {cause}");
-        source = cause.source();
-    }
-    message
 }
 
 pub(super) fn credentials_advice(writes: bool) -> String {

@@ -199,7 +199,10 @@ impl ObjectBlobs {
 
 /// Why a kind's client could not be set up.
 fn setup_error(kind: &str, e: object_store::Error) -> RemoteError {
-    RemoteError::Config(format!("cannot set up the {kind} client: {}", message(&e)))
+    RemoteError::Config(format!(
+        "cannot set up the {kind} client: {}",
+        with_causes(&e)
+    ))
 }
 
 impl fmt::Display for ObjectBlobs {
@@ -296,10 +299,9 @@ impl BlobStore for ObjectBlobs {
 }
 
 /// `e` with its causes: the root cause ("connection refused",
-/// "InvalidAccessKeyId") is what tells the user what to fix, and
-/// object_store nests it a few levels down.
-fn message(e: &object_store::Error) -> String {
-    use std::error::Error;
+/// "InvalidAccessKeyId") is what tells the user what to fix, and the
+/// clients nest it a few levels down.
+fn with_causes(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -313,7 +315,7 @@ fn message(e: &object_store::Error) -> String {
 }
 
 fn remote_error(e: object_store::Error) -> RemoteError {
-    let message = message(&e);
+    let message = with_causes(&e);
     match e {
         object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. } => RemoteError::Denied(message),

@@ -1,20 +1,23 @@
 //! The other clouds' object stores for the tests, as their emulators serve
 //! them on loopback: Azurite (Azure Blob Storage) and fake-gcs-server
-//! (Google Cloud Storage), each with one container or bucket, in memory.
+//! (Google Cloud Storage), each with one container or bucket, in memory;
+//! and what every object store must survive ([`Cloud`], which SeaweedFS's
+//! S3 has too).
 
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use granary_remote::{BlobStore, ObjectSettings};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tempfile::TempDir;
 
 use super::s3::free_ports;
-use super::tool;
+use super::{Sandbox, run_ok, stats, tool, warnings};
 
 /// Azurite's one account and its key: public, the same in every Azurite.
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
@@ -33,6 +36,63 @@ pub trait Cloud {
     fn objects(&self, prefix: &str) -> usize;
     /// Stops it at once, as a crash would.
     fn kill(&mut self);
+
+    /// granary's own client of it, under `prefix`, as `envs` configure it.
+    fn client(&self, prefix: &str) -> Arc<dyn BlobStore> {
+        let envs = self.envs(prefix);
+        let var = |name: &str| envs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let url = var("GRANARY_REMOTE").expect("a remote");
+        ObjectSettings::from_url(&url, &var)
+            .unwrap()
+            .expect("an object store URL")
+            .client()
+            .unwrap()
+    }
+}
+
+/// The store dies while a cold build runs: the remote is switched off with
+/// one warning and the build succeeds.
+pub fn a_store_dying_mid_build_leaves_the_build_working(mut cloud: impl Cloud) {
+    let sb = Sandbox::new();
+    let module = sb.module("crash", 6);
+    let stats_file = sb.path("crash.json");
+    let target = sb.path("bin").join("crash");
+    let child = sb
+        .go_granary(
+            &sb.path("cache"),
+            &module,
+            &stats_file,
+            &["build", "-o", target.to_str().unwrap(), "."],
+        )
+        .envs(cloud.envs("crash"))
+        .env("GRANARY_PREFETCH", "false")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A cold build of this module takes several seconds here; the store
+    // goes away while it runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    cloud.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crashed = stats(&stats_file);
+    assert!(!crashed.remote.remote_off.is_empty(), "{crashed:?}");
+    assert!(crashed.remote.remote_errors >= 1, "{crashed:?}");
+    assert!(crashed.remote.uploads_dropped > 0, "{crashed:?}");
+    assert_eq!(crashed.errors, 0);
+    assert_eq!(
+        warnings(&out.stderr).len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = run_ok(&mut Command::new(&target));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("CRASH-P5"));
 }
 
 /// A child process, killed when dropped, with its output in `dir`.

@@ -20,6 +20,25 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+/// Runs `future` to its end on a runtime of its own: for tests that use
+/// granary's async clients directly.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// The warning lines granary printed to the go command's stderr.
+pub fn warnings(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.contains("WARN"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The granary binary under test.
 pub fn granary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_granary"))

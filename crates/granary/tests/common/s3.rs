@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use granary_remote::{BlobStore, ObjectSettings, StoreSettings};
 use tempfile::TempDir;
 
-use super::{repo_root, tool};
+use super::clouds::Cloud;
+use super::{block_on, repo_root, tool};
 
 pub const BUCKET: &str = "granary";
 pub const ACCESS_KEY: &str = "granary-test-key";
@@ -215,11 +216,35 @@ pub fn configure(cmd: &mut Command, endpoint: &str, prefix: &str) {
     if !cmd.get_envs().any(|(key, _)| key == "GRANARY_PREFETCH") {
         cmd.env("GRANARY_PREFETCH", "false");
     }
-    cmd.env("GRANARY_REMOTE", format!("s3://{BUCKET}/{prefix}"))
-        .env("GRANARY_S3_ENDPOINT", endpoint)
-        .env("GRANARY_S3_REGION", "us-east-1")
-        .env("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY);
+    cmd.envs(envs(endpoint, prefix));
+}
+
+/// The variables that make granary use the S3 endpoint `endpoint`, under
+/// `prefix`, with the test identity.
+fn envs(endpoint: &str, prefix: &str) -> Vec<(String, String)> {
+    [
+        ("GRANARY_REMOTE", format!("s3://{BUCKET}/{prefix}")),
+        ("GRANARY_S3_ENDPOINT", endpoint.to_owned()),
+        ("GRANARY_S3_REGION", "us-east-1".to_owned()),
+        ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
+        ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .into()
+}
+
+impl Cloud for S3Server {
+    fn envs(&self, prefix: &str) -> Vec<(String, String)> {
+        envs(&self.endpoint, prefix)
+    }
+
+    fn objects(&self, prefix: &str) -> usize {
+        block_on(self.bucket("").list(prefix)).unwrap().len()
+    }
+
+    fn kill(&mut self) {
+        S3Server::kill(self);
+    }
 }
 
 /// scripts/s3_proxy.py in front of a server: delays, damaged bodies.
