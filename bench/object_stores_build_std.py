@@ -88,7 +88,8 @@ def start_azurite(work):
     """Azurite in memory with CONTAINER; returns (process, port)."""
     port = free_port()
     proc = start([tool("azurite-blob", "npm install azurite"), "--blobHost", "127.0.0.1",
-                  "--blobPort", str(port), "--inMemoryPersistence", "--skipApiVersionCheck"],
+                  "--blobPort", str(port), "--inMemoryPersistence", "--skipApiVersionCheck",
+                  "--disableTelemetry"],
                  work, "azurite", port)
     # Creating the container is the one request granary never makes: a
     # Shared Key signature over the verb, eleven empty headers, ours and

@@ -64,12 +64,9 @@ impl GcsSettings {
         }
     }
 
-    /// The bucket's client, under `prefix`. Sends no request.
-    pub(super) fn client(
-        &self,
-        prefix: &str,
-        connect_timeout: Duration,
-    ) -> Result<GcsBlobs, RemoteError> {
+    /// The bucket's client, under `prefix`, whose requests may take
+    /// `timeout` each, body included. Sends no request.
+    pub(super) fn client(&self, prefix: &str, timeout: Duration) -> Result<GcsBlobs, RemoteError> {
         let endpoint = self
             .endpoint
             .as_deref()
@@ -85,7 +82,8 @@ impl GcsSettings {
             })?;
         let credentials = self.credentials(base.scheme() == "http")?;
         let client = Client::builder()
-            .connect_timeout(connect_timeout)
+            .connect_timeout(timeout.min(super::CONNECT_TIMEOUT))
+            .timeout(timeout)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| RemoteError::Config(format!("cannot set up the GCS client: {e}")))?;

@@ -1,6 +1,6 @@
 //! Object storage as a [`BlobStore`]: S3-compatible stores, Google Cloud
-//! Storage and Azure Blob Storage, on the `object_store` crate. Nothing
-//! outside this module knows that crate.
+//! Storage and Azure Blob Storage, on the `object_store` crate (for GCS,
+//! its credentials only). Nothing outside this module knows that crate.
 //!
 //! What the kinds share lives here: URL parsing, deadlines and retries, the
 //! blob operations on an object_store client, error mapping. Each kind is
@@ -33,12 +33,15 @@ pub use s3::{S3Credentials, S3Settings};
 
 use crate::{BlobStore, ByteStream, Listed, RemoteError};
 
-/// Parts of a streamed upload: S3 takes parts of 5 MiB to 5 GiB, GCS's
-/// multipart uploads the same, Azure blocks up to 4000 MiB.
+/// Parts of a streamed upload: S3 takes parts of 5 MiB to 5 GiB, Azure
+/// blocks up to 4000 MiB.
 const MULTIPART_PART: usize = 8 << 20;
 /// Parts sent at once: what a streamed upload holds in memory, with the
 /// one being filled.
 const MULTIPART_PARTS_IN_FLIGHT: usize = 2;
+
+/// How long connecting may take at most.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The URLs [`ObjectSettings::from_url`] takes, for messages.
 pub const OBJECT_URLS: &str = "s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], \
@@ -107,6 +110,45 @@ impl ObjectSettings {
             request_timeout: Duration::from_secs(10),
         }))
     }
+
+    /// The store's client. Sends no request.
+    pub fn client(&self) -> Result<Arc<dyn BlobStore>, RemoteError> {
+        // The caller sets the deadlines and decides when to give up, so a
+        // failed request is retried once, quickly, not for minutes.
+        let timeout = self.request_timeout;
+        let retry = RetryConfig {
+            max_retries: 1,
+            retry_timeout: timeout,
+            ..RetryConfig::default()
+        };
+        let options = |endpoint: Option<&String>| {
+            ClientOptions::new()
+                .with_allow_http(endpoint.is_some_and(|e| e.starts_with("http://")))
+                .with_timeout(timeout)
+                .with_connect_timeout(timeout.min(CONNECT_TIMEOUT))
+        };
+        let blobs = |store, scheme, bucket, advice| ObjectBlobs {
+            store,
+            name: format!("{scheme}://{bucket}/{}", self.prefix),
+            prefix: self.prefix.clone(),
+            advice,
+        };
+        Ok(match &self.store {
+            StoreSettings::S3(s3) => Arc::new(blobs(
+                s3.build(options(s3.endpoint.as_ref()), retry)?,
+                "s3",
+                &s3.bucket,
+                s3::credentials_advice,
+            )),
+            StoreSettings::Azure(azure) => Arc::new(blobs(
+                azure.build(options(azure.endpoint.as_ref()), retry)?,
+                "az",
+                &azure.container,
+                azure::credentials_advice,
+            )),
+            StoreSettings::Gcs(gcs) => Arc::new(gcs.client(&self.prefix, timeout)?),
+        })
+    }
 }
 
 /// The bucket (or container) and the prefix of `rest`, the part of `url`
@@ -143,48 +185,6 @@ struct ObjectBlobs {
     name: String,
     prefix: String,
     advice: fn(bool) -> String,
-}
-
-impl ObjectSettings {
-    /// The store's client. Sends no request.
-    pub fn client(&self) -> Result<Arc<dyn BlobStore>, RemoteError> {
-        // The caller sets the deadlines and decides when to give up, so a
-        // failed request is retried once, quickly, not for minutes.
-        let timeout = self.request_timeout;
-        let connect_timeout = timeout.min(Duration::from_secs(5));
-        let retry = RetryConfig {
-            max_retries: 1,
-            retry_timeout: timeout,
-            ..RetryConfig::default()
-        };
-        let options = |endpoint: Option<&String>| {
-            ClientOptions::new()
-                .with_allow_http(endpoint.is_some_and(|e| e.starts_with("http://")))
-                .with_timeout(timeout)
-                .with_connect_timeout(connect_timeout)
-        };
-        let blobs = |store, scheme, bucket, advice| ObjectBlobs {
-            store,
-            name: format!("{scheme}://{bucket}/{}", self.prefix),
-            prefix: self.prefix.clone(),
-            advice,
-        };
-        Ok(match &self.store {
-            StoreSettings::S3(s3) => Arc::new(blobs(
-                s3.build(options(s3.endpoint.as_ref()), retry)?,
-                "s3",
-                &s3.bucket,
-                s3::credentials_advice,
-            )),
-            StoreSettings::Azure(azure) => Arc::new(blobs(
-                azure.build(options(azure.endpoint.as_ref()), retry)?,
-                "az",
-                &azure.container,
-                azure::credentials_advice,
-            )),
-            StoreSettings::Gcs(gcs) => Arc::new(gcs.client(&self.prefix, connect_timeout)?),
-        })
-    }
 }
 
 impl ObjectBlobs {

@@ -178,7 +178,9 @@ impl Azurite {
         let mut command = Command::new(azurite());
         command
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .args(["--inMemoryPersistence", "--skipApiVersionCheck"]);
+            .args(["--inMemoryPersistence", "--skipApiVersionCheck"])
+            // No telemetry: tests reach nothing beyond loopback.
+            .arg("--disableTelemetry");
         let azurite = Azurite {
             emulator: Emulator::start("Azurite", command, port, dir),
             endpoint: format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"),
