@@ -402,7 +402,7 @@ impl Engine {
                 {
                     return prefetch.get(ticket, action);
                 }
-                add(&self.stats.misses, 1);
+                self.stats.miss(action);
                 ticket.answer(Response::miss(id));
             }
         }
@@ -441,6 +441,7 @@ impl Engine {
         match stored {
             Ok((path, stored)) => {
                 add(&self.stats.puts, 1);
+                self.stats.put_after_miss(&action);
                 add(&self.stats.put_bytes, size);
                 if stored.reused {
                     add(&self.stats.reused_objects, 1);

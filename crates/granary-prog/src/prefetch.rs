@@ -794,8 +794,8 @@ impl Prefetch {
                 ..Plan::default()
             },
         );
-        for (_, Waiter { ticket, .. }) in plan.early {
-            add(&self.remote.stats.misses, 1);
+        for (action, Waiter { ticket, .. }) in plan.early {
+            self.remote.stats.miss(action);
             let id = ticket.id();
             ticket.answer(Response::miss(id));
         }
@@ -804,7 +804,7 @@ impl Prefetch {
             match state {
                 Planned::Waiting(waiters) => {
                     for Waiter { ticket, .. } in waiters {
-                        add(&self.remote.stats.misses, 1);
+                        self.remote.stats.miss(action);
                         let id = ticket.id();
                         ticket.answer(Response::miss(id));
                     }

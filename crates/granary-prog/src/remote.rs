@@ -372,7 +372,7 @@ impl Remote {
                 self.answer_found(ticket, action, found);
             }
             None => {
-                add(&self.stats.misses, 1);
+                self.stats.miss(action);
                 let id = ticket.id();
                 ticket.answer(Response::miss(id));
             }

@@ -1,10 +1,13 @@
 //! Counters of one `prog` run, and the stats file written at close.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use granary_id::Id;
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
@@ -48,7 +51,16 @@ pub struct Stats {
     pub swept: AtomicU64,
     /// How long each remote lookup kept a get waiting, in microseconds.
     pub remote_waits: Mutex<Vec<u64>>,
+    /// When the go command was told each action was a miss: the put that
+    /// follows, once it has rebuilt the output, tells what a miss costs.
+    missed_at: Mutex<HashMap<Id, Instant>>,
+    rebuilds: AtomicU64,
+    rebuild_us: AtomicU64,
 }
+
+/// Misses whose rebuild is timed, at most: a bound on the memory it takes
+/// (`go build std` has about 1,000 actions).
+const TIMED_MISSES: usize = 100_000;
 
 /// The remote's side of a run, for the summary.
 #[derive(Debug, Default)]
@@ -184,6 +196,11 @@ pub struct Summary {
     pub pack_bytes_up: u64,
     /// Packs and manifests too old to be used that this run deleted from the bucket.
     pub swept: u64,
+    /// Misses the go command then rebuilt and put, and the time from each
+    /// miss to its put, in milliseconds: what a miss costs, so what a hit
+    /// saves.
+    pub rebuilds: u64,
+    pub rebuild_ms: u64,
 }
 
 impl Stats {
@@ -247,6 +264,37 @@ impl Stats {
             packs_uploaded: self.packs_uploaded.load(Relaxed),
             pack_bytes_up: self.pack_bytes_up.load(Relaxed),
             swept: self.swept.load(Relaxed),
+            rebuilds: self.rebuilds.load(Relaxed),
+            rebuild_ms: self.rebuild_us.load(Relaxed) / 1000,
+        }
+    }
+
+    /// Counts a miss answered for `action`, and notes when.
+    pub fn miss(&self, action: Id) {
+        add(&self.misses, 1);
+        let mut missed = self
+            .missed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if missed.len() < TIMED_MISSES {
+            missed.insert(action, Instant::now());
+        }
+    }
+
+    /// A put of `action`: if this run answered it as a miss, the go command
+    /// has just rebuilt it, and the time since is what that miss cost.
+    pub fn put_after_miss(&self, action: &Id) {
+        let missed = self
+            .missed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(action);
+        if let Some(at) = missed {
+            add(&self.rebuilds, 1);
+            add(
+                &self.rebuild_us,
+                at.elapsed().as_micros().try_into().unwrap_or(u64::MAX),
+            );
         }
     }
 

@@ -3,7 +3,7 @@
 //! to be in argv.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -517,8 +517,34 @@ pub struct StatsArgs {
     )]
     pub last: usize,
 
+    /// Only the runs started since WHEN: an RFC 3339 time (the CI job's
+    /// start) or an age such as 2h
+    #[arg(long, env = "GRANARY_STATS_SINCE", value_name = "WHEN", value_parser = parse_since)]
+    pub since: Option<SystemTime>,
+
+    /// Print a Markdown summary of the runs, for a CI job summary
+    /// ($GITHUB_STEP_SUMMARY): hits by tier, bytes, the remote's trouble, untrusted
+    /// records, and the compile time the hits saved
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
+
     #[command(flatten)]
     pub output: JsonArg,
+}
+
+/// `--since`: an RFC 3339 time, or an age before now.
+fn parse_since(value: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(value)
+        .or_else(|_| {
+            humantime::parse_duration(value).map(|age| {
+                SystemTime::now()
+                    .checked_sub(age)
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            })
+        })
+        .map_err(|_| {
+            format!("`{value}` is neither an RFC 3339 time (2026-11-30T07:00:00Z) nor an age (2h)")
+        })
 }
 
 #[derive(Debug, Args)]

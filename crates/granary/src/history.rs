@@ -65,7 +65,22 @@ struct Report {
 }
 
 pub fn run(dir: &Path, args: &StatsArgs) -> anyhow::Result<ExitCode> {
-    let (runs, unreadable) = read(dir)?;
+    let (mut runs, unreadable) = read(dir)?;
+    if let Some(since) = args.since {
+        runs.retain(|run| {
+            humantime::parse_rfc3339(&run.started).is_ok_and(|started| started >= since)
+        });
+    }
+    if args.markdown {
+        let selected = &runs[runs.len().saturating_sub(args.last)..];
+        let selected = if args.since.is_some() {
+            &runs[..]
+        } else {
+            selected
+        };
+        print!("{}", markdown(selected));
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut by_day: BTreeMap<String, Totals> = BTreeMap::new();
     let mut total = Totals::default();
     for run in &runs {
@@ -156,4 +171,149 @@ fn print_human(report: &Report) {
             report.unreadable_lines
         );
     }
+}
+
+/// The Markdown summary of `runs`, for a CI job's page: what the cache
+/// answered and from where, what moved, what went wrong, and what the hits
+/// saved.
+fn markdown(runs: &[Summary]) -> String {
+    use std::fmt::Write;
+    let sum = |field: fn(&Summary) -> u64| runs.iter().map(field).sum::<u64>();
+    let (gets, hits, misses) = (sum(|r| r.gets), sum(|r| r.hits), sum(|r| r.misses));
+    let prefetched = sum(|r| r.prefetch_used);
+    let local = sum(|r| r.local_hits).saturating_sub(prefetched);
+    let remote = sum(|r| r.remote_hits);
+    let percent = |n: u64| match gets {
+        0 => 0.0,
+        _ => 100.0 * n as f64 / gets as f64,
+    };
+    let mut out = String::new();
+    if runs.is_empty() {
+        out.push_str("### granary\n\nNo runs recorded in this period.\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "### granary: {:.1}% of {gets} gets answered from the cache, in {} runs\n",
+        percent(hits),
+        runs.len()
+    );
+    let _ = writeln!(
+        out,
+        "| gets | hits | local | prefetched | fetched from the remote | misses |\n\
+         |---:|---:|---:|---:|---:|---:|\n\
+         | {gets} | {hits} ({:.1}%) | {local} ({:.1}%) | {prefetched} ({:.1}%) | {remote} ({:.1}%) | {misses} |\n",
+        percent(hits),
+        percent(local),
+        percent(prefetched),
+        percent(remote)
+    );
+    let (rebuilds, rebuild_ms) = (sum(|r| r.rebuilds), sum(|r| r.rebuild_ms));
+    if rebuilds == 0 {
+        let _ = writeln!(
+            out,
+            "- **Saved**: no estimate: no miss was rebuilt in these runs, so what a miss \
+             costs is unknown."
+        );
+    } else {
+        let average = rebuild_ms as f64 / rebuilds as f64 / 1000.0;
+        let saved = std::time::Duration::from_secs_f64(average * hits as f64);
+        let saved = humantime::format_duration(std::time::Duration::from_secs(saved.as_secs()));
+        let _ = writeln!(
+            out,
+            "- **Saved**: about {saved} of compile time (estimated: {hits} hits × {average:.2} s, \
+             the average of the {rebuilds} misses rebuilt in these runs)."
+        );
+    }
+    let remotes: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .map(|r| r.remote.as_str())
+        .filter(|r| !r.is_empty())
+        .collect();
+    let _ = write!(
+        out,
+        "- **Bytes**: {} served from the cache, {} stored",
+        size(sum(|r| r.hit_bytes)),
+        size(sum(|r| r.put_bytes)),
+    );
+    let _ = match remotes.is_empty() {
+        true => writeln!(out, "."),
+        false => writeln!(
+            out,
+            "; the remote sent {} and received {} ({} uploads, {} dropped).",
+            size(sum(|r| r.remote_bytes_down)),
+            size(sum(|r| r.remote_bytes_up)),
+            sum(|r| r.uploads),
+            sum(|r| r.uploads_dropped)
+        ),
+    };
+    if remotes.is_empty() {
+        let _ = writeln!(out, "- **Remote**: none set.");
+    } else {
+        let off: Vec<&Summary> = runs.iter().filter(|r| !r.remote_off.is_empty()).collect();
+        let _ = writeln!(
+            out,
+            "- **Remote** {}: {} errors, {} damaged entries refused{}",
+            remotes.into_iter().collect::<Vec<_>>().join(", "),
+            sum(|r| r.remote_errors),
+            sum(|r| r.remote_damaged),
+            match off.first() {
+                None => ", never switched off.".to_owned(),
+                Some(first) => format!(
+                    "; switched off in {} of {} runs, first because: {}",
+                    off.len(),
+                    runs.len(),
+                    inline(&first.remote_off)
+                ),
+            }
+        );
+    }
+    let untrusted = sum(|r| r.untrusted);
+    let _ = writeln!(
+        out,
+        "- **Untrusted records**: {}",
+        match untrusted {
+            0 => "none.".to_owned(),
+            n => format!(
+                "{n} refused: not signed by a key in --trusted-keys (a poisoning attempt, \
+                 or a writer without --signing-key)."
+            ),
+        }
+    );
+    let errors = sum(|r| r.errors) + sum(|r| r.corrupt_entries);
+    if errors > 0 {
+        let _ = writeln!(
+            out,
+            "- **Local errors**: {} failed requests, {} damaged entries (run `granary verify`).",
+            sum(|r| r.errors),
+            sum(|r| r.corrupt_entries)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n<details><summary>Runs</summary>\n\n\
+         | started | duration | gets | hits | local | prefetched | remote | misses |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for run in runs {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} s | {} | {:.1}% | {} | {} | {} | {} |",
+            run.started,
+            run.duration_ms as f64 / 1000.0,
+            run.gets,
+            run.hit_rate(),
+            run.local_hits.saturating_sub(run.prefetch_used),
+            run.prefetch_used,
+            run.remote_hits,
+            run.misses
+        );
+    }
+    out.push_str("\n</details>\n");
+    out
+}
+
+/// `text` on one line of a Markdown table or list.
+fn inline(text: &str) -> String {
+    text.replace(['\n', '\r'], " ").replace('|', "\\|")
 }

@@ -17,6 +17,7 @@ use granary_protocol::Request;
 use granary_store::{Store, TRIM_MARKER};
 use serde_json::Value;
 
+use common::server::Server;
 use common::*;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -357,6 +358,87 @@ fn stats_shows_the_runs_prog_recorded() {
     );
     assert!(human.contains("last 1 of 2 runs"), "{human}");
     assert!(human.contains("75.0%"), "{human}");
+}
+
+/// The job summary of a fresh CI runner's two builds through a cache
+/// server: the first all prefetched, the second after a change, whose
+/// misses are rebuilt and tell what a hit saves.
+#[test]
+fn stats_in_markdown_sum_up_a_job_by_tier_with_the_time_saved() {
+    let server = Server::start(&[]);
+    let sb = Sandbox::new();
+    let module = sb.module("job", 3);
+    sb.build_sharing(&server.url, "filler", &module, &[]);
+    let (_, first) = sb.build_sharing(&server.url, "runner", &module, &[]);
+    let p1 = module.join("p1/p1.go");
+    let source = fs::read_to_string(&p1).unwrap();
+    fs::write(&p1, source.replace("job-p1", "changed-p1")).unwrap();
+    age_tree(&module, Duration::from_secs(2 * 3600));
+    let (out, second) = sb.build_sharing(&server.url, "runner", &module, &[]);
+    assert!(!compiled_packages(&out.stderr).is_empty());
+    assert!(
+        first.prefetch.prefetch_used > 10 && second.misses > 0,
+        "{first:?} {second:?}"
+    );
+
+    let summary = text(
+        &granary_in(
+            &sb.path("runner"),
+            &["stats", "--markdown", "--since", "1h"],
+        )
+        .output()
+        .unwrap(),
+    );
+    let gets = first.gets + second.gets;
+    let hits = first.hits + second.hits;
+    let prefetched = first.prefetch.prefetch_used + second.prefetch.prefetch_used;
+    let remote = first.remote.remote_hits + second.remote.remote_hits;
+    let local = hits - prefetched - remote;
+    let misses = first.misses + second.misses;
+    assert!(summary.contains("in 2 runs"), "{summary}");
+    let row = format!("| {gets} | {hits} (");
+    assert!(summary.contains(&row), "{row} in {summary}");
+    for cell in [
+        format!("| {local} ("),
+        format!("| {prefetched} ("),
+        format!("| {remote} ("),
+        format!("| {misses} |"),
+    ] {
+        assert!(summary.contains(&cell), "{cell} in {summary}");
+    }
+    assert!(summary.contains("**Saved**: about"), "{summary}");
+    assert!(
+        summary.contains("misses rebuilt in these runs"),
+        "{summary}"
+    );
+    assert!(summary.contains(&server.url) && summary.contains("never switched off"));
+    assert!(
+        summary.contains("**Untrusted records**: none."),
+        "{summary}"
+    );
+    assert_eq!(
+        summary.matches("\n| 20").count(),
+        2,
+        "a row per run: {summary}"
+    );
+
+    let later = text(
+        &granary_in(
+            &sb.path("runner"),
+            &["stats", "--markdown", "--since", "2099-01-01T00:00:00Z"],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(later.contains("No runs recorded in this period"), "{later}");
+    let both = granary_in(&sb.path("runner"), &["stats", "--markdown", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+    let bad = granary_in(&sb.path("runner"), &["stats", "--since", "yesterday-ish"])
+        .output()
+        .unwrap();
+    assert!(text(&bad).contains("RFC 3339"), "{}", text(&bad));
 }
 
 #[test]
