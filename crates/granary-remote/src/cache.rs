@@ -73,6 +73,14 @@ pub struct Sent {
     pub object_present: bool,
 }
 
+/// What [`RemoteCache::probe`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The remote's clock minus ours, in milliseconds, where the remote
+    /// tells its time (object storage, in the probe blob's listing).
+    pub clock_skew_ms: Option<i64>,
+}
+
 impl RemoteCache {
     /// The cache in the default namespace, writing unsigned records.
     pub fn new(blobs: Arc<dyn BlobStore>, format: Format) -> RemoteCache {
@@ -331,6 +339,81 @@ impl RemoteCache {
             }
             Format::Reapi => reapi::encode(record, inline),
         })
+    }
+
+    /// Checks that the remote answers and takes our credentials, leaving
+    /// nothing behind: a lookup of an action no build has, and with
+    /// `write` a write. In object storage the write is a probe blob in
+    /// this namespace, read back, listed (its time there against ours is
+    /// the clock skew) and deleted; a REAPI cache cannot delete, so there
+    /// it is the empty blob, which every such cache holds already.
+    pub async fn probe(&self, write: bool) -> Result<Probe, RemoteError> {
+        let nobody = Id::from([0; 32]);
+        self.blobs.get(&self.action_key(&nobody)).await?;
+        if !write {
+            return Ok(Probe::default());
+        }
+        if self.format == Format::Reapi {
+            let empty = self.format.object_key(&Id::of(b""));
+            self.blobs.put(&empty, Bytes::new()).await?;
+            return Ok(Probe::default());
+        }
+        let mut name = [0u8; 16];
+        getrandom::fill(&mut name)
+            .map_err(|e| RemoteError::Config(format!("no randomness for a probe name: {e}")))?;
+        let dir = format!(
+            "{}doctor/",
+            self.format.namespace_dir(self.namespace.as_str())
+        );
+        let key = format!("{dir}{}", hex::encode(name));
+        let body = Bytes::from_static(b"granary doctor: safe to delete\n");
+        let before = SystemTime::now();
+        self.blobs.put(&key, body.clone()).await?;
+        let after = SystemTime::now();
+        let read_back = self.read_small(&key).await;
+        let listed = self.blobs.list(&dir).await;
+        self.blobs.delete(&key).await?;
+        if self.blobs.exists(&key).await? {
+            return Err(RemoteError::Failed(format!(
+                "the probe {key} is still there after its deletion"
+            )));
+        }
+        if read_back?.as_deref() != Some(&body[..]) {
+            return Err(RemoteError::Damaged {
+                key,
+                why: "the probe read back differs from what was written".into(),
+            });
+        }
+        // Our clock when the remote stamped the blob, to within the put's
+        // duration: its middle.
+        let ours = before + after.duration_since(before).unwrap_or_default() / 2;
+        let clock_skew_ms =
+            listed?
+                .iter()
+                .find(|l| l.key == key)
+                .map(|l| match l.modified.duration_since(ours) {
+                    Ok(ahead) => ahead.as_millis() as i64,
+                    Err(behind) => -(behind.duration().as_millis() as i64),
+                });
+        Ok(Probe { clock_skew_ms })
+    }
+
+    /// A blob small enough to hold, whole.
+    async fn read_small(&self, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+        let Some(mut body) = self.blobs.get(key).await? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk?);
+            if bytes.len() > 1 << 20 {
+                return Err(RemoteError::Damaged {
+                    key: key.to_owned(),
+                    why: "more than 1 MiB where a few bytes were written".into(),
+                });
+            }
+        }
+        Ok(Some(bytes))
     }
 
     /// What to change when the remote refuses our credentials (see
@@ -820,6 +903,20 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn a_probe_of_a_reapi_cache_writes_only_the_empty_blob() {
+        let memory = Arc::new(MemoryBlobs::default());
+        let cache = RemoteCache::new(memory.clone(), Format::Reapi)
+            .in_namespace(Namespace::new("team").unwrap());
+        assert_eq!(block_on(cache.probe(false)).unwrap(), Probe::default());
+        assert!(memory.puts().is_empty());
+        assert_eq!(memory.gets(), [format!("team/ac/{}", "00".repeat(32))]);
+        block_on(cache.probe(true)).unwrap();
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(memory.puts(), [format!("cas/{empty}")]);
+        assert_eq!(memory.blob(&format!("cas/{empty}")).unwrap().len(), 0);
     }
 
     /// Go object files are text-heavy: compressible, but not trivially.

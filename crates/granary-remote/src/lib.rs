@@ -44,7 +44,7 @@ pub mod reapi;
 mod record;
 
 pub use blob::{BatchAnswer, BlobStore, ByteStream, Listed};
-pub use cache::{Fetched, INLINE_LIMIT, RemoteCache, STREAM_ABOVE, Sent};
+pub use cache::{Fetched, INLINE_LIMIT, Probe, RemoteCache, STREAM_ABOVE, Sent};
 pub use grpc::{GrpcBlobs, GrpcSettings};
 pub use http::{HttpBlobs, HttpSettings};
 pub use layout::{Format, Namespace};

@@ -81,6 +81,13 @@ pub enum Command {
     /// Show the statistics of the last `prog` runs: hit rate and bytes, by run and by day
     Stats(StatsArgs),
 
+    /// Check this setup and say what to fix: the go command, GOCACHEPROG, the cache
+    /// directory, the remote (a probe that reads and, unless --read-only, writes, leaving
+    /// nothing behind), the clock against the remote's, and the key files
+    ///
+    /// Exits with status 0 when all is well, 1 otherwise. Takes the settings `prog` takes.
+    Doctor(DoctorArgs),
+
     /// Check every action record's format and every object's hash
     ///
     /// Lists the damaged entries and exits with status 1 if there are any, unless
@@ -227,6 +234,18 @@ pub struct ServeTokenArgs {
     /// characters, comma-separated), e.g. pr-* for pull requests [default: all]
     #[arg(long, value_name = "GLOB", value_delimiter = ',')]
     pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[derive(Debug, Args)]

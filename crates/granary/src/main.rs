@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod doctor;
 mod gocache;
 mod history;
 mod key;
@@ -72,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             upkeep::prune(&dir, &upkeep, &args)
         }
         Command::Stats(args) => history::run(&dir, &args),
+        Command::Doctor(args) => doctor::run(&dir, config, &args),
         Command::Verify(args) => verify::run(&dir, &args),
         Command::Serve(_) | Command::ServeToken(_) | Command::Key(_) => {
             unreachable!("handled above")

@@ -77,15 +77,21 @@ pub fn run(
     })
 }
 
-/// The client of the remote that `remote` describes, with its keys read.
+/// The client of the remote that `remote` describes, in its namespace.
 /// Sends no request.
-fn remote_options(remote: config::Remote) -> anyhow::Result<RemoteOptions> {
-    let mut cache = match &remote.endpoint {
+pub fn remote_cache(remote: &config::Remote) -> anyhow::Result<RemoteCache> {
+    Ok(match &remote.endpoint {
         Endpoint::Object(object) => RemoteCache::new(object.client()?, Format::Granary),
         Endpoint::Http(http) => RemoteCache::new(Arc::new(HttpBlobs::new(http)?), Format::Reapi),
         Endpoint::Grpc(grpc) => RemoteCache::new(Arc::new(GrpcBlobs::new(grpc)?), Format::Reapi),
     }
-    .in_namespace(remote.namespace);
+    .in_namespace(remote.namespace.clone()))
+}
+
+/// The client of the remote that `remote` describes, with its keys read.
+/// Sends no request.
+fn remote_options(remote: config::Remote) -> anyhow::Result<RemoteOptions> {
+    let mut cache = remote_cache(&remote)?;
     let signing_key = match &remote.signing_key {
         Some(path) => Some(Arc::new(SigningKey::read(path)?)),
         None => None,
