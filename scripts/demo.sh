@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # granary's main job in one command: build granary, install Go if it is
 # missing, then build and test a Go module through granary twice, first with
-# an empty cache and then warm, and show the cache statistics.
+# an empty cache and then warm, and show the cache statistics; then what
+# granary is for: two fresh CI runners sharing a bucket (SeaweedFS on
+# loopback), the second compiling nothing, and its job summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$PWD"
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 cargo build --release --locked --quiet -p granary
@@ -37,5 +40,9 @@ echo "the go command asks granary, granary answers from the cache" | "$work/go-d
 echo
 echo "== granary's statistics of the last go command ($work/stats.json)"
 cat "$work/stats.json"
+echo
+echo
+echo "== sharing: two CI runners with empty local caches and one bucket"
+python3 "$root/scripts/demo_share.py" "$granary" "$work/share"
 echo
 "$granary" --version
