@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Wires granary into a CI job: GOCACHEPROG, the remote, the namespace the
+# job writes and those it reads, the scope of its manifests, read-only for
+# pull requests from forks, trusted and signing keys, and the time the job
+# started (for the summary). Used by action.yml (GitHub Actions) and
+# ci/granary.gitlab-ci.yml (GitLab CI).
+#
+# Inputs are variables (GitHub passes the action's inputs so):
+#   INPUT_REMOTE            the remote URL (s3://, gs://, az://, http(s)://, grpc(s)://)
+#   INPUT_NAMESPACE         the namespace to write [default: main on the default
+#                           branch, pr-N / mr-N for pull and merge requests, else the
+#                           branch's name]
+#   INPUT_READ_NAMESPACES   comma-separated namespaces to read too, or none
+#                           [default (empty or auto): main, except on the default branch]
+#   INPUT_FORKS_READ_ONLY   true: pull requests from forks never write [default: true]
+#   INPUT_READ_ONLY         true: this job never writes [default: false]
+#   INPUT_TRUSTED_KEYS      public keys (ed25519:...), one per line: only records they
+#                           signed are used
+#   INPUT_SIGNING_KEY       a secret key (ed25519-secret:...) that signs what this job
+#                           writes; ignored when the job is read-only
+#   INPUT_PACKAGE           what `pip install` installs when granary is not on PATH
+#                           [default: granary-cache]
+#
+# On GitHub it appends to $GITHUB_ENV and $GITHUB_PATH; elsewhere (GitLab) it
+# prints `export` lines to evaluate: eval "$(bash ci/setup.sh)". Either way it
+# keeps them in $temp/env too, for ci/summary.sh in a later shell.
+set -euo pipefail
+
+temp="$(bash "$(dirname "$0")/temp.sh")"
+mkdir -p "$temp"
+settings=()
+set_var() { settings+=("$1=$2"); }
+
+# granary itself: the one on PATH, else a wheel into a virtualenv.
+if ! granary="$(command -v granary)"; then
+    python3 -m venv "$temp/venv"
+    "$temp/venv/bin/pip" install --quiet --disable-pip-version-check "${INPUT_PACKAGE:-granary-cache}"
+    granary="$temp/venv/bin/granary"
+    if [ -n "${GITHUB_PATH:-}" ]; then echo "$temp/venv/bin" >>"$GITHUB_PATH"; fi
+fi
+set_var GOCACHEPROG "$granary prog"
+
+# A namespace name: letters, digits, `.`, `_` and `-`, at most 64.
+namespace_of() { printf '%s' "$1" | tr -c 'A-Za-z0-9._-' '-' | sed 's/^\.*//' | cut -c1-64; }
+
+# What kind of run this is, from the CI system's own variables.
+default_branch="" branch="" request="" fork=false
+if [ -n "${GITHUB_ACTIONS:-}" ]; then
+    event="${GITHUB_EVENT_PATH:-/dev/null}"
+    json() { python3 -c 'import json, sys
+try:
+    data = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    data = {}
+for key in sys.argv[2].split("."):
+    data = data.get(key) if isinstance(data, dict) else None
+print("" if data is None else data)' "$event" "$1"; }
+    default_branch="$(json repository.default_branch)"
+    case "${GITHUB_EVENT_NAME:-}" in
+    pull_request | pull_request_target)
+        request="pr-$(json pull_request.number)"
+        branch="${GITHUB_HEAD_REF:-$(json pull_request.head.ref)}"
+        [ "$(json pull_request.head.repo.full_name)" != "${GITHUB_REPOSITORY:-}" ] && fork=true
+        ;;
+    *) branch="${GITHUB_REF_NAME:-}" ;;
+    esac
+elif [ -n "${GITLAB_CI:-}" ]; then
+    default_branch="${CI_DEFAULT_BRANCH:-}"
+    if [ -n "${CI_MERGE_REQUEST_IID:-}" ]; then
+        request="mr-$CI_MERGE_REQUEST_IID"
+        branch="${CI_MERGE_REQUEST_SOURCE_BRANCH_NAME:-}"
+        [ "${CI_MERGE_REQUEST_SOURCE_PROJECT_ID:-}" != "${CI_MERGE_REQUEST_PROJECT_ID:-}" ] && fork=true
+    else
+        branch="${CI_COMMIT_BRANCH:-${CI_COMMIT_REF_NAME:-}}"
+    fi
+fi
+
+on_default=false
+[ -z "$request" ] && [ -n "$branch" ] && [ "$branch" = "$default_branch" ] && on_default=true
+if [ -n "${INPUT_NAMESPACE:-}" ]; then
+    namespace="$INPUT_NAMESPACE"
+elif $on_default; then
+    namespace=main
+elif [ -n "$request" ]; then
+    namespace="$request"
+else
+    namespace="$(namespace_of "${branch:-ci}")"
+fi
+case "${INPUT_READ_NAMESPACES:-auto}" in
+auto) if [ "$namespace" = main ]; then read_namespaces=""; else read_namespaces=main; fi ;;
+none) read_namespaces="" ;;
+*) read_namespaces="$INPUT_READ_NAMESPACES" ;;
+esac
+read_only=false
+[ "${INPUT_READ_ONLY:-false}" = true ] && read_only=true
+[ "$fork" = true ] && [ "${INPUT_FORKS_READ_ONLY:-true}" = true ] && read_only=true
+
+if [ -n "${INPUT_REMOTE:-}" ]; then
+    set_var GRANARY_REMOTE "$INPUT_REMOTE"
+    set_var GRANARY_NAMESPACE "$namespace"
+    set_var GRANARY_READ_NAMESPACES "$read_namespaces"
+    set_var GRANARY_READ_ONLY "$read_only"
+    # Manifests per branch; a new branch starts from the default branch's.
+    [ -n "$branch" ] && set_var GRANARY_SCOPE "$branch"
+    [ -n "$default_branch" ] && set_var GRANARY_SCOPE_FALLBACK "$default_branch"
+fi
+if [ -n "${INPUT_TRUSTED_KEYS:-}" ]; then
+    printf '%s\n' "$INPUT_TRUSTED_KEYS" >"$temp/trusted-keys"
+    set_var GRANARY_TRUSTED_KEYS "$temp/trusted-keys"
+fi
+if [ -n "${INPUT_SIGNING_KEY:-}" ] && ! $read_only; then
+    (umask 077 && printf '%s\n' "$INPUT_SIGNING_KEY" >"$temp/signing-key")
+    set_var GRANARY_SIGNING_KEY "$temp/signing-key"
+fi
+# The summary counts the runs since now.
+set_var GRANARY_STATS_SINCE "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+: >"$temp/env"
+for setting in "${settings[@]}"; do
+    line="$(printf 'export %s=%q' "${setting%%=*}" "${setting#*=}")"
+    echo "$line" >>"$temp/env"
+    if [ -n "${GITHUB_ENV:-}" ]; then
+        echo "$setting" >>"$GITHUB_ENV"
+    else
+        echo "$line"
+    fi
+done
+echo "granary: namespace ${namespace}, reads ${read_namespaces:-no other}, read-only ${read_only}" >&2

@@ -1,0 +1,252 @@
+//! The CI wiring (action.yml's and the GitLab template's scripts in ci/)
+//! in simulated runners: GitHub's GITHUB_ENV, GITHUB_PATH,
+//! GITHUB_STEP_SUMMARY and event file, GitLab's CI_* variables; then real
+//! go builds with what the scripts set, against a granary serve.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::server::Server;
+use common::*;
+
+/// A simulated GitHub runner: its files and variables.
+struct Runner {
+    dir: PathBuf,
+    vars: Vec<(String, String)>,
+}
+
+impl Runner {
+    fn github(sb: &Sandbox, name: &str, event_name: &str, event: &str) -> Runner {
+        let dir = sb.path(name);
+        fs::create_dir_all(dir.join("temp")).unwrap();
+        fs::write(dir.join("event.json"), event).unwrap();
+        let file = |f: &str| dir.join(f).display().to_string();
+        let vars = [
+            ("GITHUB_ACTIONS", "true".to_owned()),
+            ("GITHUB_EVENT_NAME", event_name.to_owned()),
+            ("GITHUB_EVENT_PATH", file("event.json")),
+            ("GITHUB_REPOSITORY", "acme/app".to_owned()),
+            ("GITHUB_ENV", file("env")),
+            ("GITHUB_PATH", file("path")),
+            ("GITHUB_STEP_SUMMARY", file("summary.md")),
+            ("RUNNER_TEMP", file("temp")),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .into();
+        Runner { dir, vars }
+    }
+
+    /// Runs a script of ci/ with the runner's variables, `inputs` and
+    /// granary on PATH; returns its stdout.
+    fn script(&self, name: &str, extra: &[(&str, &str)]) -> String {
+        let bin = granary().parent().unwrap().to_owned();
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let paths = [bin].into_iter().chain(std::env::split_paths(&path));
+        let mut cmd = Command::new("bash");
+        without_granary_env(&mut cmd)
+            .arg(repo_root().join("ci").join(name))
+            .current_dir(&self.dir)
+            .env("PATH", std::env::join_paths(paths).unwrap())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().copied());
+        String::from_utf8(run_ok(&mut cmd).stdout).unwrap()
+    }
+
+    /// What setup.sh appended to GITHUB_ENV.
+    fn env(&self) -> HashMap<String, String> {
+        fs::read_to_string(self.dir.join("env"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+/// `go build` of `module` with an empty local cache `cache` and the
+/// variables setup.sh set.
+fn build(sb: &Sandbox, cache: &str, module: &Path, env: &HashMap<String, String>) -> Stats {
+    let stats_file = sb.path(&format!("{cache}.json"));
+    let mut cmd = sb.go(
+        &sb.path(cache),
+        module,
+        &[
+            "build",
+            "-o",
+            sb.path("bin").join(cache).to_str().unwrap(),
+            ".",
+        ],
+    );
+    cmd.envs(env)
+        .env("GRANARY_STATS_FILE", &stats_file)
+        .env("GRANARY_TRIM_INTERVAL", "none");
+    run_ok(&mut cmd);
+    stats(&stats_file)
+}
+
+fn key_pair(sb: &Sandbox) -> (String, String) {
+    let secret = sb.path("signer");
+    run_ok(
+        Command::new(granary())
+            .args(["key", "generate"])
+            .arg(&secret),
+    );
+    let public = fs::read_to_string(format!("{}.pub", secret.display())).unwrap();
+    (fs::read_to_string(&secret).unwrap(), public)
+}
+
+#[test]
+fn github_runners_get_namespaces_by_event_and_forks_only_read() {
+    let server = Server::start(&[]);
+    let sb = Sandbox::new();
+    let module = sb.module("wired", 3);
+    let (secret, public) = key_pair(&sb);
+    let inputs = |extra: &[(&'static str, String)]| {
+        let mut inputs = vec![
+            ("INPUT_REMOTE", server.url.clone()),
+            ("INPUT_READ_NAMESPACES", "auto".to_owned()),
+            ("INPUT_TRUSTED_KEYS", public.clone()),
+            ("INPUT_SIGNING_KEY", secret.clone()),
+        ];
+        inputs.extend_from_slice(extra);
+        inputs
+    };
+    let run = |runner: &Runner, inputs: &[(&str, String)], script: &str| {
+        let inputs: Vec<(&str, &str)> = inputs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        runner.script(script, &inputs)
+    };
+
+    // A push to the default branch writes main, signed.
+    let push = Runner::github(
+        &sb,
+        "push",
+        "push",
+        r#"{"repository": {"default_branch": "main"}}"#,
+    );
+    let mut push_vars = push.vars.clone();
+    push_vars.push(("GITHUB_REF_NAME".into(), "main".into()));
+    let push = Runner {
+        vars: push_vars,
+        ..push
+    };
+    run(&push, &inputs(&[]), "setup.sh");
+    let env = push.env();
+    assert_eq!(env["GOCACHEPROG"], format!("{} prog", granary().display()));
+    assert_eq!(env["GRANARY_REMOTE"], server.url);
+    assert_eq!(env["GRANARY_NAMESPACE"], "main");
+    assert_eq!(env["GRANARY_READ_NAMESPACES"], "");
+    assert_eq!(env["GRANARY_READ_ONLY"], "false");
+    assert_eq!(env["GRANARY_SCOPE"], "main");
+    let signing_key = Path::new(&env["GRANARY_SIGNING_KEY"]);
+    assert_eq!(
+        fs::metadata(signing_key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mut job_env = env.clone();
+    job_env.insert(
+        "GOCACHE".into(),
+        sb.path("main-runner").display().to_string(),
+    );
+    let main = build(&sb, "main-runner", &module, &job_env);
+    assert!(main.remote.uploads > 10, "{main:?}");
+    let cache = sb.path("main-runner").display().to_string();
+    run(&push, &[("GOCACHE", cache)], "summary.sh");
+    let summary = fs::read_to_string(push.dir.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("### granary") && summary.contains("in 1 runs"),
+        "{summary}"
+    );
+    assert!(summary.contains(&server.url), "{summary}");
+
+    // A pull request from a fork reads main and writes nothing, and gets no
+    // signing key even when the workflow passes one.
+    let fork_event = r#"{"repository": {"default_branch": "main"},
+        "pull_request": {"number": 7, "head": {"ref": "feature", "repo": {"full_name": "mallory/app"}}}}"#;
+    let fork = Runner::github(&sb, "fork", "pull_request", fork_event);
+    run(&fork, &inputs(&[]), "setup.sh");
+    let env = fork.env();
+    assert_eq!(env["GRANARY_NAMESPACE"], "pr-7");
+    assert_eq!(env["GRANARY_READ_NAMESPACES"], "main");
+    assert_eq!(env["GRANARY_READ_ONLY"], "true");
+    assert_eq!(env["GRANARY_SCOPE"], "feature");
+    assert_eq!(env["GRANARY_SCOPE_FALLBACK"], "main");
+    assert!(!env.contains_key("GRANARY_SIGNING_KEY"), "{env:?}");
+    let forked = build(&sb, "fork-runner", &module, &env);
+    assert!(forked.hits > 10, "reads main: {forked:?}");
+    assert_eq!(forked.remote.uploads, 0, "{forked:?}");
+    assert_eq!(forked.remote.remote_off, "", "{forked:?}");
+
+    // A pull request from the repository itself writes its own namespace.
+    let own = fork_event.replace("mallory/app", "acme/app");
+    let own = Runner::github(&sb, "own", "pull_request", &own);
+    run(&own, &inputs(&[]), "setup.sh");
+    assert_eq!(own.env()["GRANARY_READ_ONLY"], "false");
+    assert!(own.env().contains_key("GRANARY_SIGNING_KEY"));
+    // Unless the workflow says otherwise.
+    let forced = Runner::github(&sb, "forced", "pull_request", fork_event);
+    run(
+        &forced,
+        &inputs(&[
+            ("INPUT_FORKS_READ_ONLY", "false".into()),
+            ("INPUT_NAMESPACE", "untrusted".into()),
+        ]),
+        "setup.sh",
+    );
+    assert_eq!(forced.env()["GRANARY_READ_ONLY"], "false");
+    assert_eq!(forced.env()["GRANARY_NAMESPACE"], "untrusted");
+}
+
+#[test]
+fn gitlab_merge_requests_from_forks_only_read_and_the_summary_is_kept() {
+    let sb = Sandbox::new();
+    let builds = sb.path("builds");
+    fs::create_dir_all(&builds).unwrap();
+    let cache = sb.cache();
+    let gitlab = [
+        ("GITLAB_CI", "true"),
+        ("CI_BUILDS_DIR", builds.to_str().unwrap()),
+        ("CI_JOB_ID", "42"),
+        ("CI_DEFAULT_BRANCH", "main"),
+        ("CI_MERGE_REQUEST_IID", "3"),
+        ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "fix/bug"),
+        ("CI_MERGE_REQUEST_SOURCE_PROJECT_ID", "9"),
+        ("CI_MERGE_REQUEST_PROJECT_ID", "1"),
+        ("INPUT_REMOTE", "s3://ci-cache/go"),
+        ("GOCACHE", cache.to_str().unwrap()),
+    ];
+    let runner = Runner {
+        dir: builds.clone(),
+        vars: Vec::new(),
+    };
+    // before_script: eval "$(bash ci/setup.sh)", then the job's commands.
+    let script = format!(
+        "eval \"$(bash {})\" && echo \"$GRANARY_NAMESPACE|$GRANARY_READ_NAMESPACES|$GRANARY_READ_ONLY|$GRANARY_SCOPE\"",
+        repo_root().join("ci/setup.sh").display()
+    );
+    let bin = granary().parent().unwrap().to_owned();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let paths =
+        std::env::join_paths([bin].into_iter().chain(std::env::split_paths(&path))).unwrap();
+    let mut cmd = Command::new("bash");
+    without_granary_env(&mut cmd)
+        .args(["-c", &script])
+        .current_dir(&builds)
+        .env("PATH", &paths)
+        .envs(gitlab);
+    let out = String::from_utf8(run_ok(&mut cmd).stdout).unwrap();
+    assert_eq!(out.trim(), "mr-3|main|true|fix/bug");
+    assert!(!builds.join("granary-summary.md").exists());
+    // after_script runs in a new shell: the summary finds the settings in
+    // the job's folder.
+    let mut gitlab_vars = gitlab.to_vec();
+    gitlab_vars.push(("PATH", paths.to_str().unwrap()));
+    let printed = runner.script("summary.sh", &gitlab_vars);
+    let kept = fs::read_to_string(builds.join("granary-summary.md")).unwrap();
+    assert!(kept.contains("### granary"), "{kept}");
+    assert_eq!(printed, kept);
+}
