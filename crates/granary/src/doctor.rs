@@ -126,7 +126,7 @@ fn go_version() -> (Check, Option<PathBuf>) {
             format!("{text}: too old for GOCACHEPROG"),
         )
         .fix("use Go 1.24 or later (GOTOOLCHAIN=go1.24.0 or later also works)"),
-        // A development build: assume it is recent.
+        // A development build, or a form not known: say so, fail nothing.
         None => Check::new(
             "go",
             Status::Warn,
