@@ -544,7 +544,12 @@ pub struct StatsArgs {
     /// Print a Markdown summary of the runs, for a CI job summary
     /// ($GITHUB_STEP_SUMMARY): hits by tier, bytes, the remote's trouble, untrusted
     /// records, and the compile time the hits saved
-    #[arg(long, conflicts_with = "json")]
+    #[arg(
+        long,
+        env = "GRANARY_STATS_MARKDOWN",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        conflicts_with = "json"
+    )]
     pub markdown: bool,
 
     #[command(flatten)]
