@@ -14,6 +14,13 @@ use std::process::Command;
 use common::server::Server;
 use common::*;
 
+/// PATH with the granary under test first, as a runner that installed it.
+fn path_with_granary() -> std::ffi::OsString {
+    let bin = granary().parent().unwrap().to_owned();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths([bin].into_iter().chain(std::env::split_paths(&path))).unwrap()
+}
+
 /// A simulated GitHub runner: its files and variables.
 struct Runner {
     dir: PathBuf,
@@ -44,14 +51,11 @@ impl Runner {
     /// Runs a script of ci/ with the runner's variables, `inputs` and
     /// granary on PATH; returns its stdout.
     fn script(&self, name: &str, extra: &[(&str, &str)]) -> String {
-        let bin = granary().parent().unwrap().to_owned();
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let paths = [bin].into_iter().chain(std::env::split_paths(&path));
         let mut cmd = Command::new("bash");
         without_granary_env(&mut cmd)
             .arg(repo_root().join("ci").join(name))
             .current_dir(&self.dir)
-            .env("PATH", std::env::join_paths(paths).unwrap())
+            .env("PATH", path_with_granary())
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .envs(extra.iter().copied());
         String::from_utf8(run_ok(&mut cmd).stdout).unwrap()
@@ -228,10 +232,7 @@ fn gitlab_merge_requests_from_forks_only_read_and_the_summary_is_kept() {
         "eval \"$(bash {})\" && echo \"$GRANARY_NAMESPACE|$GRANARY_READ_NAMESPACES|$GRANARY_READ_ONLY|$GRANARY_SCOPE\"",
         repo_root().join("ci/setup.sh").display()
     );
-    let bin = granary().parent().unwrap().to_owned();
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let paths =
-        std::env::join_paths([bin].into_iter().chain(std::env::split_paths(&path))).unwrap();
+    let paths = path_with_granary();
     let mut cmd = Command::new("bash");
     without_granary_env(&mut cmd)
         .args(["-c", &script])

@@ -209,6 +209,34 @@ fn a_gcs_bucket_streams_lists_and_deletes() {
     streams_lists_and_deletes(&FakeGcs::start());
 }
 
+/// A GCS endpoint that takes connections and never answers: a miss of a
+/// server backed by it waits the backing store's request timeout (10 s),
+/// then fails, instead of hanging with every reader of that key.
+#[test]
+fn a_silent_gcs_backing_store_costs_a_miss_its_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let scratch = scratch();
+    let dir = scratch.path().join("cache");
+    let backing = format!("gs://{}/servers", clouds::CONTAINER);
+    let server = Server::start_in(
+        scratch,
+        &dir,
+        &["--backing", &backing],
+        &[("GRANARY_GCS_ENDPOINT", &endpoint)],
+    )
+    .unwrap_or_else(|log| panic!("{log}"));
+    let absent = format!("/cas/{}", "ef".repeat(32));
+    let started = std::time::Instant::now();
+    let (status, _) = server::request(server.addr, "GET", &absent, &[], b"");
+    let took = started.elapsed();
+    assert_eq!(status, 502, "{}", server.log());
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+}
+
 #[test]
 fn servers_share_an_azure_container() {
     servers_share_a_backing_store(&Azurite::start());

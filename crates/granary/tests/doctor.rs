@@ -4,8 +4,10 @@
 
 mod common;
 
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use common::clouds::{Azurite, Cloud, FakeGcs};
 use common::s3::S3Server;
@@ -182,4 +184,30 @@ fn a_broken_setup_fails_and_each_failure_says_what_to_fix() {
         "{text}"
     );
     assert!(text.ends_with("then run it again\n"), "{text}");
+}
+
+/// A remote that takes connections and never answers: the check fails
+/// after three remote timeouts, not never.
+#[test]
+fn a_silent_remote_fails_its_check_within_the_bound() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sb = Sandbox::new();
+    let envs = [
+        (
+            "GRANARY_REMOTE",
+            format!("http://{}", silent.local_addr().unwrap()),
+        ),
+        ("GRANARY_REMOTE_TIMEOUT", "1s".to_owned()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+    let started = Instant::now();
+    let (out, report) = doctor(&sb.cache(), true, &envs);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let detail = check(&report, "remote")["detail"].as_str().unwrap();
+    assert!(detail.contains("no answer within 3s"), "{detail}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
 }
