@@ -242,3 +242,50 @@ def start_serve(granary, work, *args):
         if proc.poll() is not None:
             sys.exit("granary serve exited:\n" + text)
         time.sleep(0.01)
+
+
+def fresh_runner_rows(timer, ratio_key, baseline, keys):
+    """One row per timed configuration of `timer` (fillers left out): its
+    median, its ratio to granary-warm, its runs, `ratio_key` against the
+    configuration `baseline(name)` names (None: no ratio), and `keys` of
+    its last run's statistics."""
+    import statistics
+
+    median = {name: statistics.median(t) for name, t in timer.times.items()}
+    warm = median["granary-warm"]
+    rows = []
+    for name, runs_s in timer.times.items():
+        if name.startswith("fill"):
+            continue
+        row = {
+            "config": name,
+            "median_s": round(median[name], 3),
+            "vs_granary_warm": round(median[name] / warm, 3),
+            "runs_s": [round(t, 3) for t in runs_s],
+        }
+        other = baseline(name)
+        if other is not None:
+            row[ratio_key] = round(median[name] / median[other], 3)
+        last = timer.stats.get(name, [{}])[-1]
+        for key in keys:
+            row[key] = last.get(key, 0)
+        rows.append(row)
+    return rows
+
+
+def write_results(out, stem, table, go, rows, chart_title):
+    """Prints `table` and writes out/<stem>.{md,json,svg}: the table, the
+    rows with the go version, and a chart of each row against granary-warm."""
+    version = go_version(go)
+    print()
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(table + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"go": version, "rows": rows}, indent=2) + "\n")
+    write_bar_chart(out / f"{stem}.svg", chart_title,
+                    [(r["config"], {"vs granary warm": r["vs_granary_warm"]}) for r in rows])
+    print(f"\nwrote {out}/{stem}.{{md,json,svg}}")
+
+
+def go_version(go):
+    return subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()

@@ -26,9 +26,7 @@ Results go to bench/results/grpc-build-std.{md,json,svg}.
 """
 
 import argparse
-import json
 import os
-import statistics
 import shutil
 import subprocess
 import sys
@@ -101,29 +99,15 @@ def main():
 
 
 def report(timer, go, out, delay, runs):
-    version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
-    median = {name: statistics.median(t) for name, t in timer.times.items()}
-    warm = median["granary-warm"]
-    rows = []
-    for name, runs_s in timer.times.items():
-        if name.startswith("fill"):
-            continue
-        row = {
-            "config": name,
-            "median_s": round(median[name], 3),
-            "vs_granary_warm": round(median[name] / warm, 3),
-            "runs_s": [round(t, 3) for t in runs_s],
-        }
-        if name.startswith("grpc"):
-            row["vs_http"] = round(median[name] / median[name.replace("grpc", "http")], 3)
-        last = timer.stats.get(name, [{}])[-1]
-        for key in ("gets", "hits", "remote_hits", "remote_misses", "prefetch_fetched",
-                    "prefetch_requests", "prefetch_ms", "remote_bytes_down"):
-            row[key] = last.get(key, 0)
-        rows.append(row)
+    def http_of(name):
+        return name.replace("grpc", "http") if name.startswith("grpc") else None
+    rows = common.fresh_runner_rows(
+        timer, "vs_http", http_of,
+        ("gets", "hits", "remote_hits", "remote_misses", "prefetch_fetched",
+         "prefetch_requests", "prefetch_ms", "remote_bytes_down"))
     lines = [
-        f"# go build std on a fresh runner, granary serve over HTTP and gRPC: {version}, "
-        f"{os.cpu_count()} CPUs",
+        f"# go build std on a fresh runner, granary serve over HTTP and gRPC: "
+        f"{common.go_version(go)}, {os.cpu_count()} CPUs",
         "",
         "| config | median (s) | / granary warm | gRPC / HTTP | hits | prefetched (requests, ms) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -138,19 +122,9 @@ def report(timer, go, out, delay, runs):
               "scripts/tcp_delay.py delays every byte from client to server. Fresh runners are "
               "read-only, prefetch on; counts are from the last run. Target: gRPC within 1.1x "
               "of HTTP."]
-    table = "\n".join(lines)
-    print()
-    print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grpc-build-std.md").write_text(table + "\n")
-    (out / "grpc-build-std.json").write_text(
-        json.dumps({"go": version, "rows": rows}, indent=2) + "\n")
-    common.write_bar_chart(
-        out / "grpc-build-std.svg",
-        "go build std on a fresh runner, granary serve over HTTP and gRPC, relative to granary warm",
-        [(r["config"], {"vs granary warm": r["vs_granary_warm"]}) for r in rows],
-    )
-    print(f"\nwrote {out}/grpc-build-std.{{md,json,svg}}")
+    common.write_results(
+        out, "grpc-build-std", "\n".join(lines), go, rows,
+        "go build std on a fresh runner, granary serve over HTTP and gRPC, relative to granary warm")
 
 
 if __name__ == "__main__":

@@ -32,11 +32,9 @@ import email.utils
 import hashlib
 import hmac
 import http.client
-import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,31 +185,16 @@ def main():
 
 
 def report(timer, go, out, delay, runs):
-    version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
-    median = {name: statistics.median(t) for name, t in timer.times.items()}
-    warm = median["granary-warm"]
-    rows = []
-    for name, runs_s in timer.times.items():
-        if name.startswith("fill"):
-            continue
-        store, _, suffix = name.partition("+")
-        row = {
-            "config": name,
-            "median_s": round(median[name], 3),
-            "vs_granary_warm": round(median[name] / warm, 3),
-            "runs_s": [round(t, 3) for t in runs_s],
-        }
-        s3 = "s3" + ("+" + suffix if suffix else "")
-        if store in ("azure", "gcs"):
-            row["vs_s3"] = round(median[name] / median[s3], 3)
-        last = timer.stats.get(name, [{}])[-1]
-        for key in ("gets", "hits", "misses", "remote_hits", "prefetch_fetched",
-                    "prefetch_requests", "prefetch_ms", "remote_bytes_down"):
-            row[key] = last.get(key, 0)
-        rows.append(row)
+    def s3_of(name):
+        store, plus, suffix = name.partition("+")
+        return "s3" + plus + suffix if store in ("azure", "gcs") else None
+    rows = common.fresh_runner_rows(
+        timer, "vs_s3", s3_of,
+        ("gets", "hits", "misses", "remote_hits", "prefetch_fetched",
+         "prefetch_requests", "prefetch_ms", "remote_bytes_down"))
     lines = [
-        f"# go build std on a fresh runner, on S3, Azure and GCS (emulated): {version}, "
-        f"{os.cpu_count()} CPUs",
+        f"# go build std on a fresh runner, on S3, Azure and GCS (emulated): "
+        f"{common.go_version(go)}, {os.cpu_count()} CPUs",
         "",
         "| config | median (s) | / granary warm | / S3 | hits | misses | prefetched (requests, ms) |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -227,19 +210,9 @@ def report(timer, go, out, delay, runs):
               ": scripts/tcp_delay.py delays every byte from client to server. Fresh runners "
               "are read-only, prefetch on; counts are from the last run. Target: Azure and "
               "GCS within 1.1x of S3."]
-    table = "\n".join(lines)
-    print()
-    print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "object-stores-build-std.md").write_text(table + "\n")
-    (out / "object-stores-build-std.json").write_text(
-        json.dumps({"go": version, "rows": rows}, indent=2) + "\n")
-    common.write_bar_chart(
-        out / "object-stores-build-std.svg",
-        "go build std on a fresh runner on S3, Azure and GCS, relative to granary warm",
-        [(r["config"], {"vs granary warm": r["vs_granary_warm"]}) for r in rows],
-    )
-    print(f"\nwrote {out}/object-stores-build-std.{{md,json,svg}}")
+    common.write_results(
+        out, "object-stores-build-std", "\n".join(lines), go, rows,
+        "go build std on a fresh runner on S3, Azure and GCS, relative to granary warm")
 
 
 if __name__ == "__main__":
