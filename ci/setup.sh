@@ -18,6 +18,11 @@
 #                           signed are used
 #   INPUT_SIGNING_KEY       a secret key (ed25519-secret:...) that signs what this job
 #                           writes; ignored when the job is read-only
+#   INPUT_OIDC              true: show the cache server the job's OIDC ID token instead
+#                           of a stored token (GitHub: the job needs `permissions:
+#                           id-token: write`; GitLab: the template's id_tokens: entry)
+#                           [default: false]
+#   INPUT_OIDC_AUDIENCE     the audience GitHub's ID token is asked for [default: granary]
 #   INPUT_PACKAGE           what `pip install` installs when granary is not on PATH
 #                           [default: granary-cache]
 #
@@ -94,6 +99,20 @@ esac
 read_only=false
 [ "${INPUT_READ_ONLY:-false}" = true ] && read_only=true
 [ "$fork" = true ] && [ "${INPUT_FORKS_READ_ONLY:-true}" = true ] && read_only=true
+oidc=""
+if [ "${INPUT_OIDC:-false}" = true ]; then
+    if [ -n "${GITLAB_CI:-}" ]; then
+        oidc=gitlab
+    elif [ -n "${ACTIONS_ID_TOKEN_REQUEST_URL:-}" ]; then
+        oidc=github
+    else
+        # Pull requests from forks never get an ID token: they read, as
+        # anonymous clients, if the server lets them.
+        echo "granary: this job has no ID token (forks' pull requests get none; other jobs need \
+permissions: id-token: write); it reads without one and writes nothing" >&2
+        read_only=true
+    fi
+fi
 
 if [ -n "${INPUT_REMOTE:-}" ]; then
     set_var GRANARY_REMOTE "$INPUT_REMOTE"
@@ -103,6 +122,10 @@ if [ -n "${INPUT_REMOTE:-}" ]; then
     # Manifests per branch; a new branch starts from the default branch's.
     [ -n "$branch" ] && set_var GRANARY_SCOPE "$branch"
     [ -n "$default_branch" ] && set_var GRANARY_SCOPE_FALLBACK "$default_branch"
+    if [ -n "$oidc" ]; then
+        set_var GRANARY_OIDC "$oidc"
+        [ "$oidc" = github ] && set_var GRANARY_OIDC_AUDIENCE "${INPUT_OIDC_AUDIENCE:-granary}"
+    fi
 fi
 if [ -n "${INPUT_TRUSTED_KEYS:-}" ]; then
     printf '%s\n' "$INPUT_TRUSTED_KEYS" >"$temp/trusted-keys"

@@ -40,7 +40,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Request, Status};
 
 use crate::reapi::OUTPUT_PATH;
-use crate::{BlobStore, ByteStream, INLINE_LIMIT, RemoteError};
+use crate::{BlobStore, ByteStream, Credential, INLINE_LIMIT, RemoteError};
 
 /// The size in every action digest granary sends: the length of a Go
 /// action ID.
@@ -70,8 +70,8 @@ const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 pub struct GrpcSettings {
     /// `grpc://host:port[/instance]` or `grpcs://...`.
     pub url: String,
-    /// A bearer token, sent as `authorization: Bearer <token>`.
-    pub token: Option<String>,
+    /// A bearer credential, sent as `authorization: Bearer <token>`.
+    pub credential: Option<Credential>,
     /// Headers sent with every call, for servers that take credentials
     /// of their own (`x-buildbuddy-api-key`).
     pub headers: Vec<(String, String)>,
@@ -86,7 +86,7 @@ impl fmt::Debug for GrpcSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrpcSettings")
             .field("url", &self.url)
-            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("credential", &self.credential)
             .field(
                 "headers",
                 &self
@@ -110,7 +110,9 @@ pub struct GrpcBlobs {
     url: String,
     /// The instance in the URL's path.
     instance: String,
+    /// Headers sent with every call.
     metadata: MetadataMap,
+    credential: Option<Credential>,
     connected: OnceCell<Connected>,
 }
 
@@ -189,13 +191,10 @@ impl GrpcBlobs {
                 "`{url}` is plain gRPC; certificates need grpcs://"
             )));
         }
-        let mut metadata = MetadataMap::new();
-        if let Some(token) = &settings.token {
-            let value = AsciiMetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-                RemoteError::Config("the token holds characters a header cannot carry".into())
-            })?;
-            metadata.insert("authorization", value);
+        if let Some(Credential::Token(token)) = &settings.credential {
+            authorization(token)?;
         }
+        let mut metadata = MetadataMap::new();
         for (name, value) in &settings.headers {
             let key = AsciiMetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(
                 |_| RemoteError::Config(format!("`{name}` is not a header name (--remote-header)")),
@@ -212,6 +211,7 @@ impl GrpcBlobs {
             url: url.to_owned(),
             instance: instance.to_owned(),
             metadata,
+            credential: settings.credential.clone(),
             connected: OnceCell::new(),
         })
     }
@@ -220,13 +220,17 @@ impl GrpcBlobs {
     async fn connected(&self) -> Result<&Connected, RemoteError> {
         self.connected
             .get_or_try_init(|| async {
+                let metadata = self.metadata().await?;
                 let channel = self.endpoint.connect_lazy();
                 let mut client =
                     CapabilitiesClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
                 let asked = client
-                    .get_capabilities(self.request(GetCapabilitiesRequest {
-                        instance_name: self.instance.clone(),
-                    }))
+                    .get_capabilities(with_metadata(
+                        &metadata,
+                        GetCapabilitiesRequest {
+                            instance_name: self.instance.clone(),
+                        },
+                    ))
                     .await;
                 let capabilities = match asked {
                     Ok(answer) => answer.into_inner().cache_capabilities.unwrap_or_default(),
@@ -251,10 +255,14 @@ impl GrpcBlobs {
             .await
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        *request.metadata_mut() = self.metadata.clone();
-        request
+    /// The metadata of the calls about to be made: the headers, and the
+    /// credential as of now.
+    async fn metadata(&self) -> Result<MetadataMap, RemoteError> {
+        let mut metadata = self.metadata.clone();
+        if let Some(credential) = &self.credential {
+            metadata.insert("authorization", authorization(&credential.bearer().await?)?);
+        }
+        Ok(metadata)
     }
 
     fn locate(&self, key: &str) -> Result<Located, RemoteError> {
@@ -306,18 +314,22 @@ impl GrpcBlobs {
         hash: String,
     ) -> Result<Option<ByteStream>, RemoteError> {
         let connected = self.connected().await?;
+        let metadata = self.metadata().await?;
         let client = ActionCacheClient::new(connected.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE);
         let answer = retrying(|| {
             let mut client = client.clone();
-            let request = self.request(GetActionResultRequest {
-                instance_name: instance.clone(),
-                action_digest: Some(action_digest(&hash)),
-                // Caches that keep outputs in the CAS put small ones
-                // back, saving a call per hit.
-                inline_output_files: vec![OUTPUT_PATH.to_owned()],
-                ..GetActionResultRequest::default()
-            });
+            let request = with_metadata(
+                &metadata,
+                GetActionResultRequest {
+                    instance_name: instance.clone(),
+                    action_digest: Some(action_digest(&hash)),
+                    // Caches that keep outputs in the CAS put small ones
+                    // back, saving a call per hit.
+                    inline_output_files: vec![OUTPUT_PATH.to_owned()],
+                    ..GetActionResultRequest::default()
+                },
+            );
             async move { client.get_action_result(request).await }
         })
         .await;
@@ -351,15 +363,19 @@ impl GrpcBlobs {
             ))
         })?;
         let connected = self.connected().await?;
+        let metadata = self.metadata().await?;
         let client = ActionCacheClient::new(connected.channel.clone());
         retrying(|| {
             let mut client = client.clone();
-            let request = self.request(UpdateActionResultRequest {
-                instance_name: instance.clone(),
-                action_digest: Some(action_digest(&hash)),
-                action_result: Some(result.clone()),
-                ..UpdateActionResultRequest::default()
-            });
+            let request = with_metadata(
+                &metadata,
+                UpdateActionResultRequest {
+                    instance_name: instance.clone(),
+                    action_digest: Some(action_digest(&hash)),
+                    action_result: Some(result.clone()),
+                    ..UpdateActionResultRequest::default()
+                },
+            );
             async move { client.update_action_result(request).await }
         })
         .await
@@ -380,6 +396,7 @@ impl GrpcBlobs {
             return Ok(Some(futures_util::stream::empty().boxed()));
         }
         let connected = self.connected().await?;
+        let metadata = self.metadata().await?;
         let zstd = connected.zstd && compressible;
         let digest = Digest {
             hash: hash.to_owned(),
@@ -394,12 +411,15 @@ impl GrpcBlobs {
             };
             let answer = retrying(|| {
                 let mut client = client.clone();
-                let request = self.request(BatchReadBlobsRequest {
-                    instance_name: self.instance(),
-                    digests: vec![digest.clone()],
-                    acceptable_compressors: acceptable.clone(),
-                    ..BatchReadBlobsRequest::default()
-                });
+                let request = with_metadata(
+                    &metadata,
+                    BatchReadBlobsRequest {
+                        instance_name: self.instance(),
+                        digests: vec![digest.clone()],
+                        acceptable_compressors: acceptable.clone(),
+                        ..BatchReadBlobsRequest::default()
+                    },
+                );
                 async move { client.batch_read_blobs(request).await }
             })
             .await
@@ -443,11 +463,14 @@ impl GrpcBlobs {
             false => format!("blobs/{hash}/{size}"),
         };
         let answer = client
-            .read(self.request(ReadRequest {
-                resource_name: instance_path(&self.instance, &resource),
-                read_offset: 0,
-                read_limit: 0,
-            }))
+            .read(with_metadata(
+                &metadata,
+                ReadRequest {
+                    resource_name: instance_path(&self.instance, &resource),
+                    read_offset: 0,
+                    read_limit: 0,
+                },
+            ))
             .await;
         let stream = match answer {
             Ok(stream) => stream.into_inner(),
@@ -476,6 +499,7 @@ impl GrpcBlobs {
             return Ok(true);
         }
         let connected = self.connected().await?;
+        let metadata = self.metadata().await?;
         let client = ContentAddressableStorageClient::new(connected.channel.clone());
         let digest = Digest {
             hash: hash.to_owned(),
@@ -483,11 +507,14 @@ impl GrpcBlobs {
         };
         let answer = retrying(|| {
             let mut client = client.clone();
-            let request = self.request(FindMissingBlobsRequest {
-                instance_name: self.instance(),
-                blob_digests: vec![digest.clone()],
-                ..FindMissingBlobsRequest::default()
-            });
+            let request = with_metadata(
+                &metadata,
+                FindMissingBlobsRequest {
+                    instance_name: self.instance(),
+                    blob_digests: vec![digest.clone()],
+                    ..FindMissingBlobsRequest::default()
+                },
+            );
             async move { client.find_missing_blobs(request).await }
         })
         .await
@@ -500,6 +527,7 @@ impl GrpcBlobs {
             return Ok(());
         }
         let connected = self.connected().await?;
+        let metadata = self.metadata().await?;
         if size <= connected.batch {
             let data: Vec<Bytes> = body.try_collect().await?;
             let data = data.concat();
@@ -528,7 +556,7 @@ impl GrpcBlobs {
             };
             let answer = retrying(|| {
                 let mut client = client.clone();
-                let request = self.request(request.clone());
+                let request = with_metadata(&metadata, request.clone());
                 async move { client.batch_update_blobs(request).await }
             })
             .await
@@ -561,7 +589,7 @@ impl GrpcBlobs {
         let failure = Arc::new(Mutex::new(None));
         let messages = write_requests(name, body, failure.clone());
         let mut client = ByteStreamClient::new(connected.channel.clone());
-        let answer = client.write(self.request(messages)).await;
+        let answer = client.write(with_metadata(&metadata, messages)).await;
         if let Some(error) = failure.lock().expect("never poisoned").take() {
             return Err(error);
         }
@@ -934,6 +962,19 @@ fn tls_config(settings: &GrpcSettings) -> Result<ClientTlsConfig, RemoteError> {
         ));
     }
     Ok(config)
+}
+
+/// `message` with `metadata`.
+fn with_metadata<T>(metadata: &MetadataMap, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    *request.metadata_mut() = metadata.clone();
+    request
+}
+
+/// The `authorization` value that carries `token`.
+fn authorization(token: &str) -> Result<AsciiMetadataValue, RemoteError> {
+    AsciiMetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| RemoteError::Config("the token holds characters a header cannot carry".into()))
 }
 
 #[cfg(test)]

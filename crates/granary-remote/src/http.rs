@@ -16,15 +16,15 @@ use futures_util::{StreamExt, TryStreamExt};
 use reqwest::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
 use reqwest::{Client, StatusCode};
 
-use crate::{BatchAnswer, BlobStore, ByteStream, RemoteError};
+use crate::{BatchAnswer, BlobStore, ByteStream, Credential, RemoteError};
 
 /// Where the server is and how to reach it.
 #[derive(Clone, Default)]
 pub struct HttpSettings {
     /// `http://host:port[/prefix]` or `https://...`.
     pub url: String,
-    /// A bearer token, sent with every request.
-    pub token: Option<String>,
+    /// A bearer credential, sent with every request.
+    pub credential: Option<Credential>,
     /// PEM certificates to trust beside the system's, for a server whose
     /// certificate a private authority signed.
     pub ca_file: Option<PathBuf>,
@@ -37,7 +37,7 @@ impl fmt::Debug for HttpSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpSettings")
             .field("url", &self.url)
-            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("credential", &self.credential)
             .field("ca_file", &self.ca_file)
             .finish()
     }
@@ -49,7 +49,7 @@ pub struct HttpBlobs {
     client: Client,
     /// The URL without a trailing slash.
     base: String,
-    token: Option<String>,
+    credential: Option<Credential>,
     /// The server answered a batch request as one without the endpoint
     /// (bazel-remote): packs go to its CAS instead.
     no_batch: AtomicBool,
@@ -106,7 +106,7 @@ impl HttpBlobs {
         Ok(HttpBlobs {
             client,
             base: url.to_owned(),
-            token: settings.token.clone(),
+            credential: settings.credential.clone(),
             no_batch: AtomicBool::new(false),
         })
     }
@@ -118,8 +118,8 @@ impl HttpBlobs {
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, RemoteError> {
         let mut request = self.client.request(method, format!("{}/{key}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+        if let Some(credential) = &self.credential {
+            request = request.bearer_auth(credential.bearer().await?);
         }
         if let Some(body) = body {
             request = request.body(body);
@@ -217,8 +217,8 @@ impl BlobStore for HttpBlobs {
             .client
             .post(format!("{}/{prefix}batch", self.base))
             .header(ACCEPT_ENCODING, "zstd");
-        if let Some(token) = &self.token {
-            post = post.bearer_auth(token);
+        if let Some(credential) = &self.credential {
+            post = post.bearer_auth(credential.bearer().await?);
         }
         let response = post.body(request).send().await.map_err(|e| failed(&e))?;
         // bazel-remote and other servers answer an endpoint they do not
@@ -265,8 +265,8 @@ impl BlobStore for HttpBlobs {
         length: Option<u64>,
     ) -> Result<(), RemoteError> {
         let mut request = self.client.put(format!("{}/{key}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+        if let Some(credential) = &self.credential {
+            request = request.bearer_auth(credential.bearer().await?);
         }
         // Servers of the Bazel protocol want the length of a CAS upload.
         if let Some(length) = length {

@@ -32,6 +32,7 @@
 
 mod blob;
 mod cache;
+mod credential;
 mod grpc;
 mod http;
 pub mod layout;
@@ -45,6 +46,7 @@ mod record;
 
 pub use blob::{BatchAnswer, BlobStore, ByteStream, Listed};
 pub use cache::{Fetched, INLINE_LIMIT, Probe, RemoteCache, STREAM_ABOVE, Sent};
+pub use credential::{Credential, GITLAB_ID_TOKEN_VARIABLE, GithubIdToken};
 pub use grpc::{GrpcBlobs, GrpcSettings};
 pub use http::{HttpBlobs, HttpSettings};
 pub use layout::{Format, Namespace};

@@ -15,6 +15,9 @@
 //! stays open to the token's scope, since every blob is checked against its
 //! hash. Without it, a token may use every namespace.
 //!
+//! Beside tokens, the server may trust CI systems' OpenID Connect ID tokens
+//! (`oidc.rs`), whose claims its rules turn into the same kind of grant.
+//!
 //! Clients send `Authorization: Bearer <token>`, or HTTP basic auth with
 //! the token as the password (what Bazel sends for `https://user:token@host`).
 //! The server keeps only hashes, so the file gives nothing away, and never
@@ -26,6 +29,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use crate::oidc::Oidc;
 
 /// What a request may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,18 +50,74 @@ impl Access {
     }
 }
 
-/// What one token may do.
+/// What one credential may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Grant {
-    access: Access,
-    /// Globs of the namespaces whose action cache it may use; `None`: all.
-    namespaces: Option<Vec<String>>,
+pub(crate) struct Grant {
+    pub access: Access,
+    /// Globs of the namespaces whose action cache it may write, and read;
+    /// `None`: all.
+    pub write: Option<Vec<String>>,
+    pub read: Option<Vec<String>>,
+}
+
+/// Why a presented credential grants nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CredentialRefusal {
+    /// The label of `granary_refused_credentials_total`.
+    pub reason: &'static str,
+    /// What the client is told.
+    pub message: String,
+}
+
+/// Who sent one request, and what they may do: found once per request.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub access: Access,
+    /// Whether the request carried a credential at all.
+    pub presented: bool,
+    /// Why its credential was refused.
+    pub refusal: Option<CredentialRefusal>,
+    /// What its credential allows (everything on an open server); `None`:
+    /// what anonymous clients may.
+    grant: Option<Grant>,
+}
+
+impl Identity {
+    /// Whether it may read (or, with `write`, write) the action cache of
+    /// the namespace (instance name) `namespace`, as far as its
+    /// credential's namespaces go; whether it may read or write at all is
+    /// [`Identity::access`]'s question.
+    pub fn may_use_namespace(&self, namespace: &str, write: bool) -> bool {
+        let globs = self.grant.as_ref().and_then(|grant| match write {
+            true => grant.write.as_ref(),
+            false => grant.read.as_ref(),
+        });
+        globs.is_none_or(|globs| globs.iter().any(|glob| glob_matches(glob, namespace)))
+    }
+
+    /// Whether it may read the server's status and metrics: with
+    /// credentials configured, only with a valid one (they name paths,
+    /// limits and the backing store), even where anonymous clients may
+    /// read blobs.
+    pub fn may_monitor(&self) -> bool {
+        self.grant.is_some()
+    }
+
+    /// What a client without a credential is told.
+    pub fn unauthorized_message(&self) -> String {
+        match &self.refusal {
+            Some(refusal) => refusal.message.clone(),
+            None => "a valid token is needed: send `Authorization: Bearer <token>`".to_owned(),
+        }
+    }
 }
 
 /// The server's policy.
 pub struct Auth {
-    /// Token hash → grant; `None`: no tokens file, everyone may write.
+    /// Token hash → grant; `None`: no tokens file.
     tokens: Option<HashMap<[u8; 32], Grant>>,
+    /// Issuers whose ID tokens are credentials.
+    oidc: Option<Oidc>,
     anonymous_read: bool,
 }
 
@@ -64,6 +125,7 @@ impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Auth")
             .field("tokens", &self.tokens.as_ref().map(HashMap::len))
+            .field("oidc", &self.oidc)
             .field("anonymous_read", &self.anonymous_read)
             .finish()
     }
@@ -94,144 +156,152 @@ pub enum TokensError {
 }
 
 impl Auth {
-    /// Everyone may read and write: for a server on loopback or a trusted
-    /// network.
-    pub fn open() -> Auth {
-        Auth {
-            tokens: None,
-            anonymous_read: true,
-        }
-    }
-
-    /// Tokens from `path`; without a token, reading is allowed if
-    /// `anonymous_read`, nothing else is.
-    pub fn from_file(path: &Path, anonymous_read: bool) -> Result<Auth, TokensError> {
-        let read = |source| TokensError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let mut file = std::fs::File::open(path).map_err(read)?;
-        check_permissions(path, &file)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(read)?;
-        let mut tokens = HashMap::new();
-        for (number, line) in text.lines().enumerate() {
-            let syntax = |why: String| TokensError::Syntax {
-                path: path.to_owned(),
-                line: number + 1,
-                why,
-            };
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let (Some(scope), Some(hash)) = (fields.next(), fields.next()) else {
-                return Err(syntax("a scope and a hash are needed".into()));
-            };
-            let scope = match scope {
-                "read" => Access::Read,
-                "write" => Access::Write,
-                other => return Err(syntax(format!("unknown scope `{other}`"))),
-            };
-            let mut digest = [0; 32];
-            hex::decode_to_slice(hash, &mut digest).map_err(|_| {
-                syntax("the hash is not 64 hex digits (store hashes, never tokens)".into())
-            })?;
-            let mut namespaces = None;
-            for field in fields {
-                if let Some(globs) = field.strip_prefix("namespaces=") {
-                    let globs: Vec<String> = globs.split(',').map(str::to_owned).collect();
-                    if globs.iter().any(String::is_empty) {
-                        return Err(syntax("an empty namespace glob".into()));
-                    }
-                    namespaces = Some(globs);
-                }
-            }
-            let grant = Grant {
-                access: scope,
-                namespaces,
-            };
-            if tokens.insert(digest, grant).is_some() {
-                return Err(syntax("this token is listed twice".into()));
-            }
-        }
+    /// Credentials from the tokens file `tokens` and ID tokens of `oidc`'s
+    /// issuers; without either, everyone may read and write (for a server
+    /// on loopback or a trusted network). With either, a request without
+    /// a credential may read if `anonymous_read`, and do nothing else.
+    pub fn new(
+        tokens: Option<&Path>,
+        oidc: Option<Oidc>,
+        anonymous_read: bool,
+    ) -> Result<Auth, TokensError> {
         Ok(Auth {
-            tokens: Some(tokens),
+            tokens: tokens.map(read_tokens).transpose()?,
+            oidc,
             anonymous_read,
         })
     }
 
     pub fn describe(&self) -> String {
-        match &self.tokens {
-            None => "open (no tokens file: anyone may read and write)".to_owned(),
-            Some(tokens) => format!(
-                "{} token(s){}",
-                tokens.len(),
-                if self.anonymous_read {
-                    ", anonymous read"
-                } else {
-                    ""
-                }
-            ),
+        let mut parts = Vec::new();
+        if let Some(tokens) = &self.tokens {
+            parts.push(format!("{} token(s)", tokens.len()));
         }
+        if let Some(oidc) = &self.oidc {
+            parts.push(oidc.describe());
+        }
+        if parts.is_empty() {
+            return "open (no tokens file or OIDC issuer: anyone may read and write)".to_owned();
+        }
+        if self.anonymous_read {
+            parts.push("anonymous read".to_owned());
+        }
+        parts.join(", ")
     }
 
-    /// Whether a request with this `Authorization` header may read the
-    /// server's status and metrics: with tokens, only with a valid token
-    /// (they name paths, limits and the backing store), even where
-    /// anonymous clients may read blobs.
-    pub fn may_monitor(&self, authorization: Option<&[u8]>) -> bool {
-        match &self.tokens {
-            None => true,
-            Some(tokens) => authorization
-                .and_then(presented_token)
-                .is_some_and(|token| tokens.contains_key(&hash_token(&token))),
-        }
-    }
-
-    /// Whether a request with this `Authorization` header may read (or,
-    /// with `write`, write) the action cache of the namespace (instance
-    /// name) `namespace`, as far as its token's `namespaces=` goes; whether
-    /// its scope allows it at all is [`Auth::access`]'s question.
-    pub fn may_use_namespace(
-        &self,
-        authorization: Option<&[u8]>,
-        namespace: &str,
-        write: bool,
-    ) -> bool {
-        let grant = self.tokens.as_ref().and_then(|tokens| {
-            let token = authorization.and_then(presented_token)?;
-            tokens.get(&hash_token(&token))
-        });
-        match grant {
-            Some(Grant {
-                access,
-                namespaces: Some(globs),
-            }) if (*access == Access::Write) == write => {
-                globs.iter().any(|glob| glob_matches(glob, namespace))
-            }
-            _ => true,
-        }
-    }
-
-    /// What a request with this `Authorization` header may do.
-    pub fn access(&self, authorization: Option<&[u8]>) -> Access {
-        let Some(tokens) = &self.tokens else {
-            return Access::Write;
+    /// Who sent a request with this `Authorization` header.
+    pub async fn identify(&self, authorization: Option<&[u8]>) -> Identity {
+        let identity = |access, grant, refusal| Identity {
+            access,
+            presented: authorization.is_some(),
+            refusal,
+            grant,
         };
-        let anonymous = if self.anonymous_read {
-            Access::Read
-        } else {
-            Access::None
-        };
+        if self.tokens.is_none() && self.oidc.is_none() {
+            let everything = Grant {
+                access: Access::Write,
+                write: None,
+                read: None,
+            };
+            return identity(Access::Write, Some(everything), None);
+        }
         let Some(token) = authorization.and_then(presented_token) else {
-            return anonymous;
+            let anonymous = match self.anonymous_read {
+                true => Access::Read,
+                false => Access::None,
+            };
+            return identity(anonymous, None, None);
         };
-        tokens
-            .get(&hash_token(&token))
-            .map_or(Access::None, |grant| grant.access)
+        if let Some(grant) = self
+            .tokens
+            .as_ref()
+            .and_then(|tokens| tokens.get(&hash_token(&token)))
+        {
+            return identity(grant.access, Some(grant.clone()), None);
+        }
+        let refusal = match (&self.oidc, std::str::from_utf8(&token)) {
+            (Some(oidc), Ok(token)) if looks_like_a_jwt(token) => match oidc.verify(token).await {
+                Ok(grant) => return identity(grant.access, Some(grant), None),
+                Err(refusal) => refusal,
+            },
+            _ => CredentialRefusal {
+                reason: "unknown_token",
+                message: "the server does not know this token; send a valid one as \
+                          `Authorization: Bearer <token>`"
+                    .to_owned(),
+            },
+        };
+        identity(Access::None, None, Some(refusal))
     }
+}
+
+/// A JWT is three base64url parts, and its header a JSON object.
+fn looks_like_a_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.matches('.').count() == 2
+}
+
+fn read_tokens(path: &Path) -> Result<HashMap<[u8; 32], Grant>, TokensError> {
+    let read = |source| TokensError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read)?;
+    check_permissions(path, &file)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read)?;
+    let mut tokens = HashMap::new();
+    for (number, line) in text.lines().enumerate() {
+        let syntax = |why: String| TokensError::Syntax {
+            path: path.to_owned(),
+            line: number + 1,
+            why,
+        };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(scope), Some(hash)) = (fields.next(), fields.next()) else {
+            return Err(syntax("a scope and a hash are needed".into()));
+        };
+        let access = match scope {
+            "read" => Access::Read,
+            "write" => Access::Write,
+            other => return Err(syntax(format!("unknown scope `{other}`"))),
+        };
+        let mut digest = [0; 32];
+        hex::decode_to_slice(hash, &mut digest).map_err(|_| {
+            syntax("the hash is not 64 hex digits (store hashes, never tokens)".into())
+        })?;
+        let mut namespaces = None;
+        for field in fields {
+            if let Some(globs) = field.strip_prefix("namespaces=") {
+                let globs: Vec<String> = globs.split(',').map(str::to_owned).collect();
+                if globs.iter().any(String::is_empty) {
+                    return Err(syntax("an empty namespace glob".into()));
+                }
+                namespaces = Some(globs);
+            }
+        }
+        // `namespaces=` restricts what the scope allows: a write token's
+        // writes, a read token's reads.
+        let grant = match access {
+            Access::Write => Grant {
+                access,
+                write: namespaces,
+                read: None,
+            },
+            _ => Grant {
+                access,
+                write: None,
+                read: namespaces,
+            },
+        };
+        if tokens.insert(digest, grant).is_some() {
+            return Err(syntax("this token is listed twice".into()));
+        }
+    }
+    Ok(tokens)
 }
 
 /// Whether `name` matches `glob`, where `*` stands for any run of
@@ -327,6 +397,8 @@ fn check_permissions(_: &Path, _: &std::fs::File) -> Result<(), TokensError> {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn tokens_file(text: &str, mode: u32) -> tempfile::NamedTempFile {
@@ -336,31 +408,48 @@ mod tests {
         file
     }
 
+    /// Without OIDC, nothing waits.
+    fn identify(auth: &Auth, header: Option<&[u8]>) -> Identity {
+        auth.identify(header).now_or_never().expect("no wait")
+    }
+
+    fn bearer(token: &str) -> Vec<u8> {
+        format!("Bearer {token}").into_bytes()
+    }
+
     #[test]
     fn scopes_follow_the_hashed_tokens() {
         let (writer, write_line) = new_token(Access::Write, "ci", &[]).unwrap();
         let (reader, read_line) = new_token(Access::Read, "pr", &[]).unwrap();
         assert!(!write_line.contains(&writer));
         let file = tokens_file(&format!("# comment\n\n{write_line}\n{read_line}\n"), 0o600);
-        let auth = Auth::from_file(file.path(), false).unwrap();
-        let bearer = |t: &str| format!("Bearer {t}").into_bytes();
-        assert_eq!(auth.access(Some(&bearer(&writer))), Access::Write);
-        assert_eq!(auth.access(Some(&bearer(&reader))), Access::Read);
-        assert_eq!(auth.access(Some(&bearer("gry_guess"))), Access::None);
-        assert_eq!(auth.access(None), Access::None);
+        let auth = Auth::new(Some(file.path()), None, false).unwrap();
+        let access = |header: Option<&[u8]>| identify(&auth, header).access;
+        assert_eq!(access(Some(&bearer(&writer))), Access::Write);
+        assert_eq!(access(Some(&bearer(&reader))), Access::Read);
+        let guess = identify(&auth, Some(&bearer("gry_guess")));
+        assert_eq!(guess.access, Access::None);
+        assert_eq!(guess.refusal.unwrap().reason, "unknown_token");
+        assert_eq!(access(None), Access::None);
         let basic = format!(
             "Basic {}",
             base64_simd::STANDARD.encode_to_string(format!("bazel:{writer}"))
         );
-        assert_eq!(auth.access(Some(basic.as_bytes())), Access::Write);
-        assert_eq!(auth.access(Some(b"Digest abc")), Access::None);
-        let anonymous = Auth::from_file(file.path(), true).unwrap();
-        assert_eq!(anonymous.access(None), Access::Read);
-        assert!(!anonymous.may_monitor(None) && !anonymous.may_monitor(Some(&bearer("wrong"))));
-        assert!(anonymous.may_monitor(Some(&bearer(&reader))));
-        assert!(Auth::open().may_monitor(None));
-        assert_eq!(anonymous.access(Some(&bearer("wrong"))), Access::None);
-        assert_eq!(Auth::open().access(None), Access::Write);
+        assert_eq!(access(Some(basic.as_bytes())), Access::Write);
+        assert_eq!(access(Some(b"Digest abc")), Access::None);
+        let anonymous = Auth::new(Some(file.path()), None, true).unwrap();
+        assert_eq!(identify(&anonymous, None).access, Access::Read);
+        assert!(!identify(&anonymous, None).may_monitor());
+        assert!(!identify(&anonymous, Some(&bearer("wrong"))).may_monitor());
+        assert!(identify(&anonymous, Some(&bearer(&reader))).may_monitor());
+        assert_eq!(
+            identify(&anonymous, Some(&bearer("wrong"))).access,
+            Access::None
+        );
+        let open = Auth::new(None, None, false).unwrap();
+        assert!(identify(&open, None).may_monitor());
+        assert!(identify(&open, Some(&bearer("any"))).may_monitor());
+        assert_eq!(identify(&open, None).access, Access::Write);
     }
 
     #[test]
@@ -370,9 +459,9 @@ mod tests {
         assert!(line.ends_with(" pr namespaces=pr-*,feature-*-x"), "{line}");
         let (ci, ci_line) = new_token(Access::Write, "ci", &[]).unwrap();
         let file = tokens_file(&format!("{line}\n{ci_line}\n"), 0o600);
-        let auth = Auth::from_file(file.path(), true).unwrap();
-        let pr = format!("Bearer {pr}").into_bytes();
-        assert_eq!(auth.access(Some(&pr)), Access::Write);
+        let auth = Auth::new(Some(file.path()), None, true).unwrap();
+        let pr = identify(&auth, Some(&bearer(&pr)));
+        assert_eq!(pr.access, Access::Write);
         for (namespace, allowed) in [
             ("pr-12", true),
             ("pr-", true),
@@ -383,22 +472,25 @@ mod tests {
             ("xpr-1", false),
         ] {
             assert_eq!(
-                auth.may_use_namespace(Some(&pr), namespace, true),
+                pr.may_use_namespace(namespace, true),
                 allowed,
                 "{namespace:?}"
             );
-            assert!(auth.may_use_namespace(Some(&pr), namespace, false));
+            assert!(pr.may_use_namespace(namespace, false));
         }
-        let ci = format!("Bearer {ci}").into_bytes();
-        assert!(auth.may_use_namespace(Some(&ci), "main", true));
-        assert!(auth.may_use_namespace(None, "main", true), "scope decides");
+        let ci = identify(&auth, Some(&bearer(&ci)));
+        assert!(ci.may_use_namespace("main", true));
+        assert!(
+            identify(&auth, None).may_use_namespace("main", true),
+            "scope decides"
+        );
         // A read token so restricted reads only there.
         let (reader, line) = new_token(Access::Read, "r", &["main".to_owned()]).unwrap();
         let file = tokens_file(&format!("{line}\n"), 0o600);
-        let auth = Auth::from_file(file.path(), false).unwrap();
-        let reader = format!("Bearer {reader}").into_bytes();
-        assert!(auth.may_use_namespace(Some(&reader), "main", false));
-        assert!(!auth.may_use_namespace(Some(&reader), "pr-1", false));
+        let auth = Auth::new(Some(file.path()), None, false).unwrap();
+        let reader = identify(&auth, Some(&bearer(&reader)));
+        assert!(reader.may_use_namespace("main", false));
+        assert!(!reader.may_use_namespace("pr-1", false));
         assert!(glob_matches("*", "") && glob_matches("a*b*c", "abxbc"));
         assert!(!glob_matches("a*b*c", "acb") && !glob_matches("ab", "abc"));
     }
@@ -407,7 +499,7 @@ mod tests {
     fn bad_files_say_what_to_fix() {
         let hash = "ab".repeat(32);
         let loose = tokens_file(&format!("write {hash}\n"), 0o644);
-        let error = Auth::from_file(loose.path(), false)
+        let error = Auth::new(Some(loose.path()), None, false)
             .unwrap_err()
             .to_string();
         assert!(error.contains("chmod 600"), "{error}");
@@ -418,10 +510,19 @@ mod tests {
             (format!("read {hash}\nwrite {hash}\n"), "twice"),
         ] {
             let file = tokens_file(&text, 0o600);
-            let error = Auth::from_file(file.path(), false).unwrap_err().to_string();
+            let error = Auth::new(Some(file.path()), None, false)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(says), "{text:?}: {error}");
         }
-        let missing = Auth::from_file(Path::new("/nonexistent/tokens"), false).unwrap_err();
+        let missing = Auth::new(Some(Path::new("/nonexistent/tokens")), None, false).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/tokens"));
+    }
+
+    #[test]
+    fn only_jwt_shaped_tokens_go_to_the_oidc_issuers() {
+        assert!(looks_like_a_jwt("eyJhbGciOiJSUzI1NiJ9.eyJ9.c2ln"));
+        assert!(!looks_like_a_jwt("gry_0123"));
+        assert!(!looks_like_a_jwt("eyJ.only-two"));
     }
 }

@@ -32,7 +32,7 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::sync::Semaphore;
 
-use crate::auth::{Access, Auth};
+use crate::auth::{Access, Auth, Identity};
 use crate::backing::Backing;
 use crate::batch;
 use crate::check::MAX_ACTION_RESULT;
@@ -73,6 +73,25 @@ pub struct Service {
 }
 
 impl Service {
+    /// Who sent `request`; a refused credential is counted.
+    pub async fn identify<B>(&self, request: &Request<B>) -> Identity {
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        self.identify_header(authorization).await
+    }
+
+    /// Who sent a request with this `Authorization` header (or gRPC
+    /// `authorization` metadata); a refused credential is counted.
+    pub async fn identify_header(&self, authorization: Option<&[u8]>) -> Identity {
+        let identity = self.auth.identify(authorization).await;
+        if let Some(refusal) = &identity.refusal {
+            self.metrics.refuse_credential(refusal.reason);
+        }
+        identity
+    }
+
     /// Answers one request of a connection whose batch answers under way
     /// are counted by `connection_batches`.
     pub async fn handle(
@@ -113,15 +132,11 @@ impl Service {
             );
         }
         let Some((key, instance)) = Key::from_path(path) else {
-            let authorization = request
-                .headers()
-                .get(AUTHORIZATION)
-                .map(HeaderValue::as_bytes);
+            let monitoring = matches!(path, "/status" | "/metrics");
+            let may_monitor = !monitoring || self.identify(&request).await.may_monitor();
             let response = match (request.method(), path) {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-                (&Method::GET, "/status" | "/metrics") if !self.auth.may_monitor(authorization) => {
-                    unauthorized()
-                }
+                (&Method::GET, "/status" | "/metrics") if !may_monitor => unauthorized(None),
                 (&Method::GET, "/status") => self.status(),
                 (&Method::GET, "/metrics") => {
                     let mut response = text(
@@ -151,11 +166,8 @@ impl Service {
             };
             return (kind, response);
         };
-        let authorization = request
-            .headers()
-            .get(AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        let access = self.auth.access(authorization);
+        let identity = self.identify(&request).await;
+        let access = identity.access;
         let needed = match *request.method() {
             Method::GET | Method::HEAD => Access::Read,
             Method::PUT => Access::Write,
@@ -169,9 +181,9 @@ impl Service {
         if access < needed {
             // Without a token, the answer is "send one", whatever
             // anonymous users may do; with one, "not with this one".
-            let response = match (authorization, access) {
-                (Some(_), Access::Read) => forbidden(),
-                _ => unauthorized(),
+            let response = match (identity.presented, access) {
+                (true, Access::Read) => forbidden(),
+                _ => unauthorized(Some(&identity)),
             };
             if needed == Access::Write {
                 self.metrics.reject(match response.status() {
@@ -182,7 +194,7 @@ impl Service {
             return (key.kind.name(), response);
         }
         let write = needed == Access::Write;
-        if key.kind == Kind::Ac && !self.auth.may_use_namespace(authorization, instance, write) {
+        if key.kind == Kind::Ac && !identity.may_use_namespace(instance, write) {
             if write {
                 self.metrics.reject("namespace");
             }
@@ -207,14 +219,11 @@ impl Service {
         if request.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
         }
-        let authorization = request
-            .headers()
-            .get(AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        if self.auth.access(authorization) < Access::Read {
-            return unauthorized();
+        let identity = self.identify(&request).await;
+        if identity.access < Access::Read {
+            return unauthorized(Some(&identity));
         }
-        if !self.auth.may_use_namespace(authorization, instance, false) {
+        if !identity.may_use_namespace(instance, false) {
             return outside_namespaces(instance);
         }
         // Bounded: a handler that waits keeps its connection open.
@@ -594,11 +603,13 @@ fn method_name(method: &Method) -> &'static str {
     }
 }
 
-fn unauthorized() -> Response<Body> {
-    let mut response = text(
-        StatusCode::UNAUTHORIZED,
-        "a valid token is needed: send `Authorization: Bearer <token>`\n",
-    );
+/// 401, with why the credential was refused if it was.
+fn unauthorized(identity: Option<&Identity>) -> Response<Body> {
+    let message = match identity {
+        Some(identity) => identity.unauthorized_message(),
+        None => "a valid token is needed: send `Authorization: Bearer <token>`".to_owned(),
+    };
+    let mut response = text(StatusCode::UNAUTHORIZED, format!("{message}\n"));
     response
         .headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -612,6 +623,10 @@ fn forbidden() -> Response<Body> {
     )
 }
 
+/// Where a credential's namespaces come from, for refusals.
+pub const NAMESPACE_SOURCES: &str = "the namespaces= of its line in the tokens file, or the \
+     server's [[serve.oidc.rule]] its claims match, say which it may";
+
 fn outside_namespaces(instance: &str) -> Response<Body> {
     let instance = match instance {
         "" => "the default namespace".to_owned(),
@@ -619,10 +634,7 @@ fn outside_namespaces(instance: &str) -> Response<Body> {
     };
     text(
         StatusCode::FORBIDDEN,
-        format!(
-            "this token may not use the action cache of {instance}; the namespaces= of its \
-             line in the tokens file say which it may\n"
-        ),
+        format!("this token may not use the action cache of {instance}; {NAMESPACE_SOURCES}\n"),
     )
 }
 

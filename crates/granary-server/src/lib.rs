@@ -21,7 +21,9 @@
 //! which also receives every upload in the background.
 //!
 //! Access is by bearer tokens of scope read or write, kept hashed in a
-//! tokens file (`auth.rs`), with optional anonymous reading; TLS comes from
+//! tokens file (`auth.rs`), or by CI systems' OIDC ID tokens whose claims
+//! the configured rules map to namespaces (`oidc.rs`), with optional
+//! anonymous reading; TLS comes from
 //! certificate and key files. `/status` reports sizes, counts and limits as
 //! JSON, `/healthz` says whether the server answers, `/metrics` exposes
 //! Prometheus metrics.
@@ -43,6 +45,7 @@ mod http;
 mod key;
 mod listen;
 mod metrics;
+mod oidc;
 
 use std::future::Future;
 use std::io;
@@ -57,6 +60,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use auth::{Access, TokensError, new_token};
 pub use disk::{Limits, Rebuilt};
+pub use oidc::{OidcError, OidcIssuer, OidcRule};
 
 /// Everything `granary serve` is told.
 #[derive(Debug, Clone)]
@@ -69,7 +73,9 @@ pub struct Settings {
     pub limits: Limits,
     /// The tokens file; `None`: anyone may read and write.
     pub tokens: Option<PathBuf>,
-    /// With tokens: requests without one may read.
+    /// Issuers whose OIDC ID tokens are credentials, with their rules.
+    pub oidc: Vec<OidcIssuer>,
+    /// With tokens or OIDC: requests without a credential may read.
     pub anonymous_read: bool,
     pub tls: Option<TlsFiles>,
     /// How long a connection may stall (no byte in or out while waiting).
@@ -96,6 +102,8 @@ pub enum ServeError {
     Dir { dir: PathBuf, source: io::Error },
     #[error(transparent)]
     Tokens(#[from] TokensError),
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot listen on {address}: {source}; choose another --listen address")]
@@ -124,10 +132,11 @@ impl Server {
         settings: Settings,
         backing: Option<Arc<dyn BlobStore>>,
     ) -> Result<Server, ServeError> {
-        let auth = match &settings.tokens {
-            Some(path) => auth::Auth::from_file(path, settings.anonymous_read)?,
-            None => auth::Auth::open(),
+        let oidc = match settings.oidc.is_empty() {
+            true => None,
+            false => Some(oidc::Oidc::new(settings.oidc.clone())?),
         };
+        let auth = auth::Auth::new(settings.tokens.as_deref(), oidc, settings.anonymous_read)?;
         let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
         let (disk, rebuilt) =
             disk::Disk::open(&settings.dir, settings.limits).map_err(|source| ServeError::Dir {

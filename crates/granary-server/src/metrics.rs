@@ -49,6 +49,7 @@ pub struct Metrics {
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     pub rejected_writes: Family<ReasonLabels, Counter>,
+    refused_credentials: Family<ReasonLabels, Counter>,
     pub backing_fetches: Counter,
     pub backing_uploads: Counter,
     pub backing_dropped: Counter,
@@ -92,6 +93,12 @@ impl Metrics {
         );
         let bytes_sent = Counter::default();
         registry.register("sent_bytes", "Body bytes sent", bytes_sent.clone());
+        let refused_credentials = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "refused_credentials",
+            "Requests whose token or OIDC ID token was refused, by reason",
+            refused_credentials.clone(),
+        );
         let rejected_writes = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "rejected_writes",
@@ -153,6 +160,7 @@ impl Metrics {
             bytes_received,
             bytes_sent,
             rejected_writes,
+            refused_credentials,
             backing_fetches,
             backing_uploads,
             backing_dropped,
@@ -165,6 +173,14 @@ impl Metrics {
 
     pub fn reject(&self, reason: &'static str) {
         self.rejected_writes
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a credential refused for `reason` (`unknown_token`, or an ID
+    /// token's `expired`, `audience`, `issuer`, `unknown_key`, ...).
+    pub fn refuse_credential(&self, reason: &'static str) {
+        self.refused_credentials
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

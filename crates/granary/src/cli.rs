@@ -306,6 +306,17 @@ pub struct RemoteArgs {
     #[arg(long, env = "GRANARY_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// Show the cache server the CI job's OIDC ID token instead of a token: `github`
+    /// (the job needs `permissions: id-token: write`) or `gitlab` (the job's
+    /// `id_tokens:` sets GRANARY_ID_TOKEN)
+    #[arg(long, env = "GRANARY_OIDC", value_name = "CI")]
+    pub oidc: Option<OidcProvider>,
+
+    /// The audience GitHub's ID token is asked for: the server's [[serve.oidc]]
+    /// audience [default: granary]
+    #[arg(long, env = "GRANARY_OIDC_AUDIENCE", value_name = "AUDIENCE")]
+    pub oidc_audience: Option<String>,
+
     /// PEM certificates to trust for an https or grpcs cache server, beside the system's
     #[arg(long, env = "GRANARY_REMOTE_CA", value_name = "FILE")]
     pub remote_ca: Option<PathBuf>,
@@ -593,6 +604,14 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("`{text}` is not NAME=VALUE")),
     }
+}
+
+/// A CI system whose ID tokens `--oidc` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OidcProvider {
+    Github,
+    Gitlab,
 }
 
 #[cfg(test)]

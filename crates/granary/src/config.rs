@@ -10,12 +10,12 @@ use anyhow::Context;
 use bytesize::ByteSize;
 use granary_prog::Scopes;
 use granary_remote::{
-    GrpcSettings, HttpSettings, Namespace, OBJECT_URLS, ObjectSettings, StoreSettings,
+    Credential, GrpcSettings, HttpSettings, Namespace, OBJECT_URLS, ObjectSettings, StoreSettings,
 };
 use granary_store::Policy;
 use serde::Deserialize;
 
-use crate::cli::{PolicyArgs, RemoteArgs, ServeArgs};
+use crate::cli::{OidcProvider, PolicyArgs, RemoteArgs, ServeArgs};
 use crate::units::{
     parse_age_limit, parse_ceiling, parse_duration, parse_floor, parse_interval, parse_size,
 };
@@ -43,6 +43,8 @@ struct File {
     remote_budget: Option<String>,
     upload_deadline: Option<String>,
     token_file: Option<PathBuf>,
+    oidc: Option<OidcProvider>,
+    oidc_audience: Option<String>,
     remote_ca: Option<PathBuf>,
     remote_cert: Option<PathBuf>,
     remote_key: Option<PathBuf>,
@@ -77,6 +79,30 @@ struct ServeFile {
     backing: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
+    #[serde(default)]
+    oidc: Vec<OidcFile>,
+}
+
+/// A `[[serve.oidc]]` table: an issuer whose ID tokens are credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct OidcFile {
+    issuer: String,
+    audience: String,
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    rule: Vec<OidcRuleFile>,
+}
+
+/// A `[[serve.oidc.rule]]` table: claims to match, namespaces to grant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcRuleFile {
+    claims: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    write: Vec<String>,
+    #[serde(default)]
+    read: Vec<String>,
 }
 
 /// Deadline of one remote lookup or upload by default.
@@ -187,6 +213,12 @@ pub fn remote(
         .any(|scheme| url.starts_with(scheme));
     let env = |name: &str| std::env::var(name).ok();
     let endpoint = if let Some(mut object) = ObjectSettings::from_url(&url, &env)? {
+        if args.oidc.or(file.oidc).is_some() {
+            anyhow::bail!(
+                "--oidc is for cache servers (http, https, grpc, grpcs); {url} is an object \
+                 store, which takes its cloud's own workload identity"
+            );
+        }
         if let StoreSettings::S3(s3) = &mut object.store {
             s3.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
             s3.region = args.s3_region.clone().or(file.s3_region);
@@ -205,6 +237,9 @@ pub fn remote(
         }
         let token_file = args.token_file.clone().or(file.token_file);
         let token = token(std::env::var("GRANARY_TOKEN").ok(), token_file.as_deref())?;
+        let oidc = args.oidc.or(file.oidc);
+        let audience = args.oidc_audience.clone().or(file.oidc_audience);
+        let credential = credential(token, oidc, audience.as_deref(), &env)?;
         let ca_file = args.remote_ca.clone().or(file.remote_ca);
         let connect_timeout = CONNECT_TIMEOUT.min(timeout);
         let client_identity = match (
@@ -218,7 +253,7 @@ pub fn remote(
         if url.starts_with("grpc") {
             Endpoint::Grpc(GrpcSettings {
                 url,
-                token,
+                credential,
                 headers: args.remote_header.clone(),
                 ca_file,
                 client_identity,
@@ -233,7 +268,7 @@ pub fn remote(
             }
             Endpoint::Http(HttpSettings {
                 url,
-                token,
+                credential,
                 ca_file,
                 connect_timeout,
             })
@@ -328,6 +363,39 @@ fn token(variable: Option<String>, file: Option<&Path>) -> anyhow::Result<Option
     }
 }
 
+/// What the client shows a cache server: the CI job's ID token with
+/// `--oidc`, else the token, if any; not both.
+fn credential(
+    token: Option<String>,
+    oidc: Option<OidcProvider>,
+    audience: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<Credential>> {
+    let credential = match (oidc, token) {
+        (None, token) => return Ok(token.map(Credential::Token)),
+        (Some(_), Some(_)) => anyhow::bail!(
+            "both a token (GRANARY_TOKEN or --token-file) and --oidc are set; the server \
+             would see one of them: unset the one you do not mean"
+        ),
+        (Some(OidcProvider::Github), None) => {
+            Credential::github(audience.unwrap_or(DEFAULT_OIDC_AUDIENCE), env)
+        }
+        (Some(OidcProvider::Gitlab), None) => {
+            if audience.is_some() {
+                anyhow::bail!(
+                    "--oidc-audience is for GitHub; GitLab's audience is the `aud` of the \
+                     job's id_tokens: entry"
+                );
+            }
+            Credential::gitlab(env)
+        }
+    };
+    Ok(Some(credential?))
+}
+
+/// The audience asked for by default, and a server's usual one.
+const DEFAULT_OIDC_AUDIENCE: &str = "granary";
+
 /// `granary serve`'s settings from `args` (flags and variables), the
 /// `[serve]` table of the config file and the defaults, and the backing
 /// bucket if one is set.
@@ -390,6 +458,24 @@ pub fn serve(
         dir: dir.to_owned(),
         limits,
         tokens: args.tokens.clone().or(file.tokens),
+        oidc: file
+            .oidc
+            .into_iter()
+            .map(|issuer| granary_server::OidcIssuer {
+                issuer: issuer.issuer,
+                audience: issuer.audience,
+                jwks_file: issuer.jwks_file,
+                rules: issuer
+                    .rule
+                    .into_iter()
+                    .map(|rule| granary_server::OidcRule {
+                        claims: rule.claims.into_iter().collect(),
+                        write: rule.write,
+                        read: rule.read,
+                    })
+                    .collect(),
+            })
+            .collect(),
         anonymous_read: args.anonymous_read || file.anonymous_read.unwrap_or(false),
         tls,
         idle_timeout: duration(args.idle_timeout, &file.idle_timeout, "idle-timeout")?
@@ -668,6 +754,47 @@ mod tests {
             format!("{missing:#}").contains("--token-file"),
             "{missing:#}"
         );
+    }
+
+    #[test]
+    fn oidc_replaces_the_token_and_never_joins_it() {
+        let runner = |name: &str| match name {
+            "ACTIONS_ID_TOKEN_REQUEST_URL" => Some("https://runner.example/t?v=2".to_owned()),
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN" => Some("secret".to_owned()),
+            _ => None,
+        };
+        let github = credential(None, Some(OidcProvider::Github), Some("team"), &runner);
+        assert!(
+            matches!(github, Ok(Some(Credential::GithubIdToken(_)))),
+            "{github:?}"
+        );
+        let both = credential(
+            Some("gry_x".into()),
+            Some(OidcProvider::Github),
+            None,
+            &runner,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("GRANARY_TOKEN") && both.contains("--oidc"),
+            "{both}"
+        );
+        let gitlab = credential(None, Some(OidcProvider::Gitlab), Some("team"), &runner)
+            .unwrap_err()
+            .to_string();
+        assert!(gitlab.contains("id_tokens:"), "{gitlab}");
+        let plain = credential(Some("gry_x".into()), None, None, &runner).unwrap();
+        assert!(matches!(plain, Some(Credential::Token(t)) if t == "gry_x"));
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "remote = \"s3://bucket/go\"\noidc = \"github\"\n",
+        )
+        .unwrap();
+        let object = remote(dir.path(), None, &RemoteArgs::default()).unwrap_err();
+        assert!(object.to_string().contains("workload identity"), "{object}");
     }
 
     #[test]

@@ -205,6 +205,61 @@ fn github_runners_get_namespaces_by_event_and_forks_only_read() {
     assert_eq!(forced.env()["GRANARY_NAMESPACE"], "untrusted");
 }
 
+/// With `oidc: true` a job with an ID token shows it instead of a secret;
+/// a job without one (a fork's pull request) reads only.
+#[test]
+fn oidc_input_uses_the_jobs_id_token_where_there_is_one() {
+    let sb = Sandbox::new();
+    let event = r#"{"repository": {"default_branch": "main"}}"#;
+    let oidc = [
+        ("INPUT_REMOTE", "https://cache.example"),
+        ("INPUT_OIDC", "true"),
+    ];
+    let push = Runner::github(&sb, "push", "push", event);
+    let mut with_token = oidc.to_vec();
+    with_token.extend([
+        (
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "https://runner.example/token",
+        ),
+        ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "secret"),
+        ("INPUT_OIDC_AUDIENCE", "team-cache"),
+    ]);
+    push.script("setup.sh", &with_token);
+    let env = push.env();
+    assert_eq!(env["GRANARY_OIDC"], "github");
+    assert_eq!(env["GRANARY_OIDC_AUDIENCE"], "team-cache");
+    assert_eq!(env["GRANARY_READ_ONLY"], "false");
+
+    let fork_event = r#"{"repository": {"default_branch": "main"},
+        "pull_request": {"number": 7, "head": {"ref": "f", "repo": {"full_name": "mallory/app"}}}}"#;
+    let fork = Runner::github(&sb, "fork", "pull_request", fork_event);
+    fork.script(
+        "setup.sh",
+        &[oidc[0], oidc[1], ("INPUT_FORKS_READ_ONLY", "false")],
+    );
+    let env = fork.env();
+    assert!(!env.contains_key("GRANARY_OIDC"), "{env:?}");
+    assert_eq!(env["GRANARY_READ_ONLY"], "true", "no ID token, no writes");
+
+    let mut cmd = Command::new("bash");
+    without_granary_env(&mut cmd)
+        .arg(repo_root().join("ci/setup.sh"))
+        .current_dir(sb.path("push"))
+        .env("PATH", path_with_granary())
+        .envs([
+            ("GITLAB_CI", "true"),
+            ("CI_BUILDS_DIR", sb.path("push").to_str().unwrap()),
+        ])
+        .envs(oidc);
+    let out = String::from_utf8(run_ok(&mut cmd).stdout).unwrap();
+    assert!(out.contains("export GRANARY_OIDC=gitlab"), "{out}");
+    assert!(
+        !out.contains("GRANARY_OIDC_AUDIENCE"),
+        "GitLab's audience is in id_tokens: {out}"
+    );
+}
+
 #[test]
 fn gitlab_merge_requests_from_forks_only_read_and_the_summary_is_kept() {
     let sb = Sandbox::new();

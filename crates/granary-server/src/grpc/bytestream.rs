@@ -187,7 +187,8 @@ impl Reapi {
     ) -> Result<Response<ReadStream>, Status> {
         let asked = request.get_ref();
         let resource = parse_read(&asked.resource_name)?;
-        self.authorize(&request, resource.instance, Access::Read, false)?;
+        self.authorize(&request, resource.instance, Access::Read, false)
+            .await?;
         let (Ok(offset), Ok(limit)) = (
             u64::try_from(asked.read_offset),
             u64::try_from(asked.read_limit),
@@ -308,7 +309,8 @@ impl Reapi {
             .ok_or_else(|| Status::invalid_argument("the write sent no message"))?;
         let name = first.resource_name.clone();
         let resource = parse_write(&name)?;
-        self.authorize(&metadata, resource.instance, Access::Write, false)?;
+        self.authorize(&metadata, resource.instance, Access::Write, false)
+            .await?;
         let (key, size) = (resource.key, resource.size);
         let limits = self.service.disk.limits();
         if size > limits.max_blob {
@@ -447,13 +449,14 @@ impl Reapi {
         Ok(received as i64)
     }
 
-    fn query_write_status(
+    async fn query_write_status(
         &self,
         request: &Request<QueryWriteStatusRequest>,
     ) -> Result<QueryWriteStatusResponse, Status> {
         let name = &request.get_ref().resource_name;
         let resource = parse_write(name)?;
-        self.authorize(request, resource.instance, Access::Write, false)?;
+        self.authorize(request, resource.instance, Access::Write, false)
+            .await?;
         if let Some(committed) = self.uploads.committed(name) {
             return Ok(QueryWriteStatusResponse {
                 committed_size: committed as i64,
@@ -568,7 +571,9 @@ impl ByteStream for Reapi {
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         let started = Instant::now();
-        let result = Reapi::query_write_status(self, &request).map(Response::new);
+        let result = Reapi::query_write_status(self, &request)
+            .await
+            .map(Response::new);
         self.observe("QueryWriteStatus", "cas", started, &result);
         result
     }

@@ -57,11 +57,11 @@ use sha2::{Digest as _, Sha256};
 use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
-use crate::auth::Access;
+use crate::auth::{Access, Identity};
 use crate::check::MAX_ACTION_RESULT;
 use crate::disk::{Found, Refusal, Upload};
 use crate::follow::{Followed, Follower, follow};
-use crate::http::Service;
+use crate::http::{NAMESPACE_SOURCES, Service};
 use crate::key::{Key, Kind};
 use crate::metrics::{KindLabels, LatencyLabels, RequestLabels};
 
@@ -105,7 +105,7 @@ struct Reapi {
 impl Reapi {
     /// Refuses a call whose token may not do `needed` in `instance` (on
     /// its action cache, if `action_cache`).
-    fn authorize<T>(
+    async fn authorize<T>(
         &self,
         request: &Request<T>,
         instance: &str,
@@ -113,32 +113,18 @@ impl Reapi {
         action_cache: bool,
     ) -> Result<(), Status> {
         check_instance(instance)?;
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|value| value.as_bytes());
-        let auth = &self.service.auth;
-        let access = auth.access(authorization);
+        let identity = self.identify(request).await;
         let write = needed == Access::Write;
-        if access < needed {
-            let (status, reason) = match (authorization, access) {
-                (Some(_), Access::Read) => (
+        if identity.access < needed {
+            let (status, reason) = match (identity.presented, identity.access) {
+                (true, Access::Read) => (
                     Status::permission_denied(
                         "this token may only read; writing needs a token of scope write",
                     ),
                     "forbidden",
                 ),
-                (Some(_), _) => (
-                    Status::unauthenticated(
-                        "the server does not know this token; send a valid one as \
-                         `authorization: Bearer <token>`",
-                    ),
-                    "unauthorized",
-                ),
-                (None, _) => (
-                    Status::unauthenticated(
-                        "a valid token is needed: send `authorization: Bearer <token>`",
-                    ),
+                _ => (
+                    Status::unauthenticated(identity.unauthorized_message()),
                     "unauthorized",
                 ),
             };
@@ -147,13 +133,12 @@ impl Reapi {
             }
             return Err(status);
         }
-        if action_cache && !auth.may_use_namespace(authorization, instance, write) {
+        if action_cache && !identity.may_use_namespace(instance, write) {
             if write {
                 self.service.metrics.reject("namespace");
             }
             return Err(Status::permission_denied(format!(
-                "this token may not use the action cache of {}; the namespaces= of its line \
-                 in the tokens file say which it may",
+                "this token may not use the action cache of {}; {NAMESPACE_SOURCES}",
                 match instance {
                     "" => "the default instance".to_owned(),
                     name => format!("instance {name}"),
@@ -161,6 +146,15 @@ impl Reapi {
             )));
         }
         Ok(())
+    }
+
+    /// Who sent a call.
+    async fn identify<T>(&self, request: &Request<T>) -> Identity {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.as_bytes());
+        self.service.identify_header(authorization).await
     }
 
     /// Counts a call's outcome and duration, as the HTTP API counts
@@ -291,7 +285,8 @@ impl Reapi {
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Read, true)?;
+        self.authorize(&request, &asked.instance_name, Access::Read, true)
+            .await?;
         check_digest_function(asked.digest_function)?;
         let (key, _) = digest_key(Kind::Ac, asked.action_digest.as_ref())?;
         let key = key.in_instance(&asked.instance_name);
@@ -324,7 +319,8 @@ impl Reapi {
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Write, true)?;
+        self.authorize(&request, &asked.instance_name, Access::Write, true)
+            .await?;
         check_digest_function(asked.digest_function)?;
         let (key, _) = digest_key(Kind::Ac, asked.action_digest.as_ref())?;
         let key = key.in_instance(&asked.instance_name);
@@ -359,7 +355,8 @@ impl Reapi {
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Read, false)?;
+        self.authorize(&request, &asked.instance_name, Access::Read, false)
+            .await?;
         check_digest_function(asked.digest_function)?;
         if asked.blob_digests.len() > MAX_FIND {
             return Err(Status::invalid_argument(format!(
@@ -393,7 +390,8 @@ impl Reapi {
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
         let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Write, false)?;
+        self.authorize(&request, &asked.instance_name, Access::Write, false)
+            .await?;
         check_digest_function(asked.digest_function)?;
         let request = request.into_inner();
         let declared: u64 = request
@@ -438,7 +436,8 @@ impl Reapi {
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
         let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Read, false)?;
+        self.authorize(&request, &asked.instance_name, Access::Read, false)
+            .await?;
         check_digest_function(asked.digest_function)?;
         let mut keys = Vec::with_capacity(asked.digests.len());
         for digest in &asked.digests {
@@ -489,7 +488,7 @@ impl Reapi {
     }
 
     /// What this server offers the caller of `request`.
-    fn capabilities(
+    async fn capabilities(
         &self,
         request: &Request<GetCapabilitiesRequest>,
     ) -> Result<ServerCapabilities, Status> {
@@ -498,12 +497,9 @@ impl Reapi {
             &request.get_ref().instance_name,
             Access::Read,
             false,
-        )?;
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|value| value.as_bytes());
-        let writes = self.service.auth.access(authorization) == Access::Write;
+        )
+        .await?;
+        let writes = self.identify(request).await.access == Access::Write;
         let zstd = vec![compressor::Value::Zstd as i32];
         Ok(ServerCapabilities {
             cache_capabilities: Some(CacheCapabilities {
@@ -703,7 +699,7 @@ impl Capabilities for Reapi {
         request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<ServerCapabilities>, Status> {
         let started = Instant::now();
-        let result = self.capabilities(&request).map(Response::new);
+        let result = self.capabilities(&request).await.map(Response::new);
         self.observe("GetCapabilities", "capabilities", started, &result);
         result
     }

@@ -4,6 +4,7 @@
 
 pub mod bazel_remote;
 pub mod clouds;
+pub mod oidc;
 pub mod s3;
 pub mod server;
 

@@ -61,13 +61,17 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(url) = text
+            let listening = text
+                .lines()
+                .find(|line| line.contains("listening on"))
+                .unwrap_or_default();
+            if let Some(url) = listening
                 .split_whitespace()
                 .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             {
                 let url = url.trim_end_matches(';').to_owned();
                 let addr = url.rsplit("//").next().unwrap().parse().unwrap();
-                let grpc_url = text
+                let grpc_url = listening
                     .split_whitespace()
                     .find(|w| w.starts_with("grpc://") || w.starts_with("grpcs://"))
                     .map(|w| w.trim_end_matches(';').to_owned());
