@@ -98,6 +98,13 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync + 'static {
     async fn delete(&self, _key: &str) -> Result<(), RemoteError> {
         Err(RemoteError::Config(format!("{self} cannot delete blobs")))
     }
+
+    /// How far the remote's clock is ahead of ours, in milliseconds, if
+    /// it says its time (an HTTP server's `Date`, to the second). Object
+    /// stores' times are measured through a probe blob instead.
+    async fn clock_skew_ms(&self, _key: &str) -> Result<Option<i64>, RemoteError> {
+        Ok(None)
+    }
 }
 
 /// The answer to [`BlobStore::batch`]: a pack, as it arrives.

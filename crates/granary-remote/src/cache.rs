@@ -346,17 +346,21 @@ impl RemoteCache {
     /// `write` a write. In object storage the write is a probe blob in
     /// this namespace, read back, listed (its time there against ours is
     /// the clock skew) and deleted; a REAPI cache cannot delete, so there
-    /// it is the empty blob, which every such cache holds already.
+    /// it is the empty blob, which every such cache holds already (and an
+    /// HTTP server's `Date` gives the skew).
     pub async fn probe(&self, write: bool) -> Result<Probe, RemoteError> {
         let nobody = Id::from([0; 32]);
-        self.blobs.get(&self.action_key(&nobody)).await?;
+        let lookup = self.action_key(&nobody);
+        self.blobs.get(&lookup).await?;
         if !write {
-            return Ok(Probe::default());
+            let clock_skew_ms = self.blobs.clock_skew_ms(&lookup).await?;
+            return Ok(Probe { clock_skew_ms });
         }
         if self.format == Format::Reapi {
             let empty = self.format.object_key(&Id::of(b""));
             self.blobs.put(&empty, Bytes::new()).await?;
-            return Ok(Probe::default());
+            let clock_skew_ms = self.blobs.clock_skew_ms(&empty).await?;
+            return Ok(Probe { clock_skew_ms });
         }
         let mut name = [0u8; 16];
         getrandom::fill(&mut name)

@@ -8,12 +8,12 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use reqwest::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
+use reqwest::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, DATE};
 use reqwest::{Client, StatusCode};
 
 use crate::{BatchAnswer, BlobStore, ByteStream, Credential, RemoteError};
@@ -206,6 +206,29 @@ impl BlobStore for HttpBlobs {
     async fn exists(&self, key: &str) -> Result<bool, RemoteError> {
         let response = self.send(reqwest::Method::HEAD, key, None).await?;
         Ok(response.status() != StatusCode::NOT_FOUND)
+    }
+
+    async fn clock_skew_ms(&self, key: &str) -> Result<Option<i64>, RemoteError> {
+        let before = SystemTime::now();
+        let response = self.send(reqwest::Method::HEAD, key, None).await?;
+        let after = SystemTime::now();
+        let Some(date) = response
+            .headers()
+            .get(DATE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| httpdate::parse_http_date(value).ok())
+        else {
+            return Ok(None);
+        };
+        // `Date` is truncated to the second: the server's clock read
+        // between `date` and `date` + 1 s, ours between `before` and
+        // `after`; compare the middles.
+        let theirs = date + Duration::from_millis(500);
+        let ours = before + after.duration_since(before).unwrap_or_default() / 2;
+        Ok(Some(match theirs.duration_since(ours) {
+            Ok(ahead) => ahead.as_millis() as i64,
+            Err(behind) => -(behind.duration().as_millis() as i64),
+        }))
     }
 
     async fn batch(

@@ -122,7 +122,8 @@ fn a_cache_server_is_probed_read_only_or_with_the_empty_blob() {
     assert!(out.status.success(), "{report:#}");
     let detail = check(&report, "remote")["detail"].as_str().unwrap();
     assert!(detail.contains("reads and writes"), "{detail}");
-    assert_eq!(check(&report, "clock")["status"], "skip");
+    let clock = check(&report, "clock");
+    assert_eq!(clock["status"], "ok", "its Date header: {clock}");
 
     let mut read_only = remote.clone();
     read_only.push(("GRANARY_READ_ONLY".into(), "true".into()));
@@ -130,6 +131,46 @@ fn a_cache_server_is_probed_read_only_or_with_the_empty_blob() {
     assert!(out.status.success(), "{report:#}");
     let detail = check(&report, "remote")["detail"].as_str().unwrap();
     assert!(detail.contains("read-only"), "{detail}");
+    assert_eq!(check(&report, "clock")["status"], "ok");
+}
+
+/// A server whose clock is ten minutes slow: its `Date` gives it away, and
+/// OIDC tokens' and entries' times would be judged wrong.
+#[test]
+fn a_cache_server_with_a_slow_clock_is_reported() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::SystemTime;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let slow = SystemTime::now() - Duration::from_secs(600);
+            let _ = write!(
+                &stream,
+                "HTTP/1.1 404 Not Found\r\nDate: {}\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n",
+                httpdate::fmt_http_date(slow)
+            );
+        }
+    });
+    let sb = Sandbox::new();
+    let remote = vec![
+        ("GRANARY_REMOTE".to_owned(), url),
+        ("GRANARY_READ_ONLY".to_owned(), "true".to_owned()),
+    ];
+    let (_, report) = doctor(&sb.cache(), true, &remote);
+    let clock = check(&report, "clock");
+    assert_eq!(clock["status"], "warn", "{report:#}");
+    let detail = clock["detail"].as_str().unwrap();
+    let seconds: f64 = detail.split(' ').next().unwrap().parse().unwrap();
+    assert!((595.0..605.0).contains(&seconds), "{detail}");
+    assert!(detail.contains("ahead of the remote's"), "{detail}");
+    assert!(clock["fix"].as_str().unwrap().contains("NTP"));
 }
 
 #[test]
