@@ -1,0 +1,176 @@
+//! The release artefacts of `scripts/package.sh`, built and used as a user
+//! would: the manylinux2014 wheel installed into a fresh virtualenv serves
+//! a real go build; the static x86_64 binary has no shared library and
+//! serves one too; the sums match.
+//!
+//! The script builds the x86_64 artefacts only (aarch64 takes as long
+//! again and cannot run here), with the release profile's optimisations
+//! turned down: this checks the packaging, not the code generation.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// Runs package.sh once into `out`.
+fn package(out: &Path) {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts/package.sh"))
+        .env("GRANARY_PACKAGE_OUT", out)
+        .env("GRANARY_PACKAGE_TARGETS", "x86_64-unknown-linux-musl")
+        .env("CARGO_TARGET_DIR", repo_root().join("target/package-test"))
+        .env("CARGO_PROFILE_RELEASE_LTO", "off")
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+    run_ok(&mut cmd);
+}
+
+fn only(out: &Path, suffix: &str) -> PathBuf {
+    let found: Vec<PathBuf> = fs::read_dir(out)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().ends_with(suffix))
+        .collect();
+    assert_eq!(found.len(), 1, "one {suffix} in {out:?}: {found:?}");
+    found.into_iter().next().unwrap()
+}
+
+/// A go build served by `granary` twice, the second from its cache alone.
+fn serves_a_go_build(sb: &Sandbox, granary: &Path, name: &str) {
+    let module = sb.module(name, 3);
+    let cache = sb.path(&format!("{name}-cache"));
+    for round in 1..=2 {
+        let stats_file = sb.path(&format!("{name}-{round}.json"));
+        let mut cmd = sb.go(&cache, &module, &["build", "-x", "-o", "/dev/null", "."]);
+        cmd.env(
+            "GOCACHEPROG",
+            format!(
+                "{} prog --stats-file {}",
+                granary.display(),
+                stats_file.display()
+            ),
+        )
+        .env("GRANARY_TRIM_INTERVAL", "none");
+        let out = run_ok(&mut cmd);
+        let compiled = compiled_packages(&out.stderr);
+        let run = stats(&stats_file);
+        match round {
+            1 => assert!(run.puts > 10 && !compiled.is_empty(), "{run:?}"),
+            _ => assert!(
+                compiled.is_empty() && run.hits > 10,
+                "{name}: the second build compiles nothing: {compiled:?} {run:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn release_artefacts_install_and_serve_go_builds() {
+    let sb = Sandbox::new();
+    let out = sb.path("dist");
+    package(&out);
+
+    // Every artefact has its sum.
+    let sums = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    let listed: Vec<(&str, &str)> = sums
+        .lines()
+        .map(|line| line.split_once("  ").unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{sums}");
+    for (sum, name) in &listed {
+        let bytes = fs::read(out.join(name)).unwrap();
+        assert_eq!(*sum, hex::encode(Sha256::digest(&bytes)), "{name}");
+    }
+
+    // The wheel: tagged manylinux2014 (glibc 2.17), binary alone.
+    let wheel = only(&out, ".whl");
+    let name = wheel.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("granary_cache-"), "{name}");
+    let tag = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\n\
+             z = zipfile.ZipFile(sys.argv[1])\n\
+             print(z.read([n for n in z.namelist() if n.endswith('.dist-info/WHEEL')][0]).decode())",
+        ])
+        .arg(&wheel)
+        .output()
+        .unwrap();
+    let metadata = String::from_utf8_lossy(&tag.stdout);
+    assert!(
+        metadata.contains("Tag: py3-none-manylinux_2_17_x86_64")
+            || metadata.contains("Tag: py3-none-manylinux2014_x86_64"),
+        "{metadata}"
+    );
+    let venv = sb.path("venv");
+    run_ok(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    run_ok(
+        Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--no-index",
+                "--disable-pip-version-check",
+            ])
+            .arg(&wheel),
+    );
+    let installed = venv.join("bin/granary");
+    let glibc = newest_glibc(&fs::read(&installed).unwrap());
+    assert!(glibc <= 17, "the wheel's granary needs GLIBC_2.{glibc}");
+    serves_a_go_build(&sb, &installed, "wheel");
+
+    // The static binary: no interpreter, no shared library.
+    let tarball = only(&out, "-x86_64-linux-static.tar.gz");
+    let unpacked = sb.path("static");
+    fs::create_dir_all(&unpacked).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&unpacked),
+    );
+    let folder = tarball
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_end_matches(".tar.gz")
+        .to_owned();
+    let binary = unpacked.join(&folder).join("granary");
+    assert!(unpacked.join(&folder).join("README.md").exists());
+    let ldd = Command::new("ldd").arg(&binary).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ldd.stdout),
+        String::from_utf8_lossy(&ldd.stderr)
+    );
+    assert!(
+        said.contains("not a dynamic executable") || said.contains("statically linked"),
+        "ldd: {said}"
+    );
+    serves_a_go_build(&sb, &binary, "static");
+}
+
+/// The highest `GLIBC_2.N` version a binary names.
+fn newest_glibc(binary: &[u8]) -> u32 {
+    let needle = b"GLIBC_2.";
+    binary
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, window)| *window == needle)
+        .filter_map(|(at, _)| {
+            let digits: String = binary[at + needle.len()..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|&b| b as char)
+                .collect();
+            digits.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
