@@ -317,19 +317,11 @@ fn ci_jobs_share_a_build_with_id_tokens_instead_of_secrets() {
     let issuer = Issuer::start();
     let mut server = start(&sb, &issuer, &["--grpc-listen", "127.0.0.1:0"]);
     let module = sb.module("app", 6);
-    let build = |cache: &str, envs: &[(&str, String)]| {
-        let stats_file = sb.path(&format!("{cache}.json"));
-        let binary = sb.path("bin").join(cache);
-        let mut cmd = sb.go_granary(
-            &sb.path(cache),
-            &module,
-            &stats_file,
-            &["build", "-x", "-o", binary.to_str().unwrap(), "."],
-        );
-        cmd.env("GRANARY_SCOPE", "oidc");
-        cmd.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
-        let out = run_ok(&mut cmd);
-        (stats(&stats_file), compiled_packages(&out.stderr), out)
+    let build = |cache: &str, remote: &str, envs: &[(&str, String)]| {
+        let mut envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        envs.push(("GRANARY_SCOPE", "oidc"));
+        let (out, stats) = sb.build_sharing(remote, cache, &module, &envs);
+        (stats, compiled_packages(&out.stderr))
     };
 
     // Tokens live 62 s: each is replaced after about 2 s.
@@ -338,12 +330,11 @@ fn ci_jobs_share_a_build_with_id_tokens_instead_of_secrets() {
         Duration::from_secs(62),
     );
     let mut github = vec![
-        ("GRANARY_REMOTE", server.url.clone()),
         ("GRANARY_NAMESPACE", "main".to_owned()),
         ("GRANARY_OIDC", "github".to_owned()),
     ];
     github.extend(issuer.runner_env().map(|(k, v)| (k, v)));
-    let (main, compiled, _) = build("main", &github);
+    let (main, compiled) = build("main", &server.url, &github);
     assert!(!compiled.is_empty());
     assert!(main.remote.uploads > 10, "{main:?}");
     assert_eq!(
@@ -363,13 +354,12 @@ fn ci_jobs_share_a_build_with_id_tokens_instead_of_secrets() {
         issuer.mint(&issuer.github_claims("acme/app", "refs/pull/42/merge", "pull_request"));
     let grpc = server.grpc_url.clone().unwrap();
     let gitlab = [
-        ("GRANARY_REMOTE", grpc),
         ("GRANARY_NAMESPACE", "pr-42".to_owned()),
         ("GRANARY_READ_NAMESPACES", "main".to_owned()),
         ("GRANARY_OIDC", "gitlab".to_owned()),
         ("GRANARY_ID_TOKEN", pr_token.clone()),
     ];
-    let (pr, compiled, _) = build("pr", &gitlab);
+    let (pr, compiled) = build("pr", &grpc, &gitlab);
     assert_eq!(
         compiled,
         Vec::<String>::new(),
