@@ -43,9 +43,9 @@ def go_env(cache, work):
     return env
 
 
-def write_bar_chart(path, title, groups):
+def write_bar_chart(path, title, groups, baseline="native"):
     """groups: [(label, {series: value})]. Draws grouped horizontal bars with
-    a line at 1.0 (native)."""
+    a line at 1.0 (`baseline`)."""
     series = sorted({s for _, values in groups for s in values})
     colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759"]
     top = max([v for _, values in groups for v in values.values()] + [1.0]) * 1.1
@@ -71,7 +71,7 @@ def write_bar_chart(path, title, groups):
         y += gap
     x1 = left + scale
     out.append(f'<line x1="{x1:.1f}" y1="32" x2="{x1:.1f}" y2="{y}" stroke="#333" stroke-dasharray="4 3"/>')
-    out.append(f'<text x="{x1 + 3:.1f}" y="{y + 14}">native = 1.0</text>')
+    out.append(f'<text x="{x1 + 3:.1f}" y="{y + 14}">{escape(baseline)} = 1.0</text>')
     out.append("</svg>")
     Path(path).write_text("\n".join(out) + "\n")
 
@@ -177,13 +177,17 @@ class BuildTimer:
         self.go, self.granary, self.work = go, granary, Path(work)
         self.times, self.stats = {}, {}
 
-    def run(self, name, cache, remote=None, fresh=False):
-        """remote: extra variables (the remote's settings), or None."""
+    def run(self, name, cache, remote=None, fresh=False, prog=None):
+        """remote: extra variables (the remote's settings), or None; prog:
+        another GOCACHEPROG command line instead of granary's."""
         if fresh:
             shutil.rmtree(cache, ignore_errors=True)
         env = go_env(cache, self.work)
         stats_file = self.work / f"{name}.json"
-        if not name.startswith("native"):
+        if prog:
+            env["GOCACHEPROG"] = prog
+            env.update(remote or {})
+        elif not name.startswith("native"):
             env["GOCACHEPROG"] = f"{self.granary} prog --stats-file {stats_file}"
             env["GRANARY_TRIM_INTERVAL"] = "none"
             env.update(remote or {})
