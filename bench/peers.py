@@ -372,6 +372,7 @@ def main():
     try:
         local_phase(timer, granary, args)
         delay = fresh_phase(timer, granary, args)
+        (work / "protocol").mkdir()
         weed, weed_ports = common.start_seaweedfs(work / "protocol")
         endpoint = f"http://127.0.0.1:{weed_ports[6]}"
         helpers = {"granary": (lambda d: f"{granary} prog --dir {d}",
