@@ -288,6 +288,46 @@ fn an_air_gapped_server_reads_the_keys_from_a_file() {
     );
 }
 
+/// An issuer that takes connections and never answers costs a request the
+/// key fetch's 10 s bound, then a clear refusal; the server keeps serving.
+#[test]
+fn a_silent_issuer_costs_one_bounded_wait() {
+    let sb = Sandbox::new();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        // Accept and hold every connection, answering nothing.
+        let mut connections = Vec::new();
+        for stream in silent.incoming().take(4) {
+            connections.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let config = config(&sb, &silent_url, None);
+    let server = Server::start(&["--config", &config]);
+    let issuer = Issuer::start();
+    let mut claims = issuer.github_claims("acme/app", "refs/heads/main", "push");
+    claims["iss"] = json!(silent_url);
+    let (action, _) = action_entry();
+    let started = std::time::Instant::now();
+    let (status, body) = send(
+        &server,
+        &issuer.mint(&claims),
+        "GET",
+        &format!("/main/ac/{action}"),
+        b"",
+    );
+    let waited = started.elapsed();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("cannot get the keys"), "{body}");
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "the fetch is bounded by its 10 s timeout: {waited:?}"
+    );
+    assert_eq!(request(server.addr, "GET", "/healthz", &[], b"").0, 200);
+    drop(held);
+}
+
 #[test]
 fn settings_that_cannot_work_stop_the_server_with_the_reason() {
     let sb = Sandbox::new();
