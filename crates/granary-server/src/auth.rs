@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -78,8 +79,8 @@ pub(crate) struct Identity {
     /// Why its credential was refused.
     pub refusal: Option<CredentialRefusal>,
     /// What its credential allows (everything on an open server); `None`:
-    /// what anonymous clients may.
-    grant: Option<Grant>,
+    /// what anonymous clients may. Shared: every request clones it.
+    grant: Option<Arc<Grant>>,
 }
 
 impl Identity {
@@ -115,10 +116,12 @@ impl Identity {
 /// The server's policy.
 pub struct Auth {
     /// Token hash → grant; `None`: no tokens file.
-    tokens: Option<HashMap<[u8; 32], Grant>>,
+    tokens: Option<HashMap<[u8; 32], Arc<Grant>>>,
     /// Issuers whose ID tokens are credentials.
     oidc: Option<Oidc>,
     anonymous_read: bool,
+    /// The grant of every request on an open server.
+    everything: Arc<Grant>,
 }
 
 impl fmt::Debug for Auth {
@@ -169,6 +172,11 @@ impl Auth {
             tokens: tokens.map(read_tokens).transpose()?,
             oidc,
             anonymous_read,
+            everything: Arc::new(Grant {
+                access: Access::Write,
+                write: None,
+                read: None,
+            }),
         })
     }
 
@@ -198,12 +206,7 @@ impl Auth {
             grant,
         };
         if self.tokens.is_none() && self.oidc.is_none() {
-            let everything = Grant {
-                access: Access::Write,
-                write: None,
-                read: None,
-            };
-            return identity(Access::Write, Some(everything), None);
+            return identity(Access::Write, Some(self.everything.clone()), None);
         }
         let Some(token) = authorization.and_then(presented_token) else {
             let anonymous = match self.anonymous_read {
@@ -212,18 +215,17 @@ impl Auth {
             };
             return identity(anonymous, None, None);
         };
-        if let Some(grant) = self
-            .tokens
-            .as_ref()
-            .and_then(|tokens| tokens.get(&hash_token(&token)))
-        {
+        let hash = hash_token(&token);
+        if let Some(grant) = self.tokens.as_ref().and_then(|tokens| tokens.get(&hash)) {
             return identity(grant.access, Some(grant.clone()), None);
         }
         let refusal = match (&self.oidc, std::str::from_utf8(&token)) {
-            (Some(oidc), Ok(token)) if looks_like_a_jwt(token) => match oidc.verify(token).await {
-                Ok(grant) => return identity(grant.access, Some(grant), None),
-                Err(refusal) => refusal,
-            },
+            (Some(oidc), Ok(token)) if looks_like_a_jwt(token) => {
+                match oidc.verify(token, hash).await {
+                    Ok(grant) => return identity(grant.access, Some(grant), None),
+                    Err(refusal) => refusal,
+                }
+            }
             _ => CredentialRefusal {
                 reason: "unknown_token",
                 message: "the server does not know this token; send a valid one as \
@@ -240,7 +242,7 @@ fn looks_like_a_jwt(token: &str) -> bool {
     token.starts_with("eyJ") && token.matches('.').count() == 2
 }
 
-fn read_tokens(path: &Path) -> Result<HashMap<[u8; 32], Grant>, TokensError> {
+fn read_tokens(path: &Path) -> Result<HashMap<[u8; 32], Arc<Grant>>, TokensError> {
     let read = |source| TokensError::Read {
         path: path.to_owned(),
         source,
@@ -297,7 +299,7 @@ fn read_tokens(path: &Path) -> Result<HashMap<[u8; 32], Grant>, TokensError> {
                 read: namespaces,
             },
         };
-        if tokens.insert(digest, grant).is_some() {
+        if tokens.insert(digest, Arc::new(grant)).is_some() {
             return Err(syntax("this token is listed twice".into()));
         }
     }

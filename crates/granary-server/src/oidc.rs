@@ -86,7 +86,7 @@ pub struct Oidc {
     issuers: Vec<Issuer>,
     client: reqwest::Client,
     /// SHA-256 of a verified token → its grant and when it expires.
-    verified: Mutex<HashMap<[u8; 32], (Grant, SystemTime)>>,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
 impl fmt::Debug for Oidc {
@@ -96,6 +96,9 @@ impl fmt::Debug for Oidc {
             .finish()
     }
 }
+
+/// A verified token's grant, and when the token expires.
+type Verified = (Arc<Grant>, SystemTime);
 
 struct Issuer {
     settings: OidcIssuer,
@@ -142,9 +145,13 @@ impl Oidc {
         format!("OIDC tokens of {}", names.join(", "))
     }
 
-    /// The grant of an ID token, or why it has none.
-    pub async fn verify(&self, token: &str) -> Result<Grant, CredentialRefusal> {
-        let hash = crate::auth::hash_token(token.as_bytes());
+    /// The grant of an ID token whose SHA-256 is `hash`, or why it has
+    /// none.
+    pub async fn verify(
+        &self,
+        token: &str,
+        hash: [u8; 32],
+    ) -> Result<Arc<Grant>, CredentialRefusal> {
         let now = SystemTime::now();
         if let Some((grant, expires)) = self.verified.lock().expect("not poisoned").get(&hash)
             && *expires > now
@@ -152,6 +159,7 @@ impl Oidc {
             return Ok(grant.clone());
         }
         let (grant, expires) = self.check(token).await?;
+        let grant = Arc::new(grant);
         let mut verified = self.verified.lock().expect("not poisoned");
         if verified.len() >= REMEMBERED_TOKENS {
             verified.retain(|_, (_, expires)| *expires > now);
