@@ -219,4 +219,30 @@ mod tests {
         );
         assert!(!format!("{:?}", Credential::Token("secret".into())).contains("secret"));
     }
+
+    /// A runner that takes the connection and never answers costs one
+    /// request its 10 s bound, then an error the remote tier counts.
+    #[tokio::test]
+    async fn a_silent_runner_costs_the_request_timeout() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/token?api-version=2.0",
+            silent.local_addr().unwrap()
+        );
+        let runner = |name: &str| match name {
+            "ACTIONS_ID_TOKEN_REQUEST_URL" => Some(url.clone()),
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN" => Some("secret".to_owned()),
+            _ => None,
+        };
+        let credential = Credential::github("granary", &runner).unwrap();
+        let started = std::time::Instant::now();
+        let error = credential.bearer().await.unwrap_err();
+        let waited = started.elapsed();
+        assert!(matches!(error, RemoteError::Failed(_)), "{error}");
+        assert!(
+            waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+            "{waited:?}"
+        );
+        drop(silent);
+    }
 }

@@ -110,9 +110,10 @@ pub struct GrpcBlobs {
     url: String,
     /// The instance in the URL's path.
     instance: String,
-    /// Headers sent with every call.
+    /// Headers sent with every call, a fixed token's among them.
     metadata: MetadataMap,
-    credential: Option<Credential>,
+    /// A credential renewed as it goes (an ID token), added per call.
+    renewed: Option<Credential>,
     connected: OnceCell<Connected>,
 }
 
@@ -191,10 +192,16 @@ impl GrpcBlobs {
                 "`{url}` is plain gRPC; certificates need grpcs://"
             )));
         }
-        if let Some(Credential::Token(token)) = &settings.credential {
-            authorization(token)?;
-        }
         let mut metadata = MetadataMap::new();
+        // A fixed token goes into every call's metadata once; an ID token
+        // is asked for per call, as it may have been renewed.
+        let renewed = match &settings.credential {
+            Some(Credential::Token(token)) => {
+                metadata.insert("authorization", authorization(token)?);
+                None
+            }
+            other => other.clone(),
+        };
         for (name, value) in &settings.headers {
             let key = AsciiMetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(
                 |_| RemoteError::Config(format!("`{name}` is not a header name (--remote-header)")),
@@ -211,7 +218,7 @@ impl GrpcBlobs {
             url: url.to_owned(),
             instance: instance.to_owned(),
             metadata,
-            credential: settings.credential.clone(),
+            renewed,
             connected: OnceCell::new(),
         })
     }
@@ -259,7 +266,7 @@ impl GrpcBlobs {
     /// credential as of now.
     async fn metadata(&self) -> Result<MetadataMap, RemoteError> {
         let mut metadata = self.metadata.clone();
-        if let Some(credential) = &self.credential {
+        if let Some(credential) = &self.renewed {
             metadata.insert("authorization", authorization(&credential.bearer().await?)?);
         }
         Ok(metadata)
