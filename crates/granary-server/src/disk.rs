@@ -150,6 +150,18 @@ struct Meta {
     readers: u32,
 }
 
+impl Meta {
+    /// Records a use at `now`; whether the file's mtime is due a bump.
+    fn use_at(&mut self, now: u64) -> bool {
+        self.used = now;
+        let touch = now.saturating_sub(self.touched) > TOUCH_INTERVAL.as_nanos() as u64;
+        if touch {
+            self.touched = now;
+        }
+        touch
+    }
+}
+
 /// Counts of the index, for `/status` and `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
@@ -373,13 +385,8 @@ impl Disk {
             let mut index = self.lock();
             match index.blobs.get_mut(key) {
                 Some(meta) => {
-                    meta.used = now;
                     meta.readers += 1;
-                    let touch = now.saturating_sub(meta.touched) > TOUCH_INTERVAL.as_nanos() as u64;
-                    if touch {
-                        meta.touched = now;
-                    }
-                    touch
+                    meta.use_at(now)
                 }
                 None => {
                     return match index.uploads.get(key) {
@@ -484,8 +491,31 @@ impl Disk {
         Ok(Begun::Writer(writer))
     }
 
-    /// Writes and publishes a whole blob at once. Blocking.
+    /// Records a use of `key` if it is stored with `size` bytes; says
+    /// whether it is. A CAS blob is named by its content, so one sent again
+    /// needs no second copy: writing it anew and renaming it over the old
+    /// file made ext4 flush the new file's data (`auto_da_alloc`), which
+    /// held repeated 1 KB PUTs to a quarter of the rate of new ones.
+    pub fn use_stored(&self, key: &Key, size: u64) -> bool {
+        let touch = match self.lock().blobs.get_mut(key) {
+            Some(meta) if meta.size == size => meta.use_at(now_nanos()),
+            _ => return false,
+        };
+        if touch {
+            let _ = File::open(self.path(key)).and_then(|f| f.set_modified(SystemTime::now()));
+        }
+        true
+    }
+
+    /// Writes and publishes a whole blob at once, unless the very same is
+    /// stored already. Blocking.
     pub fn store(self: &Arc<Self>, key: Key, bytes: &[u8]) -> Result<(), Refusal> {
+        // An action result is compared: the same action may have a new one.
+        let same =
+            key.kind == Kind::Cas || fs::read(self.path(&key)).is_ok_and(|stored| stored == bytes);
+        if same && self.use_stored(&key, bytes.len() as u64) {
+            return Ok(());
+        }
         let mut writer = self.begin(key, Some(bytes.len() as u64))?;
         writer.write(bytes)?;
         writer.publish()

@@ -456,26 +456,31 @@ impl Service {
                 .expect("storing does not panic")
                 .map_err(|refusal| Rejected::from_refusal(&refusal));
         }
-        let writer = self
-            .disk
-            .begin(key, length)
-            .map_err(|refusal| Rejected::from_refusal(&refusal))?;
-        self.receive(writer, length, first, body).await
+        // A CAS blob stored already is only checked, not written again.
+        let stored = key.kind == Kind::Cas
+            && length.is_some_and(|length| self.disk.contains(&key) == Some(length));
+        let writer = if stored {
+            None
+        } else {
+            let writer = self.disk.begin(key, length);
+            Some(writer.map_err(|refusal| Rejected::from_refusal(&refusal))?)
+        };
+        self.receive(key, writer, length, first, body).await
     }
 
-    /// Writes a PUT's body through `writer`, checks it, and publishes it.
+    /// Writes a PUT's body through `writer`, checks it, and publishes it;
+    /// without a writer, checks it and records a use of the stored blob.
     async fn receive(
         &self,
-        writer: Writer,
+        key: Key,
+        mut writer: Option<Writer>,
         length: Option<u64>,
         first: Vec<u8>,
         mut body: Incoming,
     ) -> Result<(), Rejected> {
-        let key = writer.key();
         let mut check = Check::new(key.kind);
         check.update(&first)?;
         let mut batch = first;
-        let mut writer = Some(writer);
         let started = tokio::time::Instant::now();
         let mut received = batch.len() as u64;
         loop {
@@ -521,15 +526,21 @@ impl Service {
             }
         }
         write_batch(&mut writer, &mut batch).await?;
-        let writer = writer.expect("kept between batches");
-        if length.is_some_and(|length| writer.written() != length) {
-            return Err(short(writer.written(), length));
+        if length.is_some_and(|length| received != length) {
+            return Err(short(received, length));
         }
         check.finish(&key)?;
-        writer
-            .publish_off_runtime()
-            .await
-            .map_err(|refusal| Rejected::from_refusal(&refusal))
+        match writer {
+            Some(writer) => writer
+                .publish_off_runtime()
+                .await
+                .map_err(|refusal| Rejected::from_refusal(&refusal)),
+            // Evicted meanwhile: as if it had been right after the write.
+            None => {
+                self.disk.use_stored(&key, received);
+                Ok(())
+            }
+        }
     }
 
     fn status(&self) -> Response<Body> {
@@ -581,12 +592,16 @@ fn short(received: u64, length: Option<u64>) -> Rejected {
     )
 }
 
-/// Writes what has gathered, off the runtime.
+/// Writes what has gathered, off the runtime; without a writer (the blob
+/// is stored already), drops it.
 async fn write_batch(writer: &mut Option<Writer>, batch: &mut Vec<u8>) -> Result<(), Rejected> {
     if batch.is_empty() {
         return Ok(());
     }
-    let taken = writer.take().expect("kept between batches");
+    let Some(taken) = writer.take() else {
+        batch.clear();
+        return Ok(());
+    };
     let (returned, result) = taken.write_off_runtime(std::mem::take(batch)).await;
     *writer = Some(returned);
     result.map_err(|refusal| Rejected::from_refusal(&refusal))

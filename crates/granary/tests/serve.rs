@@ -1121,6 +1121,57 @@ fn tiny_blobs_count_the_blocks_they_take() {
     assert_eq!(blob_files(&server.dir).len() as u64, blobs);
 }
 
+/// A blob sent again is checked, not written again: the file keeps its
+/// inode (a rewrite renames a new file over it). An action result with new
+/// contents is written; a body that does not match the stored key is still
+/// refused and leaves the stored blob alone.
+#[test]
+fn a_blob_sent_again_is_checked_not_rewritten() {
+    use std::os::unix::fs::MetadataExt;
+    let server = Server::start(&[]);
+    let file = |path: &str| {
+        let (kind, hex) = path[1..].split_once('/').unwrap();
+        server.dir.join(kind).join(&hex[..2]).join(hex)
+    };
+    let inode = |path: &str| std::fs::metadata(file(path)).unwrap().ino();
+    // One body is taken whole (small), one streams through a writer.
+    for body in [pattern(1000, 1), pattern(3 << 20, 2)] {
+        let (status, path) = put_cas(&server, &body, &[]);
+        assert_eq!(status, 200, "{path}");
+        let first = inode(&path);
+        let usage = server.status();
+        let (status, _) = put_cas(&server, &body, &[]);
+        assert_eq!(status, 200, "{path} again");
+        assert_eq!(inode(&path), first, "{path} was written again");
+        let again = server.status();
+        assert_eq!(again["bytes"], usage["bytes"], "{again}");
+        assert_eq!(again["cas_blobs"], usage["cas_blobs"], "{again}");
+
+        let mut other = body.clone();
+        other[body.len() / 2] ^= 1;
+        let (status, _) = request(server.addr, "PUT", &path, &[], &other);
+        assert_eq!(status, 400, "{path} with another body");
+        assert_eq!(inode(&path), first);
+        assert_eq!(std::fs::read(file(&path)).unwrap(), body);
+    }
+
+    let id = sha256_hex(b"an action");
+    let path = format!("/ac/{id}");
+    put_result(&server, &id, b"first output");
+    let first = inode(&path);
+    put_result(&server, &id, b"first output");
+    assert_eq!(
+        inode(&path),
+        first,
+        "the same action result was written again"
+    );
+    put_result(&server, &id, b"second output");
+    assert_ne!(inode(&path), first, "a new action result was not written");
+    let (status, stored) = request(server.addr, "GET", &path, &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(stored, action_result(b"second output"));
+}
+
 /// Request bodies that trickle (a byte now and then, each pause within the
 /// idle timeout) once held every connection slot: /healthz waited 45 s.
 /// A body must keep up a minimum rate after its first idle timeout.
