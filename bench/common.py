@@ -200,34 +200,40 @@ class BuildTimer:
         print(f"{name:>13}: {elapsed:7.2f} s", flush=True)
 
 
-def start_bazel_remote(work):
-    """bazel-remote (scripts/setup.sh builds it into .venv) on a free
-    loopback port, HTTP only, its data under `work`; returns (process, URL)."""
-    import socket
-
+def bazel_remote_binary():
+    """bazel-remote: on PATH or where scripts/setup.sh builds it."""
     binary = shutil.which("bazel-remote") or str(ROOT / ".venv" / "bin" / "bazel-remote")
     if not os.access(binary, os.X_OK):
         sys.exit("bazel-remote not found: run `bash scripts/setup.sh` (builds it into .venv) "
                  "or put bazel-remote on PATH")
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    return binary
+
+
+def start_bazel_remote(work, grpc_port=None):
+    """bazel-remote (scripts/setup.sh builds it into .venv) on a free
+    loopback port, its data under `work`, gRPC on `grpc_port` if given;
+    returns (process, URL)."""
+    import socket
+
+    port = free_port()
+    grpc = f"127.0.0.1:{grpc_port}" if grpc_port else "none"
     proc = subprocess.Popen(
-        [binary, f"--dir={Path(work) / 'bazel-remote'}", "--max_size=10",
-         f"--http_address=127.0.0.1:{port}", "--grpc_address=none"],
+        [bazel_remote_binary(), f"--dir={Path(work) / 'bazel-remote'}", "--max_size=10",
+         f"--http_address=127.0.0.1:{port}", f"--grpc_address={grpc}"],
         stdout=subprocess.DEVNULL, stderr=open(Path(work) / "bazel-remote.log", "w"),
     )
     deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                sys.exit(f"bazel-remote did not start; see {Path(work) / 'bazel-remote.log'}")
-            time.sleep(0.05)
+    for waited in [port, grpc_port] if grpc_port else [port]:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", waited), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    proc.kill()
+                    sys.exit(f"bazel-remote did not start; see {Path(work) / 'bazel-remote.log'}")
+                time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def start_serve(granary, work, *args):

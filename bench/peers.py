@@ -11,10 +11,16 @@ What it measures, each configuration's runs interleaved with the others':
             mode (go-cacher on its disk);
   fresh     a fresh runner (empty local tier) against a warm shared cache,
             at 0 ms and 20 ms added (scripts/tcp_delay.py in front of the
-            server, so HTTP and S3 get the same delay): granary on S3
-            (SeaweedFS) against go-cache-plugin on the same S3, granary on
-            granary serve against go-cacher on gocached, and granary on
-            bazel-remote;
+            server, so HTTP, gRPC and S3 get the same delay): granary on
+            S3 (SeaweedFS) against go-cache-plugin on the same S3, granary
+            on granary serve (HTTP and gRPC) against go-cacher on gocached,
+            and granary on bazel-remote (HTTP and gRPC); the delay proxy
+            counts each delayed run's connections, requests and bytes;
+  disk      what each local tier takes after `go build std`, and each
+            server after its fills;
+  servers   granary serve, bazel-remote and gocached under wrk (GET and
+            PUT, 1 KB and 10 MB; nginx as the ceiling for GETs), as
+            bench/serve_http.py measures them;
   memory    each helper's peak resident memory for one 300 MB output;
   bad input what each helper does with a body that does not hash to its
             OutputID, a body shorter than its BodySize, an unknown command
@@ -22,8 +28,8 @@ What it measures, each configuration's runs interleaved with the others':
             next request still served), stored (a later get finds it), or
             broken (no answer within 10 s, or the helper exits).
 
-Results go to bench/results/peers.{md,json}, peers-local.svg and
-peers-fresh.svg; the versions come from
+Results go to bench/results/peers.{md,json}, peers-local.svg,
+peers-fresh.svg and peers-servers.svg; the versions come from
 .venv/peers/status.tsv, which also says why a peer is missing.
 """
 
@@ -44,6 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import serve_http  # noqa: E402
 
 PEERS = common.ROOT / ".venv" / "peers"
 
@@ -78,13 +85,46 @@ def wait_port(port, proc, what, timeout=30):
             time.sleep(0.05)
 
 
-def start_delay(address, delay_ms):
+# Runners over gRPC publish and read a manifest of their own: it names packs
+# in the CAS, where HTTP runners of granary serve use its batch endpoint.
+GRPC_SCOPE = {"GRANARY_SCOPE": "bench-grpc"}
+
+
+def start_delay(address, delay_ms, counts):
+    """scripts/tcp_delay.py in front of `address`, keeping its counts in
+    the file `counts`; returns (process, its address)."""
     proc = subprocess.Popen(
         [sys.executable, str(common.ROOT / "scripts" / "tcp_delay.py"), "--upstream", address,
-         "--delay-ms", str(delay_ms)],
+         "--delay-ms", str(delay_ms), "--counts", str(counts)],
         stdout=subprocess.PIPE, text=True,
     )
     return proc, f"127.0.0.1:{int(proc.stdout.readline())}"
+
+
+def read_counts(path):
+    """The counts a delay proxy wrote, once they stopped changing (the
+    helper's connections close as it exits)."""
+    last = None
+    while True:
+        current = json.loads(path.read_text()) if path.exists() else {}
+        if current == last:
+            return current
+        last = current
+        time.sleep(0.5)
+
+
+def disk_kib(*paths):
+    """[disk space in whole blocks, bytes of content] (KiB) of the files
+    under `paths`."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if not existing:
+        return [0, 0]
+    sizes = []
+    for apparent in ([], ["--apparent-size"]):
+        out = subprocess.run(["du", "-sk", "--total", *apparent, *existing], capture_output=True,
+                             text=True, check=True).stdout
+        sizes.append(int(out.strip().splitlines()[-1].split()[0]))
+    return sizes
 
 
 def start_gocached(work):
@@ -117,9 +157,14 @@ def local_phase(timer, granary, args):
             shutil.rmtree(directory, ignore_errors=True)
             shutil.rmtree(work / f"gocache-{name}", ignore_errors=True)
             run_local(timer, f"{name}-cold", name, prog, work)
+    # What each local tier takes after one `go build std` (granary's is in
+    # GOCACHE, as Go's own; a peer's in its directory, plus what go keeps
+    # in GOCACHE beside it).
+    disk = {name: disk_kib(work / f"local-{name}", work / f"gocache-{name}") for name in helpers}
     for i in range(args.warm):
         for name, prog in rotate(helpers.items(), i):
             run_local(timer, f"{name}-warm", name, prog, work)
+    return disk
 
 
 def run_local(timer, config, name, prog, work):
@@ -136,37 +181,52 @@ def rotate(items, i):
 
 
 def fresh_phase(timer, granary, args):
-    """Fresh runners against warm shared caches, at 0 ms and with a delay."""
+    """Fresh runners against warm shared caches, at 0 ms and with a delay;
+    returns the delay's label, the traffic of each delayed run (counted by
+    the delay proxy) and each server's disk use."""
     work = timer.work
     weed, weed_ports = common.start_seaweedfs(work)
     s3 = f"127.0.0.1:{weed_ports[6]}"
     serve, serve_url, _ = common.start_serve(granary, work)
-    bazel, bazel_url = common.start_bazel_remote(work)
+    bazel_grpc = common.free_port()
+    bazel, bazel_url = common.start_bazel_remote(work, grpc_port=bazel_grpc)
     processes = [serve, bazel]
     servers = {"s3": s3, "serve": serve_url.removeprefix("http://"),
-               "bazel-remote": bazel_url.removeprefix("http://")}
+               "bazel-remote": bazel_url.removeprefix("http://"),
+               "bazel-remote-grpc": f"127.0.0.1:{bazel_grpc}"}
     if peer("gocached") and peer("go-cacher"):
         gocached, servers["gocached"] = start_gocached(work)
         processes.append(gocached)
     delay = f"+{args.delay_ms:g}ms"
+    traffic = {}
     try:
-        slow = {}
+        slow, counts = {}, {}
         for name, address in servers.items():
-            proxy, slow[name] = start_delay(address, args.delay_ms)
+            counts[name] = work / f"counts-{name}.json"
+            proxy, slow[name] = start_delay(address, args.delay_ms, counts[name])
             processes.append(proxy)
 
         def configs(address_of):
-            """name -> (GOCACHEPROG command or None for granary, variables)."""
+            """name -> (GOCACHEPROG command or None for granary, variables or
+            the peer's server, the server's name)."""
             out = {
-                "granary@s3": (None, common.remote_env(f"http://{address_of['s3']}", "bench")),
-                "granary@serve": (None, {"GRANARY_REMOTE": f"http://{address_of['serve']}"}),
+                "granary@s3": (None, common.remote_env(f"http://{address_of['s3']}", "bench"), "s3"),
+                "granary@serve": (None, {"GRANARY_REMOTE": f"http://{address_of['serve']}"}, "serve"),
+                "granary@serve-grpc": (
+                    None, {"GRANARY_REMOTE": f"grpc://{address_of['serve']}", **GRPC_SCOPE},
+                    "serve"),
                 "granary@bazel-remote": (
-                    None, {"GRANARY_REMOTE": f"http://{address_of['bazel-remote']}"}),
+                    None, {"GRANARY_REMOTE": f"http://{address_of['bazel-remote']}"}, "bazel-remote"),
+                "granary@bazel-remote-grpc": (
+                    None, {"GRANARY_REMOTE": f"grpc://{address_of['bazel-remote-grpc']}",
+                           **GRPC_SCOPE},
+                    "bazel-remote-grpc"),
             }
             if peer("go-cache-plugin"):
-                out["go-cache-plugin@s3"] = ("go-cache-plugin", f"http://{address_of['s3']}")
+                out["go-cache-plugin@s3"] = ("go-cache-plugin", f"http://{address_of['s3']}", "s3")
             if "gocached" in address_of:
-                out["go-cacher@gocached"] = ("go-cacher", f"http://{address_of['gocached']}")
+                out["go-cacher@gocached"] = (
+                    "go-cacher", f"http://{address_of['gocached']}", "gocached")
             return out
 
         def command(kind, target, cache):
@@ -176,7 +236,9 @@ def fresh_phase(timer, granary, args):
 
         # Fill every shared cache: one cold build each, then (granary) two
         # more that publish the manifest of the scope, as a CI history would.
-        for name, (kind, target) in configs(servers).items():
+        # The gRPC configurations find the entries their HTTP ones put, and
+        # publish a manifest of their own.
+        for name, (kind, target, _) in configs(servers).items():
             cache = work / f"fill-{name}"
             if kind is None:
                 for i in range(3):
@@ -184,25 +246,34 @@ def fresh_phase(timer, granary, args):
             else:
                 prog, env = command(kind, target, cache / "local")
                 timer.run(f"fill-{name}", cache / "go", env, fresh=True, prog=prog)
+        disk = {"granary serve": disk_kib(work / "serve-cache"),
+                "bazel-remote": disk_kib(work / "bazel-remote")}
+        if "gocached" in servers:
+            disk["gocached"] = disk_kib(work / "gocached")
 
         for i in range(args.fresh):
             for address_of, suffix in ((servers, ""), (slow, delay)):
-                for name, (kind, target) in rotate(configs(address_of).items(), i):
+                for name, (kind, target, server) in rotate(configs(address_of).items(), i):
                     config = f"{name}{suffix}"
                     cache = work / f"fresh-{config}"
                     shutil.rmtree(cache, ignore_errors=True)
+                    before = read_counts(counts[server]) if suffix else None
                     if kind is None:
                         timer.run(config, cache / "go", {**target, "GRANARY_READ_ONLY": "true"})
                     else:
                         prog, env = command(kind, target, cache / "local")
                         timer.run(config, cache / "go", env, prog=prog)
+                    if suffix:
+                        after = read_counts(counts[server])
+                        traffic.setdefault(name, []).append(
+                            {k: after.get(k, 0) - before.get(k, 0) for k in after})
                     shutil.rmtree(cache, ignore_errors=True)
     finally:
         for proc in processes:
             proc.kill()
             proc.wait()
         common.stop_seaweedfs(weed, weed_ports)
-    return delay
+    return delay, traffic, disk
 
 
 class Helper:
@@ -352,6 +423,8 @@ def main():
     parser.add_argument("--fresh", type=int, default=3, help="fresh-runner runs per configuration")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="the delayed runs' latency")
     parser.add_argument("--memory-mb", type=int, default=300, help="the big output's size")
+    parser.add_argument("--server-runs", type=int, default=3, help="wrk runs per server and case")
+    parser.add_argument("--server-seconds", type=int, default=10, help="each wrk run's length")
     parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
     parser.add_argument("--out", default=str(common.RESULTS), help="directory for the results")
     args = parser.parse_args()
@@ -362,8 +435,13 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="granary-peers-"))
     timer = common.BuildTimer(go, granary, work)
     try:
-        local_phase(timer, granary, args)
-        delay = fresh_phase(timer, granary, args)
+        local_disk = local_phase(timer, granary, args)
+        delay, traffic, server_disk = fresh_phase(timer, granary, args)
+        servers_work = Path(tempfile.mkdtemp(prefix="granary-peers-servers-"))
+        try:
+            servers = serve_http.measure(granary, servers_work, args.server_runs, args.server_seconds)
+        finally:
+            shutil.rmtree(servers_work, ignore_errors=True)
         (work / "protocol").mkdir()
         weed, weed_ports = common.start_seaweedfs(work / "protocol")
         endpoint = f"http://127.0.0.1:{weed_ports[6]}"
@@ -383,10 +461,12 @@ def main():
             common.stop_seaweedfs(weed, weed_ports)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(timer, go, Path(args.out), args, delay, status, bad, memory)
+    report(timer, go, Path(args.out), args, delay, status, bad, memory,
+           {"traffic": traffic, "local_disk_kib": local_disk, "server_disk_kib": server_disk,
+            "servers": servers})
 
 
-def report(timer, go, out, args, delay, status, bad, memory):
+def report(timer, go, out, args, delay, status, bad, memory, extra):
     median = {name: statistics.median(t) for name, t in timer.times.items()
               if not name.startswith("fill")}
     rows = [{"config": name, "median_s": round(m, 3),
@@ -412,6 +492,25 @@ def report(timer, go, out, args, delay, status, bad, memory):
         lines.append(f"| {name} | {median[name]:.2f} | {median[name] / warm:.2f}x | "
                      f"{slow:.2f} | {slow / warm:.2f}x |" if slow else
                      f"| {name} | {median[name]:.2f} | {median[name] / warm:.2f}x | | |")
+    lines += ["", f"## What a fresh runner sends and receives (the {delay} runs, counted by the "
+              "delay proxy; medians)", "",
+              "| helper / remote | connections | HTTP/1.1 requests | MB sent | MB received |",
+              "|---|---:|---:|---:|---:|"]
+    for name, runs in extra["traffic"].items():
+        def med(key):
+            return statistics.median(run.get(key, 0) for run in runs)
+        requests = "(HTTP/2)" if name.endswith("grpc") else f"{med('http_requests'):.0f}"
+        lines.append(f"| {name} | {med('connections'):.0f} | {requests} | "
+                     f"{med('to_server') / 1e6:.1f} | {med('to_client') / 1e6:.1f} |")
+    lines += ["", "## Disk used after `go build std` (MiB: in whole blocks, and of content)", "",
+              "| local tier | on disk | content |", "|---|---:|---:|"]
+    lines += [f"| {name} | {disk / 1024:.0f} | {content / 1024:.0f} |"
+              for name, (disk, content) in extra["local_disk_kib"].items()]
+    lines += ["", "| server, after its fills | on disk | content |", "|---|---:|---:|"]
+    lines += [f"| {name} | {disk / 1024:.0f} | {content / 1024:.0f} |"
+              for name, (disk, content) in extra["server_disk_kib"].items()]
+    lines += ["", "## Cache servers: requests/s on loopback (wrk, 2 threads)", "",
+              serve_http.table(extra["servers"], args.server_runs, args.server_seconds)]
     cases = ("hash mismatch", "short body", "unknown command", "no OutputID")
     lines += ["", "## Bad input", "", "| helper | " + " | ".join(cases) + " |",
               "|---|" + "---|" * len(cases)]
@@ -422,7 +521,7 @@ def report(timer, go, out, args, delay, status, bad, memory):
               for name, m in memory.items()]
     lines += ["", f"Local: {args.cold} cold and {args.warm} warm runs of each helper, fresh runners "
               f"{args.fresh} runs of each configuration, interleaved with rotating order; medians. "
-              f"{delay}: scripts/tcp_delay.py delays every byte from client to server (S3, HTTP "
+              f"{delay}: scripts/tcp_delay.py delays every byte from client to server (S3, HTTP, gRPC "
               "alike). granary's fresh runners are read-only with prefetch on, after two fills "
               "that publish the manifest; peers' runners read and write as they do by default."]
     table = "\n".join(lines)
@@ -432,7 +531,7 @@ def report(timer, go, out, args, delay, status, bad, memory):
     (out / "peers.md").write_text(table + "\n")
     (out / "peers.json").write_text(json.dumps(
         {"go": common.go_version(go), "rows": rows, "bad_input": bad, "memory": memory,
-         "peers": {n: list(s) for n, s in status.items()}}, indent=2) + "\n")
+         "peers": {n: list(s) for n, s in status.items()}, **extra}, indent=2) + "\n")
     local = [(helper, {kind: median[f"{helper}-{kind}"] / median[f"native-{kind}"]
                        for kind in ("cold", "warm")})
              for helper in ("granary", "go-cacher") if f"{helper}-cold" in median]
@@ -445,7 +544,8 @@ def report(timer, go, out, args, delay, status, bad, memory):
     common.write_bar_chart(out / "peers-fresh.svg",
                            "go build std on a fresh runner, relative to granary warm (lower is better)",
                            fresh, baseline="granary warm")
-    print(f"\nwrote {out}/peers.{{md,json}}, peers-local.svg and peers-fresh.svg")
+    serve_http.write_chart(out / "peers-servers.svg", extra["servers"])
+    print(f"\nwrote {out}/peers.{{md,json}}, peers-local.svg, peers-fresh.svg and peers-servers.svg")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,32 @@
 #!/usr/bin/env python3
-"""HTTP throughput of `granary serve` against nginx serving the same files.
+"""HTTP throughput of `granary serve` against the cache servers teams run
+instead: bazel-remote and gocached, with nginx as the ceiling: serving
+granary's files for GETs, storing bodies as files (WebDAV) for PUTs.
 
     python3 bench/serve_http.py                 # 3 runs of 10 s per case
     python3 bench/serve_http.py --runs 5 --seconds 20
 
-Loads granary serve with wrk: concurrent GETs and PUTs of 1 KB and 10 MB
-blobs (requests/s, GB/s, p99 latency), then nginx (Debian's) serving the
-very files granary stored, from the same disk, as the reference for raw
-HTTP speed: nginx does no hashing, no index and no accounting, so it is
-the ceiling. Target: granary's GET throughput at least 0.8x nginx's.
+Loads each server with wrk (2 threads) on loopback:
+  GET       1 KB blobs at 64 connections and 10 MB blobs at 16, from a set
+            stored beforehand (2,000 and 8 blobs);
+  PUT new   the same sizes, every request a blob the server has never seen:
+            a fixed body with a 16-digit counter at its end, whose digests
+            are computed here beforehand (one SHA-256 of the common part,
+            copied per counter), so wrk needs no hashing and no big list of
+            bodies; each run starts on an empty server;
+  PUT again 1 KB blobs the server already holds, as when many runners
+            upload the same outputs.
+nginx (Debian's, sendfile, open_file_cache) serves the files granary
+stored, and stores PUT bodies with its WebDAV module (a temporary file
+renamed into place, as granary does): no hashing, no index, no
+accounting, so it is the ceiling.
+bazel-remote stores uncompressed (--storage_mode uncompressed), as granary
+does; gocached stores as it does by default (small blobs in SQLite).
 
-Needs wrk and nginx (`apt-get install wrk nginx`); both listen on loopback
-only. Results go to bench/results/serve-http.{md,json,svg}.
+Needs wrk and nginx (`apt-get install wrk nginx`), bazel-remote (`bash
+scripts/setup.sh`) and gocached (`bash scripts/peers.sh`). bench/peers.py
+runs the same cases as part of its comparison. Results go to
+bench/results/serve-http.{md,json,svg}.
 """
 
 import argparse
@@ -21,24 +36,40 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-CASES = [
-    # name, blob size, blob count, connections
-    ("1KB", 1000, 2000, 64),
-    ("10MB", 10 * 1000 * 1000, 8, 16),
+# name, blob size, blobs stored for GETs, connections, most PUTs a second
+# expected (sizes the list of new keys)
+SIZES = [
+    ("1KB", 1000, 2000, 64, 40_000),
+    ("10MB", 10 * 1000 * 1000, 8, 16, 400),
 ]
+COUNTER_DIGITS = 16
+
+# Each server's paths: where a blob is read and where it is written.
+PATHS = {
+    "granary": ("/cas/%s", "/cas/%s"),
+    "bazel-remote": ("/cas/%s", "/cas/%s"),
+    "nginx": ("/cas/%s", "/cas/%s"),
+    # gocached keys by action ID and hashes what it is given itself; the
+    # digest serves as both IDs.
+    "gocached": ("/action/%s", "/%s/%s"),
+}
+HEADERS = {"gocached": {"Want-Object": "1"}}
 
 GET_SCRIPT = """
 local paths = {}
 for line in io.lines("%(list)s") do paths[#paths + 1] = line end
+%(headers)s
 local i = math.random(#paths)
 request = function()
   i = i %% #paths + 1
@@ -46,19 +77,32 @@ request = function()
 end
 """
 
+# `setup` runs in wrk's main state and numbers the threads; each thread
+# then writes every `threads`-th key, so no two requests share one.
 PUT_SCRIPT = """
-local blobs = {}
-for line in io.lines("%(list)s") do
-  local f = io.open("%(dir)s/" .. line, "rb")
-  blobs[#blobs + 1] = {path = "/cas/" .. line, body = f:read("*a")}
-  f:close()
+local threads = 0
+function setup(thread)
+  thread:set("first", threads)
+  threads = threads + 1
 end
-local i = math.random(#blobs)
+
+local file = assert(io.open("%(common)s", "rb"))
+local common = file:read("*a")
+file:close()
+local paths = {}
+for line in io.lines("%(list)s") do paths[#paths + 1] = line end
+local n
+
 request = function()
-  i = i %% #blobs + 1
-  return wrk.format("PUT", blobs[i].path, nil, blobs[i].body)
+  n = n and n + %(threads)d or first
+  if n >= #paths then
+    error("out of keys: raise the expected rate in bench/serve_http.py")
+  end
+  return wrk.format("PUT", paths[n + 1], nil, common .. string.format("%%0%(digits)dd", n))
 end
 """
+
+THREADS = 2
 
 
 def need(tool):
@@ -68,8 +112,65 @@ def need(tool):
     return path
 
 
-def start_nginx(nginx, work, cache):
+def gocached_binary():
+    binary = common.ROOT / ".venv" / "peers" / "gocached"
+    if not os.access(binary, os.X_OK):
+        sys.exit("gocached not found: run `bash scripts/peers.sh` (builds it into .venv/peers)")
+    return str(binary)
+
+
+def wait_port(port, proc, what, log):
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                sys.exit(f"{what} did not start; see {log}")
+            time.sleep(0.05)
+
+
+class Server:
+    """One server on a free loopback port with its data under `work/name`."""
+
+    def __init__(self, name, work, granary=None):
+        self.name, self.dir = name, work / name
+        self.dir.mkdir(parents=True)
+        log = work / f"{name}.log"
+        self.port = common.free_port()
+        address = f"127.0.0.1:{self.port}"
+        if name == "granary":
+            command = [granary, "serve", "--dir", str(self.dir), "--listen", address,
+                       "--max-size", "100GiB"]
+        elif name == "bazel-remote":
+            command = [common.bazel_remote_binary(), f"--dir={self.dir}", "--max_size=100",
+                       f"--http_address={address}", "--grpc_address=none",
+                       "--storage_mode=uncompressed"]
+        else:
+            command = [gocached_binary(), "--listen", address, "--cache-dir", str(self.dir)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        wait_port(self.port, self.proc, name, log)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_nginx(nginx, work, cache, put_root):
+    """nginx serving `cache` (granary's layout) for GETs on one port, and
+    storing PUTs under `put_root` on another; returns both ports."""
     conf = work / "nginx.conf"
+    port, put_port = common.free_port(), common.free_port()
+    # Its workers run as an unprivileged user.
+    (put_root / "tmp").mkdir(parents=True)
+    for directory in (put_root, put_root / "tmp"):
+        directory.chmod(0o777)
     conf.write_text(f"""
 worker_processes {os.cpu_count()};
 pid {work}/nginx.pid;
@@ -88,19 +189,19 @@ http {{
   uwsgi_temp_path {work}/nginx-uwsgi;
   scgi_temp_path {work}/nginx-scgi;
   server {{
-    listen 127.0.0.1:0;
+    listen 127.0.0.1:{port};
     location ~ ^/cas/(..)(.*)$ {{ alias {cache}/cas/$1/$1$2; }}
+  }}
+  server {{
+    listen 127.0.0.1:{put_port};
+    client_max_body_size 0;
+    client_body_temp_path {put_root}/tmp;
+    location /cas/ {{ root {put_root}; dav_methods PUT; create_full_put_path on; }}
   }}
 }}
 """)
-    # nginx cannot listen on port 0: pick a free port.
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf.write_text(conf.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
     subprocess.run([nginx, "-c", str(conf), "-e", str(work / "nginx-error.log")], check=True)
-    return port
+    return port, put_port
 
 
 def stop_nginx(nginx, work):
@@ -109,19 +210,188 @@ def stop_nginx(nginx, work):
 
 
 def wrk(wrk_bin, port, script, connections, seconds):
+    """(requests/s, p99 in ms, requests) of one wrk run; any error ends the bench."""
     out = subprocess.run(
-        [wrk_bin, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+        [wrk_bin, f"-t{THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
          f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    )
+    text = out.stdout
+    if re.search(r"Non-2xx or 3xx responses|Socket errors", text) or "out of keys" in out.stderr:
+        sys.exit(f"wrk saw errors:\n{text}{out.stderr}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
     p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    if errors or socket_errors:
-        sys.exit(f"wrk saw errors:\n{out}")
-    return rps, p99_ms
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    return rps, p99_ms, requests
+
+
+def request(method, port, path, body=None, headers=None):
+    """The body of one request's answer; anything but success ends the bench."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body, headers or {})
+        response = conn.getresponse()
+        answer = response.read()
+        if response.status not in (200, 201, 204):
+            sys.exit(f"{method} {path} on port {port}: {response.status}")
+        return answer
+    finally:
+        conn.close()
+
+
+def new_keys(size, count, work, name):
+    """A body shared by all but its counter, and the digests of `count`
+    bodies that end in counters 0.."""
+    common_part = os.urandom(size - COUNTER_DIGITS)
+    path = work / f"common-{name}"
+    path.write_bytes(common_part)
+    prefix = hashlib.sha256(common_part)
+    digests = []
+    for n in range(count):
+        digest = prefix.copy()
+        digest.update(b"%0*d" % (COUNTER_DIGITS, n))
+        digests.append(digest.hexdigest())
+    return path, digests
+
+
+def lua_headers(server):
+    return "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in HEADERS.get(server, {}).items())
+
+
+def path_of(server, op, digest):
+    template = PATHS[server][0 if op == "GET" else 1]
+    return template % ((digest,) * template.count("%s"))
+
+
+def measure(granary, work, runs, seconds, servers=("granary", "bazel-remote", "gocached")):
+    """Every case on every server, runs interleaved; returns the rows."""
+    wrk_bin, nginx = need("wrk"), need("nginx")
+    work.chmod(0o755)  # nginx's workers run as an unprivileged user
+    results = {}  # (case, server) -> [(rps, p99, requests)]
+    stored = {name: Server(name, work / "stored", granary) for name in servers}
+    nginx_port = None
+    try:
+        scripts = {}
+        for size_name, size, count, connections, rate in SIZES:
+            digests = []
+            for _ in range(count):
+                body = os.urandom(size)
+                digest = hashlib.sha256(body).hexdigest()
+                digests.append(digest)
+                for server in stored.values():
+                    request("PUT", server.port, path_of(server.name, "PUT", digest), body)
+            # Each PUT-new run starts on an empty server: the keys serve every run.
+            common_path, keys = new_keys(size, rate * seconds, work, size_name)
+            for server in [*servers, "nginx"]:
+                listing = work / f"get-{server}-{size_name}.list"
+                listing.write_text("".join(path_of(server, "GET", d) + "\n" for d in digests))
+                script = work / f"get-{server}-{size_name}.lua"
+                script.write_text(GET_SCRIPT % {"list": listing, "headers": lua_headers(server)})
+                scripts[("GET", size_name, server)] = script
+                listing = work / f"put-{server}-{size_name}.list"
+                listing.write_text("".join(path_of(server, "PUT", d) + "\n" for d in keys))
+                script = work / f"put-{server}-{size_name}.lua"
+                script.write_text(PUT_SCRIPT % {"common": common_path, "list": listing,
+                                                "threads": THREADS, "digits": COUNTER_DIGITS})
+                scripts[("PUT new", size_name, server)] = script
+            if size_name == "1KB":
+                # The stored blobs again: bodies from files, as in the GET set.
+                for server in servers:
+                    scripts[("PUT again", size_name, server)] = again_script(
+                        work, server, digests, stored[server], size_name)
+        put_root = work / "nginx-put"
+        nginx_port, nginx_put_port = start_nginx(nginx, work, stored["granary"].dir, put_root)
+        cases = [("GET", s) for s, *_ in SIZES] + [("PUT new", s) for s, *_ in SIZES] \
+            + [("PUT again", "1KB")]
+        for run in range(runs):
+            for op, size_name in cases:
+                connections = next(c for s, _, _, c, _ in SIZES if s == size_name)
+                names = list(servers) if op == "PUT again" else [*servers, "nginx"]
+                for server in names[run % len(names):] + names[:run % len(names)]:
+                    if op == "PUT new" and server == "nginx":
+                        shutil.rmtree(put_root / "cas", ignore_errors=True)
+                        fresh, port = None, nginx_put_port
+                    elif op == "PUT new":
+                        fresh = Server(server, work / f"new-{server}-{size_name}-{run}", granary)
+                        port = fresh.port
+                    else:
+                        fresh, port = None, nginx_port if server == "nginx" else stored[server].port
+                    # Each run starts with nothing left to write back from
+                    # the last: the GBs of a PUT run slow down whichever
+                    # server comes next.
+                    os.sync()
+                    try:
+                        script = scripts[(op, size_name, server)]
+                        result = wrk(wrk_bin, port, script, connections, seconds)
+                    finally:
+                        if fresh:
+                            fresh.stop()
+                            shutil.rmtree(fresh.dir.parent, ignore_errors=True)
+                    results.setdefault((f"{op} {size_name}", connections, server), []).append(result)
+                    print(f"{op:>9} {size_name:>4} {server:>12}: {result[0]:10.0f} req/s  "
+                          f"p99 {result[1]:8.2f} ms", flush=True)
+    finally:
+        if nginx_port:
+            stop_nginx(nginx, work)
+        for server in stored.values():
+            server.stop()
+    rows = []
+    for (case, connections, server), got in results.items():
+        size = next(s for n, s, *_ in SIZES if case.endswith(n))
+        rps = statistics.median(r[0] for r in got)
+        rows.append({"case": case, "server": server, "connections": connections,
+                     "requests_per_s": round(rps), "gb_per_s": round(rps * size / 1e9, 3),
+                     "p99_ms": round(statistics.median(r[1] for r in got), 2),
+                     "runs_rps": [round(r[0]) for r in got]})
+    return rows
+
+
+def again_script(work, server, digests, stored, size_name):
+    """A PUT script that sends the stored blobs again, read back from the server."""
+    blobs = work / f"again-{size_name}.body"
+    blobs.mkdir(exist_ok=True)
+    for digest in digests:
+        if not (blobs / digest).exists():
+            (blobs / digest).write_bytes(request("GET", stored.port, path_of(server, "GET", digest),
+                                                 headers=HEADERS.get(server, {})))
+    listing = work / f"again-{server}-{size_name}.list"
+    listing.write_text("".join(f"{d}\t{path_of(server, 'PUT', d)}\n" for d in digests))
+    script = work / f"again-{server}-{size_name}.lua"
+    script.write_text(f"""
+local blobs = {{}}
+for line in io.lines("{listing}") do
+  local digest, path = line:match("([^\\t]+)\\t(.+)")
+  local f = assert(io.open("{blobs}/" .. digest, "rb"))
+  blobs[#blobs + 1] = {{path = path, body = f:read("*a")}}
+  f:close()
+end
+local i = math.random(#blobs)
+request = function()
+  i = i % #blobs + 1
+  return wrk.format("PUT", blobs[i].path, nil, blobs[i].body)
+end
+""")
+    return script
+
+
+def table(rows, runs, seconds):
+    """The markdown table of `rows`, each against granary's figure."""
+    granary = {r["case"]: r["requests_per_s"] for r in rows if r["server"] == "granary"}
+    lines = ["| case | server | connections | req/s | GB/s | p99 (ms) | granary / this |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    order = {"granary": 0, "bazel-remote": 1, "gocached": 2, "nginx": 3}
+    for r in sorted(rows, key=lambda r: (r["case"].startswith("PUT"), r["case"], order[r["server"]])):
+        ratio = granary.get(r["case"], 0) / r["requests_per_s"] if r["requests_per_s"] else 0
+        r["granary_over_this"] = round(ratio, 2)
+        lines.append(f"| {r['case']} | {r['server']} | {r['connections']} | {r['requests_per_s']} | "
+                     f"{r['gb_per_s']:.3f} | {r['p99_ms']:.2f} | {ratio:.2f}x |")
+    lines += ["", f"Median of {runs} runs of {seconds} s each, the servers' runs interleaved; wrk "
+              "(2 threads) shares the machine's CPUs with the server. PUT new: every request a blob "
+              "the server has not seen, on a server started empty for the run. PUT again: blobs it "
+              "holds. nginx serves the files granary stored, and stores PUTs with WebDAV "
+              "(no hashing)."]
+    return "\n".join(lines)
 
 
 def main():
@@ -131,85 +401,32 @@ def main():
     parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
     parser.add_argument("--out", default=str(common.RESULTS))
     args = parser.parse_args()
-    wrk_bin, nginx = need("wrk"), need("nginx")
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
     work = Path(tempfile.mkdtemp(prefix="granary-serve-bench-"))
-    work.chmod(0o755)  # nginx's workers run as an unprivileged user
-    proc, url, _ = common.start_serve(granary, work, "--max-size", "100GiB")
-    port = int(url.rsplit(":", 1)[1])
-    nginx_port = None
-    rows = []
     try:
-        blobs = work / "blobs"
-        blobs.mkdir()
-        for name, size, count, _ in CASES:
-            listing = []
-            conn = http.client.HTTPConnection("127.0.0.1", port)
-            for i in range(count):
-                body = os.urandom(size)
-                digest = hashlib.sha256(body).hexdigest()
-                (blobs / digest).write_bytes(body)
-                conn.request("PUT", f"/cas/{digest}", body)
-                response = conn.getresponse()
-                response.read()
-                assert response.status == 200, response.status
-                listing.append(digest)
-            (work / f"{name}.list").write_text("\n".join(listing) + "\n")
-            (work / f"{name}.paths").write_text("".join(f"/cas/{d}\n" for d in listing))
-            (work / f"get-{name}.lua").write_text(GET_SCRIPT % {"list": work / f"{name}.paths"})
-            (work / f"put-{name}.lua").write_text(PUT_SCRIPT % {"list": work / f"{name}.list", "dir": blobs})
-        nginx_port = start_nginx(nginx, work, work / "serve-cache")
-        for name, size, _, connections in CASES:
-            for op, server, target in [("GET", "granary", port), ("GET", "nginx", nginx_port),
-                                       ("PUT", "granary", port)]:
-                script = work / f"{op.lower()}-{name}.lua"
-                runs = [wrk(wrk_bin, target, script, connections, args.seconds) for _ in range(args.runs)]
-                rps = statistics.median(r[0] for r in runs)
-                p99 = statistics.median(r[1] for r in runs)
-                row = {"case": f"{op} {name}", "server": server, "connections": connections,
-                       "requests_per_s": round(rps), "gb_per_s": round(rps * size / 1e9, 3),
-                       "p99_ms": round(p99, 2), "runs_rps": [round(r[0]) for r in runs]}
-                rows.append(row)
-                print(f"{row['case']:>9} {server:>8}: {rps:10.0f} req/s  {row['gb_per_s']:7.3f} GB/s  "
-                      f"p99 {p99:7.2f} ms", flush=True)
+        rows = measure(granary, work, args.runs, args.seconds)
     finally:
-        if nginx_port:
-            stop_nginx(nginx, work)
-        proc.terminate()
-        proc.wait()
         shutil.rmtree(work, ignore_errors=True)
-    report(rows, args, Path(args.out))
-
-
-def report(rows, args, out):
-    nginx = {r["case"]: r["requests_per_s"] for r in rows if r["server"] == "nginx"}
-    lines = [
-        f"# granary serve vs nginx on loopback, {os.cpu_count()} CPUs (wrk, 2 threads, same machine)",
-        "",
-        "| case | server | connections | req/s | GB/s | p99 (ms) | / nginx |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        ratio = r["requests_per_s"] / nginx[r["case"]] if r["case"] in nginx else None
-        r["vs_nginx"] = round(ratio, 3) if ratio else None
-        lines.append(
-            f"| {r['case']} | {r['server']} | {r['connections']} | {r['requests_per_s']} | {r['gb_per_s']:.3f} | "
-            f"{r['p99_ms']:.2f} | {f'{ratio:.2f}x' if ratio else ''} |"
-        )
-    lines += ["", f"Median of {args.runs} runs of {args.seconds} s each. nginx serves the files granary "
-              "stored (sendfile, open_file_cache); wrk shares the 2 CPUs with the server."]
-    table = "\n".join(lines)
-    print()
-    print(table)
+    text = table(rows, args.runs, args.seconds)
+    heading = f"# Cache servers on loopback, {os.cpu_count()} CPUs (wrk, 2 threads, same machine)"
+    print(f"\n{heading}\n\n{text}")
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve-http.md").write_text(table + "\n")
+    (out / "serve-http.md").write_text(f"{heading}\n\n{text}\n")
     (out / "serve-http.json").write_text(json.dumps(rows, indent=2) + "\n")
-    common.write_bar_chart(
-        out / "serve-http.svg",
-        "granary serve GET throughput relative to nginx (1.0)",
-        [(r["case"], {"granary / nginx": r["vs_nginx"]}) for r in rows if r["server"] == "granary" and r["vs_nginx"]],
-    )
+    write_chart(out / "serve-http.svg", rows)
     print(f"\nwrote {out}/serve-http.{{md,json,svg}}")
+
+
+def write_chart(path, rows):
+    """Each server's requests/s relative to granary's, per case."""
+    granary = {r["case"]: r["requests_per_s"] for r in rows if r["server"] == "granary"}
+    groups = {}
+    for r in rows:
+        if r["server"] != "granary" and granary.get(r["case"]):
+            groups.setdefault(r["case"], {})[r["server"]] = r["requests_per_s"] / granary[r["case"]]
+    common.write_bar_chart(path, "cache servers' requests/s relative to granary serve (1.0; lower is "
+                           "slower)", list(groups.items()), baseline="granary")
 
 
 if __name__ == "__main__":
