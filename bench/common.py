@@ -209,30 +209,37 @@ def bazel_remote_binary():
     return binary
 
 
+def wait_port(port, proc, what, log=None, timeout=30):
+    """Waits until `proc` listens on loopback `port`; ends the bench if it
+    exits or takes longer than `timeout` seconds."""
+    import socket
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                sys.exit(f"{what} did not start" + (f"; see {log}" if log else ""))
+            time.sleep(0.05)
+
+
 def start_bazel_remote(work, grpc_port=None):
     """bazel-remote (scripts/setup.sh builds it into .venv) on a free
     loopback port, its data under `work`, gRPC on `grpc_port` if given;
     returns (process, URL)."""
-    import socket
-
     port = free_port()
     grpc = f"127.0.0.1:{grpc_port}" if grpc_port else "none"
+    log = Path(work) / "bazel-remote.log"
     proc = subprocess.Popen(
         [bazel_remote_binary(), f"--dir={Path(work) / 'bazel-remote'}", "--max_size=10",
          f"--http_address=127.0.0.1:{port}", f"--grpc_address={grpc}"],
-        stdout=subprocess.DEVNULL, stderr=open(Path(work) / "bazel-remote.log", "w"),
+        stdout=subprocess.DEVNULL, stderr=open(log, "w"),
     )
-    deadline = time.time() + 30
     for waited in [port, grpc_port] if grpc_port else [port]:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", waited), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    proc.kill()
-                    sys.exit(f"bazel-remote did not start; see {Path(work) / 'bazel-remote.log'}")
-                time.sleep(0.05)
+        wait_port(waited, proc, "bazel-remote", log)
     return proc, f"http://127.0.0.1:{port}"
 
 

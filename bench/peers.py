@@ -40,7 +40,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,19 +69,6 @@ def peer_status():
 def peer(name):
     binary = PEERS / name
     return str(binary) if os.access(binary, os.X_OK) else None
-
-
-def wait_port(port, proc, what, timeout=30):
-    deadline = time.time() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                sys.exit(f"{what} did not start")
-            time.sleep(0.05)
 
 
 # Runners over gRPC publish and read a manifest of their own: it names packs
@@ -133,7 +119,7 @@ def start_gocached(work):
         [peer("gocached"), "--listen", f"127.0.0.1:{port}", "--cache-dir", str(work / "gocached")],
         stdout=subprocess.DEVNULL, stderr=open(work / "gocached.log", "w"),
     )
-    wait_port(port, proc, "gocached")
+    common.wait_port(port, proc, "gocached")
     return proc, f"127.0.0.1:{port}"
 
 

@@ -36,12 +36,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -119,19 +117,6 @@ def gocached_binary():
     return str(binary)
 
 
-def wait_port(port, proc, what, log):
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                sys.exit(f"{what} did not start; see {log}")
-            time.sleep(0.05)
-
-
 class Server:
     """One server on a free loopback port with its data under `work/name`."""
 
@@ -151,7 +136,7 @@ class Server:
         else:
             command = [gocached_binary(), "--listen", address, "--cache-dir", str(self.dir)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-        wait_port(self.port, self.proc, name, log)
+        common.wait_port(self.port, self.proc, name, log)
 
     def stop(self):
         self.proc.terminate()
