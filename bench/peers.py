@@ -87,13 +87,13 @@ def start_delay(address, delay_ms, counts):
     return proc, f"127.0.0.1:{int(proc.stdout.readline())}"
 
 
-def read_counts(path):
+def read_counts(path, timeout=30):
     """The counts a delay proxy wrote, once they stopped changing (the
-    helper's connections close as it exits)."""
-    last = None
+    helper's connections close as it exits), or after `timeout` seconds."""
+    last, deadline = None, time.time() + timeout
     while True:
         current = json.loads(path.read_text()) if path.exists() else {}
-        if current == last:
+        if current == last or time.time() > deadline:
             return current
         last = current
         time.sleep(0.5)
