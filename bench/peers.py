@@ -19,8 +19,8 @@ What it measures, each configuration's runs interleaved with the others':
   disk      what each local tier takes after `go build std`, and each
             server after its fills;
   servers   granary serve, bazel-remote and gocached under wrk (GET and
-            PUT, 1 KB and 10 MB; nginx as the ceiling for GETs), as
-            bench/serve_http.py measures them;
+            PUT, 1 KB and 10 MB; nginx as the ceiling, storing PUTs without
+            hashing), as bench/serve_http.py measures them;
   memory    each helper's peak resident memory for one 300 MB output;
   bad input what each helper does with a body that does not hash to its
             OutputID, a body shorter than its BodySize, an unknown command

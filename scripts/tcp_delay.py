@@ -96,10 +96,9 @@ async def main():
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0, backlog=1024)
     print(server.sockets[0].getsockname()[1], flush=True)
-    if args.counts:
-        asyncio.get_running_loop().create_task(keep_counts(args.counts))
+    counting = [keep_counts(args.counts)] if args.counts else []
     async with server:
-        await server.serve_forever()
+        await asyncio.gather(server.serve_forever(), *counting)
 
 
 async def keep_counts(path):
