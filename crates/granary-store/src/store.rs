@@ -11,6 +11,7 @@ use tempfile::NamedTempFile;
 
 use granary_id::Id;
 
+use crate::walk::remove_in_place;
 use crate::{ActionEntry, ENTRY_SIZE, EntryError, Tally};
 
 /// Name of the directory, inside the cache directory, that holds files
@@ -194,7 +195,10 @@ impl Store {
             !name.ends_with(".lock")
         })?;
         for prefix in 0..=u8::MAX {
-            let subdir = self.dir.join(format!("{prefix:02x}"));
+            // Never through a link out of the cache.
+            let Some(subdir) = self.subdir(prefix)? else {
+                continue;
+            };
             self.remove_stale_in(&subdir, max_age, &mut removed, |name| {
                 name.starts_with(TEMP_PREFIX)
             })?;
@@ -223,7 +227,7 @@ impl Store {
             let stale = meta
                 .modified()
                 .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age >= max_age));
-            if meta.is_file() && stale && fs::remove_file(entry.path()).is_ok() {
+            if meta.is_file() && stale && remove_in_place(&entry.path(), false).is_ok() {
                 removed.files += 1;
                 removed.bytes += meta.len();
             }
@@ -517,7 +521,9 @@ pub(crate) fn executable_in(dir: &Path) -> Option<(PathBuf, fs::Metadata)> {
         return None;
     }
     let path = only.path();
-    let meta = fs::metadata(&path).ok().filter(fs::Metadata::is_file)?;
+    let meta = fs::symlink_metadata(&path)
+        .ok()
+        .filter(fs::Metadata::is_file)?;
     Some((path, meta))
 }
 

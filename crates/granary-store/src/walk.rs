@@ -7,7 +7,7 @@
 
 use std::fs::{self, Metadata};
 use std::io::{self, ErrorKind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::store::executable_in;
@@ -41,25 +41,45 @@ impl Store {
     /// The action and object files in the subdirectory for IDs starting
     /// with `prefix`. Other files (cmd/go's own, granary's temporary files)
     /// are not listed, nor files that vanish while the directory is read.
+    ///
+    /// Symbolic links are never followed out of the cache: a subdirectory
+    /// that is a link lists nothing, and an entry that is a link is not an
+    /// entry. A cache directory may be shared or writable by others, and
+    /// maintenance deletes what it lists.
     pub fn entry_files_in(&self, prefix: u8) -> io::Result<Vec<EntryFile>> {
-        let subdir = self.dir().join(format!("{prefix:02x}"));
-        let entries = match fs::read_dir(&subdir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+        let Some(subdir) = self.subdir(prefix)? else {
+            return Ok(Vec::new());
         };
         let mut files = Vec::new();
-        for entry in entries {
+        for entry in fs::read_dir(&subdir)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(kind) = name.to_str().and_then(parse_name) else {
                 continue;
             };
             let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
+            // Not followed: the entry itself, link or not.
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_symlink() {
+                continue;
+            }
             files.push(entry_file(path, kind, &meta));
         }
         Ok(files)
+    }
+
+    /// The subdirectory for IDs starting with `prefix`, if it is a real
+    /// directory (not a link to one elsewhere).
+    pub(crate) fn subdir(&self, prefix: u8) -> io::Result<Option<PathBuf>> {
+        let subdir = self.dir().join(format!("{prefix:02x}"));
+        match fs::symlink_metadata(&subdir) {
+            Ok(meta) if meta.is_dir() => Ok(Some(subdir)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `file` as it is on disk now, or `None` if it has gone.
@@ -109,15 +129,58 @@ fn disk_size(meta: &Metadata) -> u64 {
 /// was found a moment ago. Returns whether this call removed it: `false`
 /// when it had already gone.
 pub(crate) fn remove_entry_file(file: &EntryFile) -> io::Result<bool> {
-    let removed = if file.is_dir {
-        fs::remove_dir_all(&file.path)
-    } else {
-        fs::remove_file(&file.path)
-    };
-    match removed {
+    match remove_in_place(&file.path, file.is_dir) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Removes the file (or the directory of files) at `path`, which names an
+/// entry in a subdirectory of the cache, without following a link: if
+/// the subdirectory or the entry was swapped for a link since it was
+/// listed, nothing outside the cache is touched. The subdirectory is
+/// opened without following links and the entry removed relative to it,
+/// so no check can be raced.
+#[cfg(unix)]
+pub(crate) fn remove_in_place(path: &Path, is_dir: bool) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Dir, Mode, OFlags, openat, unlinkat};
+    let (Some(subdir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(ErrorKind::InvalidInput, "not an entry path"));
+    };
+    let no_follow = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let subdir = openat(CWD, subdir, no_follow, Mode::empty())?;
+    if is_dir {
+        let entry = openat(&subdir, name, no_follow, Mode::empty())?;
+        for inner in Dir::read_from(&entry)? {
+            let inner = inner?;
+            let inner = inner.file_name();
+            if inner.to_bytes() != b"." && inner.to_bytes() != b".." {
+                unlinkat(&entry, inner, AtFlags::empty())?;
+            }
+        }
+        unlinkat(&subdir, name, AtFlags::REMOVEDIR)?;
+    } else {
+        unlinkat(&subdir, name, AtFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// Elsewhere, the subdirectory and the entry are checked not to be links
+/// just before removal (a link could still be swapped in between).
+#[cfg(not(unix))]
+pub(crate) fn remove_in_place(path: &Path, is_dir: bool) -> io::Result<()> {
+    let is_link = |path: &Path| fs::symlink_metadata(path).map(|m| m.is_symlink());
+    let subdir = path.parent().unwrap_or(path);
+    if is_link(subdir)? || is_link(path)? {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} leads out of the cache through a link", path.display()),
+        ));
+    }
+    match is_dir {
+        true => fs::remove_dir_all(path),
+        false => fs::remove_file(path),
     }
 }
 

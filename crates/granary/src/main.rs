@@ -39,6 +39,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(cli.command, Command::Prog(_) | Command::Serve(_)) {
+        // A report piped into `head` ends quietly when its reader goes, as
+        // `ls` does, instead of panicking in println!. Not in prog, whose
+        // stdout is go's, nor in serve, whose sockets must fail with EPIPE
+        // rather than kill the server.
+        sigpipe::reset();
+    }
     let global = &cli.global;
     let config = global.config.as_deref();
     match &cli.command {

@@ -689,3 +689,71 @@ fn builds_succeed_while_a_trim_loops_with_a_tiny_ceiling() {
     ));
     assert_eq!(compiled_packages(&again.stderr), Vec::<String>::new());
 }
+
+/// A cache directory may be shared or writable by others: a subdirectory
+/// or an entry that is a link to a folder elsewhere is never followed by
+/// `verify --repair`, `trim` or `prune`, which would delete there the
+/// files named like entries (and a directory named like an executable
+/// entry, whole).
+#[test]
+fn maintenance_never_follows_a_link_out_of_the_cache() {
+    let sb = Sandbox::new();
+    let cache = sb.cache();
+    let store = Store::open(&cache).unwrap();
+    let (_, kept_object, _) = entry(&store, 1, 3 * DAY);
+    // Elsewhere: what a link in the cache leads to, named like entries,
+    // old, and damaged (an action file that parses as nothing).
+    let elsewhere = sb.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let name = |suffix: &str| format!("fe{}{suffix}", "ab".repeat(31));
+    let victims = [
+        elsewhere.join(name("-a")),
+        elsewhere.join(name("-d")),
+        elsewhere.join(format!("fd{}-d", "ab".repeat(31))),
+    ];
+    fs::write(&victims[0], b"not an action entry").unwrap();
+    fs::write(&victims[1], b"an object that hashes to nothing").unwrap();
+    // An executable entry's shape: a directory holding one file.
+    fs::create_dir_all(&victims[2]).unwrap();
+    fs::write(victims[2].join("tool"), b"precious").unwrap();
+    for victim in &victims {
+        set_mtime(victim, SystemTime::now() - 30 * DAY);
+    }
+    // `fe/` as a link to the folder, and in `fd/` an entry that is a link
+    // to the directory.
+    fs::remove_dir_all(cache.join("fe")).ok();
+    std::os::unix::fs::symlink(&elsewhere, cache.join("fe")).unwrap();
+    fs::create_dir_all(cache.join("fd")).unwrap();
+    let linked_entry = cache.join("fd").join(format!("fd{}-d", "cd".repeat(31)));
+    std::os::unix::fs::symlink(&victims[2], linked_entry).unwrap();
+    let commands: [&[&str]; 4] = [
+        &["verify", "--repair"],
+        &["trim", "--max-age", "1d", "--grace=0s"],
+        &["trim", "--max-size", "1", "--grace=0s"],
+        &["prune", "--all", "--grace=0s", "--force"],
+    ];
+    for args in commands {
+        let out = granary_in(&cache, args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        for victim in &victims {
+            assert!(
+                victim.exists(),
+                "granary {args:?} deleted {} outside the cache: {}",
+                victim.display(),
+                text(&out)
+            );
+        }
+        assert!(victims[2].join("tool").exists(), "granary {args:?}");
+    }
+    // The cache's own entries went as usual.
+    assert!(
+        !kept_object.exists(),
+        "prune --all removes the real entries"
+    );
+    assert!(
+        cache.join("fe").is_symlink(),
+        "the link itself is left alone"
+    );
+}

@@ -101,3 +101,36 @@ fn verify_of_a_missing_directory_says_so() {
         "verify must not create it"
     );
 }
+
+/// A report whose reader has gone (`granary verify --json | head`) ends
+/// quietly, as `ls` does: by SIGPIPE, not with a panic.
+#[test]
+fn a_report_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    let store = Store::open(&dir).unwrap();
+    for i in 0..3u8 {
+        store.put_bytes(&Id([i; 32]), &[i; 100]).unwrap();
+    }
+    for args in [&["verify", "--json"][..], &["du"], &["stats"]] {
+        // The reader is gone before granary writes a byte.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(common::granary())
+            .args(args)
+            .env("GRANARY_DIR", &dir)
+            .env_remove("GRANARY_JSON")
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}
