@@ -227,7 +227,7 @@ impl SigningKey {
             (Some(Err(line)), _) | (Some(Ok(_)), Some(Err(line))) => Err(KeyFileError::Malformed {
                 path: path.to_owned(),
                 line,
-                expected: "`ed25519-secret:` and 64 hex digits",
+                why: "expected `ed25519-secret:` and 64 hex digits".to_owned(),
             }),
             (Some(Ok(_)), Some(Ok(_))) | (None, _) => Err(KeyFileError::NotOneKey {
                 path: path.to_owned(),
@@ -334,11 +334,15 @@ impl TrustedKeys {
         let mut keys = Vec::new();
         for (line, text) in meaningful_lines(&text) {
             let word = text.split_whitespace().next().unwrap_or_default();
-            keys.push(word.parse().map_err(|_| KeyFileError::Malformed {
-                path: path.to_owned(),
-                line,
-                expected: "a public key, `ed25519:` and 64 hex digits",
-            })?);
+            // The parser's reason: a weak key is refused for being weak.
+            keys.push(
+                word.parse()
+                    .map_err(|why: String| KeyFileError::Malformed {
+                        path: path.to_owned(),
+                        line,
+                        why: format!("{why}; a trusted key is `ed25519:` and 64 hex digits"),
+                    })?,
+            );
         }
         if keys.is_empty() {
             return Err(KeyFileError::NotOneKey {
@@ -447,11 +451,11 @@ pub enum KeyFileError {
         "the secret key file {path} is open to group or others (mode {mode:o}); run `chmod 600 {path}`"
     )]
     Readable { path: PathBuf, mode: u32 },
-    #[error("{path}, line {line}: expected {expected}")]
+    #[error("{path}, line {line}: {why}")]
     Malformed {
         path: PathBuf,
         line: usize,
-        expected: &'static str,
+        why: String,
     },
     #[error(
         "{path} must hold exactly one key (for a secret key) or at least one (for trusted keys)"
@@ -626,6 +630,15 @@ mod tests {
         let identity = format!("ed25519:01{}", "00".repeat(31));
         let refused = identity.parse::<PublicKey>().unwrap_err();
         assert!(refused.contains("weak"), "{refused}");
+        // A trusted-keys file says why too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trusted");
+        fs::write(&path, format!("# ci\n{identity} weak\n")).unwrap();
+        let refused = TrustedKeys::read(&path).unwrap_err().to_string();
+        assert!(
+            refused.contains("line 2") && refused.contains("weak (small-order)"),
+            "{refused}"
+        );
     }
 
     #[test]
