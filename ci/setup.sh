@@ -7,9 +7,17 @@
 #
 # Inputs are variables (GitHub passes the action's inputs so):
 #   INPUT_REMOTE            the remote URL (s3://, gs://, az://, http(s)://, grpc(s)://)
-#   INPUT_NAMESPACE         the namespace to write [default: main on the default
-#                           branch, pr-N / mr-N for pull and merge requests, else the
+#   INPUT_NAMESPACE         the namespace to write [default: main for a push (or a
+#                           write event below) to the default branch, pr-N / mr-N for
+#                           pull and merge requests, tag-NAME for tags, else the
 #                           branch's name]
+#   INPUT_WRITE_EVENTS      comma-separated events whose jobs may write; the others
+#                           only read and get no signing key [default: push and
+#                           pull_request on GitHub, push and merge_request_event
+#                           (CI_PIPELINE_SOURCE) on GitLab]. issue_comment,
+#                           workflow_run, schedule and the like run code that a push
+#                           did not vet, or on a ref they do not own: list them only
+#                           if you trust them to write main.
 #   INPUT_READ_NAMESPACES   comma-separated namespaces to read too, or none
 #                           [default (empty or auto): main, except on the default branch]
 #   INPUT_FORKS_READ_ONLY   true: pull requests from forks never write [default: true]
@@ -48,9 +56,12 @@ set_var GOCACHEPROG "$granary prog"
 # A namespace name: letters, digits, `.`, `_` and `-`, at most 64.
 namespace_of() { printf '%s' "$1" | tr -c 'A-Za-z0-9._-' '-' | sed 's/^\.*//' | cut -c1-64; }
 
-# What kind of run this is, from the CI system's own variables.
-default_branch="" branch="" request="" fork=false
+# What kind of run this is, from the CI system's own variables: the event,
+# the branch or tag it runs on, the pull or merge request.
+default_branch="" branch="" tag="" request="" fork=false event_name="" write_events=""
 if [ -n "${GITHUB_ACTIONS:-}" ]; then
+    event_name="${GITHUB_EVENT_NAME:-}"
+    write_events="push,pull_request"
     event="${GITHUB_EVENT_PATH:-/dev/null}"
     json() { python3 -c 'import json, sys
 try:
@@ -67,29 +78,59 @@ print("" if data is None else data)' "$event" "$1"; }
         branch="${GITHUB_HEAD_REF:-$(json pull_request.head.ref)}"
         [ "$(json pull_request.head.repo.full_name)" != "${GITHUB_REPOSITORY:-}" ] && fork=true
         ;;
-    *) branch="${GITHUB_REF_NAME:-}" ;;
+    *)
+        # The ref's kind from the ref itself: a tag named like the default
+        # branch is still a tag.
+        case "${GITHUB_REF:-}" in
+        refs/heads/*) branch="${GITHUB_REF#refs/heads/}" ;;
+        refs/tags/*) tag="${GITHUB_REF#refs/tags/}" ;;
+        "") case "${GITHUB_REF_TYPE:-branch}" in
+            tag) tag="${GITHUB_REF_NAME:-}" ;;
+            *) branch="${GITHUB_REF_NAME:-}" ;;
+            esac ;;
+        esac
+        ;;
     esac
 elif [ -n "${GITLAB_CI:-}" ]; then
+    event_name="${CI_PIPELINE_SOURCE:-}"
+    write_events="push,merge_request_event"
     default_branch="${CI_DEFAULT_BRANCH:-}"
     if [ -n "${CI_MERGE_REQUEST_IID:-}" ]; then
         request="mr-$CI_MERGE_REQUEST_IID"
         branch="${CI_MERGE_REQUEST_SOURCE_BRANCH_NAME:-}"
         [ "${CI_MERGE_REQUEST_SOURCE_PROJECT_ID:-}" != "${CI_MERGE_REQUEST_PROJECT_ID:-}" ] && fork=true
+    elif [ -n "${CI_COMMIT_TAG:-}" ]; then
+        tag="$CI_COMMIT_TAG"
     else
-        branch="${CI_COMMIT_BRANCH:-${CI_COMMIT_REF_NAME:-}}"
+        branch="${CI_COMMIT_BRANCH:-}"
     fi
 fi
+write_events="${INPUT_WRITE_EVENTS:-$write_events}"
 
+# Whether this job's event is one that may write; outside GitHub and GitLab
+# there is no event to judge, and the job writes unless told not to.
+may_write=true
+if [ -n "$event_name$write_events" ]; then
+    case ",${write_events// /}," in
+    *",$event_name,"*) ;;
+    *) may_write=false ;;
+    esac
+fi
 on_default=false
-[ -z "$request" ] && [ -n "$branch" ] && [ "$branch" = "$default_branch" ] && on_default=true
+[ -z "$request" ] && [ -n "$branch" ] && [ "$branch" = "$default_branch" ] && $may_write &&
+    on_default=true
 if [ -n "${INPUT_NAMESPACE:-}" ]; then
     namespace="$INPUT_NAMESPACE"
 elif $on_default; then
     namespace=main
 elif [ -n "$request" ]; then
     namespace="$request"
+elif [ -n "$tag" ]; then
+    namespace="$(namespace_of "tag-$tag")"
 else
     namespace="$(namespace_of "${branch:-ci}")"
+    # Only a trusted event on the default branch writes main.
+    [ "$namespace" = main ] && ! $on_default && namespace="$(namespace_of "${event_name:-ci}-main")"
 fi
 case "${INPUT_READ_NAMESPACES:-auto}" in
 auto) if [ "$namespace" = main ]; then read_namespaces=""; else read_namespaces=main; fi ;;
@@ -98,6 +139,7 @@ none) read_namespaces="" ;;
 esac
 read_only=false
 [ "${INPUT_READ_ONLY:-false}" = true ] && read_only=true
+$may_write || read_only=true
 [ "$fork" = true ] && [ "${INPUT_FORKS_READ_ONLY:-true}" = true ] && read_only=true
 oidc=""
 if [ "${INPUT_OIDC:-false}" = true ]; then
@@ -120,7 +162,7 @@ if [ -n "${INPUT_REMOTE:-}" ]; then
     set_var GRANARY_READ_NAMESPACES "$read_namespaces"
     set_var GRANARY_READ_ONLY "$read_only"
     # Manifests per branch; a new branch starts from the default branch's.
-    [ -n "$branch" ] && set_var GRANARY_SCOPE "$branch"
+    [ -n "$branch$tag" ] && set_var GRANARY_SCOPE "${branch:-$tag}"
     [ -n "$default_branch" ] && set_var GRANARY_SCOPE_FALLBACK "$default_branch"
     if [ -n "$oidc" ]; then
         set_var GRANARY_OIDC "$oidc"
@@ -135,8 +177,10 @@ if [ -n "${INPUT_SIGNING_KEY:-}" ] && ! $read_only; then
     (umask 077 && printf '%s\n' "$INPUT_SIGNING_KEY" >"$temp/signing-key")
     set_var GRANARY_SIGNING_KEY "$temp/signing-key"
 fi
-# The summary counts the runs since now.
+# The summary counts the runs since now, and finds the folder (and removes
+# the signing key from it) by this.
 set_var GRANARY_STATS_SINCE "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+set_var GRANARY_CI_TEMP "$temp"
 
 : >"$temp/env"
 for setting in "${settings[@]}"; do
@@ -148,4 +192,6 @@ for setting in "${settings[@]}"; do
         echo "$line"
     fi
 done
-echo "granary: namespace ${namespace}, reads ${read_namespaces:-no other}, read-only ${read_only}" >&2
+why=""
+$may_write || why=" (event ${event_name:-none} is not one of write-events: ${write_events})"
+echo "granary: namespace ${namespace}, reads ${read_namespaces:-no other}, read-only ${read_only}${why}" >&2

@@ -14,3 +14,10 @@ if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
 else
     echo "$summary" | tee granary-summary.md
 fi
+# The job is over: its signing key goes. GitHub empties RUNNER_TEMP after
+# each job; other runners (GitLab's builds folder) may keep the job's
+# folder, so the whole of it goes there.
+temp="$(dirname "$env_file")"
+rm -f "$temp/signing-key"
+[ -z "${RUNNER_TEMP:-}" ] && rm -rf "$temp"
+exit 0

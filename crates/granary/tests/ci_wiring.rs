@@ -133,6 +133,7 @@ fn github_runners_get_namespaces_by_event_and_forks_only_read() {
         r#"{"repository": {"default_branch": "main"}}"#,
     );
     let mut push_vars = push.vars.clone();
+    push_vars.push(("GITHUB_REF".into(), "refs/heads/main".into()));
     push_vars.push(("GITHUB_REF_NAME".into(), "main".into()));
     let push = Runner {
         vars: push_vars,
@@ -305,4 +306,152 @@ fn gitlab_merge_requests_from_forks_only_read_and_the_summary_is_kept() {
     let kept = fs::read_to_string(builds.join("granary-summary.md")).unwrap();
     assert!(kept.contains("### granary"), "{kept}");
     assert_eq!(printed, kept);
+}
+
+/// Only the events a workflow lists write (default: pushes and pull
+/// requests), and only a push of the default branch writes main: an
+/// issue comment, a workflow_run or a schedule on the default branch, or a
+/// tag named like it, gets neither main, nor writes, nor the signing key.
+#[test]
+fn only_listed_events_write_and_only_a_branch_push_writes_main() {
+    let sb = Sandbox::new();
+    let (secret, _) = key_pair(&sb);
+    let event = r#"{"repository": {"default_branch": "main"}}"#;
+    let setup = |name: &str, event_name: &str, git_ref: &str, extra: &[(&str, &str)]| {
+        let mut runner = Runner::github(&sb, name, event_name, event);
+        runner.vars.push(("GITHUB_REF".into(), git_ref.into()));
+        let mut inputs = vec![
+            ("INPUT_REMOTE", "https://cache.example"),
+            ("INPUT_SIGNING_KEY", secret.as_str()),
+        ];
+        inputs.extend_from_slice(extra);
+        runner.script("setup.sh", &inputs);
+        runner.env()
+    };
+    let wiring = |env: &HashMap<String, String>| {
+        (
+            env["GRANARY_NAMESPACE"].clone(),
+            env["GRANARY_READ_ONLY"].clone(),
+            env.contains_key("GRANARY_SIGNING_KEY"),
+        )
+    };
+    let push = setup("push", "push", "refs/heads/main", &[]);
+    assert_eq!(wiring(&push), ("main".into(), "false".into(), true));
+    for untrusted in [
+        "issue_comment",
+        "workflow_run",
+        "schedule",
+        "pull_request_target",
+    ] {
+        let env = setup(untrusted, untrusted, "refs/heads/main", &[]);
+        let (namespace, read_only, signs) = wiring(&env);
+        assert_ne!(namespace, "main", "{untrusted}");
+        assert_eq!((read_only.as_str(), signs), ("true", false), "{untrusted}");
+        assert_eq!(
+            env["GRANARY_READ_NAMESPACES"], "main",
+            "{untrusted} reads main"
+        );
+    }
+    let tag = setup("tag", "push", "refs/tags/main", &[]);
+    assert_eq!(wiring(&tag), ("tag-main".into(), "false".into(), true));
+    let branch = setup("branch", "push", "refs/heads/feature/x", &[]);
+    assert_eq!(wiring(&branch), ("feature-x".into(), "false".into(), true));
+    // A workflow that trusts its schedules says so.
+    let listed = setup(
+        "listed",
+        "schedule",
+        "refs/heads/main",
+        &[("INPUT_WRITE_EVENTS", "push, schedule")],
+    );
+    assert_eq!(wiring(&listed), ("main".into(), "false".into(), true));
+}
+
+/// On GitLab the job's folder (its signing key too) is gone after the
+/// summary; the template asks for an ID token only in jobs that use OIDC;
+/// outside GitHub and GitLab the folder is a new private one, not a name
+/// others could create first.
+#[test]
+fn the_jobs_folder_is_private_and_its_signing_key_does_not_outlive_the_job() {
+    let sb = Sandbox::new();
+    let (secret, _) = key_pair(&sb);
+    let builds = sb.path("builds");
+    fs::create_dir_all(&builds).unwrap();
+    let cache = sb.cache();
+    let paths = path_with_granary();
+    let gitlab = [
+        ("GITLAB_CI", "true"),
+        ("CI_BUILDS_DIR", builds.to_str().unwrap()),
+        ("CI_JOB_ID", "43"),
+        ("CI_DEFAULT_BRANCH", "main"),
+        ("CI_PIPELINE_SOURCE", "push"),
+        ("CI_COMMIT_BRANCH", "main"),
+        ("INPUT_REMOTE", "s3://ci-cache/go"),
+        ("INPUT_SIGNING_KEY", secret.as_str()),
+        ("GOCACHE", cache.to_str().unwrap()),
+        ("PATH", paths.to_str().unwrap()),
+    ];
+    let runner = Runner {
+        dir: builds.clone(),
+        vars: Vec::new(),
+    };
+    let exports = runner.script("setup.sh", &gitlab);
+    assert!(
+        exports.contains("export GRANARY_NAMESPACE=main"),
+        "{exports}"
+    );
+    let folder = builds.join("granary-43");
+    assert!(folder.join("signing-key").exists(), "{exports}");
+    assert_eq!(
+        fs::metadata(&folder).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    runner.script("summary.sh", &gitlab);
+    assert!(!folder.exists(), "the job's folder outlived the job");
+
+    let template = fs::read_to_string(repo_root().join("ci/granary.gitlab-ci.yml")).unwrap();
+    let (plain, oidc) = template.split_once(".granary-oidc:").unwrap();
+    let plain = &plain[plain.find(".granary:").unwrap()..];
+    assert!(!plain.contains("id_tokens"), "{plain}");
+    assert!(
+        oidc.contains("id_tokens") && oidc.contains("INPUT_OIDC"),
+        "{oidc}"
+    );
+
+    // Elsewhere: a new private folder each time, carried to the summary by
+    // GRANARY_CI_TEMP.
+    let tmp = sb.path("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let elsewhere = [
+        ("TMPDIR", tmp.to_str().unwrap()),
+        ("INPUT_REMOTE", "s3://ci-cache/go"),
+        ("PATH", paths.to_str().unwrap()),
+    ];
+    let first = runner.script("setup.sh", &elsewhere);
+    let second = runner.script("setup.sh", &elsewhere);
+    let folder_of = |exports: &str| {
+        exports
+            .lines()
+            .find_map(|line| line.strip_prefix("export GRANARY_CI_TEMP="))
+            .unwrap_or_else(|| panic!("{exports}"))
+            .to_owned()
+    };
+    let (one, two) = (folder_of(&first), folder_of(&second));
+    assert_ne!(one, two);
+    assert!(
+        one.starts_with(tmp.to_str().unwrap()) && one != tmp.join("granary").display().to_string()
+    );
+    assert_eq!(
+        fs::metadata(&one).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // A link planted where the folder would be is refused.
+    let planted = sb.path("planted");
+    std::os::unix::fs::symlink(&tmp, &planted).unwrap();
+    let mut cmd = Command::new("bash");
+    without_granary_env(&mut cmd)
+        .arg(repo_root().join("ci/temp.sh"))
+        .env("GRANARY_CI_TEMP", &planted);
+    let refused = cmd.output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("GRANARY_CI_TEMP"));
 }
