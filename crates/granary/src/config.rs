@@ -202,7 +202,7 @@ pub fn remote(
         .iter()
         .map(|name| namespace(name))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let namespace = namespace(
+    let mut namespace = namespace(
         args.namespace
             .as_deref()
             .or(file.namespace.as_deref())
@@ -211,6 +211,7 @@ pub fn remote(
     let server = ["http://", "https://", "grpc://", "grpcs://"]
         .iter()
         .any(|scheme| url.starts_with(scheme));
+    let mut url = url;
     let env = |name: &str| std::env::var(name).ok();
     let endpoint = if let Some(mut object) = ObjectSettings::from_url(&url, &env)? {
         if args.oidc.or(file.oidc).is_some() {
@@ -227,13 +228,26 @@ pub fn remote(
         object.request_timeout = timeout;
         Endpoint::Object(object)
     } else if server {
-        // The URL's path is sent as the instance name already.
-        let path = url.splitn(4, '/').nth(3).unwrap_or_default();
-        if !path.trim_matches('/').is_empty() && !namespace.as_str().is_empty() {
+        let path = url
+            .splitn(4, '/')
+            .nth(3)
+            .unwrap_or_default()
+            .trim_matches('/');
+        if !path.is_empty() && !namespace.as_str().is_empty() {
             anyhow::bail!(
                 "{url} names its instance (`{path}`) and --namespace names another: \
                  give the namespace once, as the URL's path or as --namespace"
             );
+        }
+        // A one-segment path is the namespace, as --namespace says it:
+        // read namespaces are its siblings (`/main/...` beside `/pr-7/...`,
+        // not under it) and signatures name it. A longer path stays the
+        // URL's prefix (or instance name), under which namespaces live.
+        if let Ok(named) = Namespace::new(path)
+            && !path.is_empty()
+        {
+            namespace = named;
+            url = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
         }
         let token_file = args.token_file.clone().or(file.token_file);
         let token = token(std::env::var("GRANARY_TOKEN").ok(), token_file.as_deref())?;
@@ -732,7 +746,9 @@ mod tests {
         let Endpoint::Http(http) = &remote.endpoint else {
             panic!("{remote:?}")
         };
-        assert_eq!(http.url, "https://cache.example:8443/team");
+        // The path is the namespace, as `--namespace team` would say it.
+        assert_eq!(http.url, "https://cache.example:8443");
+        assert_eq!(remote.namespace.as_str(), "team");
         assert_eq!(http.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
         assert_eq!(
             token(None, Some(&token_file)).unwrap().as_deref(),
@@ -815,7 +831,8 @@ mod tests {
         let Endpoint::Grpc(grpc) = &resolved.endpoint else {
             panic!("{resolved:?}")
         };
-        assert_eq!(grpc.url, "grpcs://cache.example:9092/team");
+        assert_eq!(grpc.url, "grpcs://cache.example:9092");
+        assert_eq!(resolved.namespace.as_str(), "team");
         assert_eq!(grpc.headers, header());
         assert_eq!(
             grpc.client_identity,
@@ -843,6 +860,24 @@ mod tests {
             ..RemoteArgs::default()
         });
         assert!(both.contains("--namespace"), "{both}");
+        // A longer path stays the URL's: a prefix, or an instance name,
+        // with the namespaces under it.
+        let prefixed = remote(
+            empty.path(),
+            None,
+            &RemoteArgs {
+                remote: Some("https://cache:8080/proxy/bazel".into()),
+                read_namespaces: vec!["main".into()],
+                ..RemoteArgs::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+        let Endpoint::Http(http) = &prefixed.endpoint else {
+            panic!("{prefixed:?}")
+        };
+        assert_eq!(http.url, "https://cache:8080/proxy/bazel");
+        assert_eq!(prefixed.namespace.as_str(), "");
     }
 
     #[test]

@@ -394,3 +394,41 @@ fn a_pull_request_reads_main_and_cannot_write_it() {
     server.monitor_token = Some(main_token.clone());
     assert!(server.metric("granary_rejected_writes_total", "reason=\"namespace\"") >= 2.0);
 }
+
+/// `--remote http://HOST:PORT/NAME` is `--namespace NAME`, on every remote
+/// whose URL path can name one (granary serve's HTTP and gRPC faces): a
+/// pull request's runner that names its namespace in the URL reads main's
+/// beside it, not under it, and compiles nothing.
+#[test]
+fn a_namespace_in_the_url_reads_its_sibling_namespaces() {
+    for grpc in [false, true] {
+        let server = Server::start(&["--grpc-listen", "127.0.0.1:0"]);
+        let base = match grpc {
+            false => server.url.clone(),
+            true => server.grpc_url.clone().expect("a gRPC address"),
+        };
+        let sb = Sandbox::new();
+        let module = sb.module("app", 3);
+        let (_, main) = sb.build_sharing(&format!("{base}/main"), "main", &module, &[]);
+        assert!(main.remote.uploads > 20, "{base}: {main:?}");
+        let (out, pr) = sb.build_sharing(
+            &format!("{base}/pr-7"),
+            "pr-7",
+            &module,
+            &[("GRANARY_READ_NAMESPACES", "main")],
+        );
+        assert_eq!(
+            compiled_packages(&out.stderr),
+            Vec::<String>::new(),
+            "{base}/pr-7 reads main: {pr:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(pr.remote.remote_errors, 0, "{base}: {pr:?}");
+        // No request named a path or instance the server could not place
+        // (`/pr-7/main/...` was answered 400, or INVALID_ARGUMENT).
+        for status in ["status=\"400\"", "status=\"3\""] {
+            let refused = server.metric("granary_requests_total", status);
+            assert_eq!(refused, 0.0, "{base} {status}: {}", server.log());
+        }
+    }
+}
