@@ -34,8 +34,10 @@ use crate::auth::{Access, CredentialRefusal, Grant};
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keys older than this are fetched again when next needed.
 const KEYS_MAX_AGE: Duration = Duration::from_secs(3600);
-/// The least time between two fetches of one issuer's keys.
+/// The least time between two fetches of one issuer's keys; doubled after
+/// each failed fetch, up to [`MAX_REFETCH`].
 const MIN_REFETCH: Duration = Duration::from_secs(1);
+const MAX_REFETCH: Duration = Duration::from_secs(60);
 /// Clock difference tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 30;
 /// Verified tokens remembered at most.
@@ -103,8 +105,28 @@ type Verified = (Arc<Grant>, SystemTime);
 struct Issuer {
     settings: OidcIssuer,
     keys: RwLock<Option<Arc<Keys>>>,
-    /// When the keys were last asked for; held while they are fetched.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Held while the keys are fetched, so that requests arriving
+    /// meanwhile take that fetch's outcome instead of each fetching in turn.
+    fetches: tokio::sync::Mutex<Fetches>,
+}
+
+/// An issuer's key fetches so far.
+#[derive(Debug, Default)]
+struct Fetches {
+    /// When the last one ended.
+    ended: Option<Instant>,
+    /// How many failed since the last that succeeded.
+    failures: u32,
+}
+
+impl Fetches {
+    /// Whether another fetch may start now.
+    fn due(&self) -> bool {
+        let wait = MIN_REFETCH
+            .saturating_mul(1 << self.failures.min(16))
+            .min(MAX_REFETCH);
+        self.ended.is_none_or(|ended| ended.elapsed() >= wait)
+    }
 }
 
 struct Keys {
@@ -128,7 +150,7 @@ impl Oidc {
                 .map(|settings| Issuer {
                     settings,
                     keys: RwLock::new(None),
-                    last_fetch: tokio::sync::Mutex::new(None),
+                    fetches: tokio::sync::Mutex::new(Fetches::default()),
                 })
                 .collect(),
             client,
@@ -283,30 +305,51 @@ impl Issuer {
         if let Some(key) = known(&self.keys.read().expect("not poisoned"), true) {
             return Ok(key);
         }
-        let mut last_fetch = self.last_fetch.lock().await;
-        if let Some(key) = known(&self.keys.read().expect("not poisoned"), true) {
-            return Ok(key);
-        }
-        if last_fetch.is_none_or(|at| at.elapsed() >= MIN_REFETCH) {
-            *last_fetch = Some(Instant::now());
-            match self.fetch(client).await {
-                Ok(keys) => *self.keys.write().expect("not poisoned") = Some(Arc::new(keys)),
-                Err(why) => tracing::warn!(
-                    issuer = %self.settings.issuer,
-                    "cannot get the issuer's keys: {why}"
-                ),
-            }
-        }
-        let keys = self.keys.read().expect("not poisoned");
-        match known(&keys, false) {
-            Some(key) => Ok(key),
-            None if keys.is_none() => Err(refusal(
+        let unavailable = || {
+            refusal(
                 "keys_unavailable",
                 format!(
                     "the server cannot get the keys of {} right now; try again later",
                     self.settings.issuer
                 ),
-            )),
+            )
+        };
+        // One bound for the whole request, waiting for another's fetch
+        // included.
+        let asked = tokio::time::Instant::now();
+        let deadline = asked + FETCH_TIMEOUT;
+        let Ok(mut fetches) = tokio::time::timeout_at(deadline, self.fetches.lock()).await else {
+            return Err(unavailable());
+        };
+        if let Some(key) = known(&self.keys.read().expect("not poisoned"), true) {
+            return Ok(key);
+        }
+        // A fetch that ended while this request waited was its fetch.
+        let waited_for_one = fetches.ended.is_some_and(|ended| ended > asked.into_std());
+        if !waited_for_one && fetches.due() {
+            let fetched = tokio::time::timeout_at(deadline, self.fetch(client))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
+            fetches.ended = Some(Instant::now());
+            match fetched {
+                Ok(keys) => {
+                    fetches.failures = 0;
+                    *self.keys.write().expect("not poisoned") = Some(Arc::new(keys));
+                }
+                Err(why) => {
+                    fetches.failures = fetches.failures.saturating_add(1);
+                    tracing::warn!(
+                        issuer = %self.settings.issuer,
+                        "cannot get the issuer's keys: {why}"
+                    );
+                }
+            }
+        }
+        drop(fetches);
+        let keys = self.keys.read().expect("not poisoned");
+        match known(&keys, false) {
+            Some(key) => Ok(key),
+            None if keys.is_none() => Err(unavailable()),
             None => Err(refusal(
                 "unknown_key",
                 format!(
