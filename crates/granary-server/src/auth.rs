@@ -251,6 +251,14 @@ fn read_tokens(path: &Path) -> Result<HashMap<[u8; 32], Arc<Grant>>, TokensError
     check_permissions(path, &file)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(read)?;
+    parse_tokens(path, &text)
+}
+
+/// The grants of a tokens file's `text` (read from `path`, for messages).
+pub(crate) fn parse_tokens(
+    path: &Path,
+    text: &str,
+) -> Result<HashMap<[u8; 32], Arc<Grant>>, TokensError> {
     let mut tokens = HashMap::new();
     for (number, line) in text.lines().enumerate() {
         let syntax = |why: String| TokensError::Syntax {
@@ -308,7 +316,7 @@ fn read_tokens(path: &Path) -> Result<HashMap<[u8; 32], Arc<Grant>>, TokensError
 
 /// Whether `name` matches `glob`, where `*` stands for any run of
 /// characters and everything else for itself.
-fn glob_matches(glob: &str, name: &str) -> bool {
+pub(crate) fn glob_matches(glob: &str, name: &str) -> bool {
     let mut parts = glob.split('*');
     let first = parts.next().unwrap_or_default();
     let Some(mut rest) = name.strip_prefix(first) else {
@@ -354,7 +362,7 @@ pub fn new_token(
 }
 
 /// The token in `Bearer <token>` or `Basic base64(user:token)`.
-fn presented_token(header: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn presented_token(header: &[u8]) -> Option<Vec<u8>> {
     let header = std::str::from_utf8(header).ok()?.trim();
     let (scheme, value) = header.split_once(' ')?;
     let value = value.trim();

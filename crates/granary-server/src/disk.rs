@@ -83,13 +83,20 @@ struct Index {
     /// How many of them are action results (counting them on demand
     /// would hold the lock for milliseconds with a million blobs).
     ac_blobs: u64,
-    /// Disk space promised to uploads in progress.
+    /// Disk space taken by uploads in progress: what they have written,
+    /// never what they announced.
     reserved: u64,
-    /// Disk space that refused writes asked for since the last eviction:
-    /// the evictor frees it, so that a refusal is temporary.
+    /// Disk space that refused writes needed since the last eviction: the
+    /// evictor frees it, so that a refusal is temporary. A refused upload
+    /// asks for what it had received and the bytes it was refused, so no
+    /// client can make the server evict more than it sends; one retried
+    /// gets further each time, until it fits.
     wanted: u64,
     /// Uploads that readers can follow, one per key.
     uploads: HashMap<Key, Arc<Upload>>,
+    /// Space stored and taken when the file system last said it was full,
+    /// below `--hard-limit`: the limits are lowered to fit under it.
+    filled_at: Option<u64>,
 }
 
 impl Index {
@@ -105,19 +112,52 @@ impl Index {
         replaced
     }
 
-    /// The space stored, promised and asked for.
+    /// The space stored, taken and asked for.
     fn demand(&self) -> u64 {
         self.bytes + self.reserved + self.wanted
     }
 
-    /// Refuses a write that needs `more` space if it would pass the hard
-    /// limit; the evictor is to free it.
-    fn make_room(&mut self, more: u64, limits: &Limits, pressure: &Notify) -> Result<(), Refusal> {
+    /// The limits in force: `configured`, or, once the file system has
+    /// filled below them, the same limits scaled down to what it held
+    /// then. The server cannot keep more than the disk holds; evicting down
+    /// to what fits keeps it taking new blobs where it would otherwise
+    /// refuse every write until someone freed the disk. Lowered until a
+    /// restart.
+    fn limits(&self, configured: &Limits) -> Limits {
+        let Some(filled_at) = self.filled_at else {
+            return *configured;
+        };
+        let hard_limit = configured.hard_limit.min(filled_at);
+        let scaled = |limit: u64| {
+            let scaled = u128::from(limit) * u128::from(hard_limit)
+                / u128::from(configured.hard_limit.max(1));
+            scaled as u64
+        };
+        Limits {
+            max_size: scaled(configured.max_size),
+            low_watermark: scaled(configured.low_watermark),
+            hard_limit,
+            max_blob: configured.max_blob,
+        }
+    }
+
+    /// Takes `more` space for an upload that holds `held` already, or
+    /// refuses it if the total would pass the hard limit: then the evictor
+    /// is to free what the upload has sent.
+    fn make_room(
+        &mut self,
+        more: u64,
+        held: u64,
+        configured: &Limits,
+        pressure: &Notify,
+    ) -> Result<(), Refusal> {
+        let limits = self.limits(configured);
         let used = self.bytes + self.reserved;
-        if used + more > limits.hard_limit {
+        if used.saturating_add(more) > limits.hard_limit {
+            let sent = held.saturating_add(more);
             // Room for what can never fit is not worth evicting for.
-            if more <= limits.hard_limit {
-                self.wanted = self.wanted.max(more);
+            if sent <= limits.hard_limit {
+                self.wanted = self.wanted.max(sent);
             }
             pressure.notify_one();
             return Err(Refusal::Full {
@@ -341,8 +381,31 @@ impl Disk {
         Ok((disk, rebuilt))
     }
 
+    /// The limits in force (see [`Index::limits`]).
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.lock().limits(&self.limits)
+    }
+
+    /// The file system said it was full: lowers the limits to fit under
+    /// what is stored and taken now, and wakes the evictor.
+    fn filled(&self) {
+        let mut index = self.lock();
+        let used = index.bytes + index.reserved;
+        if used >= self.limits.hard_limit || index.filled_at.is_some_and(|at| at <= used) {
+            return;
+        }
+        index.filled_at = Some(used);
+        let lowered = index.limits(&self.limits);
+        drop(index);
+        tracing::warn!(
+            "the file system of {} is full with {used} bytes in the cache, below --hard-limit {}: \
+             the server keeps at most {} bytes until it restarts; give it room or lower \
+             --max-size",
+            self.dir.display(),
+            self.limits.hard_limit,
+            lowered.max_size,
+        );
+        self.pressure.notify_one();
     }
 
     pub fn dir(&self) -> &Path {
@@ -421,7 +484,10 @@ impl Disk {
 
     /// Starts writing `key`, announced as `length` bytes if known, for a
     /// client's upload. Readers follow this upload unless they already
-    /// follow another one of the same key.
+    /// follow another one of the same key. No room is taken for the
+    /// announced length: only bytes that arrive take room (see
+    /// [`Writer::write`]), so an announcement holds nothing and evicts
+    /// nothing.
     pub fn begin(self: &Arc<Self>, key: Key, length: Option<u64>) -> Result<Writer, Refusal> {
         match self.start(key, length, State::Writing, false)? {
             Begun::Writer(writer) => Ok(writer),
@@ -455,13 +521,11 @@ impl Disk {
             std::process::id(),
             self.temp_names.fetch_add(1, Ordering::Relaxed)
         ));
-        let reserve = on_disk(length.unwrap_or(0));
         let upload = {
             let mut index = self.lock();
             if join && let Some(upload) = index.uploads.get(&key) {
                 return Ok(Begun::Following(upload.clone()));
             }
-            index.make_room(reserve, &self.limits, &self.pressure)?;
             let (progress, _) = watch::channel(Progress { written: 0, state });
             let upload = Arc::new(Upload {
                 key,
@@ -479,7 +543,7 @@ impl Disk {
             upload,
             file: None,
             written: 0,
-            reserved: reserve,
+            reserved: 0,
             finished: false,
         };
         writer.file = Some(
@@ -528,7 +592,11 @@ impl Disk {
     pub async fn evict_forever(self: Arc<Self>) {
         loop {
             let pressure = self.pressure.notified();
-            if self.lock().demand() <= self.limits.max_size {
+            let over = {
+                let index = self.lock();
+                index.demand() > index.limits(&self.limits).max_size
+            };
+            if !over {
                 tokio::select! {
                     () = pressure => {}
                     () = tokio::time::sleep(Duration::from_secs(30)) => {}
@@ -554,7 +622,7 @@ impl Disk {
     pub fn evict(&self) -> u64 {
         let mut candidates: Vec<(u64, Key)> = {
             let mut index = self.lock();
-            if index.demand() <= self.limits.max_size {
+            if index.demand() <= index.limits(&self.limits).max_size {
                 index.wanted = 0;
                 return 0;
             }
@@ -569,8 +637,9 @@ impl Disk {
         let mut removed = 0;
         for batch in candidates.chunks(EVICT_BATCH) {
             let mut index = self.lock();
+            let low_watermark = index.limits(&self.limits).low_watermark;
             for (used, key) in batch {
-                if index.demand() <= self.limits.low_watermark {
+                if index.demand() <= low_watermark {
                     index.wanted = 0;
                     return removed;
                 }
@@ -636,7 +705,7 @@ impl Writer {
     /// Appends `bytes`, checking the limits; followers may read them as soon
     /// as this returns. Blocking: call it off the runtime for large writes.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
-        let after = self.written + bytes.len() as u64;
+        let after = self.written.saturating_add(bytes.len() as u64);
         if after > self.disk.limits.max_blob {
             return Err(Refusal::TooLarge {
                 limit: self.disk.limits.max_blob,
@@ -646,11 +715,17 @@ impl Writer {
         if needed > self.reserved {
             let more = needed - self.reserved;
             let disk = &self.disk;
-            disk.lock().make_room(more, &disk.limits, &disk.pressure)?;
+            disk.lock()
+                .make_room(more, self.reserved, &disk.limits, &disk.pressure)?;
             self.reserved += more;
         }
         let file = self.file.as_mut().expect("open until finished");
-        file.write_all(bytes)?;
+        if let Err(e) = file.write_all(bytes) {
+            if e.kind() == io::ErrorKind::StorageFull {
+                self.disk.filled();
+            }
+            return Err(e.into());
+        }
         self.written = after;
         self.upload.progress.send_modify(|p| p.written = after);
         Ok(())
@@ -696,7 +771,7 @@ impl Writer {
         index.reserved -= self.reserved;
         self.reserved = 0;
         self.finish(&mut index, State::Done);
-        if index.demand() > disk.limits.max_size {
+        if index.demand() > index.limits(&disk.limits).max_size {
             disk.pressure.notify_one();
         }
         Ok(())

@@ -42,6 +42,7 @@ use crate::follow::{CHUNK, Followed, follow};
 use crate::frames::Frames;
 use crate::key::{Key, Kind, batch_instance};
 use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
+use crate::pace::Pace;
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
@@ -50,10 +51,6 @@ const SMALL_BLOB: u64 = 64 * 1024;
 /// A PUT's bytes are written once this many have gathered, or when the
 /// client pauses.
 const WRITE_BATCH: usize = 256 * 1024;
-/// The slowest a request body may arrive on average, after its first idle
-/// timeout: slow enough for a CI runner's uploads sharing a thin link, fast
-/// enough that holding a connection costs a trickling client real traffic.
-const MIN_BODY_RATE: u64 = 16 * 1024;
 
 /// What every request needs.
 #[derive(Debug)]
@@ -481,7 +478,8 @@ impl Service {
         let mut check = Check::new(key.kind);
         check.update(&first)?;
         let mut batch = first;
-        let started = tokio::time::Instant::now();
+        let mut pace = Pace::new(self.idle_timeout);
+        pace.received(batch.len() as u64);
         let mut received = batch.len() as u64;
         loop {
             let frame = match body.frame().now_or_never() {
@@ -489,24 +487,13 @@ impl Service {
                 None => {
                     // The client paused: let followers have what came so far.
                     write_batch(&mut writer, &mut batch).await?;
-                    // A pause may last the idle timeout, and the body as a
-                    // whole must keep up a minimum rate: a client trickling
-                    // a byte now and then holds no connection for long.
-                    let pause_ends = tokio::time::Instant::now() + self.idle_timeout;
-                    let rate_ends =
-                        started + self.idle_timeout + Duration::from_secs(received / MIN_BODY_RATE);
-                    match tokio::time::timeout_at(pause_ends.min(rate_ends), body.frame()).await {
+                    match tokio::time::timeout_at(pace.deadline(), body.frame()).await {
                         Ok(frame) => frame,
                         Err(_) => {
                             return Err(Rejected::new(
                                 StatusCode::REQUEST_TIMEOUT,
                                 "incomplete",
-                                format!(
-                                    "the body came slower than {} KiB/s after the first {:?}, \
-                                     or paused longer; upload abandoned",
-                                    MIN_BODY_RATE / 1024,
-                                    self.idle_timeout
-                                ),
+                                pace.too_slow(),
                             ));
                         }
                     }
@@ -518,6 +505,7 @@ impl Service {
                 continue;
             };
             self.metrics.bytes_received.inc_by(data.len() as u64);
+            pace.received(data.len() as u64);
             received += data.len() as u64;
             check.update(&data)?;
             batch.extend_from_slice(&data);

@@ -40,12 +40,15 @@ mod check;
 mod disk;
 mod follow;
 mod frames;
+#[doc(hidden)]
+pub mod fuzz;
 mod grpc;
 mod http;
 mod key;
 mod listen;
 mod metrics;
 mod oidc;
+mod pace;
 
 use std::future::Future;
 use std::io;
@@ -223,7 +226,8 @@ impl Server {
         let service = Arc::new(service);
         let evictor = tokio::spawn(service.disk.clone().evict_forever());
         let stop = tokio_util::sync::CancellationToken::new();
-        let routes = grpc::routes(service.clone());
+        let (routes, reaper) = grpc::routes(service.clone());
+        let reaper = tokio::spawn(reaper);
         // One cap for the connections of both listeners.
         let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
         let grpc = grpc_listener.map(|listener| {
@@ -258,6 +262,7 @@ impl Server {
             let _ = grpc.await;
         }
         evictor.abort();
+        reaper.abort();
         // Closing the queue lets the write-behind task finish what it has.
         drop(service);
         if let Some(task) = write_behind

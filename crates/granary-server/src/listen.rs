@@ -31,7 +31,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
@@ -105,15 +105,30 @@ pub async fn serve(
                             let handling = activity.handling();
                             let activity = activity.clone();
                             let response = match is_grpc(&request) {
-                                true => answer_grpc(grpc.clone(), request).boxed(),
-                                false => service.clone().handle(request, batches.clone()).boxed(),
+                                true => answer_grpc(
+                                    grpc.clone(),
+                                    request,
+                                    service.clone(),
+                                    batches.clone(),
+                                )
+                                .boxed(),
+                                false => service
+                                    .clone()
+                                    .handle(request, batches.clone())
+                                    .map(|response| response.map(|response| (response, None)))
+                                    .boxed(),
                             };
                             async move {
-                                let response = response.await?;
+                                let (response, turns) = response.await?;
                                 drop(handling);
-                                Ok::<_, Infallible>(
-                                    response.map(|body| Tracked { body, activity }.boxed_unsync()),
-                                )
+                                Ok::<_, Infallible>(response.map(|body| {
+                                    Tracked {
+                                        body,
+                                        activity,
+                                        _turns: turns,
+                                    }
+                                    .boxed_unsync()
+                                }))
                             }
                         }),
                     )
@@ -161,17 +176,64 @@ fn is_grpc(request: &Request<Incoming>) -> bool {
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// The gRPC call whose answers are batches of whole blobs.
+const BATCH_READ: &str =
+    "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs";
+
+/// The turns a batch answer holds until its body is sent or dropped: one
+/// of its connection's and one of the server's.
+type Turns = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
 /// A gRPC call's answer, its body (trailers and all) as the HTTP
-/// answers' body type.
+/// answers' body type. A BatchReadBlobs answer holds up to 4 MiB until
+/// the client reads it, so it takes the turns of HTTP's `/batch` first
+/// (see [`batch`](crate::batch)): a client that opens hundreds of streams
+/// and reads none holds two answers, and the whole server at most
+/// [`BATCHES_AT_ONCE`](crate::batch::BATCHES_AT_ONCE).
 async fn answer_grpc(
     mut grpc: Routes,
     request: Request<Incoming>,
-) -> Result<http::Response<Body>, Infallible> {
+    service: Arc<Service>,
+    connection_batches: Arc<Semaphore>,
+) -> Result<(http::Response<Body>, Option<Turns>), Infallible> {
+    let turns = match request.uri().path() == BATCH_READ {
+        false => None,
+        true => match batch_turns(&service, connection_batches).await {
+            Ok(turns) => Some(turns),
+            Err(status) => return Ok((status.into_http::<Body>(), None)),
+        },
+    };
     let response = grpc.call(request).await?;
-    Ok(response.map(|body| {
+    let response = response.map(|body| {
         body.map_err(|status| io::Error::other(status.message().to_owned()))
             .boxed_unsync()
-    }))
+    });
+    Ok((response, turns))
+}
+
+/// The connection's turn, then the server's, each within the idle timeout.
+async fn batch_turns(
+    service: &Service,
+    connection_batches: Arc<Semaphore>,
+) -> Result<Turns, tonic::Status> {
+    let idle = service.idle_timeout;
+    let Ok(connection) = tokio::time::timeout(idle, connection_batches.acquire_owned()).await
+    else {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "this connection has {BATCHES_PER_CONNECTION} batch answers under way; read them first"
+        )));
+    };
+    let Ok(server) = tokio::time::timeout(idle, service.batch_turns.clone().acquire_owned()).await
+    else {
+        return Err(tonic::Status::resource_exhausted(
+            "the server is busy sending other batch answers; read the blobs through \
+             ByteStream, or try again",
+        ));
+    };
+    Ok((
+        connection.expect("never closed"),
+        server.expect("never closed"),
+    ))
 }
 
 /// Any connection stream.
@@ -230,10 +292,12 @@ impl Drop for Handling {
     }
 }
 
-/// A response body that counts each frame it yields as progress.
+/// A response body that counts each frame it yields as progress, and
+/// holds its request's batch turns until it is sent or dropped.
 struct Tracked {
     body: Body,
     activity: Arc<Activity>,
+    _turns: Option<Turns>,
 }
 
 impl hyper::body::Body for Tracked {

@@ -7,7 +7,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::s3::{BUCKET, S3Server};
 use common::server::{Server, scratch};
@@ -21,14 +21,6 @@ const SIZE: usize = 1 << 30;
 const PROG_LIMIT_KIB: u64 = 64 << 10;
 /// Peak RSS of `granary serve`.
 const SERVE_LIMIT_KIB: u64 = 128 << 10;
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A helper against the remote that `configure` sets, with deadlines long
 /// enough for a gigabyte on a loaded machine.

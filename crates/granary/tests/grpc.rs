@@ -21,7 +21,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
 use common::bazel_remote::BazelRemote;
-use common::server::{Server, request, scratch, serve_token, sha256_hex};
+use common::server::{Server, request, scratch, serve_token, sha256_hex, tmp_files};
 use common::*;
 use futures_util::StreamExt as _;
 use prost::Message;
@@ -762,4 +762,283 @@ fn tokens_decide_who_may_read_and_write_over_grpc() {
         server.metric("granary_rejected_writes_total", "reason=\"unauthorized\""),
         2.0
     );
+}
+
+// Hostile clients, second round: each of these once crashed the server,
+// pinned its memory or held its disk.
+
+/// Digest sizes come from the client: four of 2^62 once added up to 0,
+/// passed the batch limit, and the zstd decode asked for 2^62 bytes of
+/// memory, which aborted the server; a read of a large blob beside two
+/// sizes that wrap the sum read the whole blob into memory.
+#[test]
+fn batch_sizes_that_wrap_are_refused_before_anything_is_read_or_decoded() {
+    let server = Server::start(&["--max-blob", "256MiB"]);
+    let big = pattern(64 << 20, 1);
+    let big_digest = digest(&big);
+    assert_eq!(
+        request(
+            server.addr,
+            "PUT",
+            &format!("/cas/{}", big_digest.hash),
+            &[],
+            &big
+        )
+        .0,
+        200
+    );
+    drop(big);
+    runtime().block_on(async {
+        let mut cas = ContentAddressableStorageClient::new(channel(&server).await);
+        // A frame that does not say its size, as a stream's does.
+        let mut frame = Vec::new();
+        let mut encoder = zstd::stream::write::Encoder::new(&mut frame, 3).unwrap();
+        std::io::Write::write_all(&mut encoder, b"x").unwrap();
+        encoder.finish().unwrap();
+        let huge = Digest {
+            hash: sha256_hex(b"x"),
+            size_bytes: 1 << 62,
+        };
+        let status = cas
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                requests: (0..4)
+                    .map(|_| batch_update_blobs_request::Request {
+                        digest: Some(huge.clone()),
+                        data: frame.clone(),
+                        compressor: compressor::Value::Zstd as i32,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+        let before = peak_rss_kib(server.pid());
+        // 64 MiB + (2^63 - 1) + (2^63 - 64 MiB + 101) is 100 modulo 2^64.
+        let wrapping = [
+            big_digest.clone(),
+            Digest {
+                hash: sha256_hex(b"a"),
+                size_bytes: i64::MAX,
+            },
+            Digest {
+                hash: sha256_hex(b"b"),
+                size_bytes: i64::MIN.wrapping_sub(64 << 20).wrapping_add(101),
+            },
+        ];
+        assert!(wrapping[2].size_bytes > 0);
+        let status = cas
+            .batch_read_blobs(BatchReadBlobsRequest {
+                digests: wrapping.to_vec(),
+                acceptable_compressors: vec![compressor::Value::Zstd as i32],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let grew = peak_rss_kib(server.pid()).saturating_sub(before);
+        assert!(grew < 32 << 10, "the server's peak grew by {grew} KiB");
+    });
+    assert_eq!(request(server.addr, "GET", "/healthz", &[], b"").0, 200);
+}
+
+/// A BatchReadBlobs answer holds up to 4 MiB until the client reads it.
+/// A client that opens a hundred such calls on one connection and reads
+/// nothing (a zero flow-control window) gets two answers under way, as an
+/// HTTP `/batch` does; the others wait for a turn, for the idle timeout at
+/// most, and are refused. It once took the server to gigabytes.
+#[test]
+fn grpc_batch_answers_take_turns_like_http_batches() {
+    use prost::Message as _;
+    let server = Server::start(&["--idle-timeout", "3s"]);
+    let blob = pattern(4_000_000, 2);
+    let blob_digest = digest(&blob);
+    assert_eq!(
+        request(
+            server.addr,
+            "PUT",
+            &format!("/cas/{}", blob_digest.hash),
+            &[],
+            &blob
+        )
+        .0,
+        200
+    );
+    let call = BatchReadBlobsRequest {
+        digests: vec![blob_digest],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(call.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&call);
+    let before = peak_rss_kib(server.pid());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = server.addr;
+    let (opened, refused, hostile) = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .initial_connection_window_size(65_535)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(connection);
+        let mut answers = Vec::new();
+        for _ in 0..100 {
+            let ready = tokio::time::timeout(Duration::from_millis(500), client.clone().ready());
+            let Ok(Ok(mut ready)) = ready.await else {
+                break;
+            };
+            let request = http::Request::post(format!(
+                "http://{addr}/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+            let (response, mut send) = ready.send_request(request, false).unwrap();
+            send.send_data(bytes::Bytes::from(framed.clone()), true)
+                .unwrap();
+            answers.push(response);
+        }
+        let opened = answers.len();
+        // Those without a turn are refused once the idle timeout passes:
+        // headers only, which need no window.
+        let statuses = futures_util::future::join_all(answers.into_iter().map(|answer| {
+            tokio::time::timeout(Duration::from_secs(6), async move {
+                // Kept, read or not: a response dropped resets its stream.
+                let response = answer.await.ok()?;
+                let status = response.headers().get("grpc-status").cloned();
+                Some((status, response))
+            })
+        }))
+        .await;
+        let refused = statuses
+            .iter()
+            .filter(|status| matches!(status, Ok(Some((Some(code), _))) if code == "8"))
+            .count();
+        (opened, refused, (statuses, driver))
+    });
+    let grew = peak_rss_kib(server.pid()).saturating_sub(before);
+    assert!(opened >= 100, "the server took only {opened} calls");
+    assert!(
+        grew < 48 << 10,
+        "the server holds {grew} KiB more for one connection that reads nothing"
+    );
+    assert!(
+        refused >= 90,
+        "{refused} of {opened} calls refused for want of a turn"
+    );
+    // Meanwhile another client's batch is answered.
+    runtime.block_on(async {
+        let mut cas = ContentAddressableStorageClient::new(channel(&server).await);
+        let answer = cas
+            .batch_read_blobs(BatchReadBlobsRequest {
+                digests: vec![digest(&blob)],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.responses[0].data == blob);
+    });
+    drop(hostile);
+    drop(runtime);
+}
+
+/// A Write is held to the pace an HTTP PUT keeps: one that announces a
+/// large blob and then sends empty messages ends after the idle timeout,
+/// and neither its announcement nor its stall holds room that others need.
+/// A Write that breaks off is kept for twice the idle timeout, then a
+/// timer gives back its file and room, with no further gRPC traffic.
+#[test]
+fn a_write_that_sends_no_bytes_holds_no_room_and_ends_by_its_pace() {
+    let server = Server::start(&[
+        "--idle-timeout",
+        "2s",
+        "--max-size",
+        "64MiB",
+        "--max-blob",
+        "60MiB",
+    ]);
+    let announced = 60 << 20;
+    let fake = Digest {
+        hash: sha256_hex(b"never sent"),
+        size_bytes: announced,
+    };
+    runtime().block_on(async {
+        let mut bytestream = ByteStreamClient::new(channel(&server).await);
+        let name = format!("uploads/stall/blobs/{}/{}", fake.hash, announced);
+        // The first message names the blob; then one empty message every
+        // half second, for ever.
+        let first = upload(&name, 0, b"", false);
+        let empties = futures_util::stream::iter(std::iter::once(first)).chain(
+            futures_util::stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Some((upload("", 0, b"", false), ()))
+            }),
+        );
+        let started = Instant::now();
+        let stalled = tokio::spawn(async move { bytestream.write(empties).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Meanwhile a 40 MiB PUT finds room: the announcement holds none.
+        let addr = server.addr;
+        let body = pattern(40 << 20, 3);
+        let put = tokio::task::spawn_blocking(move || {
+            request(
+                addr,
+                "PUT",
+                &format!("/cas/{}", sha256_hex(&body)),
+                &[],
+                &body,
+            )
+            .0
+        });
+        assert_eq!(put.await.unwrap(), 200);
+        let status = tokio::time::timeout(Duration::from_secs(10), stalled)
+            .await
+            .expect("the Write still runs after 10 s of empty messages")
+            .unwrap()
+            .unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+            "empty messages kept the Write for {took:?}"
+        );
+
+        // Writes that break off after some bytes are kept, then reaped by
+        // the timer alone.
+        let mut bytestream = ByteStreamClient::new(channel(&server).await);
+        let part = pattern(64 << 10, 4);
+        for n in 0..8 {
+            let name = format!("uploads/broken-{n}/blobs/{}/{}", fake.hash, 1 << 20);
+            let status = bytestream
+                .write(futures_util::stream::iter(vec![upload(
+                    &name, 0, &part, false,
+                )]))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        }
+    });
+    let kept = server.status();
+    assert!(
+        kept["reserved_bytes"].as_u64().unwrap() >= 8 * (64 << 10),
+        "{kept}"
+    );
+    // Twice the idle timeout, and a tick of the timer.
+    wait_until(
+        "the broken-off uploads are reaped",
+        Duration::from_secs(8),
+        || server.status()["reserved_bytes"] == 0,
+    );
+    assert_eq!(server.status()["uploads_in_progress"], 0);
+    assert_eq!(tmp_files(&server.dir), 0);
 }

@@ -14,18 +14,6 @@ use common::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 use common::server::*;
 use common::*;
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut state = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 fn put_cas(server: &Server, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
     let path = format!("/cas/{}", sha256_hex(body));
     let (status, _) = request(server.addr, "PUT", &path, headers, body);
@@ -70,14 +58,6 @@ fn start_put(server: &Server, path: &str, total: usize, first: &[u8]) -> TcpStre
     .unwrap();
     stream.write_all(first).unwrap();
     stream
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn make_token(scope: &str) -> (String, String) {
@@ -1327,4 +1307,74 @@ fn threads(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|n| n.trim().parse().ok())
         .unwrap()
+}
+
+/// A write token once emptied the cache without sending a byte: a PUT
+/// announcing more than the room left got 507 and the evictor freed the
+/// room it asked for. Room is now taken by bytes that arrive: the
+/// announcement evicts nothing, and the silent PUT ends by its pace.
+#[test]
+fn an_announced_length_holds_no_room_and_evicts_nothing() {
+    let server = Server::start(&[
+        "--max-size",
+        "4MiB",
+        "--max-blob",
+        "4MiB",
+        "--idle-timeout",
+        "2s",
+    ]);
+    for seed in 0..48 {
+        assert_eq!(put_cas(&server, &pattern(60 << 10, seed), &[]).0, 200);
+    }
+    let stored = server.status()["cas_blobs"].as_u64().unwrap();
+    // 3.5 MiB announced, nothing sent.
+    let mut silent = start_put(&server, &format!("/cas/{}", "cd".repeat(32)), 7 << 19, b"");
+    std::thread::sleep(Duration::from_secs(1));
+    let status = server.status();
+    assert_eq!(status["reserved_bytes"], 0, "{status}");
+    assert_eq!(status["evicted"], 0, "{status}");
+    assert_eq!(status["cas_blobs"].as_u64().unwrap(), stored, "{status}");
+    let started = Instant::now();
+    let (code, body) = read_response(&mut silent);
+    assert_eq!(code, 408, "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(server.status()["evicted"], 0);
+    // A blob that is sent finds room, and makes room for itself only.
+    let sent = pattern(1 << 20, 99);
+    wait_until("a sent blob is taken", Duration::from_secs(5), || {
+        put_cas(&server, &sent, &[]).0 == 200
+    });
+    let evicted = server.status()["evicted_bytes"].as_u64().unwrap();
+    assert!(evicted <= 2 << 20, "{evicted} bytes evicted for 1 MiB sent");
+}
+
+/// The file system filled before --max-size (another program took the
+/// disk): the server lowers its limits to what the disk holds and evicts
+/// down to them, so writes go on, instead of answering 507 for ever.
+#[test]
+fn a_full_file_system_lowers_the_limits_and_writes_go_on() {
+    // 12 MiB, of which another program took 6.
+    let server = Server::start_on_small_disk(12, 6, &["--max-size", "64MiB"]);
+    let mut refused = None;
+    for seed in 0..40u8 {
+        let (status, _) = put_cas(&server, &pattern(256 << 10, seed), &[]);
+        if status == 507 {
+            refused = Some(seed);
+            break;
+        }
+        assert_eq!(status, 200);
+    }
+    let refused = refused.expect("the small disk filled");
+    wait_until("eviction", Duration::from_secs(5), || {
+        server.status()["evicted"].as_u64().unwrap() > 0
+    });
+    let status = server.status();
+    let max_size = status["max_size"].as_u64().unwrap();
+    assert!(max_size < 6 << 20, "the limit fits the disk: {status}");
+    assert!(server.log().contains("is full"), "{}", server.log());
+    for seed in refused..refused + 10 {
+        let (status, _) = put_cas(&server, &pattern(256 << 10, seed), &[]);
+        assert_eq!(status, 200, "seed {seed}: {}", server.log());
+    }
+    assert!(server.status()["bytes"].as_u64().unwrap() <= max_size + (256 << 10));
 }

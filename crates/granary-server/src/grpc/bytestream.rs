@@ -6,14 +6,16 @@
 //! reads send one zstd stream of the blob from the offset.
 //!
 //! A Write streams to disk as the HTTP PUT does, checked against the
-//! digest before it is published. A Write that breaks off (the stream
-//! fails, stalls for the idle timeout, or ends without `finish_write`)
-//! keeps what it received for [`KEPT_FOR`] (at most [`KEPT_AT_MOST`]
-//! uploads, reserving at most an eighth of `--max-size`; the oldest go
-//! first): QueryWriteStatus tells the
-//! client where to resume, and a new Write of the same resource name from
-//! that offset continues it. Compressed writes are decoded on the way in,
-//! never to more bytes than the digest says.
+//! digest before it is published, and at the same [`Pace`]: messages
+//! without data are no progress. A Write that breaks off (the stream
+//! fails, falls behind its pace, or ends without `finish_write`) keeps
+//! what it received for twice the idle timeout (at most [`KEPT_AT_MOST`] uploads,
+//! holding at most an eighth of `--max-size`; the oldest go first, and a
+//! timer reaps those whose time is up): QueryWriteStatus tells the client
+//! where to resume, and a new Write of the same resource name from that
+//! offset continues it. Compressed writes are decoded on the way in, never
+//! to more bytes than the digest says, with a window of at most
+//! [`MAX_WINDOW_LOG`] bits.
 
 use std::collections::HashMap;
 use std::io;
@@ -30,7 +32,7 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 use tokio::io::AsyncSeekExt;
 use tonic::{Request, Response, Status, Streaming};
-use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 
 use super::resource::{Resource, parse_read, parse_write};
 use super::{Reapi, empty_hash, refused, stalled};
@@ -39,41 +41,82 @@ use crate::check::Check;
 use crate::disk::{Found, Writer};
 use crate::follow::CHUNK;
 use crate::key::Kind;
+use crate::pace::Pace;
 
-/// How long a broken-off upload waits to be resumed.
-pub const KEPT_FOR: Duration = Duration::from_secs(120);
 /// Broken-off uploads kept at most; the oldest goes first.
 const KEPT_AT_MOST: usize = 256;
-/// The share of `--max-size` that kept uploads may have reserved (each
-/// reserves its whole announced size): a client that breaks off uploads
-/// of huge blobs cannot hold the room others need.
+/// The share of `--max-size` that kept uploads may hold (each holds what
+/// it received): a client that breaks off uploads of huge blobs cannot
+/// hold the room others need.
 const KEPT_SHARE: u64 = 8;
 /// Bytes gathered before they are written to disk.
 const WRITE_BATCH: usize = 256 * 1024;
+/// The largest zstd window a compressed Write may use, as a power of two
+/// (8 MiB: what zstd's levels up to 19 use; 20 to 22 need more). The
+/// decoder allocates the window a frame declares, so without a cap a 4 KB
+/// frame declaring zstd's default maximum (128 MiB) costs that per stream.
+pub const MAX_WINDOW_LOG: u32 = 23;
+/// The window every compressed Write may use, whatever its size: zstd
+/// streaming a blob of unknown size at level 3 (Bazel's default) declares
+/// 2 MiB.
+const MIN_WINDOW_LOG: u32 = 21;
 
 /// Uploads that broke off, by resource name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Partials {
     held: Mutex<HashMap<String, (Instant, Partial)>>,
+    /// How long a broken-off upload waits to be resumed: twice the idle
+    /// timeout, time for a client to notice, reconnect and ask.
+    kept_for: Duration,
 }
 
 impl Partials {
+    pub fn new(idle_timeout: Duration) -> Partials {
+        Partials {
+            held: Mutex::default(),
+            kept_for: idle_timeout.saturating_mul(2),
+        }
+    }
+
     fn take(&self, name: &str) -> Option<Partial> {
         let mut held = self.held.lock().expect("never poisoned");
-        held.retain(|_, (since, _)| since.elapsed() < KEPT_FOR);
+        held.retain(|_, (since, _)| since.elapsed() < self.kept_for);
         held.remove(name).map(|(_, partial)| partial)
     }
 
+    /// Drops the uploads kept too long, with their files and room; every
+    /// quarter of that time until the task is dropped.
+    pub async fn reap_forever(self: std::sync::Arc<Self>) {
+        let mut ticks = tokio::time::interval((self.kept_for / 4).max(Duration::from_millis(100)));
+        loop {
+            ticks.tick().await;
+            // Dropped outside the lock: each drop takes the disk's lock.
+            let expired: Vec<Partial> = {
+                let mut held = self.held.lock().expect("never poisoned");
+                let names: Vec<String> = held
+                    .iter()
+                    .filter(|(_, (since, _))| since.elapsed() >= self.kept_for)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                names
+                    .iter()
+                    .filter_map(|name| held.remove(name).map(|(_, partial)| partial))
+                    .collect()
+            };
+            drop(expired);
+        }
+    }
+
     /// Keeps `partial` to be resumed, dropping the oldest kept uploads
-    /// while there are too many or they reserve more than `room` bytes.
+    /// while there are too many or they hold more than `room` bytes.
     /// An upload larger than `room` alone is not kept, and drops nothing.
     fn keep(&self, name: String, partial: Partial, room: u64) {
-        if partial.size > room {
+        if partial.held() > room {
             return;
         }
         let mut held = self.held.lock().expect("never poisoned");
-        held.retain(|_, (since, _)| since.elapsed() < KEPT_FOR);
-        let mut reserved: u64 = held.values().map(|(_, p)| p.size).sum::<u64>() + partial.size;
+        held.retain(|_, (since, _)| since.elapsed() < self.kept_for);
+        let mut reserved: u64 = held.values().map(|(_, p)| p.held()).sum::<u64>() + partial.held();
         while held.len() >= KEPT_AT_MOST || reserved > room {
             let Some(oldest) = held
                 .iter()
@@ -83,7 +126,7 @@ impl Partials {
                 break;
             };
             if let Some((_, dropped)) = held.remove(&oldest) {
-                reserved -= dropped.size;
+                reserved -= dropped.held();
             }
         }
         held.insert(name, (Instant::now(), partial));
@@ -92,7 +135,7 @@ impl Partials {
     fn committed(&self, name: &str) -> Option<u64> {
         let held = self.held.lock().expect("never poisoned");
         held.get(name)
-            .filter(|(since, _)| since.elapsed() < KEPT_FOR)
+            .filter(|(since, _)| since.elapsed() < self.kept_for)
             .map(|(_, partial)| partial.received)
     }
 }
@@ -119,6 +162,11 @@ impl std::fmt::Debug for Partial {
 }
 
 impl Partial {
+    /// The disk space this upload holds: what it has written.
+    fn held(&self) -> u64 {
+        self.writer.written()
+    }
+
     /// Takes one message's data: decoded if compressed, checked, and
     /// gathered into `batch` for the disk.
     fn accept(&mut self, data: &[u8], batch: &mut Vec<u8>) -> Result<(), Status> {
@@ -132,12 +180,22 @@ impl Partial {
                 let mut input = InBuffer::around(data);
                 let mut piece = vec![0; 64 * 1024];
                 loop {
+                    let read_from = input.pos();
                     let mut output = OutBuffer::around(&mut piece[..]);
                     let hint = decoder.run(&mut input, &mut output).map_err(|e| {
-                        Status::invalid_argument(format!("the zstd stream is damaged: {e}"))
+                        Status::invalid_argument(format!(
+                            "the zstd stream is damaged, or its window is over 2^{} bytes \
+                             (compress at level 19 or lower): {e}",
+                            window_log(self.size)
+                        ))
                     })?;
                     let produced = output.pos();
-                    *ended = hint == 0;
+                    // A call that reads and writes nothing says nothing of
+                    // the frame: after a frame's end, zstd's hint is the
+                    // size of the next frame's header, not 0.
+                    if produced > 0 || input.pos() > read_from {
+                        *ended = hint == 0;
+                    }
                     batch.extend_from_slice(&piece[..produced]);
                     if self.writer.written() + batch.len() as u64 > self.size {
                         break;
@@ -347,10 +405,7 @@ impl Reapi {
                     writer,
                     check: Check::new(Kind::Cas),
                     decoder: match resource.compressed {
-                        true => Some((
-                            Decoder::new().map_err(|e| Status::internal(e.to_string()))?,
-                            false,
-                        )),
+                        true => Some((bounded_decoder(size)?, false)),
                         false => None,
                     },
                     received: 0,
@@ -371,6 +426,7 @@ impl Reapi {
         };
         let mut batch = Vec::new();
         let mut message = first;
+        let mut pace = Pace::new(idle);
         loop {
             if message.write_offset < 0 || message.write_offset as u64 != partial.received {
                 return Err(Status::invalid_argument(format!(
@@ -387,6 +443,7 @@ impl Reapi {
                 .metrics
                 .bytes_received
                 .inc_by(message.data.len() as u64);
+            pace.received(message.data.len() as u64);
             if let Err(status) = partial.accept(&message.data, &mut batch) {
                 self.service.metrics.reject("invalid");
                 return Err(status);
@@ -397,7 +454,7 @@ impl Reapi {
             if message.finish_write {
                 break;
             }
-            message = match next_message(&mut stream, idle).await {
+            message = match paced_message(&mut stream, &pace).await {
                 Ok(Some(message)) => message,
                 broken => {
                     // Keep what came, so the client can resume.
@@ -487,6 +544,35 @@ async fn next_message(
             "no message for {idle:?}; what came is kept: resume the upload"
         ))),
     }
+}
+
+/// The next message of a Write, by the upload's pace.
+async fn paced_message(
+    stream: &mut Streaming<WriteRequest>,
+    pace: &Pace,
+) -> Result<Option<WriteRequest>, Status> {
+    match tokio::time::timeout_at(pace.deadline(), stream.message()).await {
+        Ok(message) => message,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "{}; what came is kept: resume the upload",
+            pace.too_slow()
+        ))),
+    }
+}
+
+/// The window a compressed Write of a `size`-byte blob may use, in bits.
+fn window_log(size: u64) -> u32 {
+    let needed = u64::BITS - size.saturating_sub(1).leading_zeros();
+    needed.clamp(MIN_WINDOW_LOG, MAX_WINDOW_LOG)
+}
+
+/// A zstd decoder for a `size`-byte blob (see [`window_log`]).
+fn bounded_decoder(size: u64) -> Result<Decoder<'static>, Status> {
+    let mut decoder = Decoder::new().map_err(|e| Status::internal(e.to_string()))?;
+    decoder
+        .set_parameter(DParameter::WindowLogMax(window_log(size)))
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(decoder)
 }
 
 /// At most `limit` bytes of `stream`.
@@ -585,19 +671,68 @@ mod tests {
     use crate::disk::{Disk, Limits};
     use crate::key::Key;
 
-    fn partial(disk: &std::sync::Arc<Disk>, byte: u8, size: u64) -> Partial {
+    /// A kept upload of a `size`-byte blob that has received `received`.
+    fn partial(disk: &std::sync::Arc<Disk>, byte: u8, size: u64, received: u64) -> Partial {
         let key = Key::new(Kind::Cas, &hex::encode([byte; 32])).unwrap();
+        let mut writer = disk.begin(key, Some(size)).unwrap();
+        writer.write(&vec![byte; received as usize]).unwrap();
         Partial {
-            writer: disk.begin(key, Some(size)).unwrap(),
+            writer,
             check: Check::new(Kind::Cas),
             decoder: None,
-            received: 1,
+            received,
             size,
         }
     }
 
     #[test]
-    fn kept_uploads_give_back_their_room_once_they_reserve_too_much() {
+    fn kept_uploads_give_back_their_room_once_they_hold_too_much() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_size: 64 << 20,
+            low_watermark: 60 << 20,
+            hard_limit: 64 << 20,
+            max_blob: 1 << 30,
+        };
+        let (disk, _) = Disk::open(dir.path(), limits).unwrap();
+        let partials = Partials::new(Duration::from_secs(60));
+        let room = 1 << 20;
+        // Announcing a blob of 1 GiB holds nothing: what came holds room.
+        partials.keep("a".into(), partial(&disk, 1, 1 << 30, 600 << 10), room);
+        assert_eq!(partials.committed("a"), Some(600 << 10));
+        let one = disk.usage().reserved;
+        assert_eq!(one, 600 << 10);
+        // Two would hold more than the room: the older one goes, and its
+        // room with it.
+        partials.keep("b".into(), partial(&disk, 2, 1 << 30, 600 << 10), room);
+        assert_eq!(
+            (partials.committed("a"), partials.committed("b")),
+            (None, Some(600 << 10))
+        );
+        assert_eq!(disk.usage().reserved, one);
+        // One that received more than the room alone is not kept, and
+        // drops nothing.
+        partials.keep("c".into(), partial(&disk, 3, 4 << 20, 2 << 20), room);
+        assert_eq!(
+            (partials.committed("b"), partials.committed("c")),
+            (Some(600 << 10), None)
+        );
+        assert_eq!(disk.usage().reserved, one);
+        drop(partials.take("b"));
+        assert_eq!(disk.usage().reserved, 0);
+    }
+
+    #[test]
+    fn the_window_of_a_compressed_write_is_bounded_by_its_size_and_a_maximum() {
+        assert_eq!(window_log(0), MIN_WINDOW_LOG);
+        assert_eq!(window_log(4096), MIN_WINDOW_LOG);
+        assert_eq!(window_log((1 << 22) + 1), 23);
+        assert_eq!(window_log(u64::MAX), MAX_WINDOW_LOG);
+    }
+
+    /// Decodes `compressed` for a blob of `size` bytes in pieces of
+    /// `message` bytes; whether the last frame ended.
+    fn decode(compressed: &[u8], size: u64, message: usize) -> Result<(Vec<u8>, bool), Status> {
         let dir = tempfile::tempdir().unwrap();
         let limits = Limits {
             max_size: 64 << 20,
@@ -606,27 +741,66 @@ mod tests {
             max_blob: 64 << 20,
         };
         let (disk, _) = Disk::open(dir.path(), limits).unwrap();
-        let partials = Partials::default();
-        let room = 1 << 20;
-        partials.keep("a".into(), partial(&disk, 1, 600 << 10), room);
-        assert_eq!(partials.committed("a"), Some(1));
-        // Two would reserve more than the room: the older one goes, and
-        // its reservation with it.
-        partials.keep("b".into(), partial(&disk, 2, 600 << 10), room);
-        assert_eq!(
-            (partials.committed("a"), partials.committed("b")),
-            (None, Some(1))
-        );
-        let one = disk.usage().reserved;
-        assert!((600 << 10..1 << 20).contains(&one), "{one}");
-        // One larger than the room alone is not kept, and drops nothing.
-        partials.keep("c".into(), partial(&disk, 3, 2 << 20), room);
-        assert_eq!(
-            (partials.committed("b"), partials.committed("c")),
-            (Some(1), None)
-        );
-        assert_eq!(disk.usage().reserved, one);
-        drop(partials.take("b"));
-        assert_eq!(disk.usage().reserved, 0);
+        let key = Key::new(Kind::Cas, &"ab".repeat(32)).unwrap();
+        let mut partial = Partial {
+            writer: disk.begin(key, Some(size)).unwrap(),
+            check: Check::new(Kind::Cas),
+            decoder: Some((bounded_decoder(size)?, false)),
+            received: 0,
+            size,
+        };
+        let mut out = Vec::new();
+        for piece in compressed.chunks(message) {
+            partial.accept(piece, &mut out)?;
+        }
+        let ended = partial.decoder.as_ref().is_some_and(|(_, ended)| *ended);
+        Ok((out, ended))
+    }
+
+    #[test]
+    fn a_frame_that_fills_the_output_exactly_still_ends() {
+        // 64 KiB and its multiples fill the decoder's output piece exactly
+        // with the frame's last byte.
+        for size in [
+            1,
+            (64 << 10) - 1,
+            64 << 10,
+            (64 << 10) + 1,
+            128 << 10,
+            1 << 20,
+        ] {
+            let blob: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let compressed = zstd::bulk::compress(&blob, 3).unwrap();
+            for message in [compressed.len(), 1000] {
+                let (out, ended) = decode(&compressed, size as u64, message).unwrap();
+                assert!(out == blob, "{size} bytes in messages of {message}");
+                assert!(
+                    ended,
+                    "{size} bytes in messages of {message}: frame not ended"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_declaring_a_huge_window_is_refused_before_it_is_allocated() {
+        let blob = vec![7u8; 4096];
+        let mut encoder = zstd::stream::raw::Encoder::new(3).unwrap();
+        encoder
+            .set_parameter(zstd::stream::raw::CParameter::WindowLog(27))
+            .unwrap();
+        let mut compressed = vec![0; 8192];
+        let mut output = OutBuffer::around(&mut compressed[..]);
+        let mut input = InBuffer::around(&blob[..]);
+        encoder.run(&mut input, &mut output).unwrap();
+        encoder.finish(&mut output, true).unwrap();
+        let written = output.pos();
+        compressed.truncate(written);
+        let refused = decode(&compressed, 4096, compressed.len()).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("window"), "{refused:?}");
+        // The same blob with an ordinary window passes.
+        let plain = zstd::bulk::compress(&blob, 3).unwrap();
+        assert!(decode(&plain, 4096, plain.len()).unwrap().1);
     }
 }

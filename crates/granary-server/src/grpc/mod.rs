@@ -27,7 +27,7 @@
 //! caps, stall deadlines, TLS and graceful shutdown are the same for both.
 
 mod bytestream;
-mod resource;
+pub(crate) mod resource;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,20 +78,21 @@ const BACKING_QUESTIONS_AT_ONCE: usize = 16;
 /// What a client is told to wait before it tries a full disk again.
 const FULL_RETRY: Duration = Duration::from_secs(1);
 
-/// The gRPC services, ready to be called with HTTP/2 requests.
-pub fn routes(service: Arc<Service>) -> Routes {
-    let reapi = Reapi {
-        service,
-        uploads: Arc::new(bytestream::Partials::default()),
-    };
-    Routes::new(CapabilitiesServer::new(reapi.clone()))
+/// The gRPC services, ready to be called with HTTP/2 requests, and the
+/// task that reaps broken-off ByteStream uploads (run it beside them).
+pub fn routes(service: Arc<Service>) -> (Routes, impl Future<Output = ()> + Send + 'static) {
+    let uploads = Arc::new(bytestream::Partials::new(service.idle_timeout));
+    let reaper = uploads.clone().reap_forever();
+    let reapi = Reapi { service, uploads };
+    let routes = Routes::new(CapabilitiesServer::new(reapi.clone()))
         .add_service(ActionCacheServer::new(reapi.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(
             ContentAddressableStorageServer::new(reapi.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .add_service(ByteStreamServer::new(reapi).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(ByteStreamServer::new(reapi).max_decoding_message_size(MAX_MESSAGE));
+    (routes, reaper)
 }
 
 /// What every call needs: the server's state and the ByteStream uploads
@@ -394,16 +395,16 @@ impl Reapi {
             .await?;
         check_digest_function(asked.digest_function)?;
         let request = request.into_inner();
-        let declared: u64 = request
+        let sizes = request
             .requests
             .iter()
-            .map(|r| r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64))
-            .sum();
-        if declared > MAX_BATCH {
+            .map(|r| r.digest.as_ref().map_or(0, |d| d.size_bytes));
+        // Each blob is decoded into at most its digest's size: bounded here.
+        if batch_total(sizes).is_none() {
             self.service.metrics.reject("too_large");
             return Err(Status::invalid_argument(format!(
-                "the batch holds {declared} bytes; send at most {MAX_BATCH} per call, larger \
-                 blobs through ByteStream.Write"
+                "the batch's digests say more than {MAX_BATCH} bytes; send at most that per \
+                 call, larger blobs through ByteStream.Write"
             )));
         }
         let service = self.service.clone();
@@ -443,11 +444,13 @@ impl Reapi {
         for digest in &asked.digests {
             keys.push(digest_key(Kind::Cas, Some(digest))?);
         }
-        let total: u64 = keys.iter().map(|(_, size)| size).sum();
-        if total > MAX_BATCH {
+        // Checked before anything is read: a blob is read whole only up to
+        // its digest's size, and those sizes add up to at most the limit.
+        let sizes = asked.digests.iter().map(|digest| digest.size_bytes);
+        if batch_total(sizes).is_none() {
             return Err(Status::invalid_argument(format!(
-                "the blobs asked for hold {total} bytes; ask for at most {MAX_BATCH} per call, \
-                 larger blobs through ByteStream.Read"
+                "the blobs asked for hold more than {MAX_BATCH} bytes; ask for at most that \
+                 per call, larger blobs through ByteStream.Read"
             )));
         }
         let zstd = asked
@@ -649,6 +652,16 @@ fn stalled(key: Key, after: Duration) -> Status {
     Status::unavailable(format!(
         "the upload of {key} made no progress for {after:?}; try again"
     ))
+}
+
+/// The total of a batch's digest sizes, if every size is a size and the
+/// total is at most [`MAX_BATCH`]. Sizes come from the client: added as
+/// they are, four of 2^62 wrap to 0.
+fn batch_total(sizes: impl IntoIterator<Item = i64>) -> Option<u64> {
+    sizes.into_iter().try_fold(0u64, |total, size| {
+        let total = total.checked_add(u64::try_from(size).ok()?)?;
+        (total <= MAX_BATCH).then_some(total)
+    })
 }
 
 /// The hash of the empty blob, which every CAS holds.

@@ -47,13 +47,42 @@ impl Server {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Result<Server, String> {
-        let log = scratch.path().join(format!("serve-{}.log", rand_suffix()));
         let mut cmd = Command::new(granary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(dir)
             .args(args)
-            .envs(envs.iter().copied())
-            .env_remove("GRANARY_TOKEN")
+            .envs(envs.iter().copied());
+        Server::spawn(scratch, dir, cmd)
+    }
+
+    /// A server whose directory `cache` is on a file system of its own of
+    /// `size_mib`, of which `filler_mib` another program took: a tmpfs in
+    /// a mount namespace of the server's (`unshare`, from util-linux), so
+    /// that the disk fills before the server's limits.
+    pub fn start_on_small_disk(size_mib: u32, filler_mib: u32, args: &[&str]) -> Server {
+        let scratch = scratch();
+        let mount = scratch.path().join("small-disk");
+        std::fs::create_dir_all(&mount).unwrap();
+        let dir = mount.join("cache");
+        let script = format!(
+            "mount -t tmpfs -o size={size_mib}m granary-test \"$0\" && \
+             head -c {filler_mib}M /dev/zero > \"$0/filler\" && exec \"$@\""
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+            .arg(&mount)
+            .arg(granary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&dir)
+            .args(args);
+        Server::spawn(scratch, &dir, cmd).unwrap_or_else(|log| {
+            panic!("{log}\n(a small disk needs util-linux's unshare and user namespaces)")
+        })
+    }
+
+    fn spawn(scratch: TempDir, dir: &Path, mut cmd: Command) -> Result<Server, String> {
+        let log = scratch.path().join(format!("serve-{}.log", rand_suffix()));
+        cmd.env_remove("GRANARY_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
