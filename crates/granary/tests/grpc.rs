@@ -21,7 +21,9 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
 use common::bazel_remote::BazelRemote;
-use common::server::{Server, request, scratch, serve_token, sha256_hex, tmp_files};
+use common::server::{
+    Server, h2_reading_nothing, h2_runtime, request, scratch, serve_token, sha256_hex, tmp_files,
+};
 use common::*;
 use futures_util::StreamExt as _;
 use prost::Message;
@@ -874,20 +876,10 @@ fn grpc_batch_answers_take_turns_like_http_batches() {
     framed.extend_from_slice(&(call.len() as u32).to_be_bytes());
     framed.extend_from_slice(&call);
     let before = peak_rss_kib(server.pid());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = h2_runtime();
     let addr = server.addr;
     let (opened, refused, hostile) = runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .initial_connection_window_size(65_535)
-            .handshake::<_, bytes::Bytes>(tcp)
-            .await
-            .unwrap();
+        let (client, connection) = h2_reading_nothing(addr).await;
         let driver = tokio::spawn(connection);
         let mut answers = Vec::new();
         for _ in 0..100 {

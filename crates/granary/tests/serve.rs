@@ -1218,21 +1218,11 @@ fn a_hostile_http2_client_cannot_take_the_server() {
         lines.push_str(&format!("{id}\n"));
     }
     let threads_before = threads(server.pid());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = h2_runtime();
     let addr = server.addr;
     let request_body = lines.clone();
     let (opened, hostile) = runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, mut connection) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .initial_connection_window_size(65_535)
-            .handshake::<_, bytes::Bytes>(tcp)
-            .await
-            .unwrap();
+        let (client, mut connection) = h2_reading_nothing(addr).await;
         let mut ping_pong = connection.ping_pong().unwrap();
         let driver = tokio::spawn(connection);
         let mut streams = Vec::new();

@@ -685,16 +685,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn kept_uploads_give_back_their_room_once_they_hold_too_much() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A disk tier of 64 MiB in `dir`.
+    fn disk(dir: &tempfile::TempDir) -> std::sync::Arc<Disk> {
         let limits = Limits {
             max_size: 64 << 20,
             low_watermark: 60 << 20,
             hard_limit: 64 << 20,
             max_blob: 1 << 30,
         };
-        let (disk, _) = Disk::open(dir.path(), limits).unwrap();
+        Disk::open(dir.path(), limits).unwrap().0
+    }
+
+    #[test]
+    fn kept_uploads_give_back_their_room_once_they_hold_too_much() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = disk(&dir);
         let partials = Partials::new(Duration::from_secs(60));
         let room = 1 << 20;
         // Announcing a blob of 1 GiB holds nothing: what came holds room.
@@ -734,13 +739,7 @@ mod tests {
     /// `message` bytes; whether the last frame ended.
     fn decode(compressed: &[u8], size: u64, message: usize) -> Result<(Vec<u8>, bool), Status> {
         let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            max_size: 64 << 20,
-            low_watermark: 60 << 20,
-            hard_limit: 64 << 20,
-            max_blob: 64 << 20,
-        };
-        let (disk, _) = Disk::open(dir.path(), limits).unwrap();
+        let disk = disk(&dir);
         let key = Key::new(Kind::Cas, &"ab".repeat(32)).unwrap();
         let mut partial = Partial {
             writer: disk.begin(key, Some(size)).unwrap(),

@@ -345,3 +345,30 @@ pub fn blob_files(dir: &Path) -> Vec<PathBuf> {
 pub fn tmp_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("tmp")).map_or(0, Iterator::count)
 }
+
+/// A runtime for the raw HTTP/2 clients of the hostile tests.
+pub fn h2_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An HTTP/2 connection to `addr` from a client that reads nothing: its
+/// streams' flow-control windows stay shut. The connection is to be
+/// driven (spawned) by the caller.
+pub async fn h2_reading_nothing(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::client::Connection<tokio::net::TcpStream, bytes::Bytes>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    h2::client::Builder::new()
+        .initial_window_size(0)
+        .initial_connection_window_size(65_535)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap()
+}
