@@ -50,7 +50,11 @@ pub fn credentials(header: &[u8], tokens_file: &str) {
         );
     }
     let _ = crate::auth::parse_tokens(Path::new("tokens"), tokens_file);
-    let (glob, name) = tokens_file.split_at(tokens_file.len() / 2);
+    let middle = (0..=tokens_file.len() / 2)
+        .rev()
+        .find(|&at| tokens_file.is_char_boundary(at))
+        .unwrap_or(0);
+    let (glob, name) = tokens_file.split_at(middle);
     if !glob.contains('*') {
         assert_eq!(crate::auth::glob_matches(glob, name), glob == name);
     }
@@ -78,6 +82,7 @@ mod tests {
             "Basic Og==".to_owned(),
             "Bearer \u{0}".to_owned(),
             "ü*ü".to_owned(),
+            "\u{fffd}".to_owned(),
         ];
         for input in &inputs {
             http_path(input);
