@@ -95,6 +95,16 @@ pub enum Command {
     /// them as misses) and exits with status 0.
     Verify(VerifyArgs),
 
+    /// Give the files git tracks, and their directories, times derived from their
+    /// content, so that go reuses test results on a fresh checkout
+    ///
+    /// go keys a test result on the size and time of every file the test opened; a new
+    /// checkout gives every file a new time. The same content gets the same time on
+    /// every checkout; a file changed since the commit is hashed and gets another.
+    /// Untracked and ignored files keep their times. Run it after the checkout, before
+    /// `go test`, at the same path on every runner (go keys on absolute paths too).
+    Mtimes(MtimesArgs),
+
     /// Run a shared cache server for teams and CI: bazel-remote's HTTP cache protocol
     ///
     /// Clients: `granary prog --remote http://HOST:PORT`, Bazel (--remote_cache), or any
@@ -591,6 +601,17 @@ pub struct VerifyArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub repair: bool,
+
+    #[command(flatten)]
+    pub output: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct MtimesArgs {
+    /// A folder in a git work tree: its tracked files and folders get their times
+    /// [default: the current folder]
+    #[arg(value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
 
     #[command(flatten)]
     pub output: JsonArg,

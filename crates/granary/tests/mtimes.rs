@@ -1,0 +1,164 @@
+//! `granary mtimes` with the real go command and git: a test that reads
+//! testdata is `(cached)` on a fresh checkout only with canonical times,
+//! and never when its input changed, even in place to the same size.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// `git ARGS` in `dir`, with an identity of its own.
+fn git(dir: &Path, args: &[&str]) {
+    run_ok(
+        Command::new("git")
+            .args([
+                "-c",
+                "user.name=granary",
+                "-c",
+                "user.email=granary@example.com",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE"),
+    );
+}
+
+/// A repository holding a module whose test reads a file and lists a
+/// folder of testdata.
+fn origin(sb: &Sandbox) -> std::path::PathBuf {
+    let repo = sb.path("origin");
+    fs::create_dir_all(repo.join("testdata/more")).unwrap();
+    fs::write(repo.join("go.mod"), "module example.com/reads\n\ngo 1.24\n").unwrap();
+    fs::write(repo.join("reads.go"), "package reads\n").unwrap();
+    fs::write(
+        repo.join("reads_test.go"),
+        r#"package reads
+
+import (
+	"os"
+	"testing"
+)
+
+func TestReads(t *testing.T) {
+	data, err := os.ReadFile("testdata/input.txt")
+	if err != nil || len(data) == 0 {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir("testdata/more")
+	if err != nil || len(entries) == 0 {
+		t.Fatal(err)
+	}
+	t.Logf("input: %s", data)
+}
+"#,
+    )
+    .unwrap();
+    fs::write(repo.join("testdata/input.txt"), "original\n").unwrap();
+    fs::write(repo.join("testdata/more/a.txt"), "a\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "a module"]);
+    repo
+}
+
+/// A fresh checkout of `origin` at `path` (the same path every time, as a
+/// CI runner's workspace is).
+fn checkout(origin: &Path, path: &Path) {
+    let _ = fs::remove_dir_all(path);
+    git(
+        path.parent().unwrap(),
+        &[
+            "clone",
+            "-q",
+            origin.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+    );
+}
+
+/// `granary mtimes` in `dir`.
+fn mtimes(dir: &Path) -> serde_json::Value {
+    let out = run_ok(Command::new(granary()).args(["mtimes", "--json"]).arg(dir));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `go test ./...` in `dir` through granary with the local tier `cache`:
+/// whether the result came from the cache.
+fn cached(sb: &Sandbox, cache: &Path, dir: &Path) -> bool {
+    let stats = sb.path("stats.json");
+    let out = run_ok(&mut sb.go_granary(cache, dir, &stats, &["test", "./..."]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("ok  \texample.com/reads"), "{text}");
+    text.contains("(cached)")
+}
+
+#[test]
+fn fresh_checkouts_reuse_test_results_and_changed_inputs_never_do() {
+    let sb = Sandbox::new();
+    let origin = origin(&sb);
+    let cache = sb.cache();
+    let work = sb.path("runner/src");
+    fs::create_dir_all(work.parent().unwrap()).unwrap();
+
+    // Runner A: a fresh checkout, canonical times, the test runs once.
+    checkout(&origin, &work);
+    let report = mtimes(&work);
+    assert_eq!(report["files"], 5, "{report}");
+    assert_eq!(report["hashed"], 0, "{report}");
+    assert!(report["dirs"].as_u64().unwrap() >= 3, "{report}");
+    assert!(!cached(&sb, &cache, &work));
+    assert!(cached(&sb, &cache, &work));
+
+    // Runner B, same commit, fresh checkout at the same path: without
+    // canonical times every file is new and the test runs again...
+    checkout(&origin, &work);
+    assert!(!cached(&sb, &cache, &work), "new times, no reuse");
+    // ... with them, its result is reused.
+    checkout(&origin, &work);
+    mtimes(&work);
+    assert!(cached(&sb, &cache, &work), "same content, same times");
+
+    // Changed in place to the same size, uncommitted: hashed, a new time,
+    // and the test runs.
+    let input = work.join("testdata/input.txt");
+    fs::write(&input, "changed!\n").unwrap();
+    assert_eq!(fs::metadata(&input).unwrap().len(), 9);
+    let report = mtimes(&work);
+    assert_eq!(report["hashed"], 1, "{report}");
+    assert!(
+        !cached(&sb, &cache, &work),
+        "a changed input reran the test"
+    );
+    // Back to the commit's content: its time again, the old result.
+    fs::write(&input, "original\n").unwrap();
+    mtimes(&work);
+    assert!(cached(&sb, &cache, &work));
+
+    // A file added to a folder the test lists changes its key.
+    fs::write(work.join("testdata/more/b.txt"), "b\n").unwrap();
+    mtimes(&work);
+    assert!(
+        !cached(&sb, &cache, &work),
+        "a folder's new entry reran the test"
+    );
+}
+
+#[test]
+fn outside_a_work_tree_it_says_so() {
+    let sb = Sandbox::new();
+    let plain = sb.path("plain");
+    fs::create_dir_all(&plain).unwrap();
+    let out = Command::new(granary())
+        .arg("mtimes")
+        .arg(&plain)
+        .env("GIT_CEILING_DIRECTORIES", sb.path(""))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not in a git work tree"), "{stderr}");
+}
