@@ -33,6 +33,9 @@
 #   INPUT_OIDC_AUDIENCE     the audience GitHub's ID token is asked for [default: granary]
 #   INPUT_PACKAGE           what `pip install` installs when granary is not on PATH
 #                           [default: granary-cache]
+#   INPUT_MTIMES            true: give the checkout's tracked files times derived from
+#                           their content (`granary mtimes`), so that go reuses test
+#                           results on a fresh checkout [default: true]
 #
 # On GitHub it appends to $GITHUB_ENV and $GITHUB_PATH; elsewhere (GitLab) it
 # prints `export` lines to evaluate: eval "$(bash ci/setup.sh)". Either way it
@@ -52,6 +55,19 @@ if ! granary="$(command -v granary)"; then
     if [ -n "${GITHUB_PATH:-}" ]; then echo "$temp/venv/bin" >>"$GITHUB_PATH"; fi
 fi
 set_var GOCACHEPROG "$granary prog"
+
+# go keys test results on the times of the files tests read; a fresh
+# checkout's are new. Canonical times make them the same on every runner.
+if [ "${INPUT_MTIMES:-true}" = true ]; then
+    workspace="${GITHUB_WORKSPACE:-${CI_PROJECT_DIR:-$PWD}}"
+    if git -C "$workspace" rev-parse --git-dir >/dev/null 2>&1; then
+        "$granary" mtimes "$workspace" >&2 ||
+            echo "granary: the checkout keeps its times; test results will not be reused" >&2
+    else
+        echo "granary: $workspace is no git checkout (yet): check out before this step, or \
+test results will not be reused" >&2
+    fi
+fi
 
 # A namespace name: letters, digits, `.`, `_` and `-`, at most 64.
 namespace_of() { printf '%s' "$1" | tr -c 'A-Za-z0-9._-' '-' | sed 's/^\.*//' | cut -c1-64; }

@@ -455,3 +455,40 @@ fn the_jobs_folder_is_private_and_its_signing_key_does_not_outlive_the_job() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("GRANARY_CI_TEMP"));
 }
+
+/// The action gives the checkout canonical times (`granary mtimes`) unless
+/// `mtimes: false`, so that go reuses test results on a fresh checkout.
+#[test]
+fn the_checkout_gets_canonical_times_unless_turned_off() {
+    let sb = Sandbox::new();
+    let workspace = sb.path("workspace");
+    fs::create_dir_all(&workspace).unwrap();
+    fs::write(workspace.join("data.txt"), "input\n").unwrap();
+    let git = |args: &[&str]| {
+        run_ok(
+            Command::new("git")
+                .args(["-c", "user.name=ci", "-c", "user.email=ci@example.com"])
+                .args(args)
+                .current_dir(&workspace),
+        )
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "data"]);
+    let event = r#"{"repository": {"default_branch": "main"}}"#;
+    let modified = || {
+        fs::metadata(workspace.join("data.txt"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let fresh = modified();
+    let runner = Runner::github(&sb, "runner", "push", event);
+    let workspace_var = ("GITHUB_WORKSPACE", workspace.to_str().unwrap());
+    runner.script("setup.sh", &[workspace_var, ("INPUT_MTIMES", "false")]);
+    assert_eq!(modified(), fresh, "mtimes: false leaves the checkout alone");
+    runner.script("setup.sh", &[workspace_var]);
+    let canonical = modified();
+    let year_2021 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_609_459_200);
+    assert!(canonical < year_2021, "{canonical:?}");
+}
