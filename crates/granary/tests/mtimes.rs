@@ -8,6 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use common::server::Server;
 use common::*;
 
 /// `git ARGS` in `dir`, with an identity of its own.
@@ -86,21 +87,23 @@ fn mtimes(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// `go test ./...` in `dir` through granary with the local tier `cache`:
-/// whether the result came from the cache.
-fn cached(sb: &Sandbox, cache: &Path, dir: &Path) -> bool {
+/// `go test ./...` in `dir` by a runner whose local tier is `cache`,
+/// sharing `remote`: whether the result came from a cache.
+fn cached(sb: &Sandbox, remote: &Server, cache: &str, dir: &Path) -> bool {
     let stats = sb.path("stats.json");
-    let out = run_ok(&mut sb.go_granary(cache, dir, &stats, &["test", "./..."]));
+    let mut go = sb.go_granary(&sb.path(cache), dir, &stats, &["test", "./..."]);
+    let out = run_ok(go.env("GRANARY_REMOTE", &remote.url));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("ok  \texample.com/reads"), "{text}");
     text.contains("(cached)")
 }
 
+/// Each runner starts with an empty local tier and shares `granary serve`.
 #[test]
-fn fresh_checkouts_reuse_test_results_and_changed_inputs_never_do() {
+fn fresh_runners_reuse_test_results_and_changed_inputs_never_do() {
     let sb = Sandbox::new();
     let origin = origin(&sb);
-    let cache = sb.cache();
+    let server = Server::start(&[]);
     let work = sb.path("runner/src");
     fs::create_dir_all(work.parent().unwrap()).unwrap();
 
@@ -110,17 +113,17 @@ fn fresh_checkouts_reuse_test_results_and_changed_inputs_never_do() {
     assert_eq!(report["files"], 5, "{report}");
     assert_eq!(report["hashed"], 0, "{report}");
     assert!(report["dirs"].as_u64().unwrap() >= 3, "{report}");
-    assert!(!cached(&sb, &cache, &work));
-    assert!(cached(&sb, &cache, &work));
+    assert!(!cached(&sb, &server, "a", &work));
+    assert!(cached(&sb, &server, "a", &work));
 
     // Runner B, same commit, fresh checkout at the same path: without
     // canonical times every file is new and the test runs again...
     checkout(&origin, &work);
-    assert!(!cached(&sb, &cache, &work), "new times, no reuse");
-    // ... with them, its result is reused.
+    assert!(!cached(&sb, &server, "b", &work), "new times, no reuse");
+    // ... runner C, with them, reuses runner A's result from the server.
     checkout(&origin, &work);
     mtimes(&work);
-    assert!(cached(&sb, &cache, &work), "same content, same times");
+    assert!(cached(&sb, &server, "c", &work), "same content, same times");
 
     // Changed in place to the same size, uncommitted: hashed, a new time,
     // and the test runs.
@@ -130,19 +133,19 @@ fn fresh_checkouts_reuse_test_results_and_changed_inputs_never_do() {
     let report = mtimes(&work);
     assert_eq!(report["hashed"], 1, "{report}");
     assert!(
-        !cached(&sb, &cache, &work),
+        !cached(&sb, &server, "d", &work),
         "a changed input reran the test"
     );
     // Back to the commit's content: its time again, the old result.
     fs::write(&input, "original\n").unwrap();
     mtimes(&work);
-    assert!(cached(&sb, &cache, &work));
+    assert!(cached(&sb, &server, "e", &work));
 
     // A file added to a folder the test lists changes its key.
     fs::write(work.join("testdata/more/b.txt"), "b\n").unwrap();
     mtimes(&work);
     assert!(
-        !cached(&sb, &cache, &work),
+        !cached(&sb, &server, "f", &work),
         "a folder's new entry reran the test"
     );
 }
