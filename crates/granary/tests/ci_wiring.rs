@@ -464,17 +464,9 @@ fn the_checkout_gets_canonical_times_unless_turned_off() {
     let workspace = sb.path("workspace");
     fs::create_dir_all(&workspace).unwrap();
     fs::write(workspace.join("data.txt"), "input\n").unwrap();
-    let git = |args: &[&str]| {
-        run_ok(
-            Command::new("git")
-                .args(["-c", "user.name=ci", "-c", "user.email=ci@example.com"])
-                .args(args)
-                .current_dir(&workspace),
-        )
-    };
-    git(&["init", "-q"]);
-    git(&["add", "."]);
-    git(&["commit", "-q", "-m", "data"]);
+    git(&workspace, &["init", "-q"]);
+    git(&workspace, &["add", "."]);
+    git(&workspace, &["commit", "-q", "-m", "data"]);
     let event = r#"{"repository": {"default_branch": "main"}}"#;
     let modified = || {
         fs::metadata(workspace.join("data.txt"))

@@ -11,23 +11,6 @@ use std::process::Command;
 use common::server::Server;
 use common::*;
 
-/// `git ARGS` in `dir`, with an identity of its own.
-fn git(dir: &Path, args: &[&str]) {
-    run_ok(
-        Command::new("git")
-            .args([
-                "-c",
-                "user.name=granary",
-                "-c",
-                "user.email=granary@example.com",
-            ])
-            .args(args)
-            .current_dir(dir)
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE"),
-    );
-}
-
 /// A repository holding a module whose test reads a file and lists a
 /// folder of testdata.
 fn origin(sb: &Sandbox) -> std::path::PathBuf {

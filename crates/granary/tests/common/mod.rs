@@ -587,3 +587,21 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// `git ARGS` in `dir`, with an identity of its own; fails the test if git
+/// fails.
+pub fn git(dir: &Path, args: &[&str]) -> Output {
+    run_ok(
+        Command::new("git")
+            .args([
+                "-c",
+                "user.name=granary",
+                "-c",
+                "user.email=granary@example.com",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE"),
+    )
+}
