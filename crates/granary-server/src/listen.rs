@@ -37,6 +37,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::batch::BATCHES_PER_CONNECTION;
 use crate::http::{Body, Service};
+use crate::metrics::RequestLabels;
 
 /// Requests one HTTP/2 connection may have under way at once: each holds
 /// a little memory (a chunk of its answer, a file, a pin against
@@ -200,7 +201,19 @@ async fn answer_grpc(
         false => None,
         true => match batch_turns(&service, connection_batches).await {
             Ok(turns) => Some(turns),
-            Err(status) => return Ok((status.into_http::<Body>(), None)),
+            // Counted as tonic's answers are: this one never reaches it.
+            Err(status) => {
+                service
+                    .metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        method: "BatchReadBlobs",
+                        kind: "cas",
+                        status: status.code() as u16,
+                    })
+                    .inc();
+                return Ok((status.into_http::<Body>(), None));
+            }
         },
     };
     let response = grpc.call(request).await?;

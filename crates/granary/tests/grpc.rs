@@ -927,6 +927,11 @@ fn grpc_batch_answers_take_turns_like_http_batches() {
         refused >= 90,
         "{refused} of {opened} calls refused for want of a turn"
     );
+    let counted = server.metric(
+        "granary_requests_total",
+        "method=\"BatchReadBlobs\",kind=\"cas\",status=\"8\"",
+    );
+    assert_eq!(counted, refused as f64, "the refusals are counted");
     // Meanwhile another client's batch is answered.
     runtime.block_on(async {
         let mut cas = ContentAddressableStorageClient::new(channel(&server).await);
