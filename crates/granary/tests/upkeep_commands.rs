@@ -757,3 +757,44 @@ fn maintenance_never_follows_a_link_out_of_the_cache() {
         "the link itself is left alone"
     );
 }
+
+/// A CI job starts many go commands, some at once (a linter's, vet's,
+/// the tests'), each with a helper of its own; `--stats-file` is one
+/// helper's. The job's view is the history, to which every helper appends
+/// at close under a lock: `granary stats --since` sums all of them, which
+/// is what the job summary shows.
+#[test]
+fn the_history_sums_every_helper_of_a_job_written_at_once() {
+    let sb = Sandbox::new();
+    let module = sb.module("job", 3);
+    let cache = sb.path("job-cache");
+    let commands: [&[&str]; 4] = [
+        &["build", "./..."],
+        &["vet", "./..."],
+        &["test", "./..."],
+        &["list", "-export", "./..."],
+    ];
+    let gets: u64 = thread::scope(|scope| {
+        let runs: Vec<_> = commands
+            .iter()
+            .enumerate()
+            .map(|(n, args)| {
+                let (sb, module, cache) = (&sb, &module, &cache);
+                scope.spawn(move || {
+                    let stats_file = sb.path(&format!("helper-{n}.json"));
+                    run_ok(&mut sb.go_granary(cache, module, &stats_file, args));
+                    stats(&stats_file).gets
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).sum()
+    });
+    let report = json(
+        &granary_in(&cache, &["stats", "--json", "--since", "1h"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(report["total"]["runs"], commands.len(), "{report}");
+    assert_eq!(report["total"]["gets"], gets, "{report}");
+    assert_eq!(report["unreadable_lines"], 0, "{report}");
+}
