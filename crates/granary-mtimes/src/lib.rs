@@ -52,7 +52,7 @@ pub struct Report {
     /// Directories given their time.
     pub dirs: u64,
     /// Tracked entries left alone: links, submodules, conflicts, files
-    /// deleted from the work tree.
+    /// deleted from the work tree or left out of a sparse checkout.
     pub skipped: u64,
 }
 
@@ -143,8 +143,18 @@ pub fn canonicalise(dir: &Path) -> Result<Report, MtimesError> {
                 Err(e) => return Err(e),
             },
         };
-        set_time(&path, &id)?;
-        report.files += 1;
+        match set_time(&path, &id) {
+            Ok(()) => report.files += 1,
+            // Not in the work tree though git's index says unchanged: a
+            // sparse checkout leaves such files out.
+            Err(MtimesError::SetTime { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                report.skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         let (parent, file) = name.rsplit_once('/').unwrap_or(("", name));
         dirs.entry(top.join(parent))
             .or_default()

@@ -148,3 +148,41 @@ fn outside_a_work_tree_it_says_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not in a git work tree"), "{stderr}");
 }
+
+/// A sparse checkout leaves tracked files out of the work tree while git's
+/// index calls them unchanged (found on a checkout of Hugo): they are left
+/// alone, and the rest gets its times.
+#[test]
+fn files_a_sparse_checkout_left_out_are_skipped() {
+    let sb = Sandbox::new();
+    let origin = origin(&sb);
+    let work = sb.path("sparse");
+    git(
+        &sb.path(""),
+        &[
+            "clone",
+            "-q",
+            "--no-checkout",
+            origin.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    git(
+        &work,
+        &[
+            "sparse-checkout",
+            "set",
+            "--no-cone",
+            "/*",
+            "!/testdata/more/",
+        ],
+    );
+    git(&work, &["checkout", "-q", "main"]);
+    assert!(!work.join("testdata/more/a.txt").exists());
+    let report = mtimes(&work);
+    assert_eq!(
+        (report["files"].clone(), report["skipped"].clone()),
+        (4.into(), 1.into()),
+        "{report}"
+    );
+}
