@@ -144,25 +144,46 @@ pub(crate) fn remove_entry_file(file: &EntryFile) -> io::Result<bool> {
 /// so no check can be raced.
 #[cfg(unix)]
 pub(crate) fn remove_in_place(path: &Path, is_dir: bool) -> io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, Dir, Mode, OFlags, openat, unlinkat};
+    use rustix::fs::{AtFlags, CWD, unlinkat};
     let (Some(subdir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(ErrorKind::InvalidInput, "not an entry path"));
     };
-    let no_follow = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let subdir = openat(CWD, subdir, no_follow, Mode::empty())?;
-    if is_dir {
-        let entry = openat(&subdir, name, no_follow, Mode::empty())?;
-        for inner in Dir::read_from(&entry)? {
-            let inner = inner?;
-            let inner = inner.file_name();
-            if inner.to_bytes() != b"." && inner.to_bytes() != b".." {
-                unlinkat(&entry, inner, AtFlags::empty())?;
-            }
-        }
-        unlinkat(&subdir, name, AtFlags::REMOVEDIR)?;
-    } else {
-        unlinkat(&subdir, name, AtFlags::empty())?;
+    let subdir = rustix::fs::openat(CWD, subdir, NO_FOLLOW_DIR, rustix::fs::Mode::empty())?;
+    match is_dir {
+        true => remove_tree_at(&subdir, name)?,
+        false => unlinkat(&subdir, name, AtFlags::empty())?,
     }
+    Ok(())
+}
+
+#[cfg(unix)]
+const NO_FOLLOW_DIR: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::NOFOLLOW)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
+/// Removes the directory `name` in `parent` and all it holds, opening
+/// each directory without following links (a link inside is removed,
+/// never followed): what a damaged executable entry may hold.
+#[cfg(unix)]
+fn remove_tree_at<P: rustix::path::Arg + Copy>(
+    parent: &std::os::fd::OwnedFd,
+    name: P,
+) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Dir, Mode, openat, unlinkat};
+    let dir = openat(parent, name, NO_FOLLOW_DIR, Mode::empty())?;
+    for inner in Dir::read_from(&dir)? {
+        let inner = inner?;
+        let inner = inner.file_name();
+        if inner.to_bytes() == b"." || inner.to_bytes() == b".." {
+            continue;
+        }
+        match unlinkat(&dir, inner, AtFlags::empty()) {
+            Err(rustix::io::Errno::ISDIR) => remove_tree_at(&dir, inner)?,
+            other => other?,
+        }
+    }
+    unlinkat(parent, name, AtFlags::REMOVEDIR)?;
     Ok(())
 }
 
@@ -192,5 +213,32 @@ fn parse_name(name: &str) -> Option<EntryKind> {
         "-a" => Some(EntryKind::Action(id)),
         "-d" => Some(EntryKind::Object(id)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A damaged executable entry may hold folders and links: it goes
+    /// whole, and a link inside is removed, never followed.
+    #[cfg(unix)]
+    #[test]
+    fn a_damaged_executable_entry_goes_whole_without_following_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("keep"), b"precious").unwrap();
+        let entry = tmp
+            .path()
+            .join("cache/ab")
+            .join(format!("{}-d", "ab".repeat(32)));
+        fs::create_dir_all(entry.join("nested/deeper")).unwrap();
+        fs::write(entry.join("tool"), b"x").unwrap();
+        fs::write(entry.join("nested/deeper/file"), b"y").unwrap();
+        std::os::unix::fs::symlink(&outside, entry.join("nested/link")).unwrap();
+        remove_in_place(&entry, true).unwrap();
+        assert!(!entry.exists());
+        assert!(outside.join("keep").exists());
     }
 }
