@@ -66,6 +66,9 @@ use stats::{RemoteState, Stats, add};
 pub struct Options {
     /// Where to write the run's statistics at close.
     pub stats_file: Option<PathBuf>,
+    /// Where to append, at close, the IDs of the actions answered as
+    /// misses, one hex ID a line (`granary explain` reads them).
+    pub misses_file: Option<PathBuf>,
     /// Print a summary line on stderr at close.
     pub verbose: bool,
     /// The remote tier, if one is set and usable.
@@ -80,6 +83,7 @@ impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Options")
             .field("stats_file", &self.stats_file)
+            .field("misses_file", &self.misses_file)
             .field("verbose", &self.verbose)
             .field("remote", &self.remote)
             .field("on_start", &self.on_start.is_some())
@@ -136,6 +140,9 @@ where
         return Err(StartError::DirNotUtf8(dir));
     }
     let stats = Arc::new(Stats::default());
+    if options.misses_file.is_some() {
+        stats.list_misses();
+    }
     let (remote, runtime) = options
         .remote
         .map(|options| Remote::start(options, store.clone(), stats.clone()))
@@ -219,6 +226,11 @@ where
     {
         tracing::warn!("{e}");
     }
+    if let Some(path) = &options.misses_file
+        && let Err(e) = append_misses(path, &engine.stats.take_misses())
+    {
+        tracing::warn!("cannot append the misses to {}: {e}", path.display());
+    }
     if options.verbose {
         eprintln!("{}", summary.line());
     }
@@ -230,6 +242,21 @@ where
         summary,
         framing_error,
     })
+}
+
+/// Appends `misses` to the file at `path` in one write, so that the
+/// helpers of several go commands at once do not mix their lines.
+fn append_misses(path: &std::path::Path, misses: &[Id]) -> io::Result<()> {
+    let mut text = String::with_capacity(misses.len() * 65);
+    for action in misses {
+        text.push_str(&action.to_string());
+        text.push('\n');
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
 
 fn worker_count() -> usize {

@@ -54,6 +54,9 @@ pub struct Stats {
     /// When the go command was told each action was a miss: the put that
     /// follows, once it has rebuilt the output, tells what a miss costs.
     missed_at: Mutex<HashMap<Id, Instant>>,
+    /// Every action answered as a miss, when the run lists them
+    /// (`Options::misses_file`).
+    missed: Mutex<Option<Vec<Id>>>,
     rebuilds: AtomicU64,
     rebuild_us: AtomicU64,
 }
@@ -61,6 +64,8 @@ pub struct Stats {
 /// Misses whose rebuild is timed, at most: a bound on the memory it takes
 /// (`go build std` has about 1,000 actions).
 const TIMED_MISSES: usize = 100_000;
+/// Misses listed for `Options::misses_file`, at most (32 bytes each).
+const LISTED_MISSES: usize = 1_000_000;
 
 /// The remote's side of a run, for the summary.
 #[derive(Debug, Default)]
@@ -279,6 +284,30 @@ impl Stats {
         if missed.len() < TIMED_MISSES {
             missed.insert(action, Instant::now());
         }
+        drop(missed);
+        if let Some(listed) = self
+            .missed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            && listed.len() < LISTED_MISSES
+        {
+            listed.push(action);
+        }
+    }
+
+    /// Keeps the ID of every miss from now on, for [`Stats::take_misses`].
+    pub fn list_misses(&self) {
+        *self.missed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Vec::new());
+    }
+
+    /// The misses kept since [`Stats::list_misses`].
+    pub fn take_misses(&self) -> Vec<Id> {
+        self.missed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default()
     }
 
     /// A put of `action`: if this run answered it as a miss, the go command

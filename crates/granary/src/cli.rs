@@ -105,6 +105,18 @@ pub enum Command {
     /// `go test`, at the same path on every runner (go keys on absolute paths too).
     Mtimes(MtimesArgs),
 
+    /// Run a go command and say why each action that missed the cache missed: the
+    /// files, flags, variables, toolchain or dependencies that differ from the last
+    /// recorded run of it
+    ///
+    /// `granary explain [OPTIONS] -- go test ./...`. The go command gets granary as its
+    /// helper with these options, prints its cache-key inputs (GODEBUG=gocachehash=1),
+    /// and the inputs of each action are recorded in the cache (the remote's namespace
+    /// and the local tier) for the next run, on any machine, to compare with. go counts
+    /// GODEBUG among a test result's inputs, so test results stored by an explained run
+    /// are reused by explained runs only.
+    Explain(ExplainArgs),
+
     /// Run a shared cache server for teams and CI: bazel-remote's HTTP cache protocol
     ///
     /// Clients: `granary prog --remote http://HOST:PORT`, Bazel (--remote_cache), or any
@@ -264,11 +276,33 @@ pub struct ProgArgs {
     #[arg(long, env = "GRANARY_STATS_FILE", value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
 
+    /// At close, append the keys answered as misses to PATH, one a line
+    /// (`granary explain` sets it)
+    #[arg(long, env = "GRANARY_MISSES_FILE", value_name = "PATH")]
+    pub misses_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub policy: PolicyArgs,
 
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The go command's helper writes this run's statistics to PATH, as `prog` does
+    #[arg(long, env = "GRANARY_STATS_FILE", value_name = "PATH")]
+    pub stats_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// The go command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "GO COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// The remote cache. Unset flags come from the config file, else the defaults.

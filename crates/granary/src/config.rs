@@ -321,6 +321,16 @@ pub fn remote(
     }))
 }
 
+/// The scopes of a run without a remote: as [`remote`] resolves them.
+pub fn scopes_without_remote(
+    dir: &Path,
+    config: Option<&Path>,
+    args: &RemoteArgs,
+) -> anyhow::Result<Scopes> {
+    let (file, _) = read_file(dir, config)?;
+    scopes(args, &file)
+}
+
 /// The scope from `--scope`, the file, else the module in the working
 /// directory; fallbacks likewise.
 fn scopes(args: &RemoteArgs, file: &File) -> anyhow::Result<Scopes> {

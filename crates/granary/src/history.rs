@@ -15,6 +15,7 @@ use granary_prog::history::{HISTORY_FILE, read};
 use serde::Serialize;
 
 use crate::cli::StatsArgs;
+use crate::explain::{History as ExplainedRun, read_history as read_explained};
 
 /// Sums of several runs.
 #[derive(Debug, Default, Serialize)]
@@ -79,6 +80,12 @@ pub fn run(dir: &Path, args: &StatsArgs) -> anyhow::Result<ExitCode> {
             selected
         };
         print!("{}", markdown(selected));
+        let since = args.since.or_else(|| {
+            selected
+                .first()
+                .and_then(|run| humantime::parse_rfc3339(&run.started).ok())
+        });
+        print!("{}", explained_markdown(&read_explained(dir, since)));
         return Ok(ExitCode::SUCCESS);
     }
     let mut by_day: BTreeMap<String, Totals> = BTreeMap::new();
@@ -310,6 +317,47 @@ fn markdown(runs: &[Summary]) -> String {
         );
     }
     out.push_str("\n</details>\n");
+    out
+}
+
+/// Actions listed for one explained command, at most.
+const LISTED_EXPLANATIONS: usize = 30;
+
+/// The explained misses of `runs` (`granary explain`), for the summary;
+/// empty if explain did not run.
+fn explained_markdown(runs: &[ExplainedRun]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if runs.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\n#### Why actions missed (`granary explain`)\n");
+    for run in runs {
+        let count = |base: &str| run.explained.iter().filter(|a| a.base == base).count();
+        let _ = writeln!(
+            out,
+            "- `{}`: {} of {} actions missed: {} with no recorded run to compare with, {} with \
+             the same inputs as a recorded run (so not in the cache), {} with other inputs",
+            inline(&run.command).replace('`', "'"),
+            run.missed,
+            run.actions,
+            count("unrecorded"),
+            count("same"),
+            count("changed"),
+        );
+        let changed: Vec<_> = run
+            .explained
+            .iter()
+            .filter(|a| a.base == "changed")
+            .collect();
+        for action in changed.iter().take(LISTED_EXPLANATIONS) {
+            let why = format!("against {}: {}", action.from, action.differences.join("; "));
+            let _ = writeln!(out, "  - `{}`: {}", action.action, inline(&why));
+        }
+        if changed.len() > LISTED_EXPLANATIONS {
+            let _ = writeln!(out, "  - and {} more", changed.len() - LISTED_EXPLANATIONS);
+        }
+    }
     out
 }
 

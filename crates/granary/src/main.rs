@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod doctor;
+mod explain;
 mod gocache;
 mod history;
 mod key;
@@ -39,7 +40,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if !matches!(cli.command, Command::Prog(_) | Command::Serve(_)) {
+    if !matches!(
+        cli.command,
+        Command::Prog(_) | Command::Serve(_) | Command::Explain(_)
+    ) {
         // A report piped into `head` ends quietly when its reader goes, as
         // `ls` does, instead of panicking in println!. Not in prog, whose
         // stdout is go's, nor in serve, whose sockets must fail with EPIPE
@@ -68,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cache_dir(global)?;
     match cli.command {
         Command::Prog(args) => prog::run(dir, config, args, global.verbose),
+        Command::Explain(args) => explain::run(dir, config, args),
         Command::Du(args) => {
             let upkeep = config::upkeep(&dir, config, &args.policy)?;
             upkeep::du(&dir, &upkeep, &args, global.verbose)

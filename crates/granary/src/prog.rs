@@ -62,6 +62,7 @@ pub fn run(
     });
     let options = Options {
         stats_file: args.stats_file,
+        misses_file: args.misses_file,
         verbose,
         remote,
         on_start,
@@ -88,16 +89,18 @@ pub fn remote_cache(remote: &config::Remote) -> anyhow::Result<RemoteCache> {
     .in_namespace(remote.namespace.clone()))
 }
 
-/// The client of the remote that `remote` describes, with its keys read.
-/// Sends no request.
-fn remote_options(remote: config::Remote) -> anyhow::Result<RemoteOptions> {
-    let mut cache = remote_cache(&remote)?;
+/// The client of the remote that `remote` describes, signing with its
+/// signing key, and the keys whose records it trusts: a signing run trusts
+/// at least its own key, since signing what it built on unchecked entries
+/// would launder them. Sends no request.
+pub fn signed_cache(
+    remote: &config::Remote,
+) -> anyhow::Result<(RemoteCache, Option<Arc<TrustedKeys>>)> {
+    let mut cache = remote_cache(remote)?;
     let signing_key = match &remote.signing_key {
         Some(path) => Some(Arc::new(SigningKey::read(path)?)),
         None => None,
     };
-    // A signing run trusts at least its own key: signing what it built on
-    // unchecked entries would launder them.
     let trusted = match (&remote.trusted_keys, &signing_key) {
         (Some(path), _) => Some(Arc::new(TrustedKeys::read(path)?)),
         (None, Some(key)) => Some(Arc::new(TrustedKeys::new([key.public()]))),
@@ -106,6 +109,13 @@ fn remote_options(remote: config::Remote) -> anyhow::Result<RemoteOptions> {
     if let Some(key) = signing_key {
         cache = cache.signed_by(key);
     }
+    Ok((cache, trusted))
+}
+
+/// The client of the remote that `remote` describes, with its keys read.
+/// Sends no request.
+fn remote_options(remote: config::Remote) -> anyhow::Result<RemoteOptions> {
+    let (cache, trusted) = signed_cache(&remote)?;
     Ok(RemoteOptions {
         cache,
         read_namespaces: remote.read_namespaces,

@@ -110,6 +110,12 @@ impl Sandbox {
     pub fn go(&self, cache: &Path, dir: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(go());
         cmd.args(args).current_dir(dir);
+        self.go_environment(&mut cmd, cache);
+        cmd
+    }
+
+    /// The environment of [`Sandbox::go`], for a command that runs go.
+    pub fn go_environment(&self, cmd: &mut Command, cache: &Path) {
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
             if key.starts_with("GO") || key.starts_with("GRANARY_") || key == "CGO_ENABLED" {
@@ -123,7 +129,6 @@ impl Sandbox {
             .env("GOPROXY", "off")
             .env("GOPATH", self.path("gopath"))
             .env("CGO_ENABLED", "0");
-        cmd
     }
 
     /// Like [`Sandbox::go`], with granary as the cache helper writing its
