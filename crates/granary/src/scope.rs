@@ -50,7 +50,7 @@ fn platform() -> String {
 
 /// The version of the Go toolchain that started this process: the go
 /// command is our parent (its GOROOT is two levels above its binary), else
-/// GOROOT says where it is.
+/// GOROOT says where it is, else the go command on PATH says.
 fn toolchain() -> Option<String> {
     let from_parent = || {
         let parent = std::os::unix::process::parent_id();
@@ -62,11 +62,47 @@ fn toolchain() -> Option<String> {
         let first = version.lines().next()?.trim();
         first.starts_with("go").then(|| first.to_owned())
     };
-    // The parent may be a wrapper (a profiler, a shell): then GOROOT.
+    // The parent may be a tool that starts its own helper (staticcheck,
+    // golangci-lint), a profiler or a shell: then GOROOT, else the go
+    // command on PATH, whose `go list` such a tool uses.
     from_parent()
         .and_then(version_in)
         .or_else(|| version_in(std::env::var_os("GOROOT")?.into()))
+        .or_else(go_on_path_version)
 }
+
+/// `go env GOVERSION` of the go command on PATH, within [`GO_ENV_WAIT`].
+fn go_on_path_version() -> Option<String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("go")
+        .args(["env", "GOVERSION"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break,
+            Ok(None) if started.elapsed() < GO_ENV_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
+    let version = out.trim();
+    version.starts_with("go").then(|| version.to_owned())
+}
+
+/// How long a helper started by a tool waits for `go env GOVERSION`.
+const GO_ENV_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn host_goos() -> &'static str {
     match std::env::consts::OS {

@@ -574,3 +574,37 @@ fn a_runner_killed_mid_prefetch_leaves_nothing_bad() {
     );
     assert!(objects_with_wrong_hash(&cache).is_empty());
 }
+
+/// A helper started by a tool rather than the go command (staticcheck and
+/// golangci-lint start their own) scopes its manifest with the Go version
+/// of the go command on PATH, which the tool's `go list` uses, not with
+/// none at all.
+#[test]
+fn a_helper_started_by_a_tool_scopes_its_manifest_with_the_go_on_path() {
+    let sb = Sandbox::new();
+    let server = Server::start(&[]);
+    let path = format!(
+        "{}:{}",
+        go().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new(granary());
+    without_granary_env(&mut cmd)
+        .env_remove("GOROOT")
+        .env("PATH", &path)
+        .env("GRANARY_REMOTE", &server.url)
+        .env("GRANARY_SCOPE", "lint");
+    let mut helper = Helper::start_with(&sb, cmd);
+    helper.request(&put(1, 7, b"a fact of the linter"), b"a fact of the linter");
+    assert_eq!(helper.response()["ID"], 1);
+    let stats_file = helper.stats.clone();
+    let (status, _) = helper.close();
+    assert!(status.success());
+    let version = run_ok(Command::new(go()).args(["env", "GOVERSION"]));
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    let scope = stats(&stats_file).prefetch.scope;
+    assert!(
+        scope.starts_with("lint ") && scope.ends_with(&format!(" {version}")),
+        "{scope} against {version}"
+    );
+}
