@@ -36,6 +36,10 @@
 #   INPUT_MTIMES            true: give the checkout's tracked files times derived from
 #                           their content (`granary mtimes`), so that go reuses test
 #                           results on a fresh checkout [default: true]
+#   INPUT_GOCACHE           GOCACHE, the local tier: one path on every runner, since
+#                           some analysis tools key on it [default: /tmp/granary-go-build;
+#                           a folder there that another user owns, or a link, is not
+#                           used: then the job's private folder]
 #
 # On GitHub it appends to $GITHUB_ENV and $GITHUB_PATH; elsewhere (GitLab) it
 # prints `export` lines to evaluate: eval "$(bash ci/setup.sh)". Either way it
@@ -55,6 +59,17 @@ if ! granary="$(command -v granary)"; then
     if [ -n "${GITHUB_PATH:-}" ]; then echo "$temp/venv/bin" >>"$GITHUB_PATH"; fi
 fi
 set_var GOCACHEPROG "$granary prog"
+
+# GOCACHE at one path on every runner. go makes the folder; one that is
+# already there must be this user's own, not a link: another user's could
+# hand this job outputs it did not build.
+gocache="${INPUT_GOCACHE:-/tmp/granary-go-build}"
+if [ -L "$gocache" ] || { [ -e "$gocache" ] && [ ! -O "$gocache" ]; }; then
+    echo "granary: $gocache is a link or another user's; GOCACHE is $temp/go-build instead \
+(set the gocache input to a folder of this user's)" >&2
+    gocache="$temp/go-build"
+fi
+set_var GOCACHE "$gocache"
 
 # go keys test results on the times of the files tests read; a fresh
 # checkout's are new. Canonical times make them the same on every runner.

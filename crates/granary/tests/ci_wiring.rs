@@ -56,6 +56,8 @@ impl Runner {
             .arg(repo_root().join("ci").join(name))
             .current_dir(&self.dir)
             .env("PATH", path_with_granary())
+            // The runner's own folder: tests must not share /tmp's.
+            .env("INPUT_GOCACHE", self.dir.join("gocache"))
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .envs(extra.iter().copied());
         String::from_utf8(run_ok(&mut cmd).stdout).unwrap()
@@ -86,7 +88,8 @@ fn build(sb: &Sandbox, cache: &str, module: &Path, env: &HashMap<String, String>
             ".",
         ],
     );
-    cmd.envs(env)
+    // The sandbox's cache, not the runner's GOCACHE: each build starts empty.
+    cmd.envs(env.iter().filter(|(key, _)| *key != "GOCACHE"))
         .env("GRANARY_STATS_FILE", &stats_file)
         .env("GRANARY_TRIM_INTERVAL", "none");
     run_ok(&mut cmd);
@@ -139,7 +142,9 @@ fn github_runners_get_namespaces_by_event_and_forks_only_read() {
         vars: push_vars,
         ..push
     };
-    run(&push, &inputs(&[]), "setup.sh");
+    // The job's GOCACHE is the build's below, where the summary reads.
+    let main_cache = sb.path("main-runner").display().to_string();
+    run(&push, &inputs(&[("INPUT_GOCACHE", main_cache)]), "setup.sh");
     let env = push.env();
     assert_eq!(env["GOCACHEPROG"], format!("{} prog", granary().display()));
     assert_eq!(env["GRANARY_REMOTE"], server.url);
@@ -152,15 +157,9 @@ fn github_runners_get_namespaces_by_event_and_forks_only_read() {
         fs::metadata(signing_key).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let mut job_env = env.clone();
-    job_env.insert(
-        "GOCACHE".into(),
-        sb.path("main-runner").display().to_string(),
-    );
-    let main = build(&sb, "main-runner", &module, &job_env);
+    let main = build(&sb, "main-runner", &module, &env);
     assert!(main.remote.uploads > 10, "{main:?}");
-    let cache = sb.path("main-runner").display().to_string();
-    run(&push, &[("GOCACHE", cache)], "summary.sh");
+    run(&push, &[], "summary.sh");
     let summary = fs::read_to_string(push.dir.join("summary.md")).unwrap();
     assert!(
         summary.contains("### granary") && summary.contains("in 1 runs"),
@@ -483,4 +482,55 @@ fn the_checkout_gets_canonical_times_unless_turned_off() {
     let canonical = modified();
     let year_2021 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_609_459_200);
     assert!(canonical < year_2021, "{canonical:?}");
+}
+
+/// GOCACHE is one path on every runner (some analysis tools key on it),
+/// but never a link or another user's folder.
+#[test]
+fn gocache_is_one_path_and_never_a_link() {
+    let sb = Sandbox::new();
+    let runner = Runner::github(&sb, "gocache", "push", "{}");
+    let remote = [("INPUT_REMOTE", "http://127.0.0.1:9")];
+    runner.script("setup.sh", &remote);
+    assert_eq!(
+        runner.env()["GOCACHE"],
+        runner.dir.join("gocache").display().to_string()
+    );
+
+    let elsewhere = sb.path("someone-elses");
+    fs::create_dir(&elsewhere).unwrap();
+    let link = sb.path("linked-cache");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    fs::remove_file(runner.dir.join("env")).unwrap();
+    runner.script(
+        "setup.sh",
+        &[remote[0], ("INPUT_GOCACHE", link.to_str().unwrap())],
+    );
+    let gocache = &runner.env()["GOCACHE"];
+    assert!(
+        gocache.ends_with("/go-build") && gocache.starts_with(&*runner.dir.to_string_lossy()),
+        "a link is not used: {gocache}"
+    );
+
+    // Without the input: the one default path, unless it is taken.
+    let default = Path::new("/tmp/granary-go-build");
+    let mut cmd = Command::new("bash");
+    without_granary_env(&mut cmd)
+        .arg(repo_root().join("ci/setup.sh"))
+        .current_dir(&runner.dir)
+        .env("PATH", path_with_granary())
+        .envs(runner.vars.iter().map(|(k, v)| (k, v)))
+        .env("INPUT_REMOTE", "http://127.0.0.1:9");
+    fs::remove_file(runner.dir.join("env")).unwrap();
+    run_ok(&mut cmd);
+    let taken = default.is_symlink()
+        || fs::metadata(default).is_ok_and(|m| {
+            std::os::unix::fs::MetadataExt::uid(&m)
+                != fs::metadata(&runner.dir)
+                    .map(|d| std::os::unix::fs::MetadataExt::uid(&d))
+                    .unwrap()
+        });
+    if !taken {
+        assert_eq!(runner.env()["GOCACHE"], default.display().to_string());
+    }
 }
