@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use granary_explain::observe::MODULE_INDEX;
+use granary_explain::record::short_id;
 use granary_explain::{Base, Explained, Line, Observed, Record, Recorded, Source};
 use granary_id::Id;
 use granary_remote::{Fetched, Namespace, RemoteCache};
@@ -66,82 +68,13 @@ pub fn run(dir: PathBuf, config: Option<&Path>, args: ExplainArgs) -> anyhow::Re
     // The helper makes the file, so its absence says no helper ran.
     let temp = tempfile::tempdir().context("cannot make a temporary folder")?;
     let misses = temp.path().join("misses");
-    let (status, observed) = run_go(&args.command, &dir, config, &misses)?;
-    let mut observed = observed;
+    let (status, mut observed) = run_go(&args.command, &dir, config, &misses)?;
     observed.finish();
 
     let now = unix_seconds(SystemTime::now());
-    let mut current = Record::new(&places.key_scope);
-    let mut missed: Vec<(String, Recorded)> = Vec::new();
-    for (name, actions) in &observed.actions {
-        let entries = actions
-            .iter()
-            .filter_map(|action| {
-                let id = action.id.as_deref()?;
-                Some(Recorded::new(now, id, action.inputs.iter().cloned()))
-            })
-            .collect::<Vec<_>>();
-        if !entries.is_empty() {
-            current.actions.insert(name.clone(), entries);
-        }
-    }
-    let dirs = package_dirs(&observed);
-    let mut tests_run = 0;
-    for (package, test) in &observed.tests {
-        let Some(log) = test
-            .test_ids
-            .iter()
-            .rev()
-            .find_map(|id| test_log(&store, id))
-        else {
-            continue;
-        };
-        let mut inputs = granary_explain::test_inputs(
-            &log,
-            dirs.get(package).map(PathBuf::as_path),
-            test.args.as_deref(),
-            &user_variable,
-        );
-        if let Some(binary) = &test.binary {
-            inputs.insert(format!("binary\t{binary}"));
-        }
-        let entry = Recorded::new(now, "", inputs);
-        let name = format!("test {package}");
-        if test.missed {
-            tests_run += 1;
-            missed.push((name.clone(), entry.clone()));
-        }
-        current.actions.insert(name, vec![entry]);
-    }
-
-    // What the helper answered as a miss, named.
-    let (mut unnamed, mut index_misses) = (0, 0);
+    let mut this = ThisRun::new(&observed, &store, &places.key_scope, now);
     let listed = fs::read_to_string(&misses).ok();
-    let helper_ran = listed.is_some();
-    for key in listed.as_deref().unwrap_or_default().lines() {
-        match observed.action_of(key) {
-            Some((granary_explain::observe::MODULE_INDEX, _)) => index_misses += 1,
-            Some((name, root)) if !name.starts_with("test ") => {
-                let entry = current
-                    .actions
-                    .get(name)
-                    .and_then(|entries| {
-                        entries
-                            .iter()
-                            .find(|e| e.id == granary_explain::record::short_id(root))
-                    })
-                    .cloned();
-                if let Some(entry) = entry
-                    && !missed.iter().any(|(n, e)| n == name && e.id == entry.id)
-                {
-                    missed.push((name.to_owned(), entry));
-                }
-            }
-            Some(_) => {} // test results: from go's own account above
-            None => unnamed += 1,
-        }
-    }
-    missed.sort_by(|a, b| a.0.cmp(&b.0));
+    this.name_misses(&observed, listed.as_deref());
 
     let mut read = runtime.block_on(reading).unwrap_or_else(|e| Found {
         sources: Vec::new(),
@@ -158,20 +91,12 @@ pub fn run(dir: PathBuf, config: Option<&Path>, args: ExplainArgs) -> anyhow::Re
             record: local,
         });
     }
-    let explained = granary_explain::explain(&missed, &read.sources);
-    let actions = current.actions.values().map(Vec::len).sum::<usize>();
-    let counts = Counts {
-        actions,
-        tests_run,
-        index_misses,
-        unnamed,
-        helper_ran,
-    };
-    report(&explained, &counts, &read, now);
+    let explained = granary_explain::explain(&this.missed, &read.sources);
+    report(&explained, &this.counts, &read, now);
 
     let merged = match read.own {
-        Some(own) => own.merge(current, now),
-        None => current,
+        Some(own) => own.merge(this.record, now),
+        None => this.record,
     };
     let bytes = merged.encode();
     for trouble in runtime.block_on(places.write(&store, bytes)) {
@@ -185,9 +110,9 @@ pub fn run(dir: PathBuf, config: Option<&Path>, args: ExplainArgs) -> anyhow::Re
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" "),
-        actions: actions as u64,
-        missed: missed.len() as u64,
-        unnamed,
+        actions: this.counts.actions as u64,
+        missed: this.missed.len() as u64,
+        unnamed: this.counts.unnamed,
         explained: explained
             .iter()
             .take(KEPT_EXPLANATIONS)
@@ -203,6 +128,109 @@ pub fn run(dir: PathBuf, config: Option<&Path>, args: ExplainArgs) -> anyhow::Re
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+/// What this run made and missed.
+#[derive(Debug)]
+struct ThisRun {
+    /// Every action's inputs, the scope's record as of this run.
+    record: Record,
+    /// The actions that missed, with their inputs.
+    missed: Vec<(String, Recorded)>,
+    counts: Counts,
+}
+
+impl ThisRun {
+    /// The actions `observed` saw, and the test results that ran, with
+    /// their inputs from their test logs in `store`.
+    fn new(observed: &Observed, store: &Store, scope: &str, now: u64) -> ThisRun {
+        let mut record = Record::new(scope);
+        for (name, actions) in &observed.actions {
+            let entries: Vec<Recorded> = actions
+                .iter()
+                .filter_map(|action| {
+                    let id = action.id.as_deref()?;
+                    Some(Recorded::new(now, id, action.inputs.iter().cloned()))
+                })
+                .collect();
+            if !entries.is_empty() {
+                record.actions.insert(name.clone(), entries);
+            }
+        }
+        let mut missed = Vec::new();
+        let dirs = package_dirs(observed);
+        for (package, test) in &observed.tests {
+            let Some(log) = test
+                .test_ids
+                .iter()
+                .rev()
+                .find_map(|id| test_log(store, id))
+            else {
+                continue; // a test that failed: go stored nothing
+            };
+            let mut inputs = granary_explain::test_inputs(
+                &log,
+                dirs.get(package).map(PathBuf::as_path),
+                test.args.as_deref(),
+                &user_variable,
+            );
+            if let Some(binary) = &test.binary {
+                inputs.insert(format!("binary\t{binary}"));
+            }
+            let entry = Recorded::new(now, "", inputs);
+            let name = format!("test {package}");
+            if test.missed {
+                missed.push((name.clone(), entry.clone()));
+            }
+            record.actions.insert(name, vec![entry]);
+        }
+        let counts = Counts {
+            actions: record.actions.values().map(Vec::len).sum(),
+            tests_run: missed.len(),
+            index_misses: 0,
+            unnamed: 0,
+            helper_ran: false,
+        };
+        ThisRun {
+            record,
+            missed,
+            counts,
+        }
+    }
+
+    /// Adds the actions whose keys the helper `listed` as misses (`None`:
+    /// no helper ran); test results come from go's own account.
+    fn name_misses(&mut self, observed: &Observed, listed: Option<&str>) {
+        self.counts.helper_ran = listed.is_some();
+        for key in listed.unwrap_or_default().lines() {
+            let (name, root) = match observed.action_of(key) {
+                Some((MODULE_INDEX, _)) => {
+                    self.counts.index_misses += 1;
+                    continue;
+                }
+                Some((name, _)) if name.starts_with("test ") => continue,
+                Some(action) => action,
+                None => {
+                    self.counts.unnamed += 1;
+                    continue;
+                }
+            };
+            let entry = self
+                .record
+                .actions
+                .get(name)
+                .and_then(|entries| entries.iter().find(|e| e.id == short_id(root)));
+            if let Some(entry) = entry
+                && !self
+                    .missed
+                    .iter()
+                    .any(|(n, e)| n == name && e.id == entry.id)
+            {
+                self.missed.push((name.to_owned(), entry.clone()));
+            }
+        }
+        self.missed.sort_by(|a, b| a.0.cmp(&b.0));
+    }
 }
 
 /// Runs the go command with granary as its helper, its debug output read
