@@ -145,11 +145,13 @@ def stop_seaweedfs(proc, ports):
                 Path(f"/tmp/seaweedfs-{name}-{kind}{port}.sock").unlink(missing_ok=True)
 
 
-def start_proxy(upstream, delay_ms):
-    """scripts/s3_proxy.py in front of `upstream`; returns (process, endpoint)."""
+def start_proxy(upstream, delay_ms, rate_mbps=0):
+    """scripts/s3_proxy.py in front of `upstream`, with `rate_mbps` of
+    bandwidth shared by its connections (0: no limit); returns (process,
+    endpoint)."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "s3_proxy.py"), "--upstream", upstream,
-         "--delay-ms", str(delay_ms)],
+         "--delay-ms", str(delay_ms), "--rate-mbps", str(rate_mbps)],
         stdout=subprocess.PIPE, text=True,
     )
     port = int(proc.stdout.readline())

@@ -17,7 +17,10 @@ store or network would:
          answers a credential that may not use the bucket
 
     python3 scripts/s3_proxy.py --upstream http://127.0.0.1:8333 \\
-        [--delay-ms 20] [--fault none|flip|short|cut|encoding|trickle] [--only /granary-v1/cas/]
+        [--delay-ms 20] [--rate-mbps 800] [--fault none|flip|short|cut|encoding|trickle] [--only /granary-v1/cas/]
+
+--rate-mbps shares one link of that many megabits a second among all
+connections, both ways, as a runner's network link does.
 
 Without a fault, bodies pass through as they arrive. Range requests (206)
 are damaged too, so a client that resumes a cut
@@ -44,9 +47,11 @@ def main():
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every request")
     parser.add_argument("--fault", choices=["none", "flip", "short", "cut", "encoding", "trickle", "deny"], default="none")
     parser.add_argument("--only", default="", help="damage only paths containing this")
+    parser.add_argument("--rate-mbps", type=float, default=0.0, help="shared bandwidth (0: no limit)")
     args = parser.parse_args()
     upstream = urllib.parse.urlsplit(args.upstream)
     local = threading.local()
+    link = Link(args.rate_mbps * 1e6 / 8)
 
     def forward(method, path, headers, body):
         """The upstream's response, its body not yet read."""
@@ -74,6 +79,7 @@ def main():
         def relay(self):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            link.carry(length)
             time.sleep(args.delay_ms / 1000.0)
             if args.fault == "deny":
                 denial = b'{"error":{"code":403,"message":"the caller does not have access to the bucket"}}'
@@ -136,6 +142,7 @@ def main():
                 self.wfile.flush()
                 self.close_connection = True
                 return
+            link.carry(len(data))
             self.wfile.write(data)
 
         def stream(self, response):
@@ -151,6 +158,7 @@ def main():
                 self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             while chunk := response.read1(256 * 1024):
+                link.carry(len(chunk))
                 if length is None:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 else:
@@ -178,6 +186,25 @@ def main():
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+
+
+class Link:
+    """A link of `rate` bytes a second that every transfer shares: each
+    chunk takes its turn on the wire, as on a real network."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.free_at = time.monotonic()
+        self.lock = threading.Lock()
+
+    def carry(self, size):
+        if self.rate <= 0 or size <= 0:
+            return
+        with self.lock:
+            start = max(time.monotonic(), self.free_at)
+            self.free_at = start + size / self.rate
+            done = self.free_at
+        time.sleep(max(0.0, done - time.monotonic()))
 
 
 if __name__ == "__main__":
