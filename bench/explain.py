@@ -49,7 +49,7 @@ def main():
     try:
         module = fetch(go, work)
         jobs = {
-            "go build std": (work, [["build", "std"]], "std"),
+            "go build std": (work, [["build", "std"]], "default"),
             "goldmark build+vet+test": (module, [["build", "./..."], ["vet", "./..."],
                                                  ["test", "./..."]], MODULE[0]),
         }
