@@ -227,7 +227,9 @@ fn helper(sb: &Sandbox, remote: impl FnOnce(&mut Command), prefetch: bool) -> He
         .env("GRANARY_SCOPE", "ci")
         .env("GOOS", "testos")
         .env("GOARCH", "testarch")
+        // No toolchain to name: the scope ends in `go` (SCOPE).
         .env_remove("GOROOT")
+        .env("PATH", sb.path("no-go"))
         .env("GRANARY_PREFETCH", prefetch.to_string())
         .env("GRANARY_REMOTE_TIMEOUT", "1s")
         .env("GRANARY_REMOTE_BUDGET", "30s")
