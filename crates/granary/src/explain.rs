@@ -307,25 +307,28 @@ fn helper_command() -> anyhow::Result<String> {
             let word = word.to_str().context(
                 "granary's path and flags must be valid UTF-8 to pass them in GOCACHEPROG",
             )?;
-            Ok(
-                if !word.is_empty()
-                    && !word.contains(char::is_whitespace)
-                    && !word.starts_with(['\'', '"'])
-                {
-                    word.to_owned()
-                } else if !word.contains('\'') {
-                    format!("'{word}'")
-                } else if !word.contains('"') {
-                    format!("\"{word}\"")
-                } else {
-                    anyhow::bail!(
-                        "`{word}` holds both kinds of quote, which GOCACHEPROG cannot carry"
-                    )
-                },
-            )
+            quote(word)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(quoted.join(" "))
+}
+
+/// `word` as one field of a variable that cmd/go splits (`quoted.Split`:
+/// blanks separate fields, and a field may be wrapped in `'` or `"`, with
+/// no escapes).
+fn quote(word: &str) -> anyhow::Result<String> {
+    Ok(
+        if !word.is_empty() && !word.contains(char::is_whitespace) && !word.starts_with(['\'', '"'])
+        {
+            word.to_owned()
+        } else if !word.contains('\'') {
+            format!("'{word}'")
+        } else if !word.contains('"') {
+            format!("\"{word}\"")
+        } else {
+            anyhow::bail!("`{word}` holds both kinds of quote, which GOCACHEPROG cannot carry")
+        },
+    )
 }
 
 /// A variable as the go command saw it: GODEBUG without what explain
@@ -709,4 +712,18 @@ pub fn read_history(dir: &Path, since: Option<SystemTime>) -> Vec<History> {
 
 fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_words_are_quoted_as_cmd_go_splits_them() {
+        assert_eq!(quote("--remote=http://x").unwrap(), "--remote=http://x");
+        assert_eq!(quote("/a dir/granary").unwrap(), "'/a dir/granary'");
+        assert_eq!(quote("it's here").unwrap(), "\"it's here\"");
+        assert_eq!(quote("").unwrap(), "''");
+        assert!(quote("both ' and \"").is_err());
+    }
 }
