@@ -12,8 +12,9 @@ pre-downloaded for every case: GOPROXY=off, one module cache, except in
 the tarball-with-modules case, whose tarball holds the module cache as
 actions/setup-go's does):
   goldmark  github.com/yuin/goldmark v1.8.7: small, its tests read files
-  caddy     github.com/caddyserver/caddy/v2 v2.11.9: a program of about
-            700 packages
+  caddy     github.com/caddyserver/caddy/v2 v2.11.9: a large program (its
+            job compiles hundreds of packages; one cold job took about 12
+            minutes on 2 CPUs)
 
 Each module becomes a git repository (commit 0) with ten more commits,
 each changing one package (an init function added to the package with
