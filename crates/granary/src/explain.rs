@@ -459,29 +459,40 @@ impl Places {
         })
     }
 
-    /// Every record of the scopes read, trusted ones only.
+    /// Every record of the scopes read, trusted ones only, all asked at
+    /// once: a silent remote costs one --remote-timeout, not one a record.
     async fn read(self) -> Found {
+        let wanted: Vec<(usize, &RemoteCache, &String)> = self
+            .remotes
+            .iter()
+            .enumerate()
+            .flat_map(|(index, cache)| self.read_scopes.iter().map(move |s| (index, cache, s)))
+            .collect();
+        let answers = futures_util::future::join_all(
+            wanted
+                .iter()
+                .map(|(_, cache, scope)| self.fetch(cache, scope)),
+        )
+        .await;
         let mut read = Found {
             sources: Vec::new(),
             own: None,
             trouble: Vec::new(),
         };
-        for (index, cache) in self.remotes.iter().enumerate() {
-            for scope in &self.read_scopes {
-                let label = match cache.namespace().as_str() {
-                    "" => "the remote".to_owned(),
-                    name => format!("namespace {name}"),
-                };
-                match self.fetch(cache, scope).await {
-                    Ok(Some(record)) => {
-                        if index == 0 && *scope == self.key_scope {
-                            read.own = Some(record.clone());
-                        }
-                        read.sources.push(Source { label, record });
+        for ((index, cache, scope), answer) in wanted.into_iter().zip(answers) {
+            let label = match cache.namespace().as_str() {
+                "" => "the remote".to_owned(),
+                name => format!("namespace {name}"),
+            };
+            match answer {
+                Ok(Some(record)) => {
+                    if index == 0 && *scope == self.key_scope {
+                        read.own = Some(record.clone());
                     }
-                    Ok(None) => {}
-                    Err(e) => read.trouble.push(format!("{label}, scope {scope}: {e}")),
+                    read.sources.push(Source { label, record });
                 }
+                Ok(None) => {}
+                Err(e) => read.trouble.push(format!("{label}, scope {scope}: {e}")),
             }
         }
         read

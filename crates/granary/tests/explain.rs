@@ -264,3 +264,52 @@ fn the_go_commands_errors_and_status_pass_through() {
     assert!(text.contains("undefined: undefined"), "{text}");
     assert!(!text.contains("HASH["), "debug lines are taken in: {text}");
 }
+
+/// A remote that accepts connections and never answers costs explain one
+/// --remote-timeout for its records, asked all at once, and one for
+/// storing its own, and it says so.
+#[test]
+fn a_silent_remote_costs_one_timeout_and_is_named() {
+    let sb = Sandbox::new();
+    let module = sb.module("silent", 2);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = explain(
+        &sb,
+        "cache",
+        &module,
+        &[
+            "--remote",
+            &url,
+            "--remote-timeout",
+            "1s",
+            "--scope-fallback",
+            "main,release",
+            "--read-namespaces",
+            "main",
+        ],
+        // Quick, and asks the cache nothing: explain's waits are the time.
+        &["env", "GOVERSION"],
+        &[],
+    );
+    let took = started.elapsed();
+    let text = stderr(&out);
+    assert!(
+        text.contains("cannot read a record") && text.contains("no answer within 1s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("storing the record in the remote timed out"),
+        "{text}"
+    );
+    // Six records (two namespaces, three scopes) asked at once: one second,
+    // not six, then one to store.
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}: {text}");
+}
