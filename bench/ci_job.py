@@ -84,6 +84,8 @@ def main():
     parser.add_argument("--rate-mbps", type=float, default=800.0,
                         help="bandwidth to the store, shared (800 Mbit/s: 100 MB/s)")
     parser.add_argument("--scenarios", default="same,next,grown")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help="the cases to time (a large module's no-cache job takes minutes)")
     parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
     parser.add_argument("--out", default=str(common.RESULTS), help="directory for the results")
     args = parser.parse_args()
@@ -220,7 +222,7 @@ class Bench:
         target = self.commits[{"same": 0, "next": 1, "grown": 10}[scenario]]
         self.advance(history)
         for run in range(self.args.runs):
-            for case in CASES:
+            for case in self.args.cases.split(","):
                 seconds, moved, tested, reused = self.timed(case, scenario, run, target)
                 # A large module's runner holds a GiB or more.
                 shutil.rmtree(self.work / f"runner-{scenario}-{case}-{run}", ignore_errors=True)
@@ -253,6 +255,8 @@ class Bench:
             shutil.rmtree(self.laptop_checkout, ignore_errors=True)
             subprocess.run(["cp", "-a", str(self.checkout), str(self.laptop_checkout)], check=True)
             for name, remote in self.remotes(False).items():
+                if name not in self.args.cases.split(","):
+                    continue
                 self.fresh_checkout(commit)
                 subprocess.run([self.granary, "mtimes", str(self.checkout)], check=True,
                                stdout=subprocess.DEVNULL)
