@@ -26,8 +26,8 @@ const FORMAT: &str = "granary-explain 1";
 const KEEP_FOR: u64 = 30 * 24 * 3600;
 /// A record keeps at most this many actions, the newest.
 const MAX_ACTIONS: usize = 50_000;
-/// Decompressed records longer than this are refused.
-const MAX_RECORD: u64 = 64 << 20;
+/// Records longer than this, compressed or not, are refused.
+pub const MAX_RECORD: u64 = 64 << 20;
 /// Hex digits of an action ID a record keeps.
 const ID_DIGITS: usize = 20;
 

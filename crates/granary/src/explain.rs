@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use granary_explain::observe::MODULE_INDEX;
-use granary_explain::record::short_id;
+use granary_explain::record::{MAX_RECORD, short_id};
 use granary_explain::{Base, Explained, Line, Observed, Record, Recorded, Source};
 use granary_id::Id;
 use granary_remote::{Fetched, Namespace, RemoteCache};
@@ -500,10 +500,23 @@ impl Places {
 
     async fn fetch(&self, cache: &RemoteCache, scope: &str) -> Result<Option<Record>, String> {
         let action = record_action(scope);
+        // Trust and size are judged on the record, before its body is asked for.
         let fetched = tokio::time::timeout(self.timeout, async {
             let Some(Fetched { record, inline, .. }) = cache.lookup(&action).await? else {
                 return Ok(None);
             };
+            if let Some(trusted) = &self.trusted {
+                let claim = record.claim(cache.namespace().as_str());
+                if let Err(why) = trusted.check(&claim, record.signature.as_ref()) {
+                    return Ok(Some(Err(format!("an untrusted record ({why})"))));
+                }
+            }
+            if record.size > MAX_RECORD {
+                return Ok(Some(Err(format!(
+                    "a record of {} bytes, more than a record may be",
+                    record.size
+                ))));
+            }
             let body = match inline {
                 Some(body) => body,
                 None => {
@@ -512,7 +525,7 @@ impl Places {
                     body
                 }
             };
-            Ok::<_, granary_remote::RemoteError>(Some((record, body)))
+            Ok::<_, granary_remote::RemoteError>(Some(Ok((record, body))))
         })
         .await
         .map_err(|_| {
@@ -522,17 +535,11 @@ impl Places {
             )
         })?
         .map_err(|e| e.to_string())?;
-        let Some((record, body)) = fetched else {
+        let Some((record, body)) = fetched.transpose()? else {
             return Ok(None);
         };
         if Id::of(&body) != record.output {
             return Err("a record whose body does not match its hash".to_owned());
-        }
-        if let Some(trusted) = &self.trusted {
-            let claim = record.claim(cache.namespace().as_str());
-            trusted
-                .check(&claim, record.signature.as_ref())
-                .map_err(|why| format!("an untrusted record ({why})"))?;
         }
         Record::decode(&body).map(Some).map_err(|e| e.to_string())
     }
