@@ -143,18 +143,8 @@ class Bench:
     def prepare(self, module, version):
         """The module as a git repository with eleven commits, its
         dependencies in the shared module cache."""
-        fetch = self.env(self.work / "fetch-cache")
-        fetch["GOPROXY"] = os.environ.get("GOPROXY", "https://proxy.golang.org,direct")
-        fetch["GOSUMDB"] = "off"
-        out = subprocess.run([self.go, "mod", "download", "-json", f"{module}@{version}"],
-                             env=fetch, capture_output=True, text=True, check=True)
-        source = Path(json.loads(out.stdout)["Dir"])
-        self.origin = self.work / "origin"
-        shutil.copytree(source, self.origin)
-        subprocess.run(["chmod", "-R", "u+w", str(self.origin)], check=True)
-        subprocess.run([self.go, "list", "-deps", "-test", "./..."], cwd=self.origin, env=fetch,
-                       check=True, stdout=subprocess.DEVNULL)
-        shutil.rmtree(self.work / "fetch-cache", ignore_errors=True)
+        self.origin = common.fetch_module(self.go, self.work, module, version,
+                                          self.work / "origin")
         git(self.origin, "init", "-q", "-b", "main")
         git(self.origin, "add", "-A")
         git(self.origin, "commit", "-q", "-m", "commit 0")

@@ -71,17 +71,7 @@ def main():
 
 
 def fetch(go, work):
-    env = common.go_env(work / "fetch-cache", work)
-    env.update(GOPROXY=os.environ.get("GOPROXY", "https://proxy.golang.org,direct"), GOSUMDB="off",
-               GOFLAGS="-mod=mod")
-    out = subprocess.run([go, "mod", "download", "-json", "@".join(MODULE)], env=env,
-                         capture_output=True, text=True, check=True)
-    module = work / "goldmark"
-    shutil.copytree(json.loads(out.stdout)["Dir"], module)
-    subprocess.run(["chmod", "-R", "u+w", str(module)], check=True)
-    subprocess.run([go, "list", "-deps", "-test", "./..."], cwd=module, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    return module
+    return common.fetch_module(go, work, *MODULE, work / "goldmark")
 
 
 def time_job(go, granary, work, cwd, commands, cache, case):

@@ -94,11 +94,8 @@ def program(go, work, name, source, requirement):
     (module / "go.mod").write_text(f"module example.com/{name}\n\ngo 1.24\n")
     (module / "main.go").write_text(source)
     if requirement:
-        env = common.go_env(work / "fetch-cache", work)
-        env.update(GOPROXY=os.environ.get("GOPROXY", "https://proxy.golang.org,direct"),
-                   GOSUMDB="off", GOFLAGS="-mod=mod")
-        subprocess.run([go, "get", requirement], cwd=module, env=env, check=True,
-                       capture_output=True)
+        subprocess.run([go, "get", requirement], cwd=module, env=common.fetch_env(work),
+                       check=True, capture_output=True)
     return module
 
 

@@ -62,17 +62,7 @@ func TestOther(t *testing.T) {}
 
 /// A fresh checkout of `origin` at `path`, with canonical times.
 fn checkout(origin: &Path, path: &Path) {
-    let _ = fs::remove_dir_all(path);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    git(
-        path.parent().unwrap(),
-        &[
-            "clone",
-            "-q",
-            origin.to_str().unwrap(),
-            path.to_str().unwrap(),
-        ],
-    );
+    fresh_clone(origin, path);
     run_ok(Command::new(granary()).arg("mtimes").arg(path));
 }
 

@@ -49,21 +49,6 @@ func TestReads(t *testing.T) {
     repo
 }
 
-/// A fresh checkout of `origin` at `path` (the same path every time, as a
-/// CI runner's workspace is).
-fn checkout(origin: &Path, path: &Path) {
-    let _ = fs::remove_dir_all(path);
-    git(
-        path.parent().unwrap(),
-        &[
-            "clone",
-            "-q",
-            origin.to_str().unwrap(),
-            path.to_str().unwrap(),
-        ],
-    );
-}
-
 /// `granary mtimes` in `dir`.
 fn mtimes(dir: &Path) -> serde_json::Value {
     let out = run_ok(Command::new(granary()).args(["mtimes", "--json"]).arg(dir));
@@ -91,7 +76,7 @@ fn fresh_runners_reuse_test_results_and_changed_inputs_never_do() {
     fs::create_dir_all(work.parent().unwrap()).unwrap();
 
     // Runner A: a fresh checkout, canonical times, the test runs once.
-    checkout(&origin, &work);
+    fresh_clone(&origin, &work);
     let report = mtimes(&work);
     assert_eq!(report["files"], 5, "{report}");
     assert_eq!(report["hashed"], 0, "{report}");
@@ -101,10 +86,10 @@ fn fresh_runners_reuse_test_results_and_changed_inputs_never_do() {
 
     // Runner B, same commit, fresh checkout at the same path: without
     // canonical times every file is new and the test runs again...
-    checkout(&origin, &work);
+    fresh_clone(&origin, &work);
     assert!(!cached(&sb, &server, "b", &work), "new times, no reuse");
     // ... runner C, with them, reuses runner A's result from the server.
-    checkout(&origin, &work);
+    fresh_clone(&origin, &work);
     mtimes(&work);
     assert!(cached(&sb, &server, "c", &work), "same content, same times");
 

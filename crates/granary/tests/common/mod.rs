@@ -610,3 +610,20 @@ pub fn git(dir: &Path, args: &[&str]) -> Output {
             .env_remove("GIT_WORK_TREE"),
     )
 }
+
+/// A fresh clone of the repository `origin` at `path`, where a CI runner
+/// checks out (the same path every time: go keys on absolute paths).
+pub fn fresh_clone(origin: &Path, path: &Path) {
+    let _ = fs::remove_dir_all(path);
+    let parent = path.parent().unwrap();
+    fs::create_dir_all(parent).unwrap();
+    git(
+        parent,
+        &[
+            "clone",
+            "-q",
+            origin.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+    );
+}
