@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
-bash scripts/setup.sh
+bash scripts/setup.sh --demo
 export PATH="$PWD/.venv/bin:$PATH"
 cargo build --release --locked --quiet -p granary
 granary="$PWD/target/release/granary"

