@@ -3,7 +3,8 @@
 #   - the manylinux2014 wheel: `pip install granary-cache` gives the
 #     `granary` command on any x86_64 Linux with glibc 2.17 or later;
 #   - static (musl) `granary` binaries for x86_64 and aarch64 Linux, in
-#     tarballs with the README: they run with no shared library at all.
+#     tarballs with the README and the licences: they run with no shared
+#     library at all.
 # zig (from PyPI) is the C compiler and linker of both, through maturin's
 # --zig and cargo-zigbuild: it brings glibc 2.17's symbols and musl for every
 # target, so the C in zstd and in the TLS crypto provider (aws-lc) builds
@@ -44,7 +45,7 @@ for target in $targets; do
     name="granary-${version}-${target%%-unknown-linux-musl}-linux-static"
     staging="$(mktemp -d)"
     mkdir "$staging/$name"
-    cp "$target_dir/$target/release/granary" README.md "$staging/$name/"
+    cp "$target_dir/$target/release/granary" README.md LICENSE-MIT LICENSE-APACHE "$staging/$name/"
     tar -czf "$out/$name.tar.gz" -C "$staging" "$name"
     rm -rf "$staging"
 done

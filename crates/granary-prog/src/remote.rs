@@ -1,6 +1,6 @@
 //! The remote tier: lookups after local misses, uploads after puts, and
 //! what keeps a bad remote from slowing the build by more than a bounded
-//! amount (DESIGN.md invariant 7). It knows nothing of the prefetch, which
+//! amount (ARCHITECTURE.md, invariant 9). It knows nothing of the prefetch, which
 //! sits in front of it ([`prefetch`](crate::prefetch)).
 //!
 //! Remote work runs on a small tokio runtime beside the engine's threads:

@@ -101,7 +101,7 @@ pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Relaxed);
 }
 
-/// The stats file: one JSON object, documented in the README, also kept as
+/// The stats file: one JSON object, documented in docs/reference.md, also kept as
 /// one line per run in the history. Fields are only ever added, so that
 /// scripts keep working; missing ones read as zero.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

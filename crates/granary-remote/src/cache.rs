@@ -21,7 +21,7 @@ use crate::{BlobStore, ByteStream, RemoteError, reapi};
 use granary_trust::SigningKey;
 
 /// Outputs up to this size travel inside their action record. In
-/// `go build std`, 77% of the outputs are this small (DESIGN.md).
+/// `go build std`, 77% of the outputs are this small.
 pub const INLINE_LIMIT: u64 = 64 * 1024;
 /// The longest valid record: a header, and an inline body that zstd could
 /// not shrink (it then adds a few bytes per 128 KiB block), or an action

@@ -272,7 +272,7 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct ProgArgs {
-    /// At close, write this run's statistics as a JSON object to PATH (see README)
+    /// At close, write this run's statistics as a JSON object to PATH (fields: docs/reference.md)
     #[arg(long, env = "GRANARY_STATS_FILE", value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
 

@@ -146,7 +146,12 @@ fn release_artefacts_install_and_serve_go_builds() {
         .trim_end_matches(".tar.gz")
         .to_owned();
     let binary = unpacked.join(&folder).join("granary");
-    assert!(unpacked.join(&folder).join("README.md").exists());
+    for file in ["README.md", "LICENSE-MIT", "LICENSE-APACHE"] {
+        assert!(
+            unpacked.join(&folder).join(file).exists(),
+            "{file} not in {tarball:?}"
+        );
+    }
     let ldd = Command::new("ldd").arg(&binary).output().unwrap();
     let said = format!(
         "{}{}",
