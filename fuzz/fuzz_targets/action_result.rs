@@ -4,7 +4,8 @@
 //! make a response the encoder can write. The bytes are taken both as a
 //! message and as the time and size of one that granary's encoder makes,
 //! so that the fuzzer reaches every time and size without having to learn
-//! protobuf first.
+//! protobuf first. A build time, however long, decodes as at most
+//! `MAX_BUILD_TIME`.
 #![no_main]
 
 use std::time::{Duration, SystemTime};
@@ -44,9 +45,11 @@ fuzz_target!(|data: &[u8]| {
         size: word(0),
         put_time,
         placement: Placement::Object,
+        build_time: Some(Duration::from_millis(word(24))),
         signature: None,
     };
     if let Ok((decoded, _)) = reapi::decode(&Id([1; 32]), &reapi::encode(&record, None)) {
+        assert!(decoded.build_time.is_none_or(|t| t <= granary_remote::MAX_BUILD_TIME));
         answer(&decoded);
     }
 });

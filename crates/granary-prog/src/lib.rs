@@ -52,6 +52,7 @@ use std::time::{Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use granary_id::Id;
 use granary_protocol::{BodyError, FramingError, Incoming, Request, RequestReader, Response};
+use granary_remote::Made;
 use granary_store::{Hit, Lookup, ObjectWriter, Store};
 
 use prefetch::Prefetch;
@@ -468,7 +469,7 @@ impl Engine {
         match stored {
             Ok((path, stored)) => {
                 add(&self.stats.puts, 1);
-                self.stats.put_after_miss(&action);
+                let build_time = self.stats.put_after_miss(&action);
                 add(&self.stats.put_bytes, size);
                 if stored.reused {
                     add(&self.stats.reused_objects, 1);
@@ -478,8 +479,14 @@ impl Engine {
                 ticket.answer(Response::stored(id, path));
                 if let Some(prefetch) = &self.remote {
                     let remote = &prefetch.remote;
-                    remote.record_use(action);
-                    remote.queue_upload(action, output, put_time, stored.object);
+                    remote.record_put(action, build_time);
+                    let made = Made {
+                        action,
+                        output,
+                        put_time,
+                        build_time,
+                    };
+                    remote.queue_upload(made, stored.object);
                 }
             }
             Err(e) => fail(&self.stats, ticket, &e),

@@ -379,6 +379,7 @@ impl Prefetch {
                     if i == 0 {
                         self.remember_latest_job(&manifest);
                     }
+                    remote.note_build_times(manifest.build_times.iter().map(|(a, t)| (*a, *t)));
                     manifests.push((*from, manifest));
                 }
                 Ok(None) => tracing::debug!("no manifest for scope {scope} in {namespace}"),

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use granary_id::Id;
 use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds};
-use granary_remote::{Group, Manifest, PackRef, PackWriter, STREAM_ABOVE};
+use granary_remote::{Group, Made, Manifest, PackRef, PackWriter, STREAM_ABOVE};
 use granary_store::Lookup;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -60,7 +60,10 @@ pub(super) async fn publish(prefetch: &Prefetch) {
     if remote.options.read_only || !remote.is_on() || unsigned_among_trusting {
         return;
     }
-    let used = std::mem::take(&mut lock(&remote.used).order);
+    let (used, build_times) = {
+        let mut used = lock(&remote.used);
+        (std::mem::take(&mut used.order), used.build_times.clone())
+    };
     if used.is_empty() {
         return;
     }
@@ -71,11 +74,17 @@ pub(super) async fn publish(prefetch: &Prefetch) {
     let known = lock(&prefetch.packs).clone();
     let latest_job = std::mem::take(&mut *lock(&prefetch.latest_job));
     let dir = remote.store.dir().join(JOURNALS);
-    let merged =
-        tokio::task::spawn_blocking(move || Journal::merge(dir, &scope, latest_job, used, &known))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|merged| merged.map_err(|e| e.to_string()));
+    let merged = tokio::task::spawn_blocking(move || {
+        let runs = Runs {
+            latest_job,
+            used,
+            build_times,
+        };
+        Journal::merge(dir, &scope, runs, &known)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|merged| merged.map_err(|e| e.to_string()));
     let (journal, mut entries) = match merged {
         Ok(merged) => merged,
         Err(e) => {
@@ -94,6 +103,10 @@ pub(super) async fn publish(prefetch: &Prefetch) {
         scope: remote.options.scopes.scope.clone(),
         written: now,
         groups: groups_in_order(&entries),
+        build_times: entries
+            .iter()
+            .filter_map(|e| Some((e.action, e.build_time?)))
+            .collect(),
     };
     let cache = &remote.options.cache;
     match within(remote.options.timeout, cache.publish_manifest(&manifest)).await {
@@ -144,6 +157,7 @@ async fn read_own_manifest(prefetch: &Prefetch) {
         }
     };
     prefetch.remember_latest_job(&manifest);
+    remote.note_build_times(manifest.build_times.iter().map(|(a, t)| (*a, *t)));
     lock(&prefetch.packs).extend(
         manifest
             .groups
@@ -156,10 +170,10 @@ async fn read_own_manifest(prefetch: &Prefetch) {
 /// Packs the entries that no fresh pack holds, reading them from the
 /// local tier, and uploads the packs; the entries then name them.
 async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) {
-    let loose: Vec<Id> = entries
+    let loose: Vec<(Id, Option<Duration>)> = entries
         .iter()
         .filter(|e| e.pack.is_none())
-        .map(|e| e.action)
+        .map(|e| (e.action, e.build_time))
         .collect();
     if loose.is_empty() {
         return;
@@ -212,17 +226,17 @@ async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) {
 }
 
 /// Reads `actions` from the local tier into packs of about
-/// [`PACK_TARGET`] bytes, in order, sending each when full. Entries the
-/// local tier no longer has are left out.
+/// [`PACK_TARGET`] bytes, in order, sending each when full, with the build
+/// times known. Entries the local tier no longer has are left out.
 fn build_packs(
     remote: &Remote,
-    actions: &[Id],
+    actions: &[(Id, Option<Duration>)],
     packs: &tokio::sync::mpsc::Sender<(PackWriter, Vec<Id>)>,
 ) {
     let cache = &remote.options.cache;
     let mut pack = PackWriter::default();
     let mut members = Vec::new();
-    for action in actions {
+    for (action, build_time) in actions {
         let Lookup::Hit(hit) = remote.store.get(action) else {
             continue;
         };
@@ -239,9 +253,13 @@ fn build_packs(
         {
             continue;
         }
-        let Ok((record, object)) =
-            cache.encode_entry(action, &hit.entry.output_id, hit.entry.put_time, &body)
-        else {
+        let made = Made {
+            action: *action,
+            output: hit.entry.output_id,
+            put_time: hit.entry.put_time,
+            build_time: *build_time,
+        };
+        let Ok((record, object)) = cache.encode_entry(&made, &body) else {
             continue;
         };
         pack.add(action, &record, &object);
@@ -320,6 +338,19 @@ struct JournalEntry {
     used: SystemTime,
     /// Used by the job before this one, not yet by this one.
     earlier: bool,
+    /// How long its output took to build, where known.
+    build_time: Option<Duration>,
+}
+
+/// What a run brings to its scope's journal.
+#[derive(Debug, Default)]
+struct Runs {
+    /// What the job before used, by the manifest this run read.
+    latest_job: Vec<Id>,
+    /// What this run used, in order.
+    used: Vec<Id>,
+    /// How long the outputs this run knows of took to build.
+    build_times: HashMap<Id, Duration>,
 }
 
 /// The journal of a scope on this machine: the actions its runs used within
@@ -332,16 +363,21 @@ struct Journal {
 }
 
 impl Journal {
-    /// Locks the scope's journal and merges `used` into what it holds. If
-    /// no run of this job has published yet, what `latest_job` used (by the
-    /// manifest this run read) is kept as earlier entries.
+    /// Locks the scope's journal and merges what this run `used` into what
+    /// it holds. If no run of this job has published yet, what the latest
+    /// job used (by the manifest this run read) is kept as earlier entries.
     fn merge(
         dir: PathBuf,
         scope: &str,
-        latest_job: Vec<Id>,
-        used: Vec<Id>,
+        runs: Runs,
         packs: &HashMap<Id, PackRef>,
     ) -> std::io::Result<(Journal, Vec<JournalEntry>)> {
+        let Runs {
+            latest_job,
+            used,
+            build_times,
+        } = runs;
+        let took = |action: &Id| build_times.get(action).copied();
         fs::create_dir_all(&dir)?;
         let name = scope_key_name(scope);
         let lock = OpenOptions::new()
@@ -366,6 +402,7 @@ impl Journal {
                     pack: packs.get(&action).copied(),
                     used: now,
                     earlier: true,
+                    build_time: took(&action),
                 })
                 .collect();
         }
@@ -381,6 +418,7 @@ impl Journal {
                     entry.used = now;
                     entry.earlier = false;
                     entry.pack = entry.pack.or_else(|| packs.get(&action).copied());
+                    entry.build_time = took(&action).or(entry.build_time);
                 }
                 None => {
                     at.insert(action, entries.len());
@@ -389,6 +427,7 @@ impl Journal {
                         pack: packs.get(&action).copied(),
                         used: now,
                         earlier: false,
+                        build_time: took(&action),
                     });
                 }
             }
@@ -427,10 +466,13 @@ impl Journal {
                 None => "-".to_owned(),
             };
             text.push_str(&format!(
-                "{} {} {pack}{}\n",
+                "{} {} {pack}{}{}\n",
                 unix_seconds(entry.used),
                 hex::encode(entry.action),
-                if entry.earlier { " earlier" } else { "" }
+                if entry.earlier { " earlier" } else { "" },
+                entry
+                    .build_time
+                    .map_or(String::new(), |t| format!(" built={}", t.as_millis())),
             ));
         }
         let dir = self.path.parent().expect("a journal is in a directory");
@@ -457,16 +499,24 @@ fn parse_line(line: &str) -> Option<JournalEntry> {
             })
         }
     };
-    let earlier = match fields.next() {
-        None => false,
-        Some("earlier") => true,
-        Some(_) => return None,
-    };
+    let (mut earlier, mut build_time) = (false, None);
+    for field in fields {
+        match field {
+            "earlier" if !earlier => earlier = true,
+            _ => match field.strip_prefix("built=") {
+                Some(ms) if build_time.is_none() => {
+                    build_time = Some(Duration::from_millis(ms.parse().ok()?));
+                }
+                _ => return None,
+            },
+        }
+    }
     Some(JournalEntry {
         action,
         pack,
         used,
         earlier,
+        build_time,
     })
 }
 
@@ -489,6 +539,15 @@ mod tests {
             pack,
             used: from_unix_seconds(unix_seconds(SystemTime::now())).unwrap(),
             earlier: false,
+            build_time: None,
+        }
+    }
+
+    fn runs(latest_job: Vec<Id>, used: Vec<Id>) -> Runs {
+        Runs {
+            latest_job,
+            used,
+            build_times: HashMap::new(),
         }
     }
 
@@ -521,40 +580,41 @@ mod tests {
         let journals = dir.path().join(JOURNALS);
         let packed = pack(9, 1, Duration::ZERO);
         let packs = HashMap::from([(Id([2; 32]), packed)]);
-        let (journal, entries) = Journal::merge(
-            journals.clone(),
-            "s",
-            vec![],
-            vec![Id([1; 32]), Id([2; 32])],
-            &packs,
-        )
-        .unwrap();
+        let mut first = runs(vec![], vec![Id([1; 32]), Id([2; 32])]);
+        first.build_times = HashMap::from([(Id([1; 32]), Duration::from_millis(250))]);
+        let (journal, entries) = Journal::merge(journals.clone(), "s", first, &packs).unwrap();
         assert_eq!(entries.len(), 2);
         journal.write(&entries).unwrap();
         drop(journal);
-        let (journal, entries) = Journal::merge(
-            journals.clone(),
-            "s",
-            vec![Id([9; 32])],
-            vec![Id([2; 32]), Id([3; 32])],
-            &HashMap::new(),
-        )
-        .unwrap();
+        let mut second = runs(vec![Id([9; 32])], vec![Id([2; 32]), Id([3; 32])]);
+        second.build_times = HashMap::from([(Id([3; 32]), Duration::from_millis(40))]);
+        let (journal, entries) =
+            Journal::merge(journals.clone(), "s", second, &HashMap::new()).unwrap();
         let actions: Vec<u8> = entries.iter().map(|e| e.action.0[0]).collect();
         assert_eq!(actions, [1, 2, 3], "the union, in order of first use");
         assert_eq!(
             entries[1].pack.map(|p| (p.id, p.entries)),
             Some((packed.id, 1))
         );
+        let times: Vec<Option<u128>> = entries
+            .iter()
+            .map(|e| e.build_time.map(|t| t.as_millis()))
+            .collect();
+        assert_eq!(times, [Some(250), None, Some(40)], "build times are kept");
         // An entry last used before the window is forgotten.
         let mut stale = entries.clone();
         stale[0].used = SystemTime::now() - JOB_WINDOW - Duration::from_secs(60);
         journal.write(&stale).unwrap();
         drop(journal);
         let (_journal, entries) =
-            Journal::merge(journals, "s", vec![], vec![], &HashMap::new()).unwrap();
+            Journal::merge(journals, "s", Runs::default(), &HashMap::new()).unwrap();
         assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].build_time, Some(Duration::from_millis(40)));
         assert_eq!(parse_line("garbage"), None);
+        let action = hex::encode([1; 32]);
+        for bad in ["built=x", "built=1 built=2", "earlier earlier", "later"] {
+            assert_eq!(parse_line(&format!("1 {action} - {bad}")), None, "{bad}");
+        }
     }
 
     /// Job 1 read a manifest naming 1, 2, 3; its first command used 1, its
@@ -569,8 +629,7 @@ mod tests {
             let (journal, entries) = Journal::merge(
                 journals.clone(),
                 "s",
-                hashes(latest_job),
-                hashes(used),
+                runs(hashes(latest_job), hashes(used)),
                 &packs,
             )
             .unwrap();

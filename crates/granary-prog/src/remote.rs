@@ -37,13 +37,15 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use granary_id::Id;
 use granary_protocol::Response;
 use granary_remote::manifest::Seal;
-use granary_remote::{ActionRecord, Fetched, Namespace, RemoteCache, RemoteError, STREAM_ABOVE};
+use granary_remote::{
+    ActionRecord, Fetched, Made, Namespace, RemoteCache, RemoteError, STREAM_ABOVE,
+};
 use granary_store::{ActionEntry, Hit, ObjectWriter, Store, StoreError};
 use granary_trust::TrustedKeys;
 use tokio::runtime::{Handle, Runtime};
@@ -138,18 +140,53 @@ pub struct Remote {
     pub(super) stats: Arc<Stats>,
 }
 
-/// The actions a run used, in order of first use.
+/// The actions a run used, in order of first use, and what it knows of
+/// how long their outputs took to build.
 #[derive(Debug, Default)]
 pub(super) struct Used {
     pub(super) order: Vec<Id>,
     pub(super) seen: HashSet<Id>,
+    /// The actions answered as hits.
+    hits: HashSet<Id>,
+    /// How long outputs took to build where that was measured: here (a
+    /// miss the go command then put), or by the runner that wrote the
+    /// records and manifests read. Uploads, packs and manifests carry them
+    /// on; hits count them as saved.
+    pub(super) build_times: HashMap<Id, Duration>,
 }
+
+/// Build times a run keeps, at most (about 50 bytes each): `go build std`
+/// has about 1,000 actions, a large module's job tens of thousands.
+const KEPT_BUILD_TIMES: usize = 200_000;
 
 impl Used {
     pub(super) fn insert(&mut self, action: Id) {
         if self.seen.insert(action) {
             self.order.push(action);
         }
+    }
+
+    fn hit(&mut self, action: Id) {
+        self.insert(action);
+        self.hits.insert(action);
+    }
+
+    /// Keeps how long `action` took to build, unless a time is known: the
+    /// first source wins, and a run reads its own namespace and scope first.
+    pub(super) fn note_build_time(&mut self, action: Id, took: Duration) {
+        if self.build_times.len() < KEPT_BUILD_TIMES {
+            self.build_times.entry(action).or_insert(took);
+        }
+    }
+
+    /// The hits whose build time is known, and those times summed.
+    pub(super) fn saved(&self) -> (u64, Duration) {
+        self.hits
+            .iter()
+            .filter_map(|action| self.build_times.get(action))
+            .fold((0, Duration::ZERO), |(hits, sum), took| {
+                (hits + 1, sum + *took)
+            })
     }
 }
 
@@ -275,6 +312,11 @@ impl Remote {
             location: self.options.cache.location().to_string(),
             off: self.off.get().cloned(),
             scope: self.options.scopes.scope.clone(),
+            saved: self
+                .used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .saved(),
         }
     }
 
@@ -379,23 +421,42 @@ impl Remote {
         }
     }
 
-    /// Notes that this run used `action`, for the manifest it publishes.
-    pub(super) fn record_use(&self, action: Id) {
+    /// Notes that this run put `action`, which took `build_time` to build
+    /// if it was measured, for the manifest it publishes.
+    pub(super) fn record_put(&self, action: Id, build_time: Option<Duration>) {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        used.insert(action);
+        if let Some(took) = build_time {
+            // Measured here: fresher than what a record said.
+            used.build_times.remove(&action);
+            used.note_build_time(action, took);
+        }
+    }
+
+    /// Keeps how long outputs took to build, by a record or manifest.
+    pub(super) fn note_build_times(&self, times: impl IntoIterator<Item = (Id, Duration)>) {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        for (action, took) in times {
+            used.note_build_time(action, took);
+        }
+    }
+
+    fn record_hit(&self, action: Id) {
         self.used
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(action);
+            .hit(action);
     }
 
     /// Answers with an entry of the local tier, noting the use.
     pub(super) fn answer_local(&self, ticket: Ticket, action: Id, hit: Hit) {
-        self.record_use(action);
+        self.record_hit(action);
         answer_hit(&self.stats, ticket, hit);
     }
 
     /// Answers with an output fetched from the remote.
     pub(super) fn answer_found(&self, ticket: Ticket, action: Id, found: &Found) {
-        self.record_use(action);
+        self.record_hit(action);
         answer_entry(&self.stats, ticket, &found.entry, found.path.clone());
     }
 
@@ -580,6 +641,9 @@ impl Remote {
     ) -> Result<Found, Trouble> {
         let cache = &self.options.cache;
         let output = record.output;
+        if let Some(took) = record.build_time {
+            self.note_build_times([(action, took)]);
+        }
         let stored = self
             .store
             .put_as_of(&action, body, output, record.size, record.put_time)
@@ -605,13 +669,7 @@ impl Remote {
 
     /// Queues the upload of a put just stored locally, unless the remote is
     /// read-only. Never waits: a full queue drops the upload.
-    pub(super) fn queue_upload(
-        self: &Arc<Self>,
-        action: Id,
-        output: Id,
-        put_time: SystemTime,
-        object: PathBuf,
-    ) {
+    pub(super) fn queue_upload(self: &Arc<Self>, made: Made, object: PathBuf) {
         if self.options.read_only {
             return;
         }
@@ -628,7 +686,7 @@ impl Remote {
         let remote = self.clone();
         self.uploads.spawn_on(
             async move {
-                let sent = remote.upload(action, output, put_time, object).await;
+                let sent = remote.upload(&made, object).await;
                 let mut queue = remote.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 if !queue.abandoned {
                     queue.queued -= 1;
@@ -647,13 +705,7 @@ impl Remote {
 
     /// One upload, within its deadline. Returns the bytes sent, or `None`
     /// if it did not happen.
-    async fn upload(
-        &self,
-        action: Id,
-        output: Id,
-        put_time: SystemTime,
-        object: PathBuf,
-    ) -> Option<u64> {
+    async fn upload(&self, made: &Made, object: PathBuf) -> Option<u64> {
         let _slot = self.upload_slots.acquire().await.ok()?;
         let size = tokio::fs::metadata(&object)
             .await
@@ -673,11 +725,7 @@ impl Remote {
         // A large output takes time to send: the deadline grows with it.
         let deadline = self.options.timeout + Duration::from_secs(size / MIN_UPLOAD_RATE);
         let cache = &self.options.cache;
-        let sent = within(
-            deadline,
-            cache.upload_file(&action, &output, put_time, &object, size),
-        )
-        .await;
+        let sent = within(deadline, cache.upload_file(made, &object, size)).await;
         match sent {
             Ok(sent) => {
                 self.succeeded();

@@ -76,6 +76,9 @@ pub struct RemoteState {
     pub off: Option<String>,
     /// The scope of the manifests it read and published.
     pub scope: String,
+    /// Hits whose build time a record or manifest carried, or this run
+    /// measured, and those times summed.
+    pub saved: (u64, Duration),
 }
 
 /// A file of the run's statistics that could not be read or written.
@@ -206,6 +209,11 @@ pub struct Summary {
     /// saves.
     pub rebuilds: u64,
     pub rebuild_ms: u64,
+    /// Hits whose output's build time was known (measured where it was
+    /// built, carried by its record or the manifest), and those build
+    /// times summed, in milliseconds: what these hits saved.
+    pub saved_hits: u64,
+    pub saved_ms: u64,
 }
 
 impl Stats {
@@ -271,6 +279,8 @@ impl Stats {
             swept: self.swept.load(Relaxed),
             rebuilds: self.rebuilds.load(Relaxed),
             rebuild_ms: self.rebuild_us.load(Relaxed) / 1000,
+            saved_hits: remote.saved.0,
+            saved_ms: remote.saved.1.as_millis().try_into().unwrap_or(u64::MAX),
         }
     }
 
@@ -311,20 +321,21 @@ impl Stats {
     }
 
     /// A put of `action`: if this run answered it as a miss, the go command
-    /// has just rebuilt it, and the time since is what that miss cost.
-    pub fn put_after_miss(&self, action: &Id) {
+    /// has just rebuilt it, and the time since, returned, is what that miss
+    /// cost.
+    pub fn put_after_miss(&self, action: &Id) -> Option<Duration> {
         let missed = self
             .missed_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(action);
-        if let Some(at) = missed {
-            add(&self.rebuilds, 1);
-            add(
-                &self.rebuild_us,
-                at.elapsed().as_micros().try_into().unwrap_or(u64::MAX),
-            );
-        }
+            .remove(action)?;
+        let took = missed.elapsed();
+        add(&self.rebuilds, 1);
+        add(
+            &self.rebuild_us,
+            took.as_micros().try_into().unwrap_or(u64::MAX),
+        );
+        Some(took)
     }
 
     /// Records how long a remote lookup kept a get waiting.

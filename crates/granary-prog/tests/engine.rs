@@ -33,10 +33,11 @@ impl Write for Output {
     }
 }
 
-/// A request and, for a put, its body.
+/// A request and, for a put, its body; or a pause between turns.
 enum Ask {
     Get(u8),
     Put(u8, Vec<u8>),
+    Pause(Duration),
 }
 
 /// How the runs of a test reach the remote.
@@ -120,7 +121,13 @@ fn run_in_turns(
     remote: &Remote,
     turns: &[&[Ask]],
 ) -> (Vec<Value>, Summary) {
-    let store = Store::open(dir.path().join(format!("cache-{}", rand()))).unwrap();
+    run_on(&dir.path().join(format!("cache-{}", rand())), remote, turns)
+}
+
+/// [`run_in_turns`] on the cache directory `cache`, as a job's next go
+/// command finds the first one's.
+fn run_on(cache: &std::path::Path, remote: &Remote, turns: &[&[Ask]]) -> (Vec<Value>, Summary) {
+    let store = Store::open(cache).unwrap();
     let (reader, mut writer) = io::pipe().unwrap();
     let output = Output::default();
     let options = Options {
@@ -146,6 +153,10 @@ fn run_in_turns(
     for turn in turns {
         let mut input = Vec::new();
         for ask in *turn {
+            if let Ask::Pause(pause) = ask {
+                std::thread::sleep(*pause);
+                continue;
+            }
             id += 1;
             let (request, body) = match ask {
                 Ask::Get(action) => (
@@ -164,6 +175,7 @@ fn run_in_turns(
                     },
                     &body[..],
                 ),
+                Ask::Pause(_) => unreachable!("paused above"),
             };
             write_request(&mut input, &request, body).unwrap();
         }
@@ -222,6 +234,48 @@ fn a_fresh_runner_hits_what_a_writer_put() {
     assert!(is_hit(&answers[0]), "{answers:?}");
     assert_eq!(answers[1]["Miss"], true);
     assert_eq!((summary.remote_hits, summary.remote_misses), (1, 1));
+}
+
+/// A writer's records and manifest carry how long each output took to
+/// build (from the miss to the put); a runner that hits them says what they
+/// saved, whether it looked them up, prefetched them, or found them in its
+/// local tier where the job's first go command put them.
+#[test]
+fn hits_count_what_their_builder_measured_as_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(true);
+    // The go command builds between its miss and its put.
+    let build = Duration::from_millis(60);
+    let misses: &[Ask] = &[Ask::Get(1), Ask::Get(2)];
+    let puts: &[Ask] = &[Ask::Put(1, vec![1; 5000]), Ask::Put(2, vec![2; 100_000])];
+    let (_, built) = run_in_turns(&dir, &remote, &[misses, &[Ask::Pause(build)], puts]);
+    assert_eq!(built.rebuilds, 2, "{built:?}");
+    assert_eq!(built.saved_hits, 0, "nothing was a hit");
+
+    let looked_up = Remote {
+        memory: remote.memory.clone(),
+        ..Remote::new(false)
+    };
+    let (answers, summary) = run(&dir, &looked_up, &[Ask::Get(1), Ask::Get(2)]);
+    assert!(answers.iter().all(is_hit), "{answers:?}");
+    assert_eq!(summary.remote_hits, 2);
+    assert_eq!(summary.saved_hits, 2, "{summary:?}");
+    assert!(
+        summary.saved_ms >= 2 * build.as_millis() as u64,
+        "{summary:?}"
+    );
+    assert!(summary.saved_ms < 60_000, "{summary:?}");
+
+    let fresh = dir.path().join("fresh");
+    let (answers, first) = run_on(&fresh, &remote.runner(), &[&[Ask::Get(1)]]);
+    assert!(is_hit(&answers[0]));
+    assert_eq!((first.prefetch_used, first.saved_hits), (1, 1), "{first:?}");
+    // The job's next go command: entry 2 is local already, fetched by the
+    // prefetch of the first; only the manifest says what it cost.
+    let (answers, next) = run_on(&fresh, &remote.runner(), &[&[Ask::Get(2)]]);
+    assert!(is_hit(&answers[0]));
+    assert_eq!((next.remote_hits, next.saved_hits), (0, 1), "{next:?}");
+    assert!(next.saved_ms >= build.as_millis() as u64, "{next:?}");
 }
 
 /// Five failed requests in a row switch the remote off; after that, gets

@@ -64,6 +64,17 @@ pub struct Fetched {
     pub transferred: u64,
 }
 
+/// What the go command made: an action's output, when it was first put,
+/// and how long building it took where that was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Made {
+    pub action: Id,
+    pub output: Id,
+    /// Kept by every copy: the go command expires test results by it.
+    pub put_time: SystemTime,
+    pub build_time: Option<Duration>,
+}
+
 /// What an upload sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sent {
@@ -200,17 +211,11 @@ impl RemoteCache {
     /// Uploads `body` as the output of `action`: its object first, unless
     /// inline or already there, then the record, so that no reader finds a
     /// record before its object.
-    pub async fn upload(
-        &self,
-        action: &Id,
-        output: &Id,
-        put_time: SystemTime,
-        body: Bytes,
-    ) -> Result<Sent, RemoteError> {
-        let record = self.record_of(action, output, put_time, body.len() as u64);
+    pub async fn upload(&self, made: &Made, body: Bytes) -> Result<Sent, RemoteError> {
+        let record = self.record_of(made, body.len() as u64);
         let mut sent = Sent::default();
         if record.placement == Placement::Object {
-            let key = self.format.object_key(output);
+            let key = self.format.object_key(&made.output);
             if self.blobs.has_object(&key, body.len() as u64).await? {
                 sent.object_present = true;
             } else {
@@ -229,7 +234,7 @@ impl RemoteCache {
         let bytes = self.encode_record(&record, &body)?;
         sent.transferred += bytes.len() as u64;
         self.blobs
-            .put(&self.action_key(action), bytes.into())
+            .put(&self.action_key(&made.action), bytes.into())
             .await?;
         Ok(sent)
     }
@@ -242,12 +247,11 @@ impl RemoteCache {
     /// published: its upload fails at the last chunk.
     pub async fn upload_file(
         &self,
-        action: &Id,
-        output: &Id,
-        put_time: SystemTime,
+        made: &Made,
         path: &std::path::Path,
         size: u64,
     ) -> Result<Sent, RemoteError> {
+        let output = &made.output;
         if size <= STREAM_ABOVE {
             let body = tokio::fs::read(path).await.map_err(|e| {
                 RemoteError::LocalFile(format!("cannot read {}: {e}", path.display()))
@@ -255,9 +259,9 @@ impl RemoteCache {
             if Id::of(&body) != *output {
                 return Err(changed(path));
             }
-            return self.upload(action, output, put_time, body.into()).await;
+            return self.upload(made, body.into()).await;
         }
-        let record = self.record_of(action, output, put_time, size);
+        let record = self.record_of(made, size);
         let key = self.format.object_key(output);
         let mut sent = Sent::default();
         if self.blobs.has_object(&key, size).await? {
@@ -277,21 +281,15 @@ impl RemoteCache {
         let bytes = self.encode_record(&record, &[])?;
         sent.transferred += bytes.len() as u64;
         self.blobs
-            .put(&self.action_key(action), bytes.into())
+            .put(&self.action_key(&made.action), bytes.into())
             .await?;
         Ok(sent)
     }
 
     /// An entry as the remote stores it, for a pack: its action record, and
     /// its object (empty when the output is inline).
-    pub fn encode_entry(
-        &self,
-        action: &Id,
-        output: &Id,
-        put_time: SystemTime,
-        body: &[u8],
-    ) -> Result<(Vec<u8>, Bytes), RemoteError> {
-        let record = self.record_of(action, output, put_time, body.len() as u64);
+    pub fn encode_entry(&self, made: &Made, body: &[u8]) -> Result<(Vec<u8>, Bytes), RemoteError> {
+        let record = self.record_of(made, body.len() as u64);
         let object = match record.placement {
             Placement::Inline => Bytes::new(),
             Placement::Object => self.encode_object(body)?,
@@ -301,12 +299,13 @@ impl RemoteCache {
 
     /// The record of an output, inline if small enough, signed if this
     /// cache signs.
-    fn record_of(&self, action: &Id, output: &Id, put_time: SystemTime, size: u64) -> ActionRecord {
+    fn record_of(&self, made: &Made, size: u64) -> ActionRecord {
         let mut record = ActionRecord {
-            action: *action,
-            output: *output,
+            action: made.action,
+            output: made.output,
             size,
-            put_time,
+            put_time: made.put_time,
+            build_time: made.build_time,
             placement: if size <= INLINE_LIMIT {
                 Placement::Inline
             } else {
@@ -595,11 +594,13 @@ impl RemoteCache {
                 Ok(sent)
             }
             Format::Reapi => {
-                let output = Id::of(&bytes);
-                let action = manifest_action(&manifest.scope);
-                let sent = self
-                    .upload(&action, &output, manifest.written, bytes.into())
-                    .await?;
+                let made = Made {
+                    action: manifest_action(&manifest.scope),
+                    output: Id::of(&bytes),
+                    put_time: manifest.written,
+                    build_time: None,
+                };
+                let sent = self.upload(&made, bytes.into()).await?;
                 Ok(sent.transferred)
             }
         }
@@ -902,6 +903,15 @@ mod tests {
         Id::of(body)
     }
 
+    fn made(action: Id, output: Id, put_time: SystemTime) -> Made {
+        Made {
+            action,
+            output,
+            put_time,
+            build_time: None,
+        }
+    }
+
     fn block_on<F: Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -955,7 +965,7 @@ mod tests {
                 .signed_by(key.clone());
             block_on(async {
                 for (action, body) in [(Id([1; 32]), &small), (Id([2; 32]), &large)] {
-                    main.upload(&action, &output(body), time, body.clone().into())
+                    main.upload(&made(action, output(body), time), body.clone().into())
                         .await
                         .unwrap();
                     let found = main.lookup(&action).await.unwrap().unwrap();
@@ -977,7 +987,7 @@ mod tests {
                 assert!(memory.blob(&format.object_key(&output(&large))).is_some());
                 // Entries of packs are signed records too.
                 let (record, _) = main
-                    .encode_entry(&Id([3; 32]), &output(&small), time, &small)
+                    .encode_entry(&made(Id([3; 32]), output(&small), time), &small)
                     .unwrap();
                 let (record, _) = main.decode_record(&Id([3; 32]), "a pack", &record).unwrap();
                 assert_eq!(
@@ -996,7 +1006,10 @@ mod tests {
         block_on(async {
             let small = object_like(1000);
             cache
-                .upload(&Id([1; 32]), &output(&small), time, small.clone().into())
+                .upload(
+                    &made(Id([1; 32]), output(&small), time),
+                    small.clone().into(),
+                )
                 .await
                 .unwrap();
             let found = cache.lookup(&Id([1; 32])).await.unwrap().unwrap();
@@ -1005,7 +1018,10 @@ mod tests {
 
             let large = object_like(1 << 20);
             let sent = cache
-                .upload(&Id([2; 32]), &output(&large), time, large.clone().into())
+                .upload(
+                    &made(Id([2; 32]), output(&large), time),
+                    large.clone().into(),
+                )
                 .await
                 .unwrap();
             assert!(sent.transferred > large.len() as u64, "sent as it is");
@@ -1026,6 +1042,7 @@ mod tests {
                     size: large.len() as u64,
                     put_time: time,
                     placement: Placement::Object,
+                    build_time: None,
                     signature: None,
                 },
                 None,
@@ -1068,7 +1085,7 @@ mod tests {
             let mut pack = PackWriter::default();
             for (i, body) in bodies.iter().enumerate() {
                 let (record, object) = cache
-                    .encode_entry(&Id([i as u8 + 1; 32]), &output(body), time, body)
+                    .encode_entry(&made(Id([i as u8 + 1; 32]), output(body), time), body)
                     .unwrap();
                 pack.add(&Id([i as u8 + 1; 32]), &record, &object);
             }
@@ -1105,7 +1122,7 @@ mod tests {
                 // A record under another action's name is damaged (REAPI
                 // results do not name their action).
                 let (record, _) = cache
-                    .encode_entry(&Id([1; 32]), &output(&bodies[0]), time, &bodies[0])
+                    .encode_entry(&made(Id([1; 32]), output(&bodies[0]), time), &bodies[0])
                     .unwrap();
                 let misfiled = cache.unpack(&reader, &Id([3; 32]), &record);
                 assert_eq!(misfiled.is_err(), format == Format::Granary);
@@ -1118,6 +1135,10 @@ mod tests {
                         actions: vec![Id([1; 32]), Id([2; 32])],
                         earlier: vec![Id([3; 32])],
                     }],
+                    build_times: std::collections::HashMap::from([(
+                        Id([2; 32]),
+                        Duration::from_millis(40),
+                    )]),
                 };
                 assert_eq!(cache.fetch_manifest(&manifest.scope).await.unwrap(), None);
                 cache.publish_manifest(&manifest).await.unwrap();
@@ -1139,7 +1160,10 @@ mod tests {
         block_on(async {
             let small = object_like(1000);
             let sent = cache
-                .upload(&Id([1; 32]), &output(&small), time, small.clone().into())
+                .upload(
+                    &made(Id([1; 32]), output(&small), time),
+                    small.clone().into(),
+                )
                 .await
                 .unwrap();
             assert_eq!(memory.puts().len(), 1, "one request");
@@ -1150,7 +1174,10 @@ mod tests {
 
             let large = object_like(3 << 20);
             let sent = cache
-                .upload(&Id([2; 32]), &output(&large), time, large.clone().into())
+                .upload(
+                    &made(Id([2; 32]), output(&large), time),
+                    large.clone().into(),
+                )
                 .await
                 .unwrap();
             assert!(
@@ -1169,7 +1196,10 @@ mod tests {
             assert_eq!(fetch(&cache, &Id([2; 32])).await.unwrap(), large);
 
             let again = cache
-                .upload(&Id([3; 32]), &output(&large), time, large.clone().into())
+                .upload(
+                    &made(Id([3; 32]), output(&large), time),
+                    large.clone().into(),
+                )
                 .await
                 .unwrap();
             assert!(again.object_present);
@@ -1190,9 +1220,7 @@ mod tests {
         block_on(async {
             let sent = cache
                 .upload(
-                    &Id([1; 32]),
-                    &output(&noise),
-                    SystemTime::now(),
+                    &made(Id([1; 32]), output(&noise), SystemTime::now()),
                     noise.clone().into(),
                 )
                 .await
@@ -1224,9 +1252,7 @@ mod tests {
                 block_on(async {
                     cache
                         .upload(
-                            &Id([9; 32]),
-                            &output(body),
-                            SystemTime::now(),
+                            &made(Id([9; 32]), output(body), SystemTime::now()),
                             body.clone().into(),
                         )
                         .await
@@ -1256,7 +1282,10 @@ mod tests {
         let body = vec![0; 4096];
         block_on(async {
             cache
-                .upload(&Id([5; 32]), &output(&body), SystemTime::now(), body.into())
+                .upload(
+                    &made(Id([5; 32]), output(&body), SystemTime::now()),
+                    body.into(),
+                )
                 .await
                 .unwrap();
             let bomb = zstd::bulk::compress(&vec![0; 50 << 20], 3).unwrap();
@@ -1286,7 +1315,7 @@ mod tests {
             block_on(async {
                 let size = body.len() as u64;
                 let sent = cache
-                    .upload_file(&Id([1; 32]), &output(&body), time, &path, size)
+                    .upload_file(&made(Id([1; 32]), output(&body), time), &path, size)
                     .await
                     .unwrap();
                 assert!(sent.transferred > 0 && !sent.object_present);
@@ -1297,7 +1326,11 @@ mod tests {
                 );
 
                 let e = cache
-                    .upload_file(&Id([2; 32]), &output(b"something else"), time, &path, size)
+                    .upload_file(
+                        &made(Id([2; 32]), output(b"something else"), time),
+                        &path,
+                        size,
+                    )
                     .await
                     .unwrap_err();
                 assert!(
@@ -1320,9 +1353,7 @@ mod tests {
         block_on(async {
             cache
                 .upload(
-                    &Id([6; 32]),
-                    &output(&body),
-                    SystemTime::now(),
+                    &made(Id([6; 32]), output(&body), SystemTime::now()),
                     body.clone().into(),
                 )
                 .await

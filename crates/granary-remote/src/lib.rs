@@ -45,7 +45,7 @@ pub mod reapi;
 mod record;
 
 pub use blob::{BatchAnswer, BlobStore, ByteStream, Listed};
-pub use cache::{Fetched, INLINE_LIMIT, Probe, RemoteCache, STREAM_ABOVE, Sent};
+pub use cache::{Fetched, INLINE_LIMIT, Made, Probe, RemoteCache, STREAM_ABOVE, Sent};
 pub use credential::{Credential, GITLAB_ID_TOKEN_VARIABLE, GithubIdToken};
 pub use grpc::{GrpcBlobs, GrpcSettings};
 pub use http::{HttpBlobs, HttpSettings};
@@ -56,7 +56,7 @@ pub use object::{
     S3Settings, StoreSettings,
 };
 pub use pack::{PackReader, PackWriter, RawEntry};
-pub use record::{ActionRecord, Placement};
+pub use record::{ActionRecord, MAX_BUILD_TIME, Placement};
 
 /// Why a remote call did not give an answer.
 #[derive(Debug, thiserror::Error)]

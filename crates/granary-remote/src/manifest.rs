@@ -11,11 +11,15 @@
 //! scope <scope>
 //! written <unix seconds>
 //! pack <hex pack ID> <created, unix seconds> <bytes> <entries in the pack> <used> [<earlier>]
-//! <hex action ID>                       (<used> + <earlier> lines)
+//! <hex action ID>[ <build ms>]          (<used> + <earlier> lines)
 //! loose <used> [<earlier>]
-//! <hex action ID>                       (that many lines)
+//! <hex action ID>[ <build ms>]          (that many lines)
 //! signed <hex public key> <hex signature>   (last, if signed)
 //! ```
+//!
+//! An entry's build time, where it was measured, is how long the go command
+//! took to build it (as in its record): a runner that hits it, prefetched
+//! or not, can say what the hit saved.
 //!
 //! A signed manifest ends with the signature (see `granary-trust`) of its
 //! namespace and of the SHA-256 of the text before that line.
@@ -36,6 +40,7 @@
 //! older than [`PACK_DELETE_AGE`] and manifests older than
 //! [`MANIFEST_DELETE_AGE`].
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use sha2::Digest as _;
@@ -95,6 +100,8 @@ pub struct Manifest {
     pub scope: String,
     pub written: SystemTime,
     pub groups: Vec<Group>,
+    /// How long the entries that have one took to build.
+    pub build_times: HashMap<Id, Duration>,
 }
 
 impl Manifest {
@@ -151,6 +158,9 @@ impl Manifest {
             }
             for action in group.all() {
                 text.push_str(&hex::encode(action));
+                if let Some(took) = self.build_times.get(action) {
+                    text.push_str(&format!(" {}", took.as_millis()));
+                }
                 text.push('\n');
             }
         }
@@ -201,6 +211,7 @@ impl Manifest {
             .and_then(from_unix_seconds)
             .ok_or_else(|| format!("line {n}: not `written <unix seconds>`"))?;
         let mut groups = Vec::new();
+        let mut build_times = HashMap::new();
         while let Some((n, line)) = lines.next() {
             let bad = || format!("line {n}: expected `pack ...` or `loose <entries>`: {line:?}");
             let fields: Vec<&str> = line.split(' ').collect();
@@ -235,10 +246,18 @@ impl Manifest {
                     let (n, line) = lines
                         .next()
                         .ok_or_else(|| format!("ends inside a group of {count} entries"))?;
-                    actions.push(
-                        Id::from_hex(line)
-                            .ok_or_else(|| format!("line {n}: not an action ID: {line:?}"))?,
-                    );
+                    let (id, took) = match line.split_once(' ') {
+                        Some((id, ms)) => (id, Some(ms)),
+                        None => (line, None),
+                    };
+                    let action = Id::from_hex(id)
+                        .ok_or_else(|| format!("line {n}: not an action ID: {line:?}"))?;
+                    if let Some(ms) = took {
+                        let took = crate::record::build_time(ms)
+                            .ok_or_else(|| format!("line {n}: not a build time: {line:?}"))?;
+                        build_times.insert(action, took);
+                    }
+                    actions.push(action);
                 }
                 Ok(actions)
             };
@@ -254,6 +273,7 @@ impl Manifest {
             scope,
             written,
             groups,
+            build_times,
         };
         Ok((manifest, seal))
     }
@@ -328,6 +348,10 @@ mod tests {
                     earlier: Vec::new(),
                 },
             ],
+            build_times: HashMap::from([
+                (Id([1; 32]), Duration::from_millis(250)),
+                (Id([4; 32]), Duration::from_millis(3)),
+            ]),
         }
     }
 
@@ -342,6 +366,12 @@ mod tests {
         let text = String::from_utf8(text).unwrap();
         assert!(
             text.contains(" 2 1\n") && text.contains("\nloose 1\n"),
+            "{text}"
+        );
+        let one = hex::encode(Id([1; 32]));
+        assert!(text.contains(&format!("\n{one} 250\n")), "{text}");
+        assert!(
+            text.contains(&format!("\n{}\n", hex::encode(Id([2; 32])))),
             "{text}"
         );
     }
@@ -384,6 +414,14 @@ mod tests {
             (
                 compress(&good.replace(" 1789000000 ", " 9223372036854775000 ")),
                 "expected `pack",
+            ),
+            (
+                compress(&good.replace(" 250\n", " -250\n")),
+                "not a build time",
+            ),
+            (
+                compress(&good.replace(" 250\n", " 250 1\n")),
+                "not a build time",
             ),
             (compress(&good[..good.len() - 10]), "not an action ID"),
             (compress(&good[..30]), "ends where"),

@@ -19,7 +19,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
 use bazel_remote_apis::google::protobuf::{Any, Timestamp};
 use prost::Message;
 
-use crate::record::{ActionRecord, Placement, time_since_epoch};
+use crate::record::{ActionRecord, MAX_BUILD_TIME, Placement, time_since_epoch};
 use granary_id::Id;
 use granary_trust::{PublicKey, Signature};
 
@@ -59,10 +59,13 @@ pub fn encode(record: &ActionRecord, inline: Option<&[u8]>) -> Vec<u8> {
         }],
         execution_metadata: Some(ExecutedActionMetadata {
             worker: WORKER.to_owned(),
-            worker_completed_timestamp: Some(Timestamp {
-                seconds: since_epoch.as_secs() as i64,
-                nanos: since_epoch.subsec_nanos() as i32,
-            }),
+            // Where it was measured, the build's start: REAPI's way to say
+            // how long the action took.
+            worker_start_timestamp: record
+                .build_time
+                .and_then(|took| since_epoch.checked_sub(took))
+                .map(timestamp),
+            worker_completed_timestamp: Some(timestamp(since_epoch)),
             auxiliary_metadata: record
                 .signature
                 .iter()
@@ -80,6 +83,28 @@ pub fn encode(record: &ActionRecord, inline: Option<&[u8]>) -> Vec<u8> {
         ..ActionResult::default()
     };
     result.encode_to_vec()
+}
+
+fn timestamp(since_epoch: Duration) -> Timestamp {
+    Timestamp {
+        seconds: since_epoch.as_secs() as i64,
+        nanos: since_epoch.subsec_nanos() as i32,
+    }
+}
+
+/// How long the action took by its worker's timestamps, if it says, at
+/// most [`MAX_BUILD_TIME`]; times that make no sense say nothing.
+fn build_time(metadata: &ExecutedActionMetadata) -> Option<Duration> {
+    let since_epoch = |t: &Timestamp| {
+        let seconds = u64::try_from(t.seconds).ok()?;
+        let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+        Some(Duration::new(seconds, nanos))
+    };
+    let start = since_epoch(metadata.worker_start_timestamp.as_ref()?)?;
+    let completed = since_epoch(metadata.worker_completed_timestamp.as_ref()?)?;
+    completed
+        .checked_sub(start)
+        .map(|took| took.min(MAX_BUILD_TIME))
 }
 
 /// The record and inline output that an action result of `action` holds.
@@ -101,6 +126,7 @@ pub fn decode(action: &Id, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec<u8>
         .worker_completed_timestamp
         .ok_or("the result has no completion time")?;
     let signature = signature_in(&metadata.auxiliary_metadata)?;
+    let build_time = build_time(&metadata);
     let (Ok(seconds), Ok(nanos)) = (
         u64::try_from(completed.seconds),
         u32::try_from(completed.nanos),
@@ -130,6 +156,7 @@ pub fn decode(action: &Id, bytes: &[u8]) -> Result<(ActionRecord, Option<Vec<u8>
         } else {
             Placement::Object
         },
+        build_time,
         signature,
     };
     Ok((record, inline))
@@ -165,12 +192,47 @@ mod tests {
             size: 3,
             put_time: SystemTime::UNIX_EPOCH,
             placement: Placement::Inline,
+            build_time: None,
             signature: None,
         };
         let mut result = ActionResult::decode(&encode(&record, Some(b"out"))[..]).unwrap();
         let metadata = result.execution_metadata.as_mut().unwrap();
         metadata.worker_completed_timestamp = Some(Timestamp { seconds, nanos });
         result.encode_to_vec()
+    }
+
+    #[test]
+    fn the_build_time_is_the_workers_start_to_its_completion() {
+        let record = ActionRecord {
+            action: Id([1; 32]),
+            output: Id::of(b"out"),
+            size: 3,
+            put_time: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5),
+            placement: Placement::Inline,
+            build_time: Some(Duration::from_millis(1500)),
+            signature: None,
+        };
+        let bytes = encode(&record, Some(b"out"));
+        let (decoded, _) = decode(&Id([1; 32]), &bytes).unwrap();
+        assert_eq!(decoded, record);
+        // A start after the completion, or none, says nothing.
+        let mut result = ActionResult::decode(&bytes[..]).unwrap();
+        let metadata = result.execution_metadata.as_mut().unwrap();
+        metadata.worker_start_timestamp = Some(Timestamp {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        });
+        let (later, _) = decode(&Id([1; 32]), &result.encode_to_vec()).unwrap();
+        assert_eq!(later.build_time, None);
+        let metadata = result.execution_metadata.as_mut().unwrap();
+        metadata.worker_start_timestamp = Some(Timestamp {
+            seconds: 0,
+            nanos: 0,
+        });
+        let (ancient, _) = decode(&Id([1; 32]), &result.encode_to_vec()).unwrap();
+        assert_eq!(ancient.build_time, Some(MAX_BUILD_TIME));
+        let (untimed, _) = decode(&Id([1; 32]), &result_completed_at(1, 0)).unwrap();
+        assert_eq!(untimed.build_time, None);
     }
 
     #[test]

@@ -3,14 +3,18 @@
 //! A record is one header line, then, for an inline output, its body:
 //!
 //! ```text
-//! granary-ac 1 <hex action ID> <hex output ID> <size> <put time, unix ns> inline|object[ <signer> <signature>]\n
+//! granary-ac 1 <hex action ID> <hex output ID> <size> <put time, unix ns> inline|object[ built=<ms>][ <signer> <signature>]\n
 //! <the output as one zstd frame, if inline>
 //! ```
 //!
 //! The action ID is repeated so that a record copied or written under the
-//! wrong key is detected, as cmd/go's own entries do. A signed record ends
+//! wrong key is detected, as cmd/go's own entries do. `built=` is how long
+//! the go command took to build the output where it was built, so that a
+//! runner that reuses it can say what the hit saved. A signed record ends
 //! its header with the signer's public key and the ed25519 signature of its
-//! [`Claim`] (see `granary-trust`), both in hex.
+//! [`Claim`] (see `granary-trust`), both in hex. The build time is not
+//! signed: it is a statistic, which a dishonest writer could only inflate
+//! in a summary, and records written before it keep their signatures.
 
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +25,9 @@ const MAGIC: &str = "granary-ac";
 const FORMAT: &str = "1";
 /// The longest header line a valid record can have.
 const MAX_HEADER: usize = 400;
+/// The longest build time a record carries: longer ones are taken as this
+/// much, so no writer can make one hit outweigh a day's builds.
+pub const MAX_BUILD_TIME: Duration = Duration::from_secs(3600);
 /// The latest time an entry may carry: cmd/go keeps put times as signed
 /// 64-bit Unix nanoseconds (until the year 2262), so a later one can only
 /// be damage, and no time granary hands on may fail to format.
@@ -51,6 +58,9 @@ pub struct ActionRecord {
     /// results by it, so copies must keep it.
     pub put_time: SystemTime,
     pub placement: Placement,
+    /// How long building the output took where it was built (from the go
+    /// command's miss to its put), if the writer measured it.
+    pub build_time: Option<Duration>,
     /// Who vouches for the record, if anyone does.
     pub signature: Option<Signature>,
 }
@@ -77,11 +87,14 @@ impl ActionRecord {
             Placement::Inline => "inline",
             Placement::Object => "object",
         };
+        let built = self
+            .build_time
+            .map_or(String::new(), |t| format!(" built={}", t.as_millis()));
         let signature = self
             .signature
             .map_or(String::new(), |s| format!(" {}", s.to_hex()));
         format!(
-            "{MAGIC} {FORMAT} {} {} {} {nanos} {placement}{signature}\n",
+            "{MAGIC} {FORMAT} {} {} {} {nanos} {placement}{built}{signature}\n",
             self.action, self.output, self.size,
         )
     }
@@ -96,7 +109,7 @@ impl ActionRecord {
         let line = std::str::from_utf8(&record[..end]).map_err(|_| "header is not text")?;
         let fields: Vec<&str> = line.split(' ').collect();
         let unknown = || format!("unknown header {line:?}");
-        let (head, signature) = fields.split_at_checked(7).ok_or_else(unknown)?;
+        let (head, rest) = fields.split_at_checked(7).ok_or_else(unknown)?;
         let [
             MAGIC,
             FORMAT,
@@ -108,6 +121,13 @@ impl ActionRecord {
         ] = *head
         else {
             return Err(unknown());
+        };
+        let (build_time, signature) = match rest {
+            [built, signature @ ..] if built.starts_with("built=") => (
+                Some(build_time(&built[6..]).ok_or("bad build time")?),
+                signature,
+            ),
+            signature => (None, signature),
         };
         let signature = match *signature {
             [] => None,
@@ -140,6 +160,7 @@ impl ActionRecord {
             size,
             put_time,
             placement,
+            build_time,
             signature,
         };
         Ok((record, body))
@@ -152,6 +173,11 @@ fn digest(text: &str) -> Option<Id> {
         return None;
     }
     Id::from_hex(text)
+}
+
+/// A build time in milliseconds, at most [`MAX_BUILD_TIME`].
+pub(crate) fn build_time(millis: &str) -> Option<Duration> {
+    number(millis).map(|ms| Duration::from_millis(ms).min(MAX_BUILD_TIME))
 }
 
 /// A decimal number without sign or leading zeros.
@@ -171,6 +197,7 @@ mod tests {
             size: 1234,
             put_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
             placement,
+            build_time: None,
             signature: None,
         }
     }
@@ -202,6 +229,43 @@ mod tests {
                 "accepted {bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_build_time_travels_before_the_signature() {
+        let key = granary_trust::SigningKey::generate().unwrap();
+        let mut timed = record(Placement::Object);
+        timed.build_time = Some(Duration::from_millis(1234));
+        let unsigned_claim = timed.claim("main");
+        timed.signature = Some(key.sign(&unsigned_claim));
+        let header = timed.header();
+        assert!(header.contains(" object built=1234 "), "{header}");
+        let (parsed, _) = ActionRecord::parse(&Id([1; 32]), header.as_bytes()).unwrap();
+        assert_eq!(parsed, timed);
+        // Not signed: a record that carries none keeps its signature.
+        let trusted = granary_trust::TrustedKeys::new([key.public()]);
+        let bare = header.replace(" built=1234", "");
+        let (parsed, _) = ActionRecord::parse(&Id([1; 32]), bare.as_bytes()).unwrap();
+        assert_eq!(parsed.build_time, None);
+        assert_eq!(
+            trusted.check(&parsed.claim("main"), parsed.signature.as_ref()),
+            Ok(())
+        );
+        // A build time beyond reason counts as the most a record carries.
+        let long = header.replace("built=1234", "built=99999999999");
+        let (parsed, _) = ActionRecord::parse(&Id([1; 32]), long.as_bytes()).unwrap();
+        assert_eq!(parsed.build_time, Some(MAX_BUILD_TIME));
+        for bad in ["built=", "built=-1", "built=01", "built=1.5", "built=x"] {
+            let text = header.replace("built=1234", bad);
+            assert!(
+                ActionRecord::parse(&Id([1; 32]), text.as_bytes()).is_err(),
+                "accepted {text:?}"
+            );
+        }
+        let after = header
+            .replace(" built=1234", "")
+            .replace('\n', " built=1234\n");
+        assert!(ActionRecord::parse(&Id([1; 32]), after.as_bytes()).is_err());
     }
 
     #[test]

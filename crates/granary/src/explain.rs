@@ -24,7 +24,7 @@ use granary_explain::observe::MODULE_INDEX;
 use granary_explain::record::{MAX_RECORD, short_id};
 use granary_explain::{Base, Explained, Line, Observed, Record, Recorded, Source};
 use granary_id::Id;
-use granary_remote::{Fetched, Namespace, RemoteCache};
+use granary_remote::{Fetched, Made, Namespace, RemoteCache};
 use granary_store::{Lookup, Store};
 use granary_trust::TrustedKeys;
 use serde::{Deserialize, Serialize};
@@ -553,8 +553,13 @@ impl Places {
             trouble.push(format!("cannot keep the record in the local cache: {e}"));
         }
         if let (true, Some(own)) = (self.writes, self.remotes.first()) {
-            let output = Id::of(&bytes);
-            let upload = own.upload(&action, &output, SystemTime::now(), bytes.into());
+            let made = Made {
+                action,
+                output: Id::of(&bytes),
+                put_time: SystemTime::now(),
+                build_time: None,
+            };
+            let upload = own.upload(&made, bytes.into());
             match tokio::time::timeout(self.timeout, upload).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => trouble.push(format!("cannot store the record in the remote: {e}")),

@@ -180,6 +180,53 @@ fn print_human(report: &Report) {
     }
 }
 
+/// What the hits of `runs` saved: the build times their records and
+/// manifests carried, as measured where they were built, and for the other
+/// hits an estimate from what the misses rebuilt in these runs cost.
+fn saved_line(runs: &[Summary]) -> String {
+    use std::time::Duration;
+    let sum = |field: fn(&Summary) -> u64| runs.iter().map(field).sum::<u64>();
+    let (hits, rebuilds, rebuild_ms) =
+        (sum(|r| r.hits), sum(|r| r.rebuilds), sum(|r| r.rebuild_ms));
+    let (measured, measured_ms) = (sum(|r| r.saved_hits), sum(|r| r.saved_ms));
+    let others = hits.saturating_sub(measured);
+    let seconds = |ms: f64| humantime::format_duration(Duration::from_secs((ms / 1000.0) as u64));
+    let average_ms = match rebuilds {
+        0 => None,
+        n => Some(rebuild_ms as f64 / n as f64),
+    };
+    let mut parts = Vec::new();
+    if measured > 0 {
+        parts.push(format!(
+            "{} for {measured} hits, as measured where they were built",
+            seconds(measured_ms as f64)
+        ));
+    }
+    match average_ms {
+        Some(average) if others > 0 => parts.push(format!(
+            "about {} estimated for the other {others} hits ({:.2} s each, the average of \
+             the {rebuilds} misses rebuilt in these runs)",
+            seconds(average * others as f64),
+            average / 1000.0
+        )),
+        None if others > 0 && measured > 0 => {
+            parts.push(format!("{others} other hits, whose build time is unknown"))
+        }
+        _ => {}
+    }
+    if parts.is_empty() {
+        return "- **Saved**: no estimate: no hit carried its build time and no miss was \
+                rebuilt in these runs, so what a hit saves is unknown."
+            .to_owned();
+    }
+    let total = measured_ms as f64 + average_ms.map_or(0.0, |a| a * others as f64);
+    format!(
+        "- **Saved**: about {} of compile time: {}.",
+        seconds(total),
+        parts.join("; ")
+    )
+}
+
 /// The Markdown summary of `runs`, for a CI job's page: what the cache
 /// answered and from where, what moved, what went wrong, and what the hits
 /// saved.
@@ -215,23 +262,7 @@ fn markdown(runs: &[Summary]) -> String {
         percent(prefetched),
         percent(remote)
     );
-    let (rebuilds, rebuild_ms) = (sum(|r| r.rebuilds), sum(|r| r.rebuild_ms));
-    if rebuilds == 0 {
-        let _ = writeln!(
-            out,
-            "- **Saved**: no estimate: no miss was rebuilt in these runs, so what a miss \
-             costs is unknown."
-        );
-    } else {
-        let average = rebuild_ms as f64 / rebuilds as f64 / 1000.0;
-        let saved = std::time::Duration::from_secs_f64(average * hits as f64);
-        let saved = humantime::format_duration(std::time::Duration::from_secs(saved.as_secs()));
-        let _ = writeln!(
-            out,
-            "- **Saved**: about {saved} of compile time (estimated: {hits} hits × {average:.2} s, \
-             the average of the {rebuilds} misses rebuilt in these runs)."
-        );
-    }
+    let _ = writeln!(out, "{}", saved_line(runs));
     let remotes: std::collections::BTreeSet<&str> = runs
         .iter()
         .map(|r| r.remote.as_str())
@@ -364,4 +395,47 @@ fn explained_markdown(runs: &[ExplainedRun]) -> String {
 /// `text` on one line of a Markdown table or list.
 fn inline(text: &str) -> String {
     text.replace(['\n', '\r'], " ").replace('|', "\\|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(hits: u64, saved: (u64, u64), rebuilds: (u64, u64)) -> Summary {
+        Summary {
+            hits,
+            saved_hits: saved.0,
+            saved_ms: saved.1,
+            rebuilds: rebuilds.0,
+            rebuild_ms: rebuilds.1,
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn the_time_saved_is_measured_where_known_and_estimated_elsewhere() {
+        // A fresh runner that hit everything: the builders' times alone.
+        let fresh = saved_line(&[run(100, (100, 250_000), (0, 0))]);
+        assert!(fresh.contains("about 4m 10s of compile time"), "{fresh}");
+        assert!(fresh.contains("100 hits, as measured where"), "{fresh}");
+        assert!(!fresh.contains("estimated"), "{fresh}");
+        // A laptop's local hits carry nothing: the misses' average.
+        let laptop = saved_line(&[run(10, (0, 0), (2, 3_000))]);
+        assert!(laptop.contains("about 15s"), "{laptop}");
+        assert!(laptop.contains("other 10 hits (1.50 s each"), "{laptop}");
+        // Both, summed over a job's runs.
+        let job = saved_line(&[run(8, (6, 60_000), (0, 0)), run(4, (0, 0), (4, 8_000))]);
+        assert!(job.contains("about 1m 12s"), "{job}");
+        assert!(
+            job.contains("1m for 6 hits") && job.contains("other 6 hits"),
+            "{job}"
+        );
+        let unknown = saved_line(&[run(5, (3, 3_000), (0, 0))]);
+        assert!(
+            unknown.contains("2 other hits, whose build time is unknown"),
+            "{unknown}"
+        );
+        let none = saved_line(&[run(5, (0, 0), (0, 0))]);
+        assert!(none.contains("no estimate"), "{none}");
+    }
 }

@@ -180,6 +180,7 @@ fn action_result(action: Id, body: &[u8], time: SystemTime) -> Vec<u8> {
         size: body.len() as u64,
         put_time: time,
         placement: Placement::Inline,
+        build_time: None,
         signature: None,
     };
     granary_remote::reapi::encode(&record, Some(body))
@@ -196,6 +197,7 @@ fn manifest(actions: &[Id], written: &str) -> Vec<u8> {
             actions: actions.to_vec(),
             earlier: Vec::new(),
         }],
+        build_times: Default::default(),
     };
     let text = zstd::bulk::decompress(&manifest.encode(), 1 << 20).unwrap();
     let text = String::from_utf8(text).unwrap();

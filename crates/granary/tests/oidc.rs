@@ -64,6 +64,7 @@ fn action_entry() -> (String, Vec<u8>) {
             size: 1,
             put_time: std::time::SystemTime::now(),
             placement: granary_remote::Placement::Inline,
+            build_time: None,
             signature: None,
         },
         Some(b"y"),

@@ -377,6 +377,7 @@ fn a_pull_request_reads_main_and_cannot_write_it() {
             size: 1,
             put_time: std::time::SystemTime::now(),
             placement: granary_remote::Placement::Inline,
+            build_time: None,
             signature: None,
         },
         Some(b"x"),

@@ -380,6 +380,13 @@ fn stats_in_markdown_sum_up_a_job_by_tier_with_the_time_saved() {
         first.prefetch.prefetch_used > 10 && second.misses > 0,
         "{first:?} {second:?}"
     );
+    // The filler's records carry what each output took it to build (not
+    // the subkeys go puts beside an action's output, such as its stdout:
+    // they took no time of their own).
+    assert!(
+        first.saved_hits * 2 > first.hits && first.saved_ms > 0,
+        "{first:?}"
+    );
 
     let summary = text(
         &granary_in(
@@ -408,7 +415,7 @@ fn stats_in_markdown_sum_up_a_job_by_tier_with_the_time_saved() {
     }
     assert!(summary.contains("**Saved**: about"), "{summary}");
     assert!(
-        summary.contains("misses rebuilt in these runs"),
+        summary.contains("as measured where they were built"),
         "{summary}"
     );
     assert!(summary.contains(&server.url) && summary.contains("never switched off"));

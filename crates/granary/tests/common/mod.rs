@@ -285,6 +285,10 @@ pub struct Stats {
     pub errors: u64,
     pub corrupt_entries: u64,
     pub duration_ms: u64,
+    #[serde(default)]
+    pub saved_hits: u64,
+    #[serde(default)]
+    pub saved_ms: u64,
 }
 
 /// The remote side of the statistics (flattened into the same object).
