@@ -209,9 +209,10 @@ fn saved_line(runs: &[Summary]) -> String {
             seconds(average * others as f64),
             average / 1000.0
         )),
-        None if others > 0 && measured > 0 => {
-            parts.push(format!("{others} other hits, whose build time is unknown"))
-        }
+        None if others > 0 && measured > 0 => parts.push(format!(
+            "the other {others} hits carry no build time (what go keeps beside an \
+             output, such as a compiler's messages, takes none of its own)"
+        )),
         _ => {}
     }
     if parts.is_empty() {
@@ -432,7 +433,7 @@ mod tests {
         );
         let unknown = saved_line(&[run(5, (3, 3_000), (0, 0))]);
         assert!(
-            unknown.contains("2 other hits, whose build time is unknown"),
+            unknown.contains("the other 2 hits carry no build time"),
             "{unknown}"
         );
         let none = saved_line(&[run(5, (0, 0), (0, 0))]);
