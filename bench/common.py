@@ -156,6 +156,9 @@ def start_seaweedfs(work):
             proc.kill()
             sys.exit(f"SeaweedFS did not start; see {work / 'weed.log'}")
         time.sleep(0.5)
+    # The S3 gateway may listen after the filer takes the bucket: on a fresh
+    # machine a first build found it refusing connections.
+    wait_port(ports[6], proc, "SeaweedFS's S3 gateway", work / "weed.log", timeout=60)
     return proc, ports
 
 
