@@ -1,5 +1,8 @@
 //! Docs that cannot drift: every command, flag and variable of granary's
-//! help is in the reference, and every relative link of the docs resolves.
+//! help and every metric of the server is in the reference, and every
+//! relative link of the docs resolves.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -160,6 +163,33 @@ fn every_command_flag_and_variable_is_in_the_reference() {
     );
 }
 
+#[test]
+fn every_metric_of_the_server_is_in_the_reference() {
+    let reference = fs::read_to_string(repo().join("docs/reference.md")).unwrap();
+    let metrics = &sections(&reference)["the-servers-metrics"];
+    let server = common::server::Server::start(&[]);
+    let (code, text) = common::server::request(server.addr, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    let text = String::from_utf8(text).unwrap();
+    let mut names = vec![];
+    for line in text.lines() {
+        let Some(declared) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = declared.split_once(' ').unwrap();
+        names.push(match kind {
+            "counter" => format!("`{name}_total`"),
+            _ => format!("`{name}`"),
+        });
+    }
+    assert!(names.len() > 10, "too few metrics found in:\n{text}");
+    let missing: Vec<&String> = names.iter().filter(|n| !metrics.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/reference.md's metrics lack {missing:?}"
+    );
+}
+
 /// The `[text](target)` links of a Markdown text, outside code.
 fn links(markdown: &str) -> Vec<(String, usize)> {
     let mut found = vec![];
@@ -280,6 +310,40 @@ fn the_checks_catch_what_they_look_for() {
     assert_eq!(anchor("The server's HTTP API"), "the-servers-http-api");
     let markdown = "[a](b.md#c) `[x](not-a-link)`\n```\n[y](nor-this)\n```\n";
     assert_eq!(links(markdown), vec![("b.md#c".to_owned(), 1)]);
+}
+
+#[test]
+fn the_code_map_names_every_crate() {
+    let architecture = fs::read_to_string(repo().join("ARCHITECTURE.md")).unwrap();
+    let map = architecture
+        .split("## Code map")
+        .nth(1)
+        .and_then(|rest| rest.split("```").nth(1))
+        .expect("ARCHITECTURE.md has a code map in a block");
+    let mapped: BTreeSet<&str> = map
+        .lines()
+        .filter_map(|line| line.strip_prefix("  "))
+        .filter(|entry| !entry.starts_with(' '))
+        .filter_map(|entry| entry.split_whitespace().next())
+        .collect();
+    let crates: BTreeSet<String> = fs::read_dir(repo().join("crates"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(crates.len() >= 10, "{crates:?}");
+    let missing: Vec<&String> = crates
+        .iter()
+        .filter(|c| !mapped.contains(c.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's code map lacks {missing:?}"
+    );
+    let gone: Vec<&&str> = mapped.iter().filter(|m| !crates.contains(**m)).collect();
+    assert!(
+        gone.is_empty(),
+        "ARCHITECTURE.md's code map names crates that are gone: {gone:?}"
+    );
 }
 
 /// Every `.rs` file under `crates/`.
