@@ -127,27 +127,33 @@ impl Browser {
         self.errors.push(error);
     }
 
-    /// The value of a JavaScript expression in the page.
-    fn eval(&mut self, expression: &str) -> Value {
+    /// The value of a JavaScript expression in the page, or what it threw.
+    fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
         let result = self.call(
             "Runtime.evaluate",
             json!({"expression": expression, "returnByValue": true}),
         );
-        assert!(
-            result["exceptionDetails"].is_null(),
-            "{expression}: {result}"
-        );
-        result["result"]["value"].clone()
+        match result["exceptionDetails"].is_null() {
+            true => Ok(result["result"]["value"].clone()),
+            false => Err(result),
+        }
     }
 
-    /// Waits until `expression` is true in the page, at most `within`.
+    /// The value of a JavaScript expression in the page.
+    fn eval(&mut self, expression: &str) -> Value {
+        self.try_eval(expression)
+            .unwrap_or_else(|thrown| panic!("{expression}: {thrown}"))
+    }
+
+    /// Waits until `expression` is true in the page, at most `within`; until
+    /// then it may throw (a page still loading has no body yet).
     fn wait_for(&mut self, expression: &str, within: Duration) {
         let deadline = Instant::now() + within;
-        while self.eval(expression) != json!(true) {
+        while self.try_eval(expression) != Ok(json!(true)) {
             assert!(
                 Instant::now() < deadline,
-                "not true within {within:?}: {expression}; the page says {}",
-                self.eval("document.body.innerText")
+                "not true within {within:?}: {expression}; the page says {:?}",
+                self.try_eval("document.body.innerText")
             );
             std::thread::sleep(Duration::from_millis(200));
         }
