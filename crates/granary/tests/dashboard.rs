@@ -10,6 +10,7 @@ mod common;
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,12 +37,25 @@ fn chromium() -> PathBuf {
         )
 }
 
+/// A process group of its own, killed whole when dropped: Chromium forks a
+/// zygote, renderers and helpers that would outlive their parent.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        self.0.wait().ok();
+    }
+}
+
 /// A headless Chromium with a profile of its own, driven over the DevTools
-/// protocol on loopback; killed when dropped.
+/// protocol on loopback; killed, with its helpers, when dropped.
 struct Browser {
-    child: Child,
-    _profile: TempDir,
     page: WebSocket<TcpStream>,
+    // Dropped after the connection, before the profile is removed.
+    _chromium: Group,
+    _profile: TempDir,
     next_id: u64,
     /// Console errors, exceptions and policy violations seen so far.
     errors: Vec<String>,
@@ -50,11 +64,14 @@ struct Browser {
 impl Browser {
     fn start() -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let child = Command::new(chromium())
+        let chromium = Command::new(chromium())
+            .process_group(0)
             .args([
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",
+                "--disable-crash-reporter",
+                "--disable-breakpad",
                 "--no-first-run",
                 "--disable-extensions",
                 "--disable-background-networking",
@@ -69,10 +86,13 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Group)
             .expect("Chromium starts");
+        // Connecting may fail: the group is already held, so it is killed.
+        let page = connect_to_page(profile.path());
         let mut browser = Browser {
-            child,
-            page: connect_to_page(profile.path()),
+            page,
+            _chromium: chromium,
             _profile: profile,
             next_id: 0,
             errors: Vec::new(),
@@ -166,13 +186,6 @@ impl Browser {
             .as_str()
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("#{id} shows no figure: {value}"))
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
     }
 }
 
