@@ -34,23 +34,68 @@ use granary_id::Id;
 pub const VERSION: &str = "granary-v1";
 
 /// A part of the action cache that one kind of writer writes (`main`,
-/// `pr-123`): letters, digits, `.`, `_` and `-`, at most 64, not starting
-/// with `.`. The default namespace has the empty name.
+/// `pr-123`, `team/main`): on a cache server, the REAPI instance name. One
+/// or more segments separated by `/`, each of letters, digits, `.`, `_`
+/// and `-`, not starting with `.`, and none a word that the protocols or
+/// the layout give a meaning in a path ([`RESERVED_SEGMENTS`]); at most
+/// [`MAX_NAMESPACE`] bytes. The default namespace has the empty name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Namespace(String);
 
+/// The longest namespace name.
+pub const MAX_NAMESPACE: usize = 128;
+
+/// Segments no namespace may have: REAPI's words in resource names, the
+/// HTTP API's and the bucket layout's, where a reader finds where the name
+/// ends by them.
+pub const RESERVED_SEGMENTS: [&str; 11] = [
+    "blobs",
+    "uploads",
+    "actionResults",
+    "operations",
+    "capabilities",
+    "compressed-blobs",
+    "ac",
+    "cas",
+    "batch",
+    "manifests",
+    "packs",
+];
+
 impl Namespace {
     pub fn new(name: &str) -> Result<Namespace, String> {
-        let valid = name.len() <= 64
-            && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        match valid {
-            true => Ok(Namespace(name.to_owned())),
-            false => Err(format!(
-                "`{name}` is not a namespace name: use at most 64 letters, digits, `.`, `_` \
-                 and `-`, not starting with `.`"
+        if name.is_empty() {
+            return Ok(Namespace::default());
+        }
+        let why = if name.len() > MAX_NAMESPACE {
+            Some(format!("it is longer than {MAX_NAMESPACE} bytes"))
+        } else {
+            name.split('/').find_map(|segment| {
+                let valid = !segment.is_empty()
+                    && !segment.starts_with('.')
+                    && segment
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                match (valid, RESERVED_SEGMENTS.contains(&segment)) {
+                    (false, _) => Some(format!(
+                        "segment `{segment}` is not letters, digits, `.`, `_` and `-`, not \
+                         starting with `.`"
+                    )),
+                    (true, true) => Some(format!(
+                        "`{segment}` has a meaning of its own in the protocols' paths"
+                    )),
+                    (true, false) => None,
+                }
+            })
+        };
+        match why {
+            None => Ok(Namespace(name.to_owned())),
+            Some(why) => Err(format!(
+                "`{name}` is not a namespace name: {why}. A namespace (a REAPI instance name) \
+                 is one or more `/`-separated segments of letters, digits, `.`, `_` and `-`, \
+                 such as `main` or `team/main`, at most {MAX_NAMESPACE} bytes, with no \
+                 segment among {}",
+                RESERVED_SEGMENTS.join(", ")
             )),
         }
     }
@@ -138,12 +183,46 @@ mod tests {
 
     #[test]
     fn namespace_names_are_safe_in_keys_and_paths() {
-        for good in ["", "main", "pr-123", "feature_x.1"] {
+        let long = format!("{}/{}", "x".repeat(64), "y".repeat(63));
+        for good in [
+            "",
+            "main",
+            "pr-123",
+            "feature_x.1",
+            "team/main",
+            "a/b/c",
+            &long,
+        ] {
             assert_eq!(Namespace::new(good).unwrap().as_str(), good);
         }
-        for bad in [".", "..", "a/b", "a b", "ü", &"x".repeat(65)] {
-            assert!(Namespace::new(bad).is_err(), "{bad:?}");
+        let too_long = format!("{long}z");
+        for bad in [
+            ".",
+            "..",
+            "a/../b",
+            "/a",
+            "a/",
+            "a//b",
+            "a b",
+            "ü",
+            &too_long,
+            "team/.hidden",
+            "blobs",
+            "team/uploads",
+            "ac",
+            "x/cas/y",
+            "compressed-blobs",
+            "packs",
+            "batch",
+        ] {
+            let why = Namespace::new(bad).unwrap_err();
+            assert!(why.contains("team/main"), "{bad:?}: {why}");
         }
+        assert!(
+            Namespace::new("team/ac")
+                .unwrap_err()
+                .contains("`ac` has a meaning")
+        );
     }
 
     #[test]
@@ -170,6 +249,14 @@ mod tests {
         assert_eq!(
             Format::Reapi.action_key("main", &id),
             format!("main/ac/{hex}")
+        );
+        assert_eq!(
+            Format::Reapi.action_key("team/main", &id),
+            format!("team/main/ac/{hex}")
+        );
+        assert_eq!(
+            Format::Granary.action_key("team/main", &id),
+            format!("granary-v1/ns/team/main/ac/{hex}")
         );
         assert_eq!(Format::Reapi.object_key(&id), format!("cas/{hex}"));
         assert_eq!(Format::Reapi.pack_key("main", &id), format!("cas/{hex}"));

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! `namespaces=` restricts what the token's scope allows in the action cache
-//! to the instance names (namespaces) its comma-separated globs match (`*`
-//! matches any run of characters): a write token so restricted writes only
+//! to the instance names (namespaces) its comma-separated globs match (whole
+//! names; `*` matches any run of characters within one `/`-separated
+//! segment): a write token so restricted writes only
 //! there (and reads everywhere), a read token reads only there. The CAS
 //! stays open to the token's scope, since every blob is checked against its
 //! hash. Without it, a token may use every namespace.
@@ -31,44 +32,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::grant::{Access, CredentialRefusal, Grant, glob_matches};
 use crate::oidc::Oidc;
-
-/// What a request may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Access {
-    None,
-    Read,
-    Write,
-}
-
-impl Access {
-    pub fn name(self) -> &'static str {
-        match self {
-            Access::None => "none",
-            Access::Read => "read",
-            Access::Write => "write",
-        }
-    }
-}
-
-/// What one credential may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Grant {
-    pub access: Access,
-    /// Globs of the namespaces whose action cache it may write, and read;
-    /// `None`: all.
-    pub write: Option<Vec<String>>,
-    pub read: Option<Vec<String>>,
-}
-
-/// Why a presented credential grants nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CredentialRefusal {
-    /// The label of `granary_refused_credentials_total`.
-    pub reason: &'static str,
-    /// What the client is told.
-    pub message: String,
-}
 
 /// Who sent one request, and what they may do: found once per request.
 #[derive(Debug, Clone)]
@@ -314,27 +279,6 @@ pub(crate) fn parse_tokens(
     Ok(tokens)
 }
 
-/// Whether `name` matches `glob`, where `*` stands for any run of
-/// characters and everything else for itself.
-pub(crate) fn glob_matches(glob: &str, name: &str) -> bool {
-    let mut parts = glob.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
 /// The SHA-256 of a token, as the tokens file holds it.
 pub fn hash_token(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
@@ -501,8 +445,6 @@ mod tests {
         let reader = identify(&auth, Some(&bearer(&reader)));
         assert!(reader.may_use_namespace("main", false));
         assert!(!reader.may_use_namespace("pr-1", false));
-        assert!(glob_matches("*", "") && glob_matches("a*b*c", "abxbc"));
-        assert!(!glob_matches("a*b*c", "acb") && !glob_matches("ab", "abc"));
     }
 
     #[test]

@@ -10,8 +10,10 @@ use crate::grpc::resource::{parse_read, parse_write};
 use crate::key::{Key, batch_instance};
 
 /// An HTTP request path: a blob's key, a batch's instance, or nothing. A
-/// key's file stays inside its kind's folder, whatever the path said.
+/// key's file stays inside its kind's folder, whatever the path said, and
+/// an instance is a namespace that the path spells before its last parts.
 pub fn http_path(path: &str) {
+    let namespace = |instance: &str| granary_remote::Namespace::new(instance).is_ok();
     if let Some((key, instance)) = Key::from_path(path) {
         let relative = key.relative_path();
         assert!(
@@ -19,9 +21,15 @@ pub fn http_path(path: &str) {
             "{path} -> {relative}"
         );
         assert!(instance.is_empty() || path.starts_with(&format!("/{instance}/")));
+        assert!(namespace(instance), "{path} -> {instance}");
     }
     if let Some(instance) = batch_instance(path) {
-        assert!(!instance.contains('/'), "{path} -> {instance}");
+        assert!(namespace(instance), "{path} -> {instance}");
+        let spelled = match instance {
+            "" => "/batch".to_owned(),
+            name => format!("/{name}/batch"),
+        };
+        assert_eq!(path, spelled);
     }
 }
 
@@ -56,7 +64,7 @@ pub fn credentials(header: &[u8], tokens_file: &str) {
         .unwrap_or(0);
     let (glob, name) = tokens_file.split_at(middle);
     if !glob.contains('*') {
-        assert_eq!(crate::auth::glob_matches(glob, name), glob == name);
+        assert_eq!(crate::grant::glob_matches(glob, name), glob == name);
     }
 }
 

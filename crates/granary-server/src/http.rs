@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::sync::Semaphore;
 
-use crate::auth::{Access, Auth, Identity};
+use crate::auth::{Auth, Identity};
 use crate::backing::Backing;
 use crate::batch;
 use crate::check::MAX_ACTION_RESULT;
@@ -42,6 +42,7 @@ use crate::dashboard::{self, Dashboard, Face};
 use crate::disk::{Blob, Disk, Found, Refusal, Upload, Writer};
 use crate::follow::{CHUNK, Followed, follow};
 use crate::frames::Frames;
+use crate::grant::Access;
 use crate::key::{Key, Kind, batch_instance};
 use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
 use crate::pace::Pace;
@@ -167,10 +168,9 @@ impl Service {
                 (_, "/healthz" | "/status" | "/metrics" | "/" | "/dashboard.json") => {
                     text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
                 }
-                _ if path.contains("/ac/") || path.contains("/cas/") => text(
-                    StatusCode::BAD_REQUEST,
-                    "not a cache key: use /ac/<sha256> or /cas/<sha256>, 64 lower-case hex digits\n",
-                ),
+                _ if path.contains("/ac/") || path.contains("/cas/") => {
+                    text(StatusCode::BAD_REQUEST, not_a_key(path))
+                }
                 _ => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
             };
             let kind = match path {
@@ -666,6 +666,23 @@ fn method_name(method: &Method) -> &'static str {
 }
 
 /// 401, with why the credential was refused if it was.
+/// Why `path`, which looks like a cache key, is none: its instance name, or
+/// the rest.
+fn not_a_key(path: &str) -> String {
+    let before_kind = ["/ac/", "/cas/"]
+        .iter()
+        .filter_map(|kind| path.rfind(kind))
+        .max()
+        .unwrap_or_default();
+    let instance = path.get(1..before_kind).unwrap_or_default();
+    match granary_remote::Namespace::new(instance) {
+        Err(why) => format!("not a cache key: instance names are namespaces: {why}\n"),
+        Ok(_) => "not a cache key: use [/INSTANCE]/ac/<sha256> or [/INSTANCE]/cas/<sha256>, \
+                  64 lower-case hex digits\n"
+            .to_owned(),
+    }
+}
+
 fn unauthorized(identity: Option<&Identity>) -> Response<Body> {
     let message = match identity {
         Some(identity) => identity.unauthorized_message(),

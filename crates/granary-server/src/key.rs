@@ -54,17 +54,15 @@ impl Key {
     }
 
     /// The key of a request path: `/ac/<hex>`, `/cas/<hex>`, or either
-    /// under one instance name (`/<instance>/ac/<hex>`), with that name
-    /// (empty without one). `None`: the path names no blob.
+    /// under an instance name of one or more segments
+    /// (`/team/main/ac/<hex>`), with that name (empty without one).
+    /// `None`: the path names no blob.
     pub fn from_path(path: &str) -> Option<(Key, &str)> {
-        let mut parts = path.strip_prefix('/')?.split('/');
-        let (instance, kind, hash) = match (parts.next(), parts.next(), parts.next(), parts.next())
-        {
-            (Some(kind), Some(hash), None, None) => ("", kind, hash),
-            (Some(instance), Some(kind), Some(hash), None) if is_instance_name(instance) => {
-                (instance, kind, hash)
-            }
-            _ => return None,
+        let (rest, hash) = path.strip_prefix('/')?.rsplit_once('/')?;
+        let (instance, kind) = match rest.rsplit_once('/') {
+            Some((instance, kind)) if is_instance_name(instance) => (instance, kind),
+            Some(_) => return None,
+            None => ("", rest),
         };
         let key = Key::new(Kind::parse(kind)?, hash)?;
         Some((key.in_instance(instance), instance))
@@ -140,9 +138,17 @@ mod tests {
         assert_eq!(default.hash, Id([0x0a; 32]));
         assert_ne!(team, default);
         assert_ne!(team, at(format!("/team-2/ac/{hex}")));
+        // An instance of several segments is one name: not its last segment.
+        let path = format!("/team/main/ac/{hex}");
+        let (nested, instance) = Key::from_path(&path).unwrap();
+        assert_eq!(instance, "team/main");
+        assert_ne!(nested, at(format!("/main/ac/{hex}")));
+        assert_eq!(at(format!("/team/main/cas/{hex}")), key);
         assert_eq!(batch_instance("/batch"), Some(""));
         assert_eq!(batch_instance("/pr-1/batch"), Some("pr-1"));
+        assert_eq!(batch_instance("/team/main/batch"), Some("team/main"));
         assert_eq!(batch_instance("/../batch"), None);
+        assert_eq!(batch_instance("/team/ac/batch"), None);
         for bad in [
             format!("/cas/{}", "0A".repeat(32)),
             format!("/cas/{}", "0a".repeat(31)),
@@ -150,7 +156,11 @@ mod tests {
             format!("/cas/{hex}0"),
             format!("/blobs/{hex}"),
             format!("/../cas/{hex}"),
-            format!("/a/b/cas/{hex}"),
+            format!("/a//cas/{hex}"),
+            format!("//cas/{hex}"),
+            format!("/team/ac/ac/{hex}"),
+            format!("/blobs/ac/{hex}"),
+            format!("/a/./ac/{hex}"),
             format!("cas/{hex}"),
             format!("/cas/..%2f{}", "0a".repeat(30)),
             "/cas/../../etc/passwd".to_owned(),

@@ -44,6 +44,7 @@ mod follow;
 mod frames;
 #[doc(hidden)]
 pub mod fuzz;
+mod grant;
 mod grpc;
 mod http;
 mod key;
@@ -63,8 +64,9 @@ use granary_remote::BlobStore;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-pub use auth::{Access, TokensError, new_token};
+pub use auth::{TokensError, new_token};
 pub use disk::{Limits, Rebuilt};
+pub use grant::Access;
 pub use oidc::{OidcError, OidcIssuer, OidcRule};
 
 /// Everything `granary serve` is told.

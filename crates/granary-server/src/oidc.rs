@@ -28,7 +28,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
-use crate::auth::{Access, CredentialRefusal, Grant};
+use crate::grant::{Access, CredentialRefusal, Grant};
 
 /// How long a fetch of the issuer's keys may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);

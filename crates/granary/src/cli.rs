@@ -252,8 +252,9 @@ pub struct ServeTokenArgs {
     #[arg(long, default_value = "token")]
     pub name: String,
 
-    /// Let the token use only these namespaces' action caches (globs, `*` for any run of
-    /// characters, comma-separated), e.g. pr-* for pull requests [default: all]
+    /// Let the token use only these namespaces' action caches: globs of whole names, `*` for
+    /// any run of characters within a `/`-separated segment, comma-separated, e.g. pr-* for
+    /// pull requests or team/* [default: all]
     #[arg(long, value_name = "GLOB", value_delimiter = ',')]
     pub namespaces: Vec<String>,
 }
@@ -428,8 +429,9 @@ pub struct RemoteArgs {
     )]
     pub prefetch: Option<bool>,
 
-    /// The part of the remote's action cache this run writes and reads first, e.g. main
-    /// or pr-123 (on a cache server: the REAPI instance name) [default: the default one]
+    /// The part of the remote's action cache this run writes and reads first, e.g. main,
+    /// pr-123 or team/main (on a cache server: the REAPI instance name, which the URL's
+    /// path may give instead) [default: the default one]
     #[arg(long, env = "GRANARY_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
 

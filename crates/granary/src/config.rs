@@ -239,14 +239,17 @@ pub fn remote(
                  give the namespace once, as the URL's path or as --namespace"
             );
         }
-        // A one-segment path is the namespace, as --namespace says it:
-        // read namespaces are its siblings (`/main/...` beside `/pr-7/...`,
-        // not under it) and signatures name it. A longer path stays the
-        // URL's prefix (or instance name), under which namespaces live.
-        if let Ok(named) = Namespace::new(path)
-            && !path.is_empty()
-        {
-            namespace = named;
+        // The path is the namespace (the REAPI instance name), as
+        // --namespace says it: read namespaces are its siblings (`/main/...`
+        // beside `/team/pr-7/...`, not under it) and signatures name it. One
+        // that cannot be a namespace is refused now, not after five failed
+        // requests.
+        if !path.is_empty() {
+            namespace = Namespace::new(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "the path of {url} names the namespace (the REAPI instance name): {e}"
+                )
+            })?;
             url = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
         }
         let token_file = args.token_file.clone().or(file.token_file);
@@ -870,24 +873,50 @@ mod tests {
             ..RemoteArgs::default()
         });
         assert!(both.contains("--namespace"), "{both}");
-        // A longer path stays the URL's: a prefix, or an instance name,
-        // with the namespaces under it.
-        let prefixed = remote(
-            empty.path(),
-            None,
-            &RemoteArgs {
-                remote: Some("https://cache:8080/proxy/bazel".into()),
-                read_namespaces: vec!["main".into()],
+        // A longer path is a namespace of several segments, as Buildbarn
+        // and BuildBuddy users write instance names.
+        for url in [
+            "https://cache:8080/team/main",
+            "grpcs://cache:9092/team/main/",
+        ] {
+            let named = remote(
+                empty.path(),
+                None,
+                &RemoteArgs {
+                    remote: Some(url.into()),
+                    read_namespaces: vec!["team/release".into()],
+                    ..RemoteArgs::default()
+                },
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(named.namespace.as_str(), "team/main");
+            assert_eq!(named.read_namespaces[0].as_str(), "team/release");
+            let (Endpoint::Http(HttpSettings { url: base, .. })
+            | Endpoint::Grpc(GrpcSettings { url: base, .. })) = &named.endpoint
+            else {
+                panic!("{named:?}")
+            };
+            assert!(
+                base.ends_with("cache:8080") || base.ends_with("cache:9092"),
+                "{base}"
+            );
+        }
+        // A path that cannot be one is refused at start, saying why.
+        for url in [
+            "http://cache:8080/team/ac",
+            "grpc://cache:9092/a//b",
+            "http://c:1/x y",
+        ] {
+            let why = refused(RemoteArgs {
+                remote: Some(url.into()),
                 ..RemoteArgs::default()
-            },
-        )
-        .unwrap()
-        .unwrap();
-        let Endpoint::Http(http) = &prefixed.endpoint else {
-            panic!("{prefixed:?}")
-        };
-        assert_eq!(http.url, "https://cache:8080/proxy/bazel");
-        assert_eq!(prefixed.namespace.as_str(), "");
+            });
+            assert!(
+                why.contains("names the namespace") && why.contains("team/main"),
+                "{url}: {why}"
+            );
+        }
     }
 
     #[test]

@@ -170,9 +170,11 @@ fn second_runner_compiles_nothing(writer: &str, reader: &str, log: impl Fn() -> 
 fn a_runner_reads_over_grpc_what_another_wrote_over_http_in_the_same_instance() {
     let server = Server::start(&["--grpc-listen", "127.0.0.1:0"]);
     let grpc = server.grpc_url.clone().unwrap();
+    // An instance name of several segments, as Buildbarn's and BuildBuddy's
+    // users write them.
     second_runner_compiles_nothing(
-        &format!("{}/team", server.url),
-        &format!("{grpc}/team"),
+        &format!("{}/team/main", server.url),
+        &format!("{grpc}/team/main"),
         || server.log(),
     );
     // gRPC is answered on the HTTP port too.
@@ -449,6 +451,9 @@ fn blobs_that_do_not_match_their_digest_are_refused_and_not_stored() {
             ("", "0A".repeat(32)),
             ("../etc", sha256_hex(&good)),
             ("a b", sha256_hex(&good)),
+            ("team/blobs", sha256_hex(&good)),
+            ("team//main", sha256_hex(&good)),
+            ("compressed-blobs", sha256_hex(&good)),
         ] {
             let status = cas
                 .find_missing_blobs(FindMissingBlobsRequest {
@@ -509,7 +514,7 @@ fn blobs_that_do_not_match_their_digest_are_refused_and_not_stored() {
             ..Default::default()
         };
         ac.update_action_result(UpdateActionResultRequest {
-            instance_name: "team".into(),
+            instance_name: "team/main".into(),
             action_digest: Some(action.clone()),
             action_result: Some(result.clone()),
             ..Default::default()
@@ -519,7 +524,7 @@ fn blobs_that_do_not_match_their_digest_are_refused_and_not_stored() {
         let (status, body) = request(
             server.addr,
             "GET",
-            &format!("/team/ac/{}", action.hash),
+            &format!("/team/main/ac/{}", action.hash),
             &[],
             b"",
         );
@@ -532,6 +537,17 @@ fn blobs_that_do_not_match_their_digest_are_refused_and_not_stored() {
             b"",
         );
         assert_eq!(status, 404, "instances have action caches of their own");
+        let (status, _) = request(
+            server.addr,
+            "GET",
+            &format!("/main/ac/{}", action.hash),
+            &[],
+            b"",
+        );
+        assert_eq!(
+            status, 404,
+            "`team/main` is one name, not `main` under `team`"
+        );
         let status = ac
             .get_action_result(GetActionResultRequest {
                 action_digest: Some(action),

@@ -318,6 +318,34 @@ fn a_bad_tokens_file_stops_the_server_with_a_clear_error() {
     );
 }
 
+/// A runner whose remote URL has a path that cannot be a namespace is told
+/// so when it starts, and asks the server nothing (it once failed five
+/// requests, switched the remote off, and blamed nothing in particular).
+#[test]
+fn a_remote_path_that_cannot_be_a_namespace_is_refused_at_start() {
+    let server = Server::start(&[]);
+    let sb = Sandbox::new();
+    let module = sb.module("named", 2);
+    let url = format!("{}/team/ac", server.url);
+    let (out, stats) = sb.build_sharing(&url, "runner", &module, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("names the namespace") && stderr.contains("`ac` has a meaning"),
+        "{stderr}"
+    );
+    assert_eq!(
+        (stats.remote.remote_errors, stats.remote.uploads),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        server.metric("granary_requests_total", ""),
+        0.0,
+        "{}",
+        server.log()
+    );
+}
+
 #[test]
 fn hostile_paths_and_bad_uploads_are_refused_and_nothing_is_stored() {
     let server = Server::start(&["--max-blob", "1MiB"]);
@@ -329,7 +357,7 @@ fn hostile_paths_and_bad_uploads_are_refused_and_nothing_is_stored() {
         format!("/cas/{}", &hex[..63]),
         format!("/cas/{hex}/extra"),
         format!("//cas/{hex}"),
-        format!("/a/b/cas/{hex}"),
+        format!("/a//cas/{hex}"),
         format!("/../cas/{hex}"),
         "/cas/".to_owned(),
     ] {
@@ -337,6 +365,32 @@ fn hostile_paths_and_bad_uploads_are_refused_and_nothing_is_stored() {
         assert!(matches!(status, 400 | 404), "{path}: {status}");
         let (status, _) = request(server.addr, "GET", &path, &[], b"");
         assert!(matches!(status, 400 | 404), "{path}: {status}");
+    }
+    // An instance name of several segments is one; one with a word of the
+    // protocols in it is refused, saying so.
+    assert_eq!(
+        request(
+            server.addr,
+            "GET",
+            &format!("/team/main/cas/{hex}"),
+            &[],
+            b""
+        )
+        .0,
+        404
+    );
+    for (path, why) in [
+        (format!("/team/blobs/ac/{hex}"), "`blobs` has a meaning"),
+        (format!("/team/ac/ac/{hex}"), "`ac` has a meaning"),
+        (format!("/team/.x/cas/{hex}"), "segment `.x`"),
+    ] {
+        let (status, message) = request(server.addr, "GET", &path, &[], b"");
+        let message = String::from_utf8_lossy(&message);
+        assert_eq!(status, 400, "{path}: {message}");
+        assert!(
+            message.contains(why) && message.contains("team/main"),
+            "{path}: {message}"
+        );
     }
     let (status, _) = request(server.addr, "DELETE", &format!("/cas/{hex}"), &[], b"");
     assert_eq!(status, 405);

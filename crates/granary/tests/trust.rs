@@ -410,23 +410,24 @@ fn a_namespace_in_the_url_reads_its_sibling_namespaces() {
         };
         let sb = Sandbox::new();
         let module = sb.module("app", 3);
-        let (_, main) = sb.build_sharing(&format!("{base}/main"), "main", &module, &[]);
+        // Names of several segments, siblings by their full names.
+        let (_, main) = sb.build_sharing(&format!("{base}/team/main"), "main", &module, &[]);
         assert!(main.remote.uploads > 20, "{base}: {main:?}");
         let (out, pr) = sb.build_sharing(
-            &format!("{base}/pr-7"),
+            &format!("{base}/team/pr-7"),
             "pr-7",
             &module,
-            &[("GRANARY_READ_NAMESPACES", "main")],
+            &[("GRANARY_READ_NAMESPACES", "team/main")],
         );
         assert_eq!(
             compiled_packages(&out.stderr),
             Vec::<String>::new(),
-            "{base}/pr-7 reads main: {pr:?}\n{}",
+            "{base}/team/pr-7 reads team/main: {pr:?}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(pr.remote.remote_errors, 0, "{base}: {pr:?}");
         // No request named a path or instance the server could not place
-        // (`/pr-7/main/...` was answered 400, or INVALID_ARGUMENT).
+        // (`/team/pr-7/team/main/...` was answered 400, or INVALID_ARGUMENT).
         for status in ["status=\"400\"", "status=\"3\""] {
             let refused = server.metric("granary_requests_total", status);
             assert_eq!(refused, 0.0, "{base} {status}: {}", server.log());

@@ -36,10 +36,10 @@ use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 
 use super::resource::{Resource, parse_read, parse_write};
 use super::{Reapi, empty_hash, refused, stalled};
-use crate::auth::Access;
 use crate::check::Check;
 use crate::disk::{Found, Writer};
 use crate::follow::CHUNK;
+use crate::grant::Access;
 use crate::key::Kind;
 use crate::pace::Pace;
 

@@ -57,11 +57,12 @@ use sha2::{Digest as _, Sha256};
 use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
-use crate::auth::{Access, Identity};
+use crate::auth::Identity;
 use crate::check::MAX_ACTION_RESULT;
 use crate::dashboard::Face;
 use crate::disk::{Found, Refusal, Upload};
 use crate::follow::{Followed, Follower, follow};
+use crate::grant::Access;
 use crate::http::{NAMESPACE_SOURCES, Service};
 use crate::key::{Key, Kind};
 use crate::metrics::{KindLabels, LatencyLabels, RequestLabels};
@@ -677,13 +678,9 @@ fn empty_hash() -> Id {
 /// Instance names are namespaces: empty, or letters, digits, `.`, `_`
 /// and `-`.
 fn check_instance(instance: &str) -> Result<(), Status> {
-    match instance.is_empty() || granary_remote::Namespace::new(instance).is_ok() {
-        true => Ok(()),
-        false => Err(Status::invalid_argument(format!(
-            "`{instance}` is not an instance name here: instance names are granary namespaces \
-             (at most 64 letters, digits, `.`, `_` and `-`), or empty"
-        ))),
-    }
+    granary_remote::Namespace::new(instance)
+        .map(drop)
+        .map_err(|why| Status::invalid_argument(format!("instance names are namespaces: {why}")))
 }
 
 fn check_digest_function(value: i32) -> Result<(), Status> {
@@ -878,10 +875,10 @@ mod tests {
             assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
         }
         assert!(digest_key(Kind::Ac, None).is_err());
-        for good in ["", "main", "pr-12"] {
+        for good in ["", "main", "pr-12", "team/main"] {
             assert!(check_instance(good).is_ok(), "{good}");
         }
-        for bad in ["a/b", "..", "a b", "ü"] {
+        for bad in ["a//b", "..", "a b", "ü", "team/uploads", "actionResults"] {
             assert_eq!(
                 check_instance(bad).unwrap_err().code(),
                 Code::InvalidArgument
