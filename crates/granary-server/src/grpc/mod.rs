@@ -13,9 +13,14 @@
 //! | `ByteStream.Read`/`Write`   | see [`bytestream`]                           |
 //! | `GetTree`, chunking calls   | UNIMPLEMENTED: a build cache keeps no trees  |
 //!
-//! The instance name is the namespace, as the first path segment is on
-//! HTTP: an action result PUT to `/team/ac/<hex>` is what GetActionResult
-//! finds for instance `team`, and the other way round. The CAS is shared.
+//! One file per service: `capabilities.rs`, `action_cache.rs`, `cas.rs` and
+//! `bytestream.rs`; this one holds what they share (who may call, how a
+//! call is counted, how a blob is read whole or followed, the statuses).
+//!
+//! The instance name is the namespace, as the path before `/ac/` is on
+//! HTTP: an action result PUT to `/team/main/ac/<hex>` is what
+//! GetActionResult finds for instance `team/main`, and the other way round.
+//! The CAS is shared.
 //! Tokens come as `authorization: Bearer <token>` metadata; the HTTP
 //! statuses' counterparts are UNAUTHENTICATED, PERMISSION_DENIED,
 //! INVALID_ARGUMENT (a blob that does not hash to its digest is never
@@ -26,39 +31,28 @@
 //! request whose content type is `application/grpc` here), so connection
 //! caps, stall deadlines, TLS and graceful shutdown are the same for both.
 
+mod action_cache;
 mod bytestream;
+mod capabilities;
+mod cas;
 pub(crate) mod resource;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::{
-    self as reapi, ActionCacheUpdateCapabilities, ActionResult, BatchReadBlobsRequest,
-    BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse, CacheCapabilities,
-    Digest, FindMissingBlobsRequest, FindMissingBlobsResponse, GetActionResultRequest,
-    GetCapabilitiesRequest, ServerCapabilities, UpdateActionResultRequest,
-    action_cache_server::{ActionCache, ActionCacheServer},
-    batch_read_blobs_response, batch_update_blobs_response,
-    capabilities_server::{Capabilities, CapabilitiesServer},
-    compressor,
-    content_addressable_storage_server::{
-        ContentAddressableStorage, ContentAddressableStorageServer,
-    },
-    digest_function, symlink_absolute_path_strategy,
+    Digest, action_cache_server::ActionCacheServer, capabilities_server::CapabilitiesServer,
+    content_addressable_storage_server::ContentAddressableStorageServer, digest_function,
 };
-use bazel_remote_apis::build::bazel::semver::SemVer;
 use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
 use bazel_remote_apis::google::protobuf::Any;
 use bazel_remote_apis::google::rpc::Status as RpcStatus;
-use futures_util::StreamExt;
 use granary_id::Id;
 use prost::Message;
-use sha2::{Digest as _, Sha256};
 use tonic::service::Routes;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Status};
 
 use crate::auth::Identity;
-use crate::check::MAX_ACTION_RESULT;
 use crate::dashboard::Face;
 use crate::disk::{Found, Refusal, Upload};
 use crate::follow::{Followed, Follower, follow};
@@ -72,11 +66,6 @@ use crate::metrics::{KindLabels, LatencyLabels, RequestLabels};
 pub const MAX_BATCH: u64 = 4 * 1024 * 1024 - 64 * 1024;
 /// Messages may be this large: a full batch and its framing.
 const MAX_MESSAGE: usize = 4 * 1024 * 1024 + 64 * 1024;
-/// Blobs a client may ask about in one FindMissingBlobs (about 300 KiB of
-/// digests).
-const MAX_FIND: usize = 4096;
-/// Questions to the backing store in flight for one FindMissingBlobs.
-const BACKING_QUESTIONS_AT_ONCE: usize = 16;
 /// What a client is told to wait before it tries a full disk again.
 const FULL_RETRY: Duration = Duration::from_secs(1);
 
@@ -287,256 +276,6 @@ impl Reapi {
         }
     }
 
-    async fn get_action_result(
-        &self,
-        request: Request<GetActionResultRequest>,
-    ) -> Result<Response<ActionResult>, Status> {
-        let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Read, true)
-            .await?;
-        check_digest_function(asked.digest_function)?;
-        let (key, _) = digest_key(Kind::Ac, asked.action_digest.as_ref())?;
-        let key = key.in_instance(&asked.instance_name);
-        let Some(bytes) = self.read_whole(key, MAX_ACTION_RESULT).await? else {
-            self.count(Kind::Ac, false);
-            return Err(not_found(key));
-        };
-        let result = ActionResult::decode(&bytes[..])
-            .map_err(|e| Status::internal(format!("{key} is not an ActionResult: {e}")))?;
-        // A result whose outputs were evicted is no hit: the client would
-        // fail to fetch them.
-        for file in &result.output_files {
-            if let Some(digest) = &file.digest
-                && file.contents.is_empty()
-                && let Ok((blob, size)) = digest_key(Kind::Cas, Some(digest))
-                && !self.has(blob, size).await
-            {
-                self.count(Kind::Ac, false);
-                return Err(Status::not_found(format!(
-                    "{key} names {blob}, which the CAS no longer holds"
-                )));
-            }
-        }
-        self.count(Kind::Ac, true);
-        Ok(Response::new(result))
-    }
-
-    async fn update_action_result(
-        &self,
-        request: Request<UpdateActionResultRequest>,
-    ) -> Result<Response<ActionResult>, Status> {
-        let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Write, true)
-            .await?;
-        check_digest_function(asked.digest_function)?;
-        let (key, _) = digest_key(Kind::Ac, asked.action_digest.as_ref())?;
-        let key = key.in_instance(&asked.instance_name);
-        let request = request.into_inner();
-        let result = request
-            .action_result
-            .ok_or_else(|| Status::invalid_argument("the request has no action result"))?;
-        let bytes = result.encode_to_vec();
-        if bytes.len() as u64 > MAX_ACTION_RESULT {
-            self.service.metrics.reject("too_large");
-            return Err(Status::resource_exhausted(format!(
-                "an action result is at most {MAX_ACTION_RESULT} bytes"
-            )));
-        }
-        self.service
-            .metrics
-            .bytes_received
-            .inc_by(bytes.len() as u64);
-        let disk = self.service.disk.clone();
-        tokio::task::spawn_blocking(move || disk.store(key, &bytes))
-            .await
-            .expect("storing does not panic")
-            .map_err(|refusal| self.refused(&refusal))?;
-        if let Some(backing) = &self.service.backing {
-            backing.queue(key);
-        }
-        Ok(Response::new(result))
-    }
-
-    async fn find_missing_blobs(
-        &self,
-        request: Request<FindMissingBlobsRequest>,
-    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
-        let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Read, false)
-            .await?;
-        check_digest_function(asked.digest_function)?;
-        if asked.blob_digests.len() > MAX_FIND {
-            return Err(Status::invalid_argument(format!(
-                "ask about at most {MAX_FIND} blobs at once"
-            )));
-        }
-        let mut keys = Vec::with_capacity(asked.blob_digests.len());
-        for digest in &asked.blob_digests {
-            keys.push(digest_key(Kind::Cas, Some(digest))?);
-        }
-        // The backing store is asked about several blobs at once.
-        let present: Vec<bool> = futures_util::stream::iter(keys)
-            .map(|(key, size)| self.has(key, size))
-            .buffered(BACKING_QUESTIONS_AT_ONCE)
-            .collect()
-            .await;
-        let missing = asked
-            .blob_digests
-            .iter()
-            .zip(present)
-            .filter(|(_, present)| !present)
-            .map(|(digest, _)| digest.clone())
-            .collect();
-        Ok(Response::new(FindMissingBlobsResponse {
-            missing_blob_digests: missing,
-        }))
-    }
-
-    async fn batch_update_blobs(
-        &self,
-        request: Request<BatchUpdateBlobsRequest>,
-    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
-        let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Write, false)
-            .await?;
-        check_digest_function(asked.digest_function)?;
-        let request = request.into_inner();
-        let sizes = request
-            .requests
-            .iter()
-            .map(|r| r.digest.as_ref().map_or(0, |d| d.size_bytes));
-        // Each blob is decoded into at most its digest's size: bounded here.
-        if batch_total(sizes).is_none() {
-            self.service.metrics.reject("too_large");
-            return Err(Status::invalid_argument(format!(
-                "the batch's digests say more than {MAX_BATCH} bytes; send at most that per \
-                 call, larger blobs through ByteStream.Write"
-            )));
-        }
-        let service = self.service.clone();
-        let answers = tokio::task::spawn_blocking(move || {
-            request
-                .requests
-                .into_iter()
-                .map(|blob| {
-                    let digest = blob.digest.clone();
-                    let status = match store_one(&service, blob) {
-                        Ok(()) => rpc_status(Code::Ok, String::new()),
-                        Err(status) => rpc_status(status.code(), status.message().to_owned()),
-                    };
-                    batch_update_blobs_response::Response {
-                        digest,
-                        status: Some(status),
-                    }
-                })
-                .collect()
-        })
-        .await
-        .expect("storing does not panic");
-        Ok(Response::new(BatchUpdateBlobsResponse {
-            responses: answers,
-        }))
-    }
-
-    async fn batch_read_blobs(
-        &self,
-        request: Request<BatchReadBlobsRequest>,
-    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
-        let asked = request.get_ref();
-        self.authorize(&request, &asked.instance_name, Access::Read, false)
-            .await?;
-        check_digest_function(asked.digest_function)?;
-        let mut keys = Vec::with_capacity(asked.digests.len());
-        for digest in &asked.digests {
-            keys.push(digest_key(Kind::Cas, Some(digest))?);
-        }
-        // Checked before anything is read: a blob is read whole only up to
-        // its digest's size, and those sizes add up to at most the limit.
-        let sizes = asked.digests.iter().map(|digest| digest.size_bytes);
-        if batch_total(sizes).is_none() {
-            return Err(Status::invalid_argument(format!(
-                "the blobs asked for hold more than {MAX_BATCH} bytes; ask for at most that \
-                 per call, larger blobs through ByteStream.Read"
-            )));
-        }
-        let zstd = asked
-            .acceptable_compressors
-            .contains(&(compressor::Value::Zstd as i32));
-        let mut responses = Vec::with_capacity(keys.len());
-        for (digest, (key, size)) in asked.digests.iter().zip(keys) {
-            let found = match size == 0 && key.hash == empty_hash() {
-                true => Some(Vec::new()),
-                false => self.read_whole(key, size).await?,
-            };
-            let (data, status) = match found {
-                Some(data) if data.len() as u64 == size => {
-                    self.count(Kind::Cas, true);
-                    (data, rpc_status(Code::Ok, String::new()))
-                }
-                _ => {
-                    self.count(Kind::Cas, false);
-                    (Vec::new(), rpc_status(Code::NotFound, format!("no {key}")))
-                }
-            };
-            let (data, used) = match zstd && !data.is_empty() {
-                true => (
-                    zstd::bulk::compress(&data, 1)
-                        .map_err(|e| Status::internal(format!("cannot compress: {e}")))?,
-                    compressor::Value::Zstd,
-                ),
-                false => (data, compressor::Value::Identity),
-            };
-            responses.push(batch_read_blobs_response::Response {
-                digest: Some(digest.clone()),
-                data,
-                compressor: used as i32,
-                status: Some(status),
-            });
-        }
-        Ok(Response::new(BatchReadBlobsResponse { responses }))
-    }
-
-    /// What this server offers the caller of `request`.
-    async fn capabilities(
-        &self,
-        request: &Request<GetCapabilitiesRequest>,
-    ) -> Result<ServerCapabilities, Status> {
-        self.authorize(
-            request,
-            &request.get_ref().instance_name,
-            Access::Read,
-            false,
-        )
-        .await?;
-        let writes = self.identify(request).await.access == Access::Write;
-        let zstd = vec![compressor::Value::Zstd as i32];
-        Ok(ServerCapabilities {
-            cache_capabilities: Some(CacheCapabilities {
-                digest_functions: vec![digest_function::Value::Sha256 as i32],
-                action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
-                    update_enabled: writes,
-                }),
-                max_batch_total_size_bytes: MAX_BATCH as i64,
-                symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Disallowed
-                    as i32,
-                supported_compressors: zstd.clone(),
-                supported_batch_update_compressors: zstd,
-                max_cas_blob_size_bytes: self.service.disk.limits().max_blob as i64,
-                ..CacheCapabilities::default()
-            }),
-            low_api_version: Some(SemVer {
-                major: 2,
-                ..SemVer::default()
-            }),
-            high_api_version: Some(SemVer {
-                major: 2,
-                minor: 3,
-                ..SemVer::default()
-            }),
-            ..ServerCapabilities::default()
-        })
-    }
-
     /// The status for a refused write, counted.
     fn refused(&self, refusal: &Refusal) -> Status {
         self.service
@@ -544,61 +283,6 @@ impl Reapi {
             .reject(crate::check::refusal_reason(refusal));
         refused(refusal)
     }
-}
-
-/// Checks and stores one blob of a batch. Blocking.
-fn store_one(
-    service: &Service,
-    blob: reapi::batch_update_blobs_request::Request,
-) -> Result<(), Status> {
-    let (key, size) = digest_key(Kind::Cas, blob.digest.as_ref())?;
-    let data = match compressor::Value::try_from(blob.compressor) {
-        Ok(compressor::Value::Identity) => blob.data,
-        // At most the announced size: a small bomb cannot fill memory.
-        Ok(compressor::Value::Zstd) => {
-            zstd::bulk::decompress(&blob.data, size as usize).map_err(|e| {
-                service.metrics.reject("invalid");
-                Status::invalid_argument(format!(
-                    "the zstd data of {key} does not decompress to at most {size} bytes: {e}"
-                ))
-            })?
-        }
-        _ => {
-            return Err(Status::invalid_argument(format!(
-                "compressor {} is not supported; use identity or zstd",
-                blob.compressor
-            )));
-        }
-    };
-    service.metrics.bytes_received.inc_by(data.len() as u64);
-    if data.len() as u64 != size {
-        service.metrics.reject("incomplete");
-        return Err(Status::invalid_argument(format!(
-            "the digest of {key} says {size} bytes, the data has {}; nothing stored",
-            data.len()
-        )));
-    }
-    let hash = Id(Sha256::digest(&data).into());
-    if hash != key.hash {
-        service.metrics.reject("hash_mismatch");
-        return Err(Status::invalid_argument(format!(
-            "the data's SHA-256 is {hash}, not {}; nothing stored",
-            key.hex()
-        )));
-    }
-    if service.disk.contains(&key) == Some(size) {
-        return Ok(());
-    }
-    service.disk.store(key, &data).map_err(|refusal| {
-        service
-            .metrics
-            .reject(crate::check::refusal_reason(&refusal));
-        refused(&refusal)
-    })?;
-    if let Some(backing) = &service.backing {
-        backing.queue(key);
-    }
-    Ok(())
 }
 
 /// The gRPC status of a write the disk refused: RESOURCE_EXHAUSTED for
@@ -660,23 +344,13 @@ fn stalled(key: Key, after: Duration) -> Status {
     ))
 }
 
-/// The total of a batch's digest sizes, if every size is a size and the
-/// total is at most [`MAX_BATCH`]. Sizes come from the client: added as
-/// they are, four of 2^62 wrap to 0.
-fn batch_total(sizes: impl IntoIterator<Item = i64>) -> Option<u64> {
-    sizes.into_iter().try_fold(0u64, |total, size| {
-        let total = total.checked_add(u64::try_from(size).ok()?)?;
-        (total <= MAX_BATCH).then_some(total)
-    })
-}
-
 /// The hash of the empty blob, which every CAS holds.
 fn empty_hash() -> Id {
     Id::of(b"")
 }
 
-/// Instance names are namespaces: empty, or letters, digits, `.`, `_`
-/// and `-`.
+/// Instance names are namespaces (see `granary_remote::Namespace`), or
+/// empty.
 fn check_instance(instance: &str) -> Result<(), Status> {
     granary_remote::Namespace::new(instance)
         .map(drop)
@@ -705,133 +379,6 @@ fn digest_key(kind: Kind, digest: Option<&Digest>) -> Result<(Key, u64), Status>
         Status::invalid_argument(format!("a blob of {} bytes cannot be", digest.size_bytes))
     })?;
     Ok((key, size))
-}
-
-#[tonic::async_trait]
-impl Capabilities for Reapi {
-    async fn get_capabilities(
-        &self,
-        request: Request<GetCapabilitiesRequest>,
-    ) -> Result<Response<ServerCapabilities>, Status> {
-        let started = Instant::now();
-        let result = self.capabilities(&request).await.map(Response::new);
-        self.observe("GetCapabilities", "capabilities", started, &result);
-        result
-    }
-}
-
-#[tonic::async_trait]
-impl ActionCache for Reapi {
-    async fn get_action_result(
-        &self,
-        request: Request<GetActionResultRequest>,
-    ) -> Result<Response<ActionResult>, Status> {
-        self.observed(
-            "GetActionResult",
-            "ac",
-            Reapi::get_action_result(self, request),
-        )
-        .await
-    }
-
-    async fn update_action_result(
-        &self,
-        request: Request<UpdateActionResultRequest>,
-    ) -> Result<Response<ActionResult>, Status> {
-        self.observed(
-            "UpdateActionResult",
-            "ac",
-            Reapi::update_action_result(self, request),
-        )
-        .await
-    }
-}
-
-#[tonic::async_trait]
-impl ContentAddressableStorage for Reapi {
-    async fn find_missing_blobs(
-        &self,
-        request: Request<FindMissingBlobsRequest>,
-    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
-        self.observed(
-            "FindMissingBlobs",
-            "cas",
-            Reapi::find_missing_blobs(self, request),
-        )
-        .await
-    }
-
-    async fn batch_update_blobs(
-        &self,
-        request: Request<BatchUpdateBlobsRequest>,
-    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
-        self.observed(
-            "BatchUpdateBlobs",
-            "cas",
-            Reapi::batch_update_blobs(self, request),
-        )
-        .await
-    }
-
-    async fn batch_read_blobs(
-        &self,
-        request: Request<BatchReadBlobsRequest>,
-    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
-        self.observed(
-            "BatchReadBlobs",
-            "cas",
-            Reapi::batch_read_blobs(self, request),
-        )
-        .await
-    }
-
-    type GetTreeStream = futures_util::stream::Empty<Result<reapi::GetTreeResponse, Status>>;
-
-    async fn get_tree(
-        &self,
-        _request: Request<reapi::GetTreeRequest>,
-    ) -> Result<Response<Self::GetTreeStream>, Status> {
-        Err(no_trees())
-    }
-
-    async fn split_blob(
-        &self,
-        _request: Request<reapi::SplitBlobRequest>,
-    ) -> Result<Response<reapi::SplitBlobResponse>, Status> {
-        Err(no_chunks())
-    }
-
-    type GetChunkMappingStream =
-        futures_util::stream::Empty<Result<reapi::GetChunkMappingResponse, Status>>;
-
-    async fn get_chunk_mapping(
-        &self,
-        _request: Request<reapi::GetChunkMappingRequest>,
-    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
-        Err(no_chunks())
-    }
-
-    async fn splice_blob(
-        &self,
-        _request: Request<reapi::SpliceBlobRequest>,
-    ) -> Result<Response<reapi::SpliceBlobResponse>, Status> {
-        Err(no_chunks())
-    }
-
-    async fn register_chunk_mapping(
-        &self,
-        _request: Request<tonic::Streaming<reapi::RegisterChunkMappingRequest>>,
-    ) -> Result<Response<reapi::RegisterChunkMappingResponse>, Status> {
-        Err(no_chunks())
-    }
-}
-
-fn no_trees() -> Status {
-    Status::unimplemented("granary serve is a build cache and keeps no directory trees")
-}
-
-fn no_chunks() -> Status {
-    Status::unimplemented("granary serve does not split blobs into chunks")
 }
 
 #[cfg(test)]
