@@ -621,3 +621,56 @@ fn a_server_refusing_the_token_gets_advice_about_tokens() {
         assert_eq!(stderr.matches("WARN").count(), 1, "{stderr}");
     }
 }
+
+/// `granary explain` reads its records from the remote; one that claims a
+/// body larger than a record may be (a remote could answer a small lookup
+/// with the promise of gigabytes) is refused on its record alone, and its
+/// body is never asked for.
+#[test]
+fn an_explain_record_larger_than_a_record_may_be_is_not_fetched() {
+    let endless = Id::of(b"an explain record that never ends");
+    let record = ActionRecord {
+        action: Id([0; 32]),
+        output: endless,
+        size: granary_explain::record::MAX_RECORD + 1,
+        put_time: SystemTime::now(),
+        placement: Placement::Object,
+        build_time: None,
+        signature: None,
+    };
+    let answer = granary_remote::reapi::encode(&record, None);
+    let server = Hostile::start(move |method, path| match (method, path) {
+        ("GET", p) if p.starts_with("/ac/") => Reply::Full(200, answer.clone()),
+        ("GET", _) => Reply::Stream {
+            every: Duration::from_millis(10),
+            next: Box::new(|_| Some(vec![0; 64 * 1024])),
+        },
+        _ => Reply::Full(200, Vec::new()),
+    });
+    let sb = Sandbox::new();
+    let started = Instant::now();
+    let mut cmd = Command::new(granary());
+    without_granary_env(&mut cmd)
+        .arg("explain")
+        .args(["--dir", sb.path("cache").to_str().unwrap()])
+        .args(["--remote", &server.url(), "--remote-timeout", "2s"])
+        .args(["--", "go", "version"])
+        .current_dir(sb.path(""));
+    let out = cmd.output().unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("more than a record may be"), "{stderr}");
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|r| r.contains("/ac/")),
+        "the record was looked up: {requests:?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with("GET") && r.contains("/cas/")),
+        "its body was asked for: {requests:?}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
