@@ -230,22 +230,30 @@ fn anchors(markdown: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn markdown_files() -> Vec<PathBuf> {
-    let root = repo();
-    let mut files = ["README.md", "CHANGELOG.md", "ARCHITECTURE.md"]
-        .map(|f| root.join(f))
-        .to_vec();
-    let mut folders = vec![root.join("docs")];
+/// Every file under `folder` whose name ends in `.{extension}`.
+fn files_under(folder: PathBuf, extension: &str) -> Vec<PathBuf> {
+    let mut files = vec![];
+    let mut folders = vec![folder];
     while let Some(folder) = folders.pop() {
         for entry in fs::read_dir(&folder).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 folders.push(path);
-            } else if path.extension().is_some_and(|e| e == "md") {
+            } else if path.extension().is_some_and(|e| e == extension) {
                 files.push(path);
             }
         }
     }
+    files
+}
+
+/// The front-page documents and everything in docs/.
+fn markdown_files() -> Vec<PathBuf> {
+    let root = repo();
+    let mut files = ["README.md", "CHANGELOG.md", "ARCHITECTURE.md"]
+        .map(|f| root.join(f))
+        .to_vec();
+    files.extend(files_under(root.join("docs"), "md"));
     files
 }
 
@@ -346,23 +354,6 @@ fn the_code_map_names_every_crate() {
     );
 }
 
-/// Every `.rs` file under `crates/`.
-fn sources() -> Vec<PathBuf> {
-    let mut files = vec![];
-    let mut folders = vec![repo().join("crates")];
-    while let Some(folder) = folders.pop() {
-        for entry in fs::read_dir(&folder).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
-    files
-}
-
 #[test]
 fn the_invariants_are_numbered_in_order_and_cited_as_they_are() {
     let architecture = fs::read_to_string(repo().join("ARCHITECTURE.md")).unwrap();
@@ -385,7 +376,7 @@ fn the_invariants_are_numbered_in_order_and_cited_as_they_are() {
 
     let mut wrong = vec![];
     let mut files = markdown_files();
-    files.extend(sources());
+    files.extend(files_under(repo().join("crates"), "rs"));
     for file in files {
         let text = fs::read_to_string(&file).unwrap();
         let name = file
