@@ -75,12 +75,12 @@ pub(super) async fn publish(prefetch: &Prefetch) {
     let latest_job = std::mem::take(&mut *lock(&prefetch.latest_job));
     let dir = remote.store.dir().join(JOURNALS);
     let merged = tokio::task::spawn_blocking(move || {
-        let runs = Runs {
+        let usage = RunUsage {
             latest_job,
             used,
             build_times,
         };
-        Journal::merge(dir, &scope, runs, &known)
+        Journal::merge(dir, &scope, usage, &known)
     })
     .await
     .map_err(|e| e.to_string())
@@ -344,7 +344,7 @@ struct JournalEntry {
 
 /// What a run brings to its scope's journal.
 #[derive(Debug, Default)]
-struct Runs {
+struct RunUsage {
     /// What the job before used, by the manifest this run read.
     latest_job: Vec<Id>,
     /// What this run used, in order.
@@ -369,14 +369,14 @@ impl Journal {
     fn merge(
         dir: PathBuf,
         scope: &str,
-        runs: Runs,
+        usage: RunUsage,
         packs: &HashMap<Id, PackRef>,
     ) -> std::io::Result<(Journal, Vec<JournalEntry>)> {
-        let Runs {
+        let RunUsage {
             latest_job,
             used,
             build_times,
-        } = runs;
+        } = usage;
         let took = |action: &Id| build_times.get(action).copied();
         fs::create_dir_all(&dir)?;
         let name = scope_key_name(scope);
@@ -543,8 +543,8 @@ mod tests {
         }
     }
 
-    fn runs(latest_job: Vec<Id>, used: Vec<Id>) -> Runs {
-        Runs {
+    fn usage(latest_job: Vec<Id>, used: Vec<Id>) -> RunUsage {
+        RunUsage {
             latest_job,
             used,
             build_times: HashMap::new(),
@@ -580,13 +580,13 @@ mod tests {
         let journals = dir.path().join(JOURNALS);
         let packed = pack(9, 1, Duration::ZERO);
         let packs = HashMap::from([(Id([2; 32]), packed)]);
-        let mut first = runs(vec![], vec![Id([1; 32]), Id([2; 32])]);
+        let mut first = usage(vec![], vec![Id([1; 32]), Id([2; 32])]);
         first.build_times = HashMap::from([(Id([1; 32]), Duration::from_millis(250))]);
         let (journal, entries) = Journal::merge(journals.clone(), "s", first, &packs).unwrap();
         assert_eq!(entries.len(), 2);
         journal.write(&entries).unwrap();
         drop(journal);
-        let mut second = runs(vec![Id([9; 32])], vec![Id([2; 32]), Id([3; 32])]);
+        let mut second = usage(vec![Id([9; 32])], vec![Id([2; 32]), Id([3; 32])]);
         second.build_times = HashMap::from([(Id([3; 32]), Duration::from_millis(40))]);
         let (journal, entries) =
             Journal::merge(journals.clone(), "s", second, &HashMap::new()).unwrap();
@@ -607,7 +607,7 @@ mod tests {
         journal.write(&stale).unwrap();
         drop(journal);
         let (_journal, entries) =
-            Journal::merge(journals, "s", Runs::default(), &HashMap::new()).unwrap();
+            Journal::merge(journals, "s", RunUsage::default(), &HashMap::new()).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].build_time, Some(Duration::from_millis(40)));
         assert_eq!(parse_line("garbage"), None);
@@ -629,7 +629,7 @@ mod tests {
             let (journal, entries) = Journal::merge(
                 journals.clone(),
                 "s",
-                runs(hashes(latest_job), hashes(used)),
+                usage(hashes(latest_job), hashes(used)),
                 &packs,
             )
             .unwrap();

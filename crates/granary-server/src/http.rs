@@ -665,7 +665,6 @@ fn method_name(method: &Method) -> &'static str {
     }
 }
 
-/// 401, with why the credential was refused if it was.
 /// Why `path`, which looks like a cache key, is none: its instance name, or
 /// the rest.
 fn not_a_key(path: &str) -> String {
@@ -683,6 +682,7 @@ fn not_a_key(path: &str) -> String {
     }
 }
 
+/// 401, with why the credential was refused if it was.
 fn unauthorized(identity: Option<&Identity>) -> Response<Body> {
     let message = match identity {
         Some(identity) => identity.unauthorized_message(),
