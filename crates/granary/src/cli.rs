@@ -322,8 +322,8 @@ pub struct RemoteArgs {
     /// Share the cache through this bucket or cache server: s3://BUCKET/PREFIX,
     /// gs://BUCKET/PREFIX, az://CONTAINER/PREFIX (or
     /// https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX),
-    /// http(s)://HOST:PORT[/PREFIX] for granary serve or bazel-remote, or
-    /// grpc(s)://HOST:PORT[/INSTANCE] for any REAPI cache (granary serve, bazel-remote,
+    /// http(s)://HOST:PORT[/NAMESPACE] for granary serve or bazel-remote, or
+    /// grpc(s)://HOST:PORT[/NAMESPACE] for any REAPI cache (granary serve, bazel-remote,
     /// BuildBuddy, Buildbarn, NativeLink, EngFlow) [default: none]
     #[arg(long, env = "GRANARY_REMOTE", value_name = "URL")]
     pub remote: Option<String>,

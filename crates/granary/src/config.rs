@@ -293,7 +293,7 @@ pub fn remote(
     } else {
         anyhow::bail!(
             "`{url}` is not a remote this build knows; use {OBJECT_URLS}, or a cache server's \
-             http(s)://HOST:PORT[/PREFIX] or grpc(s)://HOST:PORT[/INSTANCE]"
+             http(s)://HOST:PORT[/NAMESPACE] or grpc(s)://HOST:PORT[/NAMESPACE]"
         );
     };
     Ok(Some(Remote {
