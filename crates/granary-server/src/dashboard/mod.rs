@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -97,16 +97,12 @@ pub struct Answer {
 pub struct Dashboard {
     http: AtomicU64,
     grpc: AtomicU64,
-    namespaces: Mutex<Namespaces>,
+    /// Action-cache requests by namespace name, in the order first seen.
+    /// Read-locked on a request's path; written only for a new name.
+    namespaces: RwLock<Vec<(String, AtomicU64)>>,
     history: Mutex<VecDeque<Sample>>,
     page: Bytes,
     policy: HeaderValue,
-}
-
-#[derive(Debug, Default)]
-struct Namespaces {
-    names: Vec<String>,
-    counts: Vec<u64>,
 }
 
 /// Which face a request came in by.
@@ -132,7 +128,7 @@ impl Default for Dashboard {
         Dashboard {
             http: AtomicU64::new(0),
             grpc: AtomicU64::new(0),
-            namespaces: Mutex::default(),
+            namespaces: RwLock::default(),
             history: Mutex::new(VecDeque::with_capacity(KEPT)),
             page: Bytes::from(html),
             policy: HeaderValue::from_str(&policy).expect("a policy is a header value"),
@@ -158,29 +154,45 @@ impl Dashboard {
     /// Counts an action-cache request of namespace `name` ("" for the
     /// default one).
     pub fn count_namespace(&self, name: &str) {
-        let mut namespaces = self
-            .namespaces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Namespaces { names, counts } = &mut *namespaces;
-        let at = match names.iter().position(|n| n == name) {
-            Some(at) => at,
-            None => {
-                let name = match names.len() + 1 < NAMESPACES {
-                    true => name,
-                    false => OTHERS,
-                };
-                match names.iter().position(|n| n == name) {
-                    Some(at) => at,
-                    None => {
-                        names.push(name.to_owned());
-                        counts.push(0);
-                        names.len() - 1
-                    }
-                }
-            }
+        let count = |names: &[(String, AtomicU64)], name: &str| {
+            let found = names.iter().find(|(n, _)| n == name);
+            found
+                .map(|(_, count)| count.fetch_add(1, Relaxed))
+                .is_some()
         };
-        counts[at] += 1;
+        if count(
+            &self
+                .namespaces
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+            name,
+        ) {
+            return;
+        }
+        let mut names = self
+            .namespaces
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Past the bound, the rest share one name.
+        let name = match names.len() + 1 < NAMESPACES {
+            true => name,
+            false => OTHERS,
+        };
+        if !count(&names, name) {
+            names.push((name.to_owned(), AtomicU64::new(1)));
+        }
+    }
+
+    /// The namespaces' names and counts, in the order first seen.
+    fn namespace_counts(&self) -> (Vec<String>, Vec<u64>) {
+        let names = self
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        names
+            .iter()
+            .map(|(name, count)| (name.clone(), count.load(Relaxed)))
+            .unzip()
     }
 
     /// The counters now.
@@ -195,12 +207,7 @@ impl Dashboard {
                 .map(|kind| family.get_or_create(&KindLabels { kind }).get())
                 .sum()
         };
-        let namespaces = self
-            .namespaces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .counts
-            .clone();
+        let (_, namespaces) = self.namespace_counts();
         Sample {
             t: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -250,12 +257,7 @@ impl Dashboard {
             .filter(|s| s.t > since)
             .cloned()
             .collect();
-        let names = self
-            .namespaces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .names
-            .clone();
+        let (names, _) = self.namespace_counts();
         Answer {
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: uptime.as_secs(),
@@ -303,13 +305,13 @@ mod tests {
         }
         dashboard.count_namespace("ns-0");
         dashboard.count_namespace("");
-        let namespaces = dashboard.namespaces.lock().unwrap();
-        assert_eq!(namespaces.names.len(), NAMESPACES);
-        assert_eq!(namespaces.names.last().unwrap(), OTHERS);
-        assert_eq!(namespaces.counts[0], 2, "ns-0 counted twice");
+        let (names, counts) = dashboard.namespace_counts();
+        assert_eq!(names.len(), NAMESPACES);
+        assert_eq!(names.last().unwrap(), OTHERS);
+        assert_eq!(counts[0], 2, "ns-0 counted twice");
         let others = NAMESPACES - 1;
-        assert_eq!(namespaces.counts[others], 100 - (NAMESPACES as u64 - 1) + 1);
-        assert_eq!(namespaces.counts.iter().sum::<u64>(), 102);
+        assert_eq!(counts[others], 100 - (NAMESPACES as u64 - 1) + 1);
+        assert_eq!(counts.iter().sum::<u64>(), 102);
     }
 
     #[test]
