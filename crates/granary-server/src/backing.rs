@@ -8,21 +8,22 @@
 //! Several servers can share one bucket this way.
 //!
 //! Keys in the backing store: `<prefix>/granary-serve-v1/{ac,cas}/<hex>`,
-//! bodies as the clients sent them.
+//! bodies as the clients sent them (decoded if the disk keeps them
+//! compressed).
 
 use std::fmt;
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
 use granary_remote::{BlobStore, RemoteError, STREAM_ABOVE};
-use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::check::Check;
-use crate::disk::{Begun, Disk, Refusal, Upload, Writer};
+use crate::codec;
+use crate::disk::{Begun, Blob, Disk, Found, Refusal, Upload, Writer};
 use crate::key::Key;
 use crate::metrics::Metrics;
+use crate::service::{Receiving, stored_bytes};
 
 /// Blobs waiting to be written behind, at most.
 const QUEUE: usize = 16 * 1024;
@@ -34,8 +35,6 @@ const UPLOAD_MEMORY: u32 = 256 * 1024 * 1024;
 
 /// The name of the server's layout in the backing store.
 const LAYOUT: &str = "granary-serve-v1";
-/// Bytes read at a time for a streamed write-behind.
-const CHUNK: usize = 1 << 20;
 
 /// The backing store and its write-behind queue.
 pub struct Backing {
@@ -108,8 +107,9 @@ impl Backing {
         let upload = writer.upload();
         let blobs = self.blobs.clone();
         let metrics = self.metrics.clone();
+        let disk = disk.clone();
         tokio::spawn(async move {
-            match fetch(&*blobs, writer).await {
+            match fetch(&*blobs, &disk, writer).await {
                 Ok(true) => {
                     metrics.backing_fetches.inc();
                 }
@@ -126,9 +126,9 @@ impl Backing {
 
 /// Copies one blob from the backing store through `writer`, checking it as
 /// a client's upload is checked. `Ok(false)`: there is no such blob.
-async fn fetch(blobs: &dyn BlobStore, writer: Writer) -> Result<bool, String> {
+async fn fetch(blobs: &dyn BlobStore, disk: &Disk, writer: Writer) -> Result<bool, String> {
     let key = writer.key();
-    let stream = match blobs.get(&backing_key(&key)).await {
+    let mut stream = match blobs.get(&backing_key(&key)).await {
         Ok(Some(stream)) => stream,
         Ok(None) => {
             writer.missing();
@@ -137,23 +137,18 @@ async fn fetch(blobs: &dyn BlobStore, writer: Writer) -> Result<bool, String> {
         Err(e) => return Err(e.to_string()),
     };
     writer.found();
-    let mut stream = stream;
-    let mut writer = Some(writer);
-    let mut check = Check::new(key.kind);
+    let mut receiving = Receiving::new(key, Some(writer));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
-        check.update(&chunk).map_err(|rejected| rejected.message)?;
-        let taken = writer.take().expect("kept between chunks");
-        let (returned, result) = taken.write_off_runtime(chunk.to_vec()).await;
-        result.map_err(|e| e.to_string())?;
-        writer = Some(returned);
+        receiving
+            .take(&chunk)
+            .await
+            .map_err(|rejected| rejected.message)?;
     }
-    check.finish(&key).map_err(|rejected| rejected.message)?;
-    writer
-        .expect("kept between chunks")
-        .publish_off_runtime()
+    receiving
+        .finish(disk, None)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|rejected| rejected.message)?;
     Ok(true)
 }
 
@@ -182,11 +177,12 @@ async fn write_behind(
         };
         let (blobs, disk, metrics) = (blobs.clone(), disk.clone(), metrics.clone());
         tasks.spawn(async move {
-            let result = match disk.open_blob(&key) {
-                Ok(file) => write_one(&*blobs, &key, file, size)
+            let result = match disk.find(&key) {
+                Found::Blob(blob) => write_one(&*blobs, &key, blob)
                     .await
                     .map_err(|e| e.to_string()),
-                Err(e) => Err(format!("cannot read it: {e}")),
+                // Evicted, or being written again (and queued again then).
+                Found::Upload(_) | Found::Missing => Ok(()),
             };
             match result {
                 Ok(()) => {
@@ -204,23 +200,28 @@ async fn write_behind(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Copies one blob to the backing store: whole if small, else as a stream
-/// of chunks read as the upload takes them.
-async fn write_one(
-    blobs: &dyn BlobStore,
-    key: &Key,
-    file: std::fs::File,
-    size: u64,
-) -> Result<(), RemoteError> {
-    let mut file = tokio::fs::File::from_std(file);
+/// Copies one blob to the backing store, decoded: whole if small, else
+/// as a stream of chunks read as the upload takes them.
+async fn write_one(blobs: &dyn BlobStore, key: &Key, blob: Blob) -> Result<(), RemoteError> {
+    let cannot_read =
+        |e: &dyn fmt::Display| RemoteError::LocalFile(format!("cannot read {key}: {e}"));
+    let size = blob.size;
     if size <= STREAM_ABOVE {
-        let mut bytes = Vec::with_capacity(size as usize);
-        file.read_to_end(&mut bytes)
+        let bytes = tokio::task::spawn_blocking(move || blob.read_all())
             .await
-            .map_err(|e| RemoteError::LocalFile(format!("cannot read {key}: {e}")))?;
+            .expect("reading does not panic")
+            .map_err(|e| cannot_read(&e))?;
         return blobs.put(&backing_key(key), bytes.into()).await;
     }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK)
+    let compressed = blob.compressed;
+    let stream = stored_bytes(*key, blob, 0)
+        .await
+        .map_err(|e| cannot_read(&e))?;
+    let stream = match compressed {
+        true => codec::decoded(stream),
+        false => stream,
+    };
+    let stream = stream
         .map_err(|e| RemoteError::LocalFile(format!("cannot read the blob: {e}")))
         .boxed();
     blobs

@@ -37,10 +37,11 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use zstd::bulk::Compressor;
 
 use crate::check::MAX_ACTION_RESULT;
-use crate::disk::{Blob, Disk, Found};
+use crate::disk::Blob;
 use crate::frames::{Frames, LEVEL, MAX_FRAMED};
 use crate::key::{Key, Kind};
 use crate::metrics::{KindLabels, Metrics};
+use crate::service::Service;
 
 /// Most action IDs one request may name.
 pub const MAX_BATCH: usize = 10_000;
@@ -111,18 +112,17 @@ pub fn accepts_zstd(headers: &http::HeaderMap) -> bool {
 /// holds `turn` until it is done, and gives up on a client that takes no
 /// chunk for `idle`.
 pub fn answer(
-    disk: Arc<Disk>,
-    metrics: Arc<Metrics>,
+    service: Arc<Service>,
     keys: Vec<Asked>,
-    zstd: Option<Arc<Frames>>,
-    idle: Duration,
+    zstd: bool,
     turn: OwnedSemaphorePermit,
 ) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (sender, receiver) = mpsc::channel(CHANNEL);
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        let zstd = match zstd.map(|frames| Compressor::new(LEVEL).map(|c| (frames, c))) {
+        let frames = zstd.then(|| service.frames.clone());
+        let zstd = match frames.map(|frames| Compressor::new(LEVEL).map(|c| (frames, c))) {
             None => None,
             Some(Ok(zstd)) => Some(zstd),
             Some(Err(e)) => {
@@ -131,11 +131,11 @@ pub fn answer(
             }
         };
         let mut answer = Answer {
-            disk,
-            metrics,
+            metrics: service.metrics.clone(),
+            idle: service.idle_timeout,
+            service,
             sender,
             runtime,
-            idle,
             buffer: MAGIC.to_vec(),
             zstd,
         };
@@ -149,7 +149,7 @@ pub fn answer(
 }
 
 struct Answer {
-    disk: Arc<Disk>,
+    service: Arc<Service>,
     metrics: Arc<Metrics>,
     sender: mpsc::Sender<std::io::Result<Bytes>>,
     /// To wait for the client, with a deadline, from the blocking thread.
@@ -201,7 +201,7 @@ impl Answer {
                         }
                         continue;
                     }
-                    let mut file = &blob.file;
+                    let mut file = blob.reader().or_else(|e| self.fail(e))?;
                     let mut left = blob.size;
                     while left > 0 {
                         if self.buffer.len() >= CHUNK {
@@ -236,18 +236,15 @@ impl Answer {
     /// length is not the one the result names (damaged on disk: it must
     /// not be sent, nor kept compressed).
     fn entry(&self, key: &Key) -> Option<(Vec<u8>, Option<CasBlob>)> {
-        let Found::Blob(blob) = self.disk.find(key) else {
-            return None;
-        };
+        let blob = self.service.stored(key)?;
         if blob.size > MAX_ACTION_RESULT {
             return None;
         }
-        let mut record = vec![0; blob.size as usize];
-        (&blob.file).read_exact(&mut record).ok()?;
+        let record = blob.read_all().ok()?;
         let object = match output_in_cas(&record)? {
             None => None,
-            Some((cas, size)) => match self.disk.find(&cas) {
-                Found::Blob(blob) if blob.size == size => Some((cas, blob)),
+            Some((cas, size)) => match self.service.stored(&cas) {
+                Some(blob) if blob.size == size => Some((cas, blob)),
                 _ => return None,
             },
         };

@@ -21,6 +21,8 @@ pub enum Followed {
     /// The backing store has no such blob.
     Missing,
     Failed,
+    /// It was published before its file could be opened: it is stored.
+    Published,
 }
 
 /// Waits until the upload's source is known, then opens its file.
@@ -35,15 +37,24 @@ pub async fn follow(upload: Arc<Upload>) -> Followed {
         State::Failed => return Followed::Failed,
         State::Asking | State::Writing | State::Done => {}
     }
-    match upload.open() {
-        Ok(file) => Followed::Stream(Follower {
-            upload,
-            file: tokio::fs::File::from_std(file),
-            position: 0,
-            progress,
-        }),
-        Err(_) => Followed::Missing,
-    }
+    let Ok(file) = upload.open() else {
+        // Its file is gone: it was published (look it up again) or
+        // abandoned; either way its state says so at once.
+        let ended = progress
+            .wait_for(|p| !matches!(p.state, State::Asking | State::Writing))
+            .await;
+        return match ended.map(|p| p.state) {
+            Ok(State::Done) => Followed::Published,
+            Ok(State::Missing) => Followed::Missing,
+            _ => Followed::Failed,
+        };
+    };
+    Followed::Stream(Follower {
+        upload,
+        file: tokio::fs::File::from_std(file),
+        position: 0,
+        progress,
+    })
 }
 
 /// Reads an upload's file up to where its writer got, waiting for more.

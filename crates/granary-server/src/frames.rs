@@ -85,6 +85,10 @@ impl Frames {
         blob: &Blob,
         compressor: &mut Compressor<'static>,
     ) -> std::io::Result<Bytes> {
+        if blob.compressed {
+            // Stored as one frame already.
+            return blob.read_stored().map(Bytes::from);
+        }
         let mut compressed = false;
         let mut compress = || {
             compressed = true;

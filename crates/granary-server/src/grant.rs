@@ -70,6 +70,10 @@ fn segment_matches(glob: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+/// Where a credential's namespaces come from, for refusals.
+pub const NAMESPACE_SOURCES: &str = "the namespaces= of its line in the tokens file, or the \
+     server's [[serve.oidc.rule]] its claims match, say which it may";
+
 #[cfg(test)]
 mod tests {
     use super::*;

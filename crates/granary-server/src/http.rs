@@ -20,7 +20,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, TryStreamExt};
@@ -33,45 +33,20 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::sync::Semaphore;
 
-use crate::auth::{Auth, Identity};
-use crate::backing::Backing;
+use crate::auth::Identity;
 use crate::batch;
-use crate::check::MAX_ACTION_RESULT;
-use crate::check::{Check, Rejected, refusal_status};
-use crate::dashboard::{self, Dashboard, Face};
-use crate::disk::{Blob, Disk, Found, Refusal, Upload, Writer};
-use crate::follow::{CHUNK, Followed, follow};
-use crate::frames::Frames;
-use crate::grant::Access;
+use crate::check::{MAX_ACTION_RESULT, Rejected, Why};
+use crate::dashboard::{self, Face};
+use crate::grant::{Access, NAMESPACE_SOURCES};
 use crate::key::{Key, Kind, batch_instance};
-use crate::metrics::{KindLabels, LatencyLabels, Metrics, RequestLabels};
+use crate::metrics::{KindLabels, LatencyLabels, RequestLabels};
 use crate::pace::Pace;
+use crate::service::{Held, Opened, Service, Unreadable, read_whole, stored_bytes};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Blobs up to this size are read whole and sent in one piece.
 const SMALL_BLOB: u64 = 64 * 1024;
-/// A PUT's bytes are written once this many have gathered, or when the
-/// client pauses.
-const WRITE_BATCH: usize = 256 * 1024;
-
-/// What every request needs.
-#[derive(Debug)]
-pub struct Service {
-    pub disk: Arc<Disk>,
-    pub auth: Auth,
-    pub metrics: Arc<Metrics>,
-    /// Compressed blobs for batch answers.
-    pub frames: Arc<Frames>,
-    pub backing: Option<Backing>,
-    /// How long a client may leave a request body without a byte.
-    pub idle_timeout: Duration,
-    /// Turns to write a batch answer (see [`batch::BATCHES_AT_ONCE`]).
-    pub batch_turns: Arc<Semaphore>,
-    pub dashboard: Arc<Dashboard>,
-    pub started: Instant,
-    pub tls: bool,
-}
 
 impl Service {
     /// Who sent `request`; a refused credential is counted.
@@ -81,16 +56,6 @@ impl Service {
             .get(AUTHORIZATION)
             .map(HeaderValue::as_bytes);
         self.identify_header(authorization).await
-    }
-
-    /// Who sent a request with this `Authorization` header (or gRPC
-    /// `authorization` metadata); a refused credential is counted.
-    pub async fn identify_header(&self, authorization: Option<&[u8]>) -> Identity {
-        let identity = self.auth.identify(authorization).await;
-        if let Some(refusal) = &identity.refusal {
-            self.metrics.refuse_credential(refusal.reason);
-        }
-        identity
     }
 
     /// Answers one request of a connection whose batch answers under way
@@ -121,7 +86,7 @@ impl Service {
     }
 
     async fn route(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         connection_batches: Arc<Semaphore>,
     ) -> (&'static str, Response<Body>) {
@@ -221,7 +186,10 @@ impl Service {
         }
         let response = match *request.method() {
             Method::PUT => self.put(key, request).await,
-            ref method => self.get(key, *method == Method::HEAD).await,
+            ref method => {
+                let zstd = batch::accepts_zstd(request.headers());
+                self.get(key, *method == Method::HEAD, zstd).await
+            }
         };
         (key.kind.name(), response)
     }
@@ -230,7 +198,7 @@ impl Service {
     /// is taken before the request is read and kept until the answer is
     /// sent or dropped; the server's turn only while it is written.
     async fn batch(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         instance: &str,
         connection_batches: Arc<Semaphore>,
@@ -280,7 +248,6 @@ impl Service {
             Ok(keys) => keys,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
-        let frames = zstd.then(|| self.frames.clone());
         let Ok(server_turn) =
             tokio::time::timeout(self.idle_timeout, self.batch_turns.clone().acquire_owned()).await
         else {
@@ -290,14 +257,7 @@ impl Service {
             );
         };
         let server_turn = server_turn.expect("never closed");
-        let chunks = batch::answer(
-            self.disk.clone(),
-            self.metrics.clone(),
-            keys,
-            frames,
-            self.idle_timeout,
-            server_turn,
-        );
+        let chunks = batch::answer(self.clone(), keys, zstd, server_turn);
         let stream = futures_util::stream::unfold(
             (chunks, connection_turn),
             |(mut chunks, turn)| async move {
@@ -318,30 +278,26 @@ impl Service {
         response
     }
 
-    async fn get(&self, key: Key, head: bool) -> Response<Body> {
+    /// A GET or HEAD; with `zstd`, a blob stored compressed is sent as it
+    /// is stored.
+    async fn get(&self, key: Key, head: bool, zstd: bool) -> Response<Body> {
+        let response = match head {
+            true => match self.held(&key).await {
+                Held::Stored(size) => {
+                    let mut response = empty(StatusCode::OK);
+                    set_length(&mut response, size);
+                    response
+                }
+                Held::InBacking => empty(StatusCode::OK),
+                Held::Absent => empty(StatusCode::NOT_FOUND),
+            },
+            false => match self.open(key).await {
+                Ok(opened) => self.send(key, opened, zstd).await,
+                Err(unreadable) => unreadable_response(&unreadable),
+            },
+        };
         let kind = KindLabels {
             kind: key.kind.name(),
-        };
-        let response = match self.disk.find(&key) {
-            Found::Blob(blob) if head => {
-                let mut response = empty(StatusCode::OK);
-                set_length(&mut response, blob.size);
-                response
-            }
-            Found::Blob(blob) => self.send_blob(blob),
-            Found::Upload(_) if head => empty(StatusCode::NOT_FOUND),
-            Found::Upload(upload) => self.follow(upload).await,
-            Found::Missing => match &self.backing {
-                Some(backing) if head => match backing.exists(&key).await {
-                    true => empty(StatusCode::OK),
-                    false => empty(StatusCode::NOT_FOUND),
-                },
-                Some(backing) => match backing.fetch(&self.disk, key) {
-                    Ok(upload) => self.follow(upload).await,
-                    Err(refusal) => refusal_response(&refusal),
-                },
-                None => empty(StatusCode::NOT_FOUND),
-            },
         };
         if response.status() == StatusCode::OK {
             self.metrics.hits.get_or_create(&kind).inc();
@@ -351,67 +307,58 @@ impl Service {
         response
     }
 
-    /// A complete blob: small ones in one piece, others as a stream that
-    /// keeps the blob pinned until the last byte is sent.
-    fn send_blob(&self, blob: Blob) -> Response<Body> {
-        let size = blob.size;
-        let body = if size <= SMALL_BLOB {
-            // A read from the page cache, shorter than a trip to the
-            // blocking pool.
-            let mut bytes = vec![0; size as usize];
-            if let Err(e) = io::Read::read_exact(&mut (&blob.file), &mut bytes) {
-                return text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot read the blob: {e}\n"),
-                );
-            }
-            self.metrics.bytes_sent.inc_by(bytes.len() as u64);
-            Full::new(Bytes::from(bytes))
-                .map_err(|never| match never {})
-                .boxed_unsync()
-        } else {
-            let Blob { file, size: _, pin } = blob;
-            let sent = self.metrics.bytes_sent.clone();
-            let stream =
-                tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), CHUNK)
-                    .inspect_ok(move |chunk| {
-                        let _pinned = &pin;
-                        sent.inc_by(chunk.len() as u64);
-                    });
-            StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync()
+    /// An opened blob: a small stored one read at once and sent in one
+    /// piece; others streamed as the client takes them. With `zstd`, a
+    /// blob stored compressed goes as it is stored.
+    async fn send(&self, key: Key, opened: Opened, zstd: bool) -> Response<Body> {
+        let (length, encoded, varies) = match &opened {
+            Opened::Stored(blob) if blob.compressed && zstd => (Some(blob.stored), true, true),
+            Opened::Stored(blob) => (Some(blob.size), false, blob.compressed),
+            Opened::Arriving(follower) => (follower.expected(), false, false),
         };
-        let mut response = Response::new(body);
-        set_length(&mut response, size);
-        response
-    }
-
-    /// Streams a blob as it is being written, from the writer's file.
-    async fn follow(&self, upload: Arc<Upload>) -> Response<Body> {
-        let follower = match follow(upload).await {
-            Followed::Stream(follower) => follower,
-            Followed::Missing => return empty(StatusCode::NOT_FOUND),
-            Followed::Failed => {
-                return text(StatusCode::BAD_GATEWAY, "the blob's upload failed\n");
+        let mut response = match opened {
+            Opened::Stored(blob) if blob.size <= SMALL_BLOB => {
+                // A read from the page cache, shorter than a trip to the
+                // blocking pool.
+                match read_whole(key, &blob, zstd) {
+                    Ok(whole) => {
+                        self.metrics.bytes_sent.inc_by(whole.bytes.len() as u64);
+                        text(StatusCode::OK, whole.bytes)
+                    }
+                    Err(unreadable) => return unreadable_response(&unreadable),
+                }
+            }
+            opened => {
+                let stream = match (opened, encoded) {
+                    (Opened::Stored(blob), true) => stored_bytes(key, blob, 0).await,
+                    (opened, _) => self.bytes_from(key, opened, 0).await,
+                };
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(unreadable) => return unreadable_response(&unreadable),
+                };
+                let sent = self.metrics.bytes_sent.clone();
+                let stream = stream.inspect_ok(move |chunk| {
+                    sent.inc_by(chunk.len() as u64);
+                });
+                Response::new(StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync())
             }
         };
-        let expected = follower.expected();
-        let sent = self.metrics.bytes_sent.clone();
-        let stream = futures_util::stream::unfold(follower, |mut follower| async move {
-            let chunk = follower.next_chunk().await?;
-            Some((chunk, follower))
-        })
-        .inspect_ok(move |chunk| {
-            sent.inc_by(chunk.len() as u64);
-        });
-        let mut response =
-            Response::new(StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync());
-        if let Some(expected) = expected {
-            set_length(&mut response, expected);
+        if let Some(length) = length {
+            set_length(&mut response, length);
+        }
+        if encoded {
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        }
+        if varies {
+            let headers = response.headers_mut();
+            headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
         }
         response
     }
 
-    async fn put(&self, key: Key, request: Request<Incoming>) -> Response<Body> {
+    async fn put(self: &Arc<Self>, key: Key, request: Request<Incoming>) -> Response<Body> {
         let length = match request.headers().get(CONTENT_LENGTH) {
             None => None,
             Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
@@ -420,31 +367,26 @@ impl Service {
             },
         };
         if key.kind == Kind::Ac && length.is_some_and(|l| l > MAX_ACTION_RESULT) {
-            self.metrics.reject("too_large");
+            self.metrics.reject(Why::TooLarge.reason());
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("an action result is at most {MAX_ACTION_RESULT} bytes\n"),
             );
         }
-        match self.store(key, length, request.into_body()).await {
-            Ok(()) => {
-                if let Some(backing) = &self.backing {
-                    backing.queue(key);
-                }
-                empty(StatusCode::OK)
-            }
+        match self.put_body(key, length, request.into_body()).await {
+            Ok(()) => empty(StatusCode::OK),
             Err(rejected) => {
-                self.metrics.reject(rejected.reason);
-                text(rejected.status, format!("{}\n", rejected.message))
+                self.metrics.reject(rejected.why.reason());
+                text(status_of(rejected.why), format!("{}\n", rejected.message))
             }
         }
     }
 
     /// Stores a PUT's body. A small body that is already here in full is
-    /// checked and stored in one trip to the blocking pool (no one could
-    /// follow it anyway); any other streams through a [`Writer`].
-    async fn store(
-        &self,
+    /// stored in one trip to the blocking pool (no one could follow it
+    /// anyway); any other streams in as it comes.
+    async fn put_body(
+        self: &Arc<Self>,
         key: Key,
         length: Option<u64>,
         mut body: Incoming,
@@ -464,94 +406,35 @@ impl Service {
         }
         self.metrics.bytes_received.inc_by(first.len() as u64);
         if complete {
-            let mut check = Check::new(key.kind);
-            check.update(&first)?;
             if length != Some(first.len() as u64) {
                 return Err(short(first.len() as u64, length));
             }
-            check.finish(&key)?;
-            let disk = self.disk.clone();
-            return tokio::task::spawn_blocking(move || disk.store(key, &first))
-                .await
-                .expect("storing does not panic")
-                .map_err(|refusal| Rejected::from_refusal(&refusal));
+            return self.store(key, first).await;
         }
-        // A CAS blob stored already is only checked, not written again.
-        let stored = key.kind == Kind::Cas
-            && length.is_some_and(|length| self.disk.contains(&key) == Some(length));
-        let writer = if stored {
-            None
-        } else {
-            let writer = self.disk.begin(key, length);
-            Some(writer.map_err(|refusal| Rejected::from_refusal(&refusal))?)
-        };
-        self.receive(key, writer, length, first, body).await
-    }
-
-    /// Writes a PUT's body through `writer`, checks it, and publishes it;
-    /// without a writer, checks it and records a use of the stored blob.
-    async fn receive(
-        &self,
-        key: Key,
-        mut writer: Option<Writer>,
-        length: Option<u64>,
-        first: Vec<u8>,
-        mut body: Incoming,
-    ) -> Result<(), Rejected> {
-        let mut check = Check::new(key.kind);
-        check.update(&first)?;
-        let mut batch = first;
+        let mut receiving = self.receive(key, length)?;
+        receiving.take(&first).await?;
         let mut pace = Pace::new(self.idle_timeout);
-        pace.received(batch.len() as u64);
-        let mut received = batch.len() as u64;
+        pace.received(first.len() as u64);
         loop {
             let frame = match body.frame().now_or_never() {
                 Some(frame) => frame,
                 None => {
                     // The client paused: let followers have what came so far.
-                    write_batch(&mut writer, &mut batch).await?;
-                    match tokio::time::timeout_at(pace.deadline(), body.frame()).await {
-                        Ok(frame) => frame,
-                        Err(_) => {
-                            return Err(Rejected::new(
-                                StatusCode::REQUEST_TIMEOUT,
-                                "incomplete",
-                                pace.too_slow(),
-                            ));
-                        }
-                    }
+                    receiving.flush().await?;
+                    tokio::time::timeout_at(pace.deadline(), body.frame())
+                        .await
+                        .map_err(|_| Rejected::new(Why::TimedOut, pace.too_slow()))?
                 }
             };
             let Some(frame) = frame else { break };
-            let frame = frame.map_err(cut)?;
-            let Ok(data) = frame.into_data() else {
+            let Ok(data) = frame.map_err(cut)?.into_data() else {
                 continue;
             };
             self.metrics.bytes_received.inc_by(data.len() as u64);
             pace.received(data.len() as u64);
-            received += data.len() as u64;
-            check.update(&data)?;
-            batch.extend_from_slice(&data);
-            if batch.len() >= WRITE_BATCH {
-                write_batch(&mut writer, &mut batch).await?;
-            }
+            receiving.take(&data).await?;
         }
-        write_batch(&mut writer, &mut batch).await?;
-        if length.is_some_and(|length| received != length) {
-            return Err(short(received, length));
-        }
-        check.finish(&key)?;
-        match writer {
-            Some(writer) => writer
-                .publish_off_runtime()
-                .await
-                .map_err(|refusal| Rejected::from_refusal(&refusal)),
-            // Evicted meanwhile: as if it had been right after the write.
-            None => {
-                self.disk.use_stored(&key, received);
-                Ok(())
-            }
-        }
+        self.finish(receiving, length).await
     }
 
     /// The dashboard: static, so it is made once, with its policy.
@@ -621,37 +504,37 @@ impl Service {
 }
 
 fn cut(error: hyper::Error) -> Rejected {
-    Rejected::new(
-        StatusCode::BAD_REQUEST,
-        "incomplete",
-        format!("the body was cut: {error}"),
-    )
+    Rejected::incomplete(format!("the body was cut: {error}"))
 }
 
 fn short(received: u64, length: Option<u64>) -> Rejected {
-    Rejected::new(
-        StatusCode::BAD_REQUEST,
-        "incomplete",
-        format!(
-            "{received} bytes received of {}",
-            length.unwrap_or_default()
-        ),
-    )
+    Rejected::incomplete(format!(
+        "{received} bytes received of {}",
+        length.unwrap_or_default()
+    ))
 }
 
-/// Writes what has gathered, off the runtime; without a writer (the blob
-/// is stored already), drops it.
-async fn write_batch(writer: &mut Option<Writer>, batch: &mut Vec<u8>) -> Result<(), Rejected> {
-    if batch.is_empty() {
-        return Ok(());
+/// The status that says why an upload was refused.
+fn status_of(why: Why) -> StatusCode {
+    match why {
+        Why::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Why::Full => StatusCode::INSUFFICIENT_STORAGE,
+        Why::Io => StatusCode::INTERNAL_SERVER_ERROR,
+        Why::TimedOut => StatusCode::REQUEST_TIMEOUT,
+        Why::Incomplete | Why::HashMismatch | Why::Invalid => StatusCode::BAD_REQUEST,
     }
-    let Some(taken) = writer.take() else {
-        batch.clear();
-        return Ok(());
+}
+
+/// The answer to a read that cannot be served.
+fn unreadable_response(unreadable: &Unreadable) -> Response<Body> {
+    let status = match unreadable {
+        Unreadable::Missing(_) => return empty(StatusCode::NOT_FOUND),
+        Unreadable::UploadFailed(_) => StatusCode::BAD_GATEWAY,
+        Unreadable::Stalled { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Unreadable::Refused(refusal) => status_of(Rejected::from_refusal(refusal).why),
+        Unreadable::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let (returned, result) = taken.write_off_runtime(std::mem::take(batch)).await;
-    *writer = Some(returned);
-    result.map_err(|refusal| Rejected::from_refusal(&refusal))
+    text(status, format!("{unreadable}\n"))
 }
 
 fn method_name(method: &Method) -> &'static str {
@@ -702,10 +585,6 @@ fn forbidden() -> Response<Body> {
     )
 }
 
-/// Where a credential's namespaces come from, for refusals.
-pub const NAMESPACE_SOURCES: &str = "the namespaces= of its line in the tokens file, or the \
-     server's [[serve.oidc.rule]] its claims match, say which it may";
-
 fn outside_namespaces(instance: &str) -> Response<Body> {
     let instance = match instance {
         "" => "the default namespace".to_owned(),
@@ -715,10 +594,6 @@ fn outside_namespaces(instance: &str) -> Response<Body> {
         StatusCode::FORBIDDEN,
         format!("this token may not use the action cache of {instance}; {NAMESPACE_SOURCES}\n"),
     )
-}
-
-fn refusal_response(refusal: &Refusal) -> Response<Body> {
-    text(refusal_status(refusal), format!("{refusal}\n"))
 }
 
 fn set_length(response: &mut Response<Body>, length: u64) {

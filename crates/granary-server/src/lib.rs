@@ -10,14 +10,17 @@
 //! stored.
 //!
 //! Blobs live on disk (`disk.rs`): written to a temporary file, checked,
-//! renamed into place, so a crash never leaves a half-written blob where a
-//! reader could find it, and the index is rebuilt at start-up from file
-//! names and sizes alone. The disk tier has a size limit; least recently
-//! used blobs are evicted in the background down to a low watermark, and
-//! above a hard limit writes are refused with 507. A blob being sent is
-//! never evicted under its reader. A GET of a blob whose upload is still in
-//! progress follows the upload as it arrives; concurrent misses on one key
-//! fetch it once from the optional backing object store (`backing.rs`),
+//! compressed with zstd when that saves room, and renamed into place, so a
+//! crash never leaves a half-written blob where a reader could find it,
+//! and the index is rebuilt at start-up from file names and sizes alone.
+//! A client that takes zstd gets a compressed blob as it is stored; others
+//! get it decoded on the way. The disk tier has a size limit, counted in
+//! the blocks the files take; least recently used blobs are evicted in the
+//! background down to a low watermark, and above a hard limit writes are
+//! refused with 507. A blob being sent is never evicted under its reader.
+//! A GET of a blob whose upload is still in progress follows the upload as
+//! it arrives; concurrent misses on one key fetch it once from the
+//! optional backing object store (`backing.rs`),
 //! which also receives every upload in the background.
 //!
 //! Access is by bearer tokens of scope read or write, kept hashed in a
@@ -38,6 +41,7 @@ mod auth;
 mod backing;
 mod batch;
 mod check;
+mod codec;
 mod dashboard;
 mod disk;
 mod follow;
@@ -52,6 +56,7 @@ mod listen;
 mod metrics;
 mod oidc;
 mod pace;
+mod service;
 
 use std::future::Future;
 use std::io;
@@ -126,7 +131,7 @@ pub struct Server {
     listener: TcpListener,
     grpc_listener: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
-    service: Arc<http::Service>,
+    service: Arc<service::Service>,
     settings: Settings,
     rebuilt: Rebuilt,
     backing: Option<Arc<dyn BlobStore>>,
@@ -160,7 +165,7 @@ impl Server {
             .transpose()?;
         let frames = Arc::new(frames::Frames::new(settings.compressed_cache));
         let metrics = Arc::new(metrics::Metrics::new(&disk, &frames));
-        let service = Arc::new(http::Service {
+        let service = Arc::new(service::Service {
             disk,
             auth,
             metrics,
@@ -230,6 +235,7 @@ impl Server {
         });
         let service = Arc::new(service);
         let evictor = tokio::spawn(service.disk.clone().evict_forever());
+        let compressor = tokio::spawn(service.disk.clone().compress_forever());
         let sampler = tokio::spawn(dashboard::sample_forever(
             service.dashboard.clone(),
             service.disk.clone(),
@@ -272,6 +278,7 @@ impl Server {
             let _ = grpc.await;
         }
         evictor.abort();
+        compressor.abort();
         sampler.abort();
         reaper.abort();
         // Closing the queue lets the write-behind task finish what it has.

@@ -36,8 +36,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use crate::batch::BATCHES_PER_CONNECTION;
-use crate::http::{Body, Service};
+use crate::http::Body;
 use crate::metrics::RequestLabels;
+use crate::service::Service;
 
 /// Requests one HTTP/2 connection may have under way at once: each holds
 /// a little memory (a chunk of its answer, a file, a pin against

@@ -690,6 +690,76 @@ fn a_bytestream_write_that_breaks_off_resumes_and_one_that_stalls_ends_within_th
     });
 }
 
+/// A blob the server stores compressed: BatchReadBlobs and a
+/// `compressed-blobs` Read send it as stored, a plain Read decodes it,
+/// from any offset.
+#[test]
+fn blobs_stored_compressed_are_read_as_stored_or_decoded() {
+    let server = Server::start(&[]);
+    let blob = compressible(600_000, 4);
+    let d = digest(&blob);
+    assert_eq!(
+        request(server.addr, "PUT", &format!("/cas/{}", d.hash), &[], &blob).0,
+        200
+    );
+    runtime().block_on(async {
+        let channel = channel(&server).await;
+        let mut cas = ContentAddressableStorageClient::new(channel.clone());
+        let bytestream = ByteStreamClient::new(channel);
+        for accepted in [vec![], vec![compressor::Value::Zstd as i32]] {
+            let zstd = !accepted.is_empty();
+            let answer = cas
+                .batch_read_blobs(BatchReadBlobsRequest {
+                    digests: vec![d.clone()],
+                    acceptable_compressors: accepted,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let [read] = &answer.responses[..] else {
+                panic!("{answer:?}")
+            };
+            assert_eq!(read.status.as_ref().unwrap().code, 0);
+            let data = match zstd {
+                true => {
+                    assert_eq!(read.compressor, compressor::Value::Zstd as i32);
+                    assert!(read.data.len() < blob.len() / 3);
+                    zstd::decode_all(&read.data[..]).unwrap()
+                }
+                false => read.data.clone(),
+            };
+            assert!(data == blob, "zstd: {zstd}");
+        }
+        let compressed = read_all(
+            bytestream.clone(),
+            ReadRequest {
+                resource_name: format!("compressed-blobs/zstd/{}/{}", d.hash, d.size_bytes),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(compressed.len() < blob.len() / 3);
+        assert!(zstd::decode_all(&compressed[..]).unwrap() == blob);
+        for (offset, limit) in [(0, 0), (1, 10), (300_000, 0), (599_999, 5)] {
+            let read = read_all(
+                bytestream.clone(),
+                ReadRequest {
+                    resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
+                    read_offset: offset,
+                    read_limit: limit,
+                },
+            )
+            .await;
+            let end = match limit {
+                0 => blob.len(),
+                limit => (offset + limit).min(blob.len() as i64) as usize,
+            };
+            assert!(read == blob[offset as usize..end], "from {offset}");
+        }
+    });
+}
+
 /// Everything a ByteStream Read answers.
 async fn read_all(mut bytestream: ByteStreamClient<Channel>, request: ReadRequest) -> Vec<u8> {
     let answer = bytestream.read(request).await.unwrap().into_inner();

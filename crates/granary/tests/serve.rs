@@ -529,7 +529,8 @@ fn a_thousand_gets_follow_one_streaming_put() {
     let scratch = scratch();
     let dir = scratch.path().join("cache");
     let server = Server::start_in(scratch, &dir, &[], &[("GRANARY_LOG", "debug")]).unwrap();
-    let body = pattern(1 << 20, 6);
+    // Compressed when it is published, under its readers.
+    let body = compressible(1 << 20, 6);
     let path = format!("/cas/{}", sha256_hex(&body));
     let mut put = start_put(&server, &path, body.len(), &body[..64 * 1024]);
     wait_until("the upload is under way", Duration::from_secs(5), || {
@@ -736,7 +737,13 @@ fn kill_9_under_load_leaves_only_complete_blobs() {
                 start.wait();
                 let mut attempted = Vec::new();
                 for i in 0..200u32 {
-                    let body = pattern(1000 + (i as usize * 7919) % (1 << 20), w * 50 + (i % 50) as u8);
+                    let len = 1000 + (i as usize * 7919) % (1 << 20);
+                    let seed = w * 50 + (i % 50) as u8;
+                    // Half stored compressed, half as they are.
+                    let body = match w % 2 {
+                        0 => pattern(len, seed),
+                        _ => compressible(len, seed),
+                    };
                     let path = format!("/cas/{}", sha256_hex(&body));
                     attempted.push(path.clone());
                     let Ok(mut stream) = TcpStream::connect(addr) else { break };
@@ -767,13 +774,15 @@ fn kill_9_under_load_leaves_only_complete_blobs() {
     let files = blob_files(&dir);
     assert!(!files.is_empty());
     for file in &files {
-        let name = file.file_name().unwrap().to_str().unwrap();
-        assert_eq!(
-            sha256_hex(&std::fs::read(file).unwrap()),
-            name,
-            "a damaged blob"
-        );
+        let (hex, blob) = read_blob_file(file);
+        assert_eq!(sha256_hex(&blob), hex, "a damaged blob");
     }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "zst")),
+        "some were stored compressed"
+    );
     assert_eq!(
         restarted.status()["cas_blobs"].as_u64().unwrap(),
         files.len() as u64
@@ -788,6 +797,96 @@ fn kill_9_under_load_leaves_only_complete_blobs() {
             other => panic!("{path}: {other}"),
         }
     }
+}
+
+/// Blobs that shrink by a block are kept as zstd: a client that takes
+/// zstd gets them as stored, others get them decoded; the limits count
+/// the blocks the files take; a restart after a crash finds each blob's
+/// size in its file's name.
+#[test]
+fn blobs_are_stored_compressed_and_sent_as_each_client_asks() {
+    let server = Server::start(&[]);
+    let large = compressible(3 << 20, 1);
+    let small = compressible(40_000, 2);
+    let noise = pattern(100_000, 3);
+    for blob in [&large, &small, &noise] {
+        assert_eq!(put_cas(&server, blob, &[]).0, 200);
+    }
+    let files = blob_files(&server.dir);
+    let compressed = files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "zst"))
+        .count();
+    assert_eq!(compressed, 2, "{files:?}");
+    let bytes = server.status()["bytes"].as_u64().unwrap();
+    let plain = (large.len() + small.len()) as u64;
+    assert!(
+        bytes < plain / 3 + noise.len() as u64 + 8192,
+        "{bytes} bytes on disk for {plain} compressible ones"
+    );
+    let client = reqwest::blocking::Client::new();
+    for blob in [&large, &small, &noise] {
+        let url = format!("{}/cas/{}", server.url, sha256_hex(blob));
+        let answer = client.get(&url).send().unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers().get("content-encoding"), None);
+        assert_eq!(answer.content_length(), Some(blob.len() as u64));
+        assert!(answer.bytes().unwrap() == **blob, "decoded on the way");
+        let answer = client
+            .get(&url)
+            .header("Accept-Encoding", "gzip, zstd")
+            .send()
+            .unwrap();
+        let encoded = answer.headers().get("content-encoding").cloned();
+        let body = answer.bytes().unwrap();
+        if std::ptr::eq(blob, &noise) {
+            assert_eq!(encoded, None, "a blob stored plain goes plain");
+            assert!(body == *noise);
+        } else {
+            assert_eq!(encoded.unwrap(), "zstd");
+            assert!(
+                body.len() < blob.len() / 3,
+                "{} of {}",
+                body.len(),
+                blob.len()
+            );
+            assert!(zstd::decode_all(&body[..]).unwrap() == **blob);
+        }
+        let head = client.head(&url).send().unwrap();
+        assert_eq!(head.headers()["content-length"], blob.len().to_string());
+    }
+    let dir = server.dir.clone();
+    let restarted = Server::start_in(server.kill(), &dir, &[], &[]).unwrap();
+    assert_eq!(restarted.status()["bytes"].as_u64().unwrap(), bytes);
+    for blob in [&large, &small] {
+        let path = format!("/cas/{}", sha256_hex(blob));
+        assert!(request(restarted.addr, "GET", &path, &[], b"") == (200, blob.clone()));
+    }
+}
+
+/// A directory an earlier version filled, every blob as it came: served
+/// at once, and compressed in the background.
+#[test]
+fn an_uncompressed_directory_is_served_and_compressed_over_time() {
+    let scratch = scratch();
+    let dir = scratch.path().join("cache");
+    let blob = compressible(500_000, 9);
+    let hex = sha256_hex(&blob);
+    let plain = dir.join("cas").join(&hex[..2]).join(&hex);
+    std::fs::create_dir_all(plain.parent().unwrap()).unwrap();
+    std::fs::write(&plain, &blob).unwrap();
+    let server = Server::start_in(scratch, &dir, &[], &[]).unwrap();
+    let path = format!("/cas/{hex}");
+    assert!(request(server.addr, "GET", &path, &[], b"") == (200, blob.clone()));
+    wait_until("the blob is compressed", Duration::from_secs(20), || {
+        !plain.exists()
+    });
+    let files = blob_files(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(read_blob_file(&files[0]) == (hex, blob.clone()));
+    assert!(request(server.addr, "GET", &path, &[], b"") == (200, blob.clone()));
+    let bytes = server.status()["bytes"].as_u64().unwrap();
+    assert!(bytes < blob.len() as u64 / 3, "{bytes}");
 }
 
 #[test]
@@ -832,7 +931,8 @@ fn servers_share_a_bucket_read_through_and_write_behind() {
     };
     let first = start();
     let second = start();
-    let blob = pattern(3 << 20, 60);
+    // Stored compressed; the bucket holds it as sent.
+    let blob = compressible(3 << 20, 60);
     let (status, blob_path) = put_cas(&first, &blob, &[]);
     assert_eq!(status, 200);
     let result = action_result(&blob);
@@ -1005,11 +1105,12 @@ fn batches_compress_what_they_do_not_keep() {
     );
 }
 
-/// A CAS blob cut short on the server's disk: its entry is answered
-/// missing (the client then looks it up on its own and checks it), and
-/// the damaged blob is not kept compressed.
+/// A CAS blob cut short on the server's disk (its file's length is not
+/// the one indexed): its entry is answered missing (the client then looks
+/// it up on its own and checks it), the damaged file is removed, and the
+/// next upload stores the blob again.
 #[test]
-fn a_blob_cut_short_on_disk_is_answered_missing() {
+fn a_blob_cut_short_on_disk_is_answered_missing_and_removed() {
     let server = Server::start(&[]);
     let output = pattern(100_000, 5);
     let (status, cas) = put_cas(&server, &output, &[]);
@@ -1017,18 +1118,33 @@ fn a_blob_cut_short_on_disk_is_answered_missing() {
     let id = sha256_hex(b"cut");
     put_result(&server, &id, &output);
     let hash = cas.trim_start_matches("/cas/");
-    let file = server.dir.join("cas").join(&hash[..2]).join(hash);
-    std::fs::OpenOptions::new()
+    // Stored compressed: `<hex>.<size>.zst`.
+    let file = blob_files(&server.dir)
+        .into_iter()
+        .find(|file| {
+            file.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(hash)
+        })
+        .unwrap();
+    let damaged = std::fs::OpenOptions::new()
         .write(true)
         .open(&file)
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-        .set_len(50_000)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    damaged
+        .set_len(damaged.metadata().unwrap().len() / 2)
         .unwrap();
     let body = format!("{id}\n");
     let mut missing = b"granary-pack-01\n".to_vec();
     missing.extend_from_slice(&hex::decode(&id).unwrap());
     missing.extend_from_slice(&[0; 4 + 32]);
     assert_eq!(zstd_batch(&server, &body), missing);
+    assert!(!file.exists(), "a damaged blob is removed");
+    assert_eq!(request(server.addr, "GET", &cas, &[], b"").0, 404);
+    assert_eq!(put_cas(&server, &output, &[]).0, 200, "and stored again");
+    assert_eq!(request(server.addr, "GET", &cas, &[], b""), (200, output));
     assert_eq!(server.metric("granary_compressed_cache_bytes", ""), 0.0);
 }
 

@@ -24,11 +24,11 @@ impl Reapi {
         check_digest_function(asked.digest_function)?;
         let (key, _) = digest_key(Kind::Ac, asked.action_digest.as_ref())?;
         let key = key.in_instance(&asked.instance_name);
-        let Some(bytes) = self.read_whole(key, MAX_ACTION_RESULT).await? else {
+        let Some(whole) = self.read_whole(key, MAX_ACTION_RESULT, false).await? else {
             self.count(Kind::Ac, false);
             return Err(not_found(key));
         };
-        let result = ActionResult::decode(&bytes[..])
+        let result = ActionResult::decode(&whole.bytes[..])
             .map_err(|e| Status::internal(format!("{key} is not an ActionResult: {e}")))?;
         // A result whose outputs were evicted is no hit: the client would
         // fail to fetch them.
@@ -73,14 +73,10 @@ impl Reapi {
             .metrics
             .bytes_received
             .inc_by(bytes.len() as u64);
-        let disk = self.service.disk.clone();
-        tokio::task::spawn_blocking(move || disk.store(key, &bytes))
+        self.service
+            .store(key, bytes)
             .await
-            .expect("storing does not panic")
-            .map_err(|refusal| self.refused(&refusal))?;
-        if let Some(backing) = &self.service.backing {
-            backing.queue(key);
-        }
+            .map_err(|rejected| self.rejected(rejected))?;
         Ok(Response::new(result))
     }
 }

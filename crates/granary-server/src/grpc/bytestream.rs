@@ -30,18 +30,18 @@ use bazel_remote_apis::google::bytestream::{
 };
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
-use tokio::io::AsyncSeekExt;
 use tonic::{Request, Response, Status, Streaming};
 use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 
 use super::resource::{Resource, parse_read, parse_write};
-use super::{Reapi, empty_hash, refused, stalled};
-use crate::check::Check;
-use crate::disk::{Found, Writer};
-use crate::follow::CHUNK;
+use super::{Reapi, empty_hash, unreadable_status};
+use crate::check::{Rejected, Why};
+use crate::codec;
+use crate::disk::STORE_LEVEL;
 use crate::grant::Access;
 use crate::key::Kind;
 use crate::pace::Pace;
+use crate::service::{Opened, Receiving, Unreadable, stored_bytes};
 
 /// Broken-off uploads kept at most; the oldest goes first.
 const KEPT_AT_MOST: usize = 256;
@@ -49,8 +49,6 @@ const KEPT_AT_MOST: usize = 256;
 /// it received): a client that breaks off uploads of huge blobs cannot
 /// hold the room others need.
 const KEPT_SHARE: u64 = 8;
-/// Bytes gathered before they are written to disk.
-const WRITE_BATCH: usize = 256 * 1024;
 /// The largest zstd window a compressed Write may use, as a power of two
 /// (8 MiB: what zstd's levels up to 19 use; 20 to 22 need more). The
 /// decoder allocates the window a frame declares, so without a cap a 4 KB
@@ -140,11 +138,10 @@ impl Partials {
     }
 }
 
-/// An upload under way: where it is written, how it is checked, and how
-/// far it got in the client's terms (`write_offset`).
+/// An upload under way: where it is received, and how far it got in the
+/// client's terms (`write_offset`).
 struct Partial {
-    writer: Writer,
-    check: Check,
+    receiving: Receiving,
     /// For `compressed-blobs/zstd/`: the decoder, and whether its last
     /// frame ended.
     decoder: Option<(Decoder<'static>, bool)>,
@@ -155,77 +152,73 @@ struct Partial {
 impl std::fmt::Debug for Partial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Partial")
-            .field("key", &self.writer.key())
+            .field("receiving", &self.receiving)
             .field("received", &self.received)
             .finish_non_exhaustive()
     }
 }
 
 impl Partial {
-    /// The disk space this upload holds: what it has written.
+    /// The disk space this upload holds: what it has taken.
     fn held(&self) -> u64 {
-        self.writer.written()
+        self.receiving.received()
     }
 
-    /// Takes one message's data: decoded if compressed, checked, and
-    /// gathered into `batch` for the disk.
-    fn accept(&mut self, data: &[u8], batch: &mut Vec<u8>) -> Result<(), Status> {
+    /// Takes one message's data: decoded if compressed, never to more
+    /// than the blob's size.
+    async fn accept(&mut self, data: &[u8]) -> Result<(), Rejected> {
         self.received += data.len() as u64;
-        let start = batch.len();
-        match &mut self.decoder {
-            None => batch.extend_from_slice(data),
-            // No data, no progress: the end of a frame stays known.
-            Some(_) if data.is_empty() => {}
-            Some((decoder, ended)) => {
-                let mut input = InBuffer::around(data);
-                let mut piece = vec![0; 64 * 1024];
-                loop {
-                    let read_from = input.pos();
-                    let mut output = OutBuffer::around(&mut piece[..]);
-                    let hint = decoder.run(&mut input, &mut output).map_err(|e| {
-                        Status::invalid_argument(format!(
-                            "the zstd stream is damaged, or its window is over 2^{} bytes \
-                             (compress at level 19 or lower): {e}",
-                            window_log(self.size)
-                        ))
-                    })?;
-                    let produced = output.pos();
-                    // A call that reads and writes nothing says nothing of
-                    // the frame: after a frame's end, zstd's hint is the
-                    // size of the next frame's header, not 0.
-                    if produced > 0 || input.pos() > read_from {
-                        *ended = hint == 0;
-                    }
-                    batch.extend_from_slice(&piece[..produced]);
-                    if self.writer.written() + batch.len() as u64 > self.size {
-                        break;
-                    }
-                    if input.pos() == data.len() && produced < piece.len() {
-                        break;
-                    }
-                }
+        let Partial {
+            receiving,
+            decoder,
+            size,
+            ..
+        } = self;
+        let too_much = || {
+            Rejected::incomplete(format!(
+                "more than the {size} bytes the resource name says; nothing stored"
+            ))
+        };
+        let Some((decoder, ended)) = decoder else {
+            if receiving.received() + data.len() as u64 > *size {
+                return Err(too_much());
+            }
+            return receiving.take(data).await;
+        };
+        // No data, no progress: the end of a frame stays known.
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut input = InBuffer::around(data);
+        let mut piece = vec![0; 64 * 1024];
+        loop {
+            let read_from = input.pos();
+            let mut output = OutBuffer::around(&mut piece[..]);
+            let hint = decoder.run(&mut input, &mut output).map_err(|e| {
+                Rejected::new(
+                    Why::Invalid,
+                    format!(
+                        "the zstd stream is damaged, or its window is over 2^{} bytes \
+                         (compress at level 19 or lower): {e}",
+                        window_log(*size)
+                    ),
+                )
+            })?;
+            let produced = output.pos();
+            // A call that reads and writes nothing says nothing of the
+            // frame: after a frame's end, zstd's hint is the size of the
+            // next frame's header, not 0.
+            if produced > 0 || input.pos() > read_from {
+                *ended = hint == 0;
+            }
+            if receiving.received() + produced as u64 > *size {
+                return Err(too_much());
+            }
+            receiving.take(&piece[..produced]).await?;
+            if input.pos() == data.len() && produced < piece.len() {
+                return Ok(());
             }
         }
-        if self.writer.written() + batch.len() as u64 > self.size {
-            return Err(Status::invalid_argument(format!(
-                "more than the {} bytes the resource name says; nothing stored",
-                self.size
-            )));
-        }
-        self.check
-            .update(&batch[start..])
-            .map_err(|rejected| Status::invalid_argument(rejected.message))
-    }
-
-    /// Writes what has gathered, off the runtime.
-    async fn flush(mut self, batch: &mut Vec<u8>) -> Result<Partial, Status> {
-        if batch.is_empty() {
-            return Ok(self);
-        }
-        let (writer, result) = self.writer.write_off_runtime(std::mem::take(batch)).await;
-        self.writer = writer;
-        result.map_err(|refusal| refused(&refusal))?;
-        Ok(self)
     }
 }
 
@@ -266,19 +259,19 @@ impl Reapi {
                 resource.size
             )));
         }
-        let plain = match resource.size == 0 && resource.key.hash == empty_hash() {
-            true => futures_util::stream::empty().boxed(),
+        let (chunks, encoded) = match resource.size == 0 && resource.key.hash == empty_hash() {
+            true => (futures_util::stream::empty().boxed(), false),
             false => self.chunks(&resource, offset).await?,
         };
         let limit = match limit {
             0 => u64::MAX,
             limit => limit,
         };
-        let plain = limited(plain, limit);
         let sent = self.service.metrics.bytes_sent.clone();
-        let stream = match resource.compressed {
-            true => compressed(plain),
-            false => plain,
+        let stream = match (resource.compressed, encoded) {
+            (true, true) => chunks,
+            (true, false) => codec::encoded(chunks, STORE_LEVEL),
+            (false, _) => limited(chunks, limit),
         }
         .map(move |chunk| {
             let data = chunk.map_err(|e| Status::unavailable(format!("{e}; read again")))?;
@@ -291,70 +284,48 @@ impl Reapi {
     }
 
     /// The blob's bytes from `offset`: from its file, or following its
-    /// upload.
+    /// upload; for a `compressed-blobs` read from the start of a blob
+    /// stored compressed, its file as it is (then: `true`).
     async fn chunks(
         &self,
         resource: &Resource<'_>,
         offset: u64,
-    ) -> Result<BoxStream<'static, io::Result<Bytes>>, Status> {
+    ) -> Result<(BoxStream<'static, io::Result<Bytes>>, bool), Status> {
         let (key, size) = (resource.key, resource.size);
-        let service = &self.service;
-        let upload = match service.disk.find(&key) {
-            Found::Blob(blob) if blob.size != size => {
-                self.count(Kind::Cas, false);
-                return Err(Status::not_found(format!(
-                    "{key} has {} bytes, not {size}",
-                    blob.size
-                )));
-            }
-            Found::Blob(blob) => {
-                self.count(Kind::Cas, true);
-                let mut file = tokio::fs::File::from_std(blob.file);
-                file.seek(io::SeekFrom::Start(offset))
-                    .await
-                    .map_err(|e| Status::internal(format!("cannot read {key}: {e}")))?;
-                let pin = blob.pin;
-                let stream =
-                    tokio_util::io::ReaderStream::with_capacity(file, CHUNK).map(move |chunk| {
-                        let _pinned = &pin;
-                        chunk
-                    });
-                return Ok(stream.boxed());
-            }
-            Found::Upload(upload) => upload,
-            Found::Missing => match &service.backing {
-                Some(backing) => backing
-                    .fetch(&service.disk, key)
-                    .map_err(|refusal| refused(&refusal))?,
-                None => {
+        let opened = match self.service.open(key).await {
+            Ok(opened) => opened,
+            Err(unreadable) => {
+                if matches!(unreadable, Unreadable::Missing(_)) {
                     self.count(Kind::Cas, false);
-                    return Err(Status::not_found(format!("no {key}")));
                 }
-            },
+                return Err(unreadable_status(unreadable));
+            }
         };
-        let Some(mut follower) = self.follow(key, upload).await? else {
+        let found = match &opened {
+            Opened::Stored(blob) => Some(blob.size),
+            Opened::Arriving(follower) => follower.expected(),
+        };
+        if let Some(found) = found
+            && found != size
+        {
             self.count(Kind::Cas, false);
-            return Err(Status::not_found(format!("no {key}")));
-        };
-        if follower.expected().is_some_and(|expected| expected != size) {
-            return Err(Status::not_found(format!("{key} is not {size} bytes")));
+            return Err(Status::not_found(format!(
+                "{key} has {found} bytes, not {size}"
+            )));
         }
         self.count(Kind::Cas, true);
-        follower
-            .skip_to(offset)
-            .await
-            .map_err(|e| Status::internal(format!("cannot read {key}: {e}")))?;
-        let idle = service.idle_timeout;
-        Ok(
-            futures_util::stream::unfold(follower, move |mut follower| async move {
-                let chunk = match tokio::time::timeout(idle, follower.next_chunk()).await {
-                    Ok(chunk) => chunk?,
-                    Err(_) => Err(io::Error::other(stalled(key, idle).message().to_owned())),
-                };
-                Some((chunk, follower))
-            })
-            .boxed(),
-        )
+        let stream = match opened {
+            Opened::Stored(blob) if blob.compressed && resource.compressed && offset == 0 => {
+                return Ok((
+                    stored_bytes(key, blob, 0)
+                        .await
+                        .map_err(unreadable_status)?,
+                    true,
+                ));
+            }
+            opened => self.service.bytes_from(key, opened, offset).await,
+        };
+        Ok((stream.map_err(unreadable_status)?, false))
     }
 
     /// Receives a Write; returns its committed size.
@@ -396,14 +367,11 @@ impl Reapi {
             }
             held if first.write_offset == 0 => {
                 drop(held);
-                let writer = self
-                    .service
-                    .disk
-                    .begin(key, Some(size))
-                    .map_err(|refusal| self.refused(&refusal))?;
                 Partial {
-                    writer,
-                    check: Check::new(Kind::Cas),
+                    receiving: self
+                        .service
+                        .receive(key, Some(size))
+                        .map_err(|rejected| self.rejected(rejected))?,
                     decoder: match resource.compressed {
                         true => Some((bounded_decoder(size)?, false)),
                         false => None,
@@ -424,7 +392,6 @@ impl Reapi {
                 )));
             }
         };
-        let mut batch = Vec::new();
         let mut message = first;
         let mut pace = Pace::new(idle);
         loop {
@@ -444,13 +411,10 @@ impl Reapi {
                 .bytes_received
                 .inc_by(message.data.len() as u64);
             pace.received(message.data.len() as u64);
-            if let Err(status) = partial.accept(&message.data, &mut batch) {
-                self.service.metrics.reject("invalid");
-                return Err(status);
-            }
-            if batch.len() >= WRITE_BATCH {
-                partial = partial.flush(&mut batch).await?;
-            }
+            partial
+                .accept(&message.data)
+                .await
+                .map_err(|rejected| self.rejected(rejected))?;
             if message.finish_write {
                 break;
             }
@@ -458,7 +422,11 @@ impl Reapi {
                 Ok(Some(message)) => message,
                 broken => {
                     // Keep what came, so the client can resume.
-                    partial = partial.flush(&mut batch).await?;
+                    partial
+                        .receiving
+                        .flush()
+                        .await
+                        .map_err(|rejected| self.rejected(rejected))?;
                     let received = partial.received;
                     self.uploads.keep(name, partial, self.kept_room());
                     return Err(match broken {
@@ -471,38 +439,21 @@ impl Reapi {
                 }
             };
         }
-        let partial = partial.flush(&mut batch).await?;
         let Partial {
-            writer,
-            check,
+            receiving,
             decoder,
             received,
             size,
         } = partial;
         if decoder.is_some_and(|(_, ended)| !ended) {
-            self.service.metrics.reject("incomplete");
-            return Err(Status::invalid_argument(
+            return Err(self.rejected(Rejected::incomplete(
                 "the zstd stream ends in the middle of a frame; nothing stored",
-            ));
-        }
-        if writer.written() != size {
-            self.service.metrics.reject("incomplete");
-            return Err(Status::invalid_argument(format!(
-                "{} bytes received of the {size} the resource name says; nothing stored",
-                writer.written()
             )));
         }
-        check.finish(&key).map_err(|rejected| {
-            self.service.metrics.reject(rejected.reason);
-            Status::invalid_argument(rejected.message)
-        })?;
-        writer
-            .publish_off_runtime()
+        self.service
+            .finish(receiving, Some(size))
             .await
-            .map_err(|refusal| self.refused(&refusal))?;
-        if let Some(backing) = &self.service.backing {
-            backing.queue(key);
-        }
+            .map_err(|rejected| self.rejected(rejected))?;
         Ok(received as i64)
     }
 
@@ -597,41 +548,6 @@ fn limited(
     .boxed()
 }
 
-/// `stream` as one zstd stream (level 1: the server compresses on every
-/// read).
-fn compressed(
-    stream: BoxStream<'static, io::Result<Bytes>>,
-) -> BoxStream<'static, io::Result<Bytes>> {
-    let encoder = match zstd::stream::write::Encoder::new(Vec::new(), 1) {
-        Ok(encoder) => encoder,
-        Err(e) => return futures_util::stream::once(async move { Err(e) }).boxed(),
-    };
-    futures_util::stream::unfold(
-        (stream, Some(encoder)),
-        |(mut stream, encoder)| async move {
-            let mut encoder = encoder?;
-            loop {
-                match stream.next().await {
-                    Some(Ok(chunk)) => {
-                        if let Err(e) = io::Write::write_all(&mut encoder, &chunk) {
-                            return Some((Err(e), (stream, None)));
-                        }
-                        let out = std::mem::take(encoder.get_mut());
-                        if !out.is_empty() {
-                            return Some((Ok(out.into()), (stream, Some(encoder))));
-                        }
-                    }
-                    Some(Err(e)) => return Some((Err(e), (stream, None))),
-                    None => {
-                        return Some((encoder.finish().map(Bytes::from), (stream, None)));
-                    }
-                }
-            }
-        },
-    )
-    .boxed()
-}
-
 #[tonic::async_trait]
 impl ByteStream for Reapi {
     type ReadStream = ReadStream;
@@ -672,13 +588,17 @@ mod tests {
     use crate::key::Key;
 
     /// A kept upload of a `size`-byte blob that has received `received`.
-    fn partial(disk: &std::sync::Arc<Disk>, byte: u8, size: u64, received: u64) -> Partial {
+    async fn partial(disk: &std::sync::Arc<Disk>, byte: u8, size: u64, received: u64) -> Partial {
         let key = Key::new(Kind::Cas, &hex::encode([byte; 32])).unwrap();
-        let mut writer = disk.begin(key, Some(size)).unwrap();
-        writer.write(&vec![byte; received as usize]).unwrap();
+        let writer = disk.begin(key, Some(size)).unwrap();
+        let mut receiving = Receiving::new(key, Some(writer));
+        receiving
+            .take(&vec![byte; received as usize])
+            .await
+            .unwrap();
+        receiving.flush().await.unwrap();
         Partial {
-            writer,
-            check: Check::new(Kind::Cas),
+            receiving,
             decoder: None,
             received,
             size,
@@ -696,20 +616,28 @@ mod tests {
         Disk::open(dir.path(), limits).unwrap().0
     }
 
-    #[test]
-    fn kept_uploads_give_back_their_room_once_they_hold_too_much() {
+    #[tokio::test]
+    async fn kept_uploads_give_back_their_room_once_they_hold_too_much() {
         let dir = tempfile::tempdir().unwrap();
         let disk = disk(&dir);
         let partials = Partials::new(Duration::from_secs(60));
         let room = 1 << 20;
         // Announcing a blob of 1 GiB holds nothing: what came holds room.
-        partials.keep("a".into(), partial(&disk, 1, 1 << 30, 600 << 10), room);
+        partials.keep(
+            "a".into(),
+            partial(&disk, 1, 1 << 30, 600 << 10).await,
+            room,
+        );
         assert_eq!(partials.committed("a"), Some(600 << 10));
         let one = disk.usage().reserved;
         assert_eq!(one, 600 << 10);
         // Two would hold more than the room: the older one goes, and its
         // room with it.
-        partials.keep("b".into(), partial(&disk, 2, 1 << 30, 600 << 10), room);
+        partials.keep(
+            "b".into(),
+            partial(&disk, 2, 1 << 30, 600 << 10).await,
+            room,
+        );
         assert_eq!(
             (partials.committed("a"), partials.committed("b")),
             (None, Some(600 << 10))
@@ -717,7 +645,7 @@ mod tests {
         assert_eq!(disk.usage().reserved, one);
         // One that received more than the room alone is not kept, and
         // drops nothing.
-        partials.keep("c".into(), partial(&disk, 3, 4 << 20, 2 << 20), room);
+        partials.keep("c".into(), partial(&disk, 3, 4 << 20, 2 << 20).await, room);
         assert_eq!(
             (partials.committed("b"), partials.committed("c")),
             (Some(600 << 10), None)
@@ -735,29 +663,30 @@ mod tests {
         assert_eq!(window_log(u64::MAX), MAX_WINDOW_LOG);
     }
 
-    /// Decodes `compressed` for a blob of `size` bytes in pieces of
-    /// `message` bytes; whether the last frame ended.
-    fn decode(compressed: &[u8], size: u64, message: usize) -> Result<(Vec<u8>, bool), Status> {
+    /// Receives `compressed`, `blob` compressed, in messages of `message`
+    /// bytes; whether the last frame ended. The blob is checked against
+    /// its hash and published.
+    async fn decode(blob: &[u8], compressed: &[u8], message: usize) -> Result<bool, Rejected> {
         let dir = tempfile::tempdir().unwrap();
         let disk = disk(&dir);
-        let key = Key::new(Kind::Cas, &"ab".repeat(32)).unwrap();
+        let key = Key::new(Kind::Cas, &granary_id::Id::of(blob).to_string()).unwrap();
+        let size = blob.len() as u64;
         let mut partial = Partial {
-            writer: disk.begin(key, Some(size)).unwrap(),
-            check: Check::new(Kind::Cas),
-            decoder: Some((bounded_decoder(size)?, false)),
+            receiving: Receiving::new(key, Some(disk.begin(key, Some(size)).unwrap())),
+            decoder: Some((bounded_decoder(size).unwrap(), false)),
             received: 0,
             size,
         };
-        let mut out = Vec::new();
         for piece in compressed.chunks(message) {
-            partial.accept(piece, &mut out)?;
+            partial.accept(piece).await?;
         }
         let ended = partial.decoder.as_ref().is_some_and(|(_, ended)| *ended);
-        Ok((out, ended))
+        partial.receiving.finish(&disk, Some(size)).await?;
+        Ok(ended)
     }
 
-    #[test]
-    fn a_frame_that_fills_the_output_exactly_still_ends() {
+    #[tokio::test]
+    async fn a_frame_that_fills_the_output_exactly_still_ends() {
         // 64 KiB and its multiples fill the decoder's output piece exactly
         // with the frame's last byte.
         for size in [
@@ -771,8 +700,7 @@ mod tests {
             let blob: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
             let compressed = zstd::bulk::compress(&blob, 3).unwrap();
             for message in [compressed.len(), 1000] {
-                let (out, ended) = decode(&compressed, size as u64, message).unwrap();
-                assert!(out == blob, "{size} bytes in messages of {message}");
+                let ended = decode(&blob, &compressed, message).await.unwrap();
                 assert!(
                     ended,
                     "{size} bytes in messages of {message}: frame not ended"
@@ -781,8 +709,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_frame_declaring_a_huge_window_is_refused_before_it_is_allocated() {
+    #[tokio::test]
+    async fn a_frame_declaring_a_huge_window_is_refused_before_it_is_allocated() {
         let blob = vec![7u8; 4096];
         let mut encoder = zstd::stream::raw::Encoder::new(3).unwrap();
         encoder
@@ -795,11 +723,13 @@ mod tests {
         encoder.finish(&mut output, true).unwrap();
         let written = output.pos();
         compressed.truncate(written);
-        let refused = decode(&compressed, 4096, compressed.len()).unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-        assert!(refused.message().contains("window"), "{refused:?}");
+        let refused = decode(&blob, &compressed, compressed.len())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.why, Why::Invalid);
+        assert!(refused.message.contains("window"), "{refused:?}");
         // The same blob with an ordinary window passes.
         let plain = zstd::bulk::compress(&blob, 3).unwrap();
-        assert!(decode(&plain, 4096, plain.len()).unwrap().1);
+        assert!(decode(&blob, &plain, plain.len()).await.unwrap());
     }
 }

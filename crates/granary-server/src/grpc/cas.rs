@@ -9,14 +9,16 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
     content_addressable_storage_server::ContentAddressableStorage,
 };
 use futures_util::StreamExt;
-use granary_id::Id;
-use sha2::{Digest as _, Sha256};
 use tonic::{Code, Request, Response, Status};
 
-use super::{MAX_BATCH, Reapi, check_digest_function, digest_key, empty_hash, refused, rpc_status};
+use super::{
+    MAX_BATCH, Reapi, check_digest_function, digest_key, empty_hash, rejected_status, rpc_status,
+};
+use crate::check::{Rejected, Why};
+use crate::disk::STORE_LEVEL;
 use crate::grant::Access;
-use crate::http::Service;
-use crate::key::Kind;
+use crate::key::{Key, Kind};
+use crate::service::{Service, Whole};
 
 /// Blobs a client may ask about in one FindMissingBlobs (about 300 KiB of
 /// digests).
@@ -132,32 +134,38 @@ impl Reapi {
         let mut responses = Vec::with_capacity(keys.len());
         for (digest, (key, size)) in asked.digests.iter().zip(keys) {
             let found = match size == 0 && key.hash == empty_hash() {
-                true => Some(Vec::new()),
-                false => self.read_whole(key, size).await?,
+                true => Some(Whole {
+                    bytes: Vec::new(),
+                    zstd: false,
+                    size: 0,
+                }),
+                false => self.read_whole(key, size, zstd).await?,
             };
-            let (data, status) = match found {
-                Some(data) if data.len() as u64 == size => {
-                    self.count(Kind::Cas, true);
-                    (data, rpc_status(Code::Ok, String::new()))
-                }
-                _ => {
-                    self.count(Kind::Cas, false);
-                    (Vec::new(), rpc_status(Code::NotFound, format!("no {key}")))
-                }
+            let Some(whole) = found.filter(|whole| whole.size == size) else {
+                self.count(Kind::Cas, false);
+                responses.push(batch_read_blobs_response::Response {
+                    digest: Some(digest.clone()),
+                    data: Vec::new(),
+                    compressor: compressor::Value::Identity as i32,
+                    status: Some(rpc_status(Code::NotFound, format!("no {key}"))),
+                });
+                continue;
             };
-            let (data, used) = match zstd && !data.is_empty() {
-                true => (
-                    zstd::bulk::compress(&data, 1)
+            self.count(Kind::Cas, true);
+            let (data, used) = match (whole.zstd, zstd && size > 0) {
+                (true, _) => (whole.bytes, compressor::Value::Zstd),
+                (false, true) => (
+                    zstd::bulk::compress(&whole.bytes, STORE_LEVEL)
                         .map_err(|e| Status::internal(format!("cannot compress: {e}")))?,
                     compressor::Value::Zstd,
                 ),
-                false => (data, compressor::Value::Identity),
+                (false, false) => (whole.bytes, compressor::Value::Identity),
             };
             responses.push(batch_read_blobs_response::Response {
                 digest: Some(digest.clone()),
                 data,
                 compressor: used as i32,
-                status: Some(status),
+                status: Some(rpc_status(Code::Ok, String::new())),
             });
         }
         Ok(Response::new(BatchReadBlobsResponse { responses }))
@@ -170,53 +178,49 @@ fn store_one(
     blob: reapi::batch_update_blobs_request::Request,
 ) -> Result<(), Status> {
     let (key, size) = digest_key(Kind::Cas, blob.digest.as_ref())?;
-    let data = match compressor::Value::try_from(blob.compressor) {
-        Ok(compressor::Value::Identity) => blob.data,
-        // At most the announced size: a small bomb cannot fill memory.
-        Ok(compressor::Value::Zstd) => {
-            zstd::bulk::decompress(&blob.data, size as usize).map_err(|e| {
-                service.metrics.reject("invalid");
-                Status::invalid_argument(format!(
-                    "the zstd data of {key} does not decompress to at most {size} bytes: {e}"
-                ))
-            })?
-        }
-        _ => {
-            return Err(Status::invalid_argument(format!(
-                "compressor {} is not supported; use identity or zstd",
-                blob.compressor
+    let stored = decoded(key, size, blob).and_then(|data| {
+        service.metrics.bytes_received.inc_by(data.len() as u64);
+        if data.len() as u64 != size {
+            return Err(Rejected::incomplete(format!(
+                "the digest of {key} says {size} bytes, the data has {}; nothing stored",
+                data.len()
             )));
         }
-    };
-    service.metrics.bytes_received.inc_by(data.len() as u64);
-    if data.len() as u64 != size {
-        service.metrics.reject("incomplete");
-        return Err(Status::invalid_argument(format!(
-            "the digest of {key} says {size} bytes, the data has {}; nothing stored",
-            data.len()
-        )));
+        service.store_blocking(key, &data)
+    });
+    stored.map_err(|rejected| {
+        service.metrics.reject(rejected.why.reason());
+        rejected_status(rejected)
+    })
+}
+
+/// A batch blob's bytes, decoded into at most the `size` its digest says
+/// (a small bomb cannot fill memory).
+fn decoded(
+    key: Key,
+    size: u64,
+    blob: reapi::batch_update_blobs_request::Request,
+) -> Result<Vec<u8>, Rejected> {
+    match compressor::Value::try_from(blob.compressor) {
+        Ok(compressor::Value::Identity) => Ok(blob.data),
+        Ok(compressor::Value::Zstd) => {
+            zstd::bulk::decompress(&blob.data, size as usize).map_err(|e| {
+                Rejected::new(
+                    Why::Invalid,
+                    format!(
+                        "the zstd data of {key} does not decompress to at most {size} bytes: {e}"
+                    ),
+                )
+            })
+        }
+        _ => Err(Rejected::new(
+            Why::Invalid,
+            format!(
+                "compressor {} is not supported; use identity or zstd",
+                blob.compressor
+            ),
+        )),
     }
-    let hash = Id(Sha256::digest(&data).into());
-    if hash != key.hash {
-        service.metrics.reject("hash_mismatch");
-        return Err(Status::invalid_argument(format!(
-            "the data's SHA-256 is {hash}, not {}; nothing stored",
-            key.hex()
-        )));
-    }
-    if service.disk.contains(&key) == Some(size) {
-        return Ok(());
-    }
-    service.disk.store(key, &data).map_err(|refusal| {
-        service
-            .metrics
-            .reject(crate::check::refusal_reason(&refusal));
-        refused(&refusal)
-    })?;
-    if let Some(backing) = &service.backing {
-        backing.queue(key);
-    }
-    Ok(())
 }
 
 /// The total of a batch's digest sizes, if every size is a size and the

@@ -53,13 +53,12 @@ use tonic::service::Routes;
 use tonic::{Code, Request, Status};
 
 use crate::auth::Identity;
+use crate::check::{Rejected, Why};
 use crate::dashboard::Face;
-use crate::disk::{Found, Refusal, Upload};
-use crate::follow::{Followed, Follower, follow};
-use crate::grant::Access;
-use crate::http::{NAMESPACE_SOURCES, Service};
+use crate::grant::{Access, NAMESPACE_SOURCES};
 use crate::key::{Key, Kind};
 use crate::metrics::{KindLabels, LatencyLabels, RequestLabels};
+use crate::service::{Held, Service, Unreadable, Whole};
 
 /// The most bytes one BatchReadBlobs or BatchUpdateBlobs may carry, as
 /// announced; a little under gRPC's customary 4 MiB message limit.
@@ -202,63 +201,17 @@ impl Reapi {
         };
     }
 
-    /// A whole blob of at most `limit` bytes, from the disk, an upload in
-    /// progress or the backing store; `None` if there is none.
-    async fn read_whole(&self, key: Key, limit: u64) -> Result<Option<Vec<u8>>, Status> {
-        let service = &self.service;
-        let upload = match service.disk.find(&key) {
-            Found::Blob(blob) if blob.size > limit => return Ok(None),
-            Found::Blob(blob) => {
-                let bytes = tokio::task::spawn_blocking(move || {
-                    let mut bytes = vec![0; blob.size as usize];
-                    std::io::Read::read_exact(&mut (&blob.file), &mut bytes).map(|()| bytes)
-                })
-                .await
-                .expect("reading does not panic")
-                .map_err(|e| Status::internal(format!("cannot read {key}: {e}")))?;
-                service.metrics.bytes_sent.inc_by(bytes.len() as u64);
-                return Ok(Some(bytes));
+    /// A whole blob of at most `limit` bytes; `None` if there is none, or
+    /// it is larger. With `zstd`, one stored compressed comes as stored.
+    async fn read_whole(&self, key: Key, limit: u64, zstd: bool) -> Result<Option<Whole>, Status> {
+        match self.service.read_whole(key, limit, zstd).await {
+            Ok(Some(whole)) => {
+                let sent = whole.bytes.len() as u64;
+                self.service.metrics.bytes_sent.inc_by(sent);
+                Ok(Some(whole))
             }
-            Found::Upload(upload) => upload,
-            Found::Missing => match &service.backing {
-                Some(backing) => backing
-                    .fetch(&service.disk, key)
-                    .map_err(|refusal| refused(&refusal))?,
-                None => return Ok(None),
-            },
-        };
-        let Some(mut follower) = self.follow(key, upload).await? else {
-            return Ok(None);
-        };
-        let mut bytes = Vec::new();
-        loop {
-            let chunk = tokio::time::timeout(service.idle_timeout, follower.next_chunk())
-                .await
-                .map_err(|_| stalled(key, service.idle_timeout))?;
-            match chunk {
-                None => break,
-                Some(Ok(chunk)) => bytes.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(Status::unavailable(format!("{e}; try again"))),
-            }
-            if bytes.len() as u64 > limit {
-                return Ok(None);
-            }
-        }
-        service.metrics.bytes_sent.inc_by(bytes.len() as u64);
-        Ok(Some(bytes))
-    }
-
-    /// A reader of `upload` (of `key`), once its source is known, within
-    /// the idle timeout; `None`: the backing store has no such blob.
-    async fn follow(&self, key: Key, upload: Arc<Upload>) -> Result<Option<Follower>, Status> {
-        let idle = self.service.idle_timeout;
-        match tokio::time::timeout(idle, follow(upload)).await {
-            Ok(Followed::Stream(follower)) => Ok(Some(follower)),
-            Ok(Followed::Missing) => Ok(None),
-            Ok(Followed::Failed) => Err(Status::unavailable(format!(
-                "the upload of {key} failed; try again"
-            ))),
-            Err(_) => Err(stalled(key, idle)),
+            Ok(None) | Err(Unreadable::Missing(_)) => Ok(None),
+            Err(unreadable) => Err(unreadable_status(unreadable)),
         }
     }
 
@@ -267,34 +220,42 @@ impl Reapi {
         if size == 0 && key.hash == empty_hash() {
             return true;
         }
-        match self.service.disk.contains(&key) {
-            Some(stored) => stored == size,
-            None => match &self.service.backing {
-                Some(backing) => backing.exists(&key).await,
-                None => false,
-            },
+        match self.service.held(&key).await {
+            Held::Stored(stored) => stored == size,
+            Held::InBacking => true,
+            Held::Absent => false,
         }
     }
 
-    /// The status for a refused write, counted.
-    fn refused(&self, refusal: &Refusal) -> Status {
-        self.service
-            .metrics
-            .reject(crate::check::refusal_reason(refusal));
-        refused(refusal)
+    /// The status for a refused upload, counted.
+    fn rejected(&self, rejected: Rejected) -> Status {
+        self.service.metrics.reject(rejected.why.reason());
+        rejected_status(rejected)
     }
 }
 
-/// The gRPC status of a write the disk refused: RESOURCE_EXHAUSTED for
-/// limits, with a RetryInfo when room is being freed.
-fn refused(refusal: &Refusal) -> Status {
-    match refusal {
-        Refusal::TooLarge { .. } => Status::resource_exhausted(refusal.to_string()),
-        Refusal::Full { .. } => retry_later(Code::ResourceExhausted, refusal.to_string()),
-        Refusal::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
-            retry_later(Code::ResourceExhausted, refusal.to_string())
+/// The gRPC status of a refused upload: RESOURCE_EXHAUSTED for limits,
+/// with a RetryInfo when room is being freed.
+fn rejected_status(rejected: Rejected) -> Status {
+    let Rejected { why, message } = rejected;
+    match why {
+        Why::TooLarge => Status::resource_exhausted(message),
+        Why::Full => retry_later(Code::ResourceExhausted, message),
+        Why::Io => Status::internal(message),
+        Why::TimedOut => Status::deadline_exceeded(message),
+        Why::Incomplete | Why::HashMismatch | Why::Invalid => Status::invalid_argument(message),
+    }
+}
+
+/// The gRPC status of a read that cannot be served.
+fn unreadable_status(unreadable: Unreadable) -> Status {
+    match unreadable {
+        Unreadable::Missing(key) => not_found(key),
+        Unreadable::UploadFailed(_) | Unreadable::Stalled { .. } => {
+            Status::unavailable(unreadable.to_string())
         }
-        Refusal::Io(_) => Status::internal(refusal.to_string()),
+        Unreadable::Refused(refusal) => rejected_status(Rejected::from_refusal(&refusal)),
+        Unreadable::Io { .. } => Status::internal(unreadable.to_string()),
     }
 }
 
@@ -338,12 +299,6 @@ fn not_found(key: Key) -> Status {
     Status::not_found(format!("no {key}"))
 }
 
-fn stalled(key: Key, after: Duration) -> Status {
-    Status::unavailable(format!(
-        "the upload of {key} made no progress for {after:?}; try again"
-    ))
-}
-
 /// The hash of the empty blob, which every CAS holds.
 fn empty_hash() -> Id {
     Id::of(b"")
@@ -384,10 +339,12 @@ fn digest_key(kind: Kind, digest: Option<&Digest>) -> Result<(Key, u64), Status>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::Refusal;
 
     #[test]
     fn a_full_disk_asks_the_client_to_retry_in_a_second_and_limits_do_not() {
-        let status = refused(&Refusal::Full { used: 2, limit: 1 });
+        let full = Rejected::from_refusal(&Refusal::Full { used: 2, limit: 1 });
+        let status = rejected_status(full);
         assert_eq!(status.code(), Code::ResourceExhausted);
         let details = RpcStatus::decode(status.details()).unwrap();
         let [info] = &details.details[..] else {
@@ -399,7 +356,7 @@ mod tests {
             .retry_delay
             .unwrap();
         assert_eq!((delay.seconds, delay.nanos), (1, 0));
-        let status = refused(&Refusal::TooLarge { limit: 1 });
+        let status = rejected_status(Rejected::from_refusal(&Refusal::TooLarge { limit: 1 }));
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert!(status.details().is_empty());
     }

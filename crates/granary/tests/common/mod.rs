@@ -588,6 +588,31 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// `len` bytes that compress about as Go's outputs do (a few times):
+/// words of a small vocabulary in an order `seed` picks.
+pub fn compressible(len: usize, seed: u8) -> Vec<u8> {
+    const WORDS: [&[u8]; 8] = [
+        b"func ",
+        b"return ",
+        b"err != nil ",
+        b"{\n",
+        b"}\n",
+        b"runtime.",
+        b"0x1f8a ",
+        b"type ",
+    ];
+    let picks = pattern(len / 4 + 1, seed);
+    let mut bytes = Vec::with_capacity(len + 16);
+    for pick in picks {
+        bytes.extend_from_slice(WORDS[usize::from(pick % 8)]);
+        if bytes.len() >= len {
+            break;
+        }
+    }
+    bytes.truncate(len);
+    bytes
+}
+
 /// Waits until `done`, failing the test after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -344,6 +344,22 @@ pub fn blob_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A blob file of the server's directory, read: its key's hex and the
+/// blob (`<hex>` is the blob, `<hex>.<size>.zst` one zstd frame of it).
+pub fn read_blob_file(file: &Path) -> (String, Vec<u8>) {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let stored = std::fs::read(file).unwrap();
+    match name.split_once('.') {
+        None => (name.to_owned(), stored),
+        Some((hex, rest)) => {
+            let size: usize = rest.strip_suffix(".zst").unwrap().parse().unwrap();
+            let blob = zstd::decode_all(&stored[..]).unwrap();
+            assert_eq!(blob.len(), size, "{name}");
+            (hex.to_owned(), blob)
+        }
+    }
+}
+
 /// Files in the server's `tmp/`.
 pub fn tmp_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("tmp")).map_or(0, Iterator::count)
