@@ -20,8 +20,11 @@ nginx (Debian's, sendfile, open_file_cache) serves the files granary
 stored, and stores PUT bodies with its WebDAV module (a temporary file
 renamed into place, as granary does): no hashing, no index, no
 accounting, so it is the ceiling.
-bazel-remote stores uncompressed (--storage_mode uncompressed), as granary
-does; gocached stores as it does by default (small blobs in SQLite).
+Each stores as it does by default: bazel-remote and granary as zstd
+(neither shrinks these random bodies: granary stores them as they come
+after compressing their first 256 KiB, bazel-remote compresses them
+whole), gocached small blobs in SQLite. With --before BINARY, an older
+granary runs too ("granary-before"), for a before-and-after in one run.
 
 Needs wrk and nginx (`apt-get install wrk nginx`), bazel-remote (`bash
 scripts/setup.sh`) and gocached (`bash scripts/peers.sh`). bench/peers.py
@@ -56,6 +59,7 @@ COUNTER_DIGITS = 16
 # Each server's paths: where a blob is read and where it is written.
 PATHS = {
     "granary": ("/cas/%s", "/cas/%s"),
+    "granary-before": ("/cas/%s", "/cas/%s"),
     "bazel-remote": ("/cas/%s", "/cas/%s"),
     "nginx": ("/cas/%s", "/cas/%s"),
     # gocached keys by action ID and hashes what it is given itself; the
@@ -120,19 +124,18 @@ def gocached_binary():
 class Server:
     """One server on a free loopback port with its data under `work/name`."""
 
-    def __init__(self, name, work, granary=None):
+    def __init__(self, name, work, binaries):
         self.name, self.dir = name, work / name
         self.dir.mkdir(parents=True)
         log = work / f"{name}.log"
         self.port = common.free_port()
         address = f"127.0.0.1:{self.port}"
-        if name == "granary":
-            command = [granary, "serve", "--dir", str(self.dir), "--listen", address,
+        if name.startswith("granary"):
+            command = [binaries[name], "serve", "--dir", str(self.dir), "--listen", address,
                        "--max-size", "100GiB"]
         elif name == "bazel-remote":
             command = [common.bazel_remote_binary(), f"--dir={self.dir}", "--max_size=100",
-                       f"--http_address={address}", "--grpc_address=none",
-                       "--storage_mode=uncompressed"]
+                       f"--http_address={address}", "--grpc_address=none"]
         else:
             command = [gocached_binary(), "--listen", address, "--cache-dir", str(self.dir)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
@@ -249,12 +252,17 @@ def path_of(server, op, digest):
     return template % ((digest,) * template.count("%s"))
 
 
-def measure(granary, work, runs, seconds, servers=("granary", "bazel-remote", "gocached")):
-    """Every case on every server, runs interleaved; returns the rows."""
+def measure(granary, work, runs, seconds, servers=("granary", "bazel-remote", "gocached"),
+            before=None):
+    """Every case on every server (and granary `before`, if given), runs
+    interleaved; returns the rows."""
+    binaries = {"granary": granary, "granary-before": before}
+    if before:
+        servers = ("granary", "granary-before", *servers[1:])
     wrk_bin, nginx = need("wrk"), need("nginx")
     work.chmod(0o755)  # nginx's workers run as an unprivileged user
     results = {}  # (case, server) -> [(rps, p99, requests)]
-    stored = {name: Server(name, work / "stored", granary) for name in servers}
+    stored = {name: Server(name, work / "stored", binaries) for name in servers}
     nginx_port = None
     try:
         scripts = {}
@@ -297,7 +305,7 @@ def measure(granary, work, runs, seconds, servers=("granary", "bazel-remote", "g
                     if op == "PUT new" and server == "nginx":
                         fresh, port = None, nginx_put_port
                     elif op == "PUT new":
-                        fresh = Server(server, work / f"new-{server}-{size_name}-{run}", granary)
+                        fresh = Server(server, work / f"new-{server}-{size_name}-{run}", binaries)
                         port = fresh.port
                     else:
                         fresh, port = None, nginx_port if server == "nginx" else stored[server].port
@@ -367,7 +375,7 @@ def table(rows, runs, seconds):
     granary = {r["case"]: r["requests_per_s"] for r in rows if r["server"] == "granary"}
     lines = ["| case | server | connections | req/s | GB/s | p99 (ms) | granary / this |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    order = {"granary": 0, "bazel-remote": 1, "gocached": 2, "nginx": 3}
+    order = {"granary": 0, "granary-before": 1, "bazel-remote": 2, "gocached": 3, "nginx": 4}
     for r in sorted(rows, key=lambda r: (r["case"].startswith("PUT"), r["case"], order[r["server"]])):
         ratio = granary.get(r["case"], 0) / r["requests_per_s"] if r["requests_per_s"] else 0
         r["granary_over_this"] = round(ratio, 2)
@@ -386,12 +394,14 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
+    parser.add_argument("--before", help="an older granary binary to measure beside it")
     parser.add_argument("--out", default=str(common.RESULTS))
     args = parser.parse_args()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
+    before = os.path.abspath(args.before) if args.before else None
     work = Path(tempfile.mkdtemp(prefix="granary-serve-bench-"))
     try:
-        rows = measure(granary, work, args.runs, args.seconds)
+        rows = measure(granary, work, args.runs, args.seconds, before=before)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = table(rows, args.runs, args.seconds)

@@ -348,6 +348,9 @@ impl Blob {
 
     /// The whole blob, decoded. Blocking.
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        if !self.compressed {
+            return read_start(&self.file, self.size);
+        }
         let mut bytes = Vec::with_capacity(self.size as usize);
         io::Read::read_to_end(&mut io::Read::take(self.reader()?, self.size), &mut bytes)?;
         if bytes.len() as u64 != self.size {
@@ -362,11 +365,22 @@ impl Blob {
     /// The file's bytes as they are: the zstd frame of a compressed blob.
     /// Blocking.
     pub fn read_stored(&self) -> io::Result<Vec<u8>> {
-        io::Seek::rewind(&mut &self.file)?;
-        let mut bytes = vec![0; self.stored as usize];
-        io::Read::read_exact(&mut &self.file, &mut bytes)?;
-        Ok(bytes)
+        read_start(&self.file, self.stored)
     }
+}
+
+/// The first `length` bytes of `file`, wherever its cursor is: one read
+/// for a small blob, as a GET of one needs. Blocking.
+fn read_start(file: &File, length: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0; length as usize];
+    #[cfg(unix)]
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, 0)?;
+    #[cfg(not(unix))]
+    {
+        io::Seek::rewind(&mut &*file)?;
+        io::Read::read_exact(&mut &*file, &mut bytes)?;
+    }
+    Ok(bytes)
 }
 
 /// Keeps a blob from eviction while it lives.
@@ -555,18 +569,16 @@ impl Disk {
             }
             Err(e) => {
                 // Deleted or cut short behind the server's back: forget
-                // it, so that the next upload stores it again.
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!("{} is damaged ({e}); removed", path.display());
-                    let _ = fs::remove_file(&path);
-                }
+                // it, so that the next upload stores it again; unless it
+                // was replaced meanwhile (the file opened was the new one).
                 drop(pin);
                 let mut index = self.lock();
-                if index
-                    .blobs
-                    .get(key)
-                    .is_some_and(|now| now.stored == meta.stored)
-                {
+                let same = |now: &Meta| now.size == meta.size && now.stored == meta.stored;
+                if index.blobs.get(key).is_some_and(same) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!("{} is damaged ({e}); removed", path.display());
+                        let _ = fs::remove_file(&path);
+                    }
                     index.remove(key);
                 }
                 Found::Missing
