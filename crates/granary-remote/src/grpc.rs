@@ -14,9 +14,16 @@
 //! and which through ByteStream, and zstd is used where it is offered. A
 //! refusal that carries a RetryInfo is retried after the delay it asks
 //! for, a few times; every other retry is the engine's business.
+//!
+//! On granary serve, which answers HTTP and gRPC on one port, a fresh
+//! runner's prefetch asks for its entries with the server's batch request
+//! (a plain HTTP/2 request on the gRPC connection), as HTTP runners do, so
+//! runners of either protocol read the manifests of both; other REAPI
+//! servers refuse it once, and then packs in their CAS serve instead.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +47,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Request, Status};
 
 use crate::reapi::OUTPUT_PATH;
-use crate::{BlobStore, ByteStream, Credential, INLINE_LIMIT, RemoteError};
+use crate::{BatchAnswer, BlobStore, ByteStream, Credential, INLINE_LIMIT, RemoteError};
 
 /// The size in every action digest granary sends: the length of a Go
 /// action ID.
@@ -115,7 +122,14 @@ pub struct GrpcBlobs {
     /// A credential renewed as it goes (an ID token), added per call.
     renewed: Option<Credential>,
     connected: OnceCell<Connected>,
+    /// Whether the server answers granary serve's batch requests on the
+    /// gRPC connection: [`UNKNOWN`], [`BATCHES`] or [`NO_BATCHES`].
+    batches: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const BATCHES: u8 = 1;
+const NO_BATCHES: u8 = 2;
 
 impl fmt::Debug for GrpcBlobs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -220,6 +234,7 @@ impl GrpcBlobs {
             metadata,
             renewed,
             connected: OnceCell::new(),
+            batches: AtomicU8::new(UNKNOWN),
         })
     }
 
@@ -620,8 +635,97 @@ impl BlobStore for GrpcBlobs {
         }
     }
 
+    /// Packs go to the CAS unless the server answered a batch request:
+    /// then it serves fresh runners without them, as granary serve does
+    /// its HTTP clients, and a mixed team's gRPC runners read the
+    /// manifests its HTTP runners publish.
     fn keeps_packs(&self) -> bool {
-        true
+        self.batches.load(Ordering::Relaxed) != BATCHES
+    }
+
+    /// granary serve's `POST /[INSTANCE/]batch`, sent as a plain HTTP/2
+    /// request on the gRPC connection (granary serve answers both
+    /// protocols on one port). A REAPI server answers it with 415 or a
+    /// gRPC status: then `None`, and it is not asked again.
+    async fn batch(
+        &self,
+        prefix: &str,
+        request: Bytes,
+    ) -> Result<Option<BatchAnswer>, RemoteError> {
+        if self.batches.load(Ordering::Relaxed) == NO_BATCHES {
+            return Ok(None);
+        }
+        let mut channel = self.connected().await?.channel.clone();
+        let instance = match (self.instance.as_str(), prefix.trim_end_matches('/')) {
+            (base, "") => base.to_owned(),
+            ("", namespace) => namespace.to_owned(),
+            (base, namespace) => format!("{base}/{namespace}"),
+        };
+        let path = match instance.as_str() {
+            "" => "/batch".to_owned(),
+            instance => format!("/{instance}/batch"),
+        };
+        let mut post = http::Request::post(path)
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .header(http::header::ACCEPT_ENCODING, "zstd")
+            .body(tonic::body::Body::new(http_body_util::Full::new(request)))
+            .map_err(|e| RemoteError::Config(format!("cannot make a batch request: {e}")))?;
+        post.headers_mut()
+            .extend(self.metadata().await?.into_headers());
+        let failed = |e: &dyn fmt::Display| {
+            RemoteError::Failed(format!("{}: a batch request failed: {e}", self.url))
+        };
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut channel, cx))
+            .await
+            .map_err(|e| failed(&e))?;
+        let response = tower_service::Service::call(&mut channel, post)
+            .await
+            .map_err(|e| failed(&e))?;
+        let headers = response.headers();
+        let grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        let status = response.status();
+        if grpc
+            || matches!(
+                status,
+                http::StatusCode::BAD_REQUEST
+                    | http::StatusCode::NOT_FOUND
+                    | http::StatusCode::METHOD_NOT_ALLOWED
+                    | http::StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    | http::StatusCode::NOT_IMPLEMENTED
+            )
+        {
+            self.batches.store(NO_BATCHES, Ordering::Relaxed);
+            return Ok(None);
+        }
+        match status {
+            http::StatusCode::OK => {}
+            http::StatusCode::UNAUTHORIZED | http::StatusCode::FORBIDDEN => {
+                return Err(RemoteError::Denied(format!(
+                    "{} refused a batch request ({status})",
+                    self.url
+                )));
+            }
+            status => return Err(failed(&status)),
+        }
+        let zstd = match headers.get(http::header::CONTENT_ENCODING) {
+            None => false,
+            Some(encoding) if encoding.as_bytes().eq_ignore_ascii_case(b"zstd") => true,
+            Some(encoding) => {
+                return Err(failed(&format!(
+                    "the answer came in the {encoding:?} encoding; granary asked for zstd or none"
+                )));
+            }
+        };
+        self.batches.store(BATCHES, Ordering::Relaxed);
+        let url = self.url.clone();
+        let body = http_body_util::BodyExt::into_data_stream(response.into_body())
+            .map_err(move |status| {
+                RemoteError::Failed(format!("{url}: a batch answer broke off: {status}"))
+            })
+            .boxed();
+        Ok(Some(BatchAnswer { body, zstd }))
     }
 
     async fn get(&self, key: &str) -> Result<Option<ByteStream>, RemoteError> {

@@ -134,8 +134,13 @@ fn go_build(sb: &Sandbox, remote: &str, cache: &str, module: &Path) -> (Output, 
 }
 
 /// Runner a fills the cache through `writer`; runner b, with an empty
-/// local tier, reads it through `reader` and compiles nothing.
-fn second_runner_compiles_nothing(writer: &str, reader: &str, log: impl Fn() -> String) {
+/// local tier, reads it through `reader` and compiles nothing. Their
+/// statistics.
+fn second_runner_compiles_nothing(
+    writer: &str,
+    reader: &str,
+    log: impl Fn() -> String,
+) -> (Stats, Stats) {
     let sb = Sandbox::new();
     let module = sb.module("shared", 3);
     let (_, a) = go_build(&sb, writer, "runner-a", &module);
@@ -164,6 +169,7 @@ fn second_runner_compiles_nothing(writer: &str, reader: &str, log: impl Fn() -> 
         fs::read(sb.path("bin/runner-a")).unwrap(),
         fs::read(sb.path("bin/runner-b")).unwrap()
     );
+    (a, b)
 }
 
 #[test]
@@ -172,10 +178,17 @@ fn a_runner_reads_over_grpc_what_another_wrote_over_http_in_the_same_instance() 
     let grpc = server.grpc_url.clone().unwrap();
     // An instance name of several segments, as Buildbarn's and BuildBuddy's
     // users write them.
-    second_runner_compiles_nothing(
+    let (a, b) = second_runner_compiles_nothing(
         &format!("{}/team/main", server.url),
         &format!("{grpc}/team/main"),
         || server.log(),
+    );
+    // The HTTP runner published no packs; the gRPC runner asked for its
+    // entries in the server's batch requests, not one by one.
+    assert_eq!(a.prefetch.packs_uploaded, 0, "{a:?}");
+    assert!(
+        b.prefetch.prefetch_fetched > 20 && b.prefetch.prefetch_requests <= 3,
+        "{b:?}"
     );
     // gRPC is answered on the HTTP port too.
     let on_http_port = server.url.replace("http://", "grpc://");
