@@ -16,9 +16,9 @@ Configurations:
 
 The server is filled by a cold build over HTTP, then two warm fillers of
 each protocol publish the steady-state manifest of its scope (see
-prefetch_build_std.py): over gRPC with packs in the CAS, since REAPI has
-no call that answers many action results at once; over HTTP without, since
-granary serve answers batches. Timed runners are read-only and get new
+prefetch_build_std.py), without packs: granary serve answers batches, to
+gRPC runners too (on their gRPC connection), so both protocols read one
+manifest the same way. Timed runners are read-only and get new
 directories; each round alternates which protocol goes first. Target
 (issue 20): gRPC within 1.1x of HTTP at 0 and at 20 ms.
 

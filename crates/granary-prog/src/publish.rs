@@ -28,7 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use granary_id::Id;
-use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, scope_key_name, unix_seconds};
+use granary_remote::layout::scope_key_name;
+use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, unix_seconds};
 use granary_remote::{Group, Made, Manifest, PackRef, PackWriter, STREAM_ABOVE};
 use granary_store::Lookup;
 use tokio::sync::Semaphore;
@@ -93,7 +94,13 @@ pub(super) async fn publish(prefetch: &Prefetch) {
     };
     let now = SystemTime::now();
     forget_stale_packs(&mut entries, now);
-    if remote.options.cache.stores_packs() {
+    // Within the remote's timeout; no answer: packs, as for any store
+    // that cannot answer batches.
+    let stores_packs =
+        tokio::time::timeout(remote.options.timeout, remote.options.cache.stores_packs())
+            .await
+            .unwrap_or(true);
+    if stores_packs {
         // Earlier entries are not packed again: in a bucket, one
         // without a pack would cost a lookup of its own.
         entries.retain(|e| !e.earlier || e.pack.is_some());
@@ -129,7 +136,7 @@ pub(super) async fn publish(prefetch: &Prefetch) {
         tracing::debug!("cannot write the manifest journal: {e}");
     }
     drop(journal);
-    if cache.stores_packs() {
+    if stores_packs {
         match within(remote.options.timeout, cache.sweep(now, SWEEP_LIMIT)).await {
             Ok(swept) => add(&remote.stats.swept, swept as u64),
             Err(e) => tracing::debug!("cannot sweep old packs: {}", trouble_text(&e)),

@@ -17,7 +17,7 @@ use crate::manifest::{
 };
 use crate::pack::{PackReader, PackWriter};
 use crate::record::{ActionRecord, Placement};
-use crate::{BlobStore, ByteStream, RemoteError, reapi};
+use crate::{BlobStore, ByteStream, RemoteError, STREAM_ABOVE, reapi};
 use granary_trust::SigningKey;
 
 /// Outputs up to this size travel inside their action record. In
@@ -35,9 +35,6 @@ const LEVEL: i32 = 3;
 const COMPRESS_IN_PLACE: usize = 256 * 1024;
 /// Stored manifests longer than this are refused.
 const MAX_MANIFEST: usize = 64 << 20;
-/// Outputs larger than this are uploaded from their file as a stream
-/// ([`RemoteCache::upload_file`]), never whole in memory.
-pub const STREAM_ABOVE: u64 = 16 << 20;
 /// Bytes read from a file at a time for a streamed upload.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -431,8 +428,19 @@ impl RemoteCache {
     /// where a pack is a blob like any other (its name is its SHA-256).
     /// granary serve's HTTP face answers batches instead (see
     /// [`RemoteCache::open_batch`]).
-    pub fn stores_packs(&self) -> bool {
-        self.format == Format::Granary || self.blobs.keeps_packs()
+    ///
+    /// A REAPI store that has not said yet whether it answers batches (a
+    /// gRPC server this run asked for none) is asked once, with an empty
+    /// batch: packs are for servers that cannot answer one.
+    pub async fn stores_packs(&self) -> bool {
+        if self.format == Format::Granary {
+            return true;
+        }
+        if self.blobs.keeps_packs() {
+            // A failed question leaves the answer unknown: packs are kept.
+            let _ = self.open_batch(&[]).await;
+        }
+        self.blobs.keeps_packs()
     }
 
     /// Stores a pack; returns its reference.

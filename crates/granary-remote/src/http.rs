@@ -236,6 +236,10 @@ impl BlobStore for HttpBlobs {
         prefix: &str,
         request: Bytes,
     ) -> Result<Option<BatchAnswer>, RemoteError> {
+        // A server does not grow a batch endpoint during a run.
+        if self.no_batch.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let mut post = self
             .client
             .post(format!("{}/{prefix}batch", self.base))

@@ -30,55 +30,29 @@
 //! answers one question per call; the `prog` engine decides when to ask,
 //! how long to wait and when to give up on the remote.
 
-mod blob;
 mod cache;
 mod credential;
 mod grpc;
 mod http;
-pub mod layout;
 pub mod manifest;
 #[cfg(any(test, feature = "memory"))]
 pub mod memory;
 mod object;
-pub mod pack;
 pub mod reapi;
 mod record;
 
-pub use blob::{BatchAnswer, BlobStore, ByteStream, Listed};
-pub use cache::{Fetched, INLINE_LIMIT, Made, Probe, RemoteCache, STREAM_ABOVE, Sent};
+pub use cache::{Fetched, INLINE_LIMIT, Made, Probe, RemoteCache, Sent};
 pub use credential::{Credential, GITLAB_ID_TOKEN_VARIABLE, GithubIdToken};
+pub use granary_format::pack::{PackReader, PackWriter, RawEntry};
+pub use granary_format::{
+    BatchAnswer, BlobStore, ByteStream, Format, Listed, Namespace, RemoteError, STREAM_ABOVE,
+    layout, pack,
+};
 pub use grpc::{GrpcBlobs, GrpcSettings};
 pub use http::{HttpBlobs, HttpSettings};
-pub use layout::{Format, Namespace};
 pub use manifest::{Group, Manifest, PackRef};
 pub use object::{
     AzureCredentials, AzureSettings, GcsSettings, OBJECT_URLS, ObjectSettings, S3Credentials,
     S3Settings, StoreSettings,
 };
-pub use pack::{PackReader, PackWriter, RawEntry};
 pub use record::{ActionRecord, MAX_BUILD_TIME, Placement};
-
-/// Why a remote call did not give an answer.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    /// The remote refused our credentials or our permissions: asking again
-    /// will not help.
-    #[error("access denied: {0}")]
-    Denied(String),
-    /// The request failed or was cut off; another one may succeed.
-    #[error("{0}")]
-    Failed(String),
-    /// What the remote holds under `key` is not a valid entry.
-    #[error("damaged remote entry {key}: {why}")]
-    Damaged { key: String, why: String },
-    /// The remote is fine, but the settings are not.
-    #[error("{0}")]
-    Config(String),
-    /// A fetched body could not be written where it was to go.
-    #[error("cannot write the fetched body: {0}")]
-    Sink(#[source] std::io::Error),
-    /// The local file to upload could not be read, or changed meanwhile:
-    /// the remote is not to blame.
-    #[error("{0}")]
-    LocalFile(String),
-}

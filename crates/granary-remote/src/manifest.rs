@@ -43,8 +43,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use sha2::Digest as _;
-
 use granary_id::Id;
 use granary_trust::Signature;
 
@@ -299,19 +297,6 @@ fn compress(text: &str) -> Vec<u8> {
     zstd::bulk::compress(text.as_bytes(), 3).expect("compressing in memory does not fail")
 }
 
-/// A name for `scope` that is safe as a key: its letters, digits and dashes
-/// (for people browsing the bucket), then a hash of the whole scope (so that
-/// scopes that differ only in other characters differ).
-pub fn scope_key_name(scope: &str) -> String {
-    let readable: String = scope
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(80)
-        .collect();
-    let hash = sha2::Sha256::digest(scope.as_bytes());
-    format!("{readable}-{}", hex::encode(&hash[..8]))
-}
-
 /// Seconds since the Unix epoch, as manifests write times.
 pub fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
@@ -430,15 +415,6 @@ mod tests {
             let e = Manifest::decode(&bytes).unwrap_err();
             assert!(e.contains(why), "{why}: {e}");
         }
-    }
-
-    #[test]
-    fn scope_names_are_safe_keys_and_distinct() {
-        let a = scope_key_name("example.com/m linux/amd64");
-        assert!(a.starts_with("example-com-m-linux-amd64-"), "{a}");
-        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-        assert_ne!(a, scope_key_name("example.com/m linux/amd64 "));
-        assert!(scope_key_name(&"x".repeat(500)).len() < 100);
     }
 
     #[test]

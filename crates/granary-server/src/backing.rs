@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
-use granary_remote::{BlobStore, RemoteError, STREAM_ABOVE};
+use granary_format::{BlobStore, RemoteError, STREAM_ABOVE};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 

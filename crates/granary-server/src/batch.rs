@@ -3,7 +3,7 @@
 //!
 //! The request lists action IDs in hex, one per line (at most
 //! [`MAX_BATCH`]); the answer is a pack, written with
-//! `granary_remote::pack`'s encoder (its objects streamed): for
+//! `granary_format::pack`'s encoder (its objects streamed): for
 //! each ID in order, its `ActionResult` and, when the output is not inline,
 //! the CAS blob it names, or a mark that there is no such entry. A fresh
 //! runner thus fetches a few thousand entries in a few requests instead of
@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
 use bytes::Bytes;
+use granary_format::pack::{self, MAGIC};
 use granary_id::Id;
-use granary_remote::pack::{self, MAGIC};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use zstd::bulk::Compressor;

@@ -13,7 +13,7 @@ use crate::key::{Key, batch_instance};
 /// key's file stays inside its kind's folder, whatever the path said, and
 /// an instance is a namespace that the path spells before its last parts.
 pub fn http_path(path: &str) {
-    let namespace = |instance: &str| granary_remote::Namespace::new(instance).is_ok();
+    let namespace = |instance: &str| granary_format::Namespace::new(instance).is_ok();
     if let Some((key, instance)) = Key::from_path(path) {
         let relative = key.relative_path();
         assert!(

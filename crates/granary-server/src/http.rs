@@ -557,7 +557,7 @@ fn not_a_key(path: &str) -> String {
         .max()
         .unwrap_or_default();
     let instance = path.get(1..before_kind).unwrap_or_default();
-    match granary_remote::Namespace::new(instance) {
+    match granary_format::Namespace::new(instance) {
         Err(why) => format!("not a cache key: instance names are namespaces: {why}\n"),
         Ok(_) => "not a cache key: use [/INSTANCE]/ac/<sha256> or [/INSTANCE]/cas/<sha256>, \
                   64 lower-case hex digits\n"

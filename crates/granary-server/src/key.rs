@@ -111,7 +111,7 @@ pub fn batch_instance(path: &str) -> Option<&str> {
 
 /// A named instance is a namespace, by the rule clients name them with.
 fn is_instance_name(name: &str) -> bool {
-    !name.is_empty() && granary_remote::Namespace::new(name).is_ok()
+    !name.is_empty() && granary_format::Namespace::new(name).is_ok()
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@
 //! Architecture invariant: this crate knows nothing of the go command or
 //! of granary's `prog` engine and its local tier; it stores and serves
 //! opaque blobs by key, checked only as REAPI defines them. It reaches the
-//! backing store only through `granary_remote::BlobStore`.
+//! backing store only through `granary_format::BlobStore`.
 
 mod auth;
 mod backing;
@@ -65,7 +65,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use granary_remote::BlobStore;
+use granary_format::BlobStore;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 

@@ -304,10 +304,10 @@ fn empty_hash() -> Id {
     Id::of(b"")
 }
 
-/// Instance names are namespaces (see `granary_remote::Namespace`), or
+/// Instance names are namespaces (see `granary_format::Namespace`), or
 /// empty.
 fn check_instance(instance: &str) -> Result<(), Status> {
-    granary_remote::Namespace::new(instance)
+    granary_format::Namespace::new(instance)
         .map(drop)
         .map_err(|why| Status::invalid_argument(format!("instance names are namespaces: {why}")))
 }

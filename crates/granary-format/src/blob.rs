@@ -9,6 +9,10 @@ use futures_util::stream::BoxStream;
 
 use crate::RemoteError;
 
+/// Blobs larger than this are put as a stream ([`BlobStore::put_stream`],
+/// from their file), never whole in memory.
+pub const STREAM_ABOVE: u64 = 16 << 20;
+
 /// A blob's bytes, as they arrive.
 pub type ByteStream = BoxStream<'static, Result<Bytes, RemoteError>>;
 

@@ -27,8 +27,8 @@
 //! compatible store accepts them, and S3 can partition them by their first
 //! characters under load.
 
-use crate::manifest::scope_key_name;
 use granary_id::Id;
+use sha2::Digest as _;
 
 /// The name of granary's own layout under the prefix.
 pub const VERSION: &str = "granary-v1";
@@ -161,7 +161,7 @@ impl Format {
     }
 
     /// Where `namespace`'s records, manifests and packs live.
-    pub(crate) fn namespace_dir(self, namespace: &str) -> String {
+    pub fn namespace_dir(self, namespace: &str) -> String {
         match (self, namespace) {
             (Format::Granary, "") => format!("{VERSION}/"),
             (Format::Granary, name) => format!("{VERSION}/ns/{name}/"),
@@ -177,9 +177,31 @@ pub fn manifest_action(scope: &str) -> Id {
     Id::of(format!("granary-manifest 1\n{scope}").as_bytes())
 }
 
+/// A name for `scope` that is safe as a key: its letters, digits and dashes
+/// (for people browsing the bucket), then a hash of the whole scope (so that
+/// scopes that differ only in other characters differ).
+pub fn scope_key_name(scope: &str) -> String {
+    let readable: String = scope
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(80)
+        .collect();
+    let hash = sha2::Sha256::digest(scope.as_bytes());
+    format!("{readable}-{}", hex::encode(&hash[..8]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_names_are_safe_keys_and_distinct() {
+        let a = scope_key_name("example.com/m linux/amd64");
+        assert!(a.starts_with("example-com-m-linux-amd64-"), "{a}");
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        assert_ne!(a, scope_key_name("example.com/m linux/amd64 "));
+        assert!(scope_key_name(&"x".repeat(500)).len() < 100);
+    }
 
     #[test]
     fn namespace_names_are_safe_in_keys_and_paths() {

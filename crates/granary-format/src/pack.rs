@@ -269,7 +269,7 @@ impl PackReader {
         RemoteError::Failed(format!("reading the pack {} failed: {why}", self.key))
     }
 
-    pub(crate) fn damaged(&self, why: impl Into<String>) -> RemoteError {
+    pub fn damaged(&self, why: impl Into<String>) -> RemoteError {
         RemoteError::Damaged {
             key: self.key.clone(),
             why: why.into(),
