@@ -23,7 +23,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Bytes per ByteStream.Write message.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Connections for batch requests (see `Connected::batch_channels`).
+const BATCH_CONNECTIONS: usize = 4;
 /// Retries of a call refused with a RetryInfo, and the longest delay
 /// honoured.
 const RETRIES: u32 = 3;
@@ -149,6 +151,11 @@ impl fmt::Display for GrpcBlobs {
 #[derive(Debug)]
 struct Connected {
     channel: Channel,
+    /// Connections of their own for batch requests, taken in turn: granary
+    /// serve answers two batches at a time per connection, and a prefetch
+    /// asks for up to eight.
+    batch_channels: Vec<Channel>,
+    next_batch_channel: AtomicUsize,
     /// Bytes a batch call may carry.
     batch: u64,
     /// zstd in ByteStream resource names, and in BatchUpdateBlobs.
@@ -267,6 +274,10 @@ impl GrpcBlobs {
                 };
                 Ok(Connected {
                     channel,
+                    batch_channels: (0..BATCH_CONNECTIONS)
+                        .map(|_| self.endpoint.connect_lazy())
+                        .collect(),
+                    next_batch_channel: AtomicUsize::new(0),
                     batch: batch.saturating_sub(BATCH_FRAMING),
                     zstd: capabilities.supported_compressors.contains(&zstd),
                     zstd_batch_update: capabilities
@@ -655,7 +666,9 @@ impl BlobStore for GrpcBlobs {
         if self.batches.load(Ordering::Relaxed) == NO_BATCHES {
             return Ok(None);
         }
-        let mut channel = self.connected().await?.channel.clone();
+        let connected = self.connected().await?;
+        let turn = connected.next_batch_channel.fetch_add(1, Ordering::Relaxed);
+        let mut channel = connected.batch_channels[turn % BATCH_CONNECTIONS].clone();
         let instance = match (self.instance.as_str(), prefix.trim_end_matches('/')) {
             (base, "") => base.to_owned(),
             ("", namespace) => namespace.to_owned(),
