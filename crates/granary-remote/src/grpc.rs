@@ -17,7 +17,7 @@
 //!
 //! On granary serve, which answers HTTP and gRPC on one port, a fresh
 //! runner's prefetch asks for its entries with the server's batch request
-//! (a plain HTTP/2 request on the gRPC connection), as HTTP runners do, so
+//! (a plain HTTP/2 request to the gRPC address), as HTTP runners do, so
 //! runners of either protocol read the manifests of both; other REAPI
 //! servers refuse it once, and then packs in their CAS serve instead.
 
@@ -655,7 +655,7 @@ impl BlobStore for GrpcBlobs {
     }
 
     /// granary serve's `POST /[INSTANCE/]batch`, sent as a plain HTTP/2
-    /// request on the gRPC connection (granary serve answers both
+    /// request to the gRPC address (granary serve answers both
     /// protocols on one port). A REAPI server answers it with 415 or a
     /// gRPC status: then `None`, and it is not asked again.
     async fn batch(
