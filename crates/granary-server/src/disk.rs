@@ -1222,16 +1222,11 @@ mod tests {
             .collect()
     }
 
-    /// Bytes that do not compress.
+    /// Bytes that do not compress: hashes of a counter.
     fn random(len: usize) -> Vec<u8> {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
+        (0u64..)
+            .flat_map(|i| granary_id::Id::of(&i.to_le_bytes()).0)
+            .take(len)
             .collect()
     }
 

@@ -651,14 +651,7 @@ fn a_bytestream_write_that_breaks_off_resumes_and_one_that_stalls_ends_within_th
         )
         .await;
         assert!(read == blob[1000..6000], "offset and limit honoured");
-        let compressed = read_all(
-            bytestream.clone(),
-            ReadRequest {
-                resource_name: format!("compressed-blobs/zstd/{}/{}", d.hash, d.size_bytes),
-                ..Default::default()
-            },
-        )
-        .await;
+        let compressed = read_compressed(bytestream.clone(), &d).await;
         assert!(zstd::decode_all(&compressed[..]).unwrap() == blob);
 
         // A compressed upload whose bytes are not the digest's.
@@ -744,14 +737,7 @@ fn blobs_stored_compressed_are_read_as_stored_or_decoded() {
             };
             assert!(data == blob, "zstd: {zstd}");
         }
-        let compressed = read_all(
-            bytestream.clone(),
-            ReadRequest {
-                resource_name: format!("compressed-blobs/zstd/{}/{}", d.hash, d.size_bytes),
-                ..Default::default()
-            },
-        )
-        .await;
+        let compressed = read_compressed(bytestream.clone(), &d).await;
         assert!(compressed.len() < blob.len() / 3);
         assert!(zstd::decode_all(&compressed[..]).unwrap() == blob);
         for (offset, limit) in [(0, 0), (1, 10), (300_000, 0), (599_999, 5)] {
@@ -771,6 +757,19 @@ fn blobs_stored_compressed_are_read_as_stored_or_decoded() {
             assert!(read == blob[offset as usize..end], "from {offset}");
         }
     });
+}
+
+/// A `compressed-blobs/zstd/` Read of the blob of `d`, whole.
+async fn read_compressed(bytestream: ByteStreamClient<Channel>, d: &Digest) -> Vec<u8> {
+    let resource_name = format!("compressed-blobs/zstd/{}/{}", d.hash, d.size_bytes);
+    read_all(
+        bytestream,
+        ReadRequest {
+            resource_name,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Everything a ByteStream Read answers.
