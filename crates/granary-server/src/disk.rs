@@ -522,6 +522,15 @@ impl Disk {
     /// Finds `key`: a complete blob (opened, pinned, its use recorded), an
     /// upload in progress, or nothing.
     pub fn find(self: &Arc<Self>, key: &Key) -> Found {
+        // A blob replaced between the index and its file (a plain file
+        // by its compressed form) is looked up once more.
+        self.find_once(key)
+            .or_else(|| self.find_once(key))
+            .unwrap_or(Found::Missing)
+    }
+
+    /// [`Disk::find`], or `None` if the blob was replaced meanwhile.
+    fn find_once(self: &Arc<Self>, key: &Key) -> Option<Found> {
         let now = now_nanos();
         let (meta, touch) = {
             let mut index = self.lock();
@@ -532,10 +541,10 @@ impl Disk {
                     (*meta, touch)
                 }
                 None => {
-                    return match index.uploads.get(key) {
+                    return Some(match index.uploads.get(key) {
                         Some(upload) => Found::Upload(upload.clone()),
                         None => Found::Missing,
-                    };
+                    });
                 }
             }
         };
@@ -559,29 +568,34 @@ impl Disk {
                 if touch {
                     let _ = file.set_modified(SystemTime::now());
                 }
-                Found::Blob(Blob {
+                Some(Found::Blob(Blob {
                     file,
                     size: meta.size,
                     stored: meta.stored,
                     compressed: meta.compressed(),
                     pin,
-                })
+                }))
             }
             Err(e) => {
                 // Deleted or cut short behind the server's back: forget
                 // it, so that the next upload stores it again; unless it
-                // was replaced meanwhile (the file opened was the new one).
+                // was replaced meanwhile (the file opened was the new one,
+                // or the old one is gone): then look again.
                 drop(pin);
                 let mut index = self.lock();
                 let same = |now: &Meta| now.size == meta.size && now.stored == meta.stored;
-                if index.blobs.get(key).is_some_and(same) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!("{} is damaged ({e}); removed", path.display());
-                        let _ = fs::remove_file(&path);
+                match index.blobs.get(key) {
+                    Some(now) if same(now) => {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            tracing::warn!("{} is damaged ({e}); removed", path.display());
+                            let _ = fs::remove_file(&path);
+                        }
+                        index.remove(key);
+                        Some(Found::Missing)
                     }
-                    index.remove(key);
+                    Some(_) => None,
+                    None => Some(Found::Missing),
                 }
-                Found::Missing
             }
         }
     }
