@@ -213,7 +213,7 @@ async fn write_one(blobs: &dyn BlobStore, key: &Key, blob: Blob) -> Result<(), R
             .map_err(|e| cannot_read(&e))?;
         return blobs.put(&backing_key(key), bytes.into()).await;
     }
-    let compressed = blob.compressed;
+    let compressed = blob.compressed();
     let stream = stored_bytes(*key, blob, 0)
         .await
         .map_err(|e| cannot_read(&e))?;

@@ -325,22 +325,27 @@ pub enum Begun {
 /// A complete blob, open for reading and safe from eviction.
 #[derive(Debug)]
 pub struct Blob {
-    /// Its file: the blob, or one zstd frame of it if `compressed`.
+    /// Its file: the blob, or one zstd frame of it if [`Blob::compressed`].
     pub file: File,
     /// The blob's length.
     pub size: u64,
     /// The file's length.
     pub stored: u64,
-    pub compressed: bool,
     pub pin: Pin,
 }
 
 impl Blob {
+    /// Whether the file is a zstd frame of the blob (only then are the
+    /// lengths different).
+    pub fn compressed(&self) -> bool {
+        self.stored != self.size
+    }
+
     /// A reader of the blob's bytes from the start, decoded if it is
     /// stored compressed.
     pub fn reader(&self) -> io::Result<Box<dyn io::Read + '_>> {
         io::Seek::rewind(&mut &self.file)?;
-        Ok(match self.compressed {
+        Ok(match self.compressed() {
             false => Box::new(&self.file),
             true => Box::new(zstd::stream::read::Decoder::new(&self.file)?),
         })
@@ -348,10 +353,12 @@ impl Blob {
 
     /// The whole blob, decoded. Blocking.
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
-        if !self.compressed {
+        if !self.compressed() {
             return read_start(&self.file, self.size);
         }
-        let mut bytes = Vec::with_capacity(self.size as usize);
+        // The size comes from the file's name: grown as read, not
+        // allocated on its word.
+        let mut bytes = Vec::with_capacity(self.size.min(self.stored * 8) as usize);
         io::Read::read_to_end(&mut io::Read::take(self.reader()?, self.size), &mut bytes)?;
         if bytes.len() as u64 != self.size {
             return Err(io::Error::new(
@@ -572,7 +579,6 @@ impl Disk {
                     file,
                     size: meta.size,
                     stored: meta.stored,
-                    compressed: meta.compressed(),
                     pin,
                 }))
             }
@@ -1264,7 +1270,7 @@ mod tests {
             "{names:?}"
         );
         let blob = stored(&disk, &cas(&big));
-        assert!(blob.compressed);
+        assert!(blob.compressed());
         assert_eq!(blob.size, big.len() as u64);
         assert!(
             blob.stored < blob.size / 4,
@@ -1279,7 +1285,7 @@ mod tests {
         );
         for plain in [&noise, &big_noise, &small] {
             let blob = stored(&disk, &cas(plain));
-            assert!(!blob.compressed);
+            assert!(!blob.compressed());
             assert!(blob.read_all().unwrap() == *plain);
         }
         // The limits count the blocks the files take.
@@ -1322,6 +1328,6 @@ mod tests {
         let (disk, rebuilt) = Disk::open(dir.path(), limits()).unwrap();
         assert_eq!(rebuilt.blobs, 1);
         assert_eq!(cas_files(dir.path()).len(), 1);
-        assert!(stored(&disk, &key).compressed);
+        assert!(stored(&disk, &key).compressed());
     }
 }

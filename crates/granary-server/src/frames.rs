@@ -85,7 +85,7 @@ impl Frames {
         blob: &Blob,
         compressor: &mut Compressor<'static>,
     ) -> std::io::Result<Bytes> {
-        if blob.compressed {
+        if blob.compressed() {
             // Stored as one frame already.
             return blob.read_stored().map(Bytes::from);
         }

@@ -312,8 +312,8 @@ impl Service {
     /// blob stored compressed goes as it is stored.
     async fn send(&self, key: Key, opened: Opened, zstd: bool) -> Response<Body> {
         let (length, encoded, varies) = match &opened {
-            Opened::Stored(blob) if blob.compressed && zstd => (Some(blob.stored), true, true),
-            Opened::Stored(blob) => (Some(blob.size), false, blob.compressed),
+            Opened::Stored(blob) if blob.compressed() && zstd => (Some(blob.stored), true, true),
+            Opened::Stored(blob) => (Some(blob.size), false, blob.compressed()),
             Opened::Arriving(follower) => (follower.expected(), false, false),
         };
         let mut response = match opened {

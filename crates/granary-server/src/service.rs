@@ -192,7 +192,7 @@ impl Service {
         offset: u64,
     ) -> Result<BoxStream<'static, io::Result<Bytes>>, Unreadable> {
         match opened {
-            Opened::Stored(blob) if blob.compressed => {
+            Opened::Stored(blob) if blob.compressed() => {
                 let stream = stored_bytes(key, blob, 0).await?;
                 Ok(codec::skipped(codec::decoded(stream), offset))
             }
@@ -294,7 +294,7 @@ pub struct Whole {
 
 /// Reads a stored blob whole: decoded, or with `zstd` as stored. Blocking.
 pub fn read_whole(key: Key, blob: &Blob, zstd: bool) -> Result<Whole, Unreadable> {
-    let zstd = blob.compressed && zstd;
+    let zstd = blob.compressed() && zstd;
     let read = match zstd {
         true => blob.read_stored(),
         false => blob.read_all(),

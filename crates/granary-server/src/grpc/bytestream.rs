@@ -315,7 +315,7 @@ impl Reapi {
         }
         self.count(Kind::Cas, true);
         let stream = match opened {
-            Opened::Stored(blob) if blob.compressed && resource.compressed && offset == 0 => {
+            Opened::Stored(blob) if blob.compressed() && resource.compressed && offset == 0 => {
                 return Ok((
                     stored_bytes(key, blob, 0)
                         .await
