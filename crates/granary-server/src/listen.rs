@@ -91,11 +91,10 @@ pub async fn serve(
                 let grpc = grpc.clone();
                 let activity = activity.clone();
                 let batches = Arc::new(Semaphore::new(BATCHES_PER_CONNECTION));
+                // No header timeout for HTTP/1: `Stalls` already ends a
+                // connection whose request never arrives, and hyper's
+                // would set a timer for every request.
                 let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(idle);
                 builder
                     .http2()
                     .timer(TokioTimer::new())
