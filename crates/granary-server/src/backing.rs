@@ -211,7 +211,7 @@ async fn write_one(blobs: &dyn BlobStore, key: &Key, blob: Blob) -> Result<(), R
             .await
             .expect("reading does not panic")
             .map_err(|e| cannot_read(&e))?;
-        return blobs.put(&backing_key(key), bytes.into()).await;
+        return blobs.put(&backing_key(key), bytes).await;
     }
     let compressed = blob.compressed();
     let stream = stored_bytes(*key, blob, 0)

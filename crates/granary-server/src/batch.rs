@@ -235,7 +235,7 @@ impl Answer {
     /// not inline; `None` if either is missing or unreadable, or the blob's
     /// length is not the one the result names (damaged on disk: it must
     /// not be sent, nor kept compressed).
-    fn entry(&self, key: &Key) -> Option<(Vec<u8>, Option<CasBlob>)> {
+    fn entry(&self, key: &Key) -> Option<(Bytes, Option<CasBlob>)> {
         let blob = self.service.stored(key)?;
         if blob.size > MAX_ACTION_RESULT {
             return None;

@@ -31,9 +31,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, watch};
 
+use crate::kept::Kept;
 use crate::key::{Key, Kind};
 
 /// How often a blob's mtime is bumped at most when it is used.
@@ -49,6 +51,15 @@ const BLOCK: u64 = 4096;
 pub const STORE_LEVEL: i32 = 1;
 /// Bytes of a blob compressed first, to see whether it shrinks.
 const SAMPLE: u64 = 256 * 1024;
+/// CAS blobs stored in fewer bytes are kept in memory too, within
+/// [`Limits::memory`]. Served from a file, a 1 KB GET cost four system
+/// calls (open, statx, pread, close) beside the request's own two, and
+/// half of the server's kernel time (`bench/http_floor.py`, strace -c).
+/// A CAS blob never changes under its key, so a kept copy needs no
+/// invalidation; only its stored form may change (compressed later by
+/// [`Disk::compress_forever`]), and its length tells which it is. Action
+/// results can be replaced under their key: they are always read.
+pub const KEPT_BELOW: u64 = 16 * 1024;
 
 /// What a blob of `len` bytes takes on disk: whole blocks, and at least
 /// one, for its inode, so that many empty blobs weigh as they do on disk.
@@ -68,6 +79,8 @@ pub struct Limits {
     pub hard_limit: u64,
     /// The largest blob accepted.
     pub max_blob: u64,
+    /// Bytes of small CAS blobs also kept in memory (see [`KEPT_BELOW`]).
+    pub memory: u64,
 }
 
 /// The disk tier.
@@ -81,6 +94,9 @@ pub struct Disk {
     /// Shared with the metrics, which expose them as they are.
     pub evictions: Counter,
     pub evicted_bytes: Counter,
+    /// Small CAS blobs as stored, and how many reads they answered.
+    kept: Kept,
+    pub kept_reads: Counter,
     temp_names: AtomicU64,
     /// Held while the server runs: two servers on one directory would
     /// each evict what the other counts.
@@ -150,6 +166,7 @@ impl Index {
             low_watermark: scaled(configured.low_watermark),
             hard_limit,
             max_blob: configured.max_blob,
+            memory: configured.memory,
         }
     }
 
@@ -232,6 +249,8 @@ pub struct Usage {
     pub uploads: u64,
     pub evicted: u64,
     pub evicted_bytes: u64,
+    /// Bytes of small blobs kept in memory.
+    pub kept: u64,
 }
 
 /// What the index was rebuilt from at start-up.
@@ -325,8 +344,8 @@ pub enum Begun {
 /// A complete blob, open for reading and safe from eviction.
 #[derive(Debug)]
 pub struct Blob {
-    /// Its file: the blob, or one zstd frame of it if [`Blob::compressed`].
-    pub file: File,
+    /// The blob, or one zstd frame of it if [`Blob::compressed`].
+    pub stored_in: Stored,
     /// The blob's length.
     pub size: u64,
     /// The file's length.
@@ -344,17 +363,23 @@ impl Blob {
     /// A reader of the blob's bytes from the start, decoded if it is
     /// stored compressed.
     pub fn reader(&self) -> io::Result<Box<dyn io::Read + '_>> {
-        io::Seek::rewind(&mut &self.file)?;
+        let stored: Box<dyn io::Read> = match &self.stored_in {
+            Stored::File(file) => {
+                io::Seek::rewind(&mut &*file)?;
+                Box::new(file)
+            }
+            Stored::Memory(bytes) => Box::new(&bytes[..]),
+        };
         Ok(match self.compressed() {
-            false => Box::new(&self.file),
-            true => Box::new(zstd::stream::read::Decoder::new(&self.file)?),
+            false => stored,
+            true => Box::new(zstd::stream::read::Decoder::new(stored)?),
         })
     }
 
     /// The whole blob, decoded. Blocking.
-    pub fn read_all(&self) -> io::Result<Vec<u8>> {
+    pub fn read_all(&self) -> io::Result<Bytes> {
         if !self.compressed() {
-            return read_start(&self.file, self.size);
+            return self.read_stored();
         }
         // The size comes from the file's name: grown as read, not
         // allocated on its word.
@@ -366,14 +391,24 @@ impl Blob {
                 format!("{} bytes of {}", bytes.len(), self.size),
             ));
         }
-        Ok(bytes)
+        Ok(bytes.into())
     }
 
-    /// The file's bytes as they are: the zstd frame of a compressed blob.
-    /// Blocking.
-    pub fn read_stored(&self) -> io::Result<Vec<u8>> {
-        read_start(&self.file, self.stored)
+    /// The bytes as stored: the zstd frame of a compressed blob. Blocking.
+    pub fn read_stored(&self) -> io::Result<Bytes> {
+        match &self.stored_in {
+            Stored::File(file) => read_start(file, self.stored).map(Bytes::from),
+            Stored::Memory(bytes) => Ok(bytes.clone()),
+        }
     }
+}
+
+/// Where a blob's stored bytes are.
+#[derive(Debug)]
+pub enum Stored {
+    File(File),
+    /// A small CAS blob kept in memory (see [`KEPT_BELOW`]).
+    Memory(Bytes),
 }
 
 /// The first `length` bytes of `file`, wherever its cursor is: one read
@@ -460,6 +495,8 @@ impl Disk {
             pressure: Notify::new(),
             evictions: Counter::default(),
             evicted_bytes: Counter::default(),
+            kept: Kept::new(limits.memory, 2 * BLOCK),
+            kept_reads: Counter::default(),
             temp_names: AtomicU64::new(0),
             _lock: lock,
         });
@@ -518,6 +555,7 @@ impl Disk {
             uploads: index.uploads.len() as u64,
             evicted: self.evictions.get(),
             evicted_bytes: self.evicted_bytes.get(),
+            kept: self.kept.weight(),
         }
     }
 
@@ -559,6 +597,23 @@ impl Disk {
             disk: self.clone(),
             key: *key,
         };
+        let keep = key.kind == Kind::Cas && meta.stored < KEPT_BELOW;
+        if keep
+            && let Some(bytes) = self.kept.get(&key.hash)
+            && bytes.len() as u64 == meta.stored
+        {
+            self.kept_reads.inc();
+            if touch {
+                let path = self.file_path(key, &meta);
+                let _ = File::open(path).and_then(|f| f.set_modified(SystemTime::now()));
+            }
+            return Some(Found::Blob(Blob {
+                stored_in: Stored::Memory(bytes),
+                size: meta.size,
+                stored: meta.stored,
+                pin,
+            }));
+        }
         let path = self.file_path(key, &meta);
         let opened = File::open(&path).and_then(|file| {
             let length = file.metadata()?.len();
@@ -575,8 +630,21 @@ impl Disk {
                 if touch {
                     let _ = file.set_modified(SystemTime::now());
                 }
+                // A blob to keep is read now: whoever found it reads it
+                // whole anyway. Unreadable, it is left to their read to fail.
+                let stored_in = match keep {
+                    true => match read_start(&file, meta.stored) {
+                        Ok(bytes) => {
+                            let bytes = Bytes::from(bytes);
+                            self.kept.insert(key.hash, bytes.clone());
+                            Stored::Memory(bytes)
+                        }
+                        Err(_) => Stored::File(file),
+                    },
+                    false => Stored::File(file),
+                };
                 Some(Found::Blob(Blob {
-                    file,
+                    stored_in,
                     size: meta.size,
                     stored: meta.stored,
                     pin,
@@ -1209,6 +1277,7 @@ mod tests {
             low_watermark: 60 << 20,
             hard_limit: 64 << 20,
             max_blob: 1 << 30,
+            memory: 1 << 20,
         }
     }
 
@@ -1329,5 +1398,72 @@ mod tests {
         assert_eq!(rebuilt.blobs, 1);
         assert_eq!(cas_files(dir.path()).len(), 1);
         assert!(stored(&disk, &key).compressed());
+    }
+
+    #[tokio::test]
+    async fn small_cas_blobs_are_read_from_memory_in_the_form_stored_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = compressible(12 << 10);
+        let key = cas(&text);
+        // As a server before compression left it.
+        let plain = dir.path().join(key.relative_path());
+        fs::create_dir_all(plain.parent().unwrap()).unwrap();
+        fs::write(&plain, &text).unwrap();
+        let (disk, _) = Disk::open(dir.path(), limits()).unwrap();
+        assert!(stored(&disk, &key).read_all().unwrap() == text);
+        let again = stored(&disk, &key);
+        assert!(matches!(again.stored_in, Stored::Memory(_)));
+        assert!(again.read_all().unwrap() == text);
+        assert_eq!(disk.kept_reads.get(), 1);
+        // Compressed since, while a reader of the plain file kept it: the
+        // plain copy is not the stored form, and is not read.
+        drop(again);
+        disk.clone().compress_forever().await;
+        disk.kept.insert(key.hash, Bytes::from(text.clone()));
+        let compressed = stored(&disk, &key);
+        assert!(compressed.compressed());
+        assert_eq!(disk.kept_reads.get(), 1, "read from its file");
+        assert!(compressed.read_all().unwrap() == text);
+        let kept = stored(&disk, &key);
+        assert!(matches!(kept.stored_in, Stored::Memory(_)));
+        assert!(kept.compressed() && kept.read_all().unwrap() == text);
+        assert_eq!(disk.kept_reads.get(), 2);
+        assert_eq!(disk.usage().kept, kept.stored);
+    }
+
+    #[test]
+    fn action_results_and_larger_blobs_are_always_read_from_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, _) = Disk::open(dir.path(), limits()).unwrap();
+        let action = Key::new(Kind::Ac, &"ab".repeat(32)).unwrap();
+        disk.store(action, b"first").unwrap();
+        assert!(stored(&disk, &action).read_all().unwrap() == b"first"[..]);
+        disk.store(action, b"other").unwrap();
+        assert!(stored(&disk, &action).read_all().unwrap() == b"other"[..]);
+        let large = random(KEPT_BELOW as usize);
+        disk.store(cas(&large), &large).unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                stored(&disk, &cas(&large)).stored_in,
+                Stored::File(_)
+            ));
+        }
+        assert_eq!((disk.kept_reads.get(), disk.usage().kept), (0, 0));
+        // With no memory to keep them in, small CAS blobs are read too.
+        drop(disk);
+        let (disk, _) = Disk::open(
+            dir.path(),
+            Limits {
+                memory: 0,
+                ..limits()
+            },
+        )
+        .unwrap();
+        let small = random(100);
+        disk.store(cas(&small), &small).unwrap();
+        for _ in 0..2 {
+            assert!(stored(&disk, &cas(&small)).read_all().unwrap() == small);
+        }
+        assert_eq!((disk.kept_reads.get(), disk.usage().kept), (0, 0));
     }
 }

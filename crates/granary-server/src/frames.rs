@@ -12,15 +12,12 @@
 //! of the ratio on Go's outputs (`std`: 48.6 MB as one stream, 49.0 MB
 //! blob by blob).
 
-use std::io::Read;
-
 use bytes::Bytes;
-use granary_id::Id;
 use prometheus_client::metrics::counter::Counter;
-use quick_cache::sync::Cache;
 use zstd::bulk::Compressor;
 
 use crate::disk::Blob;
+use crate::kept::Kept;
 use crate::key::Key;
 
 /// zstd's fastest regular level: several hundred MB/s per core, so the
@@ -35,41 +32,19 @@ const TYPICAL_FRAME: u64 = 32 << 10;
 /// Compressed CAS blobs, least recently used dropped first.
 #[derive(Debug)]
 pub struct Frames {
-    /// `None` when the budget is 0: every blob is compressed anew.
-    cache: Option<Cache<Id, Bytes, ByWeight>>,
+    kept: Kept,
     /// Frames served from the cache.
     pub reused: Counter,
     /// Frames compressed for an answer.
     pub compressed: Counter,
 }
 
-/// A frame weighs its length.
-#[derive(Debug, Clone)]
-struct ByWeight;
-
-impl quick_cache::Weighter<Id, Bytes> for ByWeight {
-    fn weight(&self, _key: &Id, frame: &Bytes) -> u64 {
-        frame.len() as u64
-    }
-}
-
 impl Frames {
-    /// Keeps at most `budget` bytes of frames.
+    /// Keeps at most `budget` bytes of frames; 0: every blob is
+    /// compressed anew.
     pub fn new(budget: u64) -> Frames {
-        let cache = (budget > 0).then(|| {
-            let items = (budget / TYPICAL_FRAME).clamp(64, 1 << 20) as usize;
-            // Few shards: a shard holds at most its share of the budget,
-            // and a frame must fit in one.
-            let options = quick_cache::OptionsBuilder::new()
-                .shards(4)
-                .estimated_items_capacity(items)
-                .weight_capacity(budget)
-                .build()
-                .expect("every option is set");
-            Cache::with_options(options, ByWeight, Default::default(), Default::default())
-        });
         Frames {
-            cache,
+            kept: Kept::new(budget, TYPICAL_FRAME),
             reused: Counter::default(),
             compressed: Counter::default(),
         }
@@ -87,23 +62,15 @@ impl Frames {
     ) -> std::io::Result<Bytes> {
         if blob.compressed() {
             // Stored as one frame already.
-            return blob.read_stored().map(Bytes::from);
+            return blob.read_stored();
         }
         let mut compressed = false;
-        let mut compress = || {
+        let compress = || {
             compressed = true;
-            let mut content = Vec::with_capacity(blob.size as usize);
-            (&blob.file).take(blob.size).read_to_end(&mut content)?;
-            if content.len() as u64 != blob.size {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            compressor.compress(&content).map(Bytes::from)
+            compressor.compress(&blob.read_all()?).map(Bytes::from)
         };
-        let frame = match &self.cache {
-            None => compress(),
-            // Runners that ask at once wait for one compression.
-            Some(cache) => cache.get_or_insert_with(&key.hash, compress),
-        }?;
+        // Runners that ask at once wait for one compression.
+        let frame = self.kept.get_or_insert_with(&key.hash, compress)?;
         match compressed {
             true => self.compressed.inc(),
             false => self.reused.inc(),
@@ -113,23 +80,6 @@ impl Frames {
 
     /// Bytes of frames kept.
     pub fn kept(&self) -> u64 {
-        self.cache.as_ref().map_or(0, Cache::weight)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_bounds_what_is_kept() {
-        let frames = Frames::new(1 << 20);
-        let cache = frames.cache.as_ref().unwrap();
-        for i in 0..64u8 {
-            cache.insert(Id([i; 32]), Bytes::from(vec![i; 64 << 10]));
-        }
-        assert!(frames.kept() <= 1 << 20, "{}", frames.kept());
-        assert!(frames.kept() >= 512 << 10, "{}", frames.kept());
-        assert_eq!(Frames::new(0).kept(), 0);
+        self.kept.weight()
     }
 }

@@ -51,6 +51,7 @@ pub mod fuzz;
 mod grant;
 mod grpc;
 mod http;
+mod kept;
 mod key;
 mod listen;
 mod metrics;

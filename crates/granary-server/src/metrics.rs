@@ -57,6 +57,7 @@ pub struct Metrics {
     disk_bytes: Gauge<u64, AtomicU64>,
     blobs: Family<KindLabels, Gauge<u64, AtomicU64>>,
     compressed_cache_bytes: Gauge<u64, AtomicU64>,
+    memory_cache_bytes: Gauge<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -151,6 +152,17 @@ impl Metrics {
             "Bytes of compressed blobs kept for batch answers",
             compressed_cache_bytes.clone(),
         );
+        let memory_cache_bytes = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "memory_cache_bytes",
+            "Bytes of small CAS blobs kept in memory",
+            memory_cache_bytes.clone(),
+        );
+        registry.register(
+            "memory_cache_reads",
+            "Blob reads answered from memory",
+            disk.kept_reads.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -168,6 +180,7 @@ impl Metrics {
             disk_bytes,
             blobs,
             compressed_cache_bytes,
+            memory_cache_bytes,
         }
     }
 
@@ -189,6 +202,7 @@ impl Metrics {
     pub fn render(&self, usage: &Usage, frames: &Frames) -> String {
         self.disk_bytes.set(usage.bytes);
         self.compressed_cache_bytes.set(frames.kept());
+        self.memory_cache_bytes.set(usage.kept);
         self.blobs
             .get_or_create(&KindLabels { kind: "ac" })
             .set(usage.ac_blobs);

@@ -26,7 +26,7 @@ use crate::backing::Backing;
 use crate::check::{Check, Rejected};
 use crate::codec;
 use crate::dashboard::Dashboard;
-use crate::disk::{Blob, Disk, Found, Refusal, Writer};
+use crate::disk::{Blob, Disk, Found, Refusal, Stored, Writer};
 use crate::follow::{CHUNK, Followed, Follower, follow};
 use crate::frames::Frames;
 use crate::key::{Key, Kind};
@@ -176,7 +176,7 @@ impl Service {
         }
         Ok(Some(Whole {
             size: bytes.len() as u64,
-            bytes,
+            bytes: bytes.into(),
             zstd: false,
         }))
     }
@@ -286,7 +286,7 @@ impl Service {
 #[derive(Debug)]
 pub struct Whole {
     /// The blob, or one zstd frame of it if `zstd`.
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     pub zstd: bool,
     /// The blob's length.
     pub size: u64,
@@ -314,7 +314,18 @@ pub async fn stored_bytes(
     blob: Blob,
     offset: u64,
 ) -> Result<BoxStream<'static, io::Result<Bytes>>, Unreadable> {
-    let Blob { file, pin, .. } = blob;
+    let Blob { stored_in, pin, .. } = blob;
+    let file = match stored_in {
+        Stored::File(file) => file,
+        Stored::Memory(bytes) => {
+            let rest = bytes.slice((offset as usize).min(bytes.len())..);
+            return Ok(futures_util::stream::once(async move {
+                let _pinned = pin;
+                Ok(rest)
+            })
+            .boxed());
+        }
+    };
     let mut file = tokio::fs::File::from_std(file);
     file.seek(io::SeekFrom::Start(offset))
         .await

@@ -226,6 +226,12 @@ pub struct ServeArgs {
     #[arg(long, env = "GRANARY_SERVE_COMPRESSED_CACHE", value_name = "SIZE", value_parser = parse_size)]
     pub compressed_cache: Option<u64>,
 
+    /// Memory for small CAS blobs (under 16 KiB as stored), kept beside their
+    /// files so that reading them costs no file system call; 0 keeps none
+    /// [default: 64MiB]
+    #[arg(long, env = "GRANARY_SERVE_MEMORY_CACHE", value_name = "SIZE", value_parser = parse_size)]
+    pub memory_cache: Option<u64>,
+
     /// Back the disk with this bucket, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or
     /// az://CONTAINER/PREFIX: misses are fetched from it, uploads copied to it in the
     /// background, so several servers can share it. Endpoint, region and credentials as

@@ -76,6 +76,7 @@ struct ServeFile {
     max_connections: Option<usize>,
     shutdown_grace: Option<String>,
     compressed_cache: Option<String>,
+    memory_cache: Option<String>,
     backing: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
@@ -469,6 +470,8 @@ pub fn serve(
         low_watermark: max_size / 100 * low_watermark,
         hard_limit,
         max_blob: size(args.max_blob, &file.max_blob, "max-blob")?.unwrap_or(DEFAULT_MAX_BLOB),
+        memory: size(args.memory_cache, &file.memory_cache, "memory-cache")?
+            .unwrap_or(DEFAULT_MEMORY_CACHE),
     };
     let duration = |flag, value, key| pick(flag, value, parse_duration, key, &path);
     let tls = match (
@@ -545,6 +548,9 @@ const DEFAULT_SERVE_MAX_SIZE: u64 = 10 << 30;
 const DEFAULT_MAX_BLOB: u64 = 4 << 30;
 /// About five times `go build std`'s outputs, compressed.
 const DEFAULT_COMPRESSED_CACHE: u64 = 256 << 20;
+/// Some tens of thousands of small blobs: more than a `go build std`
+/// (about 1,400 of its 2,400 outputs are under 16 KiB).
+const DEFAULT_MEMORY_CACHE: u64 = 64 << 20;
 
 /// Resolves the upkeep settings of the cache in `dir` from `args` (flags
 /// and variables), the config file and the defaults.
@@ -925,7 +931,7 @@ mod tests {
         std::fs::write(
             dir.path().join(CONFIG_FILE),
             "max-size = \"1GiB\"\n[serve]\nlisten = \"127.0.0.1:9999\"\ngrpc-listen = \"127.0.0.1:9998\"\nmax-size = \"100MiB\"\n\
-             low-watermark = 50\nidle-timeout = \"5s\"\ncompressed-cache = \"1MiB\"\nbacking = \"s3://bucket/servers\"\n",
+             low-watermark = 50\nidle-timeout = \"5s\"\ncompressed-cache = \"1MiB\"\nmemory-cache = \"2MiB\"\nbacking = \"s3://bucket/servers\"\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -943,6 +949,7 @@ mod tests {
             max_connections: None,
             shutdown_grace: None,
             compressed_cache: None,
+            memory_cache: None,
             backing: None,
             s3_endpoint: Some("http://127.0.0.1:8333".into()),
             s3_region: None,
@@ -959,6 +966,7 @@ mod tests {
         assert_eq!(settings.limits.max_blob, 1 << 20);
         assert_eq!(settings.idle_timeout, Duration::from_secs(5));
         assert_eq!(settings.compressed_cache, 1 << 20);
+        assert_eq!(settings.limits.memory, 2 << 20);
         let backing = backing.unwrap();
         let StoreSettings::S3(s3) = &backing.store else {
             panic!("{backing:?}")

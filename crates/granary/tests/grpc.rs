@@ -702,18 +702,52 @@ fn a_bytestream_write_that_breaks_off_resumes_and_one_that_stalls_ends_within_th
 
 /// A blob the server stores compressed: BatchReadBlobs and a
 /// `compressed-blobs` Read send it as stored, a plain Read decodes it,
-/// from any offset.
+/// from any offset; a small one also once it is kept in memory.
 #[test]
 fn blobs_stored_compressed_are_read_as_stored_or_decoded() {
     let server = Server::start(&[]);
-    let blob = compressible(600_000, 4);
-    let d = digest(&blob);
+    for blob in [compressible(600_000, 4), compressible(12_000, 5)] {
+        blobs_stored_compressed_are_read_back(&server, &blob);
+    }
+    // A small blob that does not shrink: kept in memory as it is, and
+    // read from there at any offset.
+    let plain = pattern(5_000, 6);
+    let d = digest(&plain);
     assert_eq!(
-        request(server.addr, "PUT", &format!("/cas/{}", d.hash), &[], &blob).0,
+        request(server.addr, "PUT", &format!("/cas/{}", d.hash), &[], &plain).0,
+        200
+    );
+    let kept_before = server.metric("granary_memory_cache_reads_total", "");
+    runtime().block_on(async {
+        let bytestream = ByteStreamClient::new(channel(&server).await);
+        for (offset, limit) in [(0, 0), (0, 0), (100, 50), (4_999, 0), (5_000, 0)] {
+            let read = read_all(
+                bytestream.clone(),
+                ReadRequest {
+                    resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
+                    read_offset: offset,
+                    read_limit: limit,
+                },
+            )
+            .await;
+            let end = match limit {
+                0 => plain.len(),
+                limit => (offset + limit) as usize,
+            };
+            assert!(read == plain[offset as usize..end], "from {offset}");
+        }
+    });
+    assert!(server.metric("granary_memory_cache_reads_total", "") >= kept_before + 4.0);
+}
+
+fn blobs_stored_compressed_are_read_back(server: &Server, blob: &[u8]) {
+    let d = digest(blob);
+    assert_eq!(
+        request(server.addr, "PUT", &format!("/cas/{}", d.hash), &[], blob).0,
         200
     );
     runtime().block_on(async {
-        let channel = channel(&server).await;
+        let channel = channel(server).await;
         let mut cas = ContentAddressableStorageClient::new(channel.clone());
         let bytestream = ByteStreamClient::new(channel);
         for accepted in [vec![], vec![compressor::Value::Zstd as i32]] {
@@ -739,12 +773,13 @@ fn blobs_stored_compressed_are_read_as_stored_or_decoded() {
                 }
                 false => read.data.clone(),
             };
-            assert!(data == blob, "zstd: {zstd}");
+            assert!(data == *blob, "zstd: {zstd}");
         }
         let compressed = read_compressed(bytestream.clone(), &d).await;
         assert!(compressed.len() < blob.len() / 3);
         assert!(zstd::decode_all(&compressed[..]).unwrap() == blob);
-        for (offset, limit) in [(0, 0), (1, 10), (300_000, 0), (599_999, 5)] {
+        let len = blob.len() as i64;
+        for (offset, limit) in [(0, 0), (1, 10), (len / 2, 0), (len - 1, 5)] {
             let read = read_all(
                 bytestream.clone(),
                 ReadRequest {

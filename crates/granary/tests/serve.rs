@@ -1064,6 +1064,43 @@ fn zstd_batch(server: &Server, body: &str) -> Vec<u8> {
     zstd::decode_all(&compressed.bytes().unwrap()[..]).unwrap()
 }
 
+/// Small CAS blobs are read from memory after their first read, in the
+/// form the client asks for; with `--memory-cache 0`, always from their
+/// files.
+#[test]
+fn small_blobs_are_kept_in_memory_after_their_first_read() {
+    // The second GET of each, and the compressed one.
+    for (memory, kept) in [("64MiB", 3.0), ("0", 0.0)] {
+        let server = Server::start(&["--memory-cache", memory]);
+        let plain = pattern(1_000, 7);
+        let text = compressible(12_000, 8);
+        for blob in [&plain, &text] {
+            assert_eq!(put_cas(&server, blob, &[]).0, 200);
+            let path = format!("/cas/{}", sha256_hex(blob));
+            for _ in 0..2 {
+                let (status, body) = request(server.addr, "GET", &path, &[], b"");
+                assert_eq!(status, 200);
+                assert!(body == *blob);
+            }
+        }
+        let url = format!("http://{}/cas/{}", server.addr, sha256_hex(&text));
+        let compressed = reqwest::blocking::Client::new()
+            .get(url)
+            .header("accept-encoding", "zstd")
+            .send()
+            .unwrap();
+        assert_eq!(compressed.headers()["content-encoding"], "zstd");
+        let frame = compressed.bytes().unwrap();
+        assert!(frame.len() < text.len() / 3);
+        assert!(zstd::decode_all(&frame[..]).unwrap() == text);
+        assert_eq!(
+            server.metric("granary_memory_cache_reads_total", ""),
+            kept,
+            "--memory-cache {memory}"
+        );
+    }
+}
+
 /// Blobs too large to keep compressed, or a server that keeps none: the
 /// answer is the same, compressed anew each time.
 #[test]

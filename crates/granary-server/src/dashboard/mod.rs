@@ -328,6 +328,7 @@ mod tests {
             low_watermark: 90,
             hard_limit: 110,
             max_blob: 10,
+            memory: 1 << 20,
         };
         let all = dashboard.answer(0, Sample::default(), limits, Duration::ZERO, false);
         assert_eq!(all.samples.len(), KEPT);

@@ -612,6 +612,7 @@ mod tests {
             low_watermark: 60 << 20,
             hard_limit: 64 << 20,
             max_blob: 1 << 30,
+            memory: 1 << 20,
         };
         Disk::open(dir.path(), limits).unwrap().0
     }

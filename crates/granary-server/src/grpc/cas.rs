@@ -8,6 +8,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
     batch_read_blobs_response, batch_update_blobs_response, compressor,
     content_addressable_storage_server::ContentAddressableStorage,
 };
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tonic::{Code, Request, Response, Status};
 
@@ -135,7 +136,7 @@ impl Reapi {
         for (digest, (key, size)) in asked.digests.iter().zip(keys) {
             let found = match size == 0 && key.hash == empty_hash() {
                 true => Some(Whole {
-                    bytes: Vec::new(),
+                    bytes: Bytes::new(),
                     zstd: false,
                     size: 0,
                 }),
@@ -153,13 +154,13 @@ impl Reapi {
             };
             self.count(Kind::Cas, true);
             let (data, used) = match (whole.zstd, zstd && size > 0) {
-                (true, _) => (whole.bytes, compressor::Value::Zstd),
+                (true, _) => (whole.bytes.into(), compressor::Value::Zstd),
                 (false, true) => (
                     zstd::bulk::compress(&whole.bytes, STORE_LEVEL)
                         .map_err(|e| Status::internal(format!("cannot compress: {e}")))?,
                     compressor::Value::Zstd,
                 ),
-                (false, false) => (whole.bytes, compressor::Value::Identity),
+                (false, false) => (whole.bytes.into(), compressor::Value::Identity),
             };
             responses.push(batch_read_blobs_response::Response {
                 digest: Some(digest.clone()),
