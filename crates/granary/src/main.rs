@@ -27,6 +27,9 @@ use clap::Parser;
 
 use cli::{Cli, Command, GlobalArgs};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
