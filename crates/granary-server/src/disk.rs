@@ -348,9 +348,10 @@ pub struct Blob {
     pub stored_in: Stored,
     /// The blob's length.
     pub size: u64,
-    /// The file's length.
+    /// Its stored length: the file's, or the copy's in memory.
     pub stored: u64,
-    pub pin: Pin,
+    /// `None` for a copy in memory, which eviction cannot take away.
+    pub pin: Option<Pin>,
 }
 
 impl Blob {
@@ -574,16 +575,31 @@ impl Disk {
             .unwrap_or(Found::Missing)
     }
 
+    /// The copy of `key` kept in memory, if it is the form stored now.
+    fn kept_copy(&self, key: &Key, stored: u64) -> Option<Bytes> {
+        if !kept_in_memory(key, stored) {
+            return None;
+        }
+        self.kept
+            .get(&key.hash)
+            .filter(|bytes| bytes.len() as u64 == stored)
+    }
+
     /// [`Disk::find`], or `None` if the blob was replaced meanwhile.
     fn find_once(self: &Arc<Self>, key: &Key) -> Option<Found> {
         let now = now_nanos();
-        let (meta, touch) = {
+        let (meta, touch, kept) = {
             let mut index = self.lock();
             match index.blobs.get_mut(key) {
                 Some(meta) => {
-                    meta.readers += 1;
                     let touch = meta.use_at(now);
-                    (*meta, touch)
+                    let kept = self.kept_copy(key, meta.stored);
+                    // A copy in memory needs no pin: eviction cannot take
+                    // it away mid-read.
+                    if kept.is_none() {
+                        meta.readers += 1;
+                    }
+                    (*meta, touch, kept)
                 }
                 None => {
                     return Some(match index.uploads.get(key) {
@@ -593,15 +609,7 @@ impl Disk {
                 }
             }
         };
-        let pin = Pin {
-            disk: self.clone(),
-            key: *key,
-        };
-        let keep = key.kind == Kind::Cas && meta.stored < KEPT_BELOW;
-        if keep
-            && let Some(bytes) = self.kept.get(&key.hash)
-            && bytes.len() as u64 == meta.stored
-        {
+        if let Some(bytes) = kept {
             self.kept_reads.inc();
             if touch {
                 let path = self.file_path(key, &meta);
@@ -611,9 +619,13 @@ impl Disk {
                 stored_in: Stored::Memory(bytes),
                 size: meta.size,
                 stored: meta.stored,
-                pin,
+                pin: None,
             }));
         }
+        let pin = Pin {
+            disk: self.clone(),
+            key: *key,
+        };
         let path = self.file_path(key, &meta);
         let opened = File::open(&path).and_then(|file| {
             let length = file.metadata()?.len();
@@ -632,7 +644,7 @@ impl Disk {
                 }
                 // A blob to keep is read now: whoever found it reads it
                 // whole anyway. Unreadable, it is left to their read to fail.
-                let stored_in = match keep {
+                let stored_in = match kept_in_memory(key, meta.stored) {
                     true => match read_start(&file, meta.stored) {
                         Ok(bytes) => {
                             let bytes = Bytes::from(bytes);
@@ -647,7 +659,7 @@ impl Disk {
                     stored_in,
                     size: meta.size,
                     stored: meta.stored,
-                    pin,
+                    pin: Some(pin),
                 }))
             }
             Err(e) => {
@@ -1185,6 +1197,12 @@ fn file_path(dir: &Path, key: &Key, meta: &Meta) -> PathBuf {
         false => plain,
         true => plain.with_extension(format!("{}.zst", meta.size)),
     }
+}
+
+/// Whether a blob of `key`, `stored` bytes as stored, is kept in memory
+/// too (see [`KEPT_BELOW`]).
+fn kept_in_memory(key: &Key, stored: u64) -> bool {
+    key.kind == Kind::Cas && stored < KEPT_BELOW
 }
 
 fn now_nanos() -> u64 {

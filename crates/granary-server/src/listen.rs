@@ -287,15 +287,15 @@ impl Activity {
         self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed))
     }
 
-    /// Counts a request as being handled until the guard is dropped.
+    /// Counts a request as being handled until the guard is dropped
+    /// (progress then; meanwhile [`Activity::last_progress`] is now).
     fn handling(self: &Arc<Self>) -> Handling {
-        self.progress();
         self.handling.fetch_add(1, Ordering::Relaxed);
         Handling(self.clone())
     }
 }
 
-/// A request being handled; progress when it starts and when it ends.
+/// A request being handled; progress while it is and when it ends.
 struct Handling(Arc<Activity>);
 
 impl Drop for Handling {
@@ -322,7 +322,9 @@ impl hyper::body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        self.activity.progress();
+        if frame.is_some() {
+            self.activity.progress();
+        }
         Poll::Ready(frame)
     }
 
