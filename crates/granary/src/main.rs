@@ -27,9 +27,6 @@ use clap::Parser;
 
 use cli::{Cli, Command, GlobalArgs};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
