@@ -40,7 +40,7 @@ use crate::check::MAX_ACTION_RESULT;
 use crate::disk::Blob;
 use crate::frames::{Frames, LEVEL, MAX_FRAMED};
 use crate::key::{Key, Kind};
-use crate::metrics::{KindLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::service::Service;
 
 /// Most action IDs one request may name.
@@ -177,14 +177,13 @@ type CasBlob = (Key, Blob);
 
 impl Answer {
     fn write(&mut self, keys: &[Asked]) -> Result<(), Stop> {
-        let ac = KindLabels { kind: "ac" };
         for Asked { action, key } in keys {
             let Some((record, object)) = self.entry(key) else {
-                self.metrics.misses.get_or_create(&ac).inc();
+                self.metrics.looked_up(Kind::Ac, false);
                 pack::write_missing(&mut self.buffer, action);
                 continue;
             };
-            self.metrics.hits.get_or_create(&ac).inc();
+            self.metrics.looked_up(Kind::Ac, true);
             let object_length = object.as_ref().map_or(0, |(_, blob)| blob.size);
             pack::write_entry_head(&mut self.buffer, action, &record, object_length);
             match object {

@@ -39,7 +39,6 @@ use crate::check::{MAX_ACTION_RESULT, Rejected, Why};
 use crate::dashboard::{self, Face};
 use crate::grant::{Access, NAMESPACE_SOURCES};
 use crate::key::{Key, Kind, batch_instance};
-use crate::metrics::{KindLabels, LatencyLabels, RequestLabels};
 use crate::pace::Pace;
 use crate::service::{Held, Opened, Service, Unreadable, read_whole, stored_bytes};
 
@@ -69,19 +68,9 @@ impl Service {
         let method = method_name(request.method());
         self.dashboard.count(Face::Http);
         let (kind, response) = self.route(request, connection_batches).await;
-        let labels = LatencyLabels { method, kind };
+        let took = started.elapsed().as_secs_f64();
         self.metrics
-            .latency
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                method,
-                kind,
-                status: response.status().as_u16(),
-            })
-            .inc();
+            .answered(method, kind, response.status().as_u16(), took);
         Ok(response)
     }
 
@@ -296,13 +285,10 @@ impl Service {
                 Err(unreadable) => unreadable_response(&unreadable),
             },
         };
-        let kind = KindLabels {
-            kind: key.kind.name(),
-        };
-        if response.status() == StatusCode::OK {
-            self.metrics.hits.get_or_create(&kind).inc();
-        } else if response.status() == StatusCode::NOT_FOUND {
-            self.metrics.misses.get_or_create(&kind).inc();
+        match response.status() {
+            StatusCode::OK => self.metrics.looked_up(key.kind, true),
+            StatusCode::NOT_FOUND => self.metrics.looked_up(key.kind, false),
+            _ => {}
         }
         response
     }

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::disk::{Disk, Usage};
 use crate::frames::Frames;
+use crate::key::Kind;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -38,6 +39,14 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The metrics of HTTP GETs of one kind of blob.
+#[derive(Debug)]
+struct BlobGets {
+    latency: Histogram,
+    found: Counter,
+    not_found: Counter,
+}
+
 /// Every metric the server keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -46,6 +55,12 @@ pub struct Metrics {
     pub latency: Family<LatencyLabels, Histogram>,
     pub hits: Family<KindLabels, Counter>,
     pub misses: Family<KindLabels, Counter>,
+    /// The counters and histograms of the most frequent requests, looked
+    /// up once: a family hashes the labels and takes a lock each time,
+    /// which was 3% of a 1 KB GET.
+    found: [Counter; 2],
+    not_found: [Counter; 2],
+    blob_gets: [BlobGets; 2],
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     pub rejected_writes: Family<ReasonLabels, Counter>,
@@ -163,12 +178,43 @@ impl Metrics {
             "Blob reads answered from memory",
             disk.kept_reads.clone(),
         );
+        let kinds = [Kind::Ac, Kind::Cas];
+        let by_kind = |family: &Family<KindLabels, Counter>| {
+            kinds.map(|kind| {
+                family
+                    .get_or_create(&KindLabels { kind: kind.name() })
+                    .clone()
+            })
+        };
+        let (found, not_found) = (by_kind(&hits), by_kind(&misses));
+        let blob_gets = kinds.map(|kind| {
+            let (method, kind) = ("GET", kind.name());
+            let answered = |status| {
+                requests
+                    .get_or_create(&RequestLabels {
+                        method,
+                        kind,
+                        status,
+                    })
+                    .clone()
+            };
+            BlobGets {
+                latency: latency
+                    .get_or_create(&LatencyLabels { method, kind })
+                    .clone(),
+                found: answered(200),
+                not_found: answered(404),
+            }
+        });
         Metrics {
             registry,
             requests,
             latency,
             hits,
             misses,
+            found,
+            not_found,
+            blob_gets,
             bytes_received,
             bytes_sent,
             rejected_writes,
@@ -182,6 +228,49 @@ impl Metrics {
             compressed_cache_bytes,
             memory_cache_bytes,
         }
+    }
+
+    /// Counts a request answered with `status` after `took` seconds.
+    pub fn answered(&self, method: &'static str, kind: &'static str, status: u16, took: f64) {
+        let gets = match (method, kind) {
+            ("GET", "ac") => Some(&self.blob_gets[0]),
+            ("GET", "cas") => Some(&self.blob_gets[1]),
+            _ => None,
+        };
+        if let Some(gets) = gets
+            && let Some(counter) = match status {
+                200 => Some(&gets.found),
+                404 => Some(&gets.not_found),
+                _ => None,
+            }
+        {
+            gets.latency.observe(took);
+            counter.inc();
+            return;
+        }
+        self.latency
+            .get_or_create(&LatencyLabels { method, kind })
+            .observe(took);
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                kind,
+                status,
+            })
+            .inc();
+    }
+
+    /// Counts a lookup of a blob of `kind` that found it or not.
+    pub fn looked_up(&self, kind: Kind, found: bool) {
+        let counters = match found {
+            true => &self.found,
+            false => &self.not_found,
+        };
+        let at = match kind {
+            Kind::Ac => 0,
+            Kind::Cas => 1,
+        };
+        counters[at].inc();
     }
 
     pub fn reject(&self, reason: &'static str) {

@@ -57,7 +57,6 @@ use crate::check::{Rejected, Why};
 use crate::dashboard::Face;
 use crate::grant::{Access, NAMESPACE_SOURCES};
 use crate::key::{Key, Kind};
-use crate::metrics::{KindLabels, LatencyLabels, RequestLabels};
 use crate::service::{Held, Service, Unreadable, Whole};
 
 /// The most bytes one BatchReadBlobs or BatchUpdateBlobs may carry, as
@@ -160,24 +159,15 @@ impl Reapi {
         started: Instant,
         result: &Result<T, Status>,
     ) {
-        let metrics = &self.service.metrics;
         self.service.dashboard.count(Face::Grpc);
-        metrics
-            .latency
-            .get_or_create(&LatencyLabels { method, kind })
-            .observe(started.elapsed().as_secs_f64());
         let code = match result {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
         };
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                method,
-                kind,
-                status: code as u16,
-            })
-            .inc();
+        let took = started.elapsed().as_secs_f64();
+        self.service
+            .metrics
+            .answered(method, kind, code as u16, took);
     }
 
     /// Runs a call, counting it as [`Reapi::observe`] says.
@@ -194,11 +184,7 @@ impl Reapi {
     }
 
     fn count(&self, kind: Kind, found: bool) {
-        let labels = KindLabels { kind: kind.name() };
-        match found {
-            true => self.service.metrics.hits.get_or_create(&labels).inc(),
-            false => self.service.metrics.misses.get_or_create(&labels).inc(),
-        };
+        self.service.metrics.looked_up(kind, found);
     }
 
     /// A whole blob of at most `limit` bytes; `None` if there is none, or
