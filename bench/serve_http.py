@@ -150,9 +150,10 @@ class Server:
             self.proc.wait()
 
 
-def start_nginx(nginx, work, cache, put_root):
+def start_nginx(nginx, work, cache, put_root, sendfile=True):
     """nginx serving `cache` (granary's layout) for GETs on one port, and
-    storing PUTs under `put_root` on another; returns both ports."""
+    storing PUTs under `put_root` on another; returns both ports. Without
+    `sendfile`, it copies files through its own buffers as other servers do."""
     conf = work / "nginx.conf"
     port, put_port = common.free_port(), common.free_port()
     # Its workers run as an unprivileged user.
@@ -166,7 +167,7 @@ error_log {work}/nginx-error.log;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
-  sendfile on;
+  sendfile {"on" if sendfile else "off"};
   tcp_nopush on;
   tcp_nodelay on;
   keepalive_requests 1000000;

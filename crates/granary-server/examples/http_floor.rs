@@ -1,10 +1,10 @@
-//! The least an HTTP server on hyper does for a small GET: the same
-//! runtime and connection builder as `granary serve`, and an answer of
-//! 1,000 bytes from memory, with no routing, no index and no file. What
-//! `bench/http_floor.py` measures against granary serve and nginx: the
-//! part of a 1 KB GET that granary's own work cannot win back.
+//! The least an HTTP server on hyper does for a GET: the same runtime and
+//! connection builder as `granary serve`, and an answer of SIZE bytes
+//! (1,000 unless told) from memory, with no routing, no index and no file.
+//! What `bench/http_floor.py` measures against granary serve and nginx:
+//! the part of a GET that granary's own work cannot win back.
 //!
-//!     cargo run --release -p granary-server --example http_floor -- 127.0.0.1:8080
+//!     cargo run --release -p granary-server --example http_floor -- 127.0.0.1:8080 [SIZE]
 
 use std::convert::Infallible;
 
@@ -15,9 +15,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
 fn main() {
-    let address = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let mut args = std::env::args().skip(1);
+    let address = args.next().unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let size = args.next().map_or(1000, |size| {
+        size.parse()
+            .unwrap_or_else(|e| panic!("SIZE is a number of bytes, not {size:?}: {e}"))
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,7 +29,7 @@ fn main() {
         let listener = tokio::net::TcpListener::bind(&address)
             .await
             .unwrap_or_else(|e| panic!("cannot listen on {address}: {e}"));
-        let body = Bytes::from(vec![b'x'; 1000]);
+        let body = Bytes::from(vec![b'x'; size]);
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
