@@ -54,7 +54,7 @@ const SAMPLE: u64 = 256 * 1024;
 /// CAS blobs stored in fewer bytes are kept in memory too, within
 /// [`Limits::memory`]. Served from a file, a 1 KB GET cost four system
 /// calls (open, statx, pread, close) beside the request's own two, and
-/// half of the server's kernel time (`bench/http_floor.py`, strace -c).
+/// 13% of the server's CPU (`bench/http_floor.py`, perf and strace -c).
 /// A CAS blob never changes under its key, so a kept copy needs no
 /// invalidation; only its stored form may change (compressed later by
 /// [`Disk::compress_forever`]), and its length tells which it is. Action
@@ -1322,6 +1322,16 @@ mod tests {
         }
     }
 
+    /// Writes `blob` plain into the cache in `dir`, as a server before
+    /// compression left it; its key and file.
+    fn write_plain(dir: &Path, blob: &[u8]) -> (Key, PathBuf) {
+        let key = cas(blob);
+        let path = dir.join(key.relative_path());
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, blob).unwrap();
+        (key, path)
+    }
+
     /// Go-like output: text that repeats with variations.
     fn compressible(len: usize) -> Vec<u8> {
         (0..len)
@@ -1391,11 +1401,7 @@ mod tests {
     async fn blobs_stored_plain_are_compressed_in_the_background_and_stay_readable() {
         let dir = tempfile::tempdir().unwrap();
         let big = compressible(300 << 10);
-        let key = cas(&big);
-        // As a server before compression left it.
-        let plain = dir.path().join(key.relative_path());
-        fs::create_dir_all(plain.parent().unwrap()).unwrap();
-        fs::write(&plain, &big).unwrap();
+        let (key, plain) = write_plain(dir.path(), &big);
         let (disk, _) = Disk::open(dir.path(), limits()).unwrap();
         assert_eq!(disk.usage().bytes, on_disk(big.len() as u64));
         let reader = stored(&disk, &key);
@@ -1422,11 +1428,7 @@ mod tests {
     async fn small_cas_blobs_are_read_from_memory_in_the_form_stored_now() {
         let dir = tempfile::tempdir().unwrap();
         let text = compressible(12 << 10);
-        let key = cas(&text);
-        // As a server before compression left it.
-        let plain = dir.path().join(key.relative_path());
-        fs::create_dir_all(plain.parent().unwrap()).unwrap();
-        fs::write(&plain, &text).unwrap();
+        let (key, _) = write_plain(dir.path(), &text);
         let (disk, _) = Disk::open(dir.path(), limits()).unwrap();
         assert!(stored(&disk, &key).read_all().unwrap() == text);
         let again = stored(&disk, &key);

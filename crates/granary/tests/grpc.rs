@@ -720,22 +720,8 @@ fn blobs_stored_compressed_are_read_as_stored_or_decoded() {
     let kept_before = server.metric("granary_memory_cache_reads_total", "");
     runtime().block_on(async {
         let bytestream = ByteStreamClient::new(channel(&server).await);
-        for (offset, limit) in [(0, 0), (0, 0), (100, 50), (4_999, 0), (5_000, 0)] {
-            let read = read_all(
-                bytestream.clone(),
-                ReadRequest {
-                    resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
-                    read_offset: offset,
-                    read_limit: limit,
-                },
-            )
-            .await;
-            let end = match limit {
-                0 => plain.len(),
-                limit => (offset + limit) as usize,
-            };
-            assert!(read == plain[offset as usize..end], "from {offset}");
-        }
+        let reads = [(0, 0), (0, 0), (100, 50), (4_999, 0), (5_000, 0)];
+        read_at_offsets(&bytestream, &d, &plain, &reads).await;
     });
     assert!(server.metric("granary_memory_cache_reads_total", "") >= kept_before + 4.0);
 }
@@ -779,23 +765,35 @@ fn blobs_stored_compressed_are_read_back(server: &Server, blob: &[u8]) {
         assert!(compressed.len() < blob.len() / 3);
         assert!(zstd::decode_all(&compressed[..]).unwrap() == blob);
         let len = blob.len() as i64;
-        for (offset, limit) in [(0, 0), (1, 10), (len / 2, 0), (len - 1, 5)] {
-            let read = read_all(
-                bytestream.clone(),
-                ReadRequest {
-                    resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
-                    read_offset: offset,
-                    read_limit: limit,
-                },
-            )
-            .await;
-            let end = match limit {
-                0 => blob.len(),
-                limit => (offset + limit).min(blob.len() as i64) as usize,
-            };
-            assert!(read == blob[offset as usize..end], "from {offset}");
-        }
+        let reads = [(0, 0), (1, 10), (len / 2, 0), (len - 1, 5)];
+        read_at_offsets(&bytestream, &d, blob, &reads).await;
     });
+}
+
+/// Plain ByteStream Reads of `blob`, whose digest is `d`, from each
+/// (offset, limit), checked against the blob.
+async fn read_at_offsets(
+    bytestream: &ByteStreamClient<Channel>,
+    d: &Digest,
+    blob: &[u8],
+    reads: &[(i64, i64)],
+) {
+    for &(offset, limit) in reads {
+        let read = read_all(
+            bytestream.clone(),
+            ReadRequest {
+                resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
+                read_offset: offset,
+                read_limit: limit,
+            },
+        )
+        .await;
+        let end = match limit {
+            0 => blob.len(),
+            limit => (offset + limit).min(blob.len() as i64) as usize,
+        };
+        assert!(read == blob[offset as usize..end], "from {offset}");
+    }
 }
 
 /// A `compressed-blobs/zstd/` Read of the blob of `d`, whole.
