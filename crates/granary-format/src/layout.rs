@@ -251,36 +251,23 @@ mod tests {
     fn keys_are_versioned_hex_paths() {
         let id = Id([0xab; 32]);
         let hex = "ab".repeat(32);
-        assert_eq!(
-            Format::Granary.action_key("", &id),
-            format!("granary-v1/ac/{hex}")
-        );
-        assert_eq!(
-            Format::Granary.action_key("pr-1", &id),
-            format!("granary-v1/ns/pr-1/ac/{hex}")
-        );
-        assert_eq!(
-            Format::Granary.pack_key("pr-1", &id),
-            format!("granary-v1/ns/pr-1/packs/{hex}")
-        );
-        assert_eq!(
-            Format::Granary.object_key(&id),
-            format!("granary-v1/cas/{hex}")
-        );
-        assert_eq!(Format::Reapi.action_key("", &id), format!("ac/{hex}"));
-        assert_eq!(
-            Format::Reapi.action_key("main", &id),
-            format!("main/ac/{hex}")
-        );
-        assert_eq!(
-            Format::Reapi.action_key("team/main", &id),
-            format!("team/main/ac/{hex}")
-        );
-        assert_eq!(
-            Format::Granary.action_key("team/main", &id),
-            format!("granary-v1/ns/team/main/ac/{hex}")
-        );
-        assert_eq!(Format::Reapi.object_key(&id), format!("cas/{hex}"));
-        assert_eq!(Format::Reapi.pack_key("main", &id), format!("cas/{hex}"));
+        let (granary, reapi) = (Format::Granary, Format::Reapi);
+        for (key, expected) in [
+            (granary.action_key("", &id), "granary-v1/ac/"),
+            (granary.action_key("pr-1", &id), "granary-v1/ns/pr-1/ac/"),
+            (granary.pack_key("pr-1", &id), "granary-v1/ns/pr-1/packs/"),
+            (granary.object_key(&id), "granary-v1/cas/"),
+            (reapi.action_key("", &id), "ac/"),
+            (reapi.action_key("main", &id), "main/ac/"),
+            (reapi.action_key("team/main", &id), "team/main/ac/"),
+            (
+                granary.action_key("team/main", &id),
+                "granary-v1/ns/team/main/ac/",
+            ),
+            (reapi.object_key(&id), "cas/"),
+            (reapi.pack_key("main", &id), "cas/"),
+        ] {
+            assert_eq!(key, format!("{expected}{hex}"));
+        }
     }
 }

@@ -27,7 +27,7 @@ impl Kind {
         }
     }
 
-    fn parse(name: &str) -> Option<Kind> {
+    pub fn parse(name: &str) -> Option<Kind> {
         match name {
             "ac" => Some(Kind::Ac),
             "cas" => Some(Kind::Cas),

@@ -39,6 +39,14 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Where the metrics of `kind` are in the arrays by kind.
+fn slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Ac => 0,
+        Kind::Cas => 1,
+    }
+}
+
 /// The metrics of HTTP GETs of one kind of blob.
 #[derive(Debug)]
 struct BlobGets {
@@ -232,9 +240,8 @@ impl Metrics {
 
     /// Counts a request answered with `status` after `took` seconds.
     pub fn answered(&self, method: &'static str, kind: &'static str, status: u16, took: f64) {
-        let gets = match (method, kind) {
-            ("GET", "ac") => Some(&self.blob_gets[0]),
-            ("GET", "cas") => Some(&self.blob_gets[1]),
+        let gets = match method {
+            "GET" => Kind::parse(kind).map(|kind| &self.blob_gets[slot(kind)]),
             _ => None,
         };
         if let Some(gets) = gets
@@ -266,11 +273,7 @@ impl Metrics {
             true => &self.found,
             false => &self.not_found,
         };
-        let at = match kind {
-            Kind::Ac => 0,
-            Kind::Cas => 1,
-        };
-        counters[at].inc();
+        counters[slot(kind)].inc();
     }
 
     pub fn reject(&self, reason: &'static str) {

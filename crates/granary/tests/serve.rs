@@ -1098,6 +1098,25 @@ fn small_blobs_are_kept_in_memory_after_their_first_read() {
             kept,
             "--memory-cache {memory}"
         );
+        let missing = format!("/cas/{}", "ab".repeat(32));
+        assert_eq!(request(server.addr, "GET", &missing, &[], b"").0, 404);
+        // Counted on the handles the metrics keep for blob GETs.
+        let gets = |status| {
+            let labels = format!("method=\"GET\",kind=\"cas\",status=\"{status}\"");
+            server.metric("granary_requests_total", &labels)
+        };
+        assert_eq!((gets(200), gets(404)), (5.0, 1.0));
+        assert_eq!(
+            (
+                server.metric("granary_hits_total", "kind=\"cas\""),
+                server.metric("granary_misses_total", "kind=\"cas\""),
+                server.metric(
+                    "granary_request_duration_seconds_count",
+                    "method=\"GET\",kind=\"cas\"",
+                ),
+            ),
+            (5.0, 1.0, 6.0)
+        );
     }
 }
 
