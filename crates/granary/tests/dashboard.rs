@@ -332,18 +332,23 @@ fn the_dashboard_shows_the_servers_figures_and_follows_a_build() {
     let status = server.status();
     assert!(status["cas_blobs"].as_u64().unwrap() > 10, "{status}");
     let expected = status["cas_blobs"].to_string();
+    let hits = server.metric("granary_hits_total", "kind=\"ac\"")
+        + server.metric("granary_hits_total", "kind=\"cas\"");
+    assert!(hits > 0.0);
+    // Both builds are over, but the page may last have updated between them:
+    // wait for an update that shows the fresh runner's reads too.
     browser.wait_for(
-        &format!("document.getElementById('cas-blobs').dataset.value === '{expected}'"),
+        &format!(
+            "document.getElementById('cas-blobs').dataset.value === '{expected}' \
+             && document.getElementById('hits').dataset.value === '{hits}'"
+        ),
         Duration::from_secs(20),
     );
     assert_eq!(shown(&mut browser), reported(&server.status()));
     assert!(browser.figure("requests-http") > 10);
     assert!(browser.figure("requests-grpc") > 0);
     assert!(browser.figure("bytes-in") > 1000 && browser.figure("bytes-out") > 1000);
-    let hits = server.metric("granary_hits_total", "kind=\"ac\"")
-        + server.metric("granary_hits_total", "kind=\"cas\"");
     assert_eq!(browser.figure("hits") as f64, hits);
-    assert!(hits > 0.0);
     let namespaces = browser.eval("document.getElementById('namespaces').innerText");
     assert!(
         namespaces.as_str().unwrap().contains("(default)"),
