@@ -214,9 +214,7 @@ async fn write_one(blobs: &dyn BlobStore, key: &Key, blob: Blob) -> Result<(), R
         return blobs.put(&backing_key(key), bytes).await;
     }
     let compressed = blob.compressed();
-    let stream = stored_bytes(*key, blob, 0)
-        .await
-        .map_err(|e| cannot_read(&e))?;
+    let stream = stored_bytes(*key, blob, 0).map_err(|e| cannot_read(&e))?;
     let stream = match compressed {
         true => codec::decoded(stream),
         false => stream,

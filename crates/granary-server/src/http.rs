@@ -316,7 +316,7 @@ impl Service {
             }
             opened => {
                 let stream = match (opened, encoded) {
-                    (Opened::Stored(blob), true) => stored_bytes(key, blob, 0).await,
+                    (Opened::Stored(blob), true) => stored_bytes(key, blob, 0),
                     (opened, _) => self.bytes_from(key, opened, 0).await,
                 };
                 let stream = match stream {

@@ -41,6 +41,7 @@ mod auth;
 mod backing;
 mod batch;
 mod check;
+mod chunks;
 mod codec;
 mod dashboard;
 mod disk;

@@ -12,22 +12,22 @@
 //! [`Unreadable`] and [`Rejected`]; each face turns them into its own
 //! statuses.
 
-use std::io;
+use std::io::{self, Seek};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
-use tokio::io::AsyncSeekExt;
 use tokio::sync::Semaphore;
 
 use crate::auth::{Auth, Identity};
 use crate::backing::Backing;
 use crate::check::{Check, Rejected};
+use crate::chunks::file_chunks;
 use crate::codec;
 use crate::dashboard::Dashboard;
 use crate::disk::{Blob, Disk, Found, Refusal, Stored, Writer};
-use crate::follow::{CHUNK, Followed, Follower, follow};
+use crate::follow::{Followed, Follower, follow};
 use crate::frames::Frames;
 use crate::key::{Key, Kind};
 use crate::metrics::Metrics;
@@ -193,10 +193,10 @@ impl Service {
     ) -> Result<BoxStream<'static, io::Result<Bytes>>, Unreadable> {
         match opened {
             Opened::Stored(blob) if blob.compressed() => {
-                let stream = stored_bytes(key, blob, 0).await?;
+                let stream = stored_bytes(key, blob, 0)?;
                 Ok(codec::skipped(codec::decoded(stream), offset))
             }
-            Opened::Stored(blob) => stored_bytes(key, blob, offset).await,
+            Opened::Stored(blob) => stored_bytes(key, blob, offset),
             Opened::Arriving(follower) => self.follow_from(key, follower, offset).await,
         }
     }
@@ -309,7 +309,7 @@ pub fn read_whole(key: Key, blob: &Blob, zstd: bool) -> Result<Whole, Unreadable
 
 /// The file of a stored blob from `offset`, as it is stored, holding its
 /// pin until the stream is dropped.
-pub async fn stored_bytes(
+pub fn stored_bytes(
     key: Key,
     blob: Blob,
     offset: u64,
@@ -326,15 +326,12 @@ pub async fn stored_bytes(
             .boxed());
         }
     };
-    let mut file = tokio::fs::File::from_std(file);
-    file.seek(io::SeekFrom::Start(offset))
-        .await
-        .map_err(|source| Unreadable::Io { key, source })?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK).map(move |chunk| {
-        let _pinned = &pin;
-        chunk
-    });
-    Ok(stream.boxed())
+    let mut file = file;
+    if offset > 0 {
+        file.seek(io::SeekFrom::Start(offset))
+            .map_err(|source| Unreadable::Io { key, source })?;
+    }
+    Ok(file_chunks(file, pin).boxed())
 }
 
 /// An upload being received: checked as it comes, gathered into batches

@@ -316,12 +316,7 @@ impl Reapi {
         self.count(Kind::Cas, true);
         let stream = match opened {
             Opened::Stored(blob) if blob.compressed() && resource.compressed && offset == 0 => {
-                return Ok((
-                    stored_bytes(key, blob, 0)
-                        .await
-                        .map_err(unreadable_status)?,
-                    true,
-                ));
+                return Ok((stored_bytes(key, blob, 0).map_err(unreadable_status)?, true));
             }
             opened => self.service.bytes_from(key, opened, offset).await,
         };
