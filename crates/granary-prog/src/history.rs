@@ -34,14 +34,16 @@ pub fn append(dir: &Path, summary: &Summary) -> Result<(), FileError> {
         .map_err(|e| FileError::new("lock", &lock_path, e))?;
     let mut line = serde_json::to_vec(summary).expect("a summary always serializes");
     line.push(b'\n');
-    let mut file = File::options()
+    // Closed before it is compacted: Windows renames over no open file.
+    let grown = File::options()
         .create(true)
         .append(true)
         .open(&path)
-        .and_then(|mut file| file.write_all(&line).map(|()| file))
-        .map_err(|e| FileError::new("append to", &path, e))?;
-    if file.metadata().is_ok_and(|m| m.len() > COMPACT_ABOVE) {
-        drop(file.flush());
+        .and_then(|mut file| file.write_all(&line).and_then(|()| file.metadata()))
+        .map_err(|e| FileError::new("append to", &path, e))?
+        .len()
+        > COMPACT_ABOVE;
+    if grown {
         compact(dir, &path).map_err(|e| FileError::new("compact", &path, e))?;
     }
     drop(lock);

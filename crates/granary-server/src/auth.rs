@@ -347,7 +347,7 @@ fn check_permissions(_: &Path, _: &std::fs::File) -> Result<(), TokensError> {
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))] // the tokens file's mode is part of every case
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 

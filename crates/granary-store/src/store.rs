@@ -449,11 +449,12 @@ impl Store {
         let parent = path.parent().unwrap_or(&self.dir).to_owned();
         let mut file = Some(file);
         self.retry_in_missing_dir(&parent, || {
-            let temp = file.take().expect("a rename attempt owns the file");
-            temp.persist(path).map(drop).map_err(|e| {
-                let kind = e.error.kind();
-                file = Some(e.file);
-                io::Error::from(kind)
+            retry_while_held_open(|| {
+                let temp = file.take().expect("a rename attempt owns the file");
+                temp.persist(path).map(drop).map_err(|e| {
+                    file = Some(e.file);
+                    e.error
+                })
             })
         })
         .map_err(io_error("publish", path))
@@ -474,6 +475,38 @@ impl Store {
             other => other,
         }
     }
+}
+
+/// How long a rename over a file another process holds open is retried:
+/// cmd/go's own cache gives up after as long (`robustio`'s
+/// `arbitraryTimeout`).
+#[cfg(windows)]
+const HELD_OPEN_FOR_AT_MOST: Duration = Duration::from_secs(2);
+
+/// Runs `op` again while it fails because the file it replaces is open in
+/// another process. Windows refuses to rename over a file opened without
+/// `FILE_SHARE_DELETE`, which is how go opens the outputs it reads, so a
+/// put racing a concurrent build's read would otherwise be lost. Elsewhere
+/// a rename never fails so.
+fn retry_while_held_open<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    #[cfg(windows)]
+    {
+        // ERROR_ACCESS_DENIED and ERROR_SHARING_VIOLATION, as robustio.
+        let held_open = |e: &io::Error| matches!(e.raw_os_error(), Some(5 | 32));
+        let give_up = std::time::Instant::now() + HELD_OPEN_FOR_AT_MOST;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match op() {
+                Err(e) if held_open(&e) && std::time::Instant::now() + pause < give_up => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+    #[cfg(not(windows))]
+    op()
 }
 
 /// Names of files being written start so; cmd/go ignores them.
@@ -698,10 +731,16 @@ mod tests {
         assert_eq!(miss(&store, &Id([6; 32])), MissReason::NoEntry);
         store.put_bytes(&Id([6; 32]), b"x").unwrap();
         hit(&store, &Id([6; 32]));
+    }
 
-        // In the middle of a put, the half-written body goes with its
-        // directory: the put fails, saying what it could not do, and
-        // leaves nothing behind; the next put of it works.
+    /// In the middle of a put, the half-written body goes with its
+    /// directory: the put fails, saying what it could not do, and leaves
+    /// nothing behind; the next put of it works. (Windows removes no
+    /// directory holding an open file: there `go clean` fails instead.)
+    #[cfg(unix)]
+    #[test]
+    fn a_put_cut_short_by_go_clean_cache_fails_and_leaves_nothing() {
+        let (_tmp, store) = store();
         let (action, body) = (Id([7; 32]), b"written while go clean ran");
         let output = Id::of(body);
         let mut writer = store.object_writer(&output).unwrap();
@@ -845,7 +884,7 @@ mod tests {
 /// byte last) and lookups read it. Whatever the interleaving, a lookup
 /// never hands out a wrong or short object, and once the writers are done
 /// the entry is a hit.
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod races {
     use std::os::unix::fs::FileExt;
     use std::sync::Barrier;
@@ -943,5 +982,73 @@ mod races {
                 Lookup::Miss(reason) => panic!("round {round}: lost the entry: {reason:?}"),
             }
         }
+    }
+}
+
+/// go on Windows opens the outputs it reads without `FILE_SHARE_DELETE`,
+/// and Windows refuses to rename over such a file.
+#[cfg(all(test, windows))]
+mod held_open {
+    use std::os::windows::fs::OpenOptionsExt;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// How go's `os.Open` shares a file: reads and writes, not deletion.
+    const FILE_SHARE_READ_WRITE: u32 = 0x1 | 0x2;
+
+    fn hold(path: &Path) -> File {
+        File::options()
+            .read(true)
+            .share_mode(FILE_SHARE_READ_WRITE)
+            .open(path)
+            .unwrap()
+    }
+
+    fn output_of(store: &Store, action: &Id) -> Id {
+        match store.get(action) {
+            Lookup::Hit(hit) => hit.entry.output_id,
+            Lookup::Miss(reason) => panic!("a miss: {reason:?}"),
+        }
+    }
+
+    #[test]
+    fn a_put_over_an_entry_held_open_waits_for_its_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("cache")).unwrap();
+        let action = Id([7; 32]);
+        store.put_bytes(&action, b"first").unwrap();
+        let held = hold(&store.action_path(&action));
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let started = Instant::now();
+        store.put_bytes(&action, b"second").unwrap();
+        let waited = started.elapsed();
+        reader.join().unwrap();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "the rename did not wait for the reader ({waited:?}): was the file not held?"
+        );
+        assert_eq!(output_of(&store, &action), Id::of(b"second"));
+    }
+
+    #[test]
+    fn a_put_over_an_entry_held_open_for_good_gives_up_and_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("cache")).unwrap();
+        let action = Id([8; 32]);
+        store.put_bytes(&action, b"first").unwrap();
+        let _held = hold(&store.action_path(&action));
+        let started = Instant::now();
+        let refused = store.put_bytes(&action, b"second").unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            (HELD_OPEN_FOR_AT_MOST / 2..HELD_OPEN_FOR_AT_MOST * 2).contains(&waited),
+            "gave up after {waited:?}"
+        );
+        assert!(refused.to_string().contains("publish"), "{refused}");
+        assert_eq!(output_of(&store, &action), Id::of(b"first"));
     }
 }

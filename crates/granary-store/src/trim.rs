@@ -662,7 +662,7 @@ mod tests {
             "the lookup must wait for the removal, not hand out a file about to vanish"
         );
         fs::remove_file(&object).unwrap();
-        remover.unlock().unwrap();
+        drop(remover); // closing releases it on every platform
         looker.join().unwrap();
         assert!(matches!(
             lookup.recv().unwrap(),
@@ -718,10 +718,13 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("tool"), body).unwrap();
         for path in [dir.join("tool"), dir.clone()] {
-            File::open(&path)
-                .unwrap()
-                .set_modified(f.now() - 9 * DAY)
-                .unwrap();
+            let mut options = File::options();
+            options.read(true);
+            // Windows opens a directory only when asked to.
+            #[cfg(windows)]
+            std::os::windows::fs::OpenOptionsExt::custom_flags(&mut options, 0x0200_0000);
+            let file = options.open(&path).unwrap();
+            file.set_modified(f.now() - 9 * DAY).unwrap();
         }
         let orphan = f.store.tmp_dir().join(".put-orphan");
         fs::write(&orphan, b"half").unwrap();

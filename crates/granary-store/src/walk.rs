@@ -216,13 +216,12 @@ fn parse_name(name: &str) -> Option<EntryKind> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
     /// A damaged executable entry may hold folders and links: it goes
     /// whole, and a link inside is removed, never followed.
-    #[cfg(unix)]
     #[test]
     fn a_damaged_executable_entry_goes_whole_without_following_links() {
         let tmp = tempfile::tempdir().unwrap();

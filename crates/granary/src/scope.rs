@@ -52,18 +52,28 @@ fn platform() -> String {
 /// command is our parent (its GOROOT is two levels above its binary), else
 /// GOROOT says where it is, else the go command on PATH says.
 fn toolchain() -> Option<String> {
-    let from_parent = || {
-        let parent = std::os::unix::process::parent_id();
-        let go = std::fs::read_link(format!("/proc/{parent}/exe")).ok()?;
-        Some(go.parent()?.parent()?.to_owned())
-    };
     // The parent may be a tool that starts its own helper (staticcheck,
     // golangci-lint), a profiler or a shell: then GOROOT, else the go
     // command on PATH, whose `go list` such a tool uses.
-    from_parent()
+    parent_goroot()
         .and_then(version_in)
         .or_else(|| version_in(std::env::var_os("GOROOT")?.into()))
         .or_else(go_on_path_version)
+}
+
+/// The GOROOT of our parent process's binary, if it is a go command.
+#[cfg(target_os = "linux")]
+fn parent_goroot() -> Option<std::path::PathBuf> {
+    let parent = std::os::unix::process::parent_id();
+    let go = std::fs::read_link(format!("/proc/{parent}/exe")).ok()?;
+    Some(go.parent()?.parent()?.to_owned())
+}
+
+/// Only Linux names a process's binary in a file (`/proc`); elsewhere the
+/// toolchain is GOROOT's or the one on PATH.
+#[cfg(not(target_os = "linux"))]
+fn parent_goroot() -> Option<std::path::PathBuf> {
+    None
 }
 
 /// The version of the go command on PATH: its GOROOT's VERSION file, read

@@ -53,10 +53,15 @@ pub fn run(dir: &Path, config: Option<&Path>, args: &ServeArgs) -> anyhow::Resul
     })
 }
 
-/// SIGTERM or SIGINT.
+/// SIGTERM or SIGINT; on Windows, Ctrl+C or the console closing (what
+/// `taskkill` without `/F` and a service manager's stop send).
 async fn shutdown_signal() {
+    #[cfg(unix)]
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a runtime with signals enabled can watch SIGTERM");
+    #[cfg(windows)]
+    let mut terminate =
+        tokio::signal::windows::ctrl_close().expect("a console process can watch its closing");
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

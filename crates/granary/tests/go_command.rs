@@ -4,6 +4,7 @@
 //! action up, but only its native cache keeps executables. So "all hits"
 //! means "every compile was a hit": at most one miss for the one link, and no
 //! compile in `go build -x`.
+#![cfg(target_os = "linux")] // half its tests find the helper through /proc; Windows is tested under Wine (scripts/windows/test.sh)
 
 mod common;
 
@@ -247,7 +248,6 @@ fn four_concurrent_builds_share_one_directory() {
     assert!(objects_with_wrong_hash(&cache).is_empty());
 }
 
-#[cfg(target_os = "linux")] // finds the helper through /proc
 #[test]
 fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
     let sb = Sandbox::new();
@@ -321,7 +321,6 @@ fn kill_9_of_the_helper_mid_build_leaves_no_bad_object() {
 }
 
 /// The pid of the granary process whose command line names `marker`.
-#[cfg(target_os = "linux")]
 fn helper_pid(marker: &Path) -> Option<u32> {
     let marker = marker.to_str()?;
     fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {

@@ -1,4 +1,5 @@
 //! `granary verify` on a cache with damaged entries.
+#![cfg(unix)] // it sets file modes and reads signals; Windows is tested under Wine (scripts/windows/test.sh)
 
 mod common;
 
