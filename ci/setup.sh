@@ -50,15 +50,25 @@ temp="$(bash "$(dirname "$0")/temp.sh")"
 mkdir -p "$temp"
 settings=()
 set_var() { settings+=("$1=$2"); }
+# A path as the job's programs take it. Under Git Bash (Windows runners)
+# go and granary are Windows programs, and what goes to GITHUB_ENV is not
+# translated for them: C:/Users/... rather than /c/Users/....
+native() {
+    if command -v cygpath >/dev/null; then cygpath -m "$1"; else printf '%s' "$1"; fi
+}
 
-# granary itself: the one on PATH, else a wheel into a virtualenv.
+# granary itself: the one on PATH, else a wheel into a virtualenv (a
+# Windows virtualenv keeps its programs in Scripts/). No wheel is published
+# for macOS or Windows yet: put granary on PATH before this step there.
 if ! granary="$(command -v granary)"; then
     python3 -m venv "$temp/venv"
-    "$temp/venv/bin/pip" install --quiet --disable-pip-version-check "${INPUT_PACKAGE:-granary-cache}"
-    granary="$temp/venv/bin/granary"
-    if [ -n "${GITHUB_PATH:-}" ]; then echo "$temp/venv/bin" >>"$GITHUB_PATH"; fi
+    bin="$temp/venv/bin"
+    [ -d "$temp/venv/Scripts" ] && bin="$temp/venv/Scripts"
+    "$bin/pip" install --quiet --disable-pip-version-check "${INPUT_PACKAGE:-granary-cache}"
+    granary="$bin/granary"
+    if [ -n "${GITHUB_PATH:-}" ]; then echo "$(native "$bin")" >>"$GITHUB_PATH"; fi
 fi
-set_var GOCACHEPROG "$granary prog"
+set_var GOCACHEPROG "$(native "$granary") prog"
 
 # GOCACHE at one path on every runner. go makes the folder; one that is
 # already there must be this user's own, not a link: another user's could
@@ -69,7 +79,7 @@ if [ -L "$gocache" ] || { [ -e "$gocache" ] && [ ! -O "$gocache" ]; }; then
 (set the gocache input to a folder of this user's)" >&2
     gocache="$temp/go-build"
 fi
-set_var GOCACHE "$gocache"
+set_var GOCACHE "$(native "$gocache")"
 
 # go keys test results on the times of the files tests read; a fresh
 # checkout's are new. Canonical times make them the same on every runner.
@@ -202,11 +212,11 @@ if [ -n "${INPUT_REMOTE:-}" ]; then
 fi
 if [ -n "${INPUT_TRUSTED_KEYS:-}" ]; then
     printf '%s\n' "$INPUT_TRUSTED_KEYS" >"$temp/trusted-keys"
-    set_var GRANARY_TRUSTED_KEYS "$temp/trusted-keys"
+    set_var GRANARY_TRUSTED_KEYS "$(native "$temp/trusted-keys")"
 fi
 if [ -n "${INPUT_SIGNING_KEY:-}" ] && ! $read_only; then
     (umask 077 && printf '%s\n' "$INPUT_SIGNING_KEY" >"$temp/signing-key")
-    set_var GRANARY_SIGNING_KEY "$temp/signing-key"
+    set_var GRANARY_SIGNING_KEY "$(native "$temp/signing-key")"
 fi
 # The summary counts the runs since now, and finds the folder (and removes
 # the signing key from it) by this.

@@ -4,31 +4,29 @@
 #     `granary` command on any x86_64 Linux with glibc 2.17 or later;
 #   - static (musl) `granary` binaries for x86_64 and aarch64 Linux, in
 #     tarballs with the README and the licences: they run with no shared
-#     library at all.
-# zig (from PyPI) is the C compiler and linker of both, through maturin's
-# --zig and cargo-zigbuild: it brings glibc 2.17's symbols and musl for every
-# target, so the C in zstd and in the TLS crypto provider (aws-lc) builds
-# without a cross toolchain on the machine.
+#     library at all;
+#   - `granary` for macOS (x86_64 and aarch64) in tarballs, and
+#     `granary.exe` for x86_64 Windows in a zip.
+# zig (from PyPI) is the C compiler and linker of the Linux and macOS
+# builds, through maturin's --zig and cargo-zigbuild: it brings glibc 2.17's
+# symbols, musl and macOS's libSystem for every target, so the C in zstd and
+# in the TLS crypto provider (aws-lc) builds without a cross toolchain. The
+# two system frameworks the macOS TLS stack links (Security and
+# CoreFoundation, for the keychain's roots) are described by the stubs in
+# scripts/macos/sdk: the binary links them by their install names and
+# macOS supplies them. Windows is linked by Debian's mingw-w64
+# (`apt-get install gcc-mingw-w64-x86-64`).
 #
 # Settings (variables):
 #   GRANARY_PACKAGE_OUT      where the artefacts go [default: dist]
-#   GRANARY_PACKAGE_TARGETS  the musl targets [default: x86_64 and aarch64]
+#   GRANARY_PACKAGE_TARGETS  the target triples [default: all five above]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MATURIN_VERSION="${GRANARY_MATURIN_VERSION:-1.16.0}"
-ZIG_VERSION="${GRANARY_ZIG_VERSION:-0.17.0}"
-ZIGBUILD_VERSION="${GRANARY_ZIGBUILD_VERSION:-0.24.1}"
 out="${GRANARY_PACKAGE_OUT:-dist}"
-targets="${GRANARY_PACKAGE_TARGETS:-x86_64-unknown-linux-musl aarch64-unknown-linux-musl}"
+targets="${GRANARY_PACKAGE_TARGETS:-x86_64-unknown-linux-musl aarch64-unknown-linux-musl \
+    x86_64-apple-darwin aarch64-apple-darwin x86_64-pc-windows-gnu}"
 
-venv=target/package-venv
-if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "maturin==${MATURIN_VERSION}" "ziglang==${ZIG_VERSION}" \
-        "cargo-zigbuild==${ZIGBUILD_VERSION}"
-fi
-export PATH="$PWD/$venv/bin:$PATH"
+eval "$(bash scripts/zig.sh)"
 # shellcheck disable=SC2086 # a list of targets
 rustup target add $targets >/dev/null
 
@@ -39,15 +37,53 @@ maturin build --release --locked --zig --compatibility manylinux2014 --out "$out
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
 target_dir="$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-for target in $targets; do
-    # The wheel is stripped by maturin (pyproject.toml); so is this.
-    CARGO_PROFILE_RELEASE_STRIP=symbols cargo zigbuild --release --locked -p granary --target "$target"
-    name="granary-${version}-${target%%-unknown-linux-musl}-linux-static"
+# A folder named $2 holding $1, the README and the licences, packed as $3.
+pack() {
+    local binary="$1" name="$2" archive="$3" staging
     staging="$(mktemp -d)"
     mkdir "$staging/$name"
-    cp "$target_dir/$target/release/granary" README.md LICENSE-MIT LICENSE-APACHE "$staging/$name/"
-    tar -czf "$out/$name.tar.gz" -C "$staging" "$name"
+    cp "$binary" README.md LICENSE-MIT LICENSE-APACHE "$staging/$name/"
+    case "$archive" in
+    *.zip)
+        archive="$(realpath -m "$archive")"
+        (cd "$staging" && python3 -m zipfile -c "$archive" "$name")
+        ;;
+    *) tar -czf "$archive" -C "$staging" "$name" ;;
+    esac
     rm -rf "$staging"
+}
+
+for target in $targets; do
+    # The wheel is stripped by maturin (pyproject.toml); so is this.
+    export CARGO_PROFILE_RELEASE_STRIP=symbols
+    built="$target_dir/$target/release/granary"
+    case "$target" in
+    *-linux-musl)
+        cargo zigbuild --release --locked -p granary --target "$target"
+        pack "$built" "granary-${version}-${target%%-unknown-linux-musl}-linux-static" \
+            "$out/granary-${version}-${target%%-unknown-linux-musl}-linux-static.tar.gz"
+        ;;
+    *-apple-darwin)
+        SDKROOT="$PWD/scripts/macos/sdk" cargo zigbuild --release --locked -p granary --target "$target"
+        pack "$built" "granary-${version}-${target%%-apple-darwin}-macos" \
+            "$out/granary-${version}-${target%%-apple-darwin}-macos.tar.gz"
+        ;;
+    *-pc-windows-gnu)
+        command -v "${target%%-pc-windows-gnu}-w64-mingw32-gcc" >/dev/null || {
+            echo "package.sh: $target needs mingw-w64: apt-get install gcc-mingw-w64-x86-64" >&2
+            exit 1
+        }
+        linker="CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_LINKER"
+        env "$linker=${target%%-pc-windows-gnu}-w64-mingw32-gcc" \
+            cargo build --release --locked -p granary --target "$target"
+        pack "$built.exe" "granary-${version}-${target%%-pc-windows-gnu}-windows" \
+            "$out/granary-${version}-${target%%-pc-windows-gnu}-windows.zip"
+        ;;
+    *)
+        echo "package.sh: no packaging for $target" >&2
+        exit 1
+        ;;
+    esac
 done
 (cd "$out" && sha256sum -- * >SHA256SUMS)
 cat "$out/SHA256SUMS"

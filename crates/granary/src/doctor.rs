@@ -69,7 +69,7 @@ struct Report {
 
 pub fn run(dir: &Path, config: Option<&Path>, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     let go = go_version();
-    let mut checks = vec![go.0];
+    let mut checks = vec![platform(), go.0];
     checks.push(gocacheprog(go.1));
     checks.push(cache_dir(dir, config, args));
     checks.extend(remote(dir, config, args));
@@ -104,6 +104,22 @@ pub fn run(dir: &Path, config: Option<&Path>, args: &DoctorArgs) -> anyhow::Resu
         true => ExitCode::SUCCESS,
         false => ExitCode::FAILURE,
     })
+}
+
+/// What this platform's build does differently, so that the report says
+/// what is checked and what is left to the system.
+fn platform() -> Check {
+    let detail = if cfg!(windows) {
+        "windows: a put that replaces a file go holds open is retried for 2 s, as go's own \
+         cache does; secret key and token files are not checked for who may read them (the \
+         ACLs of the folder they are in decide)"
+    } else if cfg!(target_os = "macos") {
+        "macos: TLS trusts the keychain's roots; durable writes use F_FULLFSYNC; secret key \
+         and token files must be readable by their owner alone (mode 600)"
+    } else {
+        "unix: secret key and token files must be readable by their owner alone (mode 600)"
+    };
+    Check::new("platform", Status::Ok, detail)
 }
 
 /// The go command's version, and the go command if it runs.
@@ -204,14 +220,19 @@ fn gocacheprog(go: Option<PathBuf>) -> Check {
     }
 }
 
-/// `program` as the go command would start it: a path, or a name on PATH.
+/// `program` as the go command would start it: a path, or a name on PATH
+/// (on Windows, with `.exe` when it has no extension).
 fn which(program: &str) -> Option<PathBuf> {
     let path = Path::new(program);
+    let candidates = |path: PathBuf| {
+        let exe = (cfg!(windows) && path.extension().is_none()).then(|| path.with_extension("exe"));
+        [Some(path), exe].into_iter().flatten()
+    };
     if path.components().count() > 1 {
-        return path.is_file().then(|| path.to_owned());
+        return candidates(path.to_owned()).find(|c| c.is_file());
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
+        .flat_map(|dir| candidates(dir.join(program)))
         .find(|candidate| candidate.is_file())
 }
 

@@ -535,3 +535,45 @@ fn gocache_is_one_path_and_never_a_link() {
         assert_eq!(runner.env()["GOCACHE"], default.display().to_string());
     }
 }
+
+/// On a Windows runner, under Git Bash, what setup.sh hands go and granary
+/// through GITHUB_ENV are Windows paths (which cygpath gives; here a stand-in
+/// that puts every path under C:/msys).
+#[test]
+fn a_windows_runner_gets_windows_paths() {
+    let sb = Sandbox::new();
+    let runner = Runner::github(&sb, "windows", "push", "{}");
+    let tools = sb.path("git-bash");
+    fs::create_dir_all(&tools).unwrap();
+    let cygpath = tools.join("cygpath");
+    fs::write(
+        &cygpath,
+        "#!/bin/sh\n[ \"$1\" = -m ] && printf 'C:/msys%s\\n' \"$2\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&cygpath, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::join_paths(
+        [tools]
+            .into_iter()
+            .chain(std::env::split_paths(&path_with_granary())),
+    )
+    .unwrap();
+    let (secret, public) = key_pair(&sb);
+    runner.script(
+        "setup.sh",
+        &[
+            ("PATH", path.to_str().unwrap()),
+            ("INPUT_REMOTE", "http://127.0.0.1:9"),
+            ("INPUT_SIGNING_KEY", &secret),
+            ("INPUT_TRUSTED_KEYS", &public),
+            ("INPUT_MTIMES", "false"),
+        ],
+    );
+    let env = runner.env();
+    let windows = |path: &Path| format!("C:/msys{}", path.display());
+    assert_eq!(env["GOCACHE"], windows(&runner.dir.join("gocache")));
+    assert_eq!(env["GOCACHEPROG"], format!("{} prog", windows(&granary())));
+    for key in ["GRANARY_SIGNING_KEY", "GRANARY_TRUSTED_KEYS"] {
+        assert!(env[key].starts_with("C:/msys/"), "{key}={}", env[key]);
+    }
+}

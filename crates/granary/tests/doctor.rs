@@ -122,6 +122,11 @@ fn a_cache_server_is_probed_read_only_or_with_the_empty_blob() {
     assert!(out.status.success(), "{report:#}");
     let detail = check(&report, "remote")["detail"].as_str().unwrap();
     assert!(detail.contains("reads and writes"), "{detail}");
+    let platform = check(&report, "platform")["detail"].as_str().unwrap();
+    assert!(
+        platform.starts_with("unix:") && platform.contains("mode 600"),
+        "what this platform checks: {platform}"
+    );
     let clock = check(&report, "clock");
     assert_eq!(clock["status"], "ok", "its Date header: {clock}");
 

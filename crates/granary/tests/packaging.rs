@@ -1,10 +1,11 @@
 //! The release artefacts of `scripts/package.sh`, built and used as a user
 //! would: the manylinux2014 wheel installed into a fresh virtualenv serves
 //! a real go build; the static x86_64 binary has no shared library and
-//! serves one too; the sums match.
+//! serves one too; the Windows binary runs under Wine; the macOS binary is
+//! an arm64 Mach-O that loads only what every Mac has; the sums match.
 //!
-//! The script builds the x86_64 artefacts only (aarch64 takes as long
-//! again and cannot run here), with the release profile's optimisations
+//! The script builds one artefact per platform (the other architectures
+//! take as long again and cannot run here), with the release profile's optimisations
 //! off: this checks the packaging, not the code generation, and the two
 //! builds (glibc 2.17 and musl) share nothing with the suite's own. (The
 //! dev profile would not help: maturin names the target, so its crates
@@ -24,7 +25,10 @@ fn package(out: &Path) {
     let mut cmd = Command::new("bash");
     cmd.arg(repo_root().join("scripts/package.sh"))
         .env("GRANARY_PACKAGE_OUT", out)
-        .env("GRANARY_PACKAGE_TARGETS", "x86_64-unknown-linux-musl")
+        .env(
+            "GRANARY_PACKAGE_TARGETS",
+            "x86_64-unknown-linux-musl aarch64-apple-darwin x86_64-pc-windows-gnu",
+        )
         .env("CARGO_TARGET_DIR", repo_root().join("target/package-test"))
         .env("CARGO_PROFILE_RELEASE_LTO", "off")
         .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0")
@@ -85,7 +89,7 @@ fn release_artefacts_install_and_serve_go_builds() {
         .lines()
         .map(|line| line.split_once("  ").unwrap())
         .collect();
-    assert_eq!(listed.len(), 2, "{sums}");
+    assert_eq!(listed.len(), 4, "{sums}");
     for (sum, name) in &listed {
         let bytes = fs::read(out.join(name)).unwrap();
         assert_eq!(*sum, hex::encode(Sha256::digest(&bytes)), "{name}");
@@ -130,28 +134,7 @@ fn release_artefacts_install_and_serve_go_builds() {
 
     // The static binary: no interpreter, no shared library.
     let tarball = only(&out, "-x86_64-linux-static.tar.gz");
-    let unpacked = sb.path("static");
-    fs::create_dir_all(&unpacked).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&unpacked),
-    );
-    let folder = tarball
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .trim_end_matches(".tar.gz")
-        .to_owned();
-    let binary = unpacked.join(&folder).join("granary");
-    for file in ["README.md", "LICENSE-MIT", "LICENSE-APACHE"] {
-        assert!(
-            unpacked.join(&folder).join(file).exists(),
-            "{file} not in {tarball:?}"
-        );
-    }
+    let binary = unpack(&sb, &tarball, "static").join("granary");
     let ldd = Command::new("ldd").arg(&binary).output().unwrap();
     let said = format!(
         "{}{}",
@@ -163,6 +146,97 @@ fn release_artefacts_install_and_serve_go_builds() {
         "ldd: {said}"
     );
     serves_a_go_build(&sb, &binary, "static");
+
+    // macOS: an arm64 executable whose libraries every Mac has.
+    let tarball = only(&out, "-aarch64-macos.tar.gz");
+    let folder = unpack(&sb, &tarball, "macos");
+    let binary = fs::read(folder.join("granary")).unwrap();
+    let libraries = mach_o_arm64_libraries(&binary);
+    assert!(
+        libraries
+            .iter()
+            .any(|l| l.starts_with("/usr/lib/libSystem")),
+        "{libraries:?}"
+    );
+    for library in &libraries {
+        assert!(
+            library.starts_with("/usr/lib/") || library.starts_with("/System/Library/Frameworks/"),
+            "the macOS binary loads {library}, which macOS does not have"
+        );
+    }
+
+    // Windows: an x86_64 executable that runs.
+    let zip = only(&out, "-x86_64-windows.zip");
+    let folder = unpack(&sb, &zip, "windows");
+    let exe = folder.join("granary.exe");
+    let binary = fs::read(&exe).unwrap();
+    assert_eq!(&binary[..2], b"MZ");
+    let pe = u32::from_le_bytes(binary[0x3c..0x40].try_into().unwrap()) as usize;
+    assert_eq!(&binary[pe..pe + 4], b"PE\0\0");
+    let machine = u16::from_le_bytes([binary[pe + 4], binary[pe + 5]]);
+    assert_eq!(machine, 0x8664, "an x86_64 (AMD64) executable");
+    let mut wine = Command::new("wine");
+    wine.arg(&exe).arg("--version");
+    for (key, value) in wine_environment() {
+        wine.env(key, value);
+    }
+    let said = run_ok(&mut wine);
+    let version = String::from_utf8_lossy(&said.stdout);
+    assert!(version.starts_with("granary "), "{version}");
+}
+
+/// Unpacks a release archive into the sandbox; returns its one folder,
+/// which must hold the README and the licences.
+fn unpack(sb: &Sandbox, archive: &Path, into: &str) -> PathBuf {
+    let unpacked = sb.path(into);
+    fs::create_dir_all(&unpacked).unwrap();
+    match archive.extension().and_then(|e| e.to_str()) {
+        Some("zip") => run_ok(
+            Command::new("python3")
+                .args(["-m", "zipfile", "-e"])
+                .arg(archive)
+                .arg(&unpacked),
+        ),
+        _ => run_ok(
+            Command::new("tar")
+                .arg("-xzf")
+                .arg(archive)
+                .arg("-C")
+                .arg(&unpacked),
+        ),
+    };
+    let folders: Vec<PathBuf> = fs::read_dir(&unpacked)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(folders.len(), 1, "one folder in {archive:?}: {folders:?}");
+    let folder = folders.into_iter().next().unwrap();
+    for file in ["README.md", "LICENSE-MIT", "LICENSE-APACHE"] {
+        assert!(folder.join(file).exists(), "{file} not in {archive:?}");
+    }
+    folder
+}
+
+/// The libraries a 64-bit arm64 Mach-O executable loads, from its load
+/// commands; fails on any other file.
+fn mach_o_arm64_libraries(binary: &[u8]) -> Vec<String> {
+    let word = |at: usize| u32::from_le_bytes(binary[at..at + 4].try_into().unwrap());
+    assert_eq!(word(0), 0xfeed_facf, "a 64-bit Mach-O file");
+    assert_eq!(word(4), 0x0100_000c, "for arm64");
+    assert_eq!(word(12), 2, "an executable");
+    let (count, mut at) = (word(16), 32);
+    let mut libraries = Vec::new();
+    for _ in 0..count {
+        let (command, size) = (word(at), word(at + 4) as usize);
+        // LC_LOAD_DYLIB, LC_LOAD_WEAK_DYLIB, LC_REEXPORT_DYLIB
+        if matches!(command, 0xc | 0x8000_0018 | 0x8000_001f) {
+            let name = &binary[at + word(at + 8) as usize..at + size];
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            libraries.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        }
+        at += size;
+    }
+    libraries
 }
 
 /// The highest `GLIBC_2.N` version a binary names.

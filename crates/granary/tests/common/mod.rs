@@ -337,7 +337,10 @@ pub fn stats(path: &Path) -> Stats {
 pub fn compiled_packages(go_stderr: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(go_stderr)
         .lines()
-        .filter(|l| l.contains("/compile ") || l.starts_with("compile "))
+        .filter(|l| {
+            // go for Windows runs `...\compile.exe`.
+            l.contains("/compile ") || l.starts_with("compile ") || l.contains("compile.exe")
+        })
         .filter_map(|l| {
             let mut words = l.split_whitespace();
             words
@@ -655,4 +658,24 @@ pub fn fresh_clone(origin: &Path, path: &Path) {
             path.to_str().unwrap(),
         ],
     );
+}
+
+/// The variables scripts/windows/wine.sh prints (it installs what is
+/// missing, once).
+pub fn wine_environment() -> Vec<(String, String)> {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/windows/wine.sh"))
+        .output()
+        .expect("bash runs scripts/windows/wine.sh");
+    assert!(
+        out.status.success(),
+        "scripts/windows/wine.sh failed (it needs wine64 and gcc-mingw-w64-x86-64 from \
+         apt-get): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.trim_matches('\'').to_owned()))
+        .collect()
 }
