@@ -57,9 +57,9 @@ native() {
     if command -v cygpath >/dev/null; then cygpath -m "$1"; else printf '%s' "$1"; fi
 }
 
-# granary itself: the one on PATH, else a wheel into a virtualenv (a
-# Windows virtualenv keeps its programs in Scripts/). No wheel is published
-# for macOS or Windows yet: put granary on PATH before this step there.
+# granary itself: the one on PATH, else a wheel into a virtualenv (there
+# are wheels for Linux, macOS and Windows; a Windows virtualenv keeps its
+# programs in Scripts/).
 if ! granary="$(command -v granary)"; then
     python3 -m venv "$temp/venv"
     bin="$temp/venv/bin"

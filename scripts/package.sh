@@ -5,8 +5,9 @@
 #   - static (musl) `granary` binaries for x86_64 and aarch64 Linux, in
 #     tarballs with the README and the licences: they run with no shared
 #     library at all;
-#   - `granary` for macOS (x86_64 and aarch64) in tarballs, and
-#     `granary.exe` for x86_64 Windows in a zip.
+#   - `granary` for macOS (x86_64 and aarch64) and `granary.exe` for
+#     x86_64 Windows, each as a wheel (`pip install granary-cache` there
+#     too) and in a tarball or a zip.
 # zig (from PyPI) is the C compiler and linker of the Linux and macOS
 # builds, through maturin's --zig and cargo-zigbuild: it brings glibc 2.17's
 # symbols, musl and macOS's libSystem for every target, so the C in zstd and
@@ -64,7 +65,8 @@ for target in $targets; do
             "$out/granary-${version}-${target%%-unknown-linux-musl}-linux-static.tar.gz"
         ;;
     *-apple-darwin)
-        SDKROOT="$PWD/scripts/macos/sdk" cargo zigbuild --release --locked -p granary --target "$target"
+        # One build gives the wheel and the tarball's binary.
+        SDKROOT="$PWD/scripts/macos/sdk" maturin build --release --locked --zig --target "$target" --out "$out"
         pack "$built" "granary-${version}-${target%%-apple-darwin}-macos" \
             "$out/granary-${version}-${target%%-apple-darwin}-macos.tar.gz"
         ;;
@@ -75,7 +77,7 @@ for target in $targets; do
         }
         linker="CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_LINKER"
         env "$linker=${target%%-pc-windows-gnu}-w64-mingw32-gcc" \
-            cargo build --release --locked -p granary --target "$target"
+            maturin build --release --locked --target "$target" --out "$out"
         pack "$built.exe" "granary-${version}-${target%%-pc-windows-gnu}-windows" \
             "$out/granary-${version}-${target%%-pc-windows-gnu}-windows.zip"
         ;;

@@ -1005,6 +1005,14 @@ mod held_open {
             .unwrap()
     }
 
+    /// A store holding an entry of `action` whose output is "first".
+    fn store_with(action: &Id) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("cache")).unwrap();
+        store.put_bytes(action, b"first").unwrap();
+        (dir, store)
+    }
+
     fn output_of(store: &Store, action: &Id) -> Id {
         match store.get(action) {
             Lookup::Hit(hit) => hit.entry.output_id,
@@ -1014,10 +1022,8 @@ mod held_open {
 
     #[test]
     fn a_put_over_an_entry_held_open_waits_for_its_reader() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("cache")).unwrap();
         let action = Id([7; 32]);
-        store.put_bytes(&action, b"first").unwrap();
+        let (_dir, store) = store_with(&action);
         let held = hold(&store.action_path(&action));
         let reader = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
@@ -1036,10 +1042,8 @@ mod held_open {
 
     #[test]
     fn a_put_over_an_entry_held_open_for_good_gives_up_and_keeps_the_old_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("cache")).unwrap();
         let action = Id([8; 32]);
-        store.put_bytes(&action, b"first").unwrap();
+        let (_dir, store) = store_with(&action);
         let _held = hold(&store.action_path(&action));
         let started = Instant::now();
         let refused = store.put_bytes(&action, b"second").unwrap_err();

@@ -2,7 +2,8 @@
 //! would: the manylinux2014 wheel installed into a fresh virtualenv serves
 //! a real go build; the static x86_64 binary has no shared library and
 //! serves one too; the Windows binary runs under Wine; the macOS binary is
-//! an arm64 Mach-O that loads only what every Mac has; the sums match.
+//! an arm64 Mach-O that loads only what every Mac has; their wheels hold
+//! the same binaries; the sums match.
 //!
 //! The script builds one artefact per platform (the other architectures
 //! take as long again and cannot run here), with the release profile's optimisations
@@ -89,14 +90,14 @@ fn release_artefacts_install_and_serve_go_builds() {
         .lines()
         .map(|line| line.split_once("  ").unwrap())
         .collect();
-    assert_eq!(listed.len(), 4, "{sums}");
+    assert_eq!(listed.len(), 6, "{sums}");
     for (sum, name) in &listed {
         let bytes = fs::read(out.join(name)).unwrap();
         assert_eq!(*sum, hex::encode(Sha256::digest(&bytes)), "{name}");
     }
 
     // The wheel: tagged manylinux2014 (glibc 2.17), binary alone.
-    let wheel = only(&out, ".whl");
+    let wheel = only(&out, "x86_64.whl");
     let name = wheel.file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("granary_cache-"), "{name}");
     let tag = Command::new("python3")
@@ -151,6 +152,10 @@ fn release_artefacts_install_and_serve_go_builds() {
     let tarball = only(&out, "-aarch64-macos.tar.gz");
     let folder = unpack(&sb, &tarball, "macos");
     let binary = fs::read(folder.join("granary")).unwrap();
+    assert_eq!(
+        wheel_script(&only(&out, "macosx_11_0_arm64.whl"), "granary"),
+        binary
+    );
     let libraries = mach_o_arm64_libraries(&binary);
     assert!(
         libraries
@@ -170,6 +175,10 @@ fn release_artefacts_install_and_serve_go_builds() {
     let folder = unpack(&sb, &zip, "windows");
     let exe = folder.join("granary.exe");
     let binary = fs::read(&exe).unwrap();
+    assert_eq!(
+        wheel_script(&only(&out, "win_amd64.whl"), "granary.exe"),
+        binary
+    );
     assert_eq!(&binary[..2], b"MZ");
     let pe = u32::from_le_bytes(binary[0x3c..0x40].try_into().unwrap()) as usize;
     assert_eq!(&binary[pe..pe + 4], b"PE\0\0");
@@ -183,6 +192,28 @@ fn release_artefacts_install_and_serve_go_builds() {
     let said = run_ok(&mut wine);
     let version = String::from_utf8_lossy(&said.stdout);
     assert!(version.starts_with("granary "), "{version}");
+}
+
+/// The program `name` a wheel installs (from its `.data/scripts/`).
+fn wheel_script(wheel: &Path, name: &str) -> Vec<u8> {
+    let read = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\n\
+             z = zipfile.ZipFile(sys.argv[1])\n\
+             [path] = [n for n in z.namelist() if n.endswith('.data/scripts/' + sys.argv[2])]\n\
+             sys.stdout.buffer.write(z.read(path))",
+        ])
+        .arg(wheel)
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "no {name} in {wheel:?}: {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    read.stdout
 }
 
 /// Unpacks a release archive into the sandbox; returns its one folder,
