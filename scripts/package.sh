@@ -54,9 +54,9 @@ pack() {
     rm -rf "$staging"
 }
 
+# The wheels are stripped by maturin (pyproject.toml); so are the archives'.
+export CARGO_PROFILE_RELEASE_STRIP=symbols
 for target in $targets; do
-    # The wheel is stripped by maturin (pyproject.toml); so is this.
-    export CARGO_PROFILE_RELEASE_STRIP=symbols
     built="$target_dir/$target/release/granary"
     case "$target" in
     *-linux-musl)

@@ -21,7 +21,8 @@ if ! command -v wine >/dev/null || ! command -v x86_64-w64-mingw32-gcc >/dev/nul
     "${apt_get[@]}" update -qq >&2
     DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq wine64 gcc-mingw-w64-x86-64 >&2
 fi
-rustup target add x86_64-pc-windows-gnu >/dev/null 2>&1
+rustup target list --installed | grep -qx x86_64-pc-windows-gnu ||
+    rustup target add x86_64-pc-windows-gnu >&2
 prefix="$PWD/target/wine-prefix"
 export WINEPREFIX="$prefix" WINEDEBUG=-all
 system32="$prefix/drive_c/windows/system32"
