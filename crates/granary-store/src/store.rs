@@ -985,10 +985,11 @@ mod races {
     }
 }
 
-/// go on Windows opens the outputs it reads without `FILE_SHARE_DELETE`,
-/// and Windows refuses to rename over such a file.
+/// What Windows does differently: go opens the outputs it reads without
+/// `FILE_SHARE_DELETE`, and Windows refuses to rename over such a file;
+/// paths may be longer than `MAX_PATH` (260).
 #[cfg(all(test, windows))]
-mod held_open {
+mod windows {
     use std::os::windows::fs::OpenOptionsExt;
     use std::time::Instant;
 
@@ -1054,5 +1055,21 @@ mod held_open {
         );
         assert!(refused.to_string().contains("publish"), "{refused}");
         assert_eq!(output_of(&store, &action), Id::of(b"first"));
+    }
+
+    #[test]
+    fn a_cache_deeper_than_max_path_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = (0..12).fold(dir.path().to_owned(), |path, level| {
+            path.join(format!("{level:02}-{}", "d".repeat(20)))
+        });
+        assert!(deep.as_os_str().len() > 260, "{}", deep.display());
+        let store = Store::open(&deep).unwrap();
+        let action = Id([9; 32]);
+        store.put_bytes(&action, b"deep").unwrap();
+        let Lookup::Hit(hit) = store.get(&action) else {
+            panic!("a miss in {}", deep.display())
+        };
+        assert_eq!(fs::read(&hit.object).unwrap(), b"deep");
     }
 }
