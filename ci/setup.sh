@@ -56,12 +56,14 @@ set_var() { settings+=("$1=$2"); }
 native() {
     if command -v cygpath >/dev/null; then cygpath -m "$1"; else printf '%s' "$1"; fi
 }
+# Windows runners call Python `python`, not `python3`.
+python="$(command -v python3 || command -v python || echo python3)"
 
 # granary itself: the one on PATH, else a wheel into a virtualenv (there
 # are wheels for Linux, macOS and Windows; a Windows virtualenv keeps its
 # programs in Scripts/).
 if ! granary="$(command -v granary)"; then
-    python3 -m venv "$temp/venv"
+    "$python" -m venv "$temp/venv"
     bin="$temp/venv/bin"
     [ -d "$temp/venv/Scripts" ] && bin="$temp/venv/Scripts"
     "$bin/pip" install --quiet --disable-pip-version-check "${INPUT_PACKAGE:-granary-cache}"
@@ -104,7 +106,7 @@ if [ -n "${GITHUB_ACTIONS:-}" ]; then
     event_name="${GITHUB_EVENT_NAME:-}"
     write_events="push,pull_request"
     event="${GITHUB_EVENT_PATH:-/dev/null}"
-    json() { python3 -c 'import json, sys
+    json() { "$python" -c 'import json, sys
 try:
     data = json.load(open(sys.argv[1]))
 except (OSError, ValueError):
