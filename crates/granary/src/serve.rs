@@ -53,8 +53,7 @@ pub fn run(dir: &Path, config: Option<&Path>, args: &ServeArgs) -> anyhow::Resul
     })
 }
 
-/// SIGTERM or SIGINT; on Windows, Ctrl+C or the console closing (what
-/// `taskkill` without `/F` and a service manager's stop send).
+/// SIGTERM or SIGINT; on Windows, Ctrl+C or the console window closing.
 async fn shutdown_signal() {
     #[cfg(unix)]
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
