@@ -49,9 +49,11 @@ UNPACK
     rm -rf "$wheels" "$windows_go"
     mv "$windows_go.partial" "$windows_go"
 fi
+# One variable a line, its value quoted: tests read them too.
 cat <<VARS
-export WINEPREFIX='$prefix' WINEDEBUG=-all
+export WINEPREFIX='$prefix'
+export WINEDEBUG='-all'
 export GRANARY_WINDOWS_GO='$windows_go/go/bin/go.exe'
-export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
-export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER='x86_64-w64-mingw32-gcc'
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER='wine'
 VARS

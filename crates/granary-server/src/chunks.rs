@@ -1,5 +1,5 @@
 //! A stored blob's file as a stream of chunks, read into buffers that are
-//! reused.
+//! reused (and the buffers, which a blob still arriving is read into too).
 //!
 //! A chunk handed to the network returns its buffer to the stream once it
 //! is sent, so a large GET cycles through two or three buffers. Reading
@@ -56,18 +56,18 @@ fn read_fully(file: &mut std::fs::File, buffer: &mut [u8]) -> io::Result<usize> 
 }
 
 /// One stream's spare buffers, each `CHUNK` long and already initialised.
-#[derive(Clone, Default)]
-struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+#[derive(Clone, Debug, Default)]
+pub struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
 
 impl Pool {
-    fn take(&self) -> Vec<u8> {
+    pub fn take(&self) -> Vec<u8> {
         let spare = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
         spare.unwrap_or_else(|| vec![0; CHUNK])
     }
 
     /// The first `length` bytes of `buffer`, which comes back here once
     /// every handle on it is dropped.
-    fn lend(&self, buffer: Vec<u8>, length: usize) -> Bytes {
+    pub fn lend(&self, buffer: Vec<u8>, length: usize) -> Bytes {
         Bytes::from_owner(Lent {
             buffer,
             length,
@@ -129,6 +129,18 @@ mod tests {
 
         let (read, sizes) = gather(tempfile::tempfile().unwrap()).await;
         assert!(read.is_empty() && sizes.is_empty());
+    }
+
+    /// A file that cannot be read ends the stream with its error.
+    #[cfg(unix)] // a folder opens as a file there, and reading it fails
+    #[tokio::test]
+    async fn a_read_error_is_the_streams_last_item() {
+        let folder = tempfile::tempdir().unwrap();
+        let file = std::fs::File::open(folder.path()).unwrap();
+        let items: Vec<io::Result<Bytes>> = file_chunks(file, ()).collect().await;
+        assert_eq!(items.len(), 1);
+        let error = items.into_iter().next().unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::IsADirectory);
     }
 
     #[tokio::test]

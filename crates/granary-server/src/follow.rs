@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
+use crate::chunks::Pool;
 use crate::disk::{Progress, State, Upload};
 
 /// Bytes per chunk sent to a reader.
@@ -54,6 +55,7 @@ pub async fn follow(upload: Arc<Upload>) -> Followed {
         file: tokio::fs::File::from_std(file),
         position: 0,
         progress,
+        buffers: Pool::default(),
     })
 }
 
@@ -65,6 +67,7 @@ pub struct Follower {
     file: tokio::fs::File,
     position: u64,
     progress: watch::Receiver<Progress>,
+    buffers: Pool,
 }
 
 impl Follower {
@@ -91,12 +94,12 @@ impl Follower {
             };
             if self.position < readable {
                 let length = (readable - self.position).min(CHUNK as u64) as usize;
-                let mut chunk = vec![0; length];
-                if let Err(e) = self.file.read_exact(&mut chunk).await {
+                let mut buffer = self.buffers.take();
+                if let Err(e) = self.file.read_exact(&mut buffer[..length]).await {
                     return Some(Err(e));
                 }
                 self.position += length as u64;
-                return Some(Ok(chunk.into()));
+                return Some(Ok(self.buffers.lend(buffer, length)));
             }
             match progress.state {
                 State::Done => return None,

@@ -60,12 +60,11 @@ struct BlobGets {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
-    pub latency: Family<LatencyLabels, Histogram>,
-    pub hits: Family<KindLabels, Counter>,
-    pub misses: Family<KindLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
     /// The counters and histograms of the most frequent requests, looked
     /// up once: a family hashes the labels and takes a lock each time,
-    /// which was 3% of a 1 KB GET.
+    /// which was 3% of a 1 KB GET. Hits and misses are counted here only
+    /// (their families hold these counters).
     found: [Counter; 2],
     not_found: [Counter; 2],
     blob_gets: [BlobGets; 2],
@@ -218,8 +217,6 @@ impl Metrics {
             registry,
             requests,
             latency,
-            hits,
-            misses,
             found,
             not_found,
             blob_gets,
@@ -265,6 +262,16 @@ impl Metrics {
                 status,
             })
             .inc();
+    }
+
+    /// Lookups that found their blob, of either kind.
+    pub fn hits(&self) -> u64 {
+        self.found.iter().map(Counter::get).sum()
+    }
+
+    /// Lookups that did not.
+    pub fn misses(&self) -> u64 {
+        self.not_found.iter().map(Counter::get).sum()
     }
 
     /// Counts a lookup of a blob of `kind` that found it or not.

@@ -2,7 +2,7 @@
 //! in simulated runners: GitHub's GITHUB_ENV, GITHUB_PATH,
 //! GITHUB_STEP_SUMMARY and event file, GitLab's CI_* variables; then real
 //! go builds with what the scripts set, against a granary serve.
-#![cfg(unix)] // it runs the action's shell scripts and checks file modes; Windows is tested under Wine (scripts/windows/test.sh)
+#![cfg(unix)] // it runs the action's shell scripts and checks file modes; the Windows build is tested under Wine (scripts/test.sh)
 
 mod common;
 

@@ -5,7 +5,7 @@
 //!
 //! `GRANARY_DASHBOARD_SCREENSHOT=docs/dashboard.png` keeps a screenshot of
 //! the page at the end (how the one in docs/ is made).
-#![cfg(unix)] // it sets file modes and starts Chromium in a process group; Windows is tested under Wine (scripts/windows/test.sh)
+#![cfg(unix)] // it sets file modes and starts Chromium in a process group; the Windows build is tested under Wine (scripts/test.sh)
 
 mod common;
 

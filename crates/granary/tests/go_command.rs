@@ -4,7 +4,7 @@
 //! action up, but only its native cache keeps executables. So "all hits"
 //! means "every compile was a hit": at most one miss for the one link, and no
 //! compile in `go build -x`.
-#![cfg(target_os = "linux")] // half its tests find the helper through /proc; Windows is tested under Wine (scripts/windows/test.sh)
+#![cfg(target_os = "linux")] // half its tests find the helper through /proc; the Windows build is tested under Wine (scripts/test.sh)
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! (gRPC and HTTP), Go runners sharing a cache across the two protocols
 //! and through bazel-remote's gRPC port, and the bad input a gRPC server
 //! must refuse, sent with a raw tonic client.
-#![cfg(unix)] // it sets the tokens file's mode; Windows is tested under Wine (scripts/windows/test.sh)
+#![cfg(unix)] // it sets the tokens file's mode; the Windows build is tested under Wine (scripts/test.sh)
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! `granary serve` end to end: the real binary on loopback, real HTTP from
 //! raw sockets, reqwest and the `prog` client, and the real go command.
-#![cfg(unix)] // it sets file modes and compares inodes; Windows is tested under Wine (scripts/windows/test.sh)
+#![cfg(unix)] // it sets file modes and compares inodes; the Windows build is tested under Wine (scripts/test.sh)
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! `granary du`, `trim`, `prune` and `stats` as users run them, the
 //! background trim of `prog`, and trims racing with processes that use the
 //! cache.
-#![cfg(unix)] // it sets file modes; Windows is tested under Wine (scripts/windows/test.sh)
+#![cfg(unix)] // it sets file modes; the Windows build is tested under Wine (scripts/test.sh)
 
 mod common;
 

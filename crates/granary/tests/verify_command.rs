@@ -1,5 +1,5 @@
 //! `granary verify` on a cache with damaged entries.
-#![cfg(unix)] // it sets file modes and reads signals; Windows is tested under Wine (scripts/windows/test.sh)
+#![cfg(unix)] // it sets file modes and reads signals; the Windows build is tested under Wine (scripts/test.sh)
 
 mod common;
 

@@ -10,9 +10,11 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Duration;
 
 use granary_id::Id;
 use granary_protocol::{Request, write_request};
@@ -60,12 +62,37 @@ fn wine(environment: &[(String, String)], program: &Path) -> Command {
     cmd
 }
 
+/// How long granary.exe may take to answer a request under Wine (its first
+/// answer includes Wine's start).
+const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// granary.exe prog, its answers read by a thread so that each wait is
+/// bounded; killed when dropped.
 struct Prog {
     child: Child,
-    stdout: BufReader<ChildStdout>,
+    answers: Receiver<String>,
 }
 
 impl Prog {
+    fn start(mut cmd: Command) -> Prog {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wine starts granary.exe");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (send, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Prog { child, answers }
+    }
+
     fn send(&mut self, request: &Request, body: &[u8]) {
         let mut bytes = Vec::new();
         write_request(&mut bytes, request, body).unwrap();
@@ -75,10 +102,21 @@ impl Prog {
     }
 
     fn answer(&mut self) -> Value {
-        let mut line = String::new();
-        let read = self.stdout.read_line(&mut line).unwrap();
-        assert!(read > 0, "granary.exe closed its stdout");
+        let line = match self.answers.recv_timeout(ANSWER_WITHIN) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("granary.exe gave no answer in {ANSWER_WITHIN:?}")
+            }
+            Err(RecvTimeoutError::Disconnected) => panic!("granary.exe closed its stdout"),
+        };
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+}
+
+impl Drop for Prog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -87,17 +125,11 @@ fn granary_exe_answers_a_put_and_a_get_with_a_windows_path_to_the_body() {
     let environment = wine_environment();
     let sb = Sandbox::new();
     let cache = sb.path("cache");
-    let mut child = wine(&environment, &granary_exe())
-        .arg("prog")
+    let mut cmd = wine(&environment, &granary_exe());
+    cmd.arg("prog")
         .env("GRANARY_DIR", windows_path(&cache))
-        .env("GRANARY_TRIM_INTERVAL", "none")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wine starts granary.exe");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut prog = Prog { child, stdout };
+        .env("GRANARY_TRIM_INTERVAL", "none");
+    let mut prog = Prog::start(cmd);
     assert_eq!(
         prog.answer()["KnownCommands"],
         serde_json::json!(["get", "put", "close"])
@@ -134,12 +166,15 @@ fn granary_exe_answers_a_put_and_a_get_with_a_windows_path_to_the_body() {
     assert_eq!(hit["Size"], body.len());
     prog.send(&Request::Close { id: 3 }, &[]);
     assert_eq!(prog.answer()["ID"], 3);
-    let out = prog.child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let status = prog.child.wait().unwrap();
+    let mut stderr = String::new();
+    let _ = prog
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr);
+    assert!(status.success(), "{stderr}");
 }
 
 #[test]

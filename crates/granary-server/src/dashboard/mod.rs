@@ -25,7 +25,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::disk::{Disk, Limits};
-use crate::metrics::{KindLabels, Metrics};
+use crate::metrics::Metrics;
 
 /// Time between two samples.
 pub const INTERVAL: Duration = Duration::from_secs(10);
@@ -198,15 +198,6 @@ impl Dashboard {
     /// The counters now.
     pub fn sample(&self, disk: &Disk, metrics: &Metrics) -> Sample {
         let usage = disk.usage();
-        let by_kind = |family: &prometheus_client::metrics::family::Family<
-            KindLabels,
-            prometheus_client::metrics::counter::Counter,
-        >| {
-            ["ac", "cas"]
-                .iter()
-                .map(|kind| family.get_or_create(&KindLabels { kind }).get())
-                .sum()
-        };
         let (_, namespaces) = self.namespace_counts();
         Sample {
             t: SystemTime::now()
@@ -215,8 +206,8 @@ impl Dashboard {
                 .as_secs(),
             http: self.http.load(Relaxed),
             grpc: self.grpc.load(Relaxed),
-            hits: by_kind(&metrics.hits),
-            misses: by_kind(&metrics.misses),
+            hits: metrics.hits(),
+            misses: metrics.misses(),
             bytes_in: metrics.bytes_received.get(),
             bytes_out: metrics.bytes_sent.get(),
             disk_bytes: usage.bytes,

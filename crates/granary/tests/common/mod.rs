@@ -673,9 +673,10 @@ pub fn wine_environment() -> Vec<(String, String)> {
          apt-get): {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `export KEY='VALUE'`, one a line.
     String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|word| word.split_once('='))
+        .lines()
+        .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
         .map(|(key, value)| (key.to_owned(), value.trim_matches('\'').to_owned()))
         .collect()
 }
