@@ -37,11 +37,15 @@ use tokio::sync::{Notify, watch};
 
 use crate::kept::Kept;
 use crate::key::{Key, Kind};
+use crate::table::Table;
 
 /// How often a blob's mtime is bumped at most when it is used.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(3600);
 /// Blobs unlinked per hold of the index lock by the evictor.
 const EVICT_BATCH: usize = 64;
+/// Blobs looked at per hold of the index lock by a scan of all of them
+/// (a few hundred microseconds).
+const SCAN_CHUNK: usize = 16 * 1024;
 /// The unit of disk space: sizes count whole blocks, as `du` does.
 const BLOCK: u64 = 4096;
 /// The zstd level of stored blobs. On the outputs of `go build std` and
@@ -105,7 +109,11 @@ pub struct Disk {
 
 #[derive(Debug, Default)]
 struct Index {
-    blobs: HashMap<Key, Meta>,
+    blobs: Table<Meta>,
+    /// Responses reading each blob now, by key: the evictor leaves these
+    /// alone. Apart from `blobs`, which would otherwise carry a count in
+    /// every entry for the few being read.
+    pinned: HashMap<Key, u32>,
     /// Disk space of the blobs in `blobs` (see [`on_disk`]).
     bytes: u64,
     /// How many of them are action results (counting them on demand
@@ -208,19 +216,20 @@ impl Index {
     }
 }
 
+/// What the index knows of a blob: 24 bytes, so that an entry with its
+/// key takes 64 (see [`Table`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Meta {
+pub(crate) struct Meta {
     /// The blob's length.
     size: u64,
     /// Its file's length: `size` for a blob stored as it is, less for one
     /// stored compressed.
     stored: u64,
-    /// Last use, in nanoseconds since the epoch.
-    used: u64,
+    /// Last use, in seconds since the epoch (until 2106): least recently
+    /// used order needs no finer clock.
+    used: u32,
     /// When the file's mtime was last set, in the same unit.
-    touched: u64,
-    /// Responses reading the blob now; the evictor leaves it alone.
-    readers: u32,
+    touched: u32,
 }
 
 impl Meta {
@@ -229,9 +238,9 @@ impl Meta {
     }
 
     /// Records a use at `now`; whether the file's mtime is due a bump.
-    fn use_at(&mut self, now: u64) -> bool {
+    fn use_at(&mut self, now: u32) -> bool {
         self.used = now;
-        let touch = now.saturating_sub(self.touched) > TOUCH_INTERVAL.as_nanos() as u64;
+        let touch = u64::from(now.saturating_sub(self.touched)) > TOUCH_INTERVAL.as_secs();
         if touch {
             self.touched = now;
         }
@@ -435,8 +444,12 @@ pub struct Pin {
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        if let Some(meta) = self.disk.lock().blobs.get_mut(&self.key) {
-            meta.readers = meta.readers.saturating_sub(1);
+        let mut index = self.disk.lock();
+        if let Some(readers) = index.pinned.get_mut(&self.key) {
+            *readers -= 1;
+            if *readers == 0 {
+                index.pinned.remove(&self.key);
+            }
         }
     }
 }
@@ -471,19 +484,21 @@ impl Disk {
                 fs::create_dir_all(dir.join(kind.name()).join(hex::encode([shard])))?;
             }
         }
-        let mut index = Index::default();
-        for (key, meta) in scan(dir)? {
+        let blobs = Table::from_entries(scan(dir)?, |key, kept, other| {
             // A blob both plain and compressed: a conversion was cut short
             // after its rename. The compressed file is complete; keep it.
-            if let Some(other) = index.insert(key, meta) {
-                let (kept, dropped) = match other.compressed() {
-                    true => (other, meta),
-                    false => (meta, other),
-                };
-                index.insert(key, kept);
-                let _ = fs::remove_file(file_path(dir, &key, &dropped));
-            }
-        }
+            let dropped = match other.compressed() {
+                true => std::mem::replace(kept, other),
+                false => other,
+            };
+            let _ = fs::remove_file(file_path(dir, key, &dropped));
+        });
+        let index = Index {
+            bytes: blobs.iter().map(|(_, meta)| on_disk(meta.stored)).sum(),
+            ac_blobs: blobs.iter().filter(|(key, _)| key.kind == Kind::Ac).count() as u64,
+            blobs,
+            ..Index::default()
+        };
         let rebuilt = Rebuilt {
             blobs: index.blobs.len() as u64,
             bytes: index.bytes,
@@ -587,9 +602,10 @@ impl Disk {
 
     /// [`Disk::find`], or `None` if the blob was replaced meanwhile.
     fn find_once(self: &Arc<Self>, key: &Key) -> Option<Found> {
-        let now = now_nanos();
+        let now = now_seconds();
         let (meta, touch, kept) = {
-            let mut index = self.lock();
+            let mut guard = self.lock();
+            let index = &mut *guard;
             match index.blobs.get_mut(key) {
                 Some(meta) => {
                     let touch = meta.use_at(now);
@@ -597,7 +613,7 @@ impl Disk {
                     // A copy in memory needs no pin: eviction cannot take
                     // it away mid-read.
                     if kept.is_none() {
-                        meta.readers += 1;
+                        *index.pinned.entry(*key).or_default() += 1;
                     }
                     (*meta, touch, kept)
                 }
@@ -767,7 +783,7 @@ impl Disk {
         let (meta, touch) = {
             let mut index = self.lock();
             let meta = index.blobs.get_mut(key)?;
-            let touch = meta.use_at(now_nanos());
+            let touch = meta.use_at(now_seconds());
             (*meta, touch)
         };
         if touch {
@@ -827,18 +843,38 @@ impl Disk {
     /// One eviction pass; returns the blobs removed. The room refused
     /// writes asked for is forgotten: their clients ask again.
     pub fn evict(&self) -> u64 {
-        let mut candidates: Vec<(u64, Key)> = {
+        let needed = {
             let mut index = self.lock();
-            if index.demand() <= index.limits(&self.limits).max_size {
+            let limits = index.limits(&self.limits);
+            if index.demand() <= limits.max_size {
                 index.wanted = 0;
                 return 0;
             }
-            index
-                .blobs
-                .iter()
-                .filter(|(_, meta)| meta.readers == 0)
-                .map(|(key, meta)| (meta.used, *key))
-                .collect()
+            index.demand() - limits.low_watermark
+        };
+        // The last use up to which enough is stored to free what is
+        // needed, found from uses and sizes alone (8 bytes a blob); then
+        // only the blobs used until then are listed with their keys.
+        let mut uses = self.scan_index(|_, meta, pinned| {
+            let blocks = on_disk(meta.stored) / BLOCK;
+            (!pinned).then(|| (meta.used, u32::try_from(blocks).unwrap_or(u32::MAX)))
+        });
+        uses.sort_unstable_by_key(|&(used, _)| used);
+        let mut freed = 0u64;
+        let until = uses
+            .iter()
+            .find(|(_, blocks)| {
+                freed += u64::from(*blocks) * BLOCK;
+                freed >= needed
+            })
+            .or(uses.last())
+            .map(|&(used, _)| used);
+        drop(uses);
+        let mut candidates = match until {
+            Some(until) => self.scan_index(|key, meta, pinned| {
+                (!pinned && meta.used <= until).then_some((meta.used, *key))
+            }),
+            None => Vec::new(),
         };
         candidates.sort_unstable_by_key(|&(used, _)| used);
         let mut removed = 0;
@@ -851,11 +887,10 @@ impl Disk {
                     return removed;
                 }
                 // Used or pinned since the candidates were listed: keep it.
-                match index.blobs.get(key) {
-                    Some(meta) if meta.used == *used && meta.readers == 0 => {}
+                let meta = match index.blobs.get(key) {
+                    Some(meta) if meta.used == *used && !index.pinned.contains_key(key) => *meta,
                     _ => continue,
-                }
-                let meta = index.blobs[key];
+                };
                 if fs::remove_file(self.file_path(key, &meta)).is_err() {
                     continue;
                 }
@@ -869,17 +904,36 @@ impl Disk {
         removed
     }
 
+    /// What `pick` picks of every blob (its key, what is known of it,
+    /// whether it is being read), taking the index lock a chunk at a time:
+    /// a scan of millions of blobs never holds up a request for long.
+    /// Blobs that move while the lock is let go (the last one, into the
+    /// place of one removed) may be missed; a scan is a snapshot only.
+    fn scan_index<T>(&self, mut pick: impl FnMut(&Key, &Meta, bool) -> Option<T>) -> Vec<T> {
+        let mut picked = Vec::new();
+        let mut start = 0;
+        loop {
+            let index = self.lock();
+            let chunk = index.blobs.chunk(start, SCAN_CHUNK);
+            if chunk.is_empty() {
+                return picked;
+            }
+            picked.extend(
+                chunk
+                    .iter()
+                    .filter_map(|(key, meta)| pick(key, meta, index.pinned.contains_key(key))),
+            );
+            start += chunk.len();
+        }
+    }
+
     /// Compresses, in the background, the blobs stored plain that would
     /// take fewer blocks compressed (those an earlier version stored),
     /// one at a time and pausing as long as each took: at most half a core.
     pub async fn compress_forever(self: Arc<Self>) {
-        let plain: Vec<Key> = self
-            .lock()
-            .blobs
-            .iter()
-            .filter(|(key, meta)| key.kind == Kind::Cas && !meta.compressed() && meta.size > BLOCK)
-            .map(|(key, _)| *key)
-            .collect();
+        let plain = self.scan_index(|key, meta, _| {
+            (key.kind == Kind::Cas && !meta.compressed() && meta.size > BLOCK).then_some(*key)
+        });
         if plain.is_empty() {
             return;
         }
@@ -917,7 +971,7 @@ impl Disk {
             return Ok(false);
         };
         // The file keeps the blob's last use for the next start-up.
-        let touched = SystemTime::UNIX_EPOCH + Duration::from_nanos(plain.touched);
+        let touched = SystemTime::UNIX_EPOCH + Duration::from_secs(plain.touched.into());
         let _ = File::options()
             .write(true)
             .open(&temp)
@@ -1051,7 +1105,7 @@ impl Writer {
             }
             false => None,
         };
-        let now = now_nanos();
+        let now = now_seconds();
         let meta = Meta {
             size: self.written,
             stored: compressed
@@ -1059,7 +1113,6 @@ impl Writer {
                 .map_or(self.written, |(_, stored)| *stored),
             used: now,
             touched: now,
-            readers: 0,
         };
         let disk = self.disk.clone();
         let target = disk.file_path(&self.key, &meta);
@@ -1075,11 +1128,8 @@ impl Writer {
             return Err(e.into());
         }
         let mut replaced = None;
+        // Readers of a replaced file stay pinned by key until they finish.
         if let Some(old) = index.insert(self.key, meta) {
-            if let Some(new) = index.blobs.get_mut(&self.key) {
-                // Readers of the replaced file unpin by key when they finish.
-                new.readers = old.readers;
-            }
             replaced = Some(disk.file_path(&self.key, &old)).filter(|old| *old != target);
         }
         index.reserved -= self.reserved;
@@ -1205,13 +1255,13 @@ fn kept_in_memory(key: &Key, stored: u64) -> bool {
     key.kind == Kind::Cas && stored < KEPT_BELOW
 }
 
-fn now_nanos() -> u64 {
-    nanos(SystemTime::now())
+fn now_seconds() -> u32 {
+    seconds(SystemTime::now())
 }
 
-fn nanos(time: SystemTime) -> u64 {
+fn seconds(time: SystemTime) -> u32 {
     time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
 /// Lists the blobs under `dir` by name and metadata, on all cores.
@@ -1257,7 +1307,7 @@ fn scan_shards(shards: &[(Kind, PathBuf)]) -> io::Result<Vec<(Key, Meta)>> {
             if !metadata.is_file() {
                 continue;
             }
-            let used = metadata.modified().map_or(0, nanos);
+            let used = metadata.modified().map_or(0, seconds);
             found.push((
                 key,
                 Meta {
@@ -1265,7 +1315,6 @@ fn scan_shards(shards: &[(Kind, PathBuf)]) -> io::Result<Vec<(Key, Meta)>> {
                     stored: metadata.len(),
                     used,
                     touched: used,
-                    readers: 0,
                 },
             ));
         }
@@ -1422,6 +1471,45 @@ mod tests {
         assert_eq!(rebuilt.blobs, 1);
         assert_eq!(cas_files(dir.path()).len(), 1);
         assert!(stored(&disk, &key).compressed());
+    }
+
+    /// Eviction frees the least recently used blobs down to the low
+    /// watermark, found in two scans of the index, and spares the blobs
+    /// being read however old.
+    #[test]
+    fn eviction_frees_the_least_recently_used_and_spares_blobs_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_size: 100 * BLOCK,
+            low_watermark: 80 * BLOCK,
+            hard_limit: 1000 * BLOCK,
+            max_blob: 1 << 20,
+            memory: 0,
+        };
+        let (disk, _) = Disk::open(dir.path(), limits).unwrap();
+        let keys: Vec<Key> = (0..120u32)
+            .map(|i| {
+                let key = Key::new(Kind::Ac, &format!("{i:064x}")).unwrap();
+                disk.store(key, &i.to_le_bytes()).unwrap();
+                key
+            })
+            .collect();
+        // Reading the oldest pins it (and counts as a use: made old again).
+        let being_read = stored(&disk, &keys[0]);
+        for (i, key) in keys.iter().enumerate() {
+            disk.lock().blobs.get_mut(key).unwrap().used = 1000 + i as u32;
+        }
+        assert_eq!(disk.evict(), 40);
+        assert_eq!(disk.usage().bytes, 80 * BLOCK);
+        let kept: Vec<bool> = keys
+            .iter()
+            .map(|key| disk.contains(key).is_some())
+            .collect();
+        assert!(kept[0], "the blob being read stays");
+        assert!(kept[1..=40].iter().all(|kept| !kept), "{kept:?}");
+        assert!(kept[41..].iter().all(|kept| *kept), "{kept:?}");
+        drop(being_read);
+        assert_eq!(disk.evict(), 0, "at the low watermark: nothing to do");
     }
 
     #[tokio::test]

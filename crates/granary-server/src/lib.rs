@@ -59,6 +59,7 @@ mod metrics;
 mod oidc;
 mod pace;
 mod service;
+mod table;
 
 use std::future::Future;
 use std::io;
