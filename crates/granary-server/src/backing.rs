@@ -5,7 +5,12 @@
 //! follow it as it arrives, exactly as they would follow a client's upload.
 //! Blobs that clients upload are queued and copied to the backing store in
 //! the background; a full queue drops (counted), never slows a client.
-//! Several servers can share one bucket this way.
+//! Several servers can share one bucket this way: a blob written through
+//! one is readable through the others once it is written behind,
+//! milliseconds later (`bench/fleet.py`), or before its writer hears it
+//! is stored with `--write-through`.
+//! Only blobs new to the server go to the backing store: one sent again
+//! is there already, from its first upload or from where it was fetched.
 //!
 //! Keys in the backing store: `<prefix>/granary-serve-v1/{ac,cas}/<hex>`,
 //! bodies as the clients sent them (decoded if the disk keeps them
@@ -41,6 +46,7 @@ pub struct Backing {
     blobs: Arc<dyn BlobStore>,
     metrics: Arc<Metrics>,
     queue: mpsc::Sender<Key>,
+    write_through: bool,
 }
 
 impl fmt::Debug for Backing {
@@ -66,6 +72,7 @@ impl Backing {
         blobs: Arc<dyn BlobStore>,
         disk: Arc<Disk>,
         metrics: Arc<Metrics>,
+        write_through: bool,
     ) -> (Backing, JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let task = tokio::spawn(write_behind(blobs.clone(), disk, metrics.clone(), receiver));
@@ -74,19 +81,39 @@ impl Backing {
                 blobs,
                 metrics,
                 queue,
+                write_through,
             },
             task,
         )
     }
 
-    /// Queues `key` to be copied to the backing store.
-    pub fn queue(&self, key: Key) {
-        if self.queue.try_send(key).is_err() {
-            self.metrics.backing_dropped.inc();
+    /// Hands `key`, just stored on `disk`, to the backing store: queued,
+    /// or with `--write-through` copied now.
+    pub async fn stored(&self, disk: &Arc<Disk>, key: Key) -> Result<(), String> {
+        if !self.write_through {
+            if self.queue.try_send(key).is_err() {
+                self.metrics.backing_dropped.inc();
+            }
+            return Ok(());
         }
+        let written = match disk.find(&key) {
+            Found::Blob(blob) => write_one(&*self.blobs, &key, blob)
+                .await
+                .map_err(|e| e.to_string()),
+            Found::Upload(_) | Found::Missing => {
+                Err("it was evicted or replaced before it was copied".to_owned())
+            }
+        };
+        let counter = match &written {
+            Ok(()) => &self.metrics.backing_uploads,
+            Err(_) => &self.metrics.backing_errors,
+        };
+        counter.inc();
+        written
     }
 
     pub async fn exists(&self, key: &Key) -> bool {
+        self.metrics.backing_lookups.inc();
         match self.blobs.exists(&backing_key(key)).await {
             Ok(exists) => exists,
             Err(e) => {
@@ -113,7 +140,9 @@ impl Backing {
                 Ok(true) => {
                     metrics.backing_fetches.inc();
                 }
-                Ok(false) => {}
+                Ok(false) => {
+                    metrics.backing_misses.inc();
+                }
                 Err(why) => {
                     metrics.backing_errors.inc();
                     tracing::warn!("backing store: cannot fetch {key}: {why}");

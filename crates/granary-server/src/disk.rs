@@ -794,18 +794,18 @@ impl Disk {
     }
 
     /// Writes and publishes a whole blob at once, unless the very same is
-    /// stored already. Blocking.
-    pub fn store(self: &Arc<Self>, key: Key, bytes: &[u8]) -> Result<(), Refusal> {
+    /// stored already; whether it wrote. Blocking.
+    pub fn store(self: &Arc<Self>, key: Key, bytes: &[u8]) -> Result<bool, Refusal> {
         // An action result (never compressed) is compared: the same
         // action may have a new one.
         let same = key.kind == Kind::Cas
             || fs::read(self.dir.join(key.relative_path())).is_ok_and(|stored| stored == bytes);
         if same && self.use_stored(&key, bytes.len() as u64) {
-            return Ok(());
+            return Ok(false);
         }
         let mut writer = self.begin(key, Some(bytes.len() as u64))?;
         writer.write(bytes)?;
-        writer.publish()
+        writer.publish().map(|()| true)
     }
 
     /// Waits for pressure, then evicts least recently used blobs that no

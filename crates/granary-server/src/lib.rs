@@ -101,6 +101,9 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Bytes of compressed blobs kept in memory for batch answers; 0: none.
     pub compressed_cache: u64,
+    /// A write is answered only once the backing store has it, so that
+    /// every server on the same bucket can read it at once.
+    pub write_through: bool,
 }
 
 /// PEM files of the server's certificate chain and private key.
@@ -231,8 +234,12 @@ impl Server {
         } = self;
         let mut service = Arc::into_inner(service).expect("not shared before run");
         let write_behind = backing.map(|blobs| {
-            let (backing, task) =
-                backing::Backing::start(blobs, service.disk.clone(), service.metrics.clone());
+            let (backing, task) = backing::Backing::start(
+                blobs,
+                service.disk.clone(),
+                service.metrics.clone(),
+                settings.write_through,
+            );
             service.backing = Some(backing);
             task
         });

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub rejected_writes: Family<ReasonLabels, Counter>,
     refused_credentials: Family<ReasonLabels, Counter>,
     pub backing_fetches: Counter,
+    pub backing_misses: Counter,
+    pub backing_lookups: Counter,
     pub backing_uploads: Counter,
     pub backing_dropped: Counter,
     pub backing_errors: Counter,
@@ -133,6 +135,20 @@ impl Metrics {
             "backing_fetches",
             "Blobs fetched from the backing store",
             backing_fetches.clone(),
+        );
+        // With fetches and uploads, every request the server makes of the
+        // backing store is counted: what a fleet's bucket bills.
+        let backing_misses = Counter::default();
+        registry.register(
+            "backing_misses",
+            "Blobs asked of the backing store that it did not have",
+            backing_misses.clone(),
+        );
+        let backing_lookups = Counter::default();
+        registry.register(
+            "backing_lookups",
+            "Blobs looked up in the backing store without reading them",
+            backing_lookups.clone(),
         );
         let backing_uploads = Counter::default();
         registry.register(
@@ -225,6 +241,8 @@ impl Metrics {
             rejected_writes,
             refused_credentials,
             backing_fetches,
+            backing_misses,
+            backing_lookups,
             backing_uploads,
             backing_dropped,
             backing_errors,

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{Auth, Identity};
 use crate::backing::Backing;
-use crate::check::{Check, Rejected};
+use crate::check::{Check, Rejected, Why};
 use crate::chunks::file_chunks;
 use crate::codec;
 use crate::dashboard::Dashboard;
@@ -249,35 +249,46 @@ impl Service {
     /// store.
     pub async fn finish(&self, receiving: Receiving, length: Option<u64>) -> Result<(), Rejected> {
         let key = receiving.key;
-        receiving.finish(&self.disk, length).await?;
-        self.write_behind(key);
-        Ok(())
+        let written = receiving.finish(&self.disk, length).await?;
+        self.written(key, written).await
     }
 
-    /// Checks and stores a whole blob (unless the very same is stored),
-    /// and queues it for the backing store. Blocking.
-    pub fn store_blocking(&self, key: Key, bytes: &[u8]) -> Result<(), Rejected> {
+    /// Checks and stores a whole blob (unless the very same is stored);
+    /// whether it was written. Blocking: the caller then hands it to
+    /// [`Service::written`].
+    pub fn store_blocking(&self, key: Key, bytes: &[u8]) -> Result<bool, Rejected> {
         let mut check = Check::new(key.kind);
         check.update(bytes)?;
         check.finish(&key)?;
         self.disk
             .store(key, bytes)
-            .map_err(|refusal| Rejected::from_refusal(&refusal))?;
-        self.write_behind(key);
-        Ok(())
+            .map_err(|refusal| Rejected::from_refusal(&refusal))
     }
 
-    /// [`Service::store_blocking`] on the blocking pool.
+    /// [`Service::store_blocking`] on the blocking pool, then
+    /// [`Service::written`].
     pub async fn store(self: &Arc<Self>, key: Key, bytes: Vec<u8>) -> Result<(), Rejected> {
         let service = self.clone();
-        tokio::task::spawn_blocking(move || service.store_blocking(key, &bytes))
+        let written = tokio::task::spawn_blocking(move || service.store_blocking(key, &bytes))
             .await
-            .expect("storing does not panic")
+            .expect("storing does not panic")?;
+        self.written(key, written).await
     }
 
-    fn write_behind(&self, key: Key) {
-        if let Some(backing) = &self.backing {
-            backing.queue(key);
+    /// Hands `key` to the backing store if it was `written` now (a blob
+    /// stored already is there from before).
+    pub async fn written(&self, key: Key, written: bool) -> Result<(), Rejected> {
+        match &self.backing {
+            Some(backing) if written => backing.stored(&self.disk, key).await.map_err(|why| {
+                Rejected::new(
+                    Why::Io,
+                    format!(
+                        "{key} is stored here, but not in the backing store, as \
+                         --write-through requires: {why}"
+                    ),
+                )
+            }),
+            _ => Ok(()),
         }
     }
 }
@@ -392,7 +403,9 @@ impl Receiving {
 
     /// Writes the rest, checks the whole (`length` bytes, if known) and
     /// publishes it; without a writer, records a use of the stored blob.
-    pub async fn finish(mut self, disk: &Disk, length: Option<u64>) -> Result<(), Rejected> {
+    /// Checks and publishes what was received; whether it was written
+    /// (not only checked against the same blob stored already).
+    pub async fn finish(mut self, disk: &Disk, length: Option<u64>) -> Result<bool, Rejected> {
         self.flush().await?;
         if let Some(length) = length
             && self.received != length
@@ -414,11 +427,12 @@ impl Receiving {
             Some(writer) => writer
                 .publish_off_runtime()
                 .await
+                .map(|()| true)
                 .map_err(|refusal| Rejected::from_refusal(&refusal)),
             // Evicted meanwhile: as if it had been right after the write.
             None => {
                 disk.use_stored(&key, received);
-                Ok(())
+                Ok(false)
             }
         }
     }

@@ -239,6 +239,12 @@ pub struct ServeArgs {
     #[arg(long, env = "GRANARY_BACKING", value_name = "URL")]
     pub backing: Option<String>,
 
+    /// Answer a write only once the backing store has it, so that every server on
+    /// the bucket can read it at once (read-your-writes across servers), at the cost
+    /// of the bucket's latency on every write
+    #[arg(long, env = "GRANARY_WRITE_THROUGH", requires = "backing")]
+    pub write_through: bool,
+
     /// Endpoint of the backing store, e.g. http://127.0.0.1:8333 [default: AWS]
     #[arg(long, env = "GRANARY_S3_ENDPOINT", value_name = "URL")]
     pub s3_endpoint: Option<String>,

@@ -78,6 +78,7 @@ struct ServeFile {
     compressed_cache: Option<String>,
     memory_cache: Option<String>,
     backing: Option<String>,
+    write_through: Option<bool>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     #[serde(default)]
@@ -523,6 +524,7 @@ pub fn serve(
             "compressed-cache",
         )?
         .unwrap_or(DEFAULT_COMPRESSED_CACHE),
+        write_through: args.write_through || file.write_through.unwrap_or(false),
     };
     let backing = match args.backing.clone().or(file.backing) {
         None => None,
@@ -539,6 +541,11 @@ pub fn serve(
             Some(object)
         }
     };
+    anyhow::ensure!(
+        backing.is_some() || !settings.write_through,
+        "write-through needs a backing store to write through to: set --backing, or \
+         remove write-through from the [serve] table"
+    );
     Ok((settings, backing))
 }
 
@@ -931,7 +938,7 @@ mod tests {
         std::fs::write(
             dir.path().join(CONFIG_FILE),
             "max-size = \"1GiB\"\n[serve]\nlisten = \"127.0.0.1:9999\"\ngrpc-listen = \"127.0.0.1:9998\"\nmax-size = \"100MiB\"\n\
-             low-watermark = 50\nidle-timeout = \"5s\"\ncompressed-cache = \"1MiB\"\nmemory-cache = \"2MiB\"\nbacking = \"s3://bucket/servers\"\n",
+             low-watermark = 50\nidle-timeout = \"5s\"\ncompressed-cache = \"1MiB\"\nmemory-cache = \"2MiB\"\nbacking = \"s3://bucket/servers\"\nwrite-through = true\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -951,6 +958,7 @@ mod tests {
             compressed_cache: None,
             memory_cache: None,
             backing: None,
+            write_through: false,
             s3_endpoint: Some("http://127.0.0.1:8333".into()),
             s3_region: None,
         };
@@ -967,6 +975,7 @@ mod tests {
         assert_eq!(settings.idle_timeout, Duration::from_secs(5));
         assert_eq!(settings.compressed_cache, 1 << 20);
         assert_eq!(settings.limits.memory, 2 << 20);
+        assert!(settings.write_through);
         let backing = backing.unwrap();
         let StoreSettings::S3(s3) = &backing.store else {
             panic!("{backing:?}")

@@ -721,6 +721,68 @@ fn eviction_keeps_the_size_and_spares_blobs_being_read() {
     assert_eq!(server.metric("granary_rejected_writes_total", "full"), 1.0);
 }
 
+/// The resident memory of `pid`, in bytes.
+#[cfg(target_os = "linux")]
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().strip_suffix(" kB"))
+        .unwrap();
+    kib.trim().parse::<u64>().unwrap() * 1024
+}
+
+/// 200,000 blobs, sized for CI (bench/fleet.py goes to millions): the
+/// index takes at most 100 bytes of memory a blob, and after `kill -9`
+/// the server serves again within 10 s (what docs/guide/fleet.md promises
+/// at a million).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_large_index_stays_small_and_restarts_after_kill_9_within_bounds() {
+    const BLOBS: u32 = 200_000;
+    let empty = Server::start(&[]);
+    request(empty.addr, "GET", "/status", &[], b"");
+    let empty_rss = rss(empty.pid());
+    let dir = empty.dir.clone();
+    let scratch = empty.kill();
+    // Written straight into the layout, as a server leaves them.
+    let mut paths = Vec::new();
+    for i in 0..BLOBS {
+        let blob = i.to_le_bytes();
+        let hex = sha256_hex(&blob);
+        std::fs::write(dir.join("cas").join(&hex[..2]).join(&hex), blob).unwrap();
+        if i % 40_000 == 0 {
+            paths.push((format!("/cas/{hex}"), blob.to_vec()));
+        }
+    }
+    let server = Server::start_in(scratch, &dir, &[], &[]).unwrap();
+    assert_eq!(server.status()["cas_blobs"], BLOBS);
+    for (path, blob) in &paths {
+        assert_eq!(
+            request(server.addr, "GET", path, &[], b""),
+            (200, blob.clone())
+        );
+    }
+    let per_blob = (rss(server.pid()) - empty_rss) / u64::from(BLOBS);
+    assert!(per_blob <= 100, "{per_blob} bytes of memory a blob");
+
+    let scratch = server.kill();
+    let started = Instant::now();
+    let restarted = Server::start_in(scratch, &dir, &[], &[]).unwrap();
+    let (path, blob) = &paths[paths.len() - 1];
+    assert_eq!(
+        request(restarted.addr, "GET", path, &[], b""),
+        (200, blob.clone())
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?} to the first blob served",
+        started.elapsed()
+    );
+    assert_eq!(restarted.status()["cas_blobs"], BLOBS);
+}
+
 #[test]
 fn kill_9_under_load_leaves_only_complete_blobs() {
     let server = Server::start(&[]);
@@ -969,6 +1031,11 @@ fn servers_share_a_bucket_read_through_and_write_behind() {
     let absent = format!("/cas/{}", "ef".repeat(32));
     assert_eq!(request(second.addr, "GET", &absent, &[], b"").0, 404);
     assert_eq!(request(second.addr, "HEAD", &blob_path, &[], b"").0, 200);
+    // Each request to the bucket is counted once: what a fleet pays for.
+    wait_until("the miss is counted", Duration::from_secs(5), || {
+        second.metric("granary_backing_misses_total", "") == 1.0
+    });
+    assert_eq!(second.metric("granary_backing_fetches_total", ""), 2.0);
 }
 
 #[test]
@@ -1012,6 +1079,95 @@ fn a_follower_of_a_bad_upload_never_gets_a_whole_body() {
         body.len()
     );
     assert_eq!(request(server.addr, "GET", &wrong, &[], b"").0, 404);
+}
+
+/// With `--write-through`, a write answered by one server is readable
+/// through another on the same bucket at once: the guarantee a fleet
+/// behind a round-robin balancer needs (docs/guide/fleet.md).
+#[test]
+fn servers_writing_through_read_each_others_writes_at_once() {
+    let s3 = S3Server::start();
+    let envs = s3.backing_envs();
+    let backing = format!("s3://{}/through", BUCKET);
+    let start = || {
+        let scratch = scratch();
+        let dir = scratch.path().join("cache");
+        let args = ["--backing", &backing, "--write-through"];
+        Server::start_in(scratch, &dir, &args, &envs).unwrap()
+    };
+    let servers = [start(), start()];
+    for trial in 0..20u8 {
+        let (writer, reader) = (
+            &servers[trial as usize % 2],
+            &servers[1 - trial as usize % 2],
+        );
+        // Small blobs, and one that goes to the bucket as a stream.
+        let blob = match trial {
+            7 => compressible(9 << 20, trial),
+            _ => pattern(1000 + 97 * usize::from(trial), trial),
+        };
+        let (status, blob_path) = put_cas(writer, &blob, &[]);
+        assert_eq!(status, 200);
+        let result = action_result(&blob);
+        let result_path = format!("/ac/{}", sha256_hex(&[trial]));
+        assert_eq!(
+            request(writer.addr, "PUT", &result_path, &[], &result).0,
+            200
+        );
+        assert_eq!(
+            request(reader.addr, "GET", &result_path, &[], b""),
+            (200, result),
+            "trial {trial}"
+        );
+        assert!(
+            request(reader.addr, "GET", &blob_path, &[], b"") == (200, blob),
+            "trial {trial}"
+        );
+    }
+    let uploads = |server: &Server| server.metric("granary_backing_uploads_total", "");
+    assert_eq!(uploads(&servers[0]) + uploads(&servers[1]), 40.0);
+    // A blob sent again is in the bucket already: not copied twice.
+    let again = pattern(1000, 0);
+    assert_eq!(put_cas(&servers[0], &again, &[]).0, 200);
+    assert_eq!(uploads(&servers[0]) + uploads(&servers[1]), 40.0);
+}
+
+/// With `--write-through` and the bucket unreachable, a write fails (the
+/// client must not believe other servers can read it) but is kept here.
+#[test]
+fn writing_through_to_a_dead_bucket_fails_the_write_and_keeps_the_blob() {
+    let scratch = scratch();
+    let dir = scratch.path().join("cache");
+    let server = Server::start_in(
+        scratch,
+        &dir,
+        &[
+            "--backing",
+            &format!("s3://{BUCKET}/servers"),
+            "--write-through",
+        ],
+        &[
+            ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY),
+            ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("GRANARY_S3_ENDPOINT", "http://127.0.0.1:1"),
+            ("GRANARY_S3_REGION", "us-east-1"),
+        ],
+    )
+    .unwrap();
+    let body = pattern(5000, 71);
+    let path = format!("/cas/{}", sha256_hex(&body));
+    let started = Instant::now();
+    let (status, answer) = request(server.addr, "PUT", &path, &[], &body);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer.contains("--write-through"), "{answer}");
+    assert_eq!(request(server.addr, "GET", &path, &[], b""), (200, body));
+    assert_eq!(server.metric("granary_backing_uploads_total", ""), 0.0);
 }
 
 #[test]

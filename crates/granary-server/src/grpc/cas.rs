@@ -84,28 +84,35 @@ impl Reapi {
             )));
         }
         let service = self.service.clone();
-        let answers = tokio::task::spawn_blocking(move || {
+        let stored: Vec<_> = tokio::task::spawn_blocking(move || {
             request
                 .requests
                 .into_iter()
-                .map(|blob| {
-                    let digest = blob.digest.clone();
-                    let status = match store_one(&service, blob) {
-                        Ok(()) => rpc_status(Code::Ok, String::new()),
-                        Err(status) => rpc_status(status.code(), status.message().to_owned()),
-                    };
-                    batch_update_blobs_response::Response {
-                        digest,
-                        status: Some(status),
-                    }
-                })
+                .map(|blob| (blob.digest.clone(), store_one(&service, blob)))
                 .collect()
         })
         .await
         .expect("storing does not panic");
-        Ok(Response::new(BatchUpdateBlobsResponse {
-            responses: answers,
-        }))
+        let mut responses = Vec::with_capacity(stored.len());
+        for (digest, stored) in stored {
+            let handed = match stored {
+                Ok((key, written)) => self
+                    .service
+                    .written(key, written)
+                    .await
+                    .map_err(|rejected| self.rejected(rejected)),
+                Err(status) => Err(status),
+            };
+            let status = match handed {
+                Ok(()) => rpc_status(Code::Ok, String::new()),
+                Err(status) => rpc_status(status.code(), status.message().to_owned()),
+            };
+            responses.push(batch_update_blobs_response::Response {
+                digest,
+                status: Some(status),
+            });
+        }
+        Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }
 
     async fn batch_read_blobs(
@@ -173,11 +180,12 @@ impl Reapi {
     }
 }
 
-/// Checks and stores one blob of a batch. Blocking.
+/// Checks and stores one blob of a batch; its key and whether it was
+/// written. Blocking.
 fn store_one(
     service: &Service,
     blob: reapi::batch_update_blobs_request::Request,
-) -> Result<(), Status> {
+) -> Result<(Key, bool), Status> {
     let (key, size) = digest_key(Kind::Cas, blob.digest.as_ref())?;
     let stored = decoded(key, size, blob).and_then(|data| {
         service.metrics.bytes_received.inc_by(data.len() as u64);
@@ -189,6 +197,7 @@ fn store_one(
         }
         service.store_blocking(key, &data)
     });
+    let stored = stored.map(|written| (key, written));
     stored.map_err(|rejected| {
         service.metrics.reject(rejected.why.reason());
         rejected_status(rejected)
