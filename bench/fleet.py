@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""A fleet on one cache, measured on this machine: the index at millions
+of entries, hundreds of runners at once, two servers behind one bucket,
+and eviction under steady writes.
+
+    python3 bench/fleet.py                               # all four parts
+    python3 bench/fleet.py --parts index --index 100000,1000000
+    python3 bench/fleet.py --parts runners,pair --seconds 10
+
+Parts:
+  index     tiny blobs written straight into the server's layout, 10^5 to
+            the largest --index count: RSS per entry (over an empty
+            server's), start-up after `kill -9` to the first blob served,
+            and random GETs of them at 256 connections (wrk, 10 s).
+  runners   bench/fleet_load plays runners of `go build std` (the manifest,
+            its ~1,000 blobs in the sizes `go build std` wrote, 4 at a
+            time, then 5% new outputs) at 10, 100 and 500 at once:
+            throughput, p50/p99 by request kind, CPU of the server and of
+            the load generator per job.
+  pair      two servers on one SeaweedFS bucket, nginx round-robin in
+            front: when a blob written through one is readable through
+            the other, and the bucket's requests per runner job.
+  eviction  the largest index at its --max-size under steady new writes,
+            with runners reading beside them: evictions per second, and
+            GET latency against the same load on a server that evicts
+            nothing.
+
+Needs Go, wrk and nginx (`apt-get install wrk nginx`) and SeaweedFS (`bash
+scripts/setup.sh`). Results go to bench/results/fleet.{md,json,svg}.
+"""
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import serve_http  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def rss(pid):
+    return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) * 1024
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def status(port, method, path, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def metrics(port):
+    """Sums of the server's counters by name."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    sums = {}
+    for line in text.splitlines():
+        match = re.match(r"(granary_\w+)(?:\{[^}]*\})? ([\d.e+-]+)$", line)
+        if match:
+            sums[match.group(1)] = sums.get(match.group(1), 0) + float(match.group(2))
+    return sums
+
+
+def port_of(url):
+    return int(url.rsplit(":", 1)[1])
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- index ----------------------------------------------------------------
+
+def layout_key(i):
+    """The i-th tiny blob: CAS if i is even, an action result if odd."""
+    return ("ac" if i % 2 else "cas"), f"{i:064x}"[::-1]
+
+
+def write_layout(cache, start, end):
+    for kind in ("ac", "cas"):
+        for shard in range(256):
+            (cache / kind / f"{shard:02x}").mkdir(parents=True, exist_ok=True)
+    body = b"x" * 1000
+    for i in range(start, end):
+        kind, key = layout_key(i)
+        fd = os.open(cache / kind / key[:2] / key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, body[: 100 + i % 900])
+        os.close(fd)
+
+
+RANDOM_GETS = """
+math.randomseed(os.time())
+request = function()
+  local i = 2 * math.random(0, %(half)d - 1)
+  return wrk.format("GET", "/cas/" .. string.format("%%064x", i):reverse())
+end
+"""
+
+
+def index_part(granary, wrk_bin, work, counts):
+    cache = work / "serve-cache"
+    proc, url, _ = common.start_serve(granary, work, "--max-size", "1TiB")
+    status(port_of(url), "GET", "/status")
+    empty_rss = rss(proc.pid)
+    stop(proc)
+    rows, written = [], 0
+    for count in counts:
+        started = time.perf_counter()
+        write_layout(cache, written, count)
+        written = count
+        print(f"index: {count:,} blobs in the layout ({time.perf_counter() - started:.0f} s to write more)",
+              flush=True)
+        proc, url, text = common.start_serve(granary, work, "--max-size", "1TiB")
+        rebuilt = re.search(r"(\d+) blobs, .*index rebuilt in ([\d.]+)(ms|s|µs)", text)
+        assert int(rebuilt.group(1)) == count, text
+        first_key = "/cas/" + layout_key(0)[1]
+        assert status(port_of(url), "GET", first_key) == 200
+        entry_rss = (rss(proc.pid) - empty_rss) / count
+        # A crash, and the restart to the first blob served.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        started = time.perf_counter()
+        proc, url, text = common.start_serve(granary, work, "--max-size", "1TiB")
+        while status(port_of(url), "GET", first_key) != 200:
+            time.sleep(0.001)
+        restart = time.perf_counter() - started
+        rebuilt = re.search(r"index rebuilt in ([\d.]+)(ms|s|µs)", text)
+        rebuild = float(rebuilt.group(1)) * {"ms": 1e-3, "s": 1.0, "µs": 1e-6}[rebuilt.group(2)]
+        script = work / "random-gets.lua"
+        script.write_text(RANDOM_GETS % {"half": count // 2})
+        rps, p99, _ = serve_http.wrk(wrk_bin, port_of(url), script, 256, 10)
+        row = {"entries": count, "rss_mib": round(rss(proc.pid) / 2**20, 1),
+               "rss_bytes_per_entry": round(entry_rss, 1), "restart_s": round(restart, 2),
+               "rebuild_s": round(rebuild, 2), "random_get_rps": round(rps),
+               "random_get_p99_ms": round(p99, 2)}
+        print(f"index: {row}", flush=True)
+        rows.append(row)
+        stop(proc)
+    return {"empty_rss_mib": round(empty_rss / 2**20, 1), "rows": rows}
+
+
+# --- runners --------------------------------------------------------------
+
+def std_sizes(go, out):
+    """The sizes of the outputs `go build std` writes to a fresh cache:
+    the shapes of a runner's blobs."""
+    if out.exists():
+        return out
+    cache = common.ROOT / "target" / "fleet-std-gocache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "GOCACHE": str(cache), "GOFLAGS": "-trimpath"}
+    env.pop("GOCACHEPROG", None)
+    subprocess.run([go, "build", "std"], env=env, check=True)
+    sizes = sorted(p.stat().st_size for p in cache.glob("*/*-d"))
+    shutil.rmtree(cache, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(map(str, sizes)) + "\n")
+    return out
+
+
+def base_sizes(std, work, entries):
+    """`entries` sizes cycled from `go build std`'s, spread over its range."""
+    sizes = [int(s) for s in std.read_text().split()]
+    picked = [sizes[(i * 7919) % len(sizes)] for i in range(entries)]
+    path = work / "base-sizes"
+    path.write_text("\n".join(map(str, picked)) + "\n")
+    return path
+
+
+def load(binary, url, sizes, *args, cpu=None):
+    """A run of bench/fleet_load; on CPU `cpu` alone if given."""
+    pinned = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    env = {**os.environ, "GOMAXPROCS": "1"} if cpu is not None else None
+    out = subprocess.run([*pinned, binary, "-url", url, "-sizes", str(sizes), *args], capture_output=True,
+                         text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"fleet_load failed:\n{out.stderr}")
+    return json.loads(out.stdout) if out.stdout.strip() else None
+
+
+def pin(pid, cpus):
+    """Every thread of `pid` onto `cpus` (threads it starts later inherit)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def runners_part(granary, loader, sizes, work, counts, seconds):
+    """Each count of runners sharing both CPUs with the server, then 100
+    with the server on CPU 0 and the load generator on CPU 1: if the
+    server's CPU is full and the generator's is not, the generator is
+    not what limits the runs."""
+    proc, url, _ = common.start_serve(granary, work, "--max-size", "100GiB")
+    rows = []
+    try:
+        load(loader, url, sizes, "-fill")
+        for runners in [*counts, "100 split"]:
+            split = runners == "100 split"
+            if split:
+                pin(proc.pid, {0})
+            before = cpu_seconds(proc.pid)
+            result = load(loader, url, sizes, "-runners", str(100 if split else runners),
+                          "-seconds", str(seconds), cpu=1 if split else None)
+            server_cpu = cpu_seconds(proc.pid) - before
+            errors = sum(k["errors"] for k in result["kinds"].values())
+            misses = sum(k["misses"] for k in result["kinds"].values())
+            if errors or misses:
+                sys.exit(f"runners: {errors} errors, {misses} misses at {runners} runners: {result}")
+            row = {"runners": runners, "jobs": result["jobs"],
+                   "jobs_per_min": round(result["jobs"] / result["seconds"] * 60, 1),
+                   "requests_per_s": round(result["requests"] / result["seconds"]),
+                   "server_cpu_ms_per_job": round(server_cpu / result["jobs"] * 1000, 1),
+                   "server_cores": round(server_cpu / result["seconds"], 2),
+                   "load_cores": round(result["load_cpu_s"] / result["seconds"], 2),
+                   "load_cpu_per_server_cpu": round(result["load_cpu_s"] / server_cpu, 2),
+                   "kinds": result["kinds"]}
+            if split:
+                pin(proc.pid, set(range(os.cpu_count())))
+            print(f"runners: {runners}: {row['jobs_per_min']} jobs/min, get p50 "
+                  f"{row['kinds']['get']['p50_ms']:.1f} p99 {row['kinds']['get']['p99_ms']:.1f} ms; "
+                  f"server {row['server_cores']} cores, load {row['load_cores']}", flush=True)
+            rows.append(row)
+    finally:
+        stop(proc)
+    return rows
+
+
+# --- pair -----------------------------------------------------------------
+
+def start_balancer(nginx, work, ports):
+    conf = work / "nginx.conf"
+    port = common.free_port()
+    servers = "\n".join(f"    server 127.0.0.1:{p};" for p in ports)
+    conf.write_text(f"""
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/nginx-body;
+  proxy_temp_path {work}/nginx-proxy;
+  fastcgi_temp_path {work}/nginx-fastcgi;
+  uwsgi_temp_path {work}/nginx-uwsgi;
+  scgi_temp_path {work}/nginx-scgi;
+  upstream granary {{
+{servers}
+    keepalive 256;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 0;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    location / {{
+      proxy_pass http://granary;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+    subprocess.run([nginx, "-c", str(conf), "-e", str(work / "nginx-error.log")], check=True)
+    return port
+
+
+BILL = ("granary_backing_fetches_total", "granary_backing_misses_total",
+        "granary_backing_lookups_total", "granary_backing_uploads_total")
+
+
+def pair_part(granary, loader, nginx, sizes, work, seconds, trials):
+    weed, weed_ports = common.start_seaweedfs(work)
+    servers, balancer = [], None
+    try:
+        env = {**os.environ, **common.remote_env(f"http://127.0.0.1:{weed_ports[6]}", "fleet")}
+        env.pop("GRANARY_REMOTE")
+        for name in ("one", "two"):
+            home = work / name
+            home.mkdir()
+            log = home / "serve.log"
+            port = common.free_port()
+            proc = subprocess.Popen(
+                [granary, "serve", "--dir", str(home / "cache"), "--listen", f"127.0.0.1:{port}",
+                 "--max-size", "100GiB", "--backing", f"s3://{common.S3_BUCKET}/fleet"],
+                env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+            common.wait_port(port, proc, "granary serve", log)
+            servers.append((proc, port))
+        (one, one_port), (two, two_port) = servers
+        # Written through one, read through the other at once, then every
+        # millisecond until it is there.
+        first_try, delays = 0, []
+        for trial in range(trials):
+            blob = os.urandom(2000)
+            path = "/cas/" + hashlib.sha256(blob).hexdigest()
+            assert status(one_port, "PUT", path, blob) == 200
+            written = time.perf_counter()
+            got = status(two_port, "GET", path)
+            if got == 200:
+                first_try += 1
+            while got != 200:
+                if time.perf_counter() - written > 30:
+                    sys.exit(f"pair: {path} not readable through the second server after 30 s")
+                time.sleep(0.001)
+                got = status(two_port, "GET", path)
+            delays.append(time.perf_counter() - written)
+        delays.sort()
+        visibility = {"trials": trials, "hit_at_once": first_try,
+                      "visible_p50_ms": round(delays[len(delays) // 2] * 1000, 1),
+                      "visible_p99_ms": round(delays[int(0.99 * (len(delays) - 1))] * 1000, 1),
+                      "visible_max_ms": round(delays[-1] * 1000, 1)}
+        print(f"pair: {visibility}", flush=True)
+        balancer = start_balancer(nginx, work, [one_port, two_port])
+        url = f"http://127.0.0.1:{balancer}"
+        uploads = lambda: sum(metrics(p).get("granary_backing_uploads_total", 0) for _, p in servers)  # noqa: E731
+        before_fill = uploads()
+        load(loader, url, sizes, "-fill")
+        deadline = time.time() + 60
+        # The base set and its manifest, written behind before the jobs.
+        while uploads() < before_fill + 1001:
+            if time.time() > deadline:
+                sys.exit("pair: the base set was not written behind within 60 s")
+            time.sleep(0.1)
+        before = [metrics(p) for _, p in servers]
+        result = load(loader, url, sizes, "-runners", "10", "-seconds", str(seconds))
+        time.sleep(2)  # the last jobs' new blobs are written behind
+        after = [metrics(p) for _, p in servers]
+        bill = {name.removeprefix("granary_backing_").removesuffix("_total"):
+                sum(a.get(name, 0) - b.get(name, 0) for a, b in zip(after, before)) for name in BILL}
+        jobs = result["jobs"]
+        per_job = {name: round(count / jobs, 1) for name, count in bill.items()}
+        gets = sum(k["count"] for k in result["kinds"].values())
+        misses = sum(k["misses"] for k in result["kinds"].values())
+        balanced = {"jobs": jobs, "requests": gets, "misses": misses,
+                    "bucket_requests": {k: int(v) for k, v in bill.items()},
+                    "bucket_requests_per_job": per_job,
+                    "bucket_requests_per_job_total": round(sum(bill.values()) / jobs, 1),
+                    "get_p99_ms": result["kinds"]["get"]["p99_ms"]}
+        print(f"pair: through the balancer: {balanced}", flush=True)
+        return {"visibility": visibility, "balanced": balanced}
+    finally:
+        if balancer:
+            serve_http.stop_nginx(nginx, work)
+        for proc, _ in servers:
+            stop(proc)
+        common.stop_seaweedfs(weed, weed_ports)
+
+
+# --- eviction -------------------------------------------------------------
+
+def eviction_part(granary, loader, sizes, work, seconds):
+    """On the index part's directory: a run that evicts nothing, then one
+    at --max-size just over what is stored, which the writers pass at
+    once: the first pass evicts down to the low watermark (90%) under
+    load, then the writers fill up to --max-size again."""
+    cache = work / "serve-cache"
+    rows = []
+    for seed, name in enumerate(("no eviction", "evicting"), start=7):
+        args = ["--max-size", "1TiB"]
+        if name == "evicting":
+            proc, url, _ = common.start_serve(granary, work, "--max-size", "1TiB")
+            stored = metrics(port_of(url))["granary_disk_bytes"]
+            stop(proc)
+            args = ["--max-size", f"{int(stored) // 2**20 + 1}MiB"]
+        proc, url, _ = common.start_serve(granary, work, *args)
+        try:
+            load(loader, url, sizes, "-fill")
+            start = metrics(port_of(url))
+            writers = subprocess.Popen(
+                [loader, "-url", url, "-sizes", str(sizes), "-put-only", "-new", "1", "-runners", "4",
+                 "-seconds", str(seconds), "-seed", str(seed)], stdout=subprocess.PIPE, text=True)
+            readers = load(loader, url, sizes, "-runners", "20", "-seconds", str(seconds))
+            written = json.loads(writers.communicate()[0])
+            end = metrics(port_of(url))
+        finally:
+            stop(proc)
+        evictions = end.get("granary_evictions_total", 0) - start.get("granary_evictions_total", 0)
+        row = {"case": name, "entries_at_end": int(end["granary_blobs"]),
+               "evictions_per_s": round(evictions / readers["seconds"]),
+               "puts_per_s": round(written["kinds"]["put_cas"]["count"] / written["seconds"]),
+               "get_p50_ms": readers["kinds"]["get"]["p50_ms"],
+               "get_p99_ms": readers["kinds"]["get"]["p99_ms"],
+               "get_max_ms": readers["kinds"]["get"]["max_ms"],
+               "put_p99_ms": written["kinds"]["put_cas"]["p99_ms"],
+               "errors": sum(k["errors"] for k in readers["kinds"].values())
+               + sum(k["errors"] for k in written["kinds"].values())}
+        print(f"eviction: {row}", flush=True)
+        rows.append(row)
+    return rows
+
+
+# --- report ---------------------------------------------------------------
+
+def extrapolate(index_rows):
+    """Least squares of RSS and restart time on the entry count, taken to
+    10^7 and 10^8."""
+    xs = [r["entries"] for r in index_rows]
+    if len(xs) < 2:
+        return []
+    def fit(ys):
+        mean_x, mean_y = statistics.mean(xs), statistics.mean(ys)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+        return slope, mean_y - slope * mean_x
+    rss_slope, rss_at_0 = fit([r["rss_mib"] for r in index_rows])
+    restart_slope, restart_at_0 = fit([r["restart_s"] for r in index_rows])
+    return [{"entries": n, "rss_gib": round((rss_at_0 + rss_slope * n) / 1024, 1),
+             "restart_s": round(restart_at_0 + restart_slope * n, 0)} for n in (10**7, 10**8)]
+
+
+def report(results, out):
+    lines = [f"# A fleet on one cache: granary serve on {os.cpu_count()} CPUs", ""]
+    index = results.get("index")
+    if index:
+        lines += ["## The index: tiny blobs, page cache warm", "",
+                  f"An empty server: {index['empty_rss_mib']} MiB of RSS.", "",
+                  "| entries | RSS (MiB) | RSS per entry (B) | index rebuilt (s) | kill -9 to first blob served (s) "
+                  "| random GETs at 256 conns (/s) | GET p99 (ms) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in index["rows"]:
+            lines.append(f"| {r['entries']:,} | {r['rss_mib']} | {r['rss_bytes_per_entry']} | {r['rebuild_s']} "
+                         f"| {r['restart_s']} | {r['random_get_rps']:,} | {r['random_get_p99_ms']} |")
+        lines += ["", "On paper, a straight line through the measured points:", ""]
+        for e in results.get("extrapolated", []):
+            lines.append(f"- {e['entries']:.0e} entries: about {e['rss_gib']} GiB of RSS, "
+                         f"{e['restart_s']:.0f} s to restart")
+        lines.append("")
+    runners = results.get("runners")
+    if runners:
+        lines += ["## Runners of `go build std` at once (manifest, ~1,000 GETs 4 at a time, 5% new PUTs)", "",
+                  "\"100 split\": the server on CPU 0, the load generator on CPU 1.", "",
+                  "| runners | jobs/min | requests/s | manifest p50/p99 (ms) | GET p50/p99 (ms) "
+                  "| PUT p50/p99 (ms) | server CPU per job (ms) | server cores | load generator cores |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in runners:
+            k = r["kinds"]
+            lines.append(
+                f"| {r['runners']} | {r['jobs_per_min']} | {r['requests_per_s']:,} "
+                f"| {k['manifest']['p50_ms']:.1f} / {k['manifest']['p99_ms']:.1f} "
+                f"| {k['get']['p50_ms']:.1f} / {k['get']['p99_ms']:.1f} "
+                f"| {k['put_cas']['p50_ms']:.1f} / {k['put_cas']['p99_ms']:.1f} "
+                f"| {r['server_cpu_ms_per_job']} | {r['server_cores']} | {r['load_cores']} |")
+        lines.append("")
+    pair = results.get("pair")
+    if pair:
+        v, b = pair["visibility"], pair["balanced"]
+        lines += ["## Two servers on one bucket, nginx round-robin in front", "",
+                  f"- Written through one server, read through the other at once: {v['hit_at_once']} of "
+                  f"{v['trials']} hit; readable after {v['visible_p50_ms']} ms (p50), {v['visible_p99_ms']} ms "
+                  f"(p99), {v['visible_max_ms']} ms at most.",
+                  f"- 10 runners through the balancer: {b['jobs']} jobs, {b['misses']} misses; the bucket's "
+                  f"requests per job: {b['bucket_requests_per_job_total']} "
+                  f"({', '.join(f'{k} {v}' for k, v in b['bucket_requests_per_job'].items())}).", ""]
+    eviction = results.get("eviction")
+    if eviction:
+        lines += ["## Eviction at scale: 20 runners reading, 4 writing new blobs, at --max-size", "",
+                  "| case | entries at the end | evictions/s | PUTs/s | GET p50 / p99 / max (ms) | PUT p99 (ms) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in eviction:
+            lines.append(f"| {r['case']} | {r['entries_at_end']:,} | {r['evictions_per_s']:,} | {r['puts_per_s']} "
+                         f"| {r['get_p50_ms']:.1f} / {r['get_p99_ms']:.1f} / {r['get_max_ms']:.0f} "
+                         f"| {r['put_p99_ms']:.1f} |")
+        lines.append("")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fleet.md").write_text(table + "\n")
+    (out / "fleet.json").write_text(json.dumps(results, indent=2) + "\n")
+    if runners:
+        write_chart(out / "fleet.svg", runners)
+    print(f"\nwrote {out}/fleet.{{md,json,svg}}")
+
+
+def write_chart(path, runners):
+    """GET p50 and p99 by runners at once, as bars."""
+    bar, left, width = 16, 110, 420
+    top = max(r["kinds"]["get"]["p99_ms"] for r in runners) * 1.15
+    height = 50 + len(runners) * (2 * bar + 14)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
+           'font-family="sans-serif" font-size="12">',
+           '<text x="10" y="20" font-size="14">GET latency by runners at once (ms)</text>']
+    y = 40
+    for r in runners:
+        out.append(f'<text x="10" y="{y + bar}">{r["runners"]}</text>')
+        for name, color in (("p50_ms", "#4e79a7"), ("p99_ms", "#f28e2b")):
+            value = r["kinds"]["get"][name]
+            out.append(f'<rect x="{left}" y="{y}" width="{value / top * width:.1f}" height="{bar - 3}" '
+                       f'fill="{color}"/>')
+            out.append(f'<text x="{left + value / top * width + 4:.1f}" y="{y + bar - 5}">'
+                       f'{name[:3]} {value:.1f}</text>')
+            y += bar
+        y += 14
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="index,runners,pair,eviction")
+    parser.add_argument("--index", default="100000,1000000,3000000", help="entry counts of the index part")
+    parser.add_argument("--runners", default="10,100,500")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--trials", type=int, default=200, help="writes read through the other server")
+    parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
+    parser.add_argument("--out", default=str(common.RESULTS))
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    wrk_bin, nginx = serve_http.need("wrk"), serve_http.need("nginx")
+    go = common.find_go()
+    granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
+    work = Path(tempfile.mkdtemp(prefix="granary-fleet-"))
+    loader = str(work / "fleet_load")
+    subprocess.run([go, "build", "-o", loader, "."], cwd=common.ROOT / "bench" / "fleet_load", check=True)
+    std = std_sizes(go, common.ROOT / "target" / "fleet-std-sizes")
+    sizes = base_sizes(std, work, 1000)
+    results = {"go": common.go_version(go)}
+    try:
+        if "index" in parts:
+            results["index"] = index_part(granary, wrk_bin, work, [int(n) for n in args.index.split(",")])
+            results["extrapolated"] = extrapolate(results["index"]["rows"])
+        if "runners" in parts:
+            (work / "runners").mkdir()
+            results["runners"] = runners_part(granary, loader, sizes, work / "runners",
+                                              [int(n) for n in args.runners.split(",")], args.seconds)
+        if "pair" in parts:
+            (work / "pair").mkdir()
+            results["pair"] = pair_part(granary, loader, nginx, sizes, work / "pair", args.seconds, args.trials)
+        if "eviction" in parts:
+            results["eviction"] = eviction_part(granary, loader, sizes, work, args.seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(results, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

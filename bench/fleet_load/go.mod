@@ -1,0 +1,3 @@
+module granary.invalid/bench/fleet_load
+
+go 1.22
