@@ -16,10 +16,13 @@ Parts:
             its ~1,000 blobs in the sizes `go build std` wrote, 4 at a
             time, then 5% new outputs) at 10, 100 and 500 at once:
             throughput, p50/p99 by request kind, CPU of the server and of
-            the load generator per job.
-  pair      two servers on one SeaweedFS bucket, nginx round-robin in
-            front: when a blob written through one is readable through
-            the other, and the bucket's requests per runner job.
+            the load generator per job; then 100 with the two on separate
+            CPUs, to see which one limits. The sizes are taken once from a
+            `go build std` into an empty cache (target/fleet-std-sizes).
+  pair      two servers on one SeaweedFS bucket behind nginx, writing
+            behind or through, round-robin or by key: when a blob written
+            through one is readable through the other, and the bucket's
+            requests per runner job.
   eviction  the largest index at its --max-size under steady new writes,
             with runners reading beside them: evictions per second, and
             GET latency against the same load on a server that evicts
@@ -126,12 +129,15 @@ end
 """
 
 
-def index_part(granary, wrk_bin, work, counts):
+def index_part(binaries, wrk_bin, work, counts):
+    """Each of `binaries` ({name: path}) on the same blobs at each count."""
     cache = work / "serve-cache"
-    proc, url, _ = common.start_serve(granary, work, "--max-size", "1TiB")
-    status(port_of(url), "GET", "/status")
-    empty_rss = rss(proc.pid)
-    stop(proc)
+    empty_rss = {}
+    for name, granary in binaries.items():
+        proc, url, _ = common.start_serve(granary, work, "--max-size", "1TiB")
+        status(port_of(url), "GET", "/status")
+        empty_rss[name] = rss(proc.pid)
+        stop(proc)
     rows, written = [], 0
     for count in counts:
         started = time.perf_counter()
@@ -139,17 +145,27 @@ def index_part(granary, wrk_bin, work, counts):
         written = count
         print(f"index: {count:,} blobs in the layout ({time.perf_counter() - started:.0f} s to write more)",
               flush=True)
-        proc, url, text = common.start_serve(granary, work, "--max-size", "1TiB")
-        rebuilt = re.search(r"(\d+) blobs, .*index rebuilt in ([\d.]+)(ms|s|µs)", text)
-        assert int(rebuilt.group(1)) == count, text
-        first_key = "/cas/" + layout_key(0)[1]
-        assert status(port_of(url), "GET", first_key) == 200
-        entry_rss = (rss(proc.pid) - empty_rss) / count
-        # A crash, and the restart to the first blob served.
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        started = time.perf_counter()
-        proc, url, text = common.start_serve(granary, work, "--max-size", "1TiB")
+        for name, granary in binaries.items():
+            row = {"server": name, "entries": count,
+                   **index_measures(granary, wrk_bin, work, count, empty_rss[name])}
+            print(f"index: {row}", flush=True)
+            rows.append(row)
+    return {"empty_rss_mib": {name: round(r / 2**20, 1) for name, r in empty_rss.items()}, "rows": rows}
+
+
+def index_measures(granary, wrk_bin, work, count, empty_rss):
+    proc, url, text = common.start_serve(granary, work, "--max-size", "1TiB")
+    rebuilt = re.search(r"(\d+) blobs, .*index rebuilt in ([\d.]+)(ms|s|µs)", text)
+    assert int(rebuilt.group(1)) == count, text
+    first_key = "/cas/" + layout_key(0)[1]
+    assert status(port_of(url), "GET", first_key) == 200
+    entry_rss = (rss(proc.pid) - empty_rss) / count
+    # A crash, and the restart to the first blob served.
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    started = time.perf_counter()
+    proc, url, text = common.start_serve(granary, work, "--max-size", "1TiB")
+    try:
         while status(port_of(url), "GET", first_key) != 200:
             time.sleep(0.001)
         restart = time.perf_counter() - started
@@ -158,14 +174,11 @@ def index_part(granary, wrk_bin, work, counts):
         script = work / "random-gets.lua"
         script.write_text(RANDOM_GETS % {"half": count // 2})
         rps, p99, _ = serve_http.wrk(wrk_bin, port_of(url), script, 256, 10)
-        row = {"entries": count, "rss_mib": round(rss(proc.pid) / 2**20, 1),
-               "rss_bytes_per_entry": round(entry_rss, 1), "restart_s": round(restart, 2),
-               "rebuild_s": round(rebuild, 2), "random_get_rps": round(rps),
-               "random_get_p99_ms": round(p99, 2)}
-        print(f"index: {row}", flush=True)
-        rows.append(row)
+        return {"rss_mib": round(rss(proc.pid) / 2**20, 1), "rss_bytes_per_entry": round(entry_rss, 1),
+                "restart_s": round(restart, 2), "rebuild_s": round(rebuild, 2),
+                "random_get_rps": round(rps), "random_get_p99_ms": round(p99, 2)}
+    finally:
         stop(proc)
-    return {"empty_rss_mib": round(empty_rss / 2**20, 1), "rows": rows}
 
 
 # --- runners --------------------------------------------------------------
@@ -255,10 +268,14 @@ def runners_part(granary, loader, sizes, work, counts, seconds):
 
 # --- pair -----------------------------------------------------------------
 
-def start_balancer(nginx, work, ports):
+def start_balancer(nginx, work, ports, by_key=False):
+    """nginx in front of `ports`: round-robin, or `by_key` (consistent
+    hashing of the path, so that each blob has one server)."""
     conf = work / "nginx.conf"
     port = common.free_port()
     servers = "\n".join(f"    server 127.0.0.1:{p};" for p in ports)
+    if by_key:
+        servers = "    hash $request_uri consistent;\n" + servers
     conf.write_text(f"""
 worker_processes 1;
 pid {work}/nginx.pid;
@@ -296,49 +313,59 @@ BILL = ("granary_backing_fetches_total", "granary_backing_misses_total",
         "granary_backing_lookups_total", "granary_backing_uploads_total")
 
 
-def pair_part(granary, loader, nginx, sizes, work, seconds, trials):
-    weed, weed_ports = common.start_seaweedfs(work)
-    servers, balancer = [], None
+def start_pair(granary, work, env, write_through):
+    """Two servers on the bench bucket; [(process, port)]."""
+    servers = []
+    for name in ("one", "two"):
+        home = work / name
+        home.mkdir()
+        log = home / "serve.log"
+        port = common.free_port()
+        proc = subprocess.Popen(
+            [granary, "serve", "--dir", str(home / "cache"), "--listen", f"127.0.0.1:{port}",
+             "--max-size", "100GiB", "--backing", f"s3://{common.S3_BUCKET}/fleet",
+             *(["--write-through"] if write_through else [])],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        servers.append((proc, port))
+        common.wait_port(port, proc, "granary serve", log)
+    return servers
+
+
+def visibility(one, two, trials):
+    """Blobs written through port `one` and read through port `two` at
+    once, then every millisecond until they are there."""
+    first_try, delays, puts = 0, [], []
+    for _ in range(trials):
+        blob = os.urandom(2000)
+        path = "/cas/" + hashlib.sha256(blob).hexdigest()
+        started = time.perf_counter()
+        assert status(one, "PUT", path, blob) == 200
+        written = time.perf_counter()
+        puts.append(written - started)
+        got = status(two, "GET", path)
+        if got == 200:
+            first_try += 1
+        while got != 200:
+            if time.perf_counter() - written > 30:
+                sys.exit(f"pair: {path} not readable through the second server after 30 s")
+            time.sleep(0.001)
+            got = status(two, "GET", path)
+        delays.append(time.perf_counter() - written)
+    delays.sort()
+    return {"trials": trials, "hit_at_once": first_try,
+            "visible_p50_ms": round(delays[len(delays) // 2] * 1000, 1),
+            "visible_p99_ms": round(delays[int(0.99 * (len(delays) - 1))] * 1000, 1),
+            "visible_max_ms": round(delays[-1] * 1000, 1),
+            "put_p50_ms": round(statistics.median(puts) * 1000, 2)}
+
+
+def balanced_jobs(loader, nginx, sizes, work, servers, seconds, by_key):
+    """Blobs written and read through nginx in front of `servers`, then
+    10 runners through it: jobs, and the bucket's requests per job."""
+    port = start_balancer(nginx, work, [p for _, p in servers], by_key)
     try:
-        env = {**os.environ, **common.remote_env(f"http://127.0.0.1:{weed_ports[6]}", "fleet")}
-        env.pop("GRANARY_REMOTE")
-        for name in ("one", "two"):
-            home = work / name
-            home.mkdir()
-            log = home / "serve.log"
-            port = common.free_port()
-            proc = subprocess.Popen(
-                [granary, "serve", "--dir", str(home / "cache"), "--listen", f"127.0.0.1:{port}",
-                 "--max-size", "100GiB", "--backing", f"s3://{common.S3_BUCKET}/fleet"],
-                env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-            common.wait_port(port, proc, "granary serve", log)
-            servers.append((proc, port))
-        (one, one_port), (two, two_port) = servers
-        # Written through one, read through the other at once, then every
-        # millisecond until it is there.
-        first_try, delays = 0, []
-        for trial in range(trials):
-            blob = os.urandom(2000)
-            path = "/cas/" + hashlib.sha256(blob).hexdigest()
-            assert status(one_port, "PUT", path, blob) == 200
-            written = time.perf_counter()
-            got = status(two_port, "GET", path)
-            if got == 200:
-                first_try += 1
-            while got != 200:
-                if time.perf_counter() - written > 30:
-                    sys.exit(f"pair: {path} not readable through the second server after 30 s")
-                time.sleep(0.001)
-                got = status(two_port, "GET", path)
-            delays.append(time.perf_counter() - written)
-        delays.sort()
-        visibility = {"trials": trials, "hit_at_once": first_try,
-                      "visible_p50_ms": round(delays[len(delays) // 2] * 1000, 1),
-                      "visible_p99_ms": round(delays[int(0.99 * (len(delays) - 1))] * 1000, 1),
-                      "visible_max_ms": round(delays[-1] * 1000, 1)}
-        print(f"pair: {visibility}", flush=True)
-        balancer = start_balancer(nginx, work, [one_port, two_port])
-        url = f"http://127.0.0.1:{balancer}"
+        seen = visibility(port, port, 50)
+        url = f"http://127.0.0.1:{port}"
         uploads = lambda: sum(metrics(p).get("granary_backing_uploads_total", 0) for _, p in servers)  # noqa: E731
         before_fill = uploads()
         load(loader, url, sizes, "-fill")
@@ -348,29 +375,62 @@ def pair_part(granary, loader, nginx, sizes, work, seconds, trials):
             if time.time() > deadline:
                 sys.exit("pair: the base set was not written behind within 60 s")
             time.sleep(0.1)
+        # A few jobs first: the servers fetch from the bucket what the
+        # other one stored (once per server and blob), then the bill is
+        # what every further job costs.
+        warming = [metrics(p) for _, p in servers]
+        load(loader, url, sizes, "-runners", "4", "-seconds", "0.001")
         before = [metrics(p) for _, p in servers]
         result = load(loader, url, sizes, "-runners", "10", "-seconds", str(seconds))
         time.sleep(2)  # the last jobs' new blobs are written behind
         after = [metrics(p) for _, p in servers]
-        bill = {name.removeprefix("granary_backing_").removesuffix("_total"):
-                sum(a.get(name, 0) - b.get(name, 0) for a, b in zip(after, before)) for name in BILL}
-        jobs = result["jobs"]
-        per_job = {name: round(count / jobs, 1) for name, count in bill.items()}
-        gets = sum(k["count"] for k in result["kinds"].values())
-        misses = sum(k["misses"] for k in result["kinds"].values())
-        balanced = {"jobs": jobs, "requests": gets, "misses": misses,
-                    "bucket_requests": {k: int(v) for k, v in bill.items()},
-                    "bucket_requests_per_job": per_job,
-                    "bucket_requests_per_job_total": round(sum(bill.values()) / jobs, 1),
-                    "get_p99_ms": result["kinds"]["get"]["p99_ms"]}
-        print(f"pair: through the balancer: {balanced}", flush=True)
-        return {"visibility": visibility, "balanced": balanced}
     finally:
-        if balancer:
-            serve_http.stop_nginx(nginx, work)
-        for proc, _ in servers:
-            stop(proc)
+        serve_http.stop_nginx(nginx, work)
+    def bill_between(start, end):
+        return {name.removeprefix("granary_backing_").removesuffix("_total"):
+                sum(e.get(name, 0) - s.get(name, 0) for s, e in zip(start, end)) for name in BILL}
+    bill = bill_between(before, after)
+    jobs = result["jobs"]
+    return {"hit_at_once": seen["hit_at_once"], "trials": seen["trials"],
+            "jobs": jobs, "jobs_per_min": round(jobs / result["seconds"] * 60, 1),
+            "misses": sum(k["misses"] for k in result["kinds"].values()),
+            "bucket_requests": {k: int(v) for k, v in bill.items()},
+            "warm_up_fetches": int(bill_between(warming, before)["fetches"]),
+            "bucket_requests_per_job": {k: round(v / jobs, 1) for k, v in bill.items()},
+            "bucket_requests_per_job_total": round(sum(bill.values()) / jobs, 1),
+            "get_p99_ms": round(result["kinds"]["get"]["p99_ms"], 1),
+            "put_p50_ms": round(result["kinds"]["put_cas"]["p50_ms"], 1),
+            "put_p99_ms": round(result["kinds"]["put_cas"]["p99_ms"], 1)}
+
+
+def pair_part(granary, loader, nginx, sizes, work, seconds, trials):
+    """Both ways of writing to the bucket, behind (the default) and
+    through, with a round-robin balancer; and behind with a balancer that
+    sends each key to one server."""
+    weed, weed_ports = common.start_seaweedfs(work)
+    env = {**os.environ, **common.remote_env(f"http://127.0.0.1:{weed_ports[6]}", "fleet")}
+    env.pop("GRANARY_REMOTE")
+    rows = []
+    try:
+        for mode, write_through, by_key in (("write-behind, round-robin", False, False),
+                                            ("write-through, round-robin", True, False),
+                                            ("write-behind, by key", False, True)):
+            home = work / re.sub(r"\W+", "-", mode)
+            home.mkdir()
+            servers = start_pair(granary, home, env, write_through)
+            try:
+                (_, one), (_, two) = servers
+                row = {"mode": mode, "visibility": visibility(one, two, trials),
+                       "balanced": balanced_jobs(loader, nginx, sizes, home, servers, seconds,
+                                                 by_key)}
+            finally:
+                for proc, _ in servers:
+                    stop(proc)
+            print(f"pair: {row}", flush=True)
+            rows.append(row)
+    finally:
         common.stop_seaweedfs(weed, weed_ports)
+    return rows
 
 
 # --- eviction -------------------------------------------------------------
@@ -421,6 +481,7 @@ def eviction_part(granary, loader, sizes, work, seconds):
 def extrapolate(index_rows):
     """Least squares of RSS and restart time on the entry count, taken to
     10^7 and 10^8."""
+    index_rows = [r for r in index_rows if r["server"] == "granary"]
     xs = [r["entries"] for r in index_rows]
     if len(xs) < 2:
         return []
@@ -438,14 +499,16 @@ def report(results, out):
     lines = [f"# A fleet on one cache: granary serve on {os.cpu_count()} CPUs", ""]
     index = results.get("index")
     if index:
+        empty = ", ".join(f"{name} {mib} MiB" for name, mib in index["empty_rss_mib"].items())
         lines += ["## The index: tiny blobs, page cache warm", "",
-                  f"An empty server: {index['empty_rss_mib']} MiB of RSS.", "",
-                  "| entries | RSS (MiB) | RSS per entry (B) | index rebuilt (s) | kill -9 to first blob served (s) "
-                  "| random GETs at 256 conns (/s) | GET p99 (ms) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"RSS per entry is over an empty server's ({empty}).", "",
+                  "| server | entries | RSS (MiB) | RSS per entry (B) | index rebuilt (s) "
+                  "| kill -9 to first blob served (s) | random GETs at 256 conns (/s) | GET p99 (ms) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in index["rows"]:
-            lines.append(f"| {r['entries']:,} | {r['rss_mib']} | {r['rss_bytes_per_entry']} | {r['rebuild_s']} "
-                         f"| {r['restart_s']} | {r['random_get_rps']:,} | {r['random_get_p99_ms']} |")
+            lines.append(f"| {r['server']} | {r['entries']:,} | {r['rss_mib']} | {r['rss_bytes_per_entry']} "
+                         f"| {r['rebuild_s']} | {r['restart_s']} | {r['random_get_rps']:,} "
+                         f"| {r['random_get_p99_ms']} |")
         lines += ["", "On paper, a straight line through the measured points:", ""]
         for e in results.get("extrapolated", []):
             lines.append(f"- {e['entries']:.0e} entries: about {e['rss_gib']} GiB of RSS, "
@@ -469,14 +532,24 @@ def report(results, out):
         lines.append("")
     pair = results.get("pair")
     if pair:
-        v, b = pair["visibility"], pair["balanced"]
-        lines += ["## Two servers on one bucket, nginx round-robin in front", "",
-                  f"- Written through one server, read through the other at once: {v['hit_at_once']} of "
-                  f"{v['trials']} hit; readable after {v['visible_p50_ms']} ms (p50), {v['visible_p99_ms']} ms "
-                  f"(p99), {v['visible_max_ms']} ms at most.",
-                  f"- 10 runners through the balancer: {b['jobs']} jobs, {b['misses']} misses; the bucket's "
-                  f"requests per job: {b['bucket_requests_per_job_total']} "
-                  f"({', '.join(f'{k} {v}' for k, v in b['bucket_requests_per_job'].items())}).", ""]
+        lines += ["## Two servers on one bucket (SeaweedFS), nginx round-robin in front", "",
+                  "Written through one server, read through the other at once (2 KB blobs, "
+                  f"{pair[0]['visibility']['trials']} trials); written and read through the balancer at once "
+                  "(50 trials); then 4 runners' first jobs through the balancer (the warm-up: each server "
+                  "fetches what the other stored), then 10 runners through it.", "",
+                  "| writes, balancer | one server, then the other: hit at once | readable after p50 / p99 / max (ms) "
+                  "| PUT p50 (ms) | through the balancer: hit at once | jobs/min | runner misses "
+                  "| warm-up fetches | bucket requests per job after | runner PUT p50 / p99 (ms) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        for r in pair:
+            v, b = r["visibility"], r["balanced"]
+            bill = ", ".join(f"{k} {n}" for k, n in b["bucket_requests_per_job"].items())
+            lines.append(f"| {r['mode']} | {v['hit_at_once']} of {v['trials']} | {v['visible_p50_ms']} / "
+                         f"{v['visible_p99_ms']} / {v['visible_max_ms']} | {v['put_p50_ms']} "
+                         f"| {b['hit_at_once']} of {b['trials']} | {b['jobs_per_min']} "
+                         f"| {b['misses']} | {b['warm_up_fetches']:,} | {b['bucket_requests_per_job_total']} ({bill}) "
+                         f"| {b['put_p50_ms']} / {b['put_p99_ms']} |")
+        lines.append("")
     eviction = results.get("eviction")
     if eviction:
         lines += ["## Eviction at scale: 20 runners reading, 4 writing new blobs, at --max-size", "",
@@ -508,7 +581,8 @@ def write_chart(path, runners):
            '<text x="10" y="20" font-size="14">GET latency by runners at once (ms)</text>']
     y = 40
     for r in runners:
-        out.append(f'<text x="10" y="{y + bar}">{r["runners"]}</text>')
+        label = f"{r['runners']} runners" if isinstance(r["runners"], int) else "100, split CPUs"
+        out.append(f'<text x="10" y="{y + bar}">{label}</text>')
         for name, color in (("p50_ms", "#4e79a7"), ("p99_ms", "#f28e2b")):
             value = r["kinds"]["get"][name]
             out.append(f'<rect x="{left}" y="{y}" width="{value / top * width:.1f}" height="{bar - 3}" '
@@ -529,6 +603,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--trials", type=int, default=200, help="writes read through the other server")
     parser.add_argument("--granary", help="granary binary (default: build target/release/granary)")
+    parser.add_argument("--before", help="an older granary binary, measured beside it in the index part")
     parser.add_argument("--out", default=str(common.RESULTS))
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -543,7 +618,8 @@ def main():
     results = {"go": common.go_version(go)}
     try:
         if "index" in parts:
-            results["index"] = index_part(granary, wrk_bin, work, [int(n) for n in args.index.split(",")])
+            binaries = {"granary": granary, **({"before": os.path.abspath(args.before)} if args.before else {})}
+            results["index"] = index_part(binaries, wrk_bin, work, [int(n) for n in args.index.split(",")])
             results["extrapolated"] = extrapolate(results["index"]["rows"])
         if "runners" in parts:
             (work / "runners").mkdir()
