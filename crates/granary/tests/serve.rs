@@ -1132,20 +1132,17 @@ fn servers_writing_through_read_each_others_writes_at_once() {
     assert_eq!(uploads(&servers[0]) + uploads(&servers[1]), 40.0);
 }
 
-/// With `--write-through` and the bucket unreachable, a write fails (the
-/// client must not believe other servers can read it) but is kept here.
-#[test]
-fn writing_through_to_a_dead_bucket_fails_the_write_and_keeps_the_blob() {
+/// A server backed by a bucket at a port where nothing listens, with
+/// `args` besides.
+fn start_with_a_dead_bucket(args: &[&str]) -> Server {
     let scratch = scratch();
     let dir = scratch.path().join("cache");
-    let server = Server::start_in(
+    let backing = format!("s3://{BUCKET}/servers");
+    let args = [&["--backing", backing.as_str()], args].concat();
+    Server::start_in(
         scratch,
         &dir,
-        &[
-            "--backing",
-            &format!("s3://{BUCKET}/servers"),
-            "--write-through",
-        ],
+        &args,
         &[
             ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY),
             ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY),
@@ -1153,7 +1150,14 @@ fn writing_through_to_a_dead_bucket_fails_the_write_and_keeps_the_blob() {
             ("GRANARY_S3_REGION", "us-east-1"),
         ],
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// With `--write-through` and the bucket unreachable, a write fails (the
+/// client must not believe other servers can read it) but is kept here.
+#[test]
+fn writing_through_to_a_dead_bucket_fails_the_write_and_keeps_the_blob() {
+    let server = start_with_a_dead_bucket(&["--write-through"]);
     let body = pattern(5000, 71);
     let path = format!("/cas/{}", sha256_hex(&body));
     let started = Instant::now();
@@ -1172,20 +1176,8 @@ fn writing_through_to_a_dead_bucket_fails_the_write_and_keeps_the_blob() {
 
 #[test]
 fn a_dead_backing_store_fails_misses_not_the_server() {
-    let scratch = scratch();
-    let dir = scratch.path().join("cache");
-    let server = Server::start_in(
-        scratch,
-        &dir,
-        &["--backing", &format!("s3://{BUCKET}/servers")],
-        &[
-            ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY),
-            ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY),
-            ("GRANARY_S3_ENDPOINT", "http://127.0.0.1:1"),
-            ("GRANARY_S3_REGION", "us-east-1"),
-        ],
-    )
-    .unwrap();
+    let server = start_with_a_dead_bucket(&[]);
+    let dir = server.dir.clone();
     let absent = format!("/cas/{}", "ef".repeat(32));
     let started = Instant::now();
     assert_eq!(request(server.addr, "GET", &absent, &[], b"").0, 502);
