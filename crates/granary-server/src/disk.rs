@@ -42,7 +42,8 @@ use crate::table::Table;
 
 /// How often a blob's mtime is bumped at most when it is used.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(3600);
-/// Blobs unlinked per hold of the index lock by the evictor.
+/// Blobs the evictor takes out of the index per hold of its lock (their
+/// files are unlinked with the lock let go).
 const EVICT_BATCH: usize = 64;
 /// Blobs looked at per hold of the index lock by a scan of all of them
 /// (a few hundred microseconds).

@@ -5,7 +5,7 @@
 //! and the batch answers all read and write through here, so a rule of the
 //! cache (a blob still arriving is followed, a miss reads through the
 //! backing store, an upload is checked before it is published, a stored
-//! blob is queued for the backing store) is written once. What each face
+//! blob new to the server goes to the backing store) is written once. What each face
 //! adds is only its framing: statuses, headers, messages.
 //!
 //! Architecture invariant: nothing here knows HTTP or gRPC. Errors are
@@ -245,8 +245,8 @@ impl Service {
     }
 
     /// Checks and publishes what `receiving` received, which must be
-    /// `length` bytes if that is known, and queues it for the backing
-    /// store.
+    /// `length` bytes if that is known, and hands it to the backing store
+    /// ([`Service::written`]).
     pub async fn finish(&self, receiving: Receiving, length: Option<u64>) -> Result<(), Rejected> {
         let key = receiving.key;
         let written = receiving.finish(&self.disk, length).await?;
@@ -403,8 +403,8 @@ impl Receiving {
 
     /// Writes the rest, checks the whole (`length` bytes, if known) and
     /// publishes it; without a writer, records a use of the stored blob.
-    /// Checks and publishes what was received; whether it was written
-    /// (not only checked against the same blob stored already).
+    /// Whether it was written (not only checked against the same blob
+    /// stored already).
     pub async fn finish(mut self, disk: &Disk, length: Option<u64>) -> Result<bool, Rejected> {
         self.flush().await?;
         if let Some(length) = length
