@@ -497,6 +497,8 @@ def extrapolate(index_rows):
 
 def report(results, out):
     lines = [f"# A fleet on one cache: granary serve on {os.cpu_count()} CPUs", ""]
+    lines += ["Measured: " + ", ".join(f"{part} {day}" for part, day in results["measured"].items())
+              + f" ({results['go']}).", ""]
     index = results.get("index")
     if index:
         empty = ", ".join(f"{name} {mib} MiB" for name, mib in index["empty_rss_mib"].items())
@@ -615,23 +617,40 @@ def main():
     subprocess.run([go, "build", "-o", loader, "."], cwd=common.ROOT / "bench" / "fleet_load", check=True)
     std = std_sizes(go, common.ROOT / "target" / "fleet-std-sizes")
     sizes = base_sizes(std, work, 1000)
-    results = {"go": common.go_version(go)}
+    if "eviction" in parts and "index" not in parts:
+        sys.exit("the eviction part runs on the index part's blobs: run the two together")
+    results = {"go": common.go_version(go), "measured": {}}
+    today = time.strftime("%Y-%m-%d")
     try:
         if "index" in parts:
             binaries = {"granary": granary, **({"before": os.path.abspath(args.before)} if args.before else {})}
             results["index"] = index_part(binaries, wrk_bin, work, [int(n) for n in args.index.split(",")])
             results["extrapolated"] = extrapolate(results["index"]["rows"])
+            results["measured"]["index"] = today
         if "runners" in parts:
             (work / "runners").mkdir()
             results["runners"] = runners_part(granary, loader, sizes, work / "runners",
                                               [int(n) for n in args.runners.split(",")], args.seconds)
+            results["measured"]["runners"] = today
         if "pair" in parts:
             (work / "pair").mkdir()
             results["pair"] = pair_part(granary, loader, nginx, sizes, work / "pair", args.seconds, args.trials)
+            results["measured"]["pair"] = today
         if "eviction" in parts:
             results["eviction"] = eviction_part(granary, loader, sizes, work, args.seconds)
+            results["measured"]["eviction"] = today
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # Parts not run now keep their figures from the last run.
+    previous = Path(args.out) / "fleet.json"
+    if previous.exists():
+        kept = json.loads(previous.read_text())
+        for part in ("index", "runners", "pair", "eviction"):
+            if part not in results and part in kept:
+                results[part] = kept[part]
+                results["measured"][part] = kept.get("measured", {}).get(part, "an earlier run")
+                if part == "index":
+                    results["extrapolated"] = kept["extrapolated"]
     report(results, Path(args.out))
 
 

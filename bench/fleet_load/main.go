@@ -117,7 +117,26 @@ var client = &http.Client{
 	Timeout: 60 * time.Second,
 }
 
-func do(method, path string, body []byte) (int, error) {
+// worker sends one request at a time, reading answers through a buffer of
+// its own and recording into a recorder of its own: no lock and few
+// system calls a request, so that the generator costs the machine as
+// little as it can.
+type worker struct {
+	rec *recorder
+	buf []byte
+}
+
+func newWorker() *worker {
+	return &worker{rec: newRecorder(), buf: make([]byte, 64<<10)}
+}
+
+func (w *worker) timed(kind, method, path string, body []byte) {
+	started := time.Now()
+	status, err := w.do(method, path, body)
+	w.rec.record(kind, time.Since(started), status, err)
+}
+
+func (w *worker) do(method, path string, body []byte) (int, error) {
 	var reader io.Reader
 	if body != nil {
 		reader = bytes.NewReader(body)
@@ -133,8 +152,14 @@ func do(method, path string, body []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	_, err = io.Copy(io.Discard, resp.Body)
+	// Not io.Copy: io.Discard would read through its own 8 KiB buffer.
+	for err == nil {
+		_, err = resp.Body.Read(w.buf)
+	}
 	resp.Body.Close()
+	if err == io.EOF {
+		err = nil
+	}
 	return resp.StatusCode, err
 }
 
@@ -142,15 +167,28 @@ func do(method, path string, body []byte) (int, error) {
 var kinds = []string{"manifest", "get", "put_cas", "put_ac"}
 
 type recorder struct {
-	mu        sync.Mutex
 	latencies map[string][]time.Duration
 	errors    map[string]int
 	misses    map[string]int
 }
 
+func newRecorder() *recorder {
+	return &recorder{latencies: map[string][]time.Duration{}, errors: map[string]int{}, misses: map[string]int{}}
+}
+
+func (r *recorder) merge(other *recorder) {
+	for kind, lat := range other.latencies {
+		r.latencies[kind] = append(r.latencies[kind], lat...)
+	}
+	for kind, n := range other.errors {
+		r.errors[kind] += n
+	}
+	for kind, n := range other.misses {
+		r.misses[kind] += n
+	}
+}
+
 func (r *recorder) record(kind string, took time.Duration, status int, err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	switch {
 	case err != nil:
 		r.errors[kind]++
@@ -164,42 +202,36 @@ func (r *recorder) record(kind string, took time.Duration, status int, err error
 	}
 }
 
-func (r *recorder) timed(kind, method, path string, body []byte) {
-	started := time.Now()
-	status, err := do(method, path, body)
-	r.record(kind, time.Since(started), status, err)
-}
-
-// job runs one runner's job with `streams` requests at once.
-func job(b base, r *recorder, jobSeed uint64) {
+// job runs one runner's job on its `workers`, one request at a time each.
+func job(b base, workers []*worker, jobSeed uint64) {
 	if !*putOnly {
-		r.timed("manifest", "GET", b.manifest, nil)
+		workers[0].timed("manifest", "GET", b.manifest, nil)
 	}
-	work := make(chan func(), *streams)
+	work := make(chan func(*worker), len(workers))
 	var wg sync.WaitGroup
-	for i := 0; i < *streams; i++ {
+	for _, w := range workers {
 		wg.Add(1)
-		go func() {
+		go func(w *worker) {
 			defer wg.Done()
 			for task := range work {
-				task()
+				task(w)
 			}
-		}()
+		}(w)
 	}
 	if !*putOnly {
 		for _, path := range b.blobs {
 			path := path
-			work <- func() { r.timed("get", "GET", path, nil) }
+			work <- func(w *worker) { w.timed("get", "GET", path, nil) }
 		}
 	}
 	fresh := int(float64(len(b.blobs))**newShare + 0.5)
 	for i := 0; i < fresh; i++ {
 		n := uint64(i)
 		size := b.sizes[(int(jobSeed)+i*7919)%len(b.sizes)]
-		work <- func() {
+		work <- func(w *worker) {
 			blob := content(jobSeed, n, size)
-			r.timed("put_cas", "PUT", casPath(blob), blob)
-			r.timed("put_ac", "PUT", acPath(jobSeed, n), actionResult(blob[:min(len(blob), 100)]))
+			w.timed("put_cas", "PUT", casPath(blob), blob)
+			w.timed("put_ac", "PUT", acPath(jobSeed, n), actionResult(blob[:min(len(blob), 100)]))
 		}
 	}
 	close(work)
@@ -226,14 +258,14 @@ func main() {
 		log.Fatal("-url and -sizes are needed")
 	}
 	b := readBase()
-	r := &recorder{latencies: map[string][]time.Duration{}, errors: map[string]int{}, misses: map[string]int{}}
 	if *fill {
-		r.timed("manifest", "PUT", b.manifest, manifestBody(b))
+		w := newWorker()
+		w.timed("manifest", "PUT", b.manifest, manifestBody(b))
 		for i, size := range b.sizes {
-			r.timed("put_cas", "PUT", b.blobs[i], content(*seed, uint64(i), size))
+			w.timed("put_cas", "PUT", b.blobs[i], content(*seed, uint64(i), size))
 		}
-		if len(r.errors) > 0 {
-			log.Fatalf("filling failed: %v", r.errors)
+		if len(w.rec.errors) > 0 {
+			log.Fatalf("filling failed: %v", w.rec.errors)
 		}
 		return
 	}
@@ -244,13 +276,24 @@ func main() {
 	cpuBefore := cpuSeconds()
 	started := time.Now()
 	var wg sync.WaitGroup
+	var merging sync.Mutex
+	r := newRecorder()
 	for i := 0; i < *runners; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			workers := make([]*worker, *streams)
+			for i := range workers {
+				workers[i] = newWorker()
+			}
 			for time.Now().Before(deadline) {
-				job(b, r, nextSeed.Add(1))
+				job(b, workers, nextSeed.Add(1))
 				jobs.Add(1)
+			}
+			merging.Lock()
+			defer merging.Unlock()
+			for _, w := range workers {
+				r.merge(w.rec)
 			}
 		}()
 	}
