@@ -10,9 +10,9 @@
 //	fleet_load -url URL -fill -sizes FILE           # store the base set
 //	fleet_load -url URL -runners 100 -seconds 20    # run jobs, print JSON
 //
-// Latencies are measured per request kind from the request's start to the
-// last byte of its answer, including any wait for one of the runner's
-// connections: that is what a runner sees.
+// A runner sends -streams requests at once, each of its workers one after
+// another on a kept-alive connection. Latencies are measured per request
+// kind from the request's start to the last byte of its answer.
 package main
 
 import (
