@@ -3,8 +3,8 @@
 //!
 //! A `HashMap<Key, V>` keeps every entry in its slots, and its slots
 //! number a power of two at most 7/8 full: between 1.14 and 2.29 slots an
-//! entry, each a whole entry wide (136 bytes of RSS an entry were measured
-//! with a 73-byte slot). Here the entries sit densely in one `Vec`, whose
+//! entry, each a whole entry wide (113 to 192 bytes of RSS an entry were
+//! measured with an 80-byte slot, `bench/fleet.py`). Here the entries sit densely in one `Vec`, whose
 //! unused capacity the kernel never maps in, and the hash table holds only
 //! their positions: 4 bytes a slot (and hashbrown's 1 control byte). An
 //! entry of a 33-byte key and 24 bytes of metadata takes 64 bytes; with
