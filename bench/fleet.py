@@ -11,7 +11,9 @@ Parts:
   index     tiny blobs written straight into the server's layout, 10^5 to
             the largest --index count: RSS per entry (over an empty
             server's), start-up after `kill -9` to the first blob served,
-            and random GETs of them at 256 connections (wrk, 10 s).
+            and random GETs of them at 256 connections (wrk, 10 s); last,
+            as root, a restart at the largest count with the page cache
+            dropped, as after a reboot.
   runners   bench/fleet_load plays runners of `go build std` (the manifest,
             its ~1,000 blobs in the sizes `go build std` wrote, 4 at a
             time, then 5% new outputs) at 10, 100 and 500 at once:
@@ -150,7 +152,38 @@ def index_part(binaries, wrk_bin, work, counts):
                    **index_measures(granary, wrk_bin, work, count, empty_rss[name])}
             print(f"index: {row}", flush=True)
             rows.append(row)
-    return {"empty_rss_mib": {name: round(r / 2**20, 1) for name, r in empty_rss.items()}, "rows": rows}
+    # Last, as dropping the page cache would slow every later measure.
+    cold = {name: cold_restart(granary, work) for name, granary in binaries.items()}
+    print(f"index: cold restarts at {written:,}: {cold}", flush=True)
+    return {"empty_rss_mib": {name: round(r / 2**20, 1) for name, r in empty_rss.items()}, "rows": rows,
+            "cold_restart_s": cold}
+
+
+def drop_page_cache():
+    """Whether the kernel's page cache, dentries and inodes could be
+    dropped (root only): a restart after a reboot reads them from disk."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def restart_after_kill(proc, granary, work, key, cold):
+    """`kill -9` of `proc`, and a new server on the same directory (the
+    page cache dropped first if `cold`); the new process, its URL, its
+    start-up line and the seconds to the first serving of `key`, or None
+    for the cold restart where the cache cannot be dropped."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if cold and not drop_page_cache():
+        return None
+    started = time.perf_counter()
+    proc, url, text = common.start_serve(granary, work, "--max-size", "1TiB")
+    while status(port_of(url), "GET", key) != 200:
+        time.sleep(0.001)
+    return proc, url, text, time.perf_counter() - started
 
 
 def index_measures(granary, wrk_bin, work, count, empty_rss):
@@ -160,25 +193,29 @@ def index_measures(granary, wrk_bin, work, count, empty_rss):
     first_key = "/cas/" + layout_key(0)[1]
     assert status(port_of(url), "GET", first_key) == 200
     entry_rss = (rss(proc.pid) - empty_rss) / count
-    # A crash, and the restart to the first blob served.
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    started = time.perf_counter()
-    proc, url, text = common.start_serve(granary, work, "--max-size", "1TiB")
-    try:
-        while status(port_of(url), "GET", first_key) != 200:
-            time.sleep(0.001)
-        restart = time.perf_counter() - started
-        rebuilt = re.search(r"index rebuilt in ([\d.]+)(ms|s|µs)", text)
-        rebuild = float(rebuilt.group(1)) * {"ms": 1e-3, "s": 1.0, "µs": 1e-6}[rebuilt.group(2)]
-        script = work / "random-gets.lua"
-        script.write_text(RANDOM_GETS % {"half": count // 2})
-        rps, p99, _ = serve_http.wrk(wrk_bin, port_of(url), script, 256, 10)
-        return {"rss_mib": round(rss(proc.pid) / 2**20, 1), "rss_bytes_per_entry": round(entry_rss, 1),
+    proc, url, text, restart = restart_after_kill(proc, granary, work, first_key, cold=False)
+    rebuilt = re.search(r"index rebuilt in ([\d.]+)(ms|s|µs)", text)
+    rebuild = float(rebuilt.group(1)) * {"ms": 1e-3, "s": 1.0, "µs": 1e-6}[rebuilt.group(2)]
+    script = work / "random-gets.lua"
+    script.write_text(RANDOM_GETS % {"half": count // 2})
+    rps, p99, _ = serve_http.wrk(wrk_bin, port_of(url), script, 256, 10)
+    measures = {"rss_mib": round(rss(proc.pid) / 2**20, 1), "rss_bytes_per_entry": round(entry_rss, 1),
                 "restart_s": round(restart, 2), "rebuild_s": round(rebuild, 2),
                 "random_get_rps": round(rps), "random_get_p99_ms": round(p99, 2)}
-    finally:
-        stop(proc)
+    stop(proc)
+    return measures
+
+
+def cold_restart(granary, work):
+    """`kill -9`, the page cache dropped, and the restart to the first blob
+    served; None where the cache cannot be dropped."""
+    proc, _, _ = common.start_serve(granary, work, "--max-size", "1TiB")
+    restarted = restart_after_kill(proc, granary, work, "/cas/" + layout_key(0)[1], cold=True)
+    if restarted is None:
+        return None
+    proc, _, _, took = restarted
+    stop(proc)
+    return round(took, 2)
 
 
 # --- runners --------------------------------------------------------------
@@ -511,6 +548,11 @@ def report(results, out):
             lines.append(f"| {r['server']} | {r['entries']:,} | {r['rss_mib']} | {r['rss_bytes_per_entry']} "
                          f"| {r['rebuild_s']} | {r['restart_s']} | {r['random_get_rps']:,} "
                          f"| {r['random_get_p99_ms']} |")
+        cold = index.get("cold_restart_s") or {}
+        if any(took is not None for took in cold.values()):
+            largest = max(r["entries"] for r in index["rows"])
+            lines += ["", f"With the page cache dropped first, as after a reboot, at {largest:,} entries: "
+                      + ", ".join(f"{name} {took} s" for name, took in cold.items()) + " to the first blob served."]
         lines += ["", "On paper, a straight line through the measured points:", ""]
         for e in results.get("extrapolated", []):
             lines.append(f"- {e['entries']:.0e} entries: about {e['rss_gib']} GiB of RSS, "
