@@ -33,7 +33,7 @@ use crate::service::{Receiving, stored_bytes};
 /// Blobs waiting to be written behind, at most.
 const QUEUE: usize = 16 * 1024;
 /// Uploads to the backing store at once.
-const UPLOADS_AT_ONCE: usize = 8;
+pub const UPLOADS_AT_ONCE: usize = 8;
 /// Bytes of blobs held in memory by uploads at once (a larger blob waits
 /// until it is alone).
 const UPLOAD_MEMORY: u32 = 256 * 1024 * 1024;

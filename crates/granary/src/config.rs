@@ -995,6 +995,18 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), "[serve]\nmax_size = 1\n").unwrap();
         let error = format!("{:#}", serve(dir.path(), None, &below).unwrap_err());
         assert!(error.contains("unknown field"), "{error}");
+        // Write-through with nothing to write through to.
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[serve]\nwrite-through = true\n",
+        )
+        .unwrap();
+        let unlimited = ServeArgs {
+            hard_limit: None,
+            ..below
+        };
+        let error = serve(dir.path(), None, &unlimited).unwrap_err().to_string();
+        assert!(error.contains("--backing"), "{error}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
 use common::bazel_remote::BazelRemote;
+use common::s3::{BUCKET, S3Server};
 use common::server::{
     Server, h2_reading_nothing, h2_runtime, request, scratch, serve_token, sha256_hex, tmp_files,
 };
@@ -396,6 +397,51 @@ fn upload(name: &str, offset: usize, data: &[u8], finish: bool) -> WriteRequest 
         finish_write: finish,
         data: data.to_vec(),
     }
+}
+
+/// With `--write-through`, each blob of a BatchUpdateBlobs is in the
+/// bucket before the answer (sent a few at once, answered in order): the
+/// other server on the bucket reads every one at once.
+#[test]
+fn a_batch_written_through_is_read_at_once_through_another_server() {
+    let s3 = S3Server::start();
+    let envs = s3.backing_envs();
+    let backing = format!("s3://{BUCKET}/batch-through");
+    let start = || {
+        let scratch = scratch();
+        let dir = scratch.path().join("cache");
+        let args = ["--backing", &backing, "--write-through"];
+        Server::start_in(scratch, &dir, &args, &envs).unwrap()
+    };
+    let (writer, reader) = (start(), start());
+    let blobs: Vec<Vec<u8>> = (0..40u8)
+        .map(|i| pattern(100 + 50 * usize::from(i), i))
+        .collect();
+    let answer = runtime().block_on(async {
+        let mut cas = ContentAddressableStorageClient::new(channel(&writer).await);
+        cas.batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: blobs
+                .iter()
+                .map(|blob| batch_update_blobs_request::Request {
+                    digest: Some(digest(blob)),
+                    data: blob.clone(),
+                    compressor: compressor::Value::Identity as i32,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    });
+    assert_eq!(answer.responses.len(), blobs.len());
+    for (blob, response) in blobs.iter().zip(&answer.responses) {
+        assert_eq!(response.digest.as_ref(), Some(&digest(blob)), "in order");
+        assert_eq!(response.status.as_ref().unwrap().code, Code::Ok as i32);
+        let path = format!("/cas/{}", sha256_hex(blob));
+        assert!(request(reader.addr, "GET", &path, &[], b"") == (200, blob.clone()));
+    }
+    assert_eq!(writer.metric("granary_backing_uploads_total", ""), 40.0);
 }
 
 #[test]

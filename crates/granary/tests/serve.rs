@@ -1135,6 +1135,11 @@ fn servers_writing_through_read_each_others_writes_at_once() {
 /// A server backed by a bucket at a port where nothing listens, with
 /// `args` besides.
 fn start_with_a_dead_bucket(args: &[&str]) -> Server {
+    start_with_a_bucket_at("http://127.0.0.1:1", args)
+}
+
+/// A server backed by the S3 endpoint `endpoint`, with `args` besides.
+fn start_with_a_bucket_at(endpoint: &str, args: &[&str]) -> Server {
     let scratch = scratch();
     let dir = scratch.path().join("cache");
     let backing = format!("s3://{BUCKET}/servers");
@@ -1146,7 +1151,7 @@ fn start_with_a_dead_bucket(args: &[&str]) -> Server {
         &[
             ("GRANARY_S3_ACCESS_KEY_ID", ACCESS_KEY),
             ("GRANARY_S3_SECRET_ACCESS_KEY", SECRET_KEY),
-            ("GRANARY_S3_ENDPOINT", "http://127.0.0.1:1"),
+            ("GRANARY_S3_ENDPOINT", endpoint),
             ("GRANARY_S3_REGION", "us-east-1"),
         ],
     )
@@ -1172,6 +1177,43 @@ fn writing_through_to_a_dead_bucket_fails_the_write_and_keeps_the_blob() {
     assert!(answer.contains("--write-through"), "{answer}");
     assert_eq!(request(server.addr, "GET", &path, &[], b""), (200, body));
     assert_eq!(server.metric("granary_backing_uploads_total", ""), 0.0);
+}
+
+/// With `--write-through` and a bucket that takes connections and never
+/// answers, a write fails within the client's deadline (10 s a request,
+/// one retry) instead of waiting for ever.
+#[test]
+fn writing_through_to_a_silent_bucket_fails_within_its_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let done = Arc::new(AtomicUsize::new(0));
+    let holder = {
+        let done = done.clone();
+        // Holds every connection open, reading nothing, until the test ends.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while done.load(Ordering::Relaxed) == 0 {
+                match silent.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    };
+    let server = start_with_a_bucket_at(&endpoint, &["--write-through"]);
+    let body = pattern(3000, 72);
+    let path = format!("/cas/{}", sha256_hex(&body));
+    let started = Instant::now();
+    let (status, answer) = request(server.addr, "PUT", &path, &[], &body);
+    let took = started.elapsed();
+    assert_eq!(status, 500, "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    done.store(1, Ordering::Relaxed);
+    holder.join().unwrap();
 }
 
 #[test]

@@ -15,6 +15,7 @@ use tonic::{Code, Request, Response, Status};
 use super::{
     MAX_BATCH, Reapi, check_digest_function, digest_key, empty_hash, rejected_status, rpc_status,
 };
+use crate::backing::UPLOADS_AT_ONCE;
 use crate::check::{Rejected, Why};
 use crate::disk::STORE_LEVEL;
 use crate::grant::Access;
@@ -93,25 +94,31 @@ impl Reapi {
         })
         .await
         .expect("storing does not panic");
-        let mut responses = Vec::with_capacity(stored.len());
-        for (digest, stored) in stored {
-            let handed = match stored {
-                Ok((key, written)) => self
-                    .service
-                    .written(key, written)
-                    .await
-                    .map_err(|rejected| self.rejected(rejected)),
-                Err(status) => Err(status),
-            };
-            let status = match handed {
-                Ok(()) => rpc_status(Code::Ok, String::new()),
-                Err(status) => rpc_status(status.code(), status.message().to_owned()),
-            };
-            responses.push(batch_update_blobs_response::Response {
-                digest,
-                status: Some(status),
-            });
-        }
+        // With --write-through, a few blobs go to the bucket at once, as
+        // the write-behind sends them: a batch of many small blobs is not
+        // one round trip after another.
+        let responses = futures_util::stream::iter(stored)
+            .map(|(digest, stored)| async move {
+                let handed = match stored {
+                    Ok((key, written)) => self
+                        .service
+                        .written(key, written)
+                        .await
+                        .map_err(|rejected| self.rejected(rejected)),
+                    Err(status) => Err(status),
+                };
+                let status = match handed {
+                    Ok(()) => rpc_status(Code::Ok, String::new()),
+                    Err(status) => rpc_status(status.code(), status.message().to_owned()),
+                };
+                batch_update_blobs_response::Response {
+                    digest,
+                    status: Some(status),
+                }
+            })
+            .buffered(UPLOADS_AT_ONCE)
+            .collect()
+            .await;
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }
 
