@@ -10,8 +10,9 @@
 //! Every entry to fetch is *planned*: a get for it waits for its transfer
 //! instead of asking the remote again, and once the transfer is over, gets
 //! it did not serve go on to an ordinary lookup. Each entry is held to the
-//! same trust rule as a lookup's, in the namespace of the manifest that
-//! named it; the signatures of a pack's entries are checked a few dozen
+//! same trust rule as a lookup's, in the namespace it came from (the
+//! manifest's, or that of a pack the manifest names in a namespace the run
+//! also reads); the signatures of a pack's entries are checked a few dozen
 //! at a time, unless a get waits for one or the stream pauses
 //! ([`Prefetch::vouch`]).
 //!
@@ -29,7 +30,7 @@ use futures_util::{FutureExt, StreamExt};
 use granary_id::Id;
 use granary_protocol::Response;
 use granary_remote::{
-    ActionRecord, Fetched, Group, Manifest, PackReader, PackRef, RawEntry, RemoteError,
+    ActionRecord, Fetched, Group, Manifest, Namespace, PackReader, PackRef, RawEntry, RemoteError,
 };
 use granary_store::{Lookup, ObjectWriter};
 use tokio::sync::Semaphore;
@@ -70,6 +71,13 @@ impl Waiter {
     }
 }
 
+/// A pack, and the namespace it is in: the run's own, or one it reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Packed {
+    pub(super) namespace: Namespace,
+    pub(super) pack: PackRef,
+}
+
 /// What became of an entry the prefetch planned to fetch.
 #[derive(Debug)]
 enum Planned {
@@ -88,7 +96,7 @@ pub(super) struct Prefetch {
     pub(super) remote: Arc<Remote>,
     plan: Mutex<Plan>,
     /// The pack holding each entry the manifests named.
-    pub(super) packs: Mutex<HashMap<Id, PackRef>>,
+    pub(super) packs: Mutex<HashMap<Id, Packed>>,
     /// What the latest job used, by the manifest of the run's own scope.
     pub(super) latest_job: Mutex<Vec<Id>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -397,21 +405,38 @@ impl Prefetch {
                 .into_iter()
                 .flat_map(|(from, m)| m.groups.into_iter().map(move |group| (from, group)));
             for (from, group) in all {
+                // A pack in another namespace is fetched, and its entries
+                // trusted, as that namespace's, if this run reads it.
+                let at = match &group.pack_in {
+                    None => from,
+                    Some(namespace) => {
+                        match remote.reads.iter().position(|r| r.namespace() == namespace) {
+                            Some(at) => at,
+                            None => {
+                                tracing::debug!("a manifest names a pack in {namespace}, unread");
+                                continue;
+                            }
+                        }
+                    }
+                };
                 let actions: Vec<Id> = group
                     .all()
                     .copied()
                     .filter(|action| named.insert(*action))
                     .collect();
-                // Only the run's own packs can be named by its manifest.
-                if let (0, Some(pack)) = (from, group.pack) {
-                    packs.extend(actions.iter().map(|action| (*action, pack)));
+                if let Some(pack) = group.pack {
+                    let namespace = remote.reads[at].namespace();
+                    packs.extend(actions.iter().map(|action| {
+                        let namespace = namespace.clone();
+                        (*action, Packed { namespace, pack })
+                    }));
                 }
                 groups.push((
-                    from,
+                    at,
                     Group {
                         pack: group.pack,
                         actions,
-                        earlier: Vec::new(),
+                        ..Group::default()
                     },
                 ));
             }

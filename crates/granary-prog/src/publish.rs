@@ -8,6 +8,10 @@
 //!   entries that no fresh pack holds (object storage only; a server
 //!   assembles batches itself), publishes the manifest, and deletes packs
 //!   and manifests too old to be used.
+//! - A fresh pack in a namespace the run reads holds an entry as well as
+//!   one of its own: a pull request's first job names the packs of `main`
+//!   it fetched instead of uploading what it used again (its next jobs
+//!   read `main` too).
 //! - A job's first go command publishes before the others run, so the
 //!   manifest also keeps, as *earlier* entries, what the job before used
 //!   (read by the job's first run and kept in the journal) and this job has
@@ -30,12 +34,12 @@ use std::time::{Duration, SystemTime};
 use granary_id::Id;
 use granary_remote::layout::scope_key_name;
 use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, unix_seconds};
-use granary_remote::{Group, Made, Manifest, PackRef, PackWriter, STREAM_ABOVE};
+use granary_remote::{Group, Made, Manifest, Namespace, PackRef, PackWriter, STREAM_ABOVE};
 use granary_store::Lookup;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::prefetch::{Prefetch, lock};
+use crate::prefetch::{Packed, Prefetch, lock};
 use crate::remote::{Remote, Trouble, within};
 use crate::stats::add;
 
@@ -52,9 +56,11 @@ const SWEEP_LIMIT: usize = 1000;
 const JOURNALS: &str = "granary-journal";
 
 /// At close: publishes the manifest of what this job used, packing
-/// what no fresh pack holds, then deletes what is too old to be used. A
-/// run that checks signatures but cannot sign publishes nothing: runs like
-/// it would not use its manifest, and it would replace a signed one.
+/// what no fresh pack holds, and meanwhile deletes what is too old to be
+/// used (no fresh manifest names it, so the two need no order: the go
+/// command waits for one round trip less). A run that checks signatures
+/// but cannot sign publishes nothing: runs like it would not use its
+/// manifest, and it would replace a signed one.
 pub(super) async fn publish(prefetch: &Prefetch) {
     let remote = &prefetch.remote;
     let unsigned_among_trusting = remote.options.trusted.is_some() && !remote.options.cache.signs();
@@ -68,6 +74,26 @@ pub(super) async fn publish(prefetch: &Prefetch) {
     if used.is_empty() {
         return;
     }
+    tokio::join!(publish_manifest(prefetch, used, build_times), sweep(remote));
+}
+
+/// Deletes the namespace's packs and manifests too old to be used; only
+/// in object storage, where nothing else ages them out.
+async fn sweep(remote: &Remote) {
+    let cache = &remote.options.cache;
+    match within(
+        remote.options.timeout,
+        cache.sweep(SystemTime::now(), SWEEP_LIMIT),
+    )
+    .await
+    {
+        Ok(swept) => add(&remote.stats.swept, swept as u64),
+        Err(e) => tracing::debug!("cannot sweep old packs: {}", trouble_text(&e)),
+    }
+}
+
+async fn publish_manifest(prefetch: &Prefetch, used: Vec<Id>, build_times: HashMap<Id, Duration>) {
+    let remote = &prefetch.remote;
     if !remote.options.scopes.prefetch {
         read_own_manifest(prefetch).await;
     }
@@ -93,7 +119,8 @@ pub(super) async fn publish(prefetch: &Prefetch) {
         }
     };
     let now = SystemTime::now();
-    forget_stale_packs(&mut entries, now);
+    let readable: Vec<&Namespace> = remote.reads.iter().map(|r| r.namespace()).collect();
+    forget_stale_packs(&mut entries, now, &readable);
     // Within the remote's timeout; no answer: packs, as for any store
     // that cannot answer batches.
     let stores_packs =
@@ -109,7 +136,7 @@ pub(super) async fn publish(prefetch: &Prefetch) {
     let manifest = Manifest {
         scope: remote.options.scopes.scope.clone(),
         written: now,
-        groups: groups_in_order(&entries),
+        groups: groups_in_order(&entries, remote.options.cache.namespace()),
         build_times: entries
             .iter()
             .filter_map(|e| Some((e.action, e.build_time?)))
@@ -135,13 +162,6 @@ pub(super) async fn publish(prefetch: &Prefetch) {
     if let Err(e) = journal.write(&entries) {
         tracing::debug!("cannot write the manifest journal: {e}");
     }
-    drop(journal);
-    if stores_packs {
-        match within(remote.options.timeout, cache.sweep(now, SWEEP_LIMIT)).await {
-            Ok(swept) => add(&remote.stats.swept, swept as u64),
-            Err(e) => tracing::debug!("cannot sweep old packs: {}", trouble_text(&e)),
-        }
-    }
 }
 
 /// For a run that did not prefetch: reads the manifest of its own
@@ -165,17 +185,20 @@ async fn read_own_manifest(prefetch: &Prefetch) {
     };
     prefetch.remember_latest_job(&manifest);
     remote.note_build_times(manifest.build_times.iter().map(|(a, t)| (*a, *t)));
-    lock(&prefetch.packs).extend(
-        manifest
-            .groups
-            .iter()
-            .filter_map(|g| Some((g.pack?, g)))
-            .flat_map(|(pack, g)| g.all().map(move |action| (*action, pack))),
-    );
+    let mut packs = lock(&prefetch.packs);
+    for group in &manifest.groups {
+        let Some(pack) = group.pack else { continue };
+        let namespace = group.pack_in.as_ref().unwrap_or(cache.namespace());
+        packs.extend(group.all().map(|action| {
+            let namespace = namespace.clone();
+            (*action, Packed { namespace, pack })
+        }));
+    }
 }
 
 /// Packs the entries that no fresh pack holds, reading them from the
-/// local tier, and uploads the packs; the entries then name them.
+/// local tier, and uploads the packs to the run's namespace; the entries
+/// then name them.
 async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) {
     let loose: Vec<(Id, Option<Duration>)> = entries
         .iter()
@@ -224,9 +247,13 @@ async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) {
         }
     }
     if remote.is_on() {
+        let namespace = remote.options.cache.namespace();
         for entry in entries.iter_mut() {
             if entry.pack.is_none() {
-                entry.pack = packed.get(&entry.action).copied();
+                entry.pack = packed.get(&entry.action).map(|pack| Packed {
+                    namespace: namespace.clone(),
+                    pack: *pack,
+                });
             }
         }
     }
@@ -294,36 +321,51 @@ fn trouble_text(trouble: &Trouble) -> String {
 }
 
 /// Drops the packs a new manifest should not name: too old (so that the
-/// sweep may delete them), or mostly holding entries nobody uses any more
-/// (so that a prefetch never fetches more than twice what it needs).
-fn forget_stale_packs(entries: &mut [JournalEntry], now: SystemTime) {
-    let mut named: HashMap<Id, u32> = HashMap::new();
-    for pack in entries.iter().filter_map(|e| e.pack) {
-        *named.entry(pack.id).or_default() += 1;
+/// sweep may delete them), mostly holding entries nobody uses any more
+/// (so that a prefetch never fetches more than twice what it needs), or in
+/// a namespace this run does not read (the journal is the machine's, and
+/// an earlier run may have read others).
+fn forget_stale_packs(entries: &mut [JournalEntry], now: SystemTime, readable: &[&Namespace]) {
+    let mut named: HashMap<&Packed, u32> = HashMap::new();
+    for packed in entries.iter().filter_map(|e| e.pack.as_ref()) {
+        *named.entry(packed).or_default() += 1;
     }
-    for entry in entries.iter_mut() {
-        if let Some(pack) = entry.pack {
-            let old = now
-                .duration_since(pack.created)
-                .is_ok_and(|age| age > PACK_REUSE_AGE);
-            let sparse = named[&pack.id] * 2 < pack.entries;
-            if old || sparse {
-                entry.pack = None;
-            }
+    let forgotten: Vec<bool> = entries
+        .iter()
+        .map(|entry| {
+            entry.pack.as_ref().is_some_and(|packed| {
+                let old = now
+                    .duration_since(packed.pack.created)
+                    .is_ok_and(|age| age > PACK_REUSE_AGE);
+                let sparse = named[packed] * 2 < packed.pack.entries;
+                old || sparse || !readable.contains(&&packed.namespace)
+            })
+        })
+        .collect();
+    for (entry, forgotten) in entries.iter_mut().zip(forgotten) {
+        if forgotten {
+            entry.pack = None;
         }
     }
 }
 
 /// The manifest's groups: one per pack, and one of loose entries, in the
-/// order their first entry was used, earlier entries last.
-fn groups_in_order(entries: &[JournalEntry]) -> Vec<Group> {
+/// order their first entry was used, earlier entries last. `own` is the
+/// namespace the manifest is published in.
+fn groups_in_order(entries: &[JournalEntry], own: &Namespace) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<Option<Id>, usize> = HashMap::new();
+    let mut index: HashMap<Option<(&Namespace, Id)>, usize> = HashMap::new();
     let (used, earlier): (Vec<_>, Vec<_>) = entries.iter().partition(|e| !e.earlier);
     for entry in used.into_iter().chain(earlier) {
-        let i = *index.entry(entry.pack.map(|p| p.id)).or_insert_with(|| {
+        let key = entry.pack.as_ref().map(|p| (&p.namespace, p.pack.id));
+        let i = *index.entry(key).or_insert_with(|| {
             groups.push(Group {
-                pack: entry.pack,
+                pack: entry.pack.as_ref().map(|p| p.pack),
+                pack_in: entry
+                    .pack
+                    .as_ref()
+                    .filter(|p| p.namespace != *own)
+                    .map(|p| p.namespace.clone()),
                 ..Group::default()
             });
             groups.len() - 1
@@ -340,7 +382,7 @@ fn groups_in_order(entries: &[JournalEntry]) -> Vec<Group> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct JournalEntry {
     action: Id,
-    pack: Option<PackRef>,
+    pack: Option<Packed>,
     /// When a run last used it; if it is `earlier`, when the job began.
     used: SystemTime,
     /// Used by the job before this one, not yet by this one.
@@ -377,7 +419,7 @@ impl Journal {
         dir: PathBuf,
         scope: &str,
         usage: RunUsage,
-        packs: &HashMap<Id, PackRef>,
+        packs: &HashMap<Id, Packed>,
     ) -> std::io::Result<(Journal, Vec<JournalEntry>)> {
         let RunUsage {
             latest_job,
@@ -406,7 +448,7 @@ impl Journal {
                 .into_iter()
                 .map(|action| JournalEntry {
                     action,
-                    pack: packs.get(&action).copied(),
+                    pack: packs.get(&action).cloned(),
                     used: now,
                     earlier: true,
                     build_time: took(&action),
@@ -424,14 +466,16 @@ impl Journal {
                     let entry = &mut entries[i];
                     entry.used = now;
                     entry.earlier = false;
-                    entry.pack = entry.pack.or_else(|| packs.get(&action).copied());
+                    if entry.pack.is_none() {
+                        entry.pack = packs.get(&action).cloned();
+                    }
                     entry.build_time = took(&action).or(entry.build_time);
                 }
                 None => {
                     at.insert(action, entries.len());
                     entries.push(JournalEntry {
                         action,
-                        pack: packs.get(&action).copied(),
+                        pack: packs.get(&action).cloned(),
                         used: now,
                         earlier: false,
                         build_time: took(&action),
@@ -463,12 +507,13 @@ impl Journal {
         let mut text = String::with_capacity(entries.len() * 120);
         for entry in entries {
             let pack = match &entry.pack {
-                Some(p) => format!(
-                    "{}:{}:{}:{}",
-                    hex::encode(p.id),
-                    unix_seconds(p.created),
-                    p.size,
-                    p.entries
+                Some(Packed { namespace, pack }) => format!(
+                    "{}:{}:{}:{}:{}",
+                    hex::encode(pack.id),
+                    unix_seconds(pack.created),
+                    pack.size,
+                    pack.entries,
+                    namespace.as_str()
                 ),
                 None => "-".to_owned(),
             };
@@ -498,12 +543,16 @@ fn parse_line(line: &str) -> Option<JournalEntry> {
         "-" => None,
         pack => {
             let mut parts = pack.split(':');
-            Some(PackRef {
+            let pack = PackRef {
                 id: Id::from_hex(parts.next()?)?,
                 created: from_unix_seconds(parts.next()?.parse().ok()?)?,
                 size: parts.next()?.parse().ok()?,
                 entries: parts.next()?.parse().ok()?,
-            })
+            };
+            // A line of a version that did not name the namespace: the
+            // entry is packed again.
+            let namespace = parts.next().and_then(|name| Namespace::new(name).ok());
+            namespace.map(|namespace| Packed { namespace, pack })
         }
     };
     let (mut earlier, mut build_time) = (false, None);
@@ -531,16 +580,29 @@ fn parse_line(line: &str) -> Option<JournalEntry> {
 mod tests {
     use super::*;
 
-    fn pack(id: u8, entries: u32, age: Duration) -> PackRef {
-        PackRef {
-            id: Id([id; 32]),
-            created: SystemTime::now() - age,
-            size: 1000,
-            entries,
+    fn namespace(name: &str) -> Namespace {
+        Namespace::new(name).unwrap()
+    }
+
+    /// A pack in the namespace `pr`.
+    fn pack(id: u8, entries: u32, age: Duration) -> Packed {
+        pack_in("pr", id, entries, age)
+    }
+
+    fn pack_in(name: &str, id: u8, entries: u32, age: Duration) -> Packed {
+        Packed {
+            namespace: namespace(name),
+            pack: PackRef {
+                id: Id([id; 32]),
+                // Whole seconds, as the journal keeps them.
+                created: from_unix_seconds(unix_seconds(SystemTime::now() - age)).unwrap(),
+                size: 1000,
+                entries,
+            },
         }
     }
 
-    fn entry(action: u8, pack: Option<PackRef>) -> JournalEntry {
+    fn entry(action: u8, pack: Option<Packed>) -> JournalEntry {
         JournalEntry {
             action: Id([action; 32]),
             pack,
@@ -559,26 +621,51 @@ mod tests {
     }
 
     #[test]
-    fn old_and_sparse_packs_are_not_named_again() {
+    fn old_sparse_and_unread_packs_are_not_named_again() {
         let fresh = pack(1, 2, Duration::ZERO);
         let old = pack(2, 1, PACK_REUSE_AGE + Duration::from_secs(60));
         let sparse = pack(3, 10, Duration::ZERO);
+        let of_main = pack_in("main", 4, 1, Duration::ZERO);
+        let unread = pack_in("nightly", 5, 1, Duration::ZERO);
         let mut entries = vec![
-            entry(1, Some(fresh)),
+            entry(1, Some(fresh.clone())),
             entry(2, Some(old)),
-            entry(3, Some(sparse)),
+            entry(3, Some(sparse.clone())),
             entry(4, Some(sparse)),
             entry(5, Some(fresh)),
             entry(6, None),
+            entry(7, Some(of_main)),
+            entry(8, Some(unread)),
         ];
-        forget_stale_packs(&mut entries, SystemTime::now());
-        let packs: Vec<_> = entries.iter().map(|e| e.pack.map(|p| p.id.0[0])).collect();
-        assert_eq!(packs, [Some(1), None, None, None, Some(1), None]);
-        let groups = groups_in_order(&entries);
-        assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].actions, [Id([1; 32]), Id([5; 32])]);
-        assert_eq!(groups[1].pack, None);
-        assert_eq!(groups[1].actions.len(), 4);
+        let (pr, main) = (namespace("pr"), namespace("main"));
+        forget_stale_packs(&mut entries, SystemTime::now(), &[&pr, &main]);
+        let packs: Vec<_> = entries
+            .iter()
+            .map(|e| e.pack.as_ref().map(|p| p.pack.id.0[0]))
+            .collect();
+        let kept = [Some(1), None, None, None, Some(1), None, Some(4), None];
+        assert_eq!(packs, kept);
+        let groups = groups_in_order(&entries, &pr);
+        let ids = |actions: &[Id]| actions.iter().map(|a| a.0[0]).collect::<Vec<u8>>();
+        let groups: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.pack.map(|p| p.id.0[0]),
+                    g.pack_in.clone(),
+                    ids(&g.actions),
+                )
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                (Some(1), None, vec![1, 5]),
+                (None, None, vec![2, 3, 4, 6, 8]),
+                (Some(4), Some(main), vec![7]),
+            ],
+            "a pack of the run's own namespace names none"
+        );
     }
 
     #[test]
@@ -586,7 +673,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journals = dir.path().join(JOURNALS);
         let packed = pack(9, 1, Duration::ZERO);
-        let packs = HashMap::from([(Id([2; 32]), packed)]);
+        let packs = HashMap::from([(Id([2; 32]), packed.clone())]);
         let mut first = usage(vec![], vec![Id([1; 32]), Id([2; 32])]);
         first.build_times = HashMap::from([(Id([1; 32]), Duration::from_millis(250))]);
         let (journal, entries) = Journal::merge(journals.clone(), "s", first, &packs).unwrap();
@@ -599,10 +686,7 @@ mod tests {
             Journal::merge(journals.clone(), "s", second, &HashMap::new()).unwrap();
         let actions: Vec<u8> = entries.iter().map(|e| e.action.0[0]).collect();
         assert_eq!(actions, [1, 2, 3], "the union, in order of first use");
-        assert_eq!(
-            entries[1].pack.map(|p| (p.id, p.entries)),
-            Some((packed.id, 1))
-        );
+        assert_eq!(entries[1].pack, Some(packed), "the journal keeps packs");
         let times: Vec<Option<u128>> = entries
             .iter()
             .map(|e| e.build_time.map(|t| t.as_millis()))
@@ -622,6 +706,11 @@ mod tests {
         for bad in ["built=x", "built=1 built=2", "earlier earlier", "later"] {
             assert_eq!(parse_line(&format!("1 {action} - {bad}")), None, "{bad}");
         }
+        // A pack of a line without its namespace, as versions before
+        // 2026-12-07 wrote them, is packed again; the entry is kept.
+        let pack = hex::encode([9; 32]);
+        let line = parse_line(&format!("1 {action} {pack}:1790000000:1000:1")).unwrap();
+        assert_eq!((line.action, line.pack), (Id([1; 32]), None));
     }
 
     /// Job 1 read a manifest naming 1, 2, 3; its first command used 1, its
@@ -641,7 +730,7 @@ mod tests {
             )
             .unwrap();
             journal.write(&entries).unwrap();
-            let groups = groups_in_order(&entries);
+            let groups = groups_in_order(&entries, &namespace("pr"));
             let ids = |actions: &[Id]| actions.iter().map(|a| a.0[0]).collect::<Vec<u8>>();
             groups
                 .iter()

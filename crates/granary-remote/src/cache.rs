@@ -1140,6 +1140,7 @@ mod tests {
                     written: time,
                     groups: vec![Group {
                         pack: Some(stored),
+                        pack_in: None,
                         actions: vec![Id([1; 32]), Id([2; 32])],
                         earlier: vec![Id([3; 32])],
                     }],

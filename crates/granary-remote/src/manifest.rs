@@ -12,6 +12,8 @@
 //! written <unix seconds>
 //! pack <hex pack ID> <created, unix seconds> <bytes> <entries in the pack> <used> [<earlier>]
 //! <hex action ID>[ <build ms>]          (<used> + <earlier> lines)
+//! pack@<namespace> <the same fields>    (a pack in another namespace)
+//! <hex action ID>[ <build ms>]          (likewise)
 //! loose <used> [<earlier>]
 //! <hex action ID>[ <build ms>]          (that many lines)
 //! signed <hex public key> <hex signature>   (last, if signed)
@@ -33,6 +35,13 @@
 //! the job before used, for the commands still to come; the job after it
 //! keeps only what its predecessor used, so what nobody uses drops out.
 //!
+//! A pack is in the manifest's namespace unless its line names another
+//! (`pack@main`, `pack@` for the default namespace): a pull request's job,
+//! which reads `main`, names `main`'s packs rather than packing what it
+//! used again. Its readers use such a group only if they read that
+//! namespace too, and trust its entries as that namespace's. Versions
+//! before this form refuse a manifest that has it.
+//!
 //! Ages keep the bucket bounded: a manifest older than
 //! [`MANIFEST_MAX_AGE`] is ignored, a new manifest never names a pack older
 //! than [`PACK_REUSE_AGE`] (its entries are packed again), so no manifest
@@ -43,6 +52,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use granary_format::layout::Namespace;
 use granary_id::Id;
 use granary_trust::Signature;
 
@@ -79,6 +89,8 @@ pub struct PackRef {
 pub struct Group {
     /// The pack that holds them; `None`: fetch them by batch or one by one.
     pub pack: Option<PackRef>,
+    /// The namespace the pack is in, if not the manifest's own.
+    pub pack_in: Option<Namespace>,
     /// What the latest job used.
     pub actions: Vec<Id>,
     /// What only the job before it used.
@@ -139,9 +151,13 @@ impl Manifest {
             unix_seconds(self.written)
         );
         for group in &self.groups {
+            let kind = match &group.pack_in {
+                Some(namespace) => format!("pack@{}", namespace.as_str()),
+                None => "pack".to_owned(),
+            };
             match &group.pack {
                 Some(pack) => text.push_str(&format!(
-                    "pack {} {} {} {} {}",
+                    "{kind} {} {} {} {} {}",
                     hex::encode(pack.id),
                     unix_seconds(pack.created),
                     pack.size,
@@ -213,8 +229,18 @@ impl Manifest {
         while let Some((n, line)) = lines.next() {
             let bad = || format!("line {n}: expected `pack ...` or `loose <entries>`: {line:?}");
             let fields: Vec<&str> = line.split(' ').collect();
-            let (pack, counts) = match fields[..] {
-                ["pack", id, created, size, entries, ref counts @ ..] => {
+            let (pack, pack_in, counts) = match fields[..] {
+                [kind, id, created, size, entries, ref counts @ ..] if kind.starts_with("pack") => {
+                    let pack_in =
+                        match kind {
+                            "pack" => None,
+                            kind => match kind.strip_prefix("pack@") {
+                                Some(name) => Some(Namespace::new(name).map_err(|e| {
+                                    format!("line {n}: a pack in no namespace: {e}")
+                                })?),
+                                None => return Err(bad()),
+                            },
+                        };
                     let pack = PackRef {
                         id: Id::from_hex(id).ok_or_else(bad)?,
                         created: created
@@ -225,9 +251,9 @@ impl Manifest {
                         size: size.parse().map_err(|_| bad())?,
                         entries: entries.parse().map_err(|_| bad())?,
                     };
-                    (Some(pack), counts)
+                    (Some(pack), pack_in, counts)
                 }
-                ["loose", ref counts @ ..] => (None, counts),
+                ["loose", ref counts @ ..] => (None, None, counts),
                 _ => return Err(bad()),
             };
             let (used, earlier): (usize, usize) = match counts {
@@ -263,6 +289,7 @@ impl Manifest {
             let earlier = read(earlier)?;
             groups.push(Group {
                 pack,
+                pack_in,
                 actions,
                 earlier,
             });
@@ -324,12 +351,36 @@ mod tests {
                         size: 8 << 20,
                         entries: 3,
                     }),
+                    pack_in: None,
                     actions: vec![Id([1; 32]), Id([2; 32])],
                     earlier: vec![Id([4; 32])],
                 },
                 Group {
                     pack: None,
+                    pack_in: None,
                     actions: vec![Id([3; 32])],
+                    earlier: Vec::new(),
+                },
+                Group {
+                    pack: Some(PackRef {
+                        id: Id([8; 32]),
+                        created: from_unix_seconds(1_789_500_000).unwrap(),
+                        size: 4 << 20,
+                        entries: 1,
+                    }),
+                    pack_in: Some(Namespace::new("team/main").unwrap()),
+                    actions: vec![Id([5; 32])],
+                    earlier: Vec::new(),
+                },
+                Group {
+                    pack: Some(PackRef {
+                        id: Id([9; 32]),
+                        created: from_unix_seconds(1_789_500_000).unwrap(),
+                        size: 1 << 20,
+                        entries: 1,
+                    }),
+                    pack_in: Some(Namespace::default()),
+                    actions: vec![Id([6; 32])],
                     earlier: Vec::new(),
                 },
             ],
@@ -344,13 +395,19 @@ mod tests {
     fn manifests_round_trip() {
         let manifest = sample();
         assert_eq!(Manifest::decode(&manifest.encode()).unwrap(), manifest);
-        assert_eq!(manifest.entries(), 4);
+        assert_eq!(manifest.entries(), 6);
         assert!(!manifest.is_stale(manifest.written + MANIFEST_MAX_AGE));
         assert!(manifest.is_stale(manifest.written + MANIFEST_MAX_AGE + Duration::from_secs(1)));
         let text = zstd::bulk::decompress(&manifest.encode(), 1 << 20).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(
             text.contains(" 2 1\n") && text.contains("\nloose 1\n"),
+            "{text}"
+        );
+        let pack = |id: u8| hex::encode(Id([id; 32]));
+        assert!(
+            text.contains(&format!("\npack@team/main {} ", pack(8)))
+                && text.contains(&format!("\npack@ {} ", pack(9))),
             "{text}"
         );
         let one = hex::encode(Id([1; 32]));
@@ -372,7 +429,14 @@ mod tests {
                 compress(&good.replace("granary-manifest 1", "x")),
                 "starts with",
             ),
-            (compress(&good.replace("loose 1", "loose 2")), "ends inside"),
+            (
+                compress(&good.replace("loose 1", "loose 2")),
+                "not an action ID",
+            ),
+            (
+                compress(good.trim_end().rsplit_once('\n').unwrap().0),
+                "ends inside",
+            ),
             (
                 compress(&good.replace(" 2 1\n", " 2 3\n")),
                 "not an action ID",
@@ -386,6 +450,14 @@ mod tests {
                 "expected `pack",
             ),
             (compress(&good.replace("pack ", "box ")), "expected `pack"),
+            (
+                compress(&good.replace("pack@team/main ", "pack@team/packs ")),
+                "a pack in no namespace",
+            ),
+            (
+                compress(&good.replace("pack@team/main ", "packs@team/main ")),
+                "expected `pack",
+            ),
             (compress(&good.replace("written", "when")), "written"),
             // Times no entry can carry: they once overflowed into a panic.
             (

@@ -194,6 +194,7 @@ fn manifest(actions: &[Id], written: &str) -> Vec<u8> {
         written: SystemTime::now(),
         groups: vec![Group {
             pack: None,
+            pack_in: None,
             actions: actions.to_vec(),
             earlier: Vec::new(),
         }],

@@ -223,11 +223,13 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
         .collect();
     manifest.groups.push(Group {
         pack: Some(gone),
+        pack_in: None,
         actions: ghosts[..50].to_vec(),
         earlier: ghosts[50..100].to_vec(),
     });
     manifest.groups.push(Group {
         pack: None,
+        pack_in: None,
         actions: ghosts[100..].to_vec(),
         earlier: Vec::new(),
     });
@@ -607,4 +609,74 @@ fn a_helper_started_by_a_tool_scopes_its_manifest_with_the_go_on_path() {
         scope.starts_with("lint ") && scope.ends_with(&format!(" {version}")),
         "{scope} against {version}"
     );
+}
+
+/// A pull request's first job (namespace `pr-1`, reading `main`) names in
+/// its manifest the packs of `main` it fetched rather than uploading what
+/// it used again; the pull request's next runner fetches them from
+/// `main`, trusted as `main`'s (every record is signed, and a signature
+/// holds only in the namespace it names). A runner that does not read
+/// `main` leaves those groups alone and builds as without them.
+#[test]
+fn a_pull_requests_manifest_names_the_packs_of_main() {
+    let s3 = S3Server::start();
+    let sb = Sandbox::new();
+    let module = sb.module("borrow", 3);
+    let (secret, public) = generate_key(&sb, "ci.key");
+    let runner = |namespace: &'static str, reads: &'static str| {
+        let (s3, secret, public) = (&s3, secret.clone(), public.clone());
+        move |cmd: &mut Command| {
+            s3.configure(cmd, "ci");
+            cmd.env("GRANARY_NAMESPACE", namespace)
+                .env("GRANARY_READ_NAMESPACES", reads)
+                .env("GRANARY_SIGNING_KEY", &secret)
+                .env("GRANARY_TRUSTED_KEYS", &public);
+        }
+    };
+
+    let (main, _) = go_build(&sb, "main", &module, runner("main", ""));
+    assert!(main.prefetch.packs_uploaded >= 1, "{main:?}");
+    let (first, out) = go_build(&sb, "first", &module, runner("pr-1", "main"));
+    assert!(compiled_packages(&out.stderr).is_empty());
+    assert_eq!(
+        (
+            first.prefetch.packs_uploaded,
+            first.prefetch.manifest_entries
+        ),
+        (0, first.gets),
+        "nothing packed again: {first:?}"
+    );
+    let blobs = s3.bucket("ci");
+    let [key] = &keys(&*blobs, "granary-v1/ns/pr-1/manifests/")[..] else {
+        panic!("one manifest in pr-1")
+    };
+    let manifest = Manifest::decode(&read_blob(&*blobs, key)).unwrap();
+    let main_namespace = granary_remote::Namespace::new("main").unwrap();
+    // The linked binary, too large for a pack, is its only loose entry.
+    let (packed, loose): (Vec<_>, Vec<_>) = manifest.groups.iter().partition(|g| g.pack.is_some());
+    assert!(
+        !packed.is_empty()
+            && packed
+                .iter()
+                .all(|g| g.pack_in.as_ref() == Some(&main_namespace))
+            && loose.iter().map(|g| g.actions.len()).sum::<usize>() <= 1,
+        "{manifest:?}"
+    );
+
+    let (next, out) = go_build(&sb, "next", &module, runner("pr-1", "main"));
+    assert!(compiled_packages(&out.stderr).is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("untrusted"), "{stderr}");
+    assert_eq!(next.remote.remote_hits, 0, "all prefetched: {next:?}");
+    assert!(
+        next.prefetch.prefetch_used >= next.hits - next.prefetch.prefetch_waits
+            && next.prefetch.prefetch_used > 20,
+        "{next:?}"
+    );
+
+    let (alone, out) = go_build(&sb, "alone", &module, runner("pr-1", ""));
+    assert_eq!(alone.prefetch.prefetch_named, 0, "{alone:?}");
+    assert!(!compiled_packages(&out.stderr).is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("WARN"), "{stderr}");
 }

@@ -57,25 +57,6 @@ impl Shared<'_> {
     }
 }
 
-/// `granary key generate` in the sandbox: the secret key file, and the
-/// public key file to trust.
-fn generate_key(sb: &Sandbox, name: &str) -> (PathBuf, PathBuf) {
-    let secret = sb.path(name);
-    let out = run_ok(
-        Command::new(granary())
-            .args(["key", "generate"])
-            .arg(&secret),
-    );
-    let printed = String::from_utf8_lossy(&out.stdout);
-    let public = PathBuf::from(format!("{}.pub", secret.display()));
-    let public_line = fs::read_to_string(&public).unwrap();
-    assert!(
-        printed.contains(public_line.trim()),
-        "the public key is printed: {printed}"
-    );
-    (secret, public)
-}
-
 /// The forged output the attacker maps `action` to.
 fn forged(action: &Id) -> Vec<u8> {
     format!("forged by the attacker for {action}\n").into_bytes()

@@ -327,6 +327,25 @@ pub struct Prefetch {
     pub swept: u64,
 }
 
+/// `granary key generate` in the sandbox: the secret key file, and the
+/// public key file to trust.
+pub fn generate_key(sb: &Sandbox, name: &str) -> (PathBuf, PathBuf) {
+    let secret = sb.path(name);
+    let out = run_ok(
+        Command::new(granary())
+            .args(["key", "generate"])
+            .arg(&secret),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let public = PathBuf::from(format!("{}.pub", secret.display()));
+    let public_line = fs::read_to_string(&public).unwrap();
+    assert!(
+        printed.contains(public_line.trim()),
+        "the public key is printed: {printed}"
+    );
+    (secret, public)
+}
+
 pub fn stats(path: &Path) -> Stats {
     let text = fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("granary wrote no stats file at {}: {e}", path.display()));
