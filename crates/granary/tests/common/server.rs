@@ -90,7 +90,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let listening = text
+            // Whole lines only: the server may be halfway through one.
+            let written = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+            let listening = written
                 .lines()
                 .find(|line| line.contains("listening on"))
                 .unwrap_or_default();
