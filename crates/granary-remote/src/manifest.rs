@@ -230,17 +230,14 @@ impl Manifest {
             let bad = || format!("line {n}: expected `pack ...` or `loose <entries>`: {line:?}");
             let fields: Vec<&str> = line.split(' ').collect();
             let (pack, pack_in, counts) = match fields[..] {
-                [kind, id, created, size, entries, ref counts @ ..] if kind.starts_with("pack") => {
-                    let pack_in =
-                        match kind {
-                            "pack" => None,
-                            kind => match kind.strip_prefix("pack@") {
-                                Some(name) => Some(Namespace::new(name).map_err(|e| {
-                                    format!("line {n}: a pack in no namespace: {e}")
-                                })?),
-                                None => return Err(bad()),
-                            },
-                        };
+                [kind, id, created, size, entries, ref counts @ ..]
+                    if kind == "pack" || kind.starts_with("pack@") =>
+                {
+                    let pack_in = kind
+                        .strip_prefix("pack@")
+                        .map(Namespace::new)
+                        .transpose()
+                        .map_err(|e| format!("line {n}: a pack in no namespace: {e}"))?;
                     let pack = PackRef {
                         id: Id::from_hex(id).ok_or_else(bad)?,
                         created: created
