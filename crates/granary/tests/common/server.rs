@@ -101,7 +101,12 @@ impl Server {
                 .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             {
                 let url = url.trim_end_matches(';').to_owned();
-                let addr = url.rsplit("//").next().unwrap().parse().unwrap();
+                let Ok(addr) = url.rsplit("//").next().unwrap().parse() else {
+                    give_up(
+                        &mut child,
+                        format!("granary serve printed no address:\n{text}"),
+                    )
+                };
                 let grpc_url = listening
                     .split_whitespace()
                     .find(|w| w.starts_with("grpc://") || w.starts_with("grpcs://"))
@@ -120,10 +125,12 @@ impl Server {
             if let Some(status) = child.try_wait().unwrap() {
                 return Err(format!("granary serve exited with {status}:\n{text}"));
             }
-            assert!(
-                Instant::now() < deadline,
-                "granary serve did not listen within 30 s:\n{text}"
-            );
+            if Instant::now() >= deadline {
+                give_up(
+                    &mut child,
+                    format!("granary serve did not listen within 30 s:\n{text}"),
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -392,4 +399,12 @@ pub async fn h2_reading_nothing(
         .handshake::<_, bytes::Bytes>(tcp)
         .await
         .unwrap()
+}
+
+/// Stops a server a test gives up on, then fails the test: a panic alone
+/// would leave it running.
+fn give_up(child: &mut Child, why: String) -> ! {
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{why}");
 }
