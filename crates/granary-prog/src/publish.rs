@@ -92,6 +92,8 @@ async fn sweep(remote: &Remote) {
     }
 }
 
+/// Merges what this run `used` into the scope's journal, packs what no
+/// fresh pack holds, and publishes the manifest.
 async fn publish_manifest(prefetch: &Prefetch, used: Vec<Id>, build_times: HashMap<Id, Duration>) {
     let remote = &prefetch.remote;
     if !remote.options.scopes.prefetch {

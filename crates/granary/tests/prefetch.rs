@@ -680,3 +680,38 @@ fn a_pull_requests_manifest_names_the_packs_of_main() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("WARN"), "{stderr}");
 }
+
+/// The sweep a publishing run makes deletes manifests and packs only past
+/// their ages (seen from a clock moved forward), at most its limit at a
+/// time; a runner after it builds as without a manifest.
+#[test]
+fn the_sweep_deletes_only_what_is_too_old_to_be_used() {
+    use granary_remote::manifest::{MANIFEST_DELETE_AGE, PACK_DELETE_AGE};
+    use granary_remote::{Format, RemoteCache};
+    let s3 = S3Server::start();
+    let sb = Sandbox::new();
+    let module = sb.module("swept", 2);
+    let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
+    let (a, _) = go_build(&sb, "a", &module, remote);
+    assert_eq!(a.prefetch.swept, 0, "nothing is old yet: {a:?}");
+    let blobs = s3.bucket("ci");
+    let packs = keys(&*blobs, "granary-v1/packs/").len();
+    assert!(packs >= 1);
+    let cache = RemoteCache::new(blobs.clone(), Format::Granary);
+    let hour = Duration::from_secs(3600);
+    let sweep = |after: Duration, limit: usize| {
+        block_on(cache.sweep(std::time::SystemTime::now() + after, limit)).unwrap()
+    };
+    assert_eq!(sweep(MANIFEST_DELETE_AGE - hour, 100), 0);
+    assert_eq!(sweep(MANIFEST_DELETE_AGE + hour, 100), 1, "the manifest");
+    assert_eq!(keys(&*blobs, "granary-v1/packs/").len(), packs);
+    assert_eq!(sweep(PACK_DELETE_AGE + hour, 1), 1, "at most the limit");
+    assert_eq!(sweep(PACK_DELETE_AGE + hour, 100), packs - 1);
+    assert!(keys(&*blobs, "granary-v1/packs/").is_empty());
+    let (b, out) = go_build(&sb, "b", &module, remote);
+    assert_eq!(b.prefetch.prefetch_named, 0, "{b:?}");
+    assert!(
+        compiled_packages(&out.stderr).is_empty(),
+        "looked up instead"
+    );
+}

@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -1187,13 +1187,13 @@ fn writing_through_to_a_silent_bucket_fails_within_its_deadline() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     silent.set_nonblocking(true).unwrap();
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    let done = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
     let holder = {
         let done = done.clone();
         // Holds every connection open, reading nothing, until the test ends.
         std::thread::spawn(move || {
             let mut held = Vec::new();
-            while done.load(Ordering::Relaxed) == 0 {
+            while !done.load(Ordering::Relaxed) {
                 match silent.accept() {
                     Ok((stream, _)) => held.push(stream),
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -1212,7 +1212,7 @@ fn writing_through_to_a_silent_bucket_fails_within_its_deadline() {
         took >= Duration::from_secs(9) && took < Duration::from_secs(30),
         "{took:?}"
     );
-    done.store(1, Ordering::Relaxed);
+    done.store(true, Ordering::Relaxed);
     holder.join().unwrap();
 }
 
@@ -1575,7 +1575,7 @@ fn a_blob_sent_again_is_checked_not_rewritten() {
 #[test]
 fn trickling_bodies_give_their_connections_back() {
     let server = Server::start(&["--idle-timeout", "1s", "--max-connections", "4"]);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let tricklers: Vec<_> = (0..4u8)
         .map(|i| {
             let (addr, stop) = (server.addr, stop.clone());
