@@ -6,6 +6,7 @@ and with granary, in one run.
     python3 bench/ci_job.py                         # goldmark, 3 runs of each
     python3 bench/ci_job.py --module caddy --runs 1
     python3 bench/ci_job.py --delay-ms 20 --rate-mbps 800
+    TMPDIR=/dev/shm python3 bench/ci_job.py         # on a tmpfs: see the end
 
 Modules (third-party, pinned, fetched with the go command once, then
 pre-downloaded for every case: GOPROXY=off, one module cache, except in
@@ -50,6 +51,14 @@ built). The jobs before the timed ones run without the proxy.
 Rows: job wall time (median), bytes moved (tarball: down + up; granary:
 its remote statistics, down + up), and test packages reused ((cached)).
 Results go to bench/results/ci-job-<module>.{md,json,svg}.
+
+The bench's files go to TMPDIR. Where that is ext4 without a journal (the
+root filesystem of this project's test machines), creating a file after
+thousands were deleted takes several times longer for a minute or more,
+as the kernel checks recently deleted inodes one by one: every case that
+unpacks a cache pays it, granary's prefetch four times over. The bench
+warns then; the committed results ran with TMPDIR=/dev/shm (a tmpfs), as
+a fresh runner's disk has no such history.
 """
 
 import argparse
@@ -60,7 +69,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -94,7 +102,8 @@ def main():
 
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-ci-job-"))
+    work = common.make_work("granary-ci-job-")
+    args.filesystem = common.filesystem(work)
     bench = Bench(go, granary, work, args)
     try:
         bench.prepare(*MODULES[args.module])
@@ -180,7 +189,9 @@ class Bench:
         """Runs the job; returns (seconds, test packages, reused)."""
         start = time.perf_counter()
         tested = reused = 0
+        steps = []
         for args in JOB:
+            step = time.perf_counter()
             out = subprocess.run([self.go, *args], cwd=self.checkout, env=env,
                                  capture_output=True, text=True)
             if args[0] == "test":
@@ -189,6 +200,9 @@ class Bench:
                 reused = sum("(cached)" in l for l in results)
             elif out.returncode != 0 and args[0] == "build":
                 sys.exit(f"go {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+            steps.append(f"{args[0]} {time.perf_counter() - step:.2f}")
+        # Where a job's time goes, for whoever reads the log.
+        print(f"  {', '.join(steps)}", flush=True)
         return time.perf_counter() - start, tested, reused
 
     def granary_env(self, cache, remote, namespace, read=None):
@@ -249,7 +263,12 @@ class Bench:
                 self.fresh_checkout(commit)
                 subprocess.run([self.granary, "mtimes", str(self.checkout)], check=True,
                                stdout=subprocess.DEVNULL)
-                self.job(self.granary_env(self.work / f"fill-{name}-{i}", remote, "main"))
+                fill = self.work / f"fill-{name}-{i}"
+                self.job(self.granary_env(fill, remote, "main"))
+                # What it stored is in the remote now; a large module's
+                # runner holds a GiB or more, too much to keep ten of in a
+                # tmpfs.
+                shutil.rmtree(fill)
         self.history = history
         for name, with_modules in (("tarball", False), ("tarball+modules", True)):
             tarball = self.work / "tarball.tar.zst"
@@ -363,7 +382,7 @@ def report(bench, go, args):
         "",
         f"Store {args.delay_ms:g} ms away, {args.rate_mbps:g} Mbit/s shared; {args.runs} runs of "
         "each case, interleaved, median. Modules pre-downloaded (GOPROXY=off) except in "
-        "tarball+modules.",
+        f"tarball+modules. Runners' files on {args.filesystem}.",
         "",
         "| scenario | case | job (s) | / tarball | / laptop | moved (MiB) | tests reused |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -382,7 +401,7 @@ def report(bench, go, args):
     (out / f"{stem}.md").write_text(table + "\n")
     (out / f"{stem}.json").write_text(json.dumps(
         {"go": common.go_version(go), "module": f"{module}@{version}", "delay_ms": args.delay_ms,
-         "rate_mbps": args.rate_mbps, "rows": rows}, indent=2) + "\n")
+         "rate_mbps": args.rate_mbps, "filesystem": args.filesystem, "rows": rows}, indent=2) + "\n")
     common.write_bar_chart(
         out / f"{stem}.svg", f"CI job of {module} on a fresh runner, relative to the tarball",
         [(f"{r['scenario']} {r['case']}",

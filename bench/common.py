@@ -28,6 +28,52 @@ def build_granary():
     return str(ROOT / "target" / "release" / "granary")
 
 
+def make_work(prefix):
+    """A new directory for a benchmark's files, in TMPDIR. Warns when that
+    is ext4 without a journal: there the kernel looks for a free inode
+    among recently deleted ones, one by one, so creating files after a
+    benchmark deleted thousands (a runner's cache, a go command's work
+    folder) takes several times longer for a minute or more, and every
+    case that unpacks a cache is timed with that added."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    if ext4_without_journal(work):
+        print(f"warning: {work.parent} is on ext4 without a journal, which slows creating "
+              "files after deletions and skews the timings; set TMPDIR to another "
+              "filesystem (TMPDIR=/dev/shm, a tmpfs, if it has room)", file=sys.stderr, flush=True)
+    return work
+
+
+def filesystem(path):
+    """The type of the filesystem `path` is on, as the results describe
+    the machine: "tmpfs", "ext4", "ext4 without a journal"."""
+    path = os.path.realpath(path)
+    best = ("", "unknown")
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            _, point, kind, *_ = line.split()
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+                best = (point, kind)
+    if best[1] == "ext4" and ext4_without_journal(path):
+        return "ext4 without a journal"
+    return best[1]
+
+
+def ext4_without_journal(path):
+    """Whether `path` is on an ext4 filesystem mounted without a journal
+    (Linux: /sys/fs/ext4/<device>/journal_task is "<none>")."""
+    device = os.stat(path).st_dev
+    number = f"{os.major(device)}:{os.minor(device)}"
+    for fs in Path("/sys/fs/ext4").glob("*"):
+        try:
+            if (Path("/sys/class/block") / fs.name / "dev").read_text().strip() == number:
+                return (fs / "journal_task").read_text().strip() == "<none>"
+        except OSError:
+            continue
+    return False
+
+
 def go_env(cache, work):
     """An environment in which go uses `cache` and nothing from the user."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GO", "GRANARY_"))}

@@ -27,7 +27,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def main():
     args = parser.parse_args()
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-explain-bench-"))
+    work = common.make_work("granary-explain-bench-")
     try:
         module = fetch(go, work)
         jobs = {

@@ -45,7 +45,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -654,7 +653,7 @@ def main():
     wrk_bin, nginx = serve_http.need("wrk"), serve_http.need("nginx")
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-fleet-"))
+    work = common.make_work("granary-fleet-")
     loader = str(work / "fleet_load")
     subprocess.run([go, "build", "-o", loader, "."], cwd=common.ROOT / "bench" / "fleet_load", check=True)
     std = std_sizes(go, common.ROOT / "target" / "fleet-std-sizes")

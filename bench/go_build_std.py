@@ -22,7 +22,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def main():
     if helper:
         configs[helper.split()[0].rsplit("/", 1)[-1]] = helper
 
-    work = Path(tempfile.mkdtemp(prefix="granary-bench-"))
+    work = common.make_work("granary-bench-")
     try:
         times = {name: {"cold": [], "warm": []} for name in configs}
         for run in range(args.cold):

@@ -19,7 +19,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def main():
     args = parser.parse_args()
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-go-run-bench-"))
+    work = common.make_work("granary-go-run-bench-")
     times = {}
     try:
         programs = {"hello": program(go, work, "hello", HELLO, None),

@@ -30,7 +30,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,7 +57,7 @@ def main():
 
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-grpc-bench-"))
+    work = common.make_work("granary-grpc-bench-")
     server, url, _ = common.start_serve(granary, work)
     address = url.removeprefix("http://")
     delay_proxy, slow = start_delay(address, args.delay_ms)

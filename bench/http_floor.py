@@ -24,7 +24,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,7 +54,7 @@ def main():
     wrk_bin, nginx = serve_http.need("wrk"), serve_http.need("nginx")
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
     floor_bin = build_floor()
-    work = Path(tempfile.mkdtemp(prefix="granary-http-floor-"))
+    work = common.make_work("granary-http-floor-")
     work.chmod(0o755)
     granary_server = serve_http.Server("granary", work, {"granary": granary})
     floor_port = common.free_port()

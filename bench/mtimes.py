@@ -18,7 +18,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def main():
     args = parser.parse_args()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
 
-    work = Path(tempfile.mkdtemp(prefix="granary-bench-mtimes-"))
+    work = common.make_work("granary-bench-mtimes-")
     try:
         origin = make_repository(work / "origin", args.files)
         times = {"granary mtimes": [], "touch (floor)": [], "granary, 1% changed": []}

@@ -37,7 +37,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -121,7 +120,7 @@ def main():
 
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-stores-bench-"))
+    work = common.make_work("granary-stores-bench-")
     weed, weed_ports = common.start_seaweedfs(work)
     azurite, azurite_port = start_azurite(work)
     gcs, gcs_port = start_fake_gcs(work)

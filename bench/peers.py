@@ -43,7 +43,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -418,12 +417,12 @@ def main():
     status = peer_status()
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-peers-"))
+    work = common.make_work("granary-peers-")
     timer = common.BuildTimer(go, granary, work)
     try:
         local_disk = local_phase(timer, granary, args)
         delay, traffic, server_disk = fresh_phase(timer, granary, args)
-        servers_work = Path(tempfile.mkdtemp(prefix="granary-peers-servers-"))
+        servers_work = common.make_work("granary-peers-servers-")
         try:
             servers = serve_http.measure(granary, servers_work, args.server_runs, args.server_seconds)
         finally:

@@ -56,7 +56,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def main():
 
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-prefetch-bench-"))
+    work = common.make_work("granary-prefetch-bench-")
     weed, ports = common.start_seaweedfs(work)
     endpoint = f"http://127.0.0.1:{ports[6]}"
     server, url, _ = common.start_serve(granary, work)

@@ -26,7 +26,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,7 +43,7 @@ def main():
 
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-remote-bench-"))
+    work = common.make_work("granary-remote-bench-")
     weed, ports = common.start_seaweedfs(work)
     endpoint = f"http://127.0.0.1:{ports[6]}"
     proxy, slow_endpoint = common.start_proxy(endpoint, args.delay_ms)

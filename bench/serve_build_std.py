@@ -22,7 +22,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,7 +40,7 @@ def main():
 
     go = common.find_go()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-serve-build-"))
+    work = common.make_work("granary-serve-build-")
     server, url, _ = common.start_serve(granary, work)
     proxy, slow_url = common.start_proxy(url, args.delay_ms)
     timer = common.BuildTimer(go, granary, work)

@@ -42,7 +42,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -400,7 +399,7 @@ def main():
     args = parser.parse_args()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
     before = os.path.abspath(args.before) if args.before else None
-    work = Path(tempfile.mkdtemp(prefix="granary-serve-bench-"))
+    work = common.make_work("granary-serve-bench-")
     try:
         rows = measure(granary, work, args.runs, args.seconds, before=before)
     finally:

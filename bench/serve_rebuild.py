@@ -19,7 +19,6 @@ import re
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def main():
     parser.add_argument("--out", default=str(common.RESULTS))
     args = parser.parse_args()
     granary = os.path.abspath(args.granary) if args.granary else common.build_granary()
-    work = Path(tempfile.mkdtemp(prefix="granary-serve-rebuild-"))
+    work = common.make_work("granary-serve-rebuild-")
     cache = work / "serve-cache"
     try:
         start = time.perf_counter()

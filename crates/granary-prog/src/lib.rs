@@ -196,6 +196,7 @@ where
             tracing::error!("a worker thread panicked; its requests were answered with errors");
         }
     }
+    tracing::debug!("closing");
     if let Some(prefetch) = &engine.remote {
         prefetch.finish();
         prefetch.remote.finish(publish::publish(prefetch));
@@ -235,6 +236,7 @@ where
     if options.verbose {
         eprintln!("{}", summary.line());
     }
+    tracing::debug!("closed");
     if let Some(ticket) = close {
         let id = ticket.id();
         ticket.answer(Response::closed(id));

@@ -324,6 +324,7 @@ impl Prefetch {
     async fn prefetch(self: Arc<Self>) {
         let started = Instant::now();
         let groups = self.plan().await;
+        tracing::debug!("the prefetch planned {} groups", groups.len());
         let mut transfers = JoinSet::new();
         let slots = Arc::new(Semaphore::new(TRANSFERS_AT_ONCE));
         let handle = self.remote.runtime.clone();
@@ -348,6 +349,7 @@ impl Prefetch {
             }
         }
         while transfers.join_next().await.is_some() {}
+        tracing::debug!("the prefetch is over");
         self.remote
             .stats
             .prefetch_ms
@@ -548,6 +550,11 @@ impl Prefetch {
         // A batch answers what it was asked, in order; a pack may hold more.
         let asked = matches!(source, Source::Loose).then_some(actions);
         let result = self.unpack(from, &mut pack, &wanted, asked).await;
+        tracing::debug!(
+            "received {} bytes for {} entries",
+            pack.received(),
+            actions.len()
+        );
         add(&self.remote.stats.prefetch_bytes, pack.received());
         add(&self.remote.stats.remote_bytes_down, pack.received());
         result

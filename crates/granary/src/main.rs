@@ -157,18 +157,24 @@ pub fn chain(error: &anyhow::Error) -> String {
 /// only by default, more with `--verbose`; `GRANARY_LOG=debug` (or `trace`,
 /// `info`, `warn`, `error`) chooses the level outright.
 fn init_logging(verbose: bool) {
-    let level = std::env::var("GRANARY_LOG")
+    let chosen = std::env::var("GRANARY_LOG")
         .ok()
-        .and_then(|level| level.parse().ok())
-        .unwrap_or(if verbose {
-            tracing::Level::INFO
-        } else {
-            tracing::Level::WARN
-        });
-    tracing_subscriber::fmt()
+        .and_then(|level| level.parse::<tracing::Level>().ok());
+    let level = chosen.unwrap_or(if verbose {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    });
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_target(false);
+    if level >= tracing::Level::DEBUG {
+        // Whoever asks for debug logs is finding out where time goes: each
+        // line says when it happened, counted from the start.
+        logs.with_timer(tracing_subscriber::fmt::time::uptime())
+            .init();
+    } else {
+        logs.without_time().init();
+    }
 }

@@ -340,6 +340,37 @@ fn verbose_prints_one_summary_line_at_close() {
 }
 
 #[test]
+fn debug_lines_say_when_they_happened() {
+    let sb = Sandbox::new();
+    let mut cmd = Command::new(granary());
+    cmd.env("GRANARY_LOG", "debug");
+    let mut h = Helper::start_with(&sb, cmd);
+    h.request(
+        &Request::Get {
+            id: 1,
+            action_id: Id([1; 32]),
+        },
+        &[],
+    );
+    h.response();
+    let (status, stderr) = h.close();
+    assert!(status.success());
+    // "   0.001234567s DEBUG closing": seconds since the helper started,
+    // in order, up to the close.
+    let times: Vec<f64> = stderr
+        .lines()
+        .map(|line| {
+            let (time, _) = line.trim_start().split_once("s ").expect(&stderr);
+            time.parse().unwrap_or_else(|_| panic!("{line}"))
+        })
+        .collect();
+    assert!(times.is_sorted(), "{stderr}");
+    for step in ["miss for action", "closing", "closed"] {
+        assert!(stderr.contains(step), "no {step:?} in:\n{stderr}");
+    }
+}
+
+#[test]
 fn handshake_comes_at_once() {
     let sb = Sandbox::new();
     let start = Instant::now();
