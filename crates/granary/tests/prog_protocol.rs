@@ -318,11 +318,11 @@ fn close_waits_for_pending_puts() {
     assert!(objects_with_wrong_hash(&sb.cache()).is_empty());
 }
 
-#[test]
-fn verbose_prints_one_summary_line_at_close() {
+/// The helper's stderr after one get (a miss) and close, with `var` set.
+fn stderr_of_one_get(var: (&str, &str)) -> String {
     let sb = Sandbox::new();
     let mut cmd = Command::new(granary());
-    cmd.env("GRANARY_VERBOSE", "1");
+    cmd.env(var.0, var.1);
     let mut h = Helper::start_with(&sb, cmd);
     h.request(
         &Request::Get {
@@ -333,7 +333,13 @@ fn verbose_prints_one_summary_line_at_close() {
     );
     h.response();
     let (status, stderr) = h.close();
-    assert!(status.success());
+    assert!(status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn verbose_prints_one_summary_line_at_close() {
+    let stderr = stderr_of_one_get(("GRANARY_VERBOSE", "1"));
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].starts_with("granary: 1 gets, 0 hits"), "{stderr}");
@@ -341,20 +347,7 @@ fn verbose_prints_one_summary_line_at_close() {
 
 #[test]
 fn debug_lines_say_when_they_happened() {
-    let sb = Sandbox::new();
-    let mut cmd = Command::new(granary());
-    cmd.env("GRANARY_LOG", "debug");
-    let mut h = Helper::start_with(&sb, cmd);
-    h.request(
-        &Request::Get {
-            id: 1,
-            action_id: Id([1; 32]),
-        },
-        &[],
-    );
-    h.response();
-    let (status, stderr) = h.close();
-    assert!(status.success());
+    let stderr = stderr_of_one_get(("GRANARY_LOG", "debug"));
     // "   0.001234567s DEBUG closing": seconds since the helper started,
     // in order, up to the close.
     let times: Vec<f64> = stderr
