@@ -198,9 +198,15 @@ class Bench:
                 results = [l for l in out.stdout.splitlines() if re.match(r"(ok|FAIL)\s", l)]
                 tested = len(results)
                 reused = sum("(cached)" in l for l in results)
+                timed = [(float(m[2]), m[1]) for l in results
+                         if (m := re.match(r"\S+\s+(\S+)\s+([0-9.]+)s", l))]
+                slow = [f"{package.rsplit('/', 1)[-1]} {seconds:.1f}"
+                        for seconds, package in sorted(timed, reverse=True)[:3] if seconds >= 5]
             elif out.returncode != 0 and args[0] == "build":
                 sys.exit(f"go {' '.join(args)} failed:\n{out.stderr[-3000:]}")
             steps.append(f"{args[0]} {time.perf_counter() - step:.2f}")
+            if args[0] == "test" and slow:
+                steps.append(f"slowest tests: {', '.join(slow)}")
         # Where a job's time goes, for whoever reads the log.
         print(f"  {', '.join(steps)}", flush=True)
         return time.perf_counter() - start, tested, reused
