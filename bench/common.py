@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from html import escape
 from pathlib import Path
@@ -35,8 +36,6 @@ def make_work(prefix):
     benchmark deleted thousands (a runner's cache, a go command's work
     folder) takes several times longer for a minute or more, and every
     case that unpacks a cache is timed with that added."""
-    import tempfile
-
     work = Path(tempfile.mkdtemp(prefix=prefix))
     if ext4_without_journal(work):
         print(f"warning: {work.parent} is on ext4 without a journal, which slows creating "
@@ -50,11 +49,14 @@ def filesystem(path):
     the machine: "tmpfs", "ext4", "ext4 without a journal"."""
     path = os.path.realpath(path)
     best = ("", "unknown")
-    with open("/proc/mounts") as mounts:
-        for line in mounts:
-            _, point, kind, *_ = line.split()
-            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
-                best = (point, kind)
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:  # not Linux
+        mounts = []
+    for line in mounts:
+        _, point, kind, *_ = line.split()
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+            best = (point, kind)
     if best[1] == "ext4" and ext4_without_journal(path):
         return "ext4 without a journal"
     return best[1]
