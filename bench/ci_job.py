@@ -52,13 +52,10 @@ Rows: job wall time (median), bytes moved (tarball: down + up; granary:
 its remote statistics, down + up), and test packages reused ((cached)).
 Results go to bench/results/ci-job-<module>.{md,json,svg}.
 
-The bench's files go to TMPDIR. Where that is ext4 without a journal (the
-root filesystem of this project's test machines), creating a file after
-thousands were deleted takes several times longer for a minute or more,
-as the kernel checks recently deleted inodes one by one: every case that
-unpacks a cache pays it, granary's prefetch four times over. The bench
-warns then; the committed results ran with TMPDIR=/dev/shm (a tmpfs), as
-a fresh runner's disk has no such history.
+The bench's files go to TMPDIR. The committed results ran with
+TMPDIR=/dev/shm (a tmpfs): on the test machines' journal-less ext4,
+creating files after deletions is slow enough to skew every case that
+fills a cache (common.make_work warns; docs/benchmarks.md says why).
 """
 
 import argparse
@@ -189,7 +186,7 @@ class Bench:
         """Runs the job; returns (seconds, test packages, reused)."""
         start = time.perf_counter()
         tested = reused = 0
-        steps = []
+        steps, slow = [], []
         for args in JOB:
             step = time.perf_counter()
             out = subprocess.run([self.go, *args], cwd=self.checkout, env=env,
@@ -205,7 +202,7 @@ class Bench:
             elif out.returncode != 0 and args[0] == "build":
                 sys.exit(f"go {' '.join(args)} failed:\n{out.stderr[-3000:]}")
             steps.append(f"{args[0]} {time.perf_counter() - step:.2f}")
-            if args[0] == "test" and slow:
+            if slow and args[0] == "test":
                 steps.append(f"slowest tests: {', '.join(slow)}")
         # Where a job's time goes, for whoever reads the log.
         print(f"  {', '.join(steps)}", flush=True)

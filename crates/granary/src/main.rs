@@ -157,14 +157,14 @@ pub fn chain(error: &anyhow::Error) -> String {
 /// only by default, more with `--verbose`; `GRANARY_LOG=debug` (or `trace`,
 /// `info`, `warn`, `error`) chooses the level outright.
 fn init_logging(verbose: bool) {
-    let chosen = std::env::var("GRANARY_LOG")
+    let level = std::env::var("GRANARY_LOG")
         .ok()
-        .and_then(|level| level.parse::<tracing::Level>().ok());
-    let level = chosen.unwrap_or(if verbose {
-        tracing::Level::INFO
-    } else {
-        tracing::Level::WARN
-    });
+        .and_then(|level| level.parse().ok())
+        .unwrap_or(if verbose {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        });
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
