@@ -13,8 +13,9 @@ store or network would:
   trickle  the body sent 64 bytes every 0.2 s: each step comes in time
          for a per-read deadline, the whole takes long (at most two
          minutes, then the connection is closed)
-  deny   every request answered 403 with a JSON error, as a cloud store
-         answers a credential that may not use the bucket
+  deny   every request (or, with --only, every request to such a path)
+         answered 403 with a JSON error, as a cloud store answers a
+         credential that may not use the bucket
 
     python3 scripts/s3_proxy.py --upstream http://127.0.0.1:8333 \\
         [--delay-ms 20] [--rate-mbps 800] [--fault none|flip|short|cut|encoding|trickle] [--only /granary-v1/cas/]
@@ -46,7 +47,7 @@ def main():
     parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the S3 server")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every request")
     parser.add_argument("--fault", choices=["none", "flip", "short", "cut", "encoding", "trickle", "deny"], default="none")
-    parser.add_argument("--only", default="", help="damage only paths containing this")
+    parser.add_argument("--only", default="", help="damage (or deny) only paths containing this")
     parser.add_argument("--rate-mbps", type=float, default=0.0, help="shared bandwidth (0: no limit)")
     args = parser.parse_args()
     upstream = urllib.parse.urlsplit(args.upstream)
@@ -81,7 +82,7 @@ def main():
             body = self.rfile.read(length) if length else None
             link.carry(length)
             time.sleep(args.delay_ms / 1000.0)
-            if args.fault == "deny":
+            if args.fault == "deny" and args.only in self.path:
                 denial = b'{"error":{"code":403,"message":"the caller does not have access to the bucket"}}'
                 self.send_response(403)
                 self.send_header("Content-Type", "application/json")

@@ -6,8 +6,9 @@
 //!   journal in the cache directory, under a lock, so concurrent and
 //!   successive go commands of one job publish their union), packs the
 //!   entries that no fresh pack holds (object storage only; a server
-//!   assembles batches itself), publishes the manifest, and deletes packs
-//!   and manifests too old to be used.
+//!   assembles batches itself), publishes the manifest beside the packs it
+//!   names (again without any pack the store refused), and deletes packs
+//!   and manifests too old to be used (once an hour per machine).
 //! - A fresh pack in a namespace the run reads holds an entry as well as
 //!   one of its own: a pull request's first job names the packs of `main`
 //!   it fetched instead of uploading what it used again (its next jobs
@@ -24,17 +25,19 @@
 //! Everything here is best effort: a failed publication costs a warning,
 //! never a failed build.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use granary_id::Id;
 use granary_remote::layout::scope_key_name;
 use granary_remote::manifest::{PACK_REUSE_AGE, from_unix_seconds, unix_seconds};
-use granary_remote::{Group, Made, Manifest, Namespace, PackRef, PackWriter, STREAM_ABOVE};
+use granary_remote::{
+    Group, Made, Manifest, Namespace, PackRef, PackWriter, STREAM_ABOVE, SealedPack,
+};
 use granary_store::Lookup;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -50,6 +53,8 @@ const PACK_UPLOADS_AT_ONCE: usize = 4;
 /// A published manifest is the union of what the runs of its scope on this
 /// machine used within this window: the go commands of one CI job.
 pub const JOB_WINDOW: Duration = Duration::from_secs(3 * 3600);
+/// How often a machine's runs sweep a namespace.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// Most packs and manifests one close deletes.
 const SWEEP_LIMIT: usize = 1000;
 /// The journals' directory in the cache directory.
@@ -78,9 +83,15 @@ pub(super) async fn publish(prefetch: &Prefetch) {
 }
 
 /// Deletes the namespace's packs and manifests too old to be used; only
-/// in object storage, where nothing else ages them out.
+/// in object storage, where nothing else ages them out. Once per
+/// [`SWEEP_EVERY`] on a machine: a listing takes a round trip per thousand
+/// keys, and a job's go commands would each pay it.
 async fn sweep(remote: &Remote) {
     let cache = &remote.options.cache;
+    let swept_by = format!("{} {}", cache.location(), cache.namespace());
+    if !sweep_due(&remote.store.dir().join(JOURNALS), &swept_by) {
+        return;
+    }
     match within(
         remote.options.timeout,
         cache.sweep(SystemTime::now(), SWEEP_LIMIT),
@@ -90,6 +101,31 @@ async fn sweep(remote: &Remote) {
         Ok(swept) => add(&remote.stats.swept, swept as u64),
         Err(e) => tracing::debug!("cannot sweep old packs: {}", trouble_text(&e)),
     }
+}
+
+/// Whether no run on this machine swept the remote named `swept_by`
+/// within [`SWEEP_EVERY`]; if so, marks it swept now (before sweeping: go
+/// commands that close at once sweep once).
+fn sweep_due(dir: &Path, swept_by: &str) -> bool {
+    let stamp = dir.join(format!("{}.swept", scope_key_name(swept_by)));
+    let recent = fs::metadata(&stamp)
+        .and_then(|meta| meta.modified())
+        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age < SWEEP_EVERY));
+    if recent {
+        return false;
+    }
+    let marked = fs::create_dir_all(dir).and_then(|()| {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&stamp)?;
+        file.set_modified(SystemTime::now())
+    });
+    if let Err(e) = marked {
+        tracing::debug!("cannot mark the sweep in {}: {e}", stamp.display());
+    }
+    true
 }
 
 /// Merges what this run `used` into the scope's journal, packs what no
@@ -129,28 +165,63 @@ async fn publish_manifest(prefetch: &Prefetch, used: Vec<Id>, build_times: HashM
         tokio::time::timeout(remote.options.timeout, remote.options.cache.stores_packs())
             .await
             .unwrap_or(true);
+    let mut uploads = PackUploads::default();
     if stores_packs {
         // Earlier entries are not packed again: in a bucket, one
         // without a pack would cost a lookup of its own.
         entries.retain(|e| !e.earlier || e.pack.is_some());
-        pack_loose(remote, &mut entries).await;
+        uploads = pack_loose(remote, &mut entries).await;
     }
-    let manifest = Manifest {
+    // The manifest goes out beside the last packs it names, not after
+    // them: the go command waits for one round trip less. A reader in
+    // between finds a pack missing and looks its entries up, as it does
+    // for any pack that is gone.
+    let manifest = manifest_of(remote, &entries, now);
+    let (mut published, failed) =
+        tokio::join!(publish_once(remote, &manifest), uploads.finish(remote));
+    if !failed.is_empty() {
+        for entry in &mut entries {
+            if entry
+                .pack
+                .as_ref()
+                .is_some_and(|p| failed.contains(&p.pack.id))
+            {
+                entry.pack = None;
+            }
+        }
+        // Named, a missing pack would cost every reader a lookup per entry.
+        published = publish_once(remote, &manifest_of(remote, &entries, now)).await;
+    }
+    if published {
+        add(&remote.stats.manifest_entries, entries.len() as u64);
+        let earlier = entries.iter().filter(|e| e.earlier).count();
+        add(&remote.stats.manifest_earlier, earlier as u64);
+    }
+    if let Err(e) = journal.write(&entries) {
+        tracing::debug!("cannot write the manifest journal: {e}");
+    }
+}
+
+/// The manifest naming `entries`, in the run's scope.
+fn manifest_of(remote: &Remote, entries: &[JournalEntry], now: SystemTime) -> Manifest {
+    Manifest {
         scope: remote.options.scopes.scope.clone(),
         written: now,
-        groups: groups_in_order(&entries, remote.options.cache.namespace()),
+        groups: groups_in_order(entries, remote.options.cache.namespace()),
         build_times: entries
             .iter()
             .filter_map(|e| Some((e.action, e.build_time?)))
             .collect(),
-    };
+    }
+}
+
+/// Publishes `manifest`; whether it was.
+async fn publish_once(remote: &Remote, manifest: &Manifest) -> bool {
     let cache = &remote.options.cache;
-    match within(remote.options.timeout, cache.publish_manifest(&manifest)).await {
+    match within(remote.options.timeout, cache.publish_manifest(manifest)).await {
         Ok(sent) => {
             add(&remote.stats.remote_bytes_up, sent);
-            add(&remote.stats.manifest_entries, entries.len() as u64);
-            let earlier = entries.iter().filter(|e| e.earlier).count();
-            add(&remote.stats.manifest_earlier, earlier as u64);
+            true
         }
         Err(e) => {
             add(&remote.stats.remote_errors, 1);
@@ -159,10 +230,8 @@ async fn publish_manifest(prefetch: &Prefetch, used: Vec<Id>, build_times: HashM
                 manifest.scope,
                 trouble_text(&e)
             );
+            false
         }
-    }
-    if let Err(e) = journal.write(&entries) {
-        tracing::debug!("cannot write the manifest journal: {e}");
     }
 }
 
@@ -199,77 +268,104 @@ async fn read_own_manifest(prefetch: &Prefetch) {
 }
 
 /// Packs the entries that no fresh pack holds, reading them from the
-/// local tier, and uploads the packs to the run's namespace; the entries
-/// then name them.
-async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) {
+/// local tier, and starts uploading the packs to the run's namespace; the
+/// entries then name them. Returns once every pack is sealed (its name
+/// known), with the last uploads still running.
+async fn pack_loose(remote: &Arc<Remote>, entries: &mut [JournalEntry]) -> PackUploads {
     let loose: Vec<(Id, Option<Duration>)> = entries
         .iter()
         .filter(|e| e.pack.is_none())
         .map(|e| (e.action, e.build_time))
         .collect();
+    let mut uploads = PackUploads::default();
     if loose.is_empty() {
-        return;
+        return uploads;
     }
-    let (packs, mut built) = tokio::sync::mpsc::channel::<(PackWriter, Vec<Id>)>(2);
+    let (packs, mut built) = tokio::sync::mpsc::channel::<(SealedPack, Vec<Id>)>(2);
     let builder = {
         let remote = remote.clone();
         tokio::task::spawn_blocking(move || build_packs(&remote, &loose, &packs))
     };
+    // Bounds the packs held in memory: the channel's, and those uploading.
     let slots = Arc::new(Semaphore::new(PACK_UPLOADS_AT_ONCE));
-    let mut uploads = JoinSet::new();
+    let mut packed = HashMap::new();
+    let namespace = remote.options.cache.namespace();
     while let Some((pack, actions)) = built.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
+        let reference = pack.reference;
+        uploads.sealed.push(reference.id);
+        packed.extend(actions.into_iter().map(|action| (action, reference)));
         let remote = remote.clone();
-        uploads.spawn(async move {
+        uploads.running.spawn(async move {
             let _slot = slot;
             let timeout = remote.options.timeout;
             let uploaded = within(timeout, remote.options.cache.put_pack(pack)).await;
-            (uploaded, actions)
+            (reference, uploaded)
         });
     }
     let _ = builder.await;
-    let mut packed = HashMap::new();
-    while let Some(joined) = uploads.join_next().await {
-        let Ok((uploaded, actions)) = joined else {
-            continue;
-        };
-        match uploaded {
-            Ok(pack) => {
-                add(&remote.stats.packs_uploaded, 1);
-                add(&remote.stats.pack_bytes_up, pack.size);
-                add(&remote.stats.remote_bytes_up, pack.size);
-                packed.extend(actions.into_iter().map(|action| (action, pack)));
-            }
-            Err(e) => {
-                add(&remote.stats.remote_errors, 1);
-                tracing::debug!("cannot upload a pack: {}", trouble_text(&e));
-            }
+    for entry in entries.iter_mut() {
+        if entry.pack.is_none() {
+            entry.pack = packed.get(&entry.action).map(|pack| Packed {
+                namespace: namespace.clone(),
+                pack: *pack,
+            });
         }
     }
-    if remote.is_on() {
-        let namespace = remote.options.cache.namespace();
-        for entry in entries.iter_mut() {
-            if entry.pack.is_none() {
-                entry.pack = packed.get(&entry.action).map(|pack| Packed {
-                    namespace: namespace.clone(),
-                    pack: *pack,
-                });
+    uploads
+}
+
+/// The packs of one close, named and uploading.
+#[derive(Default)]
+struct PackUploads {
+    /// Every pack sealed, by ID.
+    sealed: Vec<Id>,
+    running: JoinSet<(PackRef, Result<PackRef, Trouble>)>,
+}
+
+impl PackUploads {
+    /// Waits for the uploads; returns the packs that were not stored.
+    async fn finish(mut self, remote: &Remote) -> HashSet<Id> {
+        let mut failed: HashSet<Id> = self.sealed.into_iter().collect();
+        while let Some(joined) = self.running.join_next().await {
+            let Ok((pack, uploaded)) = joined else {
+                continue;
+            };
+            match uploaded {
+                Ok(_) => {
+                    failed.remove(&pack.id);
+                    add(&remote.stats.packs_uploaded, 1);
+                    add(&remote.stats.pack_bytes_up, pack.size);
+                    add(&remote.stats.remote_bytes_up, pack.size);
+                }
+                Err(e) => {
+                    add(&remote.stats.remote_errors, 1);
+                    tracing::debug!("cannot upload a pack: {}", trouble_text(&e));
+                }
             }
         }
+        failed
     }
 }
 
 /// Reads `actions` from the local tier into packs of about
-/// [`PACK_TARGET`] bytes, in order, sending each when full, with the build
-/// times known. Entries the local tier no longer has are left out.
+/// [`PACK_TARGET`] bytes, in order, sealing and sending each when full, with
+/// the build times known. Entries the local tier no longer has are left out.
 fn build_packs(
     remote: &Remote,
     actions: &[(Id, Option<Duration>)],
-    packs: &tokio::sync::mpsc::Sender<(PackWriter, Vec<Id>)>,
+    packs: &tokio::sync::mpsc::Sender<(SealedPack, Vec<Id>)>,
 ) {
     let cache = &remote.options.cache;
+    let send = |pack: PackWriter, members: Vec<Id>| match cache.seal_pack(pack) {
+        Ok(sealed) => packs.blocking_send((sealed, members)).is_ok(),
+        Err(e) => {
+            tracing::debug!("cannot seal a pack: {e}");
+            false
+        }
+    };
     let mut pack = PackWriter::default();
     let mut members = Vec::new();
     for (action, build_time) in actions {
@@ -300,18 +396,14 @@ fn build_packs(
         };
         pack.add(action, &record, &object);
         members.push(*action);
-        if pack.len() >= PACK_TARGET {
-            let full = std::mem::take(&mut pack);
-            if packs
-                .blocking_send((full, std::mem::take(&mut members)))
-                .is_err()
-            {
-                return;
-            }
+        if pack.len() >= PACK_TARGET
+            && !send(std::mem::take(&mut pack), std::mem::take(&mut members))
+        {
+            return;
         }
     }
     if !pack.is_empty() {
-        let _ = packs.blocking_send((pack, members));
+        send(pack, members);
     }
 }
 
@@ -581,6 +673,27 @@ fn parse_line(line: &str) -> Option<JournalEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_machine_sweeps_a_remote_once_an_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = dir.path().join(JOURNALS);
+        assert!(sweep_due(&journals, "s3://ci main"));
+        assert!(!sweep_due(&journals, "s3://ci main"), "swept just now");
+        assert!(sweep_due(&journals, "s3://ci pr-7"), "another namespace");
+        let stamp = fs::read_dir(&journals)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.file_name().to_string_lossy().starts_with("s3---ci-main"))
+            .unwrap();
+        File::options()
+            .write(true)
+            .open(stamp.path())
+            .unwrap()
+            .set_modified(SystemTime::now() - SWEEP_EVERY - Duration::from_secs(60))
+            .unwrap();
+        assert!(sweep_due(&journals, "s3://ci main"), "an hour later");
+    }
 
     fn namespace(name: &str) -> Namespace {
         Namespace::new(name).unwrap()

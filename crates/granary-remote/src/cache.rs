@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use sha2::Digest as _;
 
@@ -35,6 +35,8 @@ const LEVEL: i32 = 3;
 const COMPRESS_IN_PLACE: usize = 256 * 1024;
 /// Stored manifests longer than this are refused.
 const MAX_MANIFEST: usize = 64 << 20;
+/// Deletions a sweep sends at once.
+const DELETES_AT_ONCE: usize = 8;
 /// Bytes read from a file at a time for a streamed upload.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -48,6 +50,13 @@ pub struct RemoteCache {
     namespace: Namespace,
     /// Signs every record written, if set.
     signer: Option<Arc<SigningKey>>,
+}
+
+/// A pack ready to store ([`RemoteCache::seal_pack`]).
+#[derive(Debug, Clone)]
+pub struct SealedPack {
+    pub reference: PackRef,
+    bytes: Bytes,
 }
 
 /// An action record found in the remote, with its inline body.
@@ -443,31 +452,39 @@ impl RemoteCache {
         self.blobs.keeps_packs()
     }
 
-    /// Stores a pack; returns its reference.
-    pub async fn put_pack(&self, pack: PackWriter) -> Result<PackRef, RemoteError> {
+    /// Finishes a pack for storing: its bytes, and the reference a
+    /// manifest names it by (its ID is its bytes' hash, so a manifest can
+    /// name it before it is stored). It may compress: call it where
+    /// blocking is allowed.
+    pub fn seal_pack(&self, pack: PackWriter) -> Result<SealedPack, RemoteError> {
         let entries = pack.entries() as u32;
-        let pack = match self.format {
+        let bytes = match self.format {
             Format::Granary => pack.finish(),
             // In a REAPI cache a pack is one zstd stream: the format keeps
             // objects plain, and a server would compress it on every read.
-            Format::Reapi => {
-                tokio::task::spawn_blocking(move || zstd::bulk::compress(&pack.finish(), LEVEL))
-                    .await
-                    .map_err(|e| RemoteError::LocalFile(format!("cannot compress a pack: {e}")))?
-                    .map_err(|e| RemoteError::LocalFile(format!("cannot compress a pack: {e}")))?
-            }
+            Format::Reapi => zstd::bulk::compress(&pack.finish(), LEVEL)
+                .map_err(|e| RemoteError::LocalFile(format!("cannot compress a pack: {e}")))?,
         };
-        let id = Id::of(&pack);
-        let size = pack.len() as u64;
-        let key = self.format.pack_key(self.namespace.as_str(), &id);
-        self.blobs.put(&key, pack.into()).await?;
-        Ok(PackRef {
-            id,
-            // Whole seconds, as manifests keep it.
-            created: SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds(SystemTime::now())),
-            size,
-            entries,
+        Ok(SealedPack {
+            reference: PackRef {
+                id: Id::of(&bytes),
+                // Whole seconds, as manifests keep it.
+                created: SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(unix_seconds(SystemTime::now())),
+                size: bytes.len() as u64,
+                entries,
+            },
+            bytes: bytes.into(),
         })
+    }
+
+    /// Stores a sealed pack; returns its reference.
+    pub async fn put_pack(&self, pack: SealedPack) -> Result<PackRef, RemoteError> {
+        let key = self
+            .format
+            .pack_key(self.namespace.as_str(), &pack.reference.id);
+        self.blobs.put(&key, pack.bytes).await?;
+        Ok(pack.reference)
     }
 
     /// Opens a pack, or `None` if it is gone.
@@ -621,26 +638,31 @@ impl RemoteCache {
         if self.format != Format::Granary {
             return Ok(0);
         }
-        let mut deleted = 0;
         let dir = self.format.namespace_dir(self.namespace.as_str());
-        for (prefix, max_age) in [
-            (format!("{dir}packs/"), PACK_DELETE_AGE),
-            (format!("{dir}manifests/"), MANIFEST_DELETE_AGE),
-        ] {
-            for listed in self.blobs.list(&prefix).await? {
-                if deleted >= limit {
-                    return Ok(deleted);
-                }
-                if now
-                    .duration_since(listed.modified)
-                    .is_ok_and(|age| age > max_age)
-                {
-                    self.blobs.delete(&listed.key).await?;
-                    deleted += 1;
-                }
-            }
-        }
-        Ok(deleted)
+        let (packs, manifests) = (format!("{dir}packs/"), format!("{dir}manifests/"));
+        // Both at once: the sweep runs beside a close's publication, and
+        // should take no more round trips than it does.
+        let (packs, manifests) =
+            futures_util::try_join!(self.blobs.list(&packs), self.blobs.list(&manifests))?;
+        let old: Vec<String> = (packs.into_iter().map(|listed| (listed, PACK_DELETE_AGE)))
+            .chain(
+                manifests
+                    .into_iter()
+                    .map(|listed| (listed, MANIFEST_DELETE_AGE)),
+            )
+            .filter(|(listed, max_age)| {
+                now.duration_since(listed.modified)
+                    .is_ok_and(|age| age > *max_age)
+            })
+            .map(|(listed, _)| listed.key)
+            .take(limit)
+            .collect();
+        futures_util::stream::iter(&old)
+            .map(|key| self.blobs.delete(key))
+            .buffer_unordered(DELETES_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(old.len())
     }
 }
 
@@ -1099,7 +1121,9 @@ mod tests {
             }
             pack.add_missing(&Id([7; 32]));
             block_on(async {
-                let stored = cache.put_pack(pack).await.unwrap();
+                let sealed = cache.seal_pack(pack).unwrap();
+                let stored = cache.put_pack(sealed.clone()).await.unwrap();
+                assert_eq!(stored, sealed.reference);
                 assert_eq!(stored.entries, 3);
                 let mut reader = cache.open_pack(&stored).await.unwrap().unwrap();
                 for (i, body) in bodies.iter().enumerate() {

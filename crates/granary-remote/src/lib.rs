@@ -41,7 +41,7 @@ mod object;
 pub mod reapi;
 mod record;
 
-pub use cache::{Fetched, INLINE_LIMIT, Made, Probe, RemoteCache, Sent};
+pub use cache::{Fetched, INLINE_LIMIT, Made, Probe, RemoteCache, SealedPack, Sent};
 pub use credential::{Credential, GITLAB_ID_TOKEN_VARIABLE, GithubIdToken};
 pub use granary_format::pack::{PackReader, PackWriter, RawEntry};
 pub use granary_format::{

@@ -681,6 +681,52 @@ fn a_pull_requests_manifest_names_the_packs_of_main() {
     assert!(!stderr.contains("WARN"), "{stderr}");
 }
 
+/// The manifest goes out beside the packs it names; a pack the store
+/// refused is then left out of it, and the next runner fetches its entries
+/// one by one instead of finding a pack missing (and packs them).
+#[test]
+fn a_pack_the_store_refused_is_not_named() {
+    let s3 = S3Server::start();
+    let no_packs = Proxy::start(&s3.endpoint, &["--fault", "deny", "--only", "/packs/"]);
+    let sb = Sandbox::new();
+    let module = sb.module("refused", 2);
+    let (a, out) = go_build(&sb, "a", &module, |cmd| {
+        s3.configure(cmd, "ci");
+        cmd.env("GRANARY_S3_ENDPOINT", &no_packs.endpoint);
+    });
+    assert_eq!(a.prefetch.packs_uploaded, 0, "{a:?}");
+    assert!(a.remote.remote_errors >= 1, "{a:?}");
+    assert!(
+        warnings(&out.stderr).is_empty(),
+        "{:?}",
+        warnings(&out.stderr)
+    );
+    let blobs = s3.bucket("ci");
+    assert!(keys(&*blobs, "granary-v1/packs/").is_empty());
+    let [manifest_key] = &keys(&*blobs, "granary-v1/manifests/")[..] else {
+        panic!("one manifest");
+    };
+    let manifest = Manifest::decode(&read_blob(&*blobs, manifest_key)).unwrap();
+    assert!(
+        manifest.groups.iter().all(|g| g.pack.is_none()),
+        "{manifest:?}"
+    );
+    assert_eq!(manifest.entries() as u64, a.prefetch.manifest_entries);
+    assert!(a.prefetch.manifest_entries > 20, "{a:?}");
+
+    let (b, out) = go_build(&sb, "b", &module, |cmd| s3.configure(cmd, "ci"));
+    assert_eq!(b.prefetch.prefetch_missing, 0, "{b:?}");
+    assert!(
+        b.prefetch.prefetch_fetched > 20,
+        "fetched one by one: {b:?}"
+    );
+    assert!(compiled_packages(&out.stderr).is_empty());
+    assert_eq!(
+        b.prefetch.packs_uploaded, 1,
+        "packs what A could not: {b:?}"
+    );
+}
+
 /// The sweep a publishing run makes deletes manifests and packs only past
 /// their ages (seen from a clock moved forward), at most its limit at a
 /// time; a runner after it builds as without a manifest.
