@@ -30,6 +30,8 @@ checkout to the end of the job:
   tarball+modules the same with the module cache in the tarball
   granary-s3      `granary mtimes`, then the job with granary as the
                   helper, its remote S3 (SeaweedFS), prefetch on
+  granary-s3-named  granary-s3 with GRANARY_LOOKUPS=named: a miss of
+                  an action no manifest names is not looked up
   granary-serve   the same with `granary serve` as the remote
   laptop          native go with a warm cache and a checkout kept in
                   place (`git checkout` of the commit): the floor
@@ -77,7 +79,8 @@ MODULES = {
     "caddy": ("github.com/caddyserver/caddy/v2", "v2.11.9"),
 }
 JOB = [["build", "./..."], ["vet", "./..."], ["test", "./..."]]
-CASES = ["no-cache", "tarball", "tarball+modules", "granary-s3", "granary-serve", "laptop"]
+CASES = ["no-cache", "tarball", "tarball+modules", "granary-s3", "granary-s3-named",
+         "granary-serve", "laptop"]
 
 
 def main():
@@ -260,8 +263,9 @@ class Bench:
             self.job(self.env(self.laptop_cache))
             shutil.rmtree(self.laptop_checkout, ignore_errors=True)
             subprocess.run(["cp", "-a", str(self.checkout), str(self.laptop_checkout)], check=True)
+            timed = {case.removesuffix("-named") for case in self.args.cases.split(",")}
             for name, remote in self.remotes(False).items():
-                if name not in self.args.cases.split(","):
+                if name not in timed:
                     continue
                 self.fresh_checkout(commit)
                 subprocess.run([self.granary, "mtimes", str(self.checkout)], check=True,
@@ -318,8 +322,10 @@ class Bench:
             return time.perf_counter() - start, moved, tested, reused
         subprocess.run([self.granary, "mtimes", str(self.checkout)], check=True,
                        stdout=subprocess.DEVNULL)
-        remote = self.remotes(True)[case]
+        remote = self.remotes(True)[case.removesuffix("-named")]
         env = self.granary_env(runner / "cache", remote, f"timed-{scenario}-{run}", read="main")
+        if case.endswith("-named"):
+            env["GRANARY_LOOKUPS"] = "named"
         _, tested, reused = self.job(env)
         elapsed = time.perf_counter() - start
         runs = [json.loads(line) for line in (runner / "cache" / "granary-stats.jsonl").read_text().splitlines()]

@@ -112,6 +112,9 @@ struct Plan {
     /// Gets that came while the manifests were being read: they wait for
     /// the plan, one round trip, rather than look up what may be planned.
     early: Vec<(Id, Waiter)>,
+    /// Every action the manifests named, when only those are looked up
+    /// (`Scopes::look_up_unnamed` off, and a manifest was read).
+    named_only: Option<HashSet<Id>>,
 }
 
 /// What a get found in the prefetch's plan.
@@ -122,6 +125,8 @@ enum Joined {
     Stored(Waiter),
     /// Nothing planned, or the transfer is over: ask the remote.
     No(Waiter),
+    /// No manifest named it, and only named actions are looked up.
+    Unnamed(Waiter),
 }
 
 impl Prefetch {
@@ -167,7 +172,11 @@ impl Prefetch {
                 Joined::Waiting
             }
             Some(Planned::Stored) => Joined::Stored(waiter),
-            Some(Planned::Failed) | None => Joined::No(waiter),
+            Some(Planned::Failed) => Joined::No(waiter),
+            None => match &plan.named_only {
+                Some(named) if !named.contains(&action) => Joined::Unnamed(waiter),
+                _ => Joined::No(waiter),
+            },
         }
     }
 }
@@ -211,6 +220,7 @@ impl Prefetch {
                 Lookup::Miss(_) => waiter,
             },
             Joined::No(waiter) => waiter,
+            Joined::Unnamed(waiter) => return remote.miss_unnamed(waiter.ticket, action),
         };
         remote.look_up(waiter.ticket, action);
     }
@@ -444,6 +454,8 @@ impl Prefetch {
             }
         }
         add(&self.remote.stats.prefetch_named, named.len() as u64);
+        // Without a manifest, nothing is known to be missing.
+        let named_only = (!scopes.look_up_unnamed && !named.is_empty()).then_some(named);
         // What the local tier lacks: a stat per entry, off the runtime.
         let store = self.remote.store.clone();
         let groups = tokio::task::spawn_blocking(move || {
@@ -467,6 +479,7 @@ impl Prefetch {
                     .or_insert_with(|| Planned::Waiting(Vec::new()));
             }
             plan.ready = true;
+            plan.named_only = named_only;
             std::mem::take(&mut plan.early)
         };
         for (action, waiter) in early {

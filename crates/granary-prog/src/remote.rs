@@ -86,6 +86,9 @@ pub struct Scopes {
     pub fallbacks: Vec<String>,
     /// Whether to prefetch at start-up.
     pub prefetch: bool,
+    /// Whether a local miss of an action that no manifest read names asks
+    /// the remote; if not, it is a miss at once (once a manifest was read).
+    pub look_up_unnamed: bool,
 }
 
 /// Failed remote requests in a row that switch the remote off.
@@ -405,6 +408,15 @@ impl Remote {
             },
             &self.runtime,
         );
+    }
+
+    /// Answers a local miss of an action no manifest named as a miss,
+    /// without asking the remote (`Scopes::look_up_unnamed`).
+    pub(super) fn miss_unnamed(&self, ticket: Ticket, action: Id) {
+        add(&self.stats.lookups_skipped, 1);
+        self.stats.miss(action);
+        let id = ticket.id();
+        ticket.answer(Response::miss(id));
     }
 
     fn answer_remote(&self, ticket: Ticket, action: Id, found: Option<&Found>) {

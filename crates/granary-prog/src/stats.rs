@@ -26,6 +26,7 @@ pub struct Stats {
     pub reused_objects: AtomicU64,
     pub remote_hits: AtomicU64,
     pub remote_misses: AtomicU64,
+    pub lookups_skipped: AtomicU64,
     pub remote_errors: AtomicU64,
     pub remote_damaged: AtomicU64,
     pub untrusted: AtomicU64,
@@ -147,6 +148,9 @@ pub struct Summary {
     pub remote_hits: u64,
     /// Local misses the remote had no (valid) entry for.
     pub remote_misses: u64,
+    /// Local misses of actions no manifest named, answered as misses
+    /// without asking the remote (`--lookups named`).
+    pub lookups_skipped: u64,
     /// Remote requests that failed or timed out (lookups and uploads).
     pub remote_errors: u64,
     /// Remote entries found damaged (bad record, truncated or altered
@@ -250,6 +254,7 @@ impl Stats {
             local_hits: hits.saturating_sub(remote_hits),
             remote_hits,
             remote_misses: self.remote_misses.load(Relaxed),
+            lookups_skipped: self.lookups_skipped.load(Relaxed),
             remote_errors: self.remote_errors.load(Relaxed),
             remote_damaged: self.remote_damaged.load(Relaxed),
             untrusted: self.untrusted.load(Relaxed),
@@ -421,6 +426,12 @@ impl Summary {
                     self.prefetch_used,
                     self.prefetch_unused,
                     self.prefetch_missing,
+                );
+            }
+            if self.lookups_skipped > 0 {
+                line += &format!(
+                    "; {} misses of actions no manifest named not looked up",
+                    self.lookups_skipped
                 );
             }
             if self.signature_check_us > 0 {

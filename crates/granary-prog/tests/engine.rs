@@ -50,6 +50,8 @@ struct Remote {
     read_namespaces: Vec<&'static str>,
     signer: Option<Arc<SigningKey>>,
     trusted: Option<Arc<TrustedKeys>>,
+    scope: &'static str,
+    look_up_unnamed: bool,
 }
 
 impl Remote {
@@ -63,6 +65,8 @@ impl Remote {
             read_namespaces: Vec::new(),
             signer: None,
             trusted: None,
+            scope: "engine-tests",
+            look_up_unnamed: true,
         }
     }
 
@@ -99,9 +103,10 @@ impl Remote {
             budget: self.budget,
             upload_deadline: Duration::from_secs(10),
             scopes: Scopes {
-                scope: "engine-tests".into(),
+                scope: self.scope.into(),
                 fallbacks: Vec::new(),
                 prefetch: self.prefetch,
+                look_up_unnamed: self.look_up_unnamed,
             },
         }
     }
@@ -422,6 +427,52 @@ fn gets_wait_for_the_prefetch_instead_of_asking_again() {
         "{asked:?}"
     );
     assert_eq!(summary.prefetch_fetched, 20, "{summary:?}");
+}
+
+/// With `--lookups named`, a local miss of an action no manifest names is
+/// a miss at once, even if the remote holds it (another scope's job put
+/// it); named ones are fetched. A run that read no manifest looks every
+/// miss up.
+#[test]
+fn only_named_actions_are_looked_up_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(true);
+    run(&dir, &remote, &[Ask::Put(1, b"one".to_vec())]);
+    let other_scope = Remote {
+        scope: "other",
+        ..remote.runner()
+    };
+    run(&dir, &other_scope, &[Ask::Put(3, b"three".to_vec())]);
+    let named_only = || Remote {
+        look_up_unnamed: false,
+        ..remote.runner()
+    };
+    let before = remote.memory.gets().len();
+    let (answers, summary) = run(
+        &dir,
+        &named_only(),
+        &[Ask::Get(1), Ask::Get(3), Ask::Get(4)],
+    );
+    assert!(is_hit(&answers[0]), "{answers:?}");
+    assert_eq!(
+        (&answers[1]["Miss"], &answers[2]["Miss"]),
+        (&true.into(), &true.into())
+    );
+    assert_eq!(summary.lookups_skipped, 2, "{summary:?}");
+    assert_eq!((summary.remote_hits, summary.remote_misses), (0, 0));
+    let asked = remote.memory.gets()[before..].to_vec();
+    assert!(asked.iter().all(|key| !key.contains("/ac/")), "{asked:?}");
+
+    let (answers, summary) = run(&dir, &remote.runner(), &[Ask::Get(3)]);
+    assert!(is_hit(&answers[0]), "all misses looked up: {answers:?}");
+    assert_eq!(summary.lookups_skipped, 0);
+    let no_manifest = Remote {
+        scope: "new",
+        ..named_only()
+    };
+    let (answers, summary) = run(&dir, &no_manifest, &[Ask::Get(3)]);
+    assert!(is_hit(&answers[0]), "no manifest read: {answers:?}");
+    assert_eq!(summary.lookups_skipped, 0);
 }
 
 /// A damaged manifest is ignored, counted; gets go on to lookups and hit.

@@ -441,6 +441,13 @@ pub struct RemoteArgs {
     )]
     pub prefetch: Option<bool>,
 
+    /// Which local misses ask the remote: all, or only those of actions that a manifest
+    /// read at start-up names (named: the rest are misses at once, a round trip each
+    /// saved, hits from jobs whose manifests the run does not read lost; all when no
+    /// manifest was read) [default: all]
+    #[arg(long, env = "GRANARY_LOOKUPS", value_name = "WHICH")]
+    pub lookups: Option<Lookups>,
+
     /// The part of the remote's action cache this run writes and reads first, e.g. main,
     /// pr-123 or team/main (on a cache server: the REAPI instance name, which the URL's
     /// path may give instead) [default: the default one]
@@ -673,6 +680,14 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("`{text}` is not NAME=VALUE")),
     }
+}
+
+/// Which local misses ask the remote (`--lookups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lookups {
+    All,
+    Named,
 }
 
 /// A CI system whose ID tokens `--oidc` shows.

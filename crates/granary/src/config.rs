@@ -15,7 +15,7 @@ use granary_remote::{
 use granary_store::Policy;
 use serde::Deserialize;
 
-use crate::cli::{OidcProvider, PolicyArgs, RemoteArgs, ServeArgs};
+use crate::cli::{Lookups, OidcProvider, PolicyArgs, RemoteArgs, ServeArgs};
 use crate::units::{
     parse_age_limit, parse_ceiling, parse_duration, parse_floor, parse_interval, parse_size,
 };
@@ -51,6 +51,7 @@ struct File {
     scope: Option<String>,
     scope_fallback: Option<Vec<String>>,
     prefetch: Option<bool>,
+    lookups: Option<Lookups>,
     namespace: Option<String>,
     read_namespaces: Option<Vec<String>>,
     signing_key: Option<PathBuf>,
@@ -365,6 +366,7 @@ fn scopes(args: &RemoteArgs, file: &File) -> anyhow::Result<Scopes> {
         scope: crate::scope::qualify(&scope),
         fallbacks,
         prefetch: args.prefetch.or(file.prefetch).unwrap_or(true),
+        look_up_unnamed: args.lookups.or(file.lookups) != Some(Lookups::Named),
     })
 }
 

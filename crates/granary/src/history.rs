@@ -307,6 +307,15 @@ fn markdown(runs: &[Summary]) -> String {
             }
         );
     }
+    let skipped = sum(|r| r.lookups_skipped);
+    if skipped > 0 {
+        let _ = writeln!(
+            out,
+            "- **Not looked up**: {skipped} misses of actions no manifest named \
+             (`--lookups named`); {} lookups hit.",
+            sum(|r| r.remote_hits)
+        );
+    }
     let untrusted = sum(|r| r.untrusted);
     let _ = writeln!(
         out,
@@ -438,5 +447,28 @@ mod tests {
         );
         let none = saved_line(&[run(5, (0, 0), (0, 0))]);
         assert!(none.contains("no estimate"), "{none}");
+    }
+
+    #[test]
+    fn misses_not_looked_up_are_reported_with_the_lookups_that_hit() {
+        let runs = [
+            Summary {
+                remote: "s3://ci".into(),
+                lookups_skipped: 7,
+                ..run(3, (0, 0), (0, 0))
+            },
+            Summary {
+                remote: "s3://ci".into(),
+                remote_hits: 2,
+                ..run(3, (0, 0), (0, 0))
+            },
+        ];
+        let text = markdown(&runs);
+        assert!(
+            text.contains("**Not looked up**: 7 misses of actions no manifest named")
+                && text.contains("2 lookups hit"),
+            "{text}"
+        );
+        assert!(!markdown(&runs[1..]).contains("Not looked up"));
     }
 }
