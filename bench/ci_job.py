@@ -45,7 +45,8 @@ The jobs before are shared: those of commit 0 serve same and next, then
 commits 1 to 9 run for grown.
 Every transfer goes through scripts/s3_proxy.py, which adds --delay-ms to
 each request and shares --rate-mbps among them. Timed runners upload to
-a key (tarball) or namespace (granary) of their own, reading `main`, so
+a key (tarball) or namespace (granary) of their own (one per case and
+run), reading `main`, so
 every run of a case sees the same store, as a pull request's first job
 does (on S3 its manifest names `main`'s packs and packs only what it
 built). The jobs before the timed ones run without the proxy.
@@ -323,7 +324,8 @@ class Bench:
         subprocess.run([self.granary, "mtimes", str(self.checkout)], check=True,
                        stdout=subprocess.DEVNULL)
         remote = self.remotes(True)[case.removesuffix("-named")]
-        env = self.granary_env(runner / "cache", remote, f"timed-{scenario}-{run}", read="main")
+        namespace = f"timed-{scenario}-{case}-{run}"
+        env = self.granary_env(runner / "cache", remote, namespace, read="main")
         if case.endswith("-named"):
             env["GRANARY_LOOKUPS"] = "named"
         _, tested, reused = self.job(env)

@@ -9,7 +9,9 @@
 //! a batch endpoint), a few transfers at a time.
 //! Every entry to fetch is *planned*: a get for it waits for its transfer
 //! instead of asking the remote again, and once the transfer is over, gets
-//! it did not serve go on to an ordinary lookup. Each entry is held to the
+//! it did not serve go on to an ordinary lookup (or, with
+//! `Scopes::look_up_unnamed` off and a manifest read, gets of actions no
+//! manifest named are misses at once). Each entry is held to the
 //! same trust rule as a lookup's, in the namespace it came from (the
 //! manifest's, or that of a pack the manifest names in a namespace the run
 //! also reads); the signatures of a pack's entries are checked a few dozen
