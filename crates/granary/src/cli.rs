@@ -686,7 +686,9 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Lookups {
+    /// Every local miss asks the remote.
     All,
+    /// Only misses of actions that a manifest read at start-up names.
     Named,
 }
 
