@@ -99,7 +99,8 @@ pub(super) struct Prefetch {
     plan: Mutex<Plan>,
     /// The pack holding each entry the manifests named.
     pub(super) packs: Mutex<HashMap<Id, Packed>>,
-    /// What the latest job used, by the manifest of the run's own scope.
+    /// What the latest job used, by the first manifest read (see
+    /// [`Prefetch::plan`]).
     pub(super) latest_job: Mutex<Vec<Id>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     watchdog: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -149,8 +150,7 @@ impl Prefetch {
         }
     }
 
-    /// Keeps what the latest job used, by the manifest of the run's own
-    /// scope, for the journal.
+    /// Keeps what the latest job used, by `manifest`, for the journal.
     pub(super) fn remember_latest_job(&self, manifest: &Manifest) {
         *lock(&self.latest_job) = manifest
             .groups
@@ -390,7 +390,7 @@ impl Prefetch {
         .await;
         add(&self.remote.stats.prefetch_requests, names.len() as u64);
         let mut manifests = Vec::new();
-        for (i, ((from, scope), result)) in names.iter().zip(fetched).enumerate() {
+        for ((from, scope), result) in names.iter().zip(fetched) {
             let namespace = remote.reads[*from].namespace();
             match result {
                 Ok(Some((manifest, _))) if manifest.is_stale(SystemTime::now()) => {
@@ -398,7 +398,12 @@ impl Prefetch {
                 }
                 Ok(Some((_, seal))) if !remote.trusts_manifest(&remote.reads[*from], &seal) => {}
                 Ok(Some((manifest, _))) => {
-                    if i == 0 {
+                    // The job before: the run's own scope's, else, for a
+                    // scope's first job (a pull request's), the job it
+                    // falls back on. Its entries are this job's earlier
+                    // ones, so that its first go command does not find the
+                    // packs its later ones need sparse and pack them again.
+                    if manifests.is_empty() {
                         self.remember_latest_job(&manifest);
                     }
                     remote.note_build_times(manifest.build_times.iter().map(|(a, t)| (*a, *t)));

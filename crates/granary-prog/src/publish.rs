@@ -15,12 +15,14 @@
 //!   read `main` too).
 //! - A job's first go command publishes before the others run, so the
 //!   manifest also keeps, as *earlier* entries, what the job before used
-//!   (read by the job's first run and kept in the journal) and this job has
-//!   not used yet, for [`JOB_WINDOW`] at most: a runner starting mid-job,
-//!   and the job's own later commands, still find them. The job after
-//!   drops them unless it uses them, so a manifest names at most two jobs'
-//!   worth. A run that does not prefetch reads its scope's manifest at
-//!   close instead, for the same reason and to know what is packed.
+//!   and this job has not used yet, for [`JOB_WINDOW`] at most: a runner
+//!   starting mid-job, and the job's own later commands, still find them.
+//!   The job before is the one the first manifest the job's first run read
+//!   names (its scope's, or the one a pull request's first job falls back
+//!   on), kept in the journal. The job after drops them unless it uses
+//!   them, so a manifest names at most two jobs' worth. A run that does
+//!   not prefetch reads its scope's manifest at close instead, for the
+//!   same reason and to know what is packed.
 //!
 //! Everything here is best effort: a failed publication costs a warning,
 //! never a failed build.

@@ -475,6 +475,46 @@ fn only_named_actions_are_looked_up_when_asked() {
     assert_eq!(summary.lookups_skipped, 0);
 }
 
+/// A pull request's first job takes main's latest job as the job before:
+/// its first go command, which uses a few entries of a pack that a later
+/// one uses whole, names that pack instead of packing those few again.
+#[test]
+fn a_pull_requests_first_command_does_not_repack_what_its_later_ones_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::new(true);
+    let puts = |actions: std::ops::RangeInclusive<u8>| -> Vec<Ask> {
+        actions.map(|i| Ask::Put(i, vec![i; 2000])).collect()
+    };
+    let gets =
+        |actions: std::ops::RangeInclusive<u8>| -> Vec<Ask> { actions.map(Ask::Get).collect() };
+    let main = Remote {
+        namespace: "main",
+        ..remote.runner()
+    };
+    let main_job = dir.path().join("main-job");
+    run_on(&main_job, &main, &[&puts(1..=4)]);
+    let (_, tests) = run_on(&main_job, &main, &[&puts(10..=30)]);
+    assert_eq!(tests.packs_uploaded, 1, "{tests:?}");
+
+    let pull_request = Remote {
+        namespace: "pr-1",
+        read_namespaces: vec!["main"],
+        ..remote.runner()
+    };
+    let pr_job = dir.path().join("pr-job");
+    let (answers, first) = run_on(&pr_job, &pull_request, &[&gets(1..=4), &gets(10..=10)]);
+    assert!(answers.iter().all(is_hit), "{answers:?}");
+    assert_eq!(first.packs_uploaded, 0, "{first:?}");
+    assert_eq!(
+        first.manifest_earlier, 20,
+        "main's job's other entries: {first:?}"
+    );
+    let (answers, later) = run_on(&pr_job, &pull_request, &[&gets(10..=30)]);
+    assert!(answers.iter().all(is_hit), "{answers:?}");
+    assert_eq!(later.packs_uploaded, 0, "{later:?}");
+    assert_eq!(later.manifest_entries, 25, "{later:?}");
+}
+
 /// A damaged manifest is ignored, counted; gets go on to lookups and hit.
 #[test]
 fn a_damaged_manifest_costs_lookups_only() {
