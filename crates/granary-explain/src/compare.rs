@@ -204,12 +204,16 @@ fn file_change(old: &str, new: &str) -> String {
 /// Whether a value means something to a person: not an ID, nor IDs
 /// joined by `/` (`packagemain ACTION/CONTENT`).
 fn readable(value: &str) -> bool {
+    // An ID in base64 has digits, or upper- and lower-case letters both
+    // (one in about 30 of go's 20-character IDs has no digit).
     let id_like = |part: &str| {
+        let has = |class: fn(&u8) -> bool| part.bytes().any(|b| class(&b));
         part.len() >= 8
             && part
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && part.bytes().any(|b| b.is_ascii_digit())
+            && (has(u8::is_ascii_digit)
+                || has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase))
     };
     !value.split('/').all(id_like)
 }
@@ -330,6 +334,17 @@ mod tests {
                 "/m/a/testdata/y, read by the test: same content, new modification time: \
                  a fresh checkout? `granary mtimes` gives files the times of their content",
             ]
+        );
+    }
+
+    #[test]
+    fn ids_without_digits_are_not_shown_as_values() {
+        let old = vec!["import lib pSbvnGBGtWuvXyzAbCdEf".to_owned()];
+        let new = vec!["import lib qWeRtYuIoPaSdFgHjKlZ".to_owned()];
+        let found = differences(&old, &new);
+        assert_eq!(
+            (found[0].what.as_str(), found[0].change.as_str()),
+            ("dependency lib", "changed")
         );
     }
 
