@@ -46,10 +46,10 @@ commits 1 to 9 run for grown.
 Every transfer goes through scripts/s3_proxy.py, which adds --delay-ms to
 each request and shares --rate-mbps among them. Timed runners upload to
 a key (tarball) or namespace (granary) of their own (one per case and
-run), reading `main`, so
-every run of a case sees the same store, as a pull request's first job
-does (on S3 its manifest names `main`'s packs and packs only what it
-built). The jobs before the timed ones run without the proxy.
+run), reading `main`, so every run of a case sees the same store, as a
+pull request's first job does (on S3 its manifest names `main`'s packs
+and packs only what it built). The jobs before the timed ones run
+without the proxy.
 
 Rows: job wall time (median), bytes moved (tarball: down + up; granary:
 its remote statistics, down + up), and test packages reused ((cached)).
