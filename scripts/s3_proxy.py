@@ -16,9 +16,12 @@ store or network would:
   deny   every request (or, with --only, every request to such a path)
          answered 403 with a JSON error, as a cloud store answers a
          credential that may not use the bucket
+  stall  every request (or, with --only, every request to such a path)
+         left unanswered for two minutes, then its connection closed, as
+         a store that hangs
 
     python3 scripts/s3_proxy.py --upstream http://127.0.0.1:8333 \\
-        [--delay-ms 20] [--rate-mbps 800] [--fault none|flip|short|cut|encoding|trickle] [--only /granary-v1/cas/]
+        [--delay-ms 20] [--rate-mbps 800] [--fault none|flip|short|cut|encoding|trickle|deny|stall] [--only /granary-v1/cas/]
 
 --rate-mbps shares one link of that many megabits a second among all
 connections, both ways, as a runner's network link does.
@@ -46,7 +49,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the S3 server")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every request")
-    parser.add_argument("--fault", choices=["none", "flip", "short", "cut", "encoding", "trickle", "deny"], default="none")
+    parser.add_argument("--fault", choices=["none", "flip", "short", "cut", "encoding", "trickle", "deny", "stall"], default="none")
     parser.add_argument("--only", default="", help="damage (or deny) only paths containing this")
     parser.add_argument("--rate-mbps", type=float, default=0.0, help="shared bandwidth (0: no limit)")
     args = parser.parse_args()
@@ -82,6 +85,10 @@ def main():
             body = self.rfile.read(length) if length else None
             link.carry(length)
             time.sleep(args.delay_ms / 1000.0)
+            if args.fault == "stall" and args.only in self.path:
+                time.sleep(120)
+                self.close_connection = True
+                return
             if args.fault == "deny" and args.only in self.path:
                 denial = b'{"error":{"code":403,"message":"the caller does not have access to the bucket"}}'
                 self.send_response(403)

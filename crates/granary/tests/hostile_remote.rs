@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::s3::{Proxy, S3Server};
+use common::s3::{Proxy, S3Server, keys, put_blob, read_blob};
 use common::*;
 use granary_id::Id;
 use granary_remote::layout::manifest_action;
-use granary_remote::{ActionRecord, BlobStore, Format, Group, Manifest, Placement};
+use granary_remote::{ActionRecord, Format, Group, Manifest, Placement};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -476,15 +476,6 @@ fn waits_for_the_prefetch_count_against_the_budget() {
     assert!(s.remote.remote_off.contains("--remote-budget"), "{s:?}");
 }
 
-fn put_blob(blobs: &dyn BlobStore, key: &str, bytes: Vec<u8>) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(blobs.put(key, bytes.into()))
-        .unwrap();
-}
-
 /// A bucket can lie as a server can: a manifest from beyond the end of
 /// time and a record from the year 2554 (past what cmd/go's format holds)
 /// are damage, answered as misses within the bound.
@@ -582,6 +573,68 @@ fn a_trickling_pack_holds_a_get_no_longer_than_the_timeout() {
     assert!(status.success(), "{stderr}");
     let s = stats(&fresh.path("stats.json"));
     assert_eq!((s.remote.remote_hits, s.errors), (1, 0), "{s:?}");
+}
+
+/// A store that never answers a pack's upload holds the close for about
+/// one --remote-timeout: the manifest goes out beside the pack, then again
+/// without it, and the manifest left names no pack.
+#[test]
+fn a_pack_upload_that_never_ends_holds_the_close_one_timeout() {
+    let s3 = S3Server::start();
+    let sb = Sandbox::new();
+    // SeaweedFS's first writes create its volumes: made before the
+    // one-second timeout applies.
+    let mut warm = helper(
+        &sb,
+        |cmd| {
+            s3.configure(cmd, "warm");
+            cmd.env("GRANARY_REMOTE_TIMEOUT", "30s");
+        },
+        false,
+    );
+    warm.request(&put(1, 1, b"warm"), b"warm");
+    assert!(warm.response()["DiskPath"].is_string());
+    let (status, stderr) = warm.close();
+    assert!(status.success(), "{stderr}");
+
+    let proxy = Proxy::start(&s3.endpoint, &["--fault", "stall", "--only", "/packs/"]);
+    let fresh = Sandbox::new();
+    let mut h = helper(
+        &fresh,
+        |cmd| {
+            s3.configure(cmd, "ci");
+            cmd.env("GRANARY_S3_ENDPOINT", &proxy.endpoint);
+        },
+        true,
+    );
+    for action in 1..=5u8 {
+        let body = vec![action; 1000];
+        h.request(&put(i64::from(action), action, &body), &body);
+        assert!(h.response()["DiskPath"].is_string());
+    }
+    let started = Instant::now();
+    let (status, stderr) = h.close();
+    let took = started.elapsed();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(1500),
+        "the close took {took:?}: {stderr}"
+    );
+    let s = stats(&fresh.path("stats.json"));
+    assert_eq!(
+        (s.prefetch.packs_uploaded, s.prefetch.manifest_entries),
+        (0, 5),
+        "{s:?}"
+    );
+    let blobs = s3.bucket("ci");
+    let [key] = &keys(&*blobs, "granary-v1/manifests/")[..] else {
+        panic!("one manifest");
+    };
+    let manifest = Manifest::decode(&read_blob(&*blobs, key)).unwrap();
+    assert!(
+        manifest.groups.iter().all(|g| g.pack.is_none()),
+        "{manifest:?}"
+    );
 }
 
 /// A cache server that refuses the token: the advice names the token

@@ -10,11 +10,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::s3::{Proxy, S3Server};
+use common::s3::{Proxy, S3Server, keys, put_blob, read_blob};
 use common::server::Server;
 use common::*;
 use granary_id::Id;
-use granary_remote::{BlobStore, Group, Manifest};
+use granary_remote::{Group, Manifest};
 
 /// `go <args>` in `module` with `cache` as the local tier; returns the
 /// stats and go's output.
@@ -50,27 +50,6 @@ fn go_build(
 fn go_env_goroot() -> String {
     let out = run_ok(Command::new(go()).args(["env", "GOROOT"]));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn keys(blobs: &dyn BlobStore, prefix: &str) -> Vec<String> {
-    block_on(blobs.list(prefix))
-        .unwrap()
-        .into_iter()
-        .map(|l| l.key)
-        .collect()
-}
-
-fn read_blob(blobs: &dyn BlobStore, key: &str) -> Vec<u8> {
-    use futures_util::TryStreamExt;
-    block_on(async {
-        let stream = blobs.get(key).await.unwrap().expect("the blob exists");
-        let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
-        chunks.concat()
-    })
-}
-
-fn put_blob(blobs: &dyn BlobStore, key: &str, bytes: Vec<u8>) {
-    block_on(blobs.put(key, bytes.into())).unwrap();
 }
 
 /// Two go commands of one job on runner A (a build of the main package,

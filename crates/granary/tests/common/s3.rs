@@ -329,3 +329,26 @@ fn http_get(port: u16, path: &str, accept: &str) -> Option<(u16, String)> {
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
 }
+
+/// The keys under `prefix` in `blobs`.
+pub fn keys(blobs: &dyn BlobStore, prefix: &str) -> Vec<String> {
+    block_on(blobs.list(prefix))
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect()
+}
+
+/// The whole blob at `key`, which must exist.
+pub fn read_blob(blobs: &dyn BlobStore, key: &str) -> Vec<u8> {
+    use futures_util::TryStreamExt;
+    block_on(async {
+        let stream = blobs.get(key).await.unwrap().expect("the blob exists");
+        let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+        chunks.concat()
+    })
+}
+
+pub fn put_blob(blobs: &dyn BlobStore, key: &str, bytes: Vec<u8>) {
+    block_on(blobs.put(key, bytes.into())).unwrap();
+}
