@@ -523,6 +523,32 @@ fn a_bucket_with_times_out_of_range_costs_misses_only() {
     }
 }
 
+/// A helper writing to `s3` under `prefix`, with time for SeaweedFS's
+/// first writes, which create its volumes.
+fn patient_writer(sb: &Sandbox, s3: &S3Server, prefix: &str) -> Helper {
+    helper(
+        sb,
+        |cmd| {
+            s3.configure(cmd, prefix);
+            cmd.env("GRANARY_REMOTE_TIMEOUT", "30s")
+                .env("GRANARY_UPLOAD_DEADLINE", "60s");
+        },
+        true,
+    )
+}
+
+/// A helper reading and writing `s3` under `ci`, through `proxy`.
+fn through(sb: &Sandbox, s3: &S3Server, proxy: &Proxy) -> Helper {
+    helper(
+        sb,
+        |cmd| {
+            s3.configure(cmd, "ci");
+            cmd.env("GRANARY_S3_ENDPOINT", &proxy.endpoint);
+        },
+        true,
+    )
+}
+
 /// A pack that trickles in through a proxy, each entry in time for the
 /// per-read deadline, the last after many seconds: a get of the last
 /// waits for it no longer than the timeout, then finds its entry by an
@@ -533,17 +559,8 @@ fn a_bucket_with_times_out_of_range_costs_misses_only() {
 fn a_trickling_pack_holds_a_get_no_longer_than_the_timeout() {
     let s3 = S3Server::start();
     let sb = Sandbox::new();
-    // A writer publishes a manifest and a pack of 30 entries (with time
-    // for SeaweedFS's first writes, which create its volumes).
-    let mut writer = helper(
-        &sb,
-        |cmd| {
-            s3.configure(cmd, "ci");
-            cmd.env("GRANARY_REMOTE_TIMEOUT", "30s")
-                .env("GRANARY_UPLOAD_DEADLINE", "60s");
-        },
-        true,
-    );
+    // A writer publishes a manifest and a pack of 30 entries.
+    let mut writer = patient_writer(&sb, &s3, "ci");
     for action in 1..=30u8 {
         let id = i64::from(action);
         let body = vec![action; 1000];
@@ -557,14 +574,7 @@ fn a_trickling_pack_holds_a_get_no_longer_than_the_timeout() {
 
     let proxy = Proxy::start(&s3.endpoint, &["--fault", "trickle", "--only", "/packs/"]);
     let fresh = Sandbox::new();
-    let mut h = helper(
-        &fresh,
-        |cmd| {
-            s3.configure(cmd, "ci");
-            cmd.env("GRANARY_S3_ENDPOINT", &proxy.endpoint);
-        },
-        true,
-    );
+    let mut h = through(&fresh, &s3, &proxy);
     let (answer, took) = timed_get(&mut h, 1, Id([30; 32]));
     assert_eq!(answer["Size"], 1000, "a hit through the lookup: {answer}");
     assert_bounded(&answer, took, GET_BOUND);
@@ -584,14 +594,7 @@ fn a_pack_upload_that_never_ends_holds_the_close_one_timeout() {
     let sb = Sandbox::new();
     // SeaweedFS's first writes create its volumes: made before the
     // one-second timeout applies.
-    let mut warm = helper(
-        &sb,
-        |cmd| {
-            s3.configure(cmd, "warm");
-            cmd.env("GRANARY_REMOTE_TIMEOUT", "30s");
-        },
-        false,
-    );
+    let mut warm = patient_writer(&sb, &s3, "warm");
     warm.request(&put(1, 1, b"warm"), b"warm");
     assert!(warm.response()["DiskPath"].is_string());
     let (status, stderr) = warm.close();
@@ -599,14 +602,7 @@ fn a_pack_upload_that_never_ends_holds_the_close_one_timeout() {
 
     let proxy = Proxy::start(&s3.endpoint, &["--fault", "stall", "--only", "/packs/"]);
     let fresh = Sandbox::new();
-    let mut h = helper(
-        &fresh,
-        |cmd| {
-            s3.configure(cmd, "ci");
-            cmd.env("GRANARY_S3_ENDPOINT", &proxy.endpoint);
-        },
-        true,
-    );
+    let mut h = through(&fresh, &s3, &proxy);
     for action in 1..=5u8 {
         let body = vec![action; 1000];
         h.request(&put(i64::from(action), action, &body), &body);
