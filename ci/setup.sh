@@ -36,6 +36,10 @@
 #   INPUT_MTIMES            true: give the checkout's tracked files times derived from
 #                           their content (`granary mtimes`), so that go reuses test
 #                           results on a fresh checkout [default: true]
+#   INPUT_JOB               names this job's manifests, so that the jobs of one branch
+#                           that run side by side do not replace each other's; jobs given
+#                           one name share theirs [default: the job's ID, GITHUB_JOB on
+#                           GitHub, CI_JOB_NAME on GitLab]
 #   INPUT_GOCACHE           GOCACHE, the local tier: one path on every runner, since
 #                           some analysis tools key on it [default: /tmp/granary-go-build;
 #                           a folder there that another user owns, or a link, is not
@@ -204,9 +208,16 @@ if [ -n "${INPUT_REMOTE:-}" ]; then
     set_var GRANARY_NAMESPACE "$namespace"
     set_var GRANARY_READ_NAMESPACES "$read_namespaces"
     set_var GRANARY_READ_ONLY "$read_only"
-    # Manifests per branch; a new branch starts from the default branch's.
-    [ -n "$branch$tag" ] && set_var GRANARY_SCOPE "${branch:-$tag}"
-    [ -n "$default_branch" ] && set_var GRANARY_SCOPE_FALLBACK "$default_branch"
+    # Manifests per branch and job: the jobs of a workflow run side by side,
+    # and one's manifest would replace another's. A new branch starts from
+    # the same job's on the default branch. (Git forbids spaces in branch
+    # names, so the two parts never run together.)
+    # Commas would split the fallback's list: GitLab names a matrix's jobs
+    # `test: [linux, amd64]`.
+    job="${INPUT_JOB:-${GITHUB_JOB:-${CI_JOB_NAME:-}}}"
+    job="${job//,/;}"
+    [ -n "$branch$tag" ] && set_var GRANARY_SCOPE "${branch:-$tag}${job:+ $job}"
+    [ -n "$default_branch" ] && set_var GRANARY_SCOPE_FALLBACK "$default_branch${job:+ $job}"
     if [ -n "$oidc" ]; then
         set_var GRANARY_OIDC "$oidc"
         [ "$oidc" = github ] && set_var GRANARY_OIDC_AUDIENCE "${INPUT_OIDC_AUDIENCE:-granary}"

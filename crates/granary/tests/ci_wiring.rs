@@ -39,6 +39,7 @@ impl Runner {
             ("GITHUB_EVENT_NAME", event_name.to_owned()),
             ("GITHUB_EVENT_PATH", file("event.json")),
             ("GITHUB_REPOSITORY", "acme/app".to_owned()),
+            ("GITHUB_JOB", "build".to_owned()),
             ("GITHUB_ENV", file("env")),
             ("GITHUB_PATH", file("path")),
             ("GITHUB_STEP_SUMMARY", file("summary.md")),
@@ -152,7 +153,7 @@ fn github_runners_get_namespaces_by_event_and_forks_only_read() {
     assert_eq!(env["GRANARY_NAMESPACE"], "main");
     assert_eq!(env["GRANARY_READ_NAMESPACES"], "");
     assert_eq!(env["GRANARY_READ_ONLY"], "false");
-    assert_eq!(env["GRANARY_SCOPE"], "main");
+    assert_eq!(env["GRANARY_SCOPE"], "main build");
     let signing_key = Path::new(&env["GRANARY_SIGNING_KEY"]);
     assert_eq!(
         fs::metadata(signing_key).unwrap().permissions().mode() & 0o777,
@@ -178,8 +179,8 @@ fn github_runners_get_namespaces_by_event_and_forks_only_read() {
     assert_eq!(env["GRANARY_NAMESPACE"], "pr-7");
     assert_eq!(env["GRANARY_READ_NAMESPACES"], "main");
     assert_eq!(env["GRANARY_READ_ONLY"], "true");
-    assert_eq!(env["GRANARY_SCOPE"], "feature");
-    assert_eq!(env["GRANARY_SCOPE_FALLBACK"], "main");
+    assert_eq!(env["GRANARY_SCOPE"], "feature build");
+    assert_eq!(env["GRANARY_SCOPE_FALLBACK"], "main build");
     assert!(!env.contains_key("GRANARY_SIGNING_KEY"), "{env:?}");
     let forked = build(&sb, "fork-runner", &module, &env);
     assert!(forked.hits > 10, "reads main: {forked:?}");
@@ -204,6 +205,43 @@ fn github_runners_get_namespaces_by_event_and_forks_only_read() {
     );
     assert_eq!(forced.env()["GRANARY_READ_ONLY"], "false");
     assert_eq!(forced.env()["GRANARY_NAMESPACE"], "untrusted");
+}
+
+/// The jobs of a workflow keep a manifest each: one job's never replaces
+/// another's. With one manifest per branch, the job that published last
+/// named only what it used, so another job's fresh runner found its
+/// entries by lookups, one round trip each, instead of in its prefetch.
+#[test]
+fn the_jobs_of_a_branch_keep_their_own_manifests() {
+    let server = Server::start(&[]);
+    let sb = Sandbox::new();
+    let app = sb.module("app", 3);
+    let tool = sb.module("tool", 3);
+    let event = r#"{"repository": {"default_branch": "main"}}"#;
+    let job = |runner: &str, job: &str, module: &Path| {
+        let mut push = Runner::github(&sb, runner, "push", event);
+        push.vars.retain(|(k, _)| k != "GITHUB_JOB");
+        push.vars.extend([
+            ("GITHUB_JOB".into(), job.into()),
+            ("GITHUB_REF".into(), "refs/heads/main".into()),
+        ]);
+        push.script("setup.sh", &[("INPUT_REMOTE", server.url.as_str())]);
+        let env = push.env();
+        assert_eq!(env["GRANARY_SCOPE"], format!("main {job}"));
+        build(&sb, &format!("{runner}-cache"), module, &env)
+    };
+    let first = job("app-1", "app", &app);
+    assert!(first.remote.uploads > 10, "{first:?}");
+    // The other job publishes after it, twice (two commits).
+    job("tool-1", "tool", &tool);
+    job("tool-2", "tool", &tool);
+
+    let fresh = job("app-2", "app", &app);
+    assert!(fresh.hits > 10, "{fresh:?}");
+    assert!(
+        fresh.prefetch.prefetch_used >= fresh.hits && fresh.remote.remote_hits == 0,
+        "its own manifest named every hit; none was looked up: {fresh:?}"
+    );
 }
 
 /// With `oidc: true` a job with an ID token shows it instead of a secret;
@@ -271,6 +309,7 @@ fn gitlab_merge_requests_from_forks_only_read_and_the_summary_is_kept() {
         ("GITLAB_CI", "true"),
         ("CI_BUILDS_DIR", builds.to_str().unwrap()),
         ("CI_JOB_ID", "42"),
+        ("CI_JOB_NAME", "test: [linux, amd64]"),
         ("CI_DEFAULT_BRANCH", "main"),
         ("CI_MERGE_REQUEST_IID", "3"),
         ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "fix/bug"),
@@ -285,7 +324,7 @@ fn gitlab_merge_requests_from_forks_only_read_and_the_summary_is_kept() {
     };
     // before_script: eval "$(bash ci/setup.sh)", then the job's commands.
     let script = format!(
-        "eval \"$(bash {})\" && echo \"$GRANARY_NAMESPACE|$GRANARY_READ_NAMESPACES|$GRANARY_READ_ONLY|$GRANARY_SCOPE\"",
+        "eval \"$(bash {})\" && echo \"$GRANARY_NAMESPACE|$GRANARY_READ_NAMESPACES|$GRANARY_READ_ONLY|$GRANARY_SCOPE|$GRANARY_SCOPE_FALLBACK\"",
         repo_root().join("ci/setup.sh").display()
     );
     let paths = path_with_granary();
@@ -296,7 +335,11 @@ fn gitlab_merge_requests_from_forks_only_read_and_the_summary_is_kept() {
         .env("PATH", &paths)
         .envs(gitlab);
     let out = String::from_utf8(run_ok(&mut cmd).stdout).unwrap();
-    assert_eq!(out.trim(), "mr-3|main|true|fix/bug");
+    // A matrix job's name has commas, which would split the fallbacks.
+    assert_eq!(
+        out.trim(),
+        "mr-3|main|true|fix/bug test: [linux; amd64]|main test: [linux; amd64]"
+    );
     assert!(!builds.join("granary-summary.md").exists());
     // after_script runs in a new shell: the summary finds the settings in
     // the job's folder.
