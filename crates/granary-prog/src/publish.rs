@@ -8,7 +8,9 @@
 //!   entries that no fresh pack holds (object storage only; a server
 //!   assembles batches itself), publishes the manifest beside the packs it
 //!   names (again without any pack the store refused), and deletes packs
-//!   and manifests too old to be used (once an hour per machine).
+//!   and manifests too old to be used (once an hour per machine). A
+//!   manifest this machine published as it is within the hour is not sent
+//!   again.
 //! - A fresh pack in a namespace the run reads holds an entry as well as
 //!   one of its own: a pull request's first job names the packs of `main`
 //!   it fetched instead of uploading what it used again (its next jobs
@@ -57,6 +59,10 @@ const PACK_UPLOADS_AT_ONCE: usize = 4;
 pub const JOB_WINDOW: Duration = Duration::from_secs(3 * 3600);
 /// How often a machine's runs sweep a namespace.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// A manifest that a run of this machine published within this window is
+/// not sent again unchanged: the go commands of a job that use nothing new
+/// (a linter's `go list`s, a second build) then cost no round trip.
+const REPUBLISH_AFTER: Duration = Duration::from_secs(3600);
 /// Most packs and manifests one close deletes.
 const SWEEP_LIMIT: usize = 1000;
 /// The journals' directory in the cache directory.
@@ -161,6 +167,16 @@ async fn publish_manifest(prefetch: &Prefetch, used: Vec<Id>, build_times: HashM
     let now = SystemTime::now();
     let readable: Vec<&Namespace> = remote.reads.iter().map(|r| r.namespace()).collect();
     forget_stale_packs(&mut entries, now, &readable);
+    let cache = &remote.options.cache;
+    let destination = format!("{} {}", cache.location(), cache.namespace());
+    if let Some(published_at) = journal.published_as(&destination, &entries, now) {
+        add(&remote.stats.manifest_unchanged, 1);
+        let published = Some((destination.as_str(), published_at));
+        if let Err(e) = journal.write(&entries, published) {
+            tracing::debug!("cannot write the manifest journal: {e}");
+        }
+        return;
+    }
     // Within the remote's timeout; no answer: packs, as for any store
     // that cannot answer batches.
     let stores_packs =
@@ -199,7 +215,8 @@ async fn publish_manifest(prefetch: &Prefetch, used: Vec<Id>, build_times: HashM
         let earlier = entries.iter().filter(|e| e.earlier).count();
         add(&remote.stats.manifest_earlier, earlier as u64);
     }
-    if let Err(e) = journal.write(&entries) {
+    let published = published.then_some((destination.as_str(), now));
+    if let Err(e) = journal.write(&entries, published) {
         tracing::debug!("cannot write the manifest journal: {e}");
     }
 }
@@ -500,12 +517,21 @@ struct RunUsage {
 
 /// The journal of a scope on this machine: the actions its runs used within
 /// [`JOB_WINDOW`], one line each, kept under a lock while a run publishes.
+/// A first line says where and when the entries were last published as
+/// they are, if they were.
 #[derive(Debug)]
 struct Journal {
     path: PathBuf,
+    /// What the journal held before the merge, and where and when it was
+    /// published.
+    before: Vec<JournalEntry>,
+    published: Option<(String, SystemTime)>,
     /// Held from the merge until the journal is written.
     _lock: File,
 }
+
+/// The first line of a journal whose entries were published as they are.
+const PUBLISHED: &str = "published";
 
 impl Journal {
     /// Locks the scope's journal and merges what this run `used` into what
@@ -531,12 +557,15 @@ impl Journal {
             .write(true)
             .open(dir.join(format!("{name}.lock")))?;
         lock.lock()?;
-        let journal = Journal {
+        let mut journal = Journal {
             path: dir.join(format!("{name}.log")),
+            before: Vec::new(),
+            published: None,
             _lock: lock,
         };
         let now = SystemTime::now();
-        let mut entries = journal.read(now);
+        journal.read(now);
+        let mut entries = journal.before.clone();
         // The job's first publication: what the job before used is kept
         // for the window (a laptop's "job" may go on for days).
         if !entries.iter().any(|e| !e.earlier) {
@@ -582,25 +611,62 @@ impl Journal {
         Ok((journal, entries))
     }
 
-    /// The entries used within the window; unreadable lines are skipped.
-    fn read(&self, now: SystemTime) -> Vec<JournalEntry> {
+    /// Reads the entries used within the window, and where they were
+    /// published; unreadable lines are skipped.
+    fn read(&mut self, now: SystemTime) {
         let Ok(file) = File::open(&self.path) else {
-            return Vec::new();
+            return;
         };
-        BufReader::new(file)
+        let mut lines = BufReader::new(file)
             .lines()
             .map_while(Result::ok)
+            .peekable();
+        if let Some(header) = lines.next_if(|line| line.starts_with(PUBLISHED)) {
+            self.published = parse_published(&header);
+        }
+        self.before = lines
             .filter_map(|line| parse_line(&line))
             .filter(|e| {
                 now.duration_since(e.used)
                     .map_or(true, |age| age <= JOB_WINDOW)
             })
-            .collect()
+            .collect();
     }
 
-    /// Replaces the journal with `entries`.
-    fn write(&self, entries: &[JournalEntry]) -> std::io::Result<()> {
+    /// When `entries` were published to `destination` as they are, if that
+    /// was within [`REPUBLISH_AFTER`]: the manifest they make is there. A
+    /// manifest keeps no times of use, so those may differ.
+    fn published_as(
+        &self,
+        destination: &str,
+        entries: &[JournalEntry],
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        let (to, at) = self.published.as_ref()?;
+        let recent = now
+            .duration_since(*at)
+            .is_ok_and(|age| age < REPUBLISH_AFTER);
+        let manifest = |e: &JournalEntry| (e.action, e.pack.clone(), e.earlier, e.build_time);
+        let same = self.before.len() == entries.len()
+            && self
+                .before
+                .iter()
+                .zip(entries)
+                .all(|(a, b)| manifest(a) == manifest(b));
+        (to == destination && recent && same).then_some(*at)
+    }
+
+    /// Replaces the journal with `entries`, and where and when they were
+    /// published as they are, if they were.
+    fn write(
+        &self,
+        entries: &[JournalEntry],
+        published: Option<(&str, SystemTime)>,
+    ) -> std::io::Result<()> {
         let mut text = String::with_capacity(entries.len() * 120);
+        if let Some((destination, at)) = published {
+            text.push_str(&format!("{PUBLISHED} {} {destination}\n", unix_seconds(at)));
+        }
         for entry in entries {
             let pack = match &entry.pack {
                 Some(Packed { namespace, pack }) => format!(
@@ -629,6 +695,13 @@ impl Journal {
         file.persist(&self.path).map_err(|e| e.error)?;
         Ok(())
     }
+}
+
+/// `published <unix seconds> <remote> <namespace>`.
+fn parse_published(line: &str) -> Option<(String, SystemTime)> {
+    let rest = line.strip_prefix(PUBLISHED)?.strip_prefix(' ')?;
+    let (at, destination) = rest.split_once(' ')?;
+    Some((destination.to_owned(), from_unix_seconds(at.parse().ok()?)?))
 }
 
 fn parse_line(line: &str) -> Option<JournalEntry> {
@@ -795,7 +868,7 @@ mod tests {
         first.build_times = HashMap::from([(Id([1; 32]), Duration::from_millis(250))]);
         let (journal, entries) = Journal::merge(journals.clone(), "s", first, &packs).unwrap();
         assert_eq!(entries.len(), 2);
-        journal.write(&entries).unwrap();
+        journal.write(&entries, None).unwrap();
         drop(journal);
         let mut second = usage(vec![Id([9; 32])], vec![Id([2; 32]), Id([3; 32])]);
         second.build_times = HashMap::from([(Id([3; 32]), Duration::from_millis(40))]);
@@ -812,7 +885,7 @@ mod tests {
         // An entry last used before the window is forgotten.
         let mut stale = entries.clone();
         stale[0].used = SystemTime::now() - JOB_WINDOW - Duration::from_secs(60);
-        journal.write(&stale).unwrap();
+        journal.write(&stale, None).unwrap();
         drop(journal);
         let (_journal, entries) =
             Journal::merge(journals, "s", RunUsage::default(), &HashMap::new()).unwrap();
@@ -828,6 +901,47 @@ mod tests {
         let pack = hex::encode([9; 32]);
         let line = parse_line(&format!("1 {action} {pack}:1790000000:1000:1")).unwrap();
         assert_eq!((line.action, line.pack), (Id([1; 32]), None));
+    }
+
+    #[test]
+    fn a_manifest_published_as_it_is_is_not_sent_again_within_the_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = dir.path().join(JOURNALS);
+        let used = |ids: &[u8]| usage(vec![], ids.iter().map(|&i| Id([i; 32])).collect());
+        let merge =
+            |ids: &[u8]| Journal::merge(journals.clone(), "s", used(ids), &HashMap::new()).unwrap();
+        let now = SystemTime::now();
+        let (journal, entries) = merge(&[1, 2]);
+        assert_eq!(journal.published_as("s3://ci main", &entries, now), None);
+        journal
+            .write(&entries, Some(("s3://ci main", now)))
+            .unwrap();
+        drop(journal);
+
+        let (journal, entries) = merge(&[2]);
+        let published = journal.published_as("s3://ci main", &entries, now);
+        assert!(published.is_some(), "nothing new was used");
+        assert_eq!(journal.published_as("s3://ci pr-7", &entries, now), None);
+        let later = now + REPUBLISH_AFTER + Duration::from_secs(1);
+        assert_eq!(journal.published_as("s3://ci main", &entries, later), None);
+        // Written back as skipped: the time of the publication stays.
+        journal
+            .write(&entries, Some(("s3://ci main", published.unwrap())))
+            .unwrap();
+        drop(journal);
+
+        let (journal, entries) = merge(&[3]);
+        assert_eq!(
+            journal.published_as("s3://ci main", &entries, now),
+            None,
+            "3 is new"
+        );
+        // A publication that failed leaves no claim behind.
+        journal.write(&entries, None).unwrap();
+        drop(journal);
+        let (journal, entries) = merge(&[3]);
+        assert_eq!(journal.published_as("s3://ci main", &entries, now), None);
+        assert_eq!(parse_published("published x s3://ci main"), None);
     }
 
     /// Job 1 read a manifest naming 1, 2, 3; its first command used 1, its
@@ -846,7 +960,7 @@ mod tests {
                 &packs,
             )
             .unwrap();
-            journal.write(&entries).unwrap();
+            journal.write(&entries, None).unwrap();
             let groups = groups_in_order(&entries, &namespace("pr"));
             let ids = |actions: &[Id]| actions.iter().map(|a| a.0[0]).collect::<Vec<u8>>();
             groups

@@ -47,6 +47,7 @@ pub struct Stats {
     pub prefetch_ms: AtomicU64,
     pub manifest_entries: AtomicU64,
     pub manifest_earlier: AtomicU64,
+    pub manifest_unchanged: AtomicU64,
     pub packs_uploaded: AtomicU64,
     pub pack_bytes_up: AtomicU64,
     pub swept: AtomicU64,
@@ -202,6 +203,9 @@ pub struct Summary {
     /// Of those, entries only the job before this one used, kept for this
     /// job's commands still to come.
     pub manifest_earlier: u64,
+    /// 1 if this run's manifest was the one a run of this machine had
+    /// published within the hour, so it was not sent again.
+    pub manifest_unchanged: u64,
     /// Packs uploaded at close.
     pub packs_uploaded: u64,
     /// Bytes of those packs.
@@ -279,6 +283,7 @@ impl Stats {
             prefetch_ms: self.prefetch_ms.load(Relaxed),
             manifest_entries: self.manifest_entries.load(Relaxed),
             manifest_earlier: self.manifest_earlier.load(Relaxed),
+            manifest_unchanged: self.manifest_unchanged.load(Relaxed),
             packs_uploaded: self.packs_uploaded.load(Relaxed),
             pack_bytes_up: self.pack_bytes_up.load(Relaxed),
             swept: self.swept.load(Relaxed),
@@ -448,6 +453,9 @@ impl Summary {
                     self.packs_uploaded,
                     ByteSize(self.pack_bytes_up).display().iec(),
                 );
+            }
+            if self.manifest_unchanged > 0 {
+                line += "; its manifest was published already";
             }
             if !self.remote_off.is_empty() {
                 line += &format!("; switched off: {}", self.remote_off);

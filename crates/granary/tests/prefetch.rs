@@ -80,6 +80,14 @@ fn a_fresh_runner_builds_from_prefetched_packs() {
         "the second command packed only its new entries"
     );
     assert_eq!(keys(&*blobs, "granary-v1/manifests/").len(), 1);
+    // The same command again uses nothing new: the manifest it would
+    // publish is there already, and it sends nothing.
+    let (a3, _) = go_run(&sb, "a", &module, "again", &["test", "./p0"], remote);
+    assert_eq!(
+        (a3.prefetch.manifest_unchanged, a3.remote.remote_bytes_up),
+        (1, 0),
+        "{a3:?}"
+    );
 
     let (b1, out) = go_build(&sb, "b", &module, remote);
     let compiled = compiled_packages(&out.stderr);

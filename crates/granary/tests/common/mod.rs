@@ -323,6 +323,7 @@ pub struct Prefetch {
     pub prefetch_unused: u64,
     pub manifest_entries: u64,
     pub manifest_earlier: u64,
+    pub manifest_unchanged: u64,
     pub packs_uploaded: u64,
     pub swept: u64,
 }
