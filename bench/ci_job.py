@@ -29,9 +29,15 @@ checkout to the end of the job:
                   pack (tar | zstd -T0 -3) and upload it again
   tarball+modules the same with the module cache in the tarball
   granary-s3      `granary mtimes`, then the job with granary as the
-                  helper, its remote S3 (SeaweedFS), prefetch on
+                  helper, its remote S3 (SeaweedFS), prefetch on, each go
+                  command's close detached (GRANARY_DETACH), and at the
+                  end the job summary (`granary stats --markdown`), which
+                  waits for the last publication: as the GitHub action
+                  and the GitLab template run a job
   granary-s3-named  granary-s3 with GRANARY_LOOKUPS=named: a miss of
                   an action no manifest names is not looked up
+  granary-s3-waiting  granary-s3 with GRANARY_DETACH=false: each close
+                  waits for its uploads and manifest
   granary-serve   the same with `granary serve` as the remote
   laptop          native go with a warm cache and a checkout kept in
                   place (`git checkout` of the commit): the floor
@@ -81,7 +87,17 @@ MODULES = {
 }
 JOB = [["build", "./..."], ["vet", "./..."], ["test", "./..."]]
 CASES = ["no-cache", "tarball", "tarball+modules", "granary-s3", "granary-s3-named",
-         "granary-serve", "laptop"]
+         "granary-s3-waiting", "granary-serve", "laptop"]
+# Variants of a granary case, by suffix: settings on top of the case's.
+VARIANTS = {"-named": {"GRANARY_LOOKUPS": "named"}, "-waiting": {"GRANARY_DETACH": "false"}}
+
+
+def remote_of(case):
+    """The remote a granary case uses, and its variant's settings."""
+    for suffix, settings in VARIANTS.items():
+        if case.endswith(suffix):
+            return case.removesuffix(suffix), settings
+    return case, {}
 
 
 def main():
@@ -215,10 +231,16 @@ class Bench:
     def granary_env(self, cache, remote, namespace, read=None):
         env = self.env(cache)
         env.update(GOCACHEPROG=f"{self.granary} prog", GRANARY_TRIM_INTERVAL="none",
-                   GRANARY_NAMESPACE=namespace, **remote)
+                   GRANARY_NAMESPACE=namespace, GRANARY_DETACH="true", **remote)
         if read:
             env["GRANARY_READ_NAMESPACES"] = read
         return env
+
+    def summary(self, cache):
+        """The job summary's step: `granary stats --markdown`, which waits
+        for the detached publications of the job's go commands."""
+        subprocess.run([self.granary, "--dir", str(cache), "stats", "--markdown"], check=True,
+                       stdout=subprocess.DEVNULL)
 
     def remotes(self, slow):
         s3 = common.remote_env(self.slow_s3 if slow else self.s3, self.args.module)
@@ -264,7 +286,7 @@ class Bench:
             self.job(self.env(self.laptop_cache))
             shutil.rmtree(self.laptop_checkout, ignore_errors=True)
             subprocess.run(["cp", "-a", str(self.checkout), str(self.laptop_checkout)], check=True)
-            timed = {case.removesuffix("-named") for case in self.args.cases.split(",")}
+            timed = {remote_of(case)[0] for case in self.args.cases.split(",")}
             for name, remote in self.remotes(False).items():
                 if name not in timed:
                     continue
@@ -273,6 +295,7 @@ class Bench:
                                stdout=subprocess.DEVNULL)
                 fill = self.work / f"fill-{name}-{i}"
                 self.job(self.granary_env(fill, remote, "main"))
+                self.summary(fill)
                 # What it stored is in the remote now; a large module's
                 # runner holds a GiB or more, too much to keep ten of in a
                 # tmpfs.
@@ -323,12 +346,15 @@ class Bench:
             return time.perf_counter() - start, moved, tested, reused
         subprocess.run([self.granary, "mtimes", str(self.checkout)], check=True,
                        stdout=subprocess.DEVNULL)
-        remote = self.remotes(True)[case.removesuffix("-named")]
+        remote, variant = remote_of(case)
         namespace = f"timed-{scenario}-{case}-{run}"
-        env = self.granary_env(runner / "cache", remote, namespace, read="main")
-        if case.endswith("-named"):
-            env["GRANARY_LOOKUPS"] = "named"
+        env = self.granary_env(runner / "cache", self.remotes(True)[remote], namespace,
+                               read="main")
+        env.update(variant)
         _, tested, reused = self.job(env)
+        summary = time.perf_counter()
+        self.summary(runner / "cache")
+        print(f"  summary {time.perf_counter() - summary:.2f}", flush=True)
         elapsed = time.perf_counter() - start
         runs = [json.loads(line) for line in (runner / "cache" / "granary-stats.jsonl").read_text().splitlines()]
         moved = sum(r.get("remote_bytes_down", 0) + r.get("remote_bytes_up", 0) for r in runs)

@@ -36,6 +36,9 @@
 #   INPUT_MTIMES            true: give the checkout's tracked files times derived from
 #                           their content (`granary mtimes`), so that go reuses test
 #                           results on a fresh checkout [default: true]
+#   INPUT_DETACH            true: each go command exits without waiting for its uploads
+#                           and manifest, which finish in the background; the summary
+#                           (ci/summary.sh) waits for them [default: true]
 #   INPUT_JOB               names this job's manifests, so that the jobs of one branch
 #                           that run side by side do not replace each other's; jobs given
 #                           one name share theirs [default: the job's ID, GITHUB_JOB on
@@ -208,6 +211,7 @@ if [ -n "${INPUT_REMOTE:-}" ]; then
     set_var GRANARY_NAMESPACE "$namespace"
     set_var GRANARY_READ_NAMESPACES "$read_namespaces"
     set_var GRANARY_READ_ONLY "$read_only"
+    set_var GRANARY_DETACH "${INPUT_DETACH:-true}"
     # Manifests per branch and job: the jobs of a workflow run side by side,
     # and one's manifest would replace another's. A new branch starts from
     # the same job's on the default branch. (Git forbids spaces in branch

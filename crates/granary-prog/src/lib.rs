@@ -33,7 +33,8 @@
 //! never waits on the network, and a stored put is queued for upload. The
 //! remote's manifests are prefetched in the background from the start, and
 //! a manifest of what the run used is published at close (see
-//! `prefetch.rs` and `publish.rs`).
+//! `prefetch.rs` and `publish.rs`). A detached run (`Options::detach`)
+//! answers `close` first and publishes after.
 
 pub mod history;
 mod prefetch;
@@ -78,6 +79,13 @@ pub struct Options {
     /// worker takes its first put: for slow start-up work that must not
     /// delay the go command (the binary starts its background trim here).
     pub on_start: Option<Box<dyn FnOnce() + Send>>,
+    /// With a remote tier: answer `close` before the uploads and the
+    /// manifest are done, then call this, then finish them and write the
+    /// statistics, so that the go command exits without waiting on the
+    /// network. The binary lets go of stdout and stderr here: the go
+    /// command waits for stdout to close, and whatever reads its output
+    /// for stderr to.
+    pub detach: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl fmt::Debug for Options {
@@ -88,6 +96,7 @@ impl fmt::Debug for Options {
             .field("verbose", &self.verbose)
             .field("remote", &self.remote)
             .field("on_start", &self.on_start.is_some())
+            .field("detach", &self.detach.is_some())
             .finish()
     }
 }
@@ -125,7 +134,8 @@ const STREAM_DEPTH: usize = 8;
 /// Serves the requests on `input`, answering on `output`, until `close` or
 /// the end of input. The statistics are written (`stats_file`, and the
 /// history in the cache directory) before `close` is answered, so they are
-/// there when the go command exits.
+/// there when the go command exits; a detached run writes them once it
+/// has published, after `close`.
 pub fn run<R, W>(input: R, output: W, store: Store, options: Options) -> Result<Outcome, StartError>
 where
     R: BufRead,
@@ -197,8 +207,29 @@ where
         }
     }
     tracing::debug!("closing");
+    let (mut close, framing_error) = match outcome {
+        Ok(close) => (close, None),
+        Err(e) => (None, Some(e)),
+    };
     if let Some(prefetch) = &engine.remote {
         prefetch.finish();
+    }
+    // Before any wait on the remote: `granary explain` reads them once the
+    // go command exits.
+    if let Some(path) = &options.misses_file
+        && let Err(e) = append_misses(path, &engine.stats.take_misses())
+    {
+        tracing::warn!("cannot append the misses to {}: {e}", path.display());
+    }
+    if let Some(detach) = options.detach.filter(|_| engine.remote.is_some()) {
+        if let Some(ticket) = close.take() {
+            let id = ticket.id();
+            ticket.answer(Response::closed(id));
+        }
+        detach();
+        tracing::debug!("detached");
+    }
+    if let Some(prefetch) = &engine.remote {
         prefetch.remote.finish(publish::publish(prefetch));
     }
     // Cancels what the remote still has running (uploads given up at
@@ -207,10 +238,6 @@ where
     if let Some(runtime) = runtime {
         runtime.shutdown_background();
     }
-    let (close, framing_error) = match outcome {
-        Ok(close) => (close, None),
-        Err(e) => (None, Some(e)),
-    };
     let remote_state = engine
         .remote
         .as_ref()
@@ -227,11 +254,6 @@ where
         && let Err(e) = summary.write_to(path)
     {
         tracing::warn!("{e}");
-    }
-    if let Some(path) = &options.misses_file
-        && let Err(e) = append_misses(path, &engine.stats.take_misses())
-    {
-        tracing::warn!("cannot append the misses to {}: {e}", path.display());
     }
     if options.verbose {
         eprintln!("{}", summary.line());

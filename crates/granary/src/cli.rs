@@ -416,6 +416,18 @@ pub struct RemoteArgs {
     #[arg(long, env = "GRANARY_UPLOAD_DEADLINE", value_name = "AGE", value_parser = parse_duration)]
     pub upload_deadline: Option<Duration>,
 
+    /// At close, let the go command exit at once and finish the uploads and the manifest
+    /// in the background (not on Windows); `granary stats` waits for them, so a CI job's
+    /// summary step counts them. Its messages go to granary-journal/detached.log in the
+    /// cache directory [default: false]
+    #[arg(
+        long,
+        env = "GRANARY_DETACH",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub detach: Option<bool>,
+
     /// Publish the manifest of what this run used under this name (a branch, say), and
     /// prefetch what it names; the platform and Go version are always added
     /// [default: the module in the working directory]
@@ -627,6 +639,11 @@ pub struct StatsArgs {
         conflicts_with = "json"
     )]
     pub markdown: bool,
+
+    /// Wait at most this long for runs still publishing in the background (--detach), so
+    /// that they are counted
+    #[arg(long, value_name = "AGE", value_parser = parse_duration, default_value = "2m")]
+    pub wait: Duration,
 
     #[command(flatten)]
     pub output: JsonArg,

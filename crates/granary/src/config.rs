@@ -42,6 +42,7 @@ struct File {
     remote_timeout: Option<String>,
     remote_budget: Option<String>,
     upload_deadline: Option<String>,
+    detach: Option<bool>,
     token_file: Option<PathBuf>,
     oidc: Option<OidcProvider>,
     oidc_audience: Option<String>,
@@ -123,6 +124,8 @@ pub struct Remote {
     pub timeout: Duration,
     pub budget: Duration,
     pub upload_deadline: Duration,
+    /// Answer the go command's close before the uploads are done.
+    pub detach: bool,
     pub scopes: Scopes,
     pub namespace: Namespace,
     pub read_namespaces: Vec<Namespace>,
@@ -319,6 +322,7 @@ pub fn remote(
             &path,
         )?
         .unwrap_or(DEFAULT_UPLOAD_DEADLINE),
+        detach: args.detach.or(file.detach).unwrap_or(false),
         scopes,
         namespace,
         read_namespaces,

@@ -66,6 +66,14 @@ struct Report {
 }
 
 pub fn run(dir: &Path, args: &StatsArgs) -> anyhow::Result<ExitCode> {
+    if !crate::detach::wait_for_detached(dir, args.wait) {
+        eprintln!(
+            "granary: runs of {} still publishing in the background after {} are not counted \
+             (--wait sets how long to wait)",
+            dir.display(),
+            humantime::format_duration(args.wait)
+        );
+    }
     let (mut runs, unreadable) = read(dir)?;
     if let Some(since) = args.since {
         runs.retain(|run| {

@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod detach;
 mod doctor;
 mod explain;
 mod gocache;

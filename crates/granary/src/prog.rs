@@ -37,7 +37,12 @@ pub fn run(
             )
         })
         .ok();
-    let remote = config::remote(&dir, config, &args.remote)
+    let remote = config::remote(&dir, config, &args.remote);
+    let detach = match &remote {
+        Ok(Some(remote)) if remote.detach => crate::detach::detacher(&dir),
+        _ => None,
+    };
+    let remote = remote
         .and_then(|remote| remote.map(remote_options).transpose())
         .inspect_err(|e| {
             tracing::warn!("{}; the build goes on with the local cache only", chain(e))
@@ -66,6 +71,7 @@ pub fn run(
         verbose,
         remote,
         on_start,
+        detach,
     };
     let input = BufReader::with_capacity(STDIN_BUFFER, io::stdin().lock());
     let outcome = granary_prog::run(input, io::stdout(), store, options)?;

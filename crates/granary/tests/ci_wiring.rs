@@ -95,6 +95,15 @@ fn build(sb: &Sandbox, cache: &str, module: &Path, env: &HashMap<String, String>
         .env("GRANARY_STATS_FILE", &stats_file)
         .env("GRANARY_TRIM_INTERVAL", "none");
     run_ok(&mut cmd);
+    // The action detaches the close: the statistics are written once the
+    // publication is done, which `granary stats` waits for.
+    assert_eq!(env.get("GRANARY_DETACH").map(String::as_str), Some("true"));
+    let mut summary = Command::new(granary());
+    without_granary_env(&mut summary)
+        .arg("--dir")
+        .arg(sb.path(cache))
+        .args(["stats", "--wait", "60s"]);
+    run_ok(&mut summary);
     stats(&stats_file)
 }
 

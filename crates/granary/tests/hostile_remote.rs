@@ -585,38 +585,31 @@ fn a_trickling_pack_holds_a_get_no_longer_than_the_timeout() {
     assert_eq!((s.remote.remote_hits, s.errors), (1, 0), "{s:?}");
 }
 
-/// A store that never answers a pack's upload holds the close for about
-/// one --remote-timeout: the manifest goes out beside the pack, then again
-/// without it, and the manifest left names no pack.
-#[test]
-fn a_pack_upload_that_never_ends_holds_the_close_one_timeout() {
+/// SeaweedFS, its volumes made: its first writes create them, which
+/// must not count against the one-second timeout of these tests.
+fn warm_s3(sb: &Sandbox) -> S3Server {
     let s3 = S3Server::start();
-    let sb = Sandbox::new();
-    // SeaweedFS's first writes create its volumes: made before the
-    // one-second timeout applies.
-    let mut warm = patient_writer(&sb, &s3, "warm");
+    let mut warm = patient_writer(sb, &s3, "warm");
     warm.request(&put(1, 1, b"warm"), b"warm");
     assert!(warm.response()["DiskPath"].is_string());
     let (status, stderr) = warm.close();
     assert!(status.success(), "{stderr}");
+    s3
+}
 
-    let proxy = Proxy::start(&s3.endpoint, &["--fault", "stall", "--only", "/packs/"]);
-    let fresh = Sandbox::new();
-    let mut h = through(&fresh, &s3, &proxy);
+/// Five puts through `h`.
+fn put_five(h: &mut Helper) {
     for action in 1..=5u8 {
         let body = vec![action; 1000];
         h.request(&put(i64::from(action), action, &body), &body);
         assert!(h.response()["DiskPath"].is_string());
     }
-    let started = Instant::now();
-    let (status, stderr) = h.close();
-    let took = started.elapsed();
-    assert!(status.success(), "{stderr}");
-    assert!(
-        took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(1500),
-        "the close took {took:?}: {stderr}"
-    );
-    let s = stats(&fresh.path("stats.json"));
+}
+
+/// The run's statistics and the bucket's one manifest, which names the
+/// five entries and no pack: the pack's upload never ended.
+fn published_without_pack(s3: &S3Server, stats_file: &std::path::Path) {
+    let s = stats(stats_file);
     assert_eq!(
         (s.prefetch.packs_uploaded, s.prefetch.manifest_entries),
         (0, 5),
@@ -631,6 +624,88 @@ fn a_pack_upload_that_never_ends_holds_the_close_one_timeout() {
         manifest.groups.iter().all(|g| g.pack.is_none()),
         "{manifest:?}"
     );
+}
+
+/// A store that never answers a pack's upload holds the close for about
+/// one --remote-timeout: the manifest goes out beside the pack, then again
+/// without it, and the manifest left names no pack.
+#[test]
+fn a_pack_upload_that_never_ends_holds_the_close_one_timeout() {
+    let sb = Sandbox::new();
+    let s3 = warm_s3(&sb);
+    let proxy = Proxy::start(&s3.endpoint, &["--fault", "stall", "--only", "/packs/"]);
+    let fresh = Sandbox::new();
+    let mut h = through(&fresh, &s3, &proxy);
+    put_five(&mut h);
+    let started = Instant::now();
+    let (status, stderr) = h.close();
+    let took = started.elapsed();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(1500),
+        "the close took {took:?}: {stderr}"
+    );
+    published_without_pack(&s3, &fresh.path("stats.json"));
+}
+
+/// With --detach the same stalled upload holds nothing: `close` is
+/// answered and stdout and stderr end at once, as the go command and
+/// whatever reads its output need, while the helper goes on publishing.
+/// `granary stats` waits for it within its bound: one that gives up early
+/// says so, one that waits long enough counts the run.
+#[test]
+fn a_detached_close_lets_the_go_command_go_and_publishes_after() {
+    let sb = Sandbox::new();
+    let s3 = warm_s3(&sb);
+    let proxy = Proxy::start(&s3.endpoint, &["--fault", "stall", "--only", "/packs/"]);
+    let fresh = Sandbox::new();
+    let detached = |cmd: &mut Command| {
+        s3.configure(cmd, "ci");
+        cmd.env("GRANARY_S3_ENDPOINT", &proxy.endpoint)
+            .env("GRANARY_DETACH", "true");
+    };
+    let mut h = helper(&fresh, detached, true);
+    put_five(&mut h);
+    let started = Instant::now();
+    h.request(&granary_protocol::Request::Close { id: 999 }, &[]);
+    assert_eq!(h.response(), serde_json::json!({"ID": 999}));
+    drop(h.stdin.take());
+    let mut rest = String::new();
+    h.stdout.read_to_string(&mut rest).unwrap();
+    let stderr = h.stderr();
+    let let_go = started.elapsed();
+    assert_eq!(rest, "", "nothing may follow the last answer");
+    assert!(
+        let_go < TIMEOUT / 2,
+        "stdout and stderr ended {let_go:?} after the close: {stderr}"
+    );
+    assert!(h.child.try_wait().unwrap().is_none(), "still publishing");
+
+    let stats_command = |wait: &str| {
+        let mut cmd = Command::new(granary());
+        without_granary_env(&mut cmd)
+            .env("GRANARY_DIR", &h.cache)
+            .args(["stats", "--json", "--wait", wait]);
+        let began = Instant::now();
+        let out = run_ok(&mut cmd);
+        (
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            began.elapsed(),
+        )
+    };
+    let (impatient, took) = stats_command("100ms");
+    assert!(
+        impatient.contains("still publishing") && took < TIMEOUT / 2,
+        "{took:?}: {impatient}"
+    );
+    let (patient, took) = stats_command("10s");
+    let done = started.elapsed();
+    assert!(
+        patient.is_empty() && done >= TIMEOUT && took < Duration::from_secs(5),
+        "waited {took:?}, {done:?} after the close: {patient}"
+    );
+    assert!(h.child.wait().unwrap().success());
+    published_without_pack(&s3, &fresh.path("stats.json"));
 }
 
 /// A cache server that refuses the token: the advice names the token
