@@ -642,7 +642,13 @@ pub struct StatsArgs {
 
     /// Wait at most this long for runs still publishing in the background (--detach), so
     /// that they are counted
-    #[arg(long, value_name = "AGE", value_parser = parse_duration, default_value = "2m")]
+    #[arg(
+        long,
+        env = "GRANARY_STATS_WAIT",
+        value_name = "AGE",
+        value_parser = parse_duration,
+        default_value = "2m"
+    )]
     pub wait: Duration,
 
     #[command(flatten)]
