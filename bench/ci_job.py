@@ -41,6 +41,9 @@ checkout to the end of the job:
   granary-serve   the same with `granary serve` as the remote
   laptop          native go with a warm cache and a checkout kept in
                   place (`git checkout` of the commit): the floor
+  laptop-granary  the laptop with granary as its helper, no remote (it
+                  reads cmd/go's own cache format): the floor of any
+                  GOCACHEPROG helper, a pipe round trip per get
 Scenarios:
   same   the job of commit 0 ran before
   next   the job of commit 0 ran before; the runner builds commit 1
@@ -87,7 +90,7 @@ MODULES = {
 }
 JOB = [["build", "./..."], ["vet", "./..."], ["test", "./..."]]
 CASES = ["no-cache", "tarball", "tarball+modules", "granary-s3", "granary-s3-named",
-         "granary-s3-waiting", "granary-serve", "laptop"]
+         "granary-s3-waiting", "granary-serve", "laptop", "laptop-granary"]
 # Variants of a granary case, by suffix: settings on top of the case's.
 VARIANTS = {"-named": {"GRANARY_LOOKUPS": "named"}, "-waiting": {"GRANARY_DETACH": "false"}}
 
@@ -310,13 +313,16 @@ class Bench:
     def timed(self, case, scenario, run, target):
         runner = self.work / f"runner-{scenario}-{case}-{run}"
         runner.mkdir()
-        if case == "laptop":
+        if case.startswith("laptop"):
             shutil.rmtree(self.checkout, ignore_errors=True)
             subprocess.run(["cp", "-a", str(self.laptop_checkout), str(self.checkout)], check=True)
             subprocess.run(["cp", "-a", str(self.laptop_cache), str(runner / "cache")], check=True)
+            env = self.env(runner / "cache")
+            if case == "laptop-granary":
+                env.update(GOCACHEPROG=f"{self.granary} prog", GRANARY_TRIM_INTERVAL="none")
             start = time.perf_counter()
             git(self.checkout, "checkout", "-q", target)
-            _, tested, reused = self.job(self.env(runner / "cache"))
+            _, tested, reused = self.job(env)
             return time.perf_counter() - start, 0, tested, reused
         self.fresh_checkout(target)
         start = time.perf_counter()
