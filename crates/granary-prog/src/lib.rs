@@ -57,6 +57,7 @@ use granary_remote::Made;
 use granary_store::{Hit, Lookup, ObjectWriter, Store};
 
 use prefetch::Prefetch;
+pub use publish::JOURNALS;
 use remote::Remote;
 pub use remote::{RemoteOptions, Scopes};
 use respond::{Responder, Ticket, answer_hit, disk_path, fail};

@@ -65,8 +65,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 const REPUBLISH_AFTER: Duration = Duration::from_secs(3600);
 /// Most packs and manifests one close deletes.
 const SWEEP_LIMIT: usize = 1000;
-/// The journals' directory in the cache directory.
-const JOURNALS: &str = "granary-journal";
+/// The journals' directory in the cache directory, where the binary keeps
+/// its own files about runs too.
+pub const JOURNALS: &str = "granary-journal";
 
 /// At close: publishes the manifest of what this job used, packing
 /// what no fresh pack holds, and meanwhile deletes what is too old to be

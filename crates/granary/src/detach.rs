@@ -18,11 +18,13 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The lock that detached runs hold, in the cache directory.
-const LOCK: &str = "granary-journal/detached.lock";
+use granary_prog::JOURNALS;
+
+/// The lock that detached runs hold, in the cache directory's journals.
+const LOCK: &str = "detached.lock";
 /// Where detached runs write what they would have said on stderr.
 #[cfg(unix)]
-const LOG: &str = "granary-journal/detached.log";
+const LOG: &str = "detached.log";
 /// The log is started afresh once this large.
 #[cfg(unix)]
 const LOG_LIMIT: u64 = 1 << 20;
@@ -58,7 +60,7 @@ fn detach(dir: &Path) -> io::Result<()> {
     lock.lock_shared()?;
     // Released when the process ends, however it ends.
     std::mem::forget(lock);
-    let log_path = dir.join(LOG);
+    let log_path = dir.join(JOURNALS).join(LOG);
     let log = match std::fs::metadata(&log_path) {
         Ok(meta) if meta.len() > LOG_LIMIT => File::create(&log_path)?,
         _ => OpenOptions::new()
@@ -75,21 +77,20 @@ fn detach(dir: &Path) -> io::Result<()> {
 }
 
 fn open_lock(dir: &Path) -> io::Result<File> {
-    let path = dir.join(LOCK);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
+    let journals = dir.join(JOURNALS);
+    std::fs::create_dir_all(&journals)?;
     OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path)
+        .open(journals.join(LOCK))
 }
 
 /// Waits, at most `bound`, until no detached run of the cache directory
-/// `dir` is at work. Returns whether none is.
+/// `dir` is at work. Returns false if one still is; true also when the
+/// lock cannot be taken at all (there is nothing to wait on then).
 pub fn wait_for_detached(dir: &Path, bound: Duration) -> bool {
-    if !dir.join(LOCK).exists() {
+    if !dir.join(JOURNALS).join(LOCK).exists() {
         return true;
     }
     let Ok(lock) = open_lock(dir) else {
@@ -102,7 +103,11 @@ pub fn wait_for_detached(dir: &Path, bound: Duration) -> bool {
             Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < bound => {
                 thread::sleep(POLL);
             }
-            Err(_) => return false,
+            Err(std::fs::TryLockError::WouldBlock) => return false,
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::debug!("cannot lock {LOCK} to wait for detached runs: {e}");
+                return true;
+            }
         }
     }
 }
