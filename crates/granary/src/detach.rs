@@ -10,7 +10,7 @@
 //! stats` that a detached run is still at work, so that a job's summary
 //! counts it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 #[cfg(unix)]
 use std::io::Write;
@@ -30,6 +30,10 @@ const LOG: &str = "detached.log";
 const LOG_LIMIT: u64 = 1 << 20;
 /// How often a waiter tries the lock.
 const POLL: Duration = Duration::from_millis(20);
+/// How long a detaching run tries for its shared lock: a waiter holds the
+/// lock exclusively only for the moment it takes to see it free.
+#[cfg(unix)]
+const SHARED_LOCK_BOUND: Duration = Duration::from_secs(1);
 
 /// What `granary prog` calls once `close` is answered, for the cache
 /// directory `dir`.
@@ -57,9 +61,12 @@ pub fn detacher(_dir: &Path) -> Option<Box<dyn FnOnce() + Send>> {
 #[cfg(unix)]
 fn detach(dir: &Path) -> io::Result<()> {
     let lock = open_lock(dir)?;
-    lock.lock_shared()?;
-    // Released when the process ends, however it ends.
-    std::mem::forget(lock);
+    if poll(SHARED_LOCK_BOUND, || lock.try_lock_shared())? {
+        // Released when the process ends, however it ends.
+        std::mem::forget(lock);
+    } else {
+        tracing::debug!("{LOCK} stayed locked; granary stats will not wait for this run");
+    }
     let log_path = dir.join(JOURNALS).join(LOG);
     let log = match std::fs::metadata(&log_path) {
         Ok(meta) if meta.len() > LOG_LIMIT => File::create(&log_path)?,
@@ -96,18 +103,57 @@ pub fn wait_for_detached(dir: &Path, bound: Duration) -> bool {
     let Ok(lock) = open_lock(dir) else {
         return true;
     };
+    poll(bound, || lock.try_lock()).unwrap_or_else(|e| {
+        tracing::debug!("cannot lock {LOCK} to wait for detached runs: {e}");
+        true
+    })
+}
+
+/// Tries `attempt` every [`POLL`] until it takes the lock or `bound` has
+/// passed; whether it took it.
+fn poll(
+    bound: Duration,
+    mut attempt: impl FnMut() -> Result<(), TryLockError>,
+) -> io::Result<bool> {
     let start = Instant::now();
     loop {
-        match lock.try_lock() {
-            Ok(()) => return true,
-            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < bound => {
-                thread::sleep(POLL);
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return false,
-            Err(std::fs::TryLockError::Error(e)) => {
-                tracing::debug!("cannot lock {LOCK} to wait for detached runs: {e}");
-                return true;
-            }
+        match attempt() {
+            Ok(()) => return Ok(true),
+            Err(TryLockError::WouldBlock) if start.elapsed() < bound => thread::sleep(POLL),
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            Err(TryLockError::Error(e)) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiter waits for a detached run's lock no longer than its bound,
+    /// and a detaching run for a waiter's no longer than its own.
+    #[test]
+    fn waits_for_the_lock_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(wait_for_detached(dir.path(), Duration::ZERO), "no run yet");
+        let detached = open_lock(dir.path()).unwrap();
+        detached.lock_shared().unwrap();
+        let started = Instant::now();
+        assert!(!wait_for_detached(dir.path(), Duration::from_millis(100)));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        drop(detached);
+        assert!(wait_for_detached(dir.path(), Duration::from_millis(100)));
+
+        let waiter = open_lock(dir.path()).unwrap();
+        waiter.lock().unwrap();
+        let detaching = open_lock(dir.path()).unwrap();
+        let bound = Duration::from_millis(100);
+        assert!(!poll(bound, || detaching.try_lock_shared()).unwrap());
+        drop(waiter);
+        assert!(poll(bound, || detaching.try_lock_shared()).unwrap());
     }
 }

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::s3::{Proxy, S3Server, keys, put_blob, read_blob};
+use common::s3::{Proxy, S3Server, only_manifest, put_blob};
 use common::*;
 use granary_id::Id;
 use granary_remote::layout::manifest_action;
@@ -615,14 +616,50 @@ fn published_without_pack(s3: &S3Server, stats_file: &std::path::Path) {
         (0, 5),
         "{s:?}"
     );
-    let blobs = s3.bucket("ci");
-    let [key] = &keys(&*blobs, "granary-v1/manifests/")[..] else {
-        panic!("one manifest");
-    };
-    let manifest = Manifest::decode(&read_blob(&*blobs, key)).unwrap();
+    let (_, manifest) = only_manifest(&*s3.bucket("ci"), "granary-v1/");
     assert!(
         manifest.groups.iter().all(|g| g.pack.is_none()),
         "{manifest:?}"
+    );
+}
+
+/// A run that cannot detach (its log in the cache directory cannot be
+/// opened) says why and closes as without --detach: it answers after its
+/// uploads and manifest, and nothing is lost.
+#[test]
+fn a_close_that_cannot_detach_waits_and_says_why() {
+    let remote = Hostile::start(|method, _| match method {
+        "PUT" => Reply::Full(200, Vec::new()),
+        _ => Reply::Full(404, Vec::new()),
+    });
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.cache().join("granary-journal/detached.log")).unwrap();
+    let url = remote.url();
+    let mut h = helper(
+        &sb,
+        |cmd| {
+            http(url)(cmd);
+            cmd.env("GRANARY_DETACH", "true");
+        },
+        true,
+    );
+    put_five(&mut h);
+    let (status, stderr) = h.close();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("cannot detach"), "{stderr}");
+    let s = stats(&sb.path("stats.json"));
+    assert_eq!(
+        (s.remote.uploads, s.prefetch.manifest_entries),
+        (5, 5),
+        "{s:?}"
+    );
+    assert!(
+        remote
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("PUT") && r.contains("ac/")),
+        "{:?}",
+        remote.requests()
     );
 }
 

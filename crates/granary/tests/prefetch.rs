@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::s3::{Proxy, S3Server, keys, put_blob, read_blob};
+use common::s3::{Proxy, S3Server, keys, only_manifest, put_blob, read_blob};
 use common::server::Server;
 use common::*;
 use granary_id::Id;
@@ -194,10 +194,7 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
     let remote = |cmd: &mut Command| s3.configure(cmd, "ci");
     let (a, _) = go_build(&sb, "a", &module, remote);
     let blobs = s3.bucket("ci");
-    let [manifest_key] = &keys(&*blobs, "granary-v1/manifests/")[..] else {
-        panic!("one manifest");
-    };
-    let mut manifest = Manifest::decode(&read_blob(&*blobs, manifest_key)).unwrap();
+    let (manifest_key, mut manifest) = only_manifest(&*blobs, "granary-v1/");
     // A gone pack, and loose entries nobody ever stored.
     let mut gone = manifest.groups[0].pack.unwrap();
     gone.id = Id([0xee; 32]);
@@ -220,7 +217,7 @@ fn a_manifest_of_vanished_entries_costs_only_counted_misses() {
         actions: ghosts[100..].to_vec(),
         earlier: Vec::new(),
     });
-    put_blob(&*blobs, manifest_key, manifest.encode());
+    put_blob(&*blobs, &manifest_key, manifest.encode());
 
     let started = Instant::now();
     let (b, out) = go_build(&sb, "b", &module, |cmd| {
@@ -640,10 +637,7 @@ fn a_pull_requests_manifest_names_the_packs_of_main() {
         "{first:?} {main:?}"
     );
     let blobs = s3.bucket("ci");
-    let [key] = &keys(&*blobs, "granary-v1/ns/pr-1/manifests/")[..] else {
-        panic!("one manifest in pr-1")
-    };
-    let manifest = Manifest::decode(&read_blob(&*blobs, key)).unwrap();
+    let (_, manifest) = only_manifest(&*blobs, "granary-v1/ns/pr-1/");
     let main_namespace = granary_remote::Namespace::new("main").unwrap();
     // The linked binary, too large for a pack, is its only loose entry.
     let (packed, loose): (Vec<_>, Vec<_>) = manifest.groups.iter().partition(|g| g.pack.is_some());
@@ -696,10 +690,7 @@ fn a_pack_the_store_refused_is_not_named() {
     );
     let blobs = s3.bucket("ci");
     assert!(keys(&*blobs, "granary-v1/packs/").is_empty());
-    let [manifest_key] = &keys(&*blobs, "granary-v1/manifests/")[..] else {
-        panic!("one manifest");
-    };
-    let manifest = Manifest::decode(&read_blob(&*blobs, manifest_key)).unwrap();
+    let (_, manifest) = only_manifest(&*blobs, "granary-v1/");
     assert!(
         manifest.groups.iter().all(|g| g.pack.is_none()),
         "{manifest:?}"

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use granary_remote::{BlobStore, ObjectSettings, StoreSettings};
+use granary_remote::{BlobStore, Manifest, ObjectSettings, StoreSettings};
 use tempfile::TempDir;
 
 use super::clouds::Cloud;
@@ -347,6 +347,17 @@ pub fn read_blob(blobs: &dyn BlobStore, key: &str) -> Vec<u8> {
         let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
         chunks.concat()
     })
+}
+
+/// The one manifest under `prefix` (`granary-v1/`, or a namespace's
+/// folder in it): its key and what it says.
+pub fn only_manifest(blobs: &dyn BlobStore, prefix: &str) -> (String, Manifest) {
+    let keys = keys(blobs, &format!("{prefix}manifests/"));
+    let [key] = &keys[..] else {
+        panic!("one manifest under {prefix}: {keys:?}");
+    };
+    let manifest = Manifest::decode(&read_blob(blobs, key)).unwrap();
+    (key.clone(), manifest)
 }
 
 pub fn put_blob(blobs: &dyn BlobStore, key: &str, bytes: Vec<u8>) {
