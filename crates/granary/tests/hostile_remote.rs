@@ -538,13 +538,15 @@ fn patient_writer(sb: &Sandbox, s3: &S3Server, prefix: &str) -> Helper {
     )
 }
 
-/// A helper reading and writing `s3` under `ci`, through `proxy`.
-fn through(sb: &Sandbox, s3: &S3Server, proxy: &Proxy) -> Helper {
+/// A helper reading and writing `s3` under `ci`, through `proxy`, with
+/// the settings `extra`.
+fn through(sb: &Sandbox, s3: &S3Server, proxy: &Proxy, extra: &[(&str, &str)]) -> Helper {
     helper(
         sb,
         |cmd| {
             s3.configure(cmd, "ci");
-            cmd.env("GRANARY_S3_ENDPOINT", &proxy.endpoint);
+            cmd.env("GRANARY_S3_ENDPOINT", &proxy.endpoint)
+                .envs(extra.iter().copied());
         },
         true,
     )
@@ -575,7 +577,7 @@ fn a_trickling_pack_holds_a_get_no_longer_than_the_timeout() {
 
     let proxy = Proxy::start(&s3.endpoint, &["--fault", "trickle", "--only", "/packs/"]);
     let fresh = Sandbox::new();
-    let mut h = through(&fresh, &s3, &proxy);
+    let mut h = through(&fresh, &s3, &proxy, &[]);
     let (answer, took) = timed_get(&mut h, 1, Id([30; 32]));
     assert_eq!(answer["Size"], 1000, "a hit through the lookup: {answer}");
     assert_bounded(&answer, took, GET_BOUND);
@@ -586,16 +588,19 @@ fn a_trickling_pack_holds_a_get_no_longer_than_the_timeout() {
     assert_eq!((s.remote.remote_hits, s.errors), (1, 0), "{s:?}");
 }
 
-/// SeaweedFS, its volumes made: its first writes create them, which
-/// must not count against the one-second timeout of these tests.
-fn warm_s3(sb: &Sandbox) -> S3Server {
+/// SeaweedFS, its volumes made (its first writes create them, which must
+/// not count against the one-second timeout of these tests), behind a
+/// proxy that never answers the upload of a pack.
+fn stalling_pack_uploads() -> (S3Server, Proxy) {
+    let sb = Sandbox::new();
     let s3 = S3Server::start();
-    let mut warm = patient_writer(sb, &s3, "warm");
+    let mut warm = patient_writer(&sb, &s3, "warm");
     warm.request(&put(1, 1, b"warm"), b"warm");
     assert!(warm.response()["DiskPath"].is_string());
     let (status, stderr) = warm.close();
     assert!(status.success(), "{stderr}");
-    s3
+    let proxy = Proxy::start(&s3.endpoint, &["--fault", "stall", "--only", "/packs/"]);
+    (s3, proxy)
 }
 
 /// Five puts through `h`.
@@ -668,11 +673,9 @@ fn a_close_that_cannot_detach_waits_and_says_why() {
 /// without it, and the manifest left names no pack.
 #[test]
 fn a_pack_upload_that_never_ends_holds_the_close_one_timeout() {
-    let sb = Sandbox::new();
-    let s3 = warm_s3(&sb);
-    let proxy = Proxy::start(&s3.endpoint, &["--fault", "stall", "--only", "/packs/"]);
+    let (s3, proxy) = stalling_pack_uploads();
     let fresh = Sandbox::new();
-    let mut h = through(&fresh, &s3, &proxy);
+    let mut h = through(&fresh, &s3, &proxy, &[]);
     put_five(&mut h);
     let started = Instant::now();
     let (status, stderr) = h.close();
@@ -692,16 +695,9 @@ fn a_pack_upload_that_never_ends_holds_the_close_one_timeout() {
 /// says so, one that waits long enough counts the run.
 #[test]
 fn a_detached_close_lets_the_go_command_go_and_publishes_after() {
-    let sb = Sandbox::new();
-    let s3 = warm_s3(&sb);
-    let proxy = Proxy::start(&s3.endpoint, &["--fault", "stall", "--only", "/packs/"]);
+    let (s3, proxy) = stalling_pack_uploads();
     let fresh = Sandbox::new();
-    let detached = |cmd: &mut Command| {
-        s3.configure(cmd, "ci");
-        cmd.env("GRANARY_S3_ENDPOINT", &proxy.endpoint)
-            .env("GRANARY_DETACH", "true");
-    };
-    let mut h = helper(&fresh, detached, true);
+    let mut h = through(&fresh, &s3, &proxy, &[("GRANARY_DETACH", "true")]);
     put_five(&mut h);
     let started = Instant::now();
     h.request(&granary_protocol::Request::Close { id: 999 }, &[]);
