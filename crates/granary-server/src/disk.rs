@@ -586,6 +586,16 @@ impl Disk {
         self.lock().blobs.get(key).map(|meta| meta.size)
     }
 
+    /// Whether `key` is stored as a zstd frame of the blob (false if it
+    /// is not stored).
+    #[cfg(target_os = "linux")]
+    pub fn is_compressed(&self, key: &Key) -> bool {
+        self.lock()
+            .blobs
+            .get(key)
+            .is_some_and(|meta| meta.stored != meta.size)
+    }
+
     /// Finds `key`: a complete blob (opened, pinned, its use recorded), an
     /// upload in progress, or nothing.
     pub fn find(self: &Arc<Self>, key: &Key) -> Found {

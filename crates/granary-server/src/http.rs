@@ -45,7 +45,7 @@ use crate::service::{Held, Opened, Service, Unreadable, read_whole, stored_bytes
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Blobs up to this size are read whole and sent in one piece.
-const SMALL_BLOB: u64 = 64 * 1024;
+pub const SMALL_BLOB: u64 = 64 * 1024;
 
 impl Service {
     /// Who sent `request`; a refused credential is counted.

@@ -58,6 +58,8 @@ mod listen;
 mod metrics;
 mod oidc;
 mod pace;
+#[cfg(target_os = "linux")]
+mod sendfile;
 mod service;
 mod table;
 

@@ -30,14 +30,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::BATCHES_PER_CONNECTION;
 use crate::http::Body;
 use crate::metrics::RequestLabels;
+#[cfg(target_os = "linux")]
+use crate::sendfile::{self, Ended, Prefixed};
 use crate::service::Service;
 
 /// Requests one HTTP/2 connection may have under way at once: each holds
@@ -59,6 +62,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    // Tells connections answered outside hyper to end between requests.
+    let closing = CancellationToken::new();
     let idle = service.idle_timeout;
     tokio::pin!(shutdown);
     loop {
@@ -84,6 +89,7 @@ pub async fn serve(
         let grpc = grpc.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let closing = closing.clone();
         tokio::spawn(async move {
             let activity = Arc::new(Activity::new());
             let serve = |io| {
@@ -137,7 +143,10 @@ pub async fn serve(
                 watcher.watch(connection)
             };
             let result = match tls {
-                None => serve(Stalls::new(Box::new(stream), idle, activity.clone())).await,
+                None => match plain(stream, &service, &closing).await {
+                    Some(stream) => serve(Stalls::new(stream, idle, activity.clone())).await,
+                    None => Ok(()),
+                },
                 Some(tls) => match tokio::time::timeout(idle, tls.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         activity.progress();
@@ -160,12 +169,41 @@ pub async fn serve(
         });
     }
     drop(listener);
+    closing.cancel();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("requests still running after {grace:?}; stopping anyway");
         }
     }
+}
+
+/// A plain connection, for hyper once [`sendfile`](crate::sendfile) has
+/// answered the reads it could; `None` if it has ended there.
+#[cfg(target_os = "linux")]
+async fn plain(
+    mut stream: TcpStream,
+    service: &Arc<Service>,
+    closing: &CancellationToken,
+) -> Option<Box<dyn Stream>> {
+    match sendfile::answer_reads(&mut stream, service, closing).await {
+        Ok(Ended::HandedOff(read)) => Some(Box::new(Prefixed::new(read, stream))),
+        Ok(Ended::Closed) => None,
+        Err(e) => {
+            tracing::debug!("connection answered by sendfile: {e}");
+            None
+        }
+    }
+}
+
+/// A plain connection, for hyper.
+#[cfg(not(target_os = "linux"))]
+async fn plain(
+    stream: TcpStream,
+    _service: &Arc<Service>,
+    _closing: &CancellationToken,
+) -> Option<Box<dyn Stream>> {
+    Some(Box::new(stream))
 }
 
 /// Whether a request is a gRPC call (`application/grpc`, `+proto` and

@@ -70,6 +70,10 @@ pub struct Metrics {
     blob_gets: [BlobGets; 2],
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
+    /// Of those, sent from their file by the kernel (see `sendfile.rs`;
+    /// Linux only).
+    #[cfg(target_os = "linux")]
+    pub bytes_sent_by_kernel: Counter,
     pub rejected_writes: Family<ReasonLabels, Counter>,
     refused_credentials: Family<ReasonLabels, Counter>,
     pub backing_fetches: Counter,
@@ -118,6 +122,14 @@ impl Metrics {
         );
         let bytes_sent = Counter::default();
         registry.register("sent_bytes", "Body bytes sent", bytes_sent.clone());
+        #[cfg(target_os = "linux")]
+        let bytes_sent_by_kernel = Counter::default();
+        #[cfg(target_os = "linux")]
+        registry.register(
+            "sent_by_kernel_bytes",
+            "Of the body bytes sent, those the kernel sent from their file (sendfile)",
+            bytes_sent_by_kernel.clone(),
+        );
         let refused_credentials = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "refused_credentials",
@@ -238,6 +250,8 @@ impl Metrics {
             blob_gets,
             bytes_received,
             bytes_sent,
+            #[cfg(target_os = "linux")]
+            bytes_sent_by_kernel,
             rejected_writes,
             refused_credentials,
             backing_fetches,

@@ -64,6 +64,18 @@ pub enum Opened {
     Arriving(Follower),
 }
 
+/// A key opened without waiting (see [`Service::open_now`]).
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub enum OpenedNow {
+    /// Complete on disk, pinned against eviction while it lives.
+    Stored(Blob),
+    /// Nowhere: no upload in flight, no backing store to ask.
+    Missing,
+    /// Reading it waits, or decodes: [`Service::open`] it.
+    Later,
+}
+
 /// What the cache holds of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {
@@ -125,6 +137,25 @@ impl Service {
             Ok(Followed::Missing) => Err(Unreadable::Missing(key)),
             Ok(Followed::Failed) => Err(Unreadable::UploadFailed(key)),
             Err(_) => Err(Unreadable::Stalled { key, after: idle }),
+        }
+    }
+
+    /// Opens `key` if that needs no wait and no decoding: stored (as a
+    /// zstd frame only for a client that takes `zstd`), or missing with
+    /// nowhere else to look.
+    #[cfg(target_os = "linux")]
+    pub fn open_now(&self, key: &Key, zstd: bool) -> OpenedNow {
+        // Asked first, so that a blob left to `open` is not found (and
+        // its use counted) twice.
+        if !zstd && self.disk.is_compressed(key) {
+            return OpenedNow::Later;
+        }
+        match self.disk.find(key) {
+            // Compressed since the question above.
+            Found::Blob(blob) if blob.compressed() && !zstd => OpenedNow::Later,
+            Found::Blob(blob) => OpenedNow::Stored(blob),
+            Found::Missing if self.backing.is_none() => OpenedNow::Missing,
+            Found::Missing | Found::Upload(_) => OpenedNow::Later,
         }
     }
 

@@ -952,16 +952,158 @@ fn an_uncompressed_directory_is_served_and_compressed_over_time() {
     assert!(bytes < blob.len() as u64 / 3, "{bytes}");
 }
 
+/// The responses to requests pipelined on one connection, read to its
+/// end: each one's status, head and body (none for a HEAD's, whose
+/// position `heads` gives).
+fn responses(mut raw: &[u8], heads: &[usize]) -> Vec<(u16, String, Vec<u8>)> {
+    let mut answers = Vec::new();
+    while !raw.is_empty() {
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        let length: usize = match heads.contains(&answers.len()) {
+            true => 0,
+            false => head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length: "))
+                .unwrap_or_else(|| panic!("no length in {head}"))
+                .parse()
+                .unwrap(),
+        };
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = raw[split + 4..split + 4 + length].to_vec();
+        raw = &raw[split + 4 + length..];
+        answers.push((status, head, body));
+    }
+    answers
+}
+
+/// On a plain connection, reads of stored blobs are answered outside
+/// hyper, the kernel sending raw files and frames from disk (sendfile). The
+/// first request hyper must answer (here a PUT) hands it the connection,
+/// and it answers that and the rest in order.
+#[test]
+fn reads_are_sent_by_the_kernel_until_a_request_for_hyper() {
+    let server = Server::start(&[]);
+    let noise = pattern(2 << 20, 61);
+    let text = compressible(3 << 20, 62);
+    let small = pattern(1_000, 63);
+    for blob in [&noise, &text, &small] {
+        assert_eq!(put_cas(&server, blob, &[]).0, 200);
+    }
+    let new = pattern(5_000, 64);
+    let cas = |blob: &[u8]| format!("/cas/{}", sha256_hex(blob));
+    let missing = format!("/cas/{}", "cd".repeat(32));
+    let by_kernel = || server.metric("granary_sent_by_kernel_bytes_total", "");
+    let before = by_kernel();
+
+    let mut pipelined = format!(
+        "GET {} HTTP/1.1\r\nHost: t\r\n\r\n\
+         HEAD {} HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET {missing} HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET {} HTTP/1.1\r\nHost: t\r\nAccept-Encoding: zstd\r\n\r\n\
+         GET {} HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n\
+         PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        cas(&noise),
+        cas(&small),
+        cas(&text),
+        cas(&small),
+        cas(&new),
+        new.len(),
+    )
+    .into_bytes();
+    pipelined.extend_from_slice(&new);
+    pipelined.extend_from_slice(
+        format!(
+            "GET {} HTTP/1.1\r\nHost: t\r\n\r\n\
+             GET {} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            cas(&noise),
+            cas(&new),
+        )
+        .as_bytes(),
+    );
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(&pipelined).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let answers = responses(&raw, &[1]);
+    let statuses: Vec<u16> = answers.iter().map(|answer| answer.0).collect();
+    assert_eq!(statuses, [200, 200, 404, 200, 200, 200, 200, 200]);
+    let [first, head, _, frame, kept, _, again, last] = &answers[..] else {
+        unreachable!()
+    };
+    assert!(
+        first.2 == noise && first.1.contains("\r\ndate: "),
+        "{}",
+        first.1
+    );
+    assert!(head.1.contains("content-length: 1000"), "{}", head.1);
+    assert!(frame.1.contains("content-encoding: zstd"), "{}", frame.1);
+    assert!(zstd::decode_all(&frame.2[..]).unwrap() == text);
+    assert!(kept.2 == small && again.2 == noise && last.2 == new);
+
+    // The second GET of `noise` came after the PUT: hyper copied it.
+    let sent = by_kernel() - before;
+    assert_eq!(sent, (noise.len() + frame.2.len()) as f64);
+    let count = |method: &str, status: u16| {
+        let labels = format!("method=\"{method}\",kind=\"cas\",status=\"{status}\"");
+        server.metric("granary_requests_total", &labels)
+    };
+    assert_eq!((count("GET", 200), count("GET", 404)), (5.0, 1.0));
+    assert_eq!(count("HEAD", 200), 1.0);
+}
+
+/// A client that stops reading a blob the kernel sends loses its
+/// connection once it has taken nothing for the idle timeout, and the
+/// server its slot with it.
+#[test]
+fn a_client_that_stops_reading_gives_its_connection_back() {
+    let server = Server::start(&["--idle-timeout", "1s", "--max-connections", "1"]);
+    let body = pattern(32 << 20, 65);
+    let (status, path) = put_cas(&server, &body, &[]);
+    assert_eq!(status, 200);
+    let mut stalled = send_get(server.addr, &path, Some(64 * 1024));
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let (status, _) = request(server.addr, "GET", "/healthz", &[], b"");
+    let waited = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(10),
+        "served once the stalled reader timed out, after {waited:?}"
+    );
+    let mut received = Vec::new();
+    let _ = stalled.read_to_end(&mut received);
+    assert!(
+        received.len() < body.len(),
+        "{} bytes of {}: the stalled reader was not cut off",
+        received.len(),
+        body.len()
+    );
+}
+
 #[test]
 fn sigterm_lets_requests_in_flight_finish() {
     let mut server = Server::start(&[]);
     let body = pattern(2 << 20, 50);
     let path = format!("/cas/{}", sha256_hex(&body));
+    // A connection kept open after a read: closed at once, not after the
+    // grace.
+    let (status, small) = put_cas(&server, &pattern(100, 51), &[]);
+    assert_eq!(status, 200);
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    write!(idle, "GET {small} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut answer = [0; 4096];
+    let read = idle.read(&mut answer).unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
     let mut put = start_put(&server, &path, body.len(), &body[..1 << 20]);
     wait_until("the upload is under way", Duration::from_secs(5), || {
         server.status()["uploads_in_progress"] == 1
     });
     let pid = server.pid();
+    let terminated = Instant::now();
     let terminating = std::thread::spawn(move || {
         let status = server.terminate();
         (server, status)
@@ -975,11 +1117,22 @@ fn sigterm_lets_requests_in_flight_finish() {
     );
     let (server, status) = terminating.join().unwrap();
     assert!(status.success(), "{status}");
+    assert!(
+        terminated.elapsed() < Duration::from_secs(10),
+        "an idle connection held the server for {:?}",
+        terminated.elapsed()
+    );
+    idle.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(idle.read(&mut answer).unwrap(), 0, "closed");
     assert!(server.log().contains("shutting down"), "{}", server.log());
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     let files = blob_files(&server.dir);
-    assert_eq!(files.len(), 1);
-    assert_eq!(std::fs::read(&files[0]).unwrap(), body);
+    assert_eq!(files.len(), 2, "the small blob and the upload");
+    assert!(
+        files
+            .iter()
+            .any(|file| std::fs::read(file).unwrap() == body)
+    );
 }
 
 #[test]
