@@ -15,7 +15,9 @@
 //! writes batched while the client sends faster than the disk takes them;
 //! a GET reads the file as the client takes it (hyper asks for the next
 //! chunk only when the connection can take it), so a slow client holds one
-//! chunk of memory, not the blob.
+//! chunk of memory, not the blob. On Linux, the reads of a plain HTTP/1.1
+//! connection that need no wait are answered before hyper sees them, by
+//! `sendfile.rs`; this file answers everything else.
 
 use std::convert::Infallible;
 use std::io;

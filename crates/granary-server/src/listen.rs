@@ -1,5 +1,6 @@
 //! Accepting connections: TCP_NODELAY, optional TLS, a cap on connections,
-//! a deadline on stalled ones, and a graceful end.
+//! a deadline on stalled ones, and a graceful end. A plain connection's
+//! first reads may be answered outside hyper (see `sendfile.rs`).
 //!
 //! A connection is stalled when no request has started, none is being
 //! handled and no response has sent data for the idle timeout. Bytes on
@@ -40,7 +41,7 @@ use crate::batch::BATCHES_PER_CONNECTION;
 use crate::http::Body;
 use crate::metrics::RequestLabels;
 #[cfg(target_os = "linux")]
-use crate::sendfile::{self, Ended, Prefixed};
+use crate::sendfile::{self, Ended};
 use crate::service::Service;
 
 /// Requests one HTTP/2 connection may have under way at once: each holds
@@ -144,13 +145,16 @@ pub async fn serve(
             };
             let result = match tls {
                 None => match plain(stream, &service, &closing).await {
-                    Some(stream) => serve(Stalls::new(stream, idle, activity.clone())).await,
+                    Some((stream, read)) => {
+                        serve(Stalls::new(stream, read, idle, activity.clone())).await
+                    }
                     None => Ok(()),
                 },
                 Some(tls) => match tokio::time::timeout(idle, tls.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         activity.progress();
-                        serve(Stalls::new(Box::new(stream), idle, activity.clone())).await
+                        let stream = Box::new(stream);
+                        serve(Stalls::new(stream, Bytes::new(), idle, activity.clone())).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!("TLS handshake with {peer} failed: {e}");
@@ -179,15 +183,16 @@ pub async fn serve(
 }
 
 /// A plain connection, for hyper once [`sendfile`](crate::sendfile) has
-/// answered the reads it could; `None` if it has ended there.
+/// answered the reads it could, with the bytes read from it already;
+/// `None` if it has ended there.
 #[cfg(target_os = "linux")]
 async fn plain(
     mut stream: TcpStream,
     service: &Arc<Service>,
     closing: &CancellationToken,
-) -> Option<Box<dyn Stream>> {
+) -> Option<(Box<dyn Stream>, Bytes)> {
     match sendfile::answer_reads(&mut stream, service, closing).await {
-        Ok(Ended::HandedOff(read)) => Some(Box::new(Prefixed::new(read, stream))),
+        Ok(Ended::HandedOff(read)) => Some((Box::new(stream), read)),
         Ok(Ended::Closed) => None,
         Err(e) => {
             tracing::debug!("connection answered by sendfile: {e}");
@@ -202,8 +207,8 @@ async fn plain(
     stream: TcpStream,
     _service: &Arc<Service>,
     _closing: &CancellationToken,
-) -> Option<Box<dyn Stream>> {
-    Some(Box::new(stream))
+) -> Option<(Box<dyn Stream>, Bytes)> {
+    Some((Box::new(stream), Bytes::new()))
 }
 
 /// Whether a request is a gRPC call (`application/grpc`, `+proto` and
@@ -382,15 +387,23 @@ impl hyper::body::Body for Tracked {
 /// the timer wheel on every read and write.
 struct Stalls {
     inner: Box<dyn Stream>,
+    /// Bytes read from `inner` already (by `sendfile.rs`), read first.
+    read: Bytes,
     limit: Duration,
     activity: Arc<Activity>,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl Stalls {
-    fn new(inner: Box<dyn Stream>, limit: Duration, activity: Arc<Activity>) -> Stalls {
+    fn new(
+        inner: Box<dyn Stream>,
+        read: Bytes,
+        limit: Duration,
+        activity: Arc<Activity>,
+    ) -> Stalls {
         Stalls {
             inner,
+            read,
             limit,
             activity,
             deadline: Box::pin(tokio::time::sleep(limit)),
@@ -419,6 +432,11 @@ impl AsyncRead for Stalls {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let length = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(length));
+            return Poll::Ready(Ok(()));
+        }
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => self.stalled(cx).map(Err),

@@ -473,6 +473,20 @@ fn hostile_paths_and_bad_uploads_are_refused_and_nothing_is_stored() {
     assert_eq!(put_cas(&server, &body, &[]).0, 200);
 }
 
+/// A request to a server whose every connection `stalled` holds is
+/// answered once they time out (a 1 s idle timeout), not before, and not
+/// never.
+fn assert_served_once_stalls_time_out(server: &Server, stalled: &str) {
+    let started = Instant::now();
+    let (status, _) = request(server.addr, "GET", "/healthz", &[], b"");
+    let waited = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(10),
+        "served once {stalled} timed out, after {waited:?}"
+    );
+}
+
 #[test]
 fn slow_clients_time_out_without_exhausting_the_server() {
     let server = Server::start(&["--idle-timeout", "1s", "--max-connections", "8"]);
@@ -492,14 +506,7 @@ fn slow_clients_time_out_without_exhausting_the_server() {
         &body[..10],
     );
     stalled.push(slow_body);
-    let started = Instant::now();
-    let (status, _) = request(server.addr, "GET", "/healthz", &[], b"");
-    let waited = started.elapsed();
-    assert_eq!(status, 200);
-    assert!(
-        waited >= Duration::from_millis(500) && waited < Duration::from_secs(10),
-        "served once the stalled connections timed out, after {waited:?}"
-    );
+    assert_served_once_stalls_time_out(&server, "the stalled connections");
     for mut stream in stalled {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -1066,14 +1073,7 @@ fn a_client_that_stops_reading_gives_its_connection_back() {
     assert_eq!(status, 200);
     let mut stalled = send_get(server.addr, &path, Some(64 * 1024));
     std::thread::sleep(Duration::from_millis(100));
-    let started = Instant::now();
-    let (status, _) = request(server.addr, "GET", "/healthz", &[], b"");
-    let waited = started.elapsed();
-    assert_eq!(status, 200);
-    assert!(
-        waited >= Duration::from_millis(500) && waited < Duration::from_secs(10),
-        "served once the stalled reader timed out, after {waited:?}"
-    );
+    assert_served_once_stalls_time_out(&server, "the stalled reader");
     let mut received = Vec::new();
     let _ = stalled.read_to_end(&mut received);
     assert!(
