@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""How far granary serve's GETs can get on hyper: granary serve, a hyper
-server that answers the same number of bytes from memory with the same
-runtime and connection builder (crates/granary-server/examples/http_floor.rs),
+"""How fast granary serve's GETs are against their floors: granary serve, a
+hyper server that answers the same number of bytes from memory with the
+same runtime and connection builder (crates/granary-server/examples/http_floor.rs),
 and nginx serving granary's files, in one run. At 10 MB, nginx also runs
 without sendfile: the fastest a server that copies the file through its own
-memory gets, which is what hyper allows (it has no zero-copy path for a
-body: hyperium/hyper#3026).
+memory gets, which is all hyper allows (it has no zero-copy path for a
+body: hyperium/hyper#3026). granary serve answers these plain HTTP/1.1 GETs
+before hyper, sending the files with sendfile (crates/granary-server/src/sendfile.rs).
 
     python3 bench/http_floor.py                 # 1 KB, 5 runs of 5 s
     python3 bench/http_floor.py --size 10MB     # 10 MB blobs
