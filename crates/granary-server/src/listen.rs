@@ -146,6 +146,9 @@ pub async fn serve(
             let result = match tls {
                 None => match plain(stream, &service, &closing).await {
                     Some((stream, read)) => {
+                        // A request has come, or the connection has just
+                        // opened.
+                        activity.progress();
                         serve(Stalls::new(stream, read, idle, activity.clone())).await
                     }
                     None => Ok(()),

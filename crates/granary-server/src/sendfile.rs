@@ -20,8 +20,9 @@
 //! (the way requests are smuggled). Whatever is in doubt goes to hyper.
 //!
 //! Every wait is bounded by the idle timeout, as on hyper's connections: a
-//! request head that does not come in full, and a client that stops
-//! reading. Between requests, a closing server ends the connection.
+//! request head that is not whole within it (however its bytes trickle
+//! in), and a client that stops reading. Between requests, a closing
+//! server ends the connection.
 
 use std::fs::File;
 use std::io;
@@ -67,6 +68,9 @@ pub async fn answer_reads(
 ) -> io::Result<Ended> {
     let idle = service.idle_timeout;
     let mut buffer = BytesMut::with_capacity(4096);
+    // Bytes alone are not progress (as for `Stalls`): a head trickled a
+    // byte at a time must still be whole within the idle timeout.
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
         let read = match parse(&buffer) {
             Parsed::Read(read) => read,
@@ -77,7 +81,7 @@ pub async fn answer_reads(
             Parsed::Partial => {
                 let between_requests = buffer.is_empty();
                 let received = tokio::select! {
-                    received = tokio::time::timeout(idle, stream.read_buf(&mut buffer)) => received,
+                    received = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)) => received,
                     () = closing.cancelled(), if between_requests => return Ok(Ended::Closed),
                 };
                 match received {
@@ -108,6 +112,7 @@ pub async fn answer_reads(
             stream.shutdown().await?;
             return Ok(Ended::Closed);
         }
+        deadline = tokio::time::Instant::now() + idle;
     }
 }
 

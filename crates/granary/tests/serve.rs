@@ -1062,6 +1062,31 @@ fn reads_are_sent_by_the_kernel_until_a_request_for_hyper() {
     assert_eq!(count("HEAD", 200), 1.0);
 }
 
+/// A request head trickled a byte at a time, each well within the idle
+/// timeout, is no progress: the connection is closed once the head is not
+/// whole within the timeout, and the server's one slot is free again.
+#[test]
+fn a_head_trickled_byte_by_byte_times_out() {
+    let server = Server::start(&["--idle-timeout", "1s", "--max-connections", "1"]);
+    let mut trickling = TcpStream::connect(server.addr).unwrap();
+    let head = format!("GET /cas/{} HTTP/1.1\r\nHost: t\r\nX: ", "ab".repeat(32));
+    let sending = std::thread::spawn(move || {
+        for byte in head.bytes().chain(std::iter::repeat(b'y')).take(200) {
+            if trickling.write_all(&[byte]).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_served_once_stalls_time_out(&server, "the trickling head");
+    assert!(
+        sending.join().unwrap(),
+        "the connection stayed open for 20 s"
+    );
+}
+
 /// A client that stops reading a blob the kernel sends loses its
 /// connection once it has taken nothing for the idle timeout, and the
 /// server its slot with it.
