@@ -248,7 +248,7 @@ async fn answer(service: &Service, read: &Read) -> Option<Answer> {
         return None;
     }
     if read.head {
-        return match service.held(&read.key).await {
+        return match service.held_now(&read.key)? {
             Held::Stored(size) => Some(Answer::Length(size)),
             Held::Absent => Some(Answer::NotFound),
             Held::InBacking => None,

@@ -180,6 +180,16 @@ impl Service {
         }
     }
 
+    /// [`Service::held`] if that needs no wait; `None` if only the backing
+    /// store could tell.
+    #[cfg(target_os = "linux")]
+    pub fn held_now(&self, key: &Key) -> Option<Held> {
+        match self.disk.used(key) {
+            Some(size) => Some(Held::Stored(size)),
+            None => self.backing.is_none().then_some(Held::Absent),
+        }
+    }
+
     /// A whole blob of at most `limit` bytes; `None` if it is larger.
     /// With `zstd`, a blob stored compressed comes as it is stored.
     pub async fn read_whole(

@@ -1214,6 +1214,24 @@ fn servers_share_a_bucket_read_through_and_write_behind() {
         second.metric("granary_backing_misses_total", "") == 1.0
     });
     assert_eq!(second.metric("granary_backing_fetches_total", ""), 2.0);
+
+    // A HEAD of a blob only in the bucket asks it once.
+    let third = pattern(5_000, 43);
+    let (status, third_path) = put_cas(&first, &third, &[]);
+    assert_eq!(status, 200);
+    wait_until(
+        "the third is written behind",
+        Duration::from_secs(20),
+        || first.metric("granary_backing_uploads_total", "") >= 3.0,
+    );
+    let lookups = || second.metric("granary_backing_lookups_total", "");
+    let before = lookups();
+    assert_eq!(request(second.addr, "HEAD", &third_path, &[], b"").0, 200);
+    assert_eq!(
+        lookups() - before,
+        1.0,
+        "one HEAD, one question to the bucket"
+    );
 }
 
 #[test]
