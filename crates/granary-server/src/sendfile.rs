@@ -26,7 +26,6 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -63,7 +62,7 @@ pub enum Ended {
 /// between requests.
 pub async fn answer_reads(
     stream: &mut TcpStream,
-    service: &Arc<Service>,
+    service: &Service,
     closing: &CancellationToken,
 ) -> io::Result<Ended> {
     let idle = service.idle_timeout;

@@ -1087,6 +1087,52 @@ fn a_head_trickled_byte_by_byte_times_out() {
     );
 }
 
+/// A blob's file cut short while the kernel sends it (a disk error, or
+/// someone else's hand): the answer ends short, with nothing but the
+/// blob's own bytes in it, the server goes on, and the damaged file is
+/// then answered missing.
+#[test]
+fn a_file_cut_short_while_it_is_sent_ends_the_answer_not_the_server() {
+    let server = Server::start(&[]);
+    let body = pattern(32 << 20, 66);
+    let (status, path) = put_cas(&server, &body, &[]);
+    assert_eq!(status, 200);
+    let mut reading = send_get(server.addr, &path, Some(64 * 1024));
+    let mut received = vec![0; 1 << 20];
+    reading.read_exact(&mut received).unwrap();
+    let [file] = &blob_files(&server.dir)[..] else {
+        panic!("one blob file")
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    // The connection ends: it does not wait for bytes that cannot come.
+    reading
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    if let Err(e) = reading.read_to_end(&mut received) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    let split = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&received[..split]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {}", body.len())));
+    let sent = &received[split..];
+    assert!(
+        sent.len() < body.len(),
+        "the whole blob came from a cut file"
+    );
+    assert!(sent == &body[..sent.len()], "bytes other than the blob's");
+    assert_eq!(request(server.addr, "GET", &path, &[], b"").0, 404);
+    assert!(
+        blob_files(&server.dir).is_empty(),
+        "the damaged file is gone"
+    );
+}
+
 /// A client that stops reading a blob the kernel sends loses its
 /// connection once it has taken nothing for the idle timeout, and the
 /// server its slot with it.
